@@ -1,0 +1,10 @@
+//! reconfd renders configuration files from key/value stores and swaps them in safely.
+//!
+//! The data flows one way: [`settings`] (flags, environment, settings file) name the
+//! [`resource`]s (confd's `conf.d/*.toml`); each resource reads keys from a [`store`] snapshot,
+//! is rendered by [`template`], and is brought in line with the file on disk by [`reconcile`]
+//! (compare, stage, check, swap, reload). [`daemon`] runs that once, on a timer, or on every
+//! change a store reports.
+
+pub mod store;
+pub mod template;

@@ -1,0 +1,1 @@
+//! Templates: Tera with confd's functions.
