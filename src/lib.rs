@@ -3,8 +3,14 @@
 //! The data flows one way: [`settings`] (flags, environment, settings file) name the
 //! [`resource`]s (confd's `conf.d/*.toml`); each resource reads keys from a [`store`] snapshot,
 //! is rendered by [`template`], and is brought in line with the file on disk by [`reconcile`]
-//! (compare, stage, check, swap, reload). [`daemon`] runs that once, on a timer, or on every
-//! change a store reports.
+//! (compare, stage, check, swap, reload; commands run through [`command`]). [`daemon`] runs
+//! that once, on a timer, or on every change a store reports.
 
+pub mod cli;
+pub mod command;
+pub mod daemon;
+pub mod reconcile;
+pub mod resource;
+pub mod settings;
 pub mod store;
 pub mod template;

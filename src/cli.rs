@@ -1,0 +1,88 @@
+//! The command line. Every flag can also come from an environment variable `RECONFD_<NAME>`
+//! and from the settings file; [`crate::settings`] merges them (flag > env > file > default).
+//!
+//! Fields are `Option`s (or plain `bool`s whose origin is read from the argument matches) so
+//! that an unset flag can fall through to the settings file.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// reconfd: render configuration files from key/value stores and swap them in safely.
+///
+/// Reads template resources (confd's `conf.d/*.toml`) from the confdir, renders each template
+/// from the keys it names, and replaces the destination only when the rendered bytes, mode or
+/// owner differ, after an optional check command; then runs the reload command.
+#[derive(Debug, Parser)]
+#[command(name = "reconfd", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Directory holding `conf.d/` (template resources) and `templates/`. [default: /etc/reconfd]
+    #[arg(long, env = "RECONFD_CONFDIR", value_name = "DIR")]
+    pub confdir: Option<PathBuf>,
+
+    /// Settings file in confd's `confd.toml` format. A missing default file is fine; a missing
+    /// file named here is an error. [default: <confdir>/reconfd.toml]
+    #[arg(long, env = "RECONFD_CONFIG_FILE", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
+    /// The store to read keys from: `file` or `env`. [default: file]
+    #[arg(long, env = "RECONFD_BACKEND", value_name = "NAME")]
+    pub backend: Option<String>,
+
+    /// Address of a store node; repeat for a cluster. Unused by the `file` and `env` stores.
+    #[arg(
+        long = "node",
+        env = "RECONFD_NODE",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub nodes: Vec<String>,
+
+    /// Prefix joined in front of every resource's keys (after the resource's own prefix).
+    #[arg(long, env = "RECONFD_PREFIX", value_name = "PATH")]
+    pub prefix: Option<String>,
+
+    /// Seconds between full runs when polling; in watch mode, between safety resyncs.
+    /// [default: 600]
+    #[arg(long, env = "RECONFD_INTERVAL", value_name = "SECONDS")]
+    pub interval: Option<u64>,
+
+    /// Re-render when the store reports a change instead of polling.
+    #[arg(long, env = "RECONFD_WATCH")]
+    pub watch: bool,
+
+    /// Run every resource once and exit: 0 in sync or updated, 1 if any resource failed.
+    #[arg(long, env = "RECONFD_ONETIME")]
+    pub onetime: bool,
+
+    /// Render and compare only; print a unified diff of what would change. Nothing is written
+    /// and no command runs.
+    #[arg(long, env = "RECONFD_NOOP")]
+    pub noop: bool,
+
+    /// Write destination files but run no check or reload command.
+    #[arg(long, env = "RECONFD_SYNC_ONLY")]
+    pub sync_only: bool,
+
+    /// Keep the stage file after a failed check, for inspection.
+    #[arg(long, env = "RECONFD_KEEP_STAGE_FILE")]
+    pub keep_stage_file: bool,
+
+    /// Log level: error, warn, info, debug or trace. [default: info]
+    #[arg(long, env = "RECONFD_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// File store: a YAML, JSON or TOML file, or a directory of them; repeatable.
+    #[arg(
+        long = "file",
+        env = "RECONFD_FILE",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub files: Vec<PathBuf>,
+
+    /// File store: glob on file names read from `--file` directories.
+    /// [default: *.yaml, *.yml, *.json, *.toml]
+    #[arg(long, env = "RECONFD_FILTER", value_name = "GLOB")]
+    pub filter: Option<String>,
+}

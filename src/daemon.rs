@@ -1,0 +1,410 @@
+//! The run loop: once (`--onetime`), on a timer (`--interval`), or on every change the store
+//! reports (`--watch`).
+//!
+//! The loop is level-triggered: whatever woke it, it brings each affected resource from the
+//! current snapshot to the file on disk, and doing so twice changes nothing. One snapshot is
+//! kept for the whole process and all resources read from it, so the store is read once, not
+//! once per resource; watch events are applied to it in place.
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::reconcile::{self, Options, Outcome};
+use crate::resource::{self, Resource};
+use crate::settings::{Backend, RunMode, Settings};
+use crate::store::env::EnvStore;
+use crate::store::file::FileStore;
+use crate::store::{Snapshot, Store, WatchEvent, WatchStream, under_any};
+use crate::template::{Renderer, View};
+
+/// First wait after a store failure; doubled on each further failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest wait between attempts to reach a store.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A resource ready to render: its settings and its parsed template.
+struct Prepared {
+    resource: Resource,
+    renderer: Renderer,
+}
+
+/// Runs reconfd with `settings` until done (onetime) or until SIGINT/SIGTERM.
+pub async fn run(settings: Settings) -> ExitCode {
+    let (prepared, load_failures) = prepare_resources(&settings);
+    if prepared.is_empty() && load_failures == 0 {
+        tracing::warn!(
+            "no template resources in {}",
+            settings.confdir.join("conf.d").display()
+        );
+    }
+    let store = match open_store(&settings.backend) {
+        Ok(store) => store,
+        Err(message) => {
+            tracing::error!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut daemon = Daemon {
+        prefixes: covering_prefixes(prepared.iter().flat_map(|p| p.resource.keys.iter())),
+        options: Options {
+            noop: settings.noop,
+            sync_only: settings.sync_only,
+            keep_stage_file: settings.keep_stage_file,
+        },
+        interval: settings.interval,
+        store,
+        prepared,
+        snapshot: Arc::new(Snapshot::default()),
+    };
+    match settings.mode {
+        RunMode::Onetime => {
+            let failures = load_failures + daemon.onetime().await;
+            if failures == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        RunMode::Poll | RunMode::Watch => {
+            let mut shutdown = match Shutdown::listen() {
+                Ok(shutdown) => shutdown,
+                Err(e) => {
+                    tracing::error!("cannot listen for signals: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if settings.mode == RunMode::Watch {
+                daemon.watch(&mut shutdown).await;
+            } else {
+                daemon.poll(&mut shutdown).await;
+            }
+            tracing::info!("stopping");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Loads every resource and parses its template once. Bad resources are logged and counted;
+/// the others go on.
+fn prepare_resources(settings: &Settings) -> (Vec<Prepared>, usize) {
+    let loaded = match resource::load_all(&settings.confdir, &settings.prefix) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::error!("{e}");
+            return (Vec::new(), 1);
+        }
+    };
+    let mut prepared = Vec::new();
+    let mut failures = 0;
+    for loaded in loaded {
+        let resource = match loaded {
+            Ok(resource) => resource,
+            Err(e) => {
+                tracing::error!("{e}");
+                failures += 1;
+                continue;
+            }
+        };
+        match Renderer::from_file(&resource.src) {
+            Ok(renderer) => prepared.push(Prepared { resource, renderer }),
+            Err(e) => {
+                tracing::error!("{}: {e}", resource.file.display());
+                failures += 1;
+            }
+        }
+    }
+    (prepared, failures)
+}
+
+fn open_store(backend: &Backend) -> Result<Box<dyn Store>, String> {
+    match backend {
+        Backend::File { paths, filter } => FileStore::new(paths.clone(), filter.clone())
+            .map(|store| Box::new(store) as Box<dyn Store>)
+            .map_err(|e| e.to_string()),
+        Backend::Env => Ok(Box::new(EnvStore)),
+    }
+}
+
+/// The fewest prefixes that cover all of `keys`: a key under another one adds nothing to a
+/// fetch or a watch.
+fn covering_prefixes<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let sorted: BTreeSet<&String> = keys.collect();
+    let mut covering: Vec<String> = Vec::new();
+    for key in sorted {
+        if !covering
+            .iter()
+            .any(|prefix| key.starts_with(prefix.as_str()))
+        {
+            covering.push(key.clone());
+        }
+    }
+    covering
+}
+
+struct Daemon {
+    store: Box<dyn Store>,
+    prepared: Vec<Prepared>,
+    /// Union of all resources' key prefixes: what is fetched and watched.
+    prefixes: Vec<String>,
+    snapshot: Arc<Snapshot>,
+    options: Options,
+    interval: Duration,
+}
+
+impl Daemon {
+    /// One fetch, every resource once. Returns the number of failed resources.
+    async fn onetime(&mut self) -> usize {
+        if self.prepared.is_empty() {
+            return 0;
+        }
+        match self.store.fetch(&self.prefixes).await {
+            Ok(snapshot) => self.snapshot = Arc::new(snapshot),
+            Err(e) => {
+                tracing::error!("{} store: {e}", self.store.name());
+                return self.prepared.len();
+            }
+        }
+        self.sync(|_| true).await
+    }
+
+    /// Full fetch and sync every interval until shutdown.
+    async fn poll(&mut self, shutdown: &mut Shutdown) {
+        loop {
+            self.resync().await;
+            tokio::select! {
+                () = tokio::time::sleep(self.interval) => {}
+                () = shutdown.wait() => return,
+            }
+        }
+    }
+
+    /// Follows the store's changes until shutdown; falls back to polling for stores that
+    /// cannot watch.
+    async fn watch(&mut self, shutdown: &mut Shutdown) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            if self.resync().await {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(MAX_BACKOFF),
+                () = shutdown.wait() => return,
+            }
+        }
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let stream = match self.store.watch(&self.prefixes, &self.snapshot).await {
+                Ok(Some(stream)) => stream,
+                Ok(None) => {
+                    tracing::info!(
+                        "the {} store cannot watch; polling every {:?}",
+                        self.store.name(),
+                        self.interval
+                    );
+                    return self.poll(shutdown).await;
+                }
+                Err(e) => {
+                    tracing::warn!("{} store: cannot watch: {e}", self.store.name());
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.wait() => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            backoff = MIN_BACKOFF;
+            if self.follow(stream, shutdown).await.is_break() {
+                return;
+            }
+        }
+    }
+
+    /// Applies a watch stream's events until it ends (`Continue`: watch again) or shutdown
+    /// (`Break`). A full resync runs every interval as a safety net.
+    async fn follow(
+        &mut self,
+        mut stream: WatchStream,
+        shutdown: &mut Shutdown,
+    ) -> std::ops::ControlFlow<()> {
+        let mut resync = tokio::time::interval(self.interval);
+        resync.tick().await;
+        loop {
+            tokio::select! {
+                event = stream.recv() => {
+                    let Some(first) = event else {
+                        tracing::warn!("{} store: watch ended; watching again", self.store.name());
+                        return std::ops::ControlFlow::Continue(());
+                    };
+                    // Everything already queued is part of the same burst: apply it all and
+                    // render once with the final values.
+                    let mut batch = vec![first];
+                    while let Ok(more) = stream.try_recv() {
+                        batch.push(more);
+                    }
+                    self.apply(batch).await;
+                }
+                _ = resync.tick() => {
+                    self.resync().await;
+                }
+                () = shutdown.wait() => return std::ops::ControlFlow::Break(()),
+            }
+        }
+    }
+
+    /// Applies a burst of watch events to the snapshot and syncs the resources they touch.
+    async fn apply(&mut self, batch: Vec<Result<WatchEvent, crate::store::StoreError>>) {
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        let snapshot = Arc::make_mut(&mut self.snapshot);
+        for event in batch {
+            match event {
+                Err(e) => tracing::error!("{} store: {e}", self.store.name()),
+                Ok(WatchEvent::Changes { revision, changes }) => {
+                    for change in changes {
+                        changed.insert(change.key().to_string());
+                        snapshot.apply(change);
+                    }
+                    if revision.is_some() {
+                        snapshot.revision = revision;
+                    }
+                }
+                Ok(WatchEvent::Replace(replacement)) => {
+                    changed.extend(changed_keys(snapshot, &replacement));
+                    *snapshot = replacement;
+                }
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        tracing::debug!("{} keys changed", changed.len());
+        self.sync(|resource| changed.iter().any(|key| under_any(key, &resource.keys)))
+            .await;
+    }
+
+    /// Fetches everything again and syncs every resource. Returns false when the store could
+    /// not be read (the files on disk are left as they are).
+    async fn resync(&mut self) -> bool {
+        match self.store.fetch(&self.prefixes).await {
+            Ok(snapshot) => {
+                self.snapshot = Arc::new(snapshot);
+                self.sync(|_| true).await;
+                true
+            }
+            Err(e) => {
+                tracing::error!(
+                    "{} store: {e}; keeping the current files",
+                    self.store.name()
+                );
+                false
+            }
+        }
+    }
+
+    /// Renders and reconciles the resources `selected` picks. Returns how many failed.
+    async fn sync(&self, selected: impl Fn(&Resource) -> bool) -> usize {
+        let mut failures = 0;
+        for prepared in self.prepared.iter().filter(|p| selected(&p.resource)) {
+            if let Err(message) = self.sync_one(prepared).await {
+                tracing::error!("{message}");
+                failures += 1;
+            }
+        }
+        failures
+    }
+
+    async fn sync_one(&self, prepared: &Prepared) -> Result<Outcome, String> {
+        let resource = &prepared.resource;
+        let view = View {
+            snapshot: Arc::clone(&self.snapshot),
+            prefix: resource.prefix.clone(),
+            keys: resource.keys.clone(),
+        };
+        let rendered = prepared
+            .renderer
+            .render(&view)
+            .map_err(|e| format!("{}: {e}", resource.file.display()))?;
+        drop(view);
+        reconcile::reconcile(resource, &rendered, self.options)
+            .await
+            .map_err(|e| format!("{}: {e}", resource.file.display()))
+    }
+}
+
+/// Keys whose value differs between two snapshots, including keys only one of them has.
+fn changed_keys<'a>(old: &'a Snapshot, new: &'a Snapshot) -> impl Iterator<Item = String> + 'a {
+    let removed_or_changed = old
+        .entries
+        .iter()
+        .filter(|(key, value)| new.entries.get(*key) != Some(*value))
+        .map(|(key, _)| key.clone());
+    let added = new
+        .entries
+        .keys()
+        .filter(|key| !old.entries.contains_key(*key))
+        .cloned();
+    removed_or_changed.chain(added)
+}
+
+/// SIGINT and SIGTERM, listened to for the whole run.
+struct Shutdown {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Shutdown {
+    fn listen() -> std::io::Result<Shutdown> {
+        Ok(Shutdown {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn covering_prefixes_drops_nested_ones() {
+        let keys = [
+            "/proxy/frontend".to_string(),
+            "/proxy".to_string(),
+            "/db".to_string(),
+            "/proxy/backend".to_string(),
+        ];
+        assert_eq!(covering_prefixes(keys.iter()), ["/db", "/proxy"]);
+    }
+
+    #[test]
+    fn changed_keys_finds_added_removed_and_modified() {
+        let old = Snapshot {
+            entries: [("/a", "1"), ("/b", "2"), ("/c", "3")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            revision: None,
+        };
+        let new = Snapshot {
+            entries: [("/a", "1"), ("/b", "20"), ("/d", "4")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            revision: None,
+        };
+        let mut changed: Vec<String> = changed_keys(&old, &new).collect();
+        changed.sort();
+        assert_eq!(changed, ["/b", "/c", "/d"]);
+    }
+}

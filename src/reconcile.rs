@@ -1,0 +1,466 @@
+//! Bringing one destination file in line with its rendered content: compare, stage, check,
+//! swap, reload.
+//!
+//! The destination is never half-written and never holds content that failed its check: the
+//! new content goes to a stage file in the destination's own directory (so the final rename is
+//! atomic on the same filesystem), is flushed to disk, checked, and only then renamed over the
+//! destination. Re-running with the same content does nothing: no write, no reload.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use md5::{Digest, Md5};
+use similar::TextDiff;
+
+use crate::command::{self, CommandError};
+use crate::resource::Resource;
+
+/// Permission bits of a new destination when the resource sets no `mode`.
+const DEFAULT_MODE: u32 = 0o644;
+
+/// How the pipeline may act.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Compare and print a diff only.
+    pub noop: bool,
+    /// Write files, run no check or reload command.
+    pub sync_only: bool,
+    /// Keep the stage file when its check fails.
+    pub keep_stage_file: bool,
+}
+
+/// What reconciling one resource did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Content, mode and owner already matched: nothing was written or run.
+    InSync,
+    /// The destination was replaced (and reloaded, unless sync-only).
+    Updated,
+    /// In noop mode: the destination differs and would have been replaced.
+    WouldUpdate,
+}
+
+/// Why a destination could not be brought in sync. The destination is unchanged unless the
+/// error says it was updated.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Reading, staging or renaming failed.
+    #[error("{dest}: {message}")]
+    Io {
+        /// The destination.
+        dest: String,
+        /// What failed.
+        message: String,
+    },
+    /// The check command rejected the staged content; the destination is unchanged.
+    #[error("{dest}: check failed, destination left unchanged: {source}")]
+    Check {
+        /// The destination.
+        dest: String,
+        /// The command's failure, with its output.
+        source: CommandError,
+    },
+    /// The destination was updated but its reload command failed.
+    #[error("{dest}: updated, but the reload command failed: {source}")]
+    Reload {
+        /// The destination.
+        dest: String,
+        /// The command's failure, with its output.
+        source: CommandError,
+    },
+}
+
+/// The destination as it is on disk.
+struct Actual {
+    content: Vec<u8>,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// The destination as it should be.
+struct Wanted {
+    mode: u32,
+    /// Owner to set; `None` leaves the owner of a new file to the process.
+    uid: Option<u32>,
+    gid: Option<u32>,
+}
+
+/// Brings `resource`'s destination in line with `rendered`.
+pub async fn reconcile(
+    resource: &Resource,
+    rendered: &str,
+    options: Options,
+) -> Result<Outcome, ReconcileError> {
+    let dest = &resource.dest;
+    let dest_name = dest.display().to_string();
+    let io_error = |what: &str, e: std::io::Error| ReconcileError::Io {
+        dest: dest_name.clone(),
+        message: format!("{what}: {e}"),
+    };
+    let actual = read_actual(dest).map_err(|e| io_error("cannot read the destination", e))?;
+    let wanted = Wanted {
+        mode: resource
+            .mode
+            .or(actual.as_ref().map(|actual| actual.mode))
+            .unwrap_or(DEFAULT_MODE),
+        uid: resource.uid.or(actual.as_ref().map(|actual| actual.uid)),
+        gid: resource.gid.or(actual.as_ref().map(|actual| actual.gid)),
+    };
+    if in_sync(&dest_name, actual.as_ref(), rendered.as_bytes(), &wanted) {
+        tracing::debug!("Target config {dest_name} in sync");
+        return Ok(Outcome::InSync);
+    }
+    tracing::info!("Target config {dest_name} out of sync");
+
+    if options.noop {
+        let old = actual
+            .as_ref()
+            .map(|actual| String::from_utf8_lossy(&actual.content).into_owned())
+            .unwrap_or_default();
+        print!(
+            "{}",
+            TextDiff::from_lines(old.as_str(), rendered)
+                .unified_diff()
+                .header(&dest_name, &format!("{dest_name} (rendered)"))
+        );
+        tracing::warn!("Noop mode enabled. {dest_name} will not be modified");
+        return Ok(Outcome::WouldUpdate);
+    }
+
+    let staged = stage(dest, rendered.as_bytes(), &wanted, resource)
+        .map_err(|e| io_error("cannot stage the new content", e))?;
+    let stage_path = staged.path().display().to_string();
+    if let (Some(check), false) = (&resource.check_cmd, options.sync_only) {
+        let command = check
+            .replace("{{.src}}", &stage_path)
+            .replace("{{ src }}", &stage_path)
+            .replace("{{src}}", &stage_path);
+        if let Err(source) = command::run(&command, resource.check_timeout).await {
+            if options.keep_stage_file {
+                match staged.into_temp_path().keep() {
+                    Ok(kept) => tracing::info!("Keeping stage file {}", kept.display()),
+                    Err(e) => tracing::warn!("could not keep stage file {stage_path}: {e}"),
+                }
+            }
+            return Err(ReconcileError::Check {
+                dest: dest_name,
+                source,
+            });
+        }
+    }
+    staged
+        .persist(dest)
+        .map_err(|e| io_error("cannot rename the stage file over the destination", e.error))?;
+    sync_parent_dir(dest).map_err(|e| io_error("cannot flush the destination's directory", e))?;
+    tracing::info!("Target config {dest_name} has been updated");
+
+    if let (Some(reload), false) = (&resource.reload_cmd, options.sync_only) {
+        let command = reload
+            .replace("{{.dest}}", &dest_name)
+            .replace("{{ dest }}", &dest_name)
+            .replace("{{dest}}", &dest_name);
+        match command::run(&command, resource.reload_timeout).await {
+            Ok(output) if output.is_empty() => tracing::info!("Reloaded for {dest_name}"),
+            Ok(output) => tracing::info!("Reloaded for {dest_name}: {output}"),
+            Err(source) => {
+                return Err(ReconcileError::Reload {
+                    dest: dest_name,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(Outcome::Updated)
+}
+
+fn read_actual(dest: &Path) -> std::io::Result<Option<Actual>> {
+    let content = match std::fs::read(dest) {
+        Ok(content) => content,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let metadata = std::fs::metadata(dest)?;
+    Ok(Some(Actual {
+        content,
+        mode: metadata.permissions().mode() & 0o7777,
+        uid: metadata.uid(),
+        gid: metadata.gid(),
+    }))
+}
+
+/// Compares content by md5, then mode and owner, logging each difference as confd does.
+fn in_sync(dest: &str, actual: Option<&Actual>, rendered: &[u8], wanted: &Wanted) -> bool {
+    let Some(actual) = actual else {
+        tracing::info!("{dest} does not exist yet");
+        return false;
+    };
+    let mut same = true;
+    if wanted.uid.is_some_and(|uid| uid != actual.uid) {
+        tracing::info!("{dest} has UID {} should be {:?}", actual.uid, wanted.uid);
+        same = false;
+    }
+    if wanted.gid.is_some_and(|gid| gid != actual.gid) {
+        tracing::info!("{dest} has GID {} should be {:?}", actual.gid, wanted.gid);
+        same = false;
+    }
+    if actual.mode != wanted.mode {
+        tracing::info!(
+            "{dest} has mode {:04o} should be {:04o}",
+            actual.mode,
+            wanted.mode
+        );
+        same = false;
+    }
+    let (have, want) = (md5_hex(&actual.content), md5_hex(rendered));
+    if have != want {
+        tracing::info!("{dest} has md5sum {have} should be {want}");
+        same = false;
+    }
+    same
+}
+
+/// Lower-case hex md5 of `bytes`, as `md5sum` prints it.
+pub fn md5_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Md5::digest(bytes))
+}
+
+/// Writes the stage file next to the destination: created exclusively, readable by the owner
+/// only until its mode is set, flushed to disk, then given the wanted mode and owner.
+fn stage(
+    dest: &Path,
+    content: &[u8],
+    wanted: &Wanted,
+    resource: &Resource,
+) -> std::io::Result<tempfile::NamedTempFile> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut staged = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .tempfile_in(dir)?;
+    staged.write_all(content)?;
+    staged.as_file().sync_all()?;
+    set_owner(staged.as_file(), wanted, resource)?;
+    staged
+        .as_file()
+        .set_permissions(std::fs::Permissions::from_mode(wanted.mode))?;
+    Ok(staged)
+}
+
+/// Sets the wanted owner. An owner the resource asks for must be set; an owner merely kept
+/// from the old destination is kept where the process has the right to.
+fn set_owner(file: &File, wanted: &Wanted, resource: &Resource) -> std::io::Result<()> {
+    if wanted.uid.is_none() && wanted.gid.is_none() {
+        return Ok(());
+    }
+    match std::os::unix::fs::fchown(file, wanted.uid, wanted.gid) {
+        Ok(()) => Ok(()),
+        Err(e) if resource.uid.is_none() && resource.gid.is_none() => {
+            tracing::debug!("cannot keep the owner of {}: {e}", resource.dest.display());
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Flushes the directory entry of a rename, so the swap survives a crash.
+fn sync_parent_dir(dest: &Path) -> std::io::Result<()> {
+    let dir = dest.parent().filter(|dir| !dir.as_os_str().is_empty());
+    File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn resource(dir: &Path) -> Resource {
+        Resource {
+            file: dir.join("conf.d/app.toml"),
+            src: dir.join("templates/app.tmpl"),
+            dest: dir.join("app.conf"),
+            prefix: String::new(),
+            keys: vec!["/app".to_string()],
+            mode: None,
+            uid: None,
+            gid: None,
+            check_cmd: None,
+            reload_cmd: None,
+            check_timeout: Duration::from_secs(5),
+            reload_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn writes_new_file_with_default_mode_then_stays_in_sync() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let r = resource(dir.path());
+        let outcome = reconcile(&r, "a = 1\n", Options::default())
+            .await
+            .expect("ok");
+        assert_eq!(outcome, Outcome::Updated);
+        assert_eq!(std::fs::read_to_string(&r.dest).expect("dest"), "a = 1\n");
+        let mode = std::fs::metadata(&r.dest)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, DEFAULT_MODE);
+        let outcome = reconcile(&r, "a = 1\n", Options::default())
+            .await
+            .expect("ok");
+        assert_eq!(outcome, Outcome::InSync);
+        assert_eq!(
+            entries(dir.path()),
+            ["app.conf"],
+            "no stage file left behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn mode_difference_alone_rewrites() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut r = resource(dir.path());
+        std::fs::write(&r.dest, "a = 1\n").expect("write");
+        r.mode = Some(0o600);
+        let outcome = reconcile(&r, "a = 1\n", Options::default())
+            .await
+            .expect("ok");
+        assert_eq!(outcome, Outcome::Updated);
+        let mode = std::fs::metadata(&r.dest)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[tokio::test]
+    async fn existing_mode_is_kept_when_none_is_set() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let r = resource(dir.path());
+        std::fs::write(&r.dest, "old\n").expect("write");
+        std::fs::set_permissions(&r.dest, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        reconcile(&r, "new\n", Options::default())
+            .await
+            .expect("ok");
+        let mode = std::fs::metadata(&r.dest)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, 0o640);
+    }
+
+    #[tokio::test]
+    async fn failed_check_leaves_destination_and_no_stage_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut r = resource(dir.path());
+        std::fs::write(&r.dest, "good\n").expect("write");
+        r.check_cmd =
+            Some("grep -q good {{.src}} || { echo 'syntax error line 1'; exit 1; }".into());
+        r.reload_cmd = Some(format!("touch {}", dir.path().join("reloaded").display()));
+        let err = reconcile(&r, "bad\n", Options::default())
+            .await
+            .expect_err("check fails");
+        assert!(err.to_string().contains("syntax error line 1"), "{err}");
+        assert_eq!(std::fs::read_to_string(&r.dest).expect("dest"), "good\n");
+        assert_eq!(entries(dir.path()), ["app.conf"]);
+    }
+
+    #[tokio::test]
+    async fn keep_stage_file_keeps_the_rejected_content() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut r = resource(dir.path());
+        r.check_cmd = Some("false".into());
+        let options = Options {
+            keep_stage_file: true,
+            ..Options::default()
+        };
+        reconcile(&r, "bad\n", options)
+            .await
+            .expect_err("check fails");
+        let names = entries(dir.path());
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].starts_with(".app.conf."), "{names:?}");
+    }
+
+    #[tokio::test]
+    async fn check_sees_staged_content_and_reload_runs_after_swap() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut r = resource(dir.path());
+        let seen = dir.path().join("seen");
+        r.check_cmd = Some(format!("cp {{{{ src }}}} {}", seen.display()));
+        r.reload_cmd = Some(format!(
+            "cat {{{{.dest}}}} > {}",
+            dir.path().join("reloaded").display()
+        ));
+        reconcile(&r, "v2\n", Options::default()).await.expect("ok");
+        assert_eq!(std::fs::read_to_string(&seen).expect("seen"), "v2\n");
+        let reloaded = std::fs::read_to_string(dir.path().join("reloaded")).expect("reloaded");
+        assert_eq!(reloaded, "v2\n");
+    }
+
+    #[tokio::test]
+    async fn sync_only_skips_commands_and_noop_writes_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut r = resource(dir.path());
+        r.check_cmd = Some("false".into());
+        r.reload_cmd = Some("false".into());
+        let sync_only = Options {
+            sync_only: true,
+            ..Options::default()
+        };
+        assert_eq!(
+            reconcile(&r, "v1\n", sync_only).await.expect("ok"),
+            Outcome::Updated
+        );
+        let noop = Options {
+            noop: true,
+            ..Options::default()
+        };
+        assert_eq!(
+            reconcile(&r, "v2\n", noop).await.expect("ok"),
+            Outcome::WouldUpdate
+        );
+        assert_eq!(std::fs::read_to_string(&r.dest).expect("dest"), "v1\n");
+    }
+
+    #[tokio::test]
+    async fn failing_reload_is_reported_after_the_swap() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut r = resource(dir.path());
+        r.reload_cmd = Some("echo 'no such service' >&2; exit 1".into());
+        let err = reconcile(&r, "v1\n", Options::default())
+            .await
+            .expect_err("reload fails");
+        assert!(matches!(err, ReconcileError::Reload { .. }), "{err}");
+        assert!(err.to_string().contains("no such service"), "{err}");
+        assert_eq!(std::fs::read_to_string(&r.dest).expect("dest"), "v1\n");
+    }
+
+    #[test]
+    fn md5_matches_md5sum() {
+        assert_eq!(md5_hex(b"hello\n"), "b1946ac92492d2347c6235b4d2611184");
+    }
+}

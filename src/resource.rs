@@ -1,0 +1,350 @@
+//! Template resources: confd's `conf.d/*.toml` files.
+//!
+//! A resource names a template (`src`, relative to `<confdir>/templates`), a destination, the
+//! key prefixes it reads, and how the destination is checked, owned and reloaded. Unknown keys
+//! are errors naming the file, line and key, so a typo such as `dset` cannot pass silently.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Check and reload commands that set no timeout get this one.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A resource file that cannot be used. Other resources are still processed.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ResourceError {
+    /// The resource file, with `:line:column` where the fault has a place.
+    pub file: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// One template resource, resolved and validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resource {
+    /// The `conf.d/*.toml` file it came from, for messages.
+    pub file: PathBuf,
+    /// The template file.
+    pub src: PathBuf,
+    /// The file to keep in sync.
+    pub dest: PathBuf,
+    /// The full key prefix (settings prefix joined with the resource's), `""` for none.
+    /// Template keys are relative to it, as in confd.
+    pub prefix: String,
+    /// Absolute key prefixes read from the store (each key joined onto `prefix`).
+    pub keys: Vec<String>,
+    /// Wanted permission bits; `None` keeps the destination's, or 0644 for a new file.
+    pub mode: Option<u32>,
+    /// Wanted owner; `None` keeps the destination's.
+    pub uid: Option<u32>,
+    /// Wanted group; `None` keeps the destination's.
+    pub gid: Option<u32>,
+    /// Command that validates the staged file; `{{.src}}` or `{{ src }}` is its path.
+    pub check_cmd: Option<String>,
+    /// Command run after the destination was replaced.
+    pub reload_cmd: Option<String>,
+    /// Limit for `check_cmd`.
+    pub check_timeout: Duration,
+    /// Limit for `reload_cmd`.
+    pub reload_timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourceFile {
+    template: TemplateTable,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateTable {
+    src: String,
+    dest: PathBuf,
+    keys: Vec<String>,
+    #[serde(default)]
+    prefix: String,
+    mode: Option<Mode>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    owner: Option<String>,
+    group: Option<String>,
+    check_cmd: Option<String>,
+    reload_cmd: Option<String>,
+    check_cmd_timeout: Option<Timeout>,
+    reload_cmd_timeout: Option<Timeout>,
+}
+
+/// `mode = "0644"` as in confd, or a TOML integer such as `0o644`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Mode {
+    Text(String),
+    Number(u32),
+}
+
+/// `"30s"`, `"1m30s"`, or a number of seconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Timeout {
+    Text(String),
+    Seconds(u64),
+}
+
+/// Reads every `*.toml` file in `<confdir>/conf.d`, in name order. Each file yields either a
+/// resource or an error; one bad file does not stop the others.
+pub fn load_all(
+    confdir: &Path,
+    global_prefix: &str,
+) -> Result<Vec<Result<Resource, ResourceError>>, ResourceError> {
+    let resource_dir = confdir.join("conf.d");
+    let entries = std::fs::read_dir(&resource_dir).map_err(|e| ResourceError {
+        file: resource_dir.display().to_string(),
+        message: format!("cannot read the resource directory: {e}"),
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml") && path.is_file())
+        .collect();
+    files.sort();
+    Ok(files
+        .iter()
+        .map(|file| load(file, &confdir.join("templates"), global_prefix))
+        .collect())
+}
+
+/// Reads one resource file. Relative `src` paths are under `template_dir`; relative `dest`
+/// paths are under the directory that holds `conf.d`.
+pub fn load(
+    file: &Path,
+    template_dir: &Path,
+    global_prefix: &str,
+) -> Result<Resource, ResourceError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ResourceError {
+        file: file.display().to_string(),
+        message: format!("cannot read: {e}"),
+    })?;
+    let parsed: ResourceFile = toml::from_str(&text).map_err(|e| toml_error(file, &text, &e))?;
+    let table = parsed.template;
+    let fail = |message: String| ResourceError {
+        file: file.display().to_string(),
+        message,
+    };
+    if table.src.trim().is_empty() {
+        return Err(fail("`src` in [template] is empty".to_string()));
+    }
+    if table.dest.as_os_str().is_empty() {
+        return Err(fail("`dest` in [template] is empty".to_string()));
+    }
+    if table.keys.is_empty() {
+        return Err(fail("`keys` in [template] names no key".to_string()));
+    }
+    let confdir = template_dir.parent().unwrap_or(Path::new("."));
+    let prefix = join_key_path(&["/", global_prefix, &table.prefix]);
+    let keys = table
+        .keys
+        .iter()
+        .map(|key| join_key_path(&[&prefix, key]))
+        .collect();
+    let mode = match table.mode {
+        None => None,
+        Some(Mode::Number(bits)) => Some(bits),
+        Some(Mode::Text(text)) => Some(parse_mode(&text).map_err(fail)?),
+    };
+    let uid = match (table.uid, table.owner) {
+        (Some(_), Some(_)) => return Err(fail("set `uid` or `owner`, not both".to_string())),
+        (Some(uid), None) => Some(uid),
+        (None, Some(name)) => Some(user_id(&name).map_err(fail)?),
+        (None, None) => None,
+    };
+    let gid = match (table.gid, table.group) {
+        (Some(_), Some(_)) => return Err(fail("set `gid` or `group`, not both".to_string())),
+        (Some(gid), None) => Some(gid),
+        (None, Some(name)) => Some(group_id(&name).map_err(fail)?),
+        (None, None) => None,
+    };
+    let timeout = |value: Option<Timeout>, field: &str| match value {
+        None => Ok(DEFAULT_COMMAND_TIMEOUT),
+        Some(Timeout::Seconds(seconds)) => Ok(Duration::from_secs(seconds)),
+        Some(Timeout::Text(text)) => humantime::parse_duration(&text)
+            .map_err(|e| fail(format!("`{field}` = {text:?} is not a duration ({e})"))),
+    };
+    Ok(Resource {
+        file: file.to_path_buf(),
+        src: template_dir.join(&table.src),
+        dest: confdir.join(&table.dest),
+        prefix: if prefix == "/" { String::new() } else { prefix },
+        keys,
+        mode,
+        uid,
+        gid,
+        check_cmd: table.check_cmd.filter(|cmd| !cmd.trim().is_empty()),
+        reload_cmd: table.reload_cmd.filter(|cmd| !cmd.trim().is_empty()),
+        check_timeout: timeout(table.check_cmd_timeout, "check_cmd_timeout")?,
+        reload_timeout: timeout(table.reload_cmd_timeout, "reload_cmd_timeout")?,
+    })
+}
+
+/// Joins key paths as Go's `path.Join` does: one `/` between parts, no trailing `/`, empty
+/// parts skipped. The result is absolute when the first non-empty part is.
+pub fn join_key_path(parts: &[&str]) -> String {
+    let absolute = parts
+        .iter()
+        .find(|part| !part.is_empty())
+        .is_some_and(|part| part.starts_with('/'));
+    let segments: Vec<&str> = parts
+        .iter()
+        .flat_map(|part| part.split('/'))
+        .filter(|segment| !segment.is_empty())
+        .collect();
+    let joined = segments.join("/");
+    if absolute {
+        format!("/{joined}")
+    } else {
+        joined
+    }
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.trim().trim_start_matches("0o");
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|bits| *bits <= 0o7777)
+        .ok_or_else(|| format!("`mode` = {text:?} is not an octal file mode such as \"0644\""))
+}
+
+fn user_id(name: &str) -> Result<u32, String> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        Ok(None) => Err(format!("`owner` = {name:?}: no such user")),
+        Err(e) => Err(format!("`owner` = {name:?}: cannot look up the user: {e}")),
+    }
+}
+
+fn group_id(name: &str) -> Result<u32, String> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!("`group` = {name:?}: no such group")),
+        Err(e) => Err(format!("`group` = {name:?}: cannot look up the group: {e}")),
+    }
+}
+
+/// Turns a TOML error into one line: `file:line:column: message`.
+fn toml_error(file: &Path, text: &str, error: &toml::de::Error) -> ResourceError {
+    let place = error
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(":{line}:{column}")
+        })
+        .unwrap_or_default();
+    ResourceError {
+        file: format!("{}{place}", file.display()),
+        message: error.message().trim_end().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, global_prefix: &str) -> Result<Resource, ResourceError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("conf.d")).expect("conf.d");
+        let file = dir.path().join("conf.d/app.toml");
+        std::fs::write(&file, text).expect("write resource");
+        load(&file, &dir.path().join("templates"), global_prefix)
+    }
+
+    #[test]
+    fn reads_confd_resource_and_joins_prefixes() {
+        let r = load_text(
+            "[template]\nsrc = \"app.tmpl\"\ndest = \"/etc/app.conf\"\nprefix = \"myapp\"\n\
+             keys = [\"/frontend/\", \"db\"]\nmode = \"0640\"\nuid = 0\n\
+             check_cmd = \"true {{.src}}\"\nreload_cmd_timeout = \"5s\"\n",
+            "/production",
+        )
+        .expect("valid resource");
+        assert_eq!(r.prefix, "/production/myapp");
+        assert_eq!(
+            r.keys,
+            ["/production/myapp/frontend", "/production/myapp/db"]
+        );
+        assert_eq!(r.mode, Some(0o640));
+        assert_eq!(r.uid, Some(0));
+        assert!(r.src.ends_with("templates/app.tmpl"));
+        assert_eq!(r.dest, PathBuf::from("/etc/app.conf"));
+        assert_eq!(r.reload_timeout, Duration::from_secs(5));
+        assert_eq!(r.check_timeout, DEFAULT_COMMAND_TIMEOUT);
+    }
+
+    #[test]
+    fn no_prefix_leaves_keys_as_written() {
+        let r = load_text(
+            "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/proxy/frontend\"]\n",
+            "",
+        )
+        .expect("valid resource");
+        assert_eq!(r.prefix, "");
+        assert_eq!(r.keys, ["/proxy/frontend"]);
+    }
+
+    #[test]
+    fn typo_names_file_line_and_key() {
+        let err = load_text(
+            "[template]\nsrc = \"a\"\ndset = \"/tmp/a\"\nkeys = [\"/a\"]\n",
+            "",
+        )
+        .expect_err("typo must fail");
+        let message = err.to_string();
+        assert!(message.contains("app.toml:3:1:"), "{message}");
+        assert!(message.contains("dset"), "{message}");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let err =
+            load_text("[template]\nsrc = \"a\"\nkeys = [\"/a\"]\n", "").expect_err("missing dest");
+        let message = err.to_string();
+        assert!(message.contains("app.toml"), "{message}");
+        assert!(message.contains("missing field `dest`"), "{message}");
+    }
+
+    #[test]
+    fn bad_mode_owner_and_timeout_are_named() {
+        let base = "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\n";
+        let err = load_text(&format!("{base}mode = \"rw-r--r--\"\n"), "").expect_err("mode");
+        assert!(err.to_string().contains("`mode`"), "{err}");
+        let err = load_text(&format!("{base}owner = \"no-such-user-x\"\n"), "").expect_err("user");
+        assert!(err.to_string().contains("no-such-user-x"), "{err}");
+        let err =
+            load_text(&format!("{base}check_cmd_timeout = \"soon\"\n"), "").expect_err("timeout");
+        assert!(err.to_string().contains("check_cmd_timeout"), "{err}");
+    }
+
+    #[test]
+    fn owner_and_group_names_resolve() {
+        let r = load_text(
+            "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\nowner = \"root\"\n\
+             group = \"root\"\n",
+            "",
+        )
+        .expect("root exists");
+        assert_eq!((r.uid, r.gid), (Some(0), Some(0)));
+    }
+
+    #[test]
+    fn join_key_path_behaves_like_go_path_join() {
+        assert_eq!(join_key_path(&["/", "", ""]), "/");
+        assert_eq!(
+            join_key_path(&["/", "/production", "myapp"]),
+            "/production/myapp"
+        );
+        assert_eq!(join_key_path(&["/a/", "/b//c/"]), "/a/b/c");
+        assert_eq!(join_key_path(&["", "a"]), "a");
+    }
+}

@@ -1,0 +1,366 @@
+//! Settings: the command line, `RECONFD_*` environment variables and the settings file, merged
+//! with precedence flag > environment > file > default.
+//!
+//! The settings file uses confd's `confd.toml` keys, so an existing confd.toml works. confd
+//! keys for stores reconfd does not offer yet are accepted with a warning; any other unknown
+//! key is an error that names the file and the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use serde::Deserialize;
+
+use crate::cli::Cli;
+
+const DEFAULT_CONFDIR: &str = "/etc/reconfd";
+const DEFAULT_INTERVAL_SECONDS: u64 = 600;
+
+/// confd.toml keys that belong to stores or features reconfd does not offer yet. They are
+/// accepted so that a confd.toml can be used unchanged.
+const CONFD_KEYS_NOT_USED_YET: &[&str] = &[
+    "auth_token",
+    "auth_type",
+    "basic_auth",
+    "client_cakeys",
+    "client_cert",
+    "client_insecure",
+    "client_key",
+    "password",
+    "scheme",
+    "separator",
+    "srv_domain",
+    "srv_record",
+    "table",
+    "username",
+    "app_id",
+    "user_id",
+    "role_id",
+    "secret_id",
+    "path",
+];
+
+/// Why the settings are unusable (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The settings file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The settings file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The settings file is not valid or has an unknown key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The settings file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range or names something unknown.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The store every resource reads from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// YAML, JSON or TOML files and directories.
+    File {
+        /// Files or directories, in the order given.
+        paths: Vec<PathBuf>,
+        /// Glob on file names inside directories.
+        filter: Option<String>,
+    },
+    /// Environment variables.
+    Env,
+}
+
+/// How the daemon runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunMode {
+    /// Once, then exit with the result.
+    Onetime,
+    /// Every interval.
+    Poll,
+    /// On every change the store reports, with a full resync every interval.
+    Watch,
+}
+
+/// Fully resolved settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Directory with `conf.d/` and `templates/`.
+    pub confdir: PathBuf,
+    /// The store.
+    pub backend: Backend,
+    /// Prefix joined in front of every resource's prefix.
+    pub prefix: String,
+    /// Time between polls or safety resyncs.
+    pub interval: Duration,
+    /// Once, polling or watching.
+    pub mode: RunMode,
+    /// Compare and show diffs only.
+    pub noop: bool,
+    /// Write files but run no commands.
+    pub sync_only: bool,
+    /// Keep stage files of failed checks.
+    pub keep_stage_file: bool,
+    /// Log level filter, such as `info`.
+    pub log_level: String,
+}
+
+/// The settings file, with confd.toml's key names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsFile {
+    confdir: Option<PathBuf>,
+    backend: Option<String>,
+    nodes: Option<Vec<String>>,
+    prefix: Option<String>,
+    interval: Option<u64>,
+    watch: Option<bool>,
+    onetime: Option<bool>,
+    noop: Option<bool>,
+    #[serde(rename = "sync-only")]
+    sync_only: Option<bool>,
+    #[serde(rename = "keep-stage-file")]
+    keep_stage_file: Option<bool>,
+    #[serde(rename = "log-level")]
+    log_level: Option<String>,
+    file: Option<Vec<PathBuf>>,
+    filter: Option<String>,
+}
+
+impl Settings {
+    /// Parses the process's command line and environment, reads the settings file, and merges
+    /// them. Command-line syntax errors exit through clap (status 2).
+    pub fn from_command_line() -> Result<Settings, SettingsError> {
+        let matches = Cli::command().get_matches();
+        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        Settings::merge(cli, &matches)
+    }
+
+    fn merge(cli: Cli, matches: &ArgMatches) -> Result<Settings, SettingsError> {
+        let default_config_file = cli.config_file.is_none();
+        let confdir_for_file = cli
+            .confdir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFDIR));
+        let config_file = cli
+            .config_file
+            .clone()
+            .unwrap_or_else(|| confdir_for_file.join("reconfd.toml"));
+        let file = read_settings_file(&config_file, default_config_file)?;
+
+        // A boolean flag counts only when it was given on the command line or in the
+        // environment; otherwise the settings file decides.
+        let flag =
+            |id: &str, cli_value: bool, file_value: Option<bool>| match matches.value_source(id) {
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable) => cli_value,
+                _ => file_value.unwrap_or(false),
+            };
+        let onetime = flag("onetime", cli.onetime, file.onetime);
+        let watch = flag("watch", cli.watch, file.watch);
+        let noop = flag("noop", cli.noop, file.noop);
+        let sync_only = flag("sync_only", cli.sync_only, file.sync_only);
+        let keep_stage_file = flag("keep_stage_file", cli.keep_stage_file, file.keep_stage_file);
+
+        let confdir = cli
+            .confdir
+            .or(file.confdir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFDIR));
+        let interval_seconds = cli
+            .interval
+            .or(file.interval)
+            .unwrap_or(DEFAULT_INTERVAL_SECONDS);
+        if interval_seconds == 0 {
+            return Err(SettingsError::Invalid(
+                "--interval must be at least 1 second".to_string(),
+            ));
+        }
+        let nodes = if cli.nodes.is_empty() {
+            file.nodes.unwrap_or_default()
+        } else {
+            cli.nodes
+        };
+        let backend_name = cli
+            .backend
+            .or(file.backend)
+            .unwrap_or_else(|| "file".to_string());
+        let backend = match backend_name.as_str() {
+            "file" => {
+                let paths = if cli.files.is_empty() {
+                    file.file.unwrap_or_default()
+                } else {
+                    cli.files
+                };
+                if paths.is_empty() {
+                    return Err(SettingsError::Invalid(
+                        "--backend file needs at least one --file".to_string(),
+                    ));
+                }
+                Backend::File {
+                    paths,
+                    filter: cli.filter.or(file.filter),
+                }
+            }
+            "env" => Backend::Env,
+            other => {
+                return Err(SettingsError::Invalid(format!(
+                    "--backend {other:?} is not a known store (known: file, env)"
+                )));
+            }
+        };
+        if !nodes.is_empty() {
+            tracing::warn!("--node is not used by the {backend_name} store");
+        }
+        let log_level = cli
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".to_string());
+        let log_level = normalize_log_level(&log_level)?;
+        let mode = if onetime {
+            RunMode::Onetime
+        } else if watch {
+            RunMode::Watch
+        } else {
+            RunMode::Poll
+        };
+        Ok(Settings {
+            confdir,
+            backend,
+            prefix: cli.prefix.or(file.prefix).unwrap_or_default(),
+            interval: Duration::from_secs(interval_seconds),
+            mode,
+            noop,
+            sync_only,
+            keep_stage_file,
+            log_level,
+        })
+    }
+}
+
+/// Maps confd's level names (which include `panic` and `fatal`) onto tracing's.
+fn normalize_log_level(level: &str) -> Result<String, SettingsError> {
+    match level.to_ascii_lowercase().as_str() {
+        "trace" | "debug" | "info" | "error" => Ok(level.to_ascii_lowercase()),
+        "warn" | "warning" => Ok("warn".to_string()),
+        "panic" | "fatal" => Ok("error".to_string()),
+        _ => Err(SettingsError::Invalid(format!(
+            "--log-level {level:?} is not a level (error, warn, info, debug, trace)"
+        ))),
+    }
+}
+
+fn read_settings_file(path: &Path, is_default: bool) -> Result<SettingsFile, SettingsError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if is_default && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(SettingsFile::default());
+        }
+        Err(source) => {
+            return Err(SettingsError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let parse_error = |message: String| SettingsError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| parse_error(e.to_string().trim_end().replace('\n', " ")))?;
+    for key in CONFD_KEYS_NOT_USED_YET {
+        if table.remove(*key).is_some() {
+            tracing::warn!(
+                "{}: key `{key}` belongs to a store reconfd does not offer yet; ignored",
+                path.display()
+            );
+        }
+    }
+    SettingsFile::deserialize(table)
+        .map_err(|e| parse_error(e.to_string().trim_end().replace('\n', " ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, SettingsError> {
+        let mut argv = vec!["reconfd"];
+        argv.extend_from_slice(args);
+        let matches = Cli::command()
+            .try_get_matches_from(argv)
+            .expect("arguments parse");
+        let cli = Cli::from_arg_matches(&matches).expect("arguments map onto Cli");
+        Settings::merge(cli, &matches)
+    }
+
+    fn write_settings(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("reconfd.toml");
+        std::fs::write(&path, text).expect("write settings");
+        let path = path.to_string_lossy().into_owned();
+        (dir, path)
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let s = settings(&["--confdir", "/nonexistent", "--file", "a.yaml"]).expect("settings");
+        assert_eq!(s.interval, Duration::from_secs(600));
+        assert_eq!(s.mode, RunMode::Poll);
+        assert_eq!(s.log_level, "info");
+        assert_eq!(s.prefix, "");
+    }
+
+    #[test]
+    fn settings_file_uses_confd_keys_and_flags_win() {
+        let (_dir, path) = write_settings(
+            "backend = \"env\"\ninterval = 30\nwatch = true\nprefix = \"/production\"\n\
+             log-level = \"debug\"\nsync-only = true\nnodes = [\"http://127.0.0.1:2379\"]\n\
+             scheme = \"http\"\n",
+        );
+        let s = settings(&["--config-file", &path, "--interval", "5"]).expect("settings");
+        assert_eq!(s.backend, Backend::Env);
+        assert_eq!(s.interval, Duration::from_secs(5), "flag beats file");
+        assert_eq!(s.mode, RunMode::Watch, "file sets watch");
+        assert_eq!(s.prefix, "/production");
+        assert_eq!(s.log_level, "debug");
+        assert!(s.sync_only);
+    }
+
+    #[test]
+    fn unknown_settings_key_names_file_and_key() {
+        let (_dir, path) = write_settings("backnd = \"env\"\n");
+        let err = settings(&["--config-file", &path]).expect_err("typo must fail");
+        let message = err.to_string();
+        assert!(message.contains(&path), "{message}");
+        assert!(message.contains("backnd"), "{message}");
+    }
+
+    #[test]
+    fn missing_named_settings_file_is_an_error() {
+        let err = settings(&["--config-file", "/nonexistent/reconfd.toml"]).expect_err("missing");
+        assert!(err.to_string().contains("/nonexistent/reconfd.toml"));
+    }
+
+    #[test]
+    fn unknown_backend_and_zero_interval_are_rejected() {
+        let err = settings(&["--backend", "zookeper"]).expect_err("unknown store");
+        assert!(err.to_string().contains("zookeper"));
+        let err = settings(&["--backend", "env", "--interval", "0"]).expect_err("zero");
+        assert!(err.to_string().contains("--interval"));
+    }
+
+    #[test]
+    fn onetime_wins_over_watch() {
+        let s = settings(&["--backend", "env", "--watch", "--onetime"]).expect("settings");
+        assert_eq!(s.mode, RunMode::Onetime);
+    }
+}
