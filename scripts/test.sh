@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian/Ubuntu machine, then runs every check and test:
+# formatting, clippy, unit tests and the integration tests that drive the real binary against
+# real servers started on loopback ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(haproxy)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+    || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian puts some server binaries outside a normal user's PATH.
+export PATH="$PATH:/usr/sbin:/sbin"
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test
