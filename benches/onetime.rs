@@ -27,7 +27,10 @@ fn main() {
         peak_rss_kib = peak_rss_kib.max(rss_kib);
     }
     let rendered = std::fs::read_to_string(root.join("haproxy.cfg")).expect("rendered file");
-    let servers = rendered.lines().filter(|line| line.contains(" server ")).count();
+    let servers = rendered
+        .lines()
+        .filter(|line| line.contains(" server "))
+        .count();
     assert_eq!(servers, KEYS, "every key rendered");
 
     walls.sort();

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -18,7 +18,7 @@ use crate::resource::{self, Resource};
 use crate::settings::{Backend, RunMode, Settings};
 use crate::store::env::EnvStore;
 use crate::store::file::FileStore;
-use crate::store::{Snapshot, Store, WatchEvent, WatchStream, under_any};
+use crate::store::{Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
 use crate::template::{Renderer, View};
 
 /// First wait after a store failure; doubled on each further failure up to [`MAX_BACKOFF`].
@@ -59,6 +59,7 @@ pub async fn run(settings: Settings) -> ExitCode {
         store,
         prepared,
         snapshot: Arc::new(Snapshot::default()),
+        outage: Outage::default(),
     };
     match settings.mode {
         RunMode::Onetime => {
@@ -153,6 +154,7 @@ struct Daemon {
     snapshot: Arc<Snapshot>,
     options: Options,
     interval: Duration,
+    outage: Outage,
 }
 
 impl Daemon {
@@ -183,22 +185,24 @@ impl Daemon {
     }
 
     /// Follows the store's changes until shutdown; falls back to polling for stores that
-    /// cannot watch.
+    /// cannot watch. While the store is unreachable the files stay as they are and attempts
+    /// are spaced by a capped exponential backoff.
     async fn watch(&mut self, shutdown: &mut Shutdown) {
-        let mut backoff = MIN_BACKOFF;
-        loop {
-            if self.resync().await {
-                break;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(MAX_BACKOFF),
-                () = shutdown.wait() => return,
+        let mut backoff = Backoff::default();
+        while !self.resync().await {
+            if !backoff.wait(shutdown).await {
+                return;
             }
         }
-        let mut backoff = MIN_BACKOFF;
         loop {
-            let stream = match self.store.watch(&self.prefixes, &self.snapshot).await {
-                Ok(Some(stream)) => stream,
+            match self.store.watch(&self.prefixes, &self.snapshot).await {
+                Ok(Some(stream)) => {
+                    self.outage.ended(self.store.name());
+                    backoff = Backoff::default();
+                    if self.follow(stream, shutdown).await.is_break() {
+                        return;
+                    }
+                }
                 Ok(None) => {
                     tracing::info!(
                         "the {} store cannot watch; polling every {:?}",
@@ -208,18 +212,11 @@ impl Daemon {
                     return self.poll(shutdown).await;
                 }
                 Err(e) => {
-                    tracing::warn!("{} store: cannot watch: {e}", self.store.name());
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = shutdown.wait() => return,
+                    self.outage.began(self.store.name(), &e);
+                    if !backoff.wait(shutdown).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
                 }
-            };
-            backoff = MIN_BACKOFF;
-            if self.follow(stream, shutdown).await.is_break() {
-                return;
             }
         }
     }
@@ -237,7 +234,7 @@ impl Daemon {
             tokio::select! {
                 event = stream.recv() => {
                     let Some(first) = event else {
-                        tracing::warn!("{} store: watch ended; watching again", self.store.name());
+                        tracing::debug!("{} store: watch ended; watching again", self.store.name());
                         return std::ops::ControlFlow::Continue(());
                     };
                     // Everything already queued is part of the same burst: apply it all and
@@ -257,11 +254,12 @@ impl Daemon {
     }
 
     /// Applies a burst of watch events to the snapshot and syncs the resources they touch.
-    async fn apply(&mut self, batch: Vec<Result<WatchEvent, crate::store::StoreError>>) {
+    async fn apply(&mut self, batch: Vec<Result<WatchEvent, StoreError>>) {
         let mut changed: BTreeSet<String> = BTreeSet::new();
         let snapshot = Arc::make_mut(&mut self.snapshot);
         for event in batch {
             match event {
+                Err(e @ StoreError::Unavailable(_)) => self.outage.began(self.store.name(), &e),
                 Err(e) => tracing::error!("{} store: {e}", self.store.name()),
                 Ok(WatchEvent::Changes { revision, changes }) => {
                     for change in changes {
@@ -291,15 +289,13 @@ impl Daemon {
     async fn resync(&mut self) -> bool {
         match self.store.fetch(&self.prefixes).await {
             Ok(snapshot) => {
+                self.outage.ended(self.store.name());
                 self.snapshot = Arc::new(snapshot);
                 self.sync(|_| true).await;
                 true
             }
             Err(e) => {
-                tracing::error!(
-                    "{} store: {e}; keeping the current files",
-                    self.store.name()
-                );
+                self.outage.began(self.store.name(), &e);
                 false
             }
         }
@@ -348,6 +344,58 @@ fn changed_keys<'a>(old: &'a Snapshot, new: &'a Snapshot) -> impl Iterator<Item 
         .filter(|key| !old.entries.contains_key(*key))
         .cloned();
     removed_or_changed.chain(added)
+}
+
+/// Logs a store outage once when it begins and once when it ends, however many attempts fail
+/// in between.
+#[derive(Default)]
+struct Outage {
+    since: Option<Instant>,
+}
+
+impl Outage {
+    fn began(&mut self, store: &str, error: &StoreError) {
+        if self.since.is_none() {
+            tracing::error!(
+                "{store} store unavailable: {error}; keeping the current files and retrying"
+            );
+            self.since = Some(Instant::now());
+        } else {
+            tracing::debug!("{store} store still unavailable: {error}");
+        }
+    }
+
+    fn ended(&mut self, store: &str) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                "{store} store available again after {:.1?}",
+                since.elapsed()
+            );
+        }
+    }
+}
+
+/// Capped exponential backoff between attempts to reach a store.
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff { next: MIN_BACKOFF }
+    }
+}
+
+impl Backoff {
+    /// Waits for the next attempt; false when shutdown came first.
+    async fn wait(&mut self, shutdown: &mut Shutdown) -> bool {
+        let delay = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = shutdown.wait() => false,
+        }
+    }
 }
 
 /// SIGINT and SIGTERM, listened to for the whole run.
