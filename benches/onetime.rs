@@ -76,6 +76,10 @@ fn write_confdir(root: &Path) {
 }
 
 /// Runs one `--onetime` and returns its wall time and peak resident set size in KiB.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4, which also reports its peak RSS"
+)]
 fn run_measured(binary: &str, root: &Path) -> (Duration, i64) {
     let started = Instant::now();
     let child = Command::new(binary)
