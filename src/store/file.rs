@@ -1,22 +1,855 @@
-//! The file store.
-use super::*;
+//! The file store: YAML, JSON and TOML files, flattened into keys as confd's file backend does.
+//!
+//! Nested maps become `/a/b/c`, list items `/a/0`, `/a/1`; scalars become strings the way Go
+//! prints them (so a confd data file renders the same here); nulls produce no key. Directories
+//! are read recursively, files in sorted order, and when two files define the same key the
+//! later one wins.
+//!
+//! The store reads every file again on each fetch and on each change a watch sees: data files
+//! are small, and reading them whole is what keeps the result exactly equal to a fresh fetch.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
 use async_trait::async_trait;
-use std::path::PathBuf;
-pub struct FileStore;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use serde_yaml_ng::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use walkdir::WalkDir;
+
+use super::{KeyMap, Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
+
+/// File name globs read from directories when no filter is given.
+const DEFAULT_FILTER: &[&str] = &["*.yaml", "*.yml", "*.json", "*.toml"];
+
+/// A watch reads the files once no change has been seen for this long, so that an editor's
+/// write-rename-delete sequence is read once, and complete.
+const QUIET: Duration = Duration::from_millis(100);
+
+/// Longest a watch waits after the first change before reading, however busy the files are.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// Watch events buffered for the daemon. Each one is a complete snapshot, so a small buffer
+/// suffices: the daemon applies whatever is queued in one go.
+const WATCH_CAPACITY: usize = 4;
+
+/// Reads keys from YAML, JSON and TOML files and directories.
+pub struct FileStore {
+    files: DataFiles,
+}
+
 impl FileStore {
-    pub fn new(_p: Vec<PathBuf>, _f: Option<String>) -> Result<FileStore, StoreError> {
-        todo!()
+    /// A store reading `paths` (files or directories) in the order given. Inside directories
+    /// only files whose name matches the `filter` glob are read (by default `*.yaml`, `*.yml`,
+    /// `*.json` and `*.toml`); a path given as a file is always read. Fails when the filter is
+    /// not a valid glob.
+    pub fn new(paths: Vec<PathBuf>, filter: Option<String>) -> Result<FileStore, StoreError> {
+        let patterns = match &filter {
+            Some(filter) => vec![filter.as_str()],
+            None => DEFAULT_FILTER.to_vec(),
+        };
+        let mut builder = GlobSetBuilder::new();
+        for pattern in patterns {
+            let glob = Glob::new(pattern)
+                .map_err(|e| StoreError::Invalid(format!("invalid file filter: {e}")))?;
+            builder.add(glob);
+        }
+        let filter = builder
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("invalid file filter: {e}")))?;
+        Ok(FileStore {
+            files: DataFiles { paths, filter },
+        })
     }
 }
+
 #[async_trait]
 impl Store for FileStore {
     fn name(&self) -> &'static str {
         "file"
     }
-    async fn fetch(&self, _p: &[String]) -> Result<Snapshot, StoreError> {
-        todo!()
+
+    async fn fetch(&self, prefixes: &[String]) -> Result<Snapshot, StoreError> {
+        self.files.read(prefixes)
     }
-    async fn watch(&self, _p: &[String], _s: &Snapshot) -> Result<Option<WatchStream>, StoreError> {
-        todo!()
+
+    /// Watches every path and, once changes settle, reads all files again and reports the
+    /// result as a [`WatchEvent::Replace`], or the error that kept the files from being read.
+    async fn watch(
+        &self,
+        prefixes: &[String],
+        snapshot: &Snapshot,
+    ) -> Result<Option<WatchStream>, StoreError> {
+        let targets = Targets::resolve(&self.files.paths)?;
+        let watches = targets.watches();
+        // One pending wake-up is all the reader needs: it reads everything anyway.
+        let (wake_tx, wake_rx) = mpsc::channel::<()>(1);
+        // The files may have changed between the caller's fetch and this watch starting; an
+        // initial read closes that gap (and is not reported when nothing changed).
+        let _ = wake_tx.try_send(());
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let wake = match event {
+                    Ok(event) => targets.concern(&event),
+                    Err(e) => {
+                        // Whatever went wrong may have hidden a change.
+                        tracing::warn!("file store: watch error: {e}; reading the files again");
+                        true
+                    }
+                };
+                if wake {
+                    // A full channel already holds a wake-up; a closed one means the watch ended.
+                    let _ = wake_tx.try_send(());
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot watch the data files: {e}")))?;
+        for (path, mode) in watches {
+            watcher
+                .watch(&path, mode)
+                .map_err(|e| file_error(&path, format!("cannot watch: {e}")))?;
+        }
+        let (events, stream) = mpsc::channel(WATCH_CAPACITY);
+        tokio::spawn(follow(
+            watcher,
+            wake_rx,
+            events,
+            self.files.clone(),
+            prefixes.to_vec(),
+            snapshot.clone(),
+        ));
+        Ok(Some(stream))
+    }
+}
+
+/// Reads the files again whenever woken and changes have settled, and sends what changed.
+/// Owns the watcher, so notify stops when the daemon drops the stream.
+async fn follow(
+    watcher: RecommendedWatcher,
+    mut wake: mpsc::Receiver<()>,
+    events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+    files: DataFiles,
+    prefixes: Vec<String>,
+    mut last: Snapshot,
+) {
+    let _watcher = watcher;
+    loop {
+        tokio::select! {
+            woken = wake.recv() => {
+                if woken.is_none() {
+                    return;
+                }
+            }
+            () = events.closed() => return,
+        }
+        settle(&mut wake).await;
+        let event = match files.read(&prefixes) {
+            Ok(snapshot) if snapshot == last => continue,
+            Ok(snapshot) => {
+                last = snapshot.clone();
+                Ok(WatchEvent::Replace(snapshot))
+            }
+            Err(e) => Err(e),
+        };
+        if events.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Returns once [`QUIET`] passes without a wake-up, or [`MAX_DELAY`] after it was called.
+async fn settle(wake: &mut mpsc::Receiver<()>) {
+    let deadline = Instant::now() + MAX_DELAY;
+    loop {
+        let until = (Instant::now() + QUIET).min(deadline);
+        match tokio::time::timeout_at(until, wake.recv()).await {
+            Ok(Some(())) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// The paths a watch reacts to, canonicalized so they compare equal to the paths notify
+/// reports.
+struct Targets {
+    /// Directories given as paths: a change anywhere under them counts.
+    dirs: Vec<PathBuf>,
+    /// Files given as paths, as (parent directory, file name): editors replace a file by
+    /// renaming another over it, so the parent is watched and only this name counts.
+    files: Vec<(PathBuf, OsString)>,
+}
+
+impl Targets {
+    fn resolve(paths: &[PathBuf]) -> Result<Targets, StoreError> {
+        let mut targets = Targets {
+            dirs: Vec::new(),
+            files: Vec::new(),
+        };
+        for path in paths {
+            let metadata = std::fs::metadata(path).map_err(|e| file_error(path, e.to_string()))?;
+            if metadata.is_dir() {
+                let dir =
+                    std::fs::canonicalize(path).map_err(|e| file_error(path, e.to_string()))?;
+                targets.dirs.push(dir);
+                continue;
+            }
+            let name = path
+                .file_name()
+                .ok_or_else(|| file_error(path, "not a file name"))?;
+            let parent = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            // Only the parent is canonicalized: the file itself may be a symlink that is
+            // swapped (a Kubernetes ConfigMap), and it is the link's name that matters.
+            let parent =
+                std::fs::canonicalize(parent).map_err(|e| file_error(parent, e.to_string()))?;
+            targets.files.push((parent, name.to_os_string()));
+        }
+        Ok(targets)
+    }
+
+    /// The directories to hand to notify. A directory inside another watched one needs no
+    /// watch of its own, and watching it again non-recursively could narrow the outer watch.
+    fn watches(&self) -> BTreeMap<PathBuf, RecursiveMode> {
+        let mut watches = BTreeMap::new();
+        for dir in &self.dirs {
+            let inside_another = self
+                .dirs
+                .iter()
+                .any(|other| other != dir && dir.starts_with(other));
+            if !inside_another {
+                watches.insert(dir.clone(), RecursiveMode::Recursive);
+            }
+        }
+        for (parent, _) in &self.files {
+            if !self.dirs.iter().any(|dir| parent.starts_with(dir)) {
+                watches
+                    .entry(parent.clone())
+                    .or_insert(RecursiveMode::NonRecursive);
+            }
+        }
+        watches
+    }
+
+    /// Whether `event` may have changed what the files say.
+    fn concern(&self, event: &notify::Event) -> bool {
+        if matches!(event.kind, EventKind::Access(_)) {
+            return false;
+        }
+        // An event without paths (the kernel's queue overflowed) may hide any change.
+        event.paths.is_empty() || event.paths.iter().any(|path| self.contains(path))
+    }
+
+    fn contains(&self, path: &Path) -> bool {
+        self.dirs.iter().any(|dir| path.starts_with(dir))
+            || self.files.iter().any(|(parent, name)| {
+                path.parent() == Some(parent.as_path())
+                    && path.file_name() == Some(name.as_os_str())
+            })
+    }
+}
+
+/// The paths and filter of a store: everything needed to read it, cheap to clone into a
+/// watch task.
+#[derive(Clone)]
+struct DataFiles {
+    paths: Vec<PathBuf>,
+    filter: GlobSet,
+}
+
+impl DataFiles {
+    /// Reads every file and keeps the keys under any of `prefixes`.
+    fn read(&self, prefixes: &[String]) -> Result<Snapshot, StoreError> {
+        let files = self.list()?;
+        // Each key with its value and the index of the file that defined it, to name both
+        // files when a later one overrides it.
+        let mut entries: BTreeMap<String, (String, usize)> = BTreeMap::new();
+        for (index, file) in files.iter().enumerate() {
+            for (key, value) in read_file(file)? {
+                if !under_any(&key, prefixes) {
+                    continue;
+                }
+                if let Some((_, earlier)) = entries.insert(key.clone(), (value, index))
+                    && earlier != index
+                {
+                    tracing::warn!(
+                        "file store: key {key} is defined in {} and again in {}; the latter wins",
+                        files[earlier].display(),
+                        file.display()
+                    );
+                }
+            }
+        }
+        Ok(Snapshot {
+            entries: entries
+                .into_iter()
+                .map(|(key, (value, _))| (key, value))
+                .collect::<KeyMap>(),
+            revision: None,
+        })
+    }
+
+    /// The files to read, in order: the paths as given, each directory's matching files in
+    /// sorted order.
+    fn list(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut files = Vec::new();
+        for path in &self.paths {
+            let metadata = std::fs::metadata(path).map_err(|e| file_error(path, e.to_string()))?;
+            if !metadata.is_dir() {
+                files.push(path.clone());
+                continue;
+            }
+            for entry in WalkDir::new(path).min_depth(1).sort_by_file_name() {
+                let entry = entry.map_err(|e| {
+                    let at = e.path().unwrap_or(path).to_path_buf();
+                    let message = e
+                        .io_error()
+                        .map_or_else(|| e.to_string(), ToString::to_string);
+                    file_error(&at, message)
+                })?;
+                if !self.filter.is_match(Path::new(entry.file_name())) {
+                    continue;
+                }
+                // Symlinks to files count as files (a Kubernetes ConfigMap is all symlinks);
+                // symlinks to directories are not followed, as confd does not.
+                let is_file = if entry.path_is_symlink() {
+                    std::fs::metadata(entry.path())
+                        .map_err(|e| file_error(entry.path(), e.to_string()))?
+                        .is_file()
+                } else {
+                    entry.file_type().is_file()
+                };
+                if is_file {
+                    files.push(entry.into_path());
+                }
+            }
+        }
+        Ok(files)
+    }
+}
+
+/// Parses one file by its extension and flattens it into (key, value) pairs.
+fn read_file(path: &Path) -> Result<Vec<(String, String)>, StoreError> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e.to_string()))?;
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let tree = match extension {
+        // JSON is read into a YAML value so that all three formats flatten alike; it is a
+        // self-describing format, so nothing is lost.
+        "json" => serde_json::from_str::<Value>(&text)
+            .map_err(|e| file_error(path, located(e.line(), e.column(), &e.to_string())))?,
+        "toml" => {
+            let table = text
+                .parse::<toml::Table>()
+                .map_err(|e| file_error(path, toml_message(&text, &e)))?;
+            from_toml(toml::Value::Table(table))
+        }
+        _ => {
+            let mut tree = serde_yaml_ng::from_str::<Value>(&text)
+                .map_err(|e| file_error(path, yaml_message(&e)))?;
+            // Go's YAML decoder, which confd uses, applies `<<` merge keys.
+            tree.apply_merge()
+                .map_err(|e| file_error(path, yaml_message(&e)))?;
+            tree
+        }
+    };
+    let mut pairs = Vec::new();
+    flatten(&tree, "/", &mut pairs).map_err(|message| file_error(path, message))?;
+    Ok(pairs)
+}
+
+/// Appends the keys of `node`, found at `key`, to `out`, as confd's `nodeWalk` does.
+fn flatten(node: &Value, key: &str, out: &mut Vec<(String, String)>) -> Result<(), String> {
+    match node {
+        Value::Null => {}
+        Value::Bool(b) => out.push((key.to_string(), b.to_string())),
+        Value::Number(n) => out.push((key.to_string(), number(n))),
+        Value::String(s) => out.push((key.to_string(), s.clone())),
+        Value::Sequence(items) => {
+            for (index, item) in items.iter().enumerate() {
+                flatten(item, &join(key, &index.to_string()), out)?;
+            }
+        }
+        Value::Mapping(map) => {
+            for (name, value) in map {
+                flatten(value, &join(key, &map_key(name, key)?), out)?;
+            }
+        }
+        Value::Tagged(tagged) => flatten(&tagged.value, key, out)?,
+    }
+    Ok(())
+}
+
+/// A map key as a path segment. YAML allows any value as a key; scalars are spelled as their
+/// values are, anything else cannot name a key.
+fn map_key(name: &Value, parent: &str) -> Result<String, String> {
+    match name {
+        Value::String(s) => Ok(s.clone()),
+        Value::Bool(b) => Ok(b.to_string()),
+        Value::Number(n) => Ok(number(n)),
+        Value::Tagged(tagged) => map_key(&tagged.value, parent),
+        Value::Null | Value::Sequence(_) | Value::Mapping(_) => Err(format!(
+            "a map key under {parent} is not a string, number or boolean"
+        )),
+    }
+}
+
+/// A number as Go prints it: integers in decimal, floats with `strconv.FormatFloat(f, 'f',
+/// -1, 64)` (shortest exact form, never an exponent).
+fn number(n: &serde_yaml_ng::Number) -> String {
+    match n.as_f64() {
+        Some(f) if n.is_f64() => format_float(f),
+        _ => n.to_string(),
+    }
+}
+
+/// Rust's `Display` for `f64` is already the shortest round-tripping form without exponent;
+/// only the infinities are spelled differently in Go.
+fn format_float(f: f64) -> String {
+    if f == f64::INFINITY {
+        "+Inf".to_string()
+    } else if f == f64::NEG_INFINITY {
+        "-Inf".to_string()
+    } else {
+        f.to_string()
+    }
+}
+
+/// `base` and `name` joined and cleaned like Go's `path.Join`: empty and `.` segments vanish,
+/// `..` removes the one before, and a `/` inside a map key nests.
+fn join(base: &str, name: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in base.split('/').chain(name.split('/')) {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            segment => segments.push(segment),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
+/// A TOML document as a YAML value; datetimes become their TOML spelling.
+fn from_toml(value: toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::Number(i.into()),
+        toml::Value::Float(f) => Value::Number(f.into()),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(items) => Value::Sequence(items.into_iter().map(from_toml).collect()),
+        toml::Value::Table(table) => Value::Mapping(
+            table
+                .into_iter()
+                .map(|(key, value)| (Value::String(key), from_toml(value)))
+                .collect(),
+        ),
+    }
+}
+
+fn yaml_message(error: &serde_yaml_ng::Error) -> String {
+    match error.location() {
+        Some(at) => located(at.line(), at.column(), &error.to_string()),
+        None => error.to_string(),
+    }
+}
+
+fn toml_message(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    match error.span() {
+        Some(span) => {
+            // A span always starts on a character boundary; the fallback only guards slicing.
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line} column {column}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
+/// `line L column C: message`, with the place moved to the front: the parser's own ` at line
+/// L column C` is dropped from the message so it is not said twice.
+fn located(line: usize, column: usize, message: &str) -> String {
+    let place = format!(" at line {line} column {column}");
+    let message = message.replacen(&place, "", 1);
+    format!("line {line} column {column}: {message}")
+}
+
+fn file_error(path: &Path, message: impl Into<String>) -> StoreError {
+    StoreError::File {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create dir");
+        }
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    fn keys(pairs: &[(&str, &str)]) -> KeyMap {
+        pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect()
+    }
+
+    fn everything() -> Vec<String> {
+        vec!["/".to_string()]
+    }
+
+    fn fetch(
+        paths: Vec<PathBuf>,
+        filter: Option<&str>,
+        prefixes: &[String],
+    ) -> Result<KeyMap, StoreError> {
+        let store = FileStore::new(paths, filter.map(str::to_string))?;
+        store.files.read(prefixes).map(|snapshot| snapshot.entries)
+    }
+
+    /// Reads `text` as a file named `name` and returns its keys.
+    fn parse(name: &str, text: &str) -> Result<KeyMap, StoreError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = write(dir.path(), name, text);
+        fetch(vec![path], None, &everything())
+    }
+
+    fn file_error_of(result: Result<KeyMap, StoreError>) -> (String, String) {
+        match result {
+            Err(StoreError::File { path, message }) => (path, message),
+            other => panic!("expected a file error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nested_maps_and_lists_flatten_to_paths() {
+        let entries = parse(
+            "data.yaml",
+            "app:\n  db:\n    host: db1\n  servers:\n    - web1\n    - web2\n    - name: web3\n",
+        )
+        .expect("parse");
+        assert_eq!(
+            entries,
+            keys(&[
+                ("/app/db/host", "db1"),
+                ("/app/servers/0", "web1"),
+                ("/app/servers/1", "web2"),
+                ("/app/servers/2/name", "web3"),
+            ])
+        );
+    }
+
+    #[test]
+    fn scalars_are_spelled_as_go_prints_them() {
+        let entries = parse(
+            "data.yaml",
+            "int: 8080\nnegative: -3\nhalf: 1.5\nwhole: 3.0\nbig: 1e21\nsmall: 0.0001\n\
+             enabled: true\ndisabled: false\nnothing: null\ntilde: ~\ninf: .inf\nquoted: \"007\"\n",
+        )
+        .expect("parse");
+        assert_eq!(
+            entries,
+            keys(&[
+                ("/big", "1000000000000000000000"),
+                ("/enabled", "true"),
+                ("/half", "1.5"),
+                ("/inf", "+Inf"),
+                ("/int", "8080"),
+                ("/negative", "-3"),
+                ("/disabled", "false"),
+                ("/quoted", "007"),
+                ("/small", "0.0001"),
+                ("/whole", "3"),
+            ])
+        );
+    }
+
+    #[test]
+    fn non_string_yaml_keys_are_stringified() {
+        let entries = parse(
+            "data.yaml",
+            "ports:\n  80: http\n  443: https\n  1.5: odd\nflags:\n  true: tls\n",
+        )
+        .expect("parse");
+        assert_eq!(
+            entries,
+            keys(&[
+                ("/flags/true", "tls"),
+                ("/ports/1.5", "odd"),
+                ("/ports/443", "https"),
+                ("/ports/80", "http"),
+            ])
+        );
+    }
+
+    #[test]
+    fn keys_are_joined_like_go_path_join() {
+        let entries = parse("data.yaml", "a/b:\n  c: 1\nd:\n  \"\": 2\n").expect("parse");
+        assert_eq!(entries, keys(&[("/a/b/c", "1"), ("/d", "2")]));
+    }
+
+    #[test]
+    fn a_collection_as_map_key_is_an_error() {
+        let (path, message) = file_error_of(parse("data.yaml", "app:\n  ? [a, b]\n  : 1\n"));
+        assert!(path.ends_with("data.yaml"), "{path}");
+        assert!(message.contains("/app"), "{message}");
+    }
+
+    #[test]
+    fn yaml_merge_keys_are_applied() {
+        let entries = parse(
+            "data.yaml",
+            "base: &base\n  port: 80\nweb:\n  <<: *base\n  host: web1\n",
+        )
+        .expect("parse");
+        assert_eq!(
+            entries,
+            keys(&[
+                ("/base/port", "80"),
+                ("/web/host", "web1"),
+                ("/web/port", "80")
+            ])
+        );
+    }
+
+    #[test]
+    fn json_files_are_read() {
+        let entries = parse(
+            "data.json",
+            r#"{"app": {"port": 8080, "ratio": 1.5, "whole": 3.0, "on": true, "none": null, "hosts": ["a", "b"]}}"#,
+        )
+        .expect("parse");
+        assert_eq!(
+            entries,
+            keys(&[
+                ("/app/hosts/0", "a"),
+                ("/app/hosts/1", "b"),
+                ("/app/on", "true"),
+                ("/app/port", "8080"),
+                ("/app/ratio", "1.5"),
+                ("/app/whole", "3"),
+            ])
+        );
+    }
+
+    #[test]
+    fn toml_files_are_read() {
+        let entries = parse(
+            "data.toml",
+            "[app]\nport = 8080\nratio = 1.5\nwhole = 3.0\non = true\nhosts = [\"a\", \"b\"]\n\
+             since = 1979-05-27T07:32:00Z\n\n[[app.backends]]\nname = \"db\"\n",
+        )
+        .expect("parse");
+        assert_eq!(
+            entries,
+            keys(&[
+                ("/app/backends/0/name", "db"),
+                ("/app/hosts/0", "a"),
+                ("/app/hosts/1", "b"),
+                ("/app/on", "true"),
+                ("/app/port", "8080"),
+                ("/app/ratio", "1.5"),
+                ("/app/since", "1979-05-27T07:32:00Z"),
+                ("/app/whole", "3"),
+            ])
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file_line_and_column() {
+        let (path, message) = file_error_of(parse("data.yaml", "app:\n  servers: [unclosed\n"));
+        assert!(path.ends_with("data.yaml"), "{path}");
+        assert!(message.starts_with("line 3 column 1: "), "{message}");
+        assert!(!message.contains(" at line 3 column 1"), "{message}");
+
+        let (path, message) = file_error_of(parse("data.json", "{\"app\":\n  [1,}\n"));
+        assert!(path.ends_with("data.json"), "{path}");
+        assert_eq!(message, "line 2 column 6: expected value");
+
+        let (path, message) = file_error_of(parse("data.toml", "[app]\nport = = 1\n"));
+        assert!(path.ends_with("data.toml"), "{path}");
+        assert_eq!(message, "line 2 column 8: extra `=`, expected nothing");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("missing.yaml");
+        let (path, _) = file_error_of(fetch(vec![missing.clone()], None, &everything()));
+        assert_eq!(path, missing.display().to_string());
+    }
+
+    #[test]
+    fn an_invalid_filter_is_an_error_naming_it() {
+        match FileStore::new(Vec::new(), Some("data[.yaml".to_string())) {
+            Err(e) => assert!(e.to_string().contains("data[.yaml"), "{e}"),
+            Ok(_) => panic!("an invalid glob was accepted"),
+        }
+    }
+
+    #[test]
+    fn directories_are_read_recursively_through_the_filter() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "a.yaml", "a: 1\n");
+        write(dir.path(), "nested/b.yml", "b: 2\n");
+        write(dir.path(), "nested/deeper/c.json", "{\"c\": 3}\n");
+        write(dir.path(), "d.toml", "d = 4\n");
+        write(dir.path(), "notes.txt", "e: 5\n");
+        write(dir.path(), ".a.yaml.swp", "f: 6\n");
+        let entries = fetch(vec![dir.path().to_path_buf()], None, &everything()).expect("read");
+        assert_eq!(
+            entries,
+            keys(&[("/a", "1"), ("/b", "2"), ("/c", "3"), ("/d", "4")])
+        );
+
+        let only_yaml = fetch(
+            vec![dir.path().to_path_buf()],
+            Some("*.yaml"),
+            &everything(),
+        )
+        .expect("read");
+        assert_eq!(only_yaml, keys(&[("/a", "1")]));
+    }
+
+    #[test]
+    fn a_file_given_explicitly_is_read_whatever_the_filter() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let notes = write(dir.path(), "notes.txt", "e: 5\n");
+        let entries = fetch(vec![notes], Some("*.json"), &everything()).expect("read");
+        assert_eq!(entries, keys(&[("/e", "5")]));
+    }
+
+    #[test]
+    fn symlinked_files_in_directories_are_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "real/app.yaml", "app: 1\n");
+        std::os::unix::fs::symlink("real/app.yaml", dir.path().join("app.yaml")).expect("link");
+        std::os::unix::fs::symlink("real", dir.path().join("linked-dir")).expect("link");
+        let files = FileStore::new(vec![dir.path().to_path_buf()], None)
+            .expect("store")
+            .files
+            .list()
+            .expect("list");
+        assert_eq!(
+            files,
+            [
+                dir.path().join("app.yaml"),
+                dir.path().join("real/app.yaml")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_later_file_wins_for_a_duplicate_key() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "data/1.yaml", "app:\n  port: 80\n  host: a\n");
+        write(dir.path(), "data/2.yaml", "app:\n  port: 81\n");
+        let last = write(dir.path(), "last.yaml", "app:\n  host: b\n");
+        let entries =
+            fetch(vec![dir.path().join("data"), last], None, &everything()).expect("read");
+        assert_eq!(entries, keys(&[("/app/host", "b"), ("/app/port", "81")]));
+    }
+
+    #[test]
+    fn prefixes_select_by_plain_string_prefix_as_in_confd() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = write(
+            dir.path(),
+            "data.yaml",
+            "app:\n  x: 1\napple: 2\ndb:\n  host: h\nother: 3\n",
+        );
+        let entries =
+            fetch(vec![path], None, &["/app".to_string(), "/db".to_string()]).expect("read");
+        assert_eq!(
+            entries,
+            keys(&[("/app/x", "1"), ("/apple", "2"), ("/db/host", "h")])
+        );
+    }
+
+    async fn next_event(stream: &mut WatchStream) -> Result<WatchEvent, StoreError> {
+        tokio::time::timeout(Duration::from_secs(5), stream.recv())
+            .await
+            .expect("an event within 5 s")
+            .expect("the stream is open")
+    }
+
+    #[tokio::test]
+    async fn watch_follows_an_editor_save_and_reports_a_broken_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = write(dir.path(), "app.yaml", "app:\n  name: one\n");
+        let store = FileStore::new(vec![path.clone()], None).expect("store");
+        let prefixes = vec!["/app".to_string()];
+        let snapshot = store.fetch(&prefixes).await.expect("fetch");
+        let mut stream = store
+            .watch(&prefixes, &snapshot)
+            .await
+            .expect("watch")
+            .expect("the file store can watch");
+
+        // An editor-style save: write a new file, rename it over the old one.
+        write(dir.path(), ".app.yaml.swp", "app:\n  name: two\n");
+        std::fs::rename(dir.path().join(".app.yaml.swp"), &path).expect("rename");
+        let expected = Snapshot {
+            entries: keys(&[("/app/name", "two")]),
+            revision: None,
+        };
+        assert_eq!(
+            next_event(&mut stream).await.expect("read"),
+            WatchEvent::Replace(expected)
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), stream.recv())
+                .await
+                .is_err(),
+            "one save is reported once"
+        );
+
+        write(dir.path(), "app.yaml", "app: [broken\n");
+        match next_event(&mut stream).await {
+            Err(StoreError::File { path: at, message }) => {
+                assert_eq!(at, path.display().to_string());
+                assert!(message.contains("line"), "{message}");
+            }
+            other => panic!("expected a file error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn watch_sees_new_files_in_nested_directories() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "a.yaml", "app:\n  a: 1\n");
+        std::fs::create_dir(dir.path().join("nested")).expect("mkdir");
+        let store = FileStore::new(vec![dir.path().to_path_buf()], None).expect("store");
+        let prefixes = vec!["/app".to_string()];
+        let snapshot = store.fetch(&prefixes).await.expect("fetch");
+        let mut stream = store
+            .watch(&prefixes, &snapshot)
+            .await
+            .expect("watch")
+            .expect("the file store can watch");
+
+        write(dir.path(), "nested/b.yaml", "app:\n  b: 2\n");
+        let expected = Snapshot {
+            entries: keys(&[("/app/a", "1"), ("/app/b", "2")]),
+            revision: None,
+        };
+        assert_eq!(
+            next_event(&mut stream).await.expect("read"),
+            WatchEvent::Replace(expected)
+        );
     }
 }

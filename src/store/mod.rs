@@ -98,6 +98,9 @@ pub enum StoreError {
     /// The store cannot be reached or answered with an error.
     #[error("{0}")]
     Unavailable(String),
+    /// The store's settings cannot work, such as an invalid file filter.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// A key/value store reconfd can read from.
