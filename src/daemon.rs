@@ -322,9 +322,8 @@ impl Daemon {
         };
         let rendered = prepared
             .renderer
-            .render(&view)
+            .render(view)
             .map_err(|e| format!("{}: {e}", resource.file.display()))?;
-        drop(view);
         reconcile::reconcile(resource, &rendered, self.options)
             .await
             .map_err(|e| format!("{}: {e}", resource.file.display()))

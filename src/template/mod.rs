@@ -1,21 +1,335 @@
-//! Templates: Tera with confd's functions.
-use crate::store::Snapshot;
+//! Templates: [Tera](https://keats.github.io/tera/) with confd's functions.
+//!
+//! Each resource's template is parsed once into a [`Renderer`] and rendered against a [`View`]
+//! of the store snapshot whenever its keys change. Autoescaping is off (these are configuration
+//! files, not HTML). confd's store functions (`get`, `gets`, `getv`, ...) read the view; its
+//! helpers (`base`, `split`, `json`, `lookupIP`, ...) are registered beside Tera's own filters.
+//! docs/templates.md lists them all with examples.
+//!
+//! Errors name the template file, line and column, and for a missing key the key.
+
+mod dns;
+mod helpers;
+mod store_functions;
+
+use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Arc;
+
+use tera::{Context, ErrorKind, Tera};
+
+pub use dns::Resolver;
+
+use crate::store::{Snapshot, under_any};
+
+/// What one render of one resource may read: the process's snapshot, narrowed to the
+/// resource's keys and seen relative to its prefix.
+#[derive(Clone, Debug)]
 pub struct View {
+    /// The store snapshot shared by every resource.
     pub snapshot: Arc<Snapshot>,
+    /// The resource's full prefix (`""` for none). Template keys are relative to it, as in
+    /// confd: with prefix `/production/app`, `getv(key="/db/host")` reads
+    /// `/production/app/db/host`.
     pub prefix: String,
+    /// Absolute key prefixes the resource declared; keys outside them are invisible.
     pub keys: Vec<String>,
 }
-pub struct Renderer;
-#[derive(Debug, thiserror::Error)]
-#[error("x")]
-pub struct TemplateError;
-impl Renderer {
-    pub fn from_file(_p: &Path) -> Result<Renderer, TemplateError> {
-        todo!()
+
+impl View {
+    /// The store key a template key names.
+    fn absolute(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
     }
-    pub fn render(&self, _v: &View) -> Result<String, TemplateError> {
-        todo!()
+
+    /// The template key of a store key under the prefix, always starting with `/` as confd's
+    /// keys do.
+    fn relative(&self, absolute: &str) -> String {
+        let rest = absolute.get(self.prefix.len()..).unwrap_or(absolute);
+        if rest.starts_with('/') {
+            rest.to_string()
+        } else {
+            format!("/{rest}")
+        }
+    }
+
+    /// True when the resource may read the store key.
+    fn visible(&self, absolute: &str) -> bool {
+        under_any(absolute, &self.keys)
+    }
+
+    /// The visible store entries whose key starts with `prefix + literal`, in key order, as
+    /// (template key, value).
+    fn entries_starting_with<'a>(
+        &'a self,
+        literal: &str,
+    ) -> impl Iterator<Item = (String, &'a str)> + 'a {
+        let start = self.absolute(literal);
+        self.snapshot
+            .entries
+            .range(start.clone()..)
+            .take_while(move |(key, _)| key.starts_with(&start))
+            .filter(|(key, _)| self.visible(key))
+            .map(|(key, value)| (self.relative(key), value.as_str()))
+    }
+}
+
+thread_local! {
+    /// The view of the render running on this thread. Tera functions can reach per-render data
+    /// only through the template context, and copying a whole snapshot into a context would
+    /// cost more than the render itself; a render is synchronous, so the thread it runs on
+    /// identifies it.
+    static CURRENT_VIEW: RefCell<Option<View>> = const { RefCell::new(None) };
+}
+
+/// Puts a view in place for the duration of a render and restores the previous one after,
+/// even if the render unwinds.
+struct ViewScope {
+    previous: Option<View>,
+}
+
+impl ViewScope {
+    fn enter(view: View) -> ViewScope {
+        ViewScope {
+            previous: CURRENT_VIEW.replace(Some(view)),
+        }
+    }
+}
+
+impl Drop for ViewScope {
+    fn drop(&mut self) {
+        CURRENT_VIEW.set(self.previous.take());
+    }
+}
+
+/// Runs `read` on the view of the render in progress.
+fn with_view<T>(read: impl FnOnce(&View) -> tera::TeraResult<T>) -> tera::TeraResult<T> {
+    CURRENT_VIEW.with_borrow(|view| match view {
+        Some(view) => read(view),
+        None => Err(tera::Error::message(
+            "store functions can only be called while a resource is rendered",
+        )),
+    })
+}
+
+/// A template that cannot be read, parsed or rendered.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct TemplateError {
+    /// The template file, with `:line:column` where the fault has a place.
+    pub location: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl TemplateError {
+    fn from_tera(template: &str, error: &tera::Error) -> TemplateError {
+        match error.kind() {
+            ErrorKind::SyntaxError(report) | ErrorKind::RenderingError(report) => {
+                let span = report.span();
+                let file = if report.filename().is_empty() {
+                    template
+                } else {
+                    report.filename()
+                };
+                TemplateError {
+                    location: format!("{file}:{}:{}", span.start_line, span.start_col + 1),
+                    message: report.message().to_string(),
+                }
+            }
+            other => TemplateError {
+                location: template.to_string(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// One template, parsed once, with confd's functions registered.
+pub struct Renderer {
+    tera: Tera,
+    /// The template's name in `tera`: its path, so that errors name the file.
+    name: String,
+}
+
+impl Renderer {
+    /// Reads and parses the template at `path`, resolving names with the system's DNS
+    /// configuration.
+    pub fn from_file(path: &Path) -> Result<Renderer, TemplateError> {
+        let name = path.display().to_string();
+        let source = std::fs::read_to_string(path).map_err(|e| TemplateError {
+            location: name.clone(),
+            message: format!("cannot read the template: {e}"),
+        })?;
+        Renderer::from_source(&name, &source, Resolver::System)
+    }
+
+    /// Parses `source` as the template called `name` (the name errors report).
+    pub fn from_source(
+        name: &str,
+        source: &str,
+        resolver: Resolver,
+    ) -> Result<Renderer, TemplateError> {
+        let mut tera = Tera::new();
+        tera.autoescape_on(Vec::<&'static str>::new());
+        store_functions::register(&mut tera);
+        helpers::register(&mut tera);
+        dns::register(&mut tera, resolver);
+        tera.add_raw_template(name, source)
+            .map_err(|e| TemplateError::from_tera(name, &e))?;
+        Ok(Renderer {
+            tera,
+            name: name.to_string(),
+        })
+    }
+
+    /// Renders the template against `view`.
+    pub fn render(&self, view: View) -> Result<String, TemplateError> {
+        let _scope = ViewScope::enter(view);
+        self.tera
+            .render(&self.name, &Context::new())
+            .map_err(|e| TemplateError::from_tera(&self.name, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A view over `entries` with the given prefix and resource keys.
+    pub(super) fn view(entries: &[(&str, &str)], prefix: &str, keys: &[&str]) -> View {
+        View {
+            snapshot: Arc::new(Snapshot {
+                entries: entries
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                revision: None,
+            }),
+            prefix: prefix.to_string(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    /// Renders `source` against a view of `entries` with no prefix and every key visible.
+    pub(super) fn render(source: &str, entries: &[(&str, &str)]) -> Result<String, TemplateError> {
+        Renderer::from_source("test.tmpl", source, Resolver::System)?.render(view(
+            entries,
+            "",
+            &["/"],
+        ))
+    }
+
+    #[test]
+    fn autoescape_is_off_for_every_template() {
+        let out = render(
+            "{{ getv(key=\"/html\") }}",
+            &[("/html", "<a href=\"x\">&</a>")],
+        )
+        .expect("renders");
+        assert_eq!(out, "<a href=\"x\">&</a>");
+    }
+
+    #[test]
+    fn whitespace_control_works() {
+        let out = render(
+            "a\n{%- for kv in gets(key=\"/s/*\") %}\n{{ kv.value }}{% endfor %}",
+            &[("/s/1", "x"), ("/s/2", "y")],
+        )
+        .expect("renders");
+        assert_eq!(out, "a\nx\ny");
+    }
+
+    #[test]
+    fn syntax_error_names_file_line_and_column() {
+        let err = Renderer::from_source("t/app.tmpl", "ok\n{{ kv.key \n", Resolver::System)
+            .err()
+            .expect("syntax error");
+        assert!(err.location.starts_with("t/app.tmpl:2:"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_template_names_the_path() {
+        let err = Renderer::from_file(Path::new("/nonexistent/x.tmpl"))
+            .err()
+            .expect("missing file");
+        assert!(
+            err.to_string().starts_with("/nonexistent/x.tmpl: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn render_error_names_file_line_and_column() {
+        let renderer = Renderer::from_source(
+            "app.tmpl",
+            "a\nb {{ getv(key=\"/nope\") }}\n",
+            Resolver::System,
+        )
+        .expect("parses");
+        let err = renderer.render(view(&[], "", &["/"])).expect_err("missing");
+        assert_eq!(err.location, "app.tmpl:2:6", "{err}");
+        assert!(err.message.contains("/nope"), "{err}");
+    }
+
+    #[test]
+    fn the_view_ends_with_the_render() {
+        let renderer =
+            Renderer::from_source("a", "{{ getv(key=\"/k\") }}", Resolver::System).expect("parses");
+        renderer
+            .render(view(&[("/k", "v")], "", &["/"]))
+            .expect("renders");
+        assert!(CURRENT_VIEW.with_borrow(Option::is_none));
+    }
+
+    /// The rows of the confd-to-reconfd table in docs/templates.md render as documented.
+    #[test]
+    fn documented_translations_of_confd_templates_render() {
+        let entries = [
+            ("/db/host", "db1"),
+            ("/config", "{\"name\": \"shop\"}"),
+            ("/hosts/a", "h2"),
+            ("/hosts/b", "h1"),
+            ("/pair", "left:right"),
+            ("/services/web/port", "80"),
+            ("/services/api/port", "81"),
+            ("/apps/shop/port", "8080"),
+            ("/n", "41"),
+        ];
+        for (source, expected) in [
+            ("{{ getv(key=\"/db/host\") }}", "db1"),
+            ("{{ getv(key=\"/db/port\", default=\"5432\") }}", "5432"),
+            (
+                "{% set kv = get(key=\"/db/host\") %}{{ kv.key }}={{ kv.value }}",
+                "/db/host=db1",
+            ),
+            (
+                "{% for name in ls(key=\"/services\") %}{{ loop.index0 }} {{ name }};{% endfor %}",
+                "0 api;1 web;",
+            ),
+            (
+                "{% for app in lsdir(key=\"/apps\") %}{{ getv(key=\"/apps/\" ~ app ~ \"/port\") }}{% endfor %}",
+                "8080",
+            ),
+            (
+                "{% set data = getv(key=\"/config\") | json %}{{ data.name }}",
+                "shop",
+            ),
+            ("{{ getvs(key=\"/hosts/*\") | join(sep=\",\") }}", "h1,h2"),
+            ("{{ (getv(key=\"/pair\") | split(pat=\":\"))[0] }}", "left"),
+            ("{{ getv(key=\"/n\") | atoi + 1 }}", "42"),
+            ("{{ add(a=1, b=2) }} {{ 1 + 2 }}", "3 3"),
+            (
+                "{% for kv in gets(key=\"/services/**\") %}{{ kv.value }} {% endfor %}",
+                "81 80 ",
+            ),
+            ("{# comment #}x", "x"),
+        ] {
+            assert_eq!(
+                render(source, &entries).expect(source),
+                expected,
+                "{source}"
+            );
+        }
     }
 }

@@ -1,0 +1,298 @@
+//! confd's DNS functions: `lookupIP`, `lookupIPV4`, `lookupIPV6` and `lookupSRV`.
+//!
+//! Results are sorted, so an unchanged answer renders unchanged bytes whatever order the
+//! server gave. A
+//! name with no records is an empty list, as in confd; a lookup that could not be answered
+//! (timeout, unreachable server) is a render error instead, so that a passing DNS fault cannot
+//! render a configuration without its servers.
+
+use std::net::SocketAddr;
+
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::{Resolver as HickoryResolver, TokioResolver};
+use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
+
+/// Which name server answers lookups.
+#[derive(Clone, Debug)]
+pub enum Resolver {
+    /// The system's configuration: `/etc/resolv.conf` and `/etc/hosts`.
+    System,
+    /// One name server, over UDP and TCP, with no hosts file.
+    NameServer(SocketAddr),
+}
+
+/// Registers the DNS functions on `tera`, answered by `resolver`.
+pub fn register(tera: &mut Tera, resolver: Resolver) {
+    for (name, family) in [
+        ("lookupIP", None),
+        ("lookupIPV4", Some(Family::V4)),
+        ("lookupIPV6", Some(Family::V6)),
+    ] {
+        let resolver = resolver.clone();
+        tera.register_function(name, move |kwargs: Kwargs, _: &State| {
+            lookup_ip(&resolver, kwargs.must_get::<&str>("name")?, family)
+        });
+    }
+    tera.register_function("lookupSRV", move |kwargs: Kwargs, _: &State| {
+        let service = kwargs.get::<&str>("service")?.unwrap_or("");
+        let proto = kwargs.get::<&str>("proto")?.unwrap_or("");
+        let name = kwargs.must_get::<&str>("name")?;
+        lookup_srv(&resolver, service, proto, name)
+    });
+}
+
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// The addresses of `name`, as strings sorted as strings (confd's order).
+fn lookup_ip(resolver: &Resolver, name: &str, family: Option<Family>) -> TeraResult<Vec<String>> {
+    let answer = resolve(resolver, {
+        let name = name.to_string();
+        move |resolver| async move { resolver.lookup_ip(name).await }
+    });
+    let mut addresses: Vec<String> = match answer {
+        Ok(lookup) => lookup
+            .iter()
+            .filter(|address| match family {
+                None => true,
+                Some(Family::V4) => address.is_ipv4(),
+                Some(Family::V6) => address.is_ipv6(),
+            })
+            .map(|address| address.to_string())
+            .collect(),
+        Err(e) if e.is_no_records_found() => Vec::new(),
+        Err(e) => return Err(lookup_failed(name, &e)),
+    };
+    addresses.sort_unstable();
+    addresses.dedup();
+    Ok(addresses)
+}
+
+/// The SRV records of `_service._proto.name` (or of `name` when both are empty) as
+/// `{target, port, priority, weight}`, sorted by target, then port, priority and weight.
+fn lookup_srv(
+    resolver: &Resolver,
+    service: &str,
+    proto: &str,
+    name: &str,
+) -> TeraResult<Vec<Value>> {
+    let query = if service.is_empty() && proto.is_empty() {
+        name.to_string()
+    } else {
+        format!("_{service}._{proto}.{name}")
+    };
+    let answer = resolve(resolver, {
+        let query = query.clone();
+        move |resolver| async move { resolver.srv_lookup(query).await }
+    });
+    let lookup = match answer {
+        Ok(lookup) => lookup,
+        Err(e) if e.is_no_records_found() => return Ok(Vec::new()),
+        Err(e) => return Err(lookup_failed(&query, &e)),
+    };
+    let mut records: Vec<(String, u16, u16, u16)> = lookup
+        .answers()
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::SRV(srv) => Some((srv.target.to_string(), srv.port, srv.priority, srv.weight)),
+            _ => None,
+        })
+        .collect();
+    records.sort_unstable();
+    Ok(records
+        .into_iter()
+        .map(|(target, port, priority, weight)| {
+            let mut map = Map::default();
+            map.insert("target".into(), Value::from(target));
+            map.insert("port".into(), Value::from(port));
+            map.insert("priority".into(), Value::from(priority));
+            map.insert("weight".into(), Value::from(weight));
+            Value::from(map)
+        })
+        .collect())
+}
+
+fn lookup_failed(name: &str, error: &NetError) -> tera::Error {
+    tera::Error::message(format!("cannot look up `{name}`: {error}"))
+}
+
+/// Runs one lookup to completion from synchronous template code.
+///
+/// Templates render on the daemon's runtime thread, where blocking on another future is not
+/// allowed, so the lookup gets a short-lived thread and runtime of its own. Lookups are rare
+/// (a few per render of the templates that use them) and bounded by the resolver's timeouts.
+fn resolve<T, Lookup, Answer>(resolver: &Resolver, lookup: Lookup) -> Result<T, NetError>
+where
+    T: Send,
+    Lookup: FnOnce(TokioResolver) -> Answer + Send,
+    Answer: Future<Output = Result<T, NetError>>,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async { lookup(build(resolver)?).await })
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn build(resolver: &Resolver) -> Result<TokioResolver, NetError> {
+    match resolver {
+        Resolver::System => TokioResolver::builder_tokio()?.build(),
+        Resolver::NameServer(address) => {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = address.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = address.port();
+            let server = NameServerConfig::new(address.ip(), true, vec![udp, tcp]);
+            HickoryResolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![server]),
+                TokioRuntimeProvider::default(),
+            )
+            .build()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, UdpSocket};
+    use std::time::Duration;
+
+    use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
+    use hickory_resolver::proto::rr::rdata::{A, SRV};
+    use hickory_resolver::proto::rr::{Name, Record, RecordType};
+
+    use super::*;
+    use crate::template::Renderer;
+    use crate::template::tests::view;
+
+    /// A DNS server on a loopback port answering from a fixed zone: SRV records for
+    /// `_http._tcp.example.test.`, an A record for `web1.example.test.`, a server failure for
+    /// `broken.example.test.`, NXDOMAIN otherwise.
+    /// It stops after two seconds without a query.
+    fn dns_server() -> SocketAddr {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let address = socket.local_addr().expect("address");
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 512];
+            while let Ok((length, peer)) = socket.recv_from(&mut buffer) {
+                let query = Message::from_vec(&buffer[..length]).expect("a DNS query");
+                let question = query.queries[0].clone();
+                let mut response = Message::new(query.id, MessageType::Response, query.op_code);
+                response.metadata.recursion_desired = query.metadata.recursion_desired;
+                response.metadata.recursion_available = true;
+                response.add_query(question.clone());
+                let name = question.name().to_string();
+                let answers: Vec<Record> = match (name.as_str(), question.query_type()) {
+                    ("_http._tcp.example.test.", RecordType::SRV) => [
+                        ("web2.example.test.", 8080, 10),
+                        ("web1.example.test.", 8080, 10),
+                        ("web1.example.test.", 80, 20),
+                    ]
+                    .into_iter()
+                    .map(|(target, port, priority)| {
+                        Record::from_rdata(
+                            question.name().clone(),
+                            60,
+                            RData::SRV(SRV::new(
+                                priority,
+                                5,
+                                port,
+                                Name::from_ascii(target).expect("name"),
+                            )),
+                        )
+                    })
+                    .collect(),
+                    ("web1.example.test.", RecordType::A) => vec![Record::from_rdata(
+                        question.name().clone(),
+                        60,
+                        RData::A(A::new(10, 0, 0, 1)),
+                    )],
+                    _ => Vec::new(),
+                };
+                if name == "broken.example.test." {
+                    response.metadata.response_code = ResponseCode::ServFail;
+                } else if answers.is_empty() && name != "web1.example.test." {
+                    response.metadata.response_code = ResponseCode::NXDomain;
+                }
+                response.add_answers(answers);
+                let bytes = response.to_vec().expect("encode");
+                socket.send_to(&bytes, peer).expect("send");
+            }
+        });
+        address
+    }
+
+    fn render_with(resolver: Resolver, source: &str) -> String {
+        Renderer::from_source("dns.tmpl", source, resolver)
+            .expect("parses")
+            .render(view(&[], "", &["/"]))
+            .expect("renders")
+    }
+
+    #[test]
+    fn lookup_srv_returns_sorted_records() {
+        let address = dns_server();
+        let out = render_with(
+            Resolver::NameServer(address),
+            "{% for srv in lookupSRV(service=\"http\", proto=\"tcp\", name=\"example.test.\") %}\
+             {{ srv.target }}:{{ srv.port }}/{{ srv.priority }}/{{ srv.weight }} {% endfor %}",
+        );
+        assert_eq!(
+            out,
+            "web1.example.test.:80/20/5 web1.example.test.:8080/10/5 web2.example.test.:8080/10/5 ",
+            "sorted by target, then port"
+        );
+    }
+
+    #[test]
+    fn lookup_ip_answers_from_dns_and_a_missing_name_is_empty() {
+        let address = dns_server();
+        let out = render_with(
+            Resolver::NameServer(address),
+            "{{ lookupIPV4(name=\"web1.example.test.\") | join(sep=\",\") }}|\
+             {{ lookupIP(name=\"gone.example.test.\") | length }}",
+        );
+        assert_eq!(out, "10.0.0.1|0");
+    }
+
+    #[test]
+    fn lookup_ip_of_localhost_uses_the_hosts_file() {
+        let out = render_with(
+            Resolver::System,
+            "{{ lookupIPV4(name=\"localhost\") | join(sep=\",\") }}",
+        );
+        assert_eq!(out, "127.0.0.1");
+    }
+
+    #[test]
+    fn a_failed_lookup_is_a_render_error() {
+        let err = Renderer::from_source(
+            "dns.tmpl",
+            "{{ lookupIP(name=\"broken.example.test.\") }}",
+            Resolver::NameServer(dns_server()),
+        )
+        .expect("parses")
+        .render(view(&[], "", &["/"]))
+        .expect_err("server failure");
+        assert!(
+            err.message
+                .contains("cannot look up `broken.example.test.`"),
+            "{err}"
+        );
+    }
+}

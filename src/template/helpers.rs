@@ -1,0 +1,420 @@
+//! confd's helper functions that do not read the store, with confd's names.
+//!
+//! Helpers that transform a value are filters (`{{ kv.key | base }}`); the others are
+//! functions (`{{ getenv(key="HOSTNAME") }}`). Where Tera already has the helper (`split`,
+//! `join`, `replace`, `reverse`) Tera's is used, and base64 and JSON encoding come from
+//! `tera-contrib`.
+
+use std::fmt::Write;
+
+use tera::value::Key;
+use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
+
+/// Upper bound on the length of a `seq`, so that a typo cannot exhaust memory.
+const MAX_SEQ_LEN: i64 = 100_000;
+
+/// Registers the helpers on `tera`.
+pub fn register(tera: &mut Tera) {
+    tera.register_filter("base", |path: &str, _: Kwargs, _: &State| base(path));
+    tera.register_filter("dir", |path: &str, _: Kwargs, _: &State| dir(path));
+    tera.register_filter("json", json_object);
+    tera.register_filter("jsonArray", json_array);
+    tera.register_filter("json_encode", tera_contrib::json::json_encode);
+    tera.register_filter("base64Encode", tera_contrib::base64::b64_encode);
+    tera.register_filter("base64Decode", tera_contrib::base64::b64_decode);
+    tera.register_filter("toUpper", |text: &str, _: Kwargs, _: &State| {
+        text.to_uppercase()
+    });
+    tera.register_filter("toLower", |text: &str, _: Kwargs, _: &State| {
+        text.to_lowercase()
+    });
+    tera.register_filter("trimSuffix", trim_suffix);
+    tera.register_filter("contains", contains);
+    tera.register_filter("atoi", atoi);
+    tera.register_filter("parseBool", parse_bool);
+    tera.register_filter("sortByLength", sort_by_length);
+    tera.register_filter("sortKVByLength", sort_kv_by_length);
+
+    tera.register_function("getenv", getenv);
+    tera.register_function("datetime", datetime);
+    tera.register_function("seq", seq);
+    tera.register_function("map", map);
+    tera.register_function("fileExists", file_exists);
+    tera.register_function("add", |kwargs: Kwargs, _: &State| {
+        arithmetic(&kwargs, "add", i64::checked_add)
+    });
+    tera.register_function("sub", |kwargs: Kwargs, _: &State| {
+        arithmetic(&kwargs, "sub", i64::checked_sub)
+    });
+    tera.register_function("mul", |kwargs: Kwargs, _: &State| {
+        arithmetic(&kwargs, "mul", i64::checked_mul)
+    });
+    tera.register_function("div", |kwargs: Kwargs, _: &State| {
+        arithmetic(&kwargs, "div", i64::checked_div)
+    });
+    tera.register_function("mod", |kwargs: Kwargs, _: &State| {
+        arithmetic(&kwargs, "mod", i64::checked_rem)
+    });
+}
+
+/// The last element of a `/` path, as Go's `path.Base`: `/a/b/` → `b`, `` → `.`, `/` → `/`.
+pub fn base(path: &str) -> String {
+    if path.is_empty() {
+        return ".".to_string();
+    }
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return "/".to_string();
+    }
+    trimmed
+        .rsplit_once('/')
+        .map_or(trimmed, |(_, last)| last)
+        .to_string()
+}
+
+/// All but the last element of a `/` path, cleaned, as Go's `path.Dir`: `/a/b/c` → `/a/b`,
+/// `a` → `.`, `/a` → `/`.
+pub fn dir(path: &str) -> String {
+    let parent = path.rfind('/').map_or("", |i| &path[..=i]);
+    clean(parent)
+}
+
+/// Go's `path.Clean`: one `/` between elements, `.` removed, `..` resolved lexically.
+fn clean(path: &str) -> String {
+    let rooted = path.starts_with('/');
+    let mut elements: Vec<&str> = Vec::new();
+    for element in path.split('/') {
+        match element {
+            "" | "." => {}
+            ".." => match elements.last() {
+                Some(&last) if last != ".." => {
+                    elements.pop();
+                }
+                _ if rooted => {}
+                _ => elements.push(".."),
+            },
+            _ => elements.push(element),
+        }
+    }
+    let joined = elements.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_string(),
+        (false, false) => joined,
+    }
+}
+
+/// `value | json`: a JSON object in a string, as a map (confd's `json`).
+fn json_object(text: &str, _: Kwargs, _: &State) -> TeraResult<Value> {
+    let parsed: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+        .map_err(|e| tera::Error::message(format!("json: not a JSON object: {e}")))?;
+    Ok(Value::from_serializable(&parsed))
+}
+
+/// `value | jsonArray`: a JSON array in a string, as a list (confd's `jsonArray`).
+fn json_array(text: &str, _: Kwargs, _: &State) -> TeraResult<Value> {
+    let parsed: Vec<serde_json::Value> = serde_json::from_str(text)
+        .map_err(|e| tera::Error::message(format!("jsonArray: not a JSON array: {e}")))?;
+    Ok(Value::from_serializable(&parsed))
+}
+
+/// `value | trimSuffix(suffix="…")`.
+fn trim_suffix(text: &str, kwargs: Kwargs, _: &State) -> TeraResult<String> {
+    let suffix = kwargs.must_get::<&str>("suffix")?;
+    Ok(text.strip_suffix(suffix).unwrap_or(text).to_string())
+}
+
+/// `value | contains(substr="…")`: whether the text contains the substring.
+fn contains(text: &str, kwargs: Kwargs, _: &State) -> TeraResult<bool> {
+    Ok(text.contains(kwargs.must_get::<&str>("substr")?))
+}
+
+/// `value | atoi`: a decimal integer in a string, as a number (Go's `strconv.Atoi`).
+fn atoi(text: &str, _: Kwargs, _: &State) -> TeraResult<i64> {
+    text.parse()
+        .map_err(|_| tera::Error::message(format!("atoi: `{text}` is not an integer")))
+}
+
+/// `value | parseBool`: Go's `strconv.ParseBool` (`1`, `t`, `true`, `TRUE`, `0`, `f`, ...).
+fn parse_bool(text: &str, _: Kwargs, _: &State) -> TeraResult<bool> {
+    match text {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(tera::Error::message(format!(
+            "parseBool: `{text}` is not a boolean"
+        ))),
+    }
+}
+
+/// `list | sortByLength`: strings from shortest to longest; equal lengths keep their order.
+fn sort_by_length(mut items: Vec<String>, _: Kwargs, _: &State) -> Vec<String> {
+    items.sort_by_key(|item| item.chars().count());
+    items
+}
+
+/// `gets(...) | sortKVByLength`: `{key, value}` pairs from shortest key to longest.
+fn sort_kv_by_length(mut pairs: Vec<Value>, _: Kwargs, _: &State) -> TeraResult<Vec<Value>> {
+    let key_length = |pair: &Value| -> TeraResult<usize> {
+        pair.as_map()
+            .and_then(|map| map.get(&Key::Str("key")))
+            .and_then(Value::as_str)
+            .map(|key| key.chars().count())
+            .ok_or_else(|| {
+                tera::Error::message("sortKVByLength: expects `{key, value}` pairs from gets")
+            })
+    };
+    for pair in &pairs {
+        key_length(pair)?;
+    }
+    pairs.sort_by_cached_key(|pair| key_length(pair).unwrap_or(0));
+    Ok(pairs)
+}
+
+/// `getenv(key, default?)`: an environment variable, or the default when it is unset or
+/// empty (confd's `getenv`).
+fn getenv(kwargs: Kwargs, _: &State) -> TeraResult<String> {
+    let name = kwargs.must_get::<&str>("key")?;
+    let default = kwargs.get::<&str>("default")?.unwrap_or("");
+    Ok(std::env::var(name)
+        .ok()
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| default.to_string()))
+}
+
+/// `datetime(format?, utc?)`: the current time, RFC 3339 by default, or in a `strftime`
+/// format such as `"%Y-%m-%d %H:%M"`; local time unless `utc=true`.
+fn datetime(kwargs: Kwargs, _: &State) -> TeraResult<String> {
+    let format = kwargs.get::<&str>("format")?;
+    let utc = kwargs.get::<bool>("utc")?.unwrap_or(false);
+    let now = if utc {
+        chrono::Utc::now().fixed_offset()
+    } else {
+        chrono::Local::now().fixed_offset()
+    };
+    let Some(format) = format else {
+        return Ok(now.to_rfc3339());
+    };
+    let mut text = String::new();
+    // chrono reports an invalid specifier only when the text is written.
+    write!(text, "{}", now.format(format))
+        .map_err(|_| tera::Error::message(format!("datetime: `{format}` is not a valid format")))?;
+    Ok(text)
+}
+
+/// `seq(first, last)`: the integers from `first` to `last`, both included (confd's `seq`).
+fn seq(kwargs: Kwargs, _: &State) -> TeraResult<Vec<i64>> {
+    let first = kwargs.must_get::<i64>("first")?;
+    let last = kwargs.must_get::<i64>("last")?;
+    if last.saturating_sub(first) >= MAX_SEQ_LEN {
+        return Err(tera::Error::message(format!(
+            "seq: more than {MAX_SEQ_LEN} numbers from {first} to {last}"
+        )));
+    }
+    Ok((first..=last).collect())
+}
+
+/// `map(name=value, ...)`: a map of the arguments (confd's `map`).
+fn map(kwargs: Kwargs, _: &State) -> Value {
+    let mut map = Map::default();
+    for (key, value) in kwargs.iter() {
+        map.insert(key.clone(), value.clone());
+    }
+    Value::from(map)
+}
+
+/// `fileExists(path)`: whether the path exists on this host.
+fn file_exists(kwargs: Kwargs, _: &State) -> TeraResult<bool> {
+    Ok(std::path::Path::new(kwargs.must_get::<&str>("path")?).exists())
+}
+
+/// `add(a, b)` and its siblings: integer arithmetic as in confd; overflow and division by
+/// zero are errors.
+fn arithmetic(
+    kwargs: &Kwargs,
+    name: &str,
+    operation: fn(i64, i64) -> Option<i64>,
+) -> TeraResult<i64> {
+    let a = kwargs.must_get::<i64>("a")?;
+    let b = kwargs.must_get::<i64>("b")?;
+    operation(a, b).ok_or_else(|| {
+        tera::Error::message(format!(
+            "{name}({a}, {b}) has no integer result (overflow or division by zero)"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::tests::render;
+
+    fn out(source: &str) -> String {
+        render(source, &[]).expect("renders")
+    }
+
+    fn error(source: &str) -> String {
+        render(source, &[]).expect_err("fails").message
+    }
+
+    #[test]
+    fn base_and_dir_follow_go_path() {
+        for (path, want_base, want_dir) in [
+            ("/proxy/frontend/web1", "web1", "/proxy/frontend"),
+            ("/a/b/", "b", "/a/b"),
+            ("web1", "web1", "."),
+            ("/web1", "web1", "/"),
+            ("/", "/", "/"),
+            ("", ".", "."),
+            ("/a//b/../c", "c", "/a"),
+        ] {
+            assert_eq!(base(path), want_base, "base({path:?})");
+            assert_eq!(dir(path), want_dir, "dir({path:?})");
+        }
+        assert_eq!(
+            out("{{ \"/proxy/frontend/web1\" | base }} {{ \"/proxy/frontend/web1\" | dir }}"),
+            "web1 /proxy/frontend"
+        );
+    }
+
+    #[test]
+    fn teras_split_join_replace_and_reverse_serve_for_confds() {
+        assert_eq!(
+            out("{{ \"a:b:c\" | split(pat=\":\") | reverse | join(sep=\",\") }}"),
+            "c,b,a"
+        );
+        assert_eq!(
+            out("{{ \"a.b.c\" | replace(from=\".\", to=\"/\") }}"),
+            "a/b/c"
+        );
+    }
+
+    #[test]
+    fn json_and_json_array_parse_strings() {
+        assert_eq!(
+            out(
+                "{% set o = '{\"host\": \"db1\", \"port\": 5432}' | json %}{{ o.host }}:{{ o.port }}"
+            ),
+            "db1:5432"
+        );
+        assert_eq!(
+            out("{{ '[\"a\", \"b\"]' | jsonArray | join(sep=\"+\") }}"),
+            "a+b"
+        );
+        assert!(error("{{ '[1]' | json }}").contains("not a JSON object"));
+        assert!(error("{{ '{}' | jsonArray }}").contains("not a JSON array"));
+        assert_eq!(out("{{ map(a=1) | json_encode }}"), "{\"a\":1}");
+    }
+
+    #[test]
+    fn base64_round_trips() {
+        assert_eq!(out("{{ \"hello\" | base64Encode }}"), "aGVsbG8=");
+        assert_eq!(out("{{ \"aGVsbG8=\" | base64Decode }}"), "hello");
+        assert!(error("{{ \"%%%\" | base64Decode }}").contains("base64"));
+    }
+
+    #[test]
+    fn case_suffix_and_contains() {
+        assert_eq!(
+            out(
+                "{{ \"Web1\" | toUpper }} {{ \"Web1\" | toLower }} {{ \"web1.local\" | trimSuffix(suffix=\".local\") }}"
+            ),
+            "WEB1 web1 web1"
+        );
+        assert_eq!(
+            out(
+                "{{ \"10.0.0.1:80\" | contains(substr=\":80\") }} {{ \"x\" | contains(substr=\"y\") }}"
+            ),
+            "true false"
+        );
+    }
+
+    #[test]
+    fn atoi_and_parse_bool_convert_or_fail_clearly() {
+        assert_eq!(out("{{ \"42\" | atoi + 1 }} {{ \"-7\" | atoi }}"), "43 -7");
+        assert!(error("{{ \"4x\" | atoi }}").contains("`4x` is not an integer"));
+        assert_eq!(
+            out("{{ \"1\" | parseBool }} {{ \"True\" | parseBool }} {{ \"f\" | parseBool }}"),
+            "true true false"
+        );
+        assert!(error("{{ \"yes\" | parseBool }}").contains("`yes` is not a boolean"));
+    }
+
+    #[test]
+    fn sorting_by_length() {
+        assert_eq!(
+            out("{{ [\"ccc\", \"a\", \"bb\", \"d\"] | sortByLength | join(sep=\",\") }}"),
+            "a,d,bb,ccc"
+        );
+        let sorted = render(
+            "{% for kv in gets(key=\"/*\") | sortKVByLength %}{{ kv.key }} {% endfor %}",
+            &[("/long", "1"), ("/a", "2"), ("/mid", "3")],
+        )
+        .expect("renders");
+        assert_eq!(sorted, "/a /mid /long ");
+        assert!(error("{{ [1] | sortKVByLength }}").contains("sortKVByLength"));
+    }
+
+    #[test]
+    fn getenv_reads_the_environment_with_a_default() {
+        let path = std::env::var("PATH").expect("PATH is set");
+        assert_eq!(out("{{ getenv(key=\"PATH\") }}"), path);
+        assert_eq!(
+            out("{{ getenv(key=\"RECONFD_SURELY_UNSET_VARIABLE\", default=\"fallback\") }}"),
+            "fallback"
+        );
+        assert_eq!(
+            out("{{ getenv(key=\"RECONFD_SURELY_UNSET_VARIABLE\") }}"),
+            ""
+        );
+    }
+
+    #[test]
+    fn datetime_formats_the_current_time() {
+        let year = out("{{ datetime(format=\"%Y\", utc=true) }}");
+        assert_eq!(year, chrono::Utc::now().format("%Y").to_string());
+        let rfc3339 = out("{{ datetime() }}");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(&rfc3339).is_ok(),
+            "{rfc3339}"
+        );
+        assert!(error("{{ datetime(format=\"%Q\") }}").contains("not a valid format"));
+    }
+
+    #[test]
+    fn seq_and_map() {
+        assert_eq!(
+            out("{{ seq(first=1, last=4) | join(sep=\",\") }}"),
+            "1,2,3,4"
+        );
+        assert_eq!(out("{{ seq(first=3, last=2) | length }}"), "0");
+        assert!(error("{{ seq(first=0, last=1000000) }}").contains("more than"));
+        assert_eq!(
+            out("{% set m = map(name=\"web\", port=80) %}{{ m.name }}:{{ m.port }}"),
+            "web:80"
+        );
+    }
+
+    #[test]
+    fn arithmetic_is_integer_and_checked() {
+        assert_eq!(
+            out(
+                "{{ add(a=7, b=2) }} {{ sub(a=7, b=2) }} {{ mul(a=7, b=2) }} {{ div(a=7, b=2) }} {{ mod(a=7, b=2) }}"
+            ),
+            "9 5 14 3 1"
+        );
+        assert!(error("{{ div(a=1, b=0) }}").contains("division by zero"));
+    }
+
+    #[test]
+    fn file_exists_checks_the_host() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let present = dir.path().join("present");
+        std::fs::write(&present, "").expect("write");
+        let source = format!(
+            "{{{{ fileExists(path=\"{}\") }}}} {{{{ fileExists(path=\"{}\") }}}}",
+            present.display(),
+            dir.path().join("absent").display()
+        );
+        assert_eq!(out(&source), "true false");
+    }
+}
