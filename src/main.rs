@@ -1,5 +1,6 @@
 //! The `reconfd` binary: parse settings, set up logging, run.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use reconfd::daemon;
@@ -17,6 +18,8 @@ fn main() -> ExitCode {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                // Colour codes are noise in the journal and in files; only a terminal gets them.
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_target(false),
         )
         .init();
