@@ -1,0 +1,320 @@
+//! `--onetime` runs of the real binary against the file and env stores.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{Fixture, Run};
+
+const TEMPLATE: &str = "{% for kv in gets(key=\"/app/servers/*\") %}server {{ kv.key | base }} {{ kv.value }}\n{% endfor %}";
+
+/// A confdir with one resource `app` rendering `/app/servers/*` into `out/app.conf`, whose
+/// reload appends a line to `reloads`.
+fn app_fixture(servers: &str) -> Fixture {
+    let fixture = Fixture::new();
+    fixture.template("app.tmpl", TEMPLATE);
+    let reloads = fixture.path("reloads");
+    fixture.resource(
+        "app",
+        &format!(
+            "src = \"app.tmpl\"\ndest = \"out/app.conf\"\nkeys = [\"/app\"]\n\
+             reload_cmd = \"echo reloaded >> {}\"\n",
+            reloads.display()
+        ),
+    );
+    fixture.write("out/.keep", "");
+    fixture.write("data.yaml", &format!("app:\n  servers:\n{servers}"));
+    fixture
+}
+
+fn reload_count(fixture: &Fixture) -> usize {
+    std::fs::read_to_string(fixture.path("reloads"))
+        .map(|text| text.lines().count())
+        .unwrap_or(0)
+}
+
+const ONETIME_FILE: &[&str] = &["--onetime", "--backend", "file", "--file", "data.yaml"];
+
+#[test]
+fn renders_then_stays_in_sync_without_reloading() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n    web2: 10.0.0.2:80\n");
+    let run = fixture.run(ONETIME_FILE);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        fixture.read("out/app.conf"),
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n"
+    );
+    assert_eq!(reload_count(&fixture), 1);
+    assert!(run.stderr.contains("out of sync"), "{run:?}");
+
+    let modified = std::fs::metadata(fixture.path("out/app.conf"))
+        .expect("meta")
+        .modified();
+    let run = fixture.run(ONETIME_FILE);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(reload_count(&fixture), 1, "in sync: no reload");
+    let again = std::fs::metadata(fixture.path("out/app.conf"))
+        .expect("meta")
+        .modified();
+    assert_eq!(modified.ok(), again.ok(), "in sync: file not rewritten");
+}
+
+#[test]
+fn changed_value_rewrites_and_reloads_once() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    assert_eq!(fixture.run(ONETIME_FILE).code, Some(0));
+    fixture.write("data.yaml", "app:\n  servers:\n    web1: 10.0.0.9:8080\n");
+    let run = fixture.run(ONETIME_FILE);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("out/app.conf"), "server web1 10.0.0.9:8080\n");
+    assert_eq!(reload_count(&fixture), 2);
+    assert!(run.stderr.contains("has md5sum"), "{run:?}");
+    assert!(run.stderr.contains("has been updated"), "{run:?}");
+}
+
+#[test]
+fn mode_is_applied() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"out/app.conf\"\nkeys = [\"/app\"]\nmode = \"0600\"\n",
+    );
+    let run = fixture.run(ONETIME_FILE);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let mode = std::fs::metadata(fixture.path("out/app.conf"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o600);
+}
+
+#[test]
+fn failing_check_leaves_destination_identical_and_no_stage_file() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    fixture.write("out/app.conf", "server web1 known-good\n");
+    fixture.resource(
+        "app",
+        &format!(
+            "src = \"app.tmpl\"\ndest = \"out/app.conf\"\nkeys = [\"/app\"]\n\
+             check_cmd = \"grep -q known-good {{{{.src}}}} || {{ echo 'config invalid at line 1' >&2; exit 1; }}\"\n\
+             reload_cmd = \"echo reloaded >> {}\"\n",
+            fixture.path("reloads").display()
+        ),
+    );
+    let run = fixture.run(ONETIME_FILE);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains("config invalid at line 1"), "{run:?}");
+    assert!(run.stderr.contains("out/app.conf"), "{run:?}");
+    assert_eq!(fixture.read("out/app.conf"), "server web1 known-good\n");
+    assert_eq!(
+        fixture.list("out"),
+        [".keep", "app.conf"],
+        "no stray stage file"
+    );
+    assert_eq!(reload_count(&fixture), 0);
+}
+
+#[test]
+fn noop_prints_a_diff_and_changes_nothing() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n    web2: 10.0.0.2:80\n");
+    fixture.write("out/app.conf", "server web1 10.0.0.1:80\n");
+    let mut args = ONETIME_FILE.to_vec();
+    args.push("--noop");
+    let run = fixture.run(&args);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("+server web2 10.0.0.2:80"), "{run:?}");
+    assert!(run.stdout.contains("@@"), "a unified diff: {run:?}");
+    assert_eq!(fixture.read("out/app.conf"), "server web1 10.0.0.1:80\n");
+    assert_eq!(reload_count(&fixture), 0);
+}
+
+#[test]
+fn sync_only_writes_without_commands() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    let mut args = ONETIME_FILE.to_vec();
+    args.push("--sync-only");
+    let run = fixture.run(&args);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("out/app.conf"), "server web1 10.0.0.1:80\n");
+    assert_eq!(reload_count(&fixture), 0);
+}
+
+/// Each broken resource is reported precisely, and the valid one beside it is still rendered.
+#[test]
+fn broken_resources_are_named_and_the_valid_one_still_renders() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    fixture.resource(
+        "typo",
+        "src = \"app.tmpl\"\ndset = \"out/typo.conf\"\nkeys = [\"/app\"]\n",
+    );
+    fixture.template(
+        "broken.tmpl",
+        "line one\n{% for kv in gets(key=\"/app/*\") %}\n{{ kv.key \n",
+    );
+    fixture.resource(
+        "broken",
+        "src = \"broken.tmpl\"\ndest = \"out/broken.conf\"\nkeys = [\"/app\"]\n",
+    );
+    fixture.template("missing.tmpl", "a\nport = {{ getv(key=\"/app/port\") }}\n");
+    fixture.resource(
+        "missing",
+        "src = \"missing.tmpl\"\ndest = \"out/missing.conf\"\nkeys = [\"/app\"]\n",
+    );
+    let run = fixture.run(ONETIME_FILE);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("typo.toml:3:1"),
+        "typo file and line: {run:?}"
+    );
+    assert!(run.stderr.contains("dset"), "typo key: {run:?}");
+    assert!(
+        run.stderr.contains("broken.tmpl:3:"),
+        "template file and line: {run:?}"
+    );
+    assert!(
+        run.stderr.contains("missing.tmpl:2"),
+        "template line: {run:?}"
+    );
+    assert!(run.stderr.contains("/app/port"), "missing key: {run:?}");
+    assert_eq!(fixture.read("out/app.conf"), "server web1 10.0.0.1:80\n");
+    assert_eq!(fixture.list("out"), [".keep", "app.conf"]);
+}
+
+#[test]
+fn prefix_is_joined_and_stripped_as_in_confd() {
+    let fixture = Fixture::new();
+    fixture.template("db.tmpl", "host={{ getv(key=\"/db/host\") }}\n");
+    fixture.resource(
+        "db",
+        "src = \"db.tmpl\"\ndest = \"db.conf\"\nprefix = \"myapp\"\nkeys = [\"/db\"]\n",
+    );
+    fixture.write(
+        "data.json",
+        r#"{"production": {"myapp": {"db": {"host": "db1.internal"}}}, "staging": {"myapp": {"db": {"host": "wrong"}}}}"#,
+    );
+    let run = fixture.run(&[
+        "--onetime",
+        "--backend",
+        "file",
+        "--file",
+        "data.json",
+        "--prefix",
+        "/production",
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("db.conf"), "host=db1.internal\n");
+}
+
+#[test]
+fn env_store_maps_variables_like_confd() {
+    let fixture = Fixture::new();
+    fixture.template(
+        "env.tmpl",
+        "{% for kv in gets(key=\"/proxy/frontend/*\") %}{{ kv.key | base }}={{ kv.value }}\n{% endfor %}",
+    );
+    fixture.resource(
+        "env",
+        "src = \"env.tmpl\"\ndest = \"env.conf\"\nkeys = [\"/proxy/frontend\"]\n",
+    );
+    let run = Run::from(
+        fixture
+            .command(&["--onetime", "--backend", "env"])
+            .env("PROXY_FRONTEND_WEB1", "10.0.0.1:80")
+            .env("PROXY_FRONTEND_WEB2", "10.0.0.2:80")
+            .output()
+            .expect("run"),
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        fixture.read("env.conf"),
+        "web1=10.0.0.1:80\nweb2=10.0.0.2:80\n"
+    );
+}
+
+#[test]
+fn settings_file_and_environment_feed_the_flags() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    fixture.write(
+        "reconfd.toml",
+        "backend = \"file\"\nfile = [\"data.yaml\"]\nlog-level = \"debug\"\n",
+    );
+    let run = Run::from(
+        fixture
+            .command(&[])
+            .env("RECONFD_ONETIME", "true")
+            .output()
+            .expect("run"),
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("out/app.conf"), "server web1 10.0.0.1:80\n");
+}
+
+#[test]
+fn unusable_settings_exit_2_with_one_clear_line() {
+    let fixture = Fixture::new();
+    let run = fixture.run(&["--onetime", "--backend", "zookeper"]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("zookeper"), "{run:?}");
+    let run = fixture.run(&["--onetime", "--interval", "soon"]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    let run = fixture.run(&["--onetime", "--config-file", "/nonexistent/reconfd.toml"]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("/nonexistent/reconfd.toml"), "{run:?}");
+}
+
+#[test]
+fn unreadable_data_file_fails_naming_it_and_keeps_the_destination() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    fixture.write("out/app.conf", "previous\n");
+    fixture.write("data.yaml", "app:\n  servers: [unclosed\n");
+    let run = fixture.run(ONETIME_FILE);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains("data.yaml"), "{run:?}");
+    assert!(run.stderr.contains("line"), "{run:?}");
+    assert_eq!(fixture.read("out/app.conf"), "previous\n");
+}
+
+#[test]
+fn a_data_directory_is_read_through_the_filter_and_later_files_win() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    fixture.write("data/a.yaml", "app:\n  servers:\n    web1: 10.0.0.1:80\n");
+    fixture.write(
+        "data/nested/b.json",
+        r#"{"app": {"servers": {"web1": "10.0.0.11:80", "web2": "10.0.0.2:80"}}}"#,
+    );
+    fixture.write("data/notes.txt", "not: [data\n");
+    let run = fixture.run(&["--onetime", "--backend", "file", "--file", "data"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        fixture.read("out/app.conf"),
+        "server web1 10.0.0.11:80\nserver web2 10.0.0.2:80\n",
+        "nested/b.json is read after a.yaml and wins /app/servers/web1"
+    );
+    assert!(
+        run.stderr.contains("/app/servers/web1") && run.stderr.contains("b.json"),
+        "the override is reported: {run:?}"
+    );
+
+    let run = fixture.run(&[
+        "--onetime",
+        "--backend",
+        "file",
+        "--file",
+        "data",
+        "--filter",
+        "*.yaml",
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("out/app.conf"), "server web1 10.0.0.1:80\n");
+}
+
+#[test]
+fn version_is_printed() {
+    let run = Fixture::new().run(&["--version"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stdout
+            .starts_with(&format!("reconfd {}", env!("CARGO_PKG_VERSION"))),
+        "{run:?}"
+    );
+}
