@@ -29,7 +29,7 @@ fn main() {
     let rendered = std::fs::read_to_string(root.join("haproxy.cfg")).expect("rendered file");
     let servers = rendered
         .lines()
-        .filter(|line| line.contains(" server "))
+        .filter(|line| line.trim_start().starts_with("server "))
         .count();
     assert_eq!(servers, KEYS, "every key rendered");
 
