@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, wait_for};
+use common::{Daemon, Fixture, wait_for};
 
 fn fixture() -> Fixture {
     let fixture = Fixture::new();
@@ -35,17 +35,24 @@ fn has_content(fixture: &Fixture, expected: &str) -> bool {
     std::fs::read_to_string(fixture.path("app.conf")).is_ok_and(|text| text == expected)
 }
 
+/// Waits up to 10 s for `app.conf` to hold `expected`; fails saying `what` with the log.
+fn expect_content(fixture: &Fixture, daemon: &Daemon, expected: &str, what: &str) {
+    assert!(
+        wait_for(Duration::from_secs(10), || has_content(fixture, expected)),
+        "{what}\n{}",
+        daemon.log()
+    );
+}
+
 #[test]
 fn watch_on_the_file_store_follows_edits() {
     let fixture = fixture();
     let daemon = fixture.spawn(&["--watch", "--backend", "file", "--file", "data"]);
-    assert!(
-        wait_for(Duration::from_secs(10), || has_content(
-            &fixture,
-            "server web1 10.0.0.1:80\n"
-        )),
-        "initial render\n{}",
-        daemon.log()
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
     );
 
     // An editor-style save: write a new file, rename it over the old one.
@@ -58,13 +65,11 @@ fn watch_on_the_file_store_follows_edits() {
         fixture.path("data/app.yaml"),
     )
     .expect("rename");
-    assert!(
-        wait_for(Duration::from_secs(10), || has_content(
-            &fixture,
-            "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n"
-        )),
-        "edit picked up\n{}",
-        daemon.log()
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "edit picked up",
     );
 
     // A broken edit keeps the last good file; the fix after it is applied.
@@ -81,13 +86,11 @@ fn watch_on_the_file_store_follows_edits() {
         "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n"
     ));
     fixture.write("data/app.yaml", "app:\n  servers:\n    web2: 10.0.0.2:80\n");
-    assert!(
-        wait_for(Duration::from_secs(10), || has_content(
-            &fixture,
-            "server web2 10.0.0.2:80\n"
-        )),
-        "deleted key's line is gone\n{}",
-        daemon.log()
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web2 10.0.0.2:80\n",
+        "deleted key's line is gone",
     );
     assert_eq!(reloads(&fixture), 3, "one reload per applied change");
     assert_eq!(daemon.terminate(), Some(0));
@@ -97,22 +100,18 @@ fn watch_on_the_file_store_follows_edits() {
 fn interval_polling_picks_up_changes_and_exits_cleanly_on_sigterm() {
     let fixture = fixture();
     let daemon = fixture.spawn(&["--interval", "1", "--backend", "file", "--file", "data"]);
-    assert!(
-        wait_for(Duration::from_secs(10), || has_content(
-            &fixture,
-            "server web1 10.0.0.1:80\n"
-        )),
-        "initial render\n{}",
-        daemon.log()
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
     );
     fixture.write("data/app.yaml", "app:\n  servers:\n    web3: 10.0.0.3:80\n");
-    assert!(
-        wait_for(Duration::from_secs(10), || has_content(
-            &fixture,
-            "server web3 10.0.0.3:80\n"
-        )),
-        "next poll picks it up\n{}",
-        daemon.log()
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web3 10.0.0.3:80\n",
+        "next poll picks it up",
     );
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(reloads(&fixture), 2, "no reload while in sync");
@@ -123,13 +122,11 @@ fn interval_polling_picks_up_changes_and_exits_cleanly_on_sigterm() {
 fn polling_keeps_the_last_good_file_through_failing_cycles() {
     let fixture = fixture();
     let daemon = fixture.spawn(&["--interval", "1", "--backend", "file", "--file", "data"]);
-    assert!(
-        wait_for(Duration::from_secs(10), || has_content(
-            &fixture,
-            "server web1 10.0.0.1:80\n"
-        )),
-        "initial render\n{}",
-        daemon.log()
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
     );
     fixture.write("data/app.yaml", "app:\n  servers: [unclosed\n");
     assert!(
@@ -146,13 +143,11 @@ fn polling_keeps_the_last_good_file_through_failing_cycles() {
     );
     assert_eq!(reloads(&fixture), 1, "no reload while the data is broken");
     fixture.write("data/app.yaml", "app:\n  servers:\n    web4: 10.0.0.4:80\n");
-    assert!(
-        wait_for(Duration::from_secs(10), || has_content(
-            &fixture,
-            "server web4 10.0.0.4:80\n"
-        )),
-        "a later cycle recovers\n{}",
-        daemon.log()
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web4 10.0.0.4:80\n",
+        "a later cycle recovers",
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
