@@ -25,11 +25,13 @@ pub struct Cli {
     #[arg(long, env = "RECONFD_CONFIG_FILE", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
 
-    /// The store to read keys from: `file` or `env`. [default: file]
+    /// The store to read keys from: `file`, `env` or `etcd`. [default: file]
     #[arg(long, env = "RECONFD_BACKEND", value_name = "NAME")]
     pub backend: Option<String>,
 
-    /// Address of a store node; repeat for a cluster. Unused by the `file` and `env` stores.
+    /// Address of a store node, such as `http://127.0.0.1:2379`; repeat for a cluster (tried
+    /// in order, failing over to the next). Unused by the `file` and `env` stores.
+    /// [default for etcd: http://127.0.0.1:2379]
     #[arg(
         long = "node",
         env = "RECONFD_NODE",
@@ -37,6 +39,41 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub nodes: Vec<String>,
+
+    /// Scheme for `--node` addresses given without one: `http` or `https`.
+    /// [default: https when a --client-* option is set, else http]
+    #[arg(long, env = "RECONFD_SCHEME", value_name = "SCHEME")]
+    pub scheme: Option<String>,
+
+    /// User name for the store's authentication (etcd).
+    #[arg(long, env = "RECONFD_USERNAME", value_name = "NAME")]
+    pub username: Option<String>,
+
+    /// Password for `--username`. Prefer RECONFD_PASSWORD or the settings file to keep it out
+    /// of the process list.
+    #[arg(
+        long,
+        env = "RECONFD_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+
+    /// PEM client certificate for TLS client authentication to the store.
+    #[arg(long, env = "RECONFD_CLIENT_CERT", value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of `--client-cert`.
+    #[arg(long, env = "RECONFD_CLIENT_KEY", value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
+
+    /// PEM CA certificates that sign the store nodes' certificates. [default: the system's]
+    #[arg(long, env = "RECONFD_CLIENT_CA_KEYS", value_name = "FILE")]
+    pub client_ca_keys: Option<PathBuf>,
+
+    /// Accept any TLS certificate from the store nodes. For testing only.
+    #[arg(long, env = "RECONFD_CLIENT_INSECURE")]
+    pub client_insecure: bool,
 
     /// Prefix joined in front of every resource's keys (after the resource's own prefix).
     #[arg(long, env = "RECONFD_PREFIX", value_name = "PATH")]

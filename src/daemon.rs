@@ -17,6 +17,7 @@ use crate::reconcile::{self, Options, Outcome};
 use crate::resource::{self, Resource};
 use crate::settings::{Backend, RunMode, Settings};
 use crate::store::env::EnvStore;
+use crate::store::etcd::EtcdStore;
 use crate::store::file::FileStore;
 use crate::store::{Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
 use crate::template::{Renderer, View};
@@ -122,12 +123,14 @@ fn prepare_resources(settings: &Settings) -> (Vec<Prepared>, usize) {
 }
 
 fn open_store(backend: &Backend) -> Result<Box<dyn Store>, String> {
-    match backend {
-        Backend::File { paths, filter } => FileStore::new(paths.clone(), filter.clone())
-            .map(|store| Box::new(store) as Box<dyn Store>)
-            .map_err(|e| e.to_string()),
-        Backend::Env => Ok(Box::new(EnvStore)),
-    }
+    let store: Box<dyn Store> = match backend {
+        Backend::File { paths, filter } => {
+            Box::new(FileStore::new(paths.clone(), filter.clone()).map_err(|e| e.to_string())?)
+        }
+        Backend::Env => Box::new(EnvStore),
+        Backend::Etcd(options) => Box::new(EtcdStore::new(options).map_err(|e| e.to_string())?),
+    };
+    Ok(store)
 }
 
 /// The fewest prefixes that cover all of `keys`: a key under another one adds nothing to a
@@ -221,8 +224,8 @@ impl Daemon {
         }
     }
 
-    /// Applies a watch stream's events until it ends (`Continue`: watch again) or shutdown
-    /// (`Break`). A full resync runs every interval as a safety net.
+    /// Applies a watch stream's events until it ends or a safety resync replaced the snapshot
+    /// (`Continue`: watch again from the snapshot), or until shutdown (`Break`).
     async fn follow(
         &mut self,
         mut stream: WatchStream,
@@ -233,55 +236,78 @@ impl Daemon {
         loop {
             tokio::select! {
                 event = stream.recv() => {
-                    let Some(first) = event else {
+                    let Some(event) = event else {
                         tracing::debug!("{} store: watch ended; watching again", self.store.name());
                         return std::ops::ControlFlow::Continue(());
                     };
-                    // Everything already queued is part of the same burst: apply it all and
-                    // render once with the final values.
-                    let mut batch = vec![first];
-                    while let Ok(more) = stream.try_recv() {
-                        batch.push(more);
-                    }
-                    self.apply(batch).await;
+                    let mut dirty = self.apply(event);
+                    self.sync_dirty(&mut stream, &mut dirty).await;
                 }
                 _ = resync.tick() => {
-                    self.resync().await;
+                    // Events still queued or in flight predate the fresh snapshot, so the
+                    // watch starts over from its revision instead of applying them on top.
+                    if self.resync().await {
+                        return std::ops::ControlFlow::Continue(());
+                    }
                 }
                 () = shutdown.wait() => return std::ops::ControlFlow::Break(()),
             }
         }
     }
 
-    /// Applies a burst of watch events to the snapshot and syncs the resources they touch.
-    async fn apply(&mut self, batch: Vec<Result<WatchEvent, StoreError>>) {
-        let mut changed: BTreeSet<String> = BTreeSet::new();
-        let snapshot = Arc::make_mut(&mut self.snapshot);
-        for event in batch {
-            match event {
-                Err(e @ StoreError::Unavailable(_)) => self.outage.began(self.store.name(), &e),
-                Err(e) => tracing::error!("{} store: {e}", self.store.name()),
-                Ok(WatchEvent::Changes { revision, changes }) => {
-                    for change in changes {
-                        changed.insert(change.key().to_string());
-                        snapshot.apply(change);
-                    }
-                    if revision.is_some() {
-                        snapshot.revision = revision;
-                    }
-                }
-                Ok(WatchEvent::Replace(replacement)) => {
-                    changed.extend(changed_keys(snapshot, &replacement));
-                    *snapshot = replacement;
-                }
+    /// Reconciles the `dirty` resources one by one. Before each render, every event already
+    /// queued is applied first (and the resources it touches join `dirty`), so no render
+    /// starts from a state that a queued change has superseded, and a burst of changes gives
+    /// each affected resource one render with the final values.
+    async fn sync_dirty(&mut self, stream: &mut WatchStream, dirty: &mut BTreeSet<usize>) {
+        loop {
+            while let Ok(event) = stream.try_recv() {
+                dirty.extend(self.apply(event));
+            }
+            let Some(index) = dirty.pop_first() else {
+                return;
+            };
+            if let Err(message) = self.sync_one(&self.prepared[index]).await {
+                tracing::error!("{message}");
             }
         }
-        if changed.is_empty() {
-            return;
+    }
+
+    /// Applies one watch event to the snapshot and returns the indexes of the resources whose
+    /// keys it changed.
+    fn apply(&mut self, event: Result<WatchEvent, StoreError>) -> BTreeSet<usize> {
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        let snapshot = Arc::make_mut(&mut self.snapshot);
+        match event {
+            Err(e @ StoreError::Unavailable(_)) => self.outage.began(self.store.name(), &e),
+            Err(e) => tracing::error!("{} store: {e}", self.store.name()),
+            Ok(WatchEvent::Changes { revision, changes }) => {
+                for change in changes {
+                    changed.insert(change.key().to_string());
+                    snapshot.apply(change);
+                }
+                if revision.is_some() {
+                    snapshot.revision = revision;
+                }
+            }
+            Ok(WatchEvent::Replace(replacement)) => {
+                changed.extend(changed_keys(snapshot, &replacement));
+                *snapshot = replacement;
+            }
         }
-        tracing::debug!("{} keys changed", changed.len());
-        self.sync(|resource| changed.iter().any(|key| under_any(key, &resource.keys)))
-            .await;
+        if !changed.is_empty() {
+            tracing::debug!("{} keys changed", changed.len());
+        }
+        self.prepared
+            .iter()
+            .enumerate()
+            .filter(|(_, prepared)| {
+                changed
+                    .iter()
+                    .any(|key| under_any(key, &prepared.resource.keys))
+            })
+            .map(|(index, _)| index)
+            .collect()
     }
 
     /// Fetches everything again and syncs every resource. Returns false when the store could

@@ -13,6 +13,8 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use serde::Deserialize;
 
 use crate::cli::Cli;
+use crate::store::etcd::EtcdOptions;
+use crate::store::http::TlsOptions;
 
 const DEFAULT_CONFDIR: &str = "/etc/reconfd";
 const DEFAULT_INTERVAL_SECONDS: u64 = 600;
@@ -23,23 +25,19 @@ const CONFD_KEYS_NOT_USED_YET: &[&str] = &[
     "auth_token",
     "auth_type",
     "basic_auth",
-    "client_cakeys",
-    "client_cert",
-    "client_insecure",
-    "client_key",
-    "password",
-    "scheme",
     "separator",
     "srv_domain",
     "srv_record",
     "table",
-    "username",
     "app_id",
     "user_id",
     "role_id",
     "secret_id",
     "path",
 ];
+
+/// etcd's client port on the local host, confd's default node.
+const DEFAULT_ETCD_NODE: &str = "http://127.0.0.1:2379";
 
 /// Why the settings are unusable (exit status 2).
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +75,8 @@ pub enum Backend {
     },
     /// Environment variables.
     Env,
+    /// etcd v3.
+    Etcd(EtcdOptions),
 }
 
 /// How the daemon runs.
@@ -133,6 +133,13 @@ struct SettingsFile {
     log_level: Option<String>,
     file: Option<Vec<PathBuf>>,
     filter: Option<String>,
+    scheme: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    client_cakeys: Option<PathBuf>,
+    client_insecure: Option<bool>,
 }
 
 impl Settings {
@@ -168,6 +175,12 @@ impl Settings {
         let noop = flag("noop", cli.noop, file.noop);
         let sync_only = flag("sync_only", cli.sync_only, file.sync_only);
         let keep_stage_file = flag("keep_stage_file", cli.keep_stage_file, file.keep_stage_file);
+        let tls = TlsOptions {
+            client_cert: cli.client_cert.or(file.client_cert),
+            client_key: cli.client_key.or(file.client_key),
+            client_ca_keys: cli.client_ca_keys.or(file.client_cakeys),
+            client_insecure: flag("client_insecure", cli.client_insecure, file.client_insecure),
+        };
 
         let confdir = cli
             .confdir
@@ -209,13 +222,39 @@ impl Settings {
                 }
             }
             "env" => Backend::Env,
+            "etcd" => {
+                let nodes = if nodes.is_empty() {
+                    vec![DEFAULT_ETCD_NODE.to_string()]
+                } else {
+                    nodes.clone()
+                };
+                let scheme = match cli.scheme.or(file.scheme).as_deref() {
+                    None if tls.is_set() => "https".to_string(),
+                    None => "http".to_string(),
+                    Some(scheme @ ("http" | "https")) => scheme.to_string(),
+                    Some(other) => {
+                        return Err(SettingsError::Invalid(format!(
+                            "--scheme {other:?} is neither http nor https"
+                        )));
+                    }
+                };
+                Backend::Etcd(EtcdOptions {
+                    nodes: nodes
+                        .iter()
+                        .map(|node| with_scheme(node, &scheme))
+                        .collect(),
+                    username: cli.username.or(file.username),
+                    password: cli.password.or(file.password),
+                    tls: tls.clone(),
+                })
+            }
             other => {
                 return Err(SettingsError::Invalid(format!(
-                    "--backend {other:?} is not a known store (known: file, env)"
+                    "--backend {other:?} is not a known store (known: file, env, etcd)"
                 )));
             }
         };
-        if !nodes.is_empty() {
+        if !nodes.is_empty() && matches!(backend, Backend::File { .. } | Backend::Env) {
             tracing::warn!("--node is not used by the {backend_name} store");
         }
         let log_level = cli
@@ -241,6 +280,15 @@ impl Settings {
             keep_stage_file,
             log_level,
         })
+    }
+}
+
+/// `node` with `scheme://` in front unless it names a scheme already.
+fn with_scheme(node: &str, scheme: &str) -> String {
+    if node.contains("://") {
+        node.to_string()
+    } else {
+        format!("{scheme}://{node}")
     }
 }
 

@@ -6,7 +6,9 @@
 //! applies watch events to it incrementally; the renderers only ever read snapshots.
 
 pub mod env;
+pub mod etcd;
 pub mod file;
+pub mod http;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,685 @@
+//! The etcd v3 store, spoken over etcd's HTTP/JSON gateway (`/v3/kv/range`, `/v3/watch`).
+//!
+//! A fetch reads every prefix at one revision, in pages, so the snapshot is consistent and no
+//! response is giant. A watch is one long-lived `/v3/watch` request carrying one watcher per
+//! prefix, started at the snapshot's revision + 1, so nothing that happened after the fetch is
+//! missed. When etcd has compacted that revision away the store reads everything again and
+//! reports it as a replacement. Requests go to the node that answered last and fail over to the
+//! next one when a node cannot be reached or has no quorum.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::http::{self, TlsOptions, error_chain};
+use super::{Change, KeyMap, Snapshot, Store, StoreError, WatchEvent, WatchStream};
+
+/// Keys per range request. Large enough that 10,000 keys take two round trips, small enough
+/// that a page stays well under a megabyte of JSON.
+const PAGE_SIZE: usize = 5000;
+
+/// Limit for one unary request (a range page, an authentication).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Watch events buffered for the daemon. The daemon drains whatever is queued before it
+/// renders, so the buffer only needs to absorb a burst.
+const WATCH_CAPACITY: usize = 256;
+
+/// gRPC status codes that etcd's gateway reports in error bodies.
+const CODE_OUT_OF_RANGE: i64 = 11;
+const CODE_UNAVAILABLE: i64 = 14;
+const CODE_UNAUTHENTICATED: i64 = 16;
+
+/// How to reach and authenticate to etcd.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// Node URLs such as `http://127.0.0.1:2379`, tried in order.
+    pub nodes: Vec<String>,
+    /// User name for etcd's authentication, with `password`.
+    pub username: Option<String>,
+    /// Password for `username`.
+    pub password: Option<String>,
+    /// TLS settings for the nodes.
+    pub tls: TlsOptions,
+}
+
+/// Reads keys from etcd v3.
+pub struct EtcdStore {
+    client: Arc<Client>,
+}
+
+impl EtcdStore {
+    /// A store for the nodes and credentials in `options`. Fails when a TLS file cannot be
+    /// read or parsed; no node is contacted yet.
+    pub fn new(options: &EtcdOptions) -> Result<EtcdStore, StoreError> {
+        Ok(EtcdStore {
+            client: Arc::new(Client::new(options)?),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+
+    async fn fetch(&self, prefixes: &[String]) -> Result<Snapshot, StoreError> {
+        self.client
+            .fetch(prefixes)
+            .await
+            .map_err(EtcdError::into_store)
+    }
+
+    async fn watch(
+        &self,
+        prefixes: &[String],
+        snapshot: &Snapshot,
+    ) -> Result<Option<WatchStream>, StoreError> {
+        let last_seen = snapshot.revision.unwrap_or(0);
+        let requests: String = prefixes
+            .iter()
+            .map(|prefix| {
+                let (key, range_end) = prefix_range(prefix);
+                json!({"create_request": {
+                    "key": BASE64.encode(key),
+                    "range_end": BASE64.encode(range_end),
+                    "start_revision": (last_seen + 1).to_string(),
+                    "progress_notify": true,
+                }})
+                .to_string()
+                    + "\n"
+            })
+            .collect();
+        let (node, response) = self
+            .client
+            .open_watch(requests)
+            .await
+            .map_err(EtcdError::into_store)?;
+        tracing::debug!("etcd: watching {} prefixes on {node}", prefixes.len());
+        let (events, stream) = mpsc::channel(WATCH_CAPACITY);
+        tokio::spawn(follow(
+            Arc::clone(&self.client),
+            node,
+            response,
+            prefixes.to_vec(),
+            last_seen,
+            events,
+        ));
+        Ok(Some(stream))
+    }
+}
+
+/// Why a request to etcd failed, as far as failover and recovery care.
+#[derive(Debug)]
+enum EtcdError {
+    /// No node could be reached, or none could serve the request (no quorum).
+    Unreachable(String),
+    /// The revision asked for was compacted away.
+    Compacted,
+    /// etcd answered with an error that another node would answer too.
+    Rejected(String),
+}
+
+impl EtcdError {
+    fn into_store(self) -> StoreError {
+        match self {
+            EtcdError::Unreachable(message) | EtcdError::Rejected(message) => {
+                StoreError::Unavailable(message)
+            }
+            EtcdError::Compacted => {
+                StoreError::Unavailable("etcd: the revision was compacted".to_string())
+            }
+        }
+    }
+}
+
+/// The HTTP client and the cluster's nodes, shared by the store and its watch task.
+struct Client {
+    http: reqwest::Client,
+    nodes: Vec<String>,
+    /// Index of the node to try first: the last one that answered.
+    preferred: AtomicUsize,
+    credentials: Option<(String, String)>,
+    /// The current authentication token; cleared when etcd rejects it.
+    token: Mutex<Option<String>>,
+}
+
+impl Client {
+    fn new(options: &EtcdOptions) -> Result<Client, StoreError> {
+        let invalid = |message: String| StoreError::Invalid(format!("etcd: {message}"));
+        if options.nodes.is_empty() {
+            return Err(invalid("no node given".to_string()));
+        }
+        let credentials = match (&options.username, &options.password) {
+            (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+            (Some(_), None) => return Err(invalid("--username needs --password".to_string())),
+            (None, Some(_)) => return Err(invalid("--password needs --username".to_string())),
+            (None, None) => None,
+        };
+        let https = options
+            .nodes
+            .iter()
+            .any(|node| node.starts_with("https://"));
+        let http = http::client("etcd", &options.tls, https)?;
+        let nodes = options
+            .nodes
+            .iter()
+            .map(|node| node.trim_end_matches('/').to_string())
+            .collect();
+        Ok(Client {
+            http,
+            nodes,
+            preferred: AtomicUsize::new(0),
+            credentials,
+            token: Mutex::new(None),
+        })
+    }
+
+    /// Every key under `prefixes`, all read at one revision.
+    async fn fetch(&self, prefixes: &[String]) -> Result<Snapshot, EtcdError> {
+        // A compaction between two pages invalidates the revision being read; starting over
+        // reads at the new current revision. Compactions are minutes apart, so one more
+        // attempt all but always does.
+        let mut attempts_left = 3;
+        loop {
+            match self.fetch_at_one_revision(prefixes).await {
+                Err(EtcdError::Compacted) if attempts_left > 1 => attempts_left -= 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn fetch_at_one_revision(&self, prefixes: &[String]) -> Result<Snapshot, EtcdError> {
+        let mut entries = KeyMap::new();
+        let mut revision = 0;
+        for prefix in prefixes {
+            let (mut key, range_end) = prefix_range(prefix);
+            loop {
+                let mut request = json!({
+                    "key": BASE64.encode(&key),
+                    "range_end": BASE64.encode(&range_end),
+                    "limit": PAGE_SIZE.to_string(),
+                });
+                if revision > 0 {
+                    request["revision"] = json!(revision.to_string());
+                }
+                let page: RangeResponse = self.call("/v3/kv/range", &request).await?;
+                if revision == 0 {
+                    revision = page.header.revision;
+                }
+                let last_key = page.kvs.last().map(|kv| kv.key.clone());
+                for kv in page.kvs {
+                    if let Some((key, value)) = kv.decode() {
+                        entries.insert(key, value);
+                    }
+                }
+                match (page.more, last_key) {
+                    (true, Some(last)) => {
+                        // The next page starts right after the last key of this one.
+                        key = BASE64
+                            .decode(last)
+                            .map_err(|e| EtcdError::Rejected(format!("etcd: bad key: {e}")))?;
+                        key.push(0);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(Snapshot {
+            entries,
+            revision: Some(revision),
+        })
+    }
+
+    /// Sends a unary request, failing over across nodes, and parses the answer.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &serde_json::Value,
+    ) -> Result<T, EtcdError> {
+        let body = request.to_string();
+        let (node, response) = self.send(path, &body, Some(REQUEST_TIMEOUT)).await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| EtcdError::Unreachable(format!("{node}: {e}")))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| EtcdError::Rejected(format!("{node}{path}: unexpected answer: {e}")))
+    }
+
+    /// Opens the watch stream on the first node that accepts it.
+    async fn open_watch(&self, requests: String) -> Result<(String, reqwest::Response), EtcdError> {
+        self.send("/v3/watch", &requests, None).await
+    }
+
+    /// Posts `body` to `path` on each node in turn, from the preferred one, until one answers
+    /// with success or with an error another node would repeat. Returns the node and its
+    /// successful response.
+    async fn send(
+        &self,
+        path: &str,
+        body: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(String, reqwest::Response), EtcdError> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for offset in 0..self.nodes.len() {
+            let index = (first + offset) % self.nodes.len();
+            let node = &self.nodes[index];
+            match self.send_to(node, path, body, timeout).await {
+                Ok(response) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok((node.clone(), response));
+                }
+                Err(EtcdError::Unreachable(message)) => failures.push(message),
+                Err(other) => return Err(other),
+            }
+        }
+        Err(EtcdError::Unreachable(format!(
+            "no etcd node answered ({})",
+            failures.join("; ")
+        )))
+    }
+
+    /// Posts to one node, authenticating first when needed and once more when etcd rejects
+    /// the token (tokens expire).
+    async fn send_to(
+        &self,
+        node: &str,
+        path: &str,
+        body: &str,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, EtcdError> {
+        let mut renewed = false;
+        loop {
+            let token = match &self.credentials {
+                Some(_) => Some(self.token(node).await?),
+                None => None,
+            };
+            let mut request = self
+                .http
+                .post(format!("{node}{path}"))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+            if let Some(timeout) = timeout {
+                request = request.timeout(timeout);
+            }
+            if let Some(token) = token {
+                request = request.header(reqwest::header::AUTHORIZATION, token);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| EtcdError::Unreachable(format!("{node}: {}", error_chain(&e))))?;
+            if response.status().is_success() {
+                return Ok(response);
+            }
+            let status = response.status();
+            let error: GatewayError = response.json().await.unwrap_or_default();
+            let message = format!("{node}{path}: {}", error.text(status));
+            match error.code {
+                CODE_UNAUTHENTICATED if self.credentials.is_some() && !renewed => {
+                    self.forget_token();
+                    renewed = true;
+                }
+                CODE_UNAVAILABLE => return Err(EtcdError::Unreachable(message)),
+                CODE_OUT_OF_RANGE if error.text(status).contains("compacted") => {
+                    return Err(EtcdError::Compacted);
+                }
+                _ if status == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                    return Err(EtcdError::Unreachable(message));
+                }
+                _ => return Err(EtcdError::Rejected(message)),
+            }
+        }
+    }
+
+    /// The current token, authenticating on `node` when there is none.
+    async fn token(&self, node: &str) -> Result<String, EtcdError> {
+        if let Some(token) = self.current_token() {
+            return Ok(token);
+        }
+        let Some((user, password)) = &self.credentials else {
+            return Err(EtcdError::Rejected("etcd: no credentials".to_string()));
+        };
+        let response = self
+            .http
+            .post(format!("{node}/v3/auth/authenticate"))
+            .timeout(REQUEST_TIMEOUT)
+            .json(&json!({"name": user, "password": password}))
+            .send()
+            .await
+            .map_err(|e| EtcdError::Unreachable(format!("{node}: {}", error_chain(&e))))?;
+        let status = response.status();
+        if !status.is_success() {
+            let error: GatewayError = response.json().await.unwrap_or_default();
+            let message = format!("{node}: etcd refused user `{user}`: {}", error.text(status));
+            return Err(if error.code == CODE_UNAVAILABLE {
+                EtcdError::Unreachable(message)
+            } else {
+                EtcdError::Rejected(message)
+            });
+        }
+        let answer: AuthenticateResponse = response.json().await.map_err(|e| {
+            EtcdError::Rejected(format!("{node}: unexpected authentication answer: {e}"))
+        })?;
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer.token.clone());
+        Ok(answer.token)
+    }
+
+    fn current_token(&self) -> Option<String> {
+        self.token.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn forget_token(&self) {
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// Reads a watch stream's messages and turns them into watch events until the stream ends,
+/// fails, or the daemon stops listening.
+///
+/// Each watcher's progress is tracked separately: a watcher has seen everything up to the
+/// newest revision among its events, or the revision of a progress notification. The
+/// revision reported with each batch is the lowest of them, so a watch resumed from it misses
+/// nothing (events some watchers already saw are applied again, which changes nothing).
+async fn follow(
+    client: Arc<Client>,
+    node: String,
+    mut response: reqwest::Response,
+    prefixes: Vec<String>,
+    start_seen: i64,
+    events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+) {
+    let mut seen = vec![start_seen; prefixes.len()];
+    let mut buffer: Vec<u8> = Vec::new();
+    loop {
+        let chunk = tokio::select! {
+            chunk = response.chunk() => chunk,
+            () = events.closed() => return,
+        };
+        let ended = match chunk {
+            Ok(Some(bytes)) => {
+                buffer.extend_from_slice(&bytes);
+                None
+            }
+            Ok(None) => Some(format!("{node}: the watch stream ended")),
+            Err(e) => Some(format!(
+                "{node}: the watch stream broke: {}",
+                error_chain(&e)
+            )),
+        };
+        if let Some(message) = ended {
+            let _ = events.send(Err(StoreError::Unavailable(message))).await;
+            return;
+        }
+        while let Some(end) = buffer.iter().position(|byte| *byte == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let event = match serde_json::from_slice::<WatchMessage>(&line) {
+                Ok(WatchMessage::Result(result)) => {
+                    match interpret(&client, &prefixes, &mut seen, result).await {
+                        Step::Send(event) => event,
+                        Step::Skip => continue,
+                        Step::SendAndStop(event) => {
+                            let _ = events.send(event).await;
+                            return;
+                        }
+                    }
+                }
+                Ok(WatchMessage::Error(error)) => {
+                    if error.code == CODE_UNAUTHENTICATED {
+                        client.forget_token();
+                    }
+                    let message = format!(
+                        "{node}: watch failed: {}",
+                        error.text(reqwest::StatusCode::OK)
+                    );
+                    let _ = events.send(Err(StoreError::Unavailable(message))).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("{node}: unreadable watch message skipped: {e}");
+                    continue;
+                }
+            };
+            if events.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// What to do with one watch response.
+enum Step {
+    Send(Result<WatchEvent, StoreError>),
+    SendAndStop(Result<WatchEvent, StoreError>),
+    Skip,
+}
+
+async fn interpret(
+    client: &Client,
+    prefixes: &[String],
+    seen: &mut [i64],
+    result: WatchResponse,
+) -> Step {
+    if result.canceled {
+        if result.compact_revision > 0 {
+            // Changes between the last revision seen and the compaction are gone: read
+            // everything again, and let the daemon watch again from there.
+            tracing::info!(
+                "etcd: revision {} was compacted; reading every key again",
+                seen.iter().min().map_or(0, |r| r + 1)
+            );
+            return Step::SendAndStop(
+                client
+                    .fetch(prefixes)
+                    .await
+                    .map(WatchEvent::Replace)
+                    .map_err(EtcdError::into_store),
+            );
+        }
+        return Step::SendAndStop(Err(StoreError::Unavailable(format!(
+            "etcd cancelled the watch: {}",
+            result.cancel_reason
+        ))));
+    }
+    if result.created {
+        return Step::Skip;
+    }
+    let Some(watcher_seen) = usize::try_from(result.watch_id)
+        .ok()
+        .and_then(|index| seen.get_mut(index))
+    else {
+        return Step::Skip;
+    };
+    let changes: Vec<Change> = result
+        .events
+        .iter()
+        .filter_map(|event| {
+            *watcher_seen = (*watcher_seen).max(event.kv.mod_revision);
+            let (key, value) = event.kv.decode()?;
+            Some(if event.kind == "DELETE" {
+                Change::Delete { key }
+            } else {
+                Change::Put { key, value }
+            })
+        })
+        .collect();
+    if result.events.is_empty() {
+        // A progress notification: this watcher has seen everything up to the header's
+        // revision.
+        *watcher_seen = (*watcher_seen).max(result.header.revision);
+    }
+    Step::Send(Ok(WatchEvent::Changes {
+        revision: seen.iter().min().copied(),
+        changes,
+    }))
+}
+
+/// `[key, range_end)` covering every key that starts with `prefix`, as etcd's clients compute
+/// it: the prefix with its last byte below 0xff incremented.
+fn prefix_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    if prefix.is_empty() {
+        // Key "\0" with range end "\0" is etcd's spelling of every key.
+        return (vec![0], vec![0]);
+    }
+    let key = prefix.as_bytes().to_vec();
+    let mut end = key.clone();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return (key, end);
+        }
+    }
+    (key, vec![0])
+}
+
+/// etcd's JSON spells 64-bit integers as strings.
+fn int64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Int64 {
+        Text(String),
+        Number(i64),
+    }
+    match Int64::deserialize(deserializer)? {
+        Int64::Number(number) => Ok(number),
+        Int64::Text(text) => text.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Header {
+    #[serde(default, deserialize_with = "int64")]
+    revision: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct RangeResponse {
+    #[serde(default)]
+    header: Header,
+    #[serde(default)]
+    kvs: Vec<KeyValue>,
+    #[serde(default)]
+    more: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyValue {
+    key: String,
+    #[serde(default)]
+    value: String,
+    #[serde(default, deserialize_with = "int64")]
+    mod_revision: i64,
+}
+
+impl KeyValue {
+    /// The key and value as text. A key that is not UTF-8 cannot be named by a template and
+    /// is skipped; a value that is not UTF-8 is kept with replacement characters.
+    fn decode(&self) -> Option<(String, String)> {
+        let key = String::from_utf8(BASE64.decode(&self.key).ok()?).ok()?;
+        let value = BASE64.decode(&self.value).ok()?;
+        Some((key, String::from_utf8_lossy(&value).into_owned()))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WatchMessage {
+    Result(WatchResponse),
+    Error(GatewayError),
+}
+
+#[derive(Debug, Deserialize)]
+struct WatchResponse {
+    #[serde(default)]
+    header: Header,
+    #[serde(default, deserialize_with = "int64")]
+    watch_id: i64,
+    #[serde(default)]
+    created: bool,
+    #[serde(default)]
+    canceled: bool,
+    #[serde(default, deserialize_with = "int64")]
+    compact_revision: i64,
+    #[serde(default)]
+    cancel_reason: String,
+    #[serde(default)]
+    events: Vec<Event>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Event {
+    /// `PUT` is the default and is left out of the JSON.
+    #[serde(default, rename = "type")]
+    kind: String,
+    kv: KeyValue,
+}
+
+#[derive(Debug, Deserialize)]
+struct AuthenticateResponse {
+    token: String,
+}
+
+/// The gateway's error body.
+#[derive(Debug, Default, Deserialize)]
+struct GatewayError {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    code: i64,
+}
+
+impl GatewayError {
+    fn text(&self, status: reqwest::StatusCode) -> String {
+        if !self.message.is_empty() {
+            self.message.clone()
+        } else if !self.error.is_empty() {
+            self.error.clone()
+        } else {
+            format!("HTTP {status}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ranges_cover_exactly_the_prefix() {
+        assert_eq!(prefix_range("/app"), (b"/app".to_vec(), b"/apq".to_vec()));
+        assert_eq!(prefix_range("/"), (b"/".to_vec(), b"0".to_vec()));
+        assert_eq!(prefix_range(""), (vec![0], vec![0]));
+    }
+
+    #[test]
+    fn watch_messages_parse_as_the_gateway_writes_them() {
+        let line = r#"{"result":{"header":{"revision":"4"},"events":[{"type":"DELETE","kv":{"key":"L2EvMQ==","mod_revision":"4"}},{"kv":{"key":"L2EvMg==","mod_revision":"4","value":"dg=="}}]}}"#;
+        let WatchMessage::Result(result) = serde_json::from_str(line).expect("parses") else {
+            panic!("a result");
+        };
+        assert_eq!(result.watch_id, 0, "watch id 0 is left out");
+        assert_eq!(result.events[0].kind, "DELETE");
+        assert_eq!(
+            result.events[1].kv.decode(),
+            Some(("/a/2".to_string(), "v".to_string()))
+        );
+        let error = r#"{"error":{"grpc_code":16,"http_code":401,"message":"etcdserver: invalid auth token","http_status":"Unauthorized","code":16}}"#;
+        assert!(matches!(
+            serde_json::from_str::<WatchMessage>(error),
+            Ok(WatchMessage::Error(GatewayError { code: 16, .. }))
+        ));
+    }
+}
