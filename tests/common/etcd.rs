@@ -1,0 +1,450 @@
+//! Real etcd servers (Debian's `etcd-server`) on free loopback ports in a temp dir, stopped
+//! when dropped, and a small client for their HTTP/JSON gateway.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+
+use super::wait_for;
+
+/// One etcd member: its ports, data directory and process while it runs.
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    process: Option<Child>,
+}
+
+/// Certificates for an etcd that serves TLS and requires client certificates, made with the
+/// `openssl` command in the cluster's temp dir.
+pub struct Certificates {
+    /// The CA that signed both certificates.
+    pub ca: PathBuf,
+    /// The server's certificate (for 127.0.0.1) and key.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// A client certificate and key the server accepts.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// An etcd cluster of one or more members on loopback.
+pub struct Etcd {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+    http: reqwest::blocking::Client,
+    /// With TLS, the certificates; members then serve `https` only.
+    tls: Option<Certificates>,
+    /// User and password once authentication is enabled, and the current token.
+    auth: Option<(String, String)>,
+    token: std::cell::RefCell<Option<String>>,
+}
+
+/// A blocking HTTP client for tests. reqwest is built without a default crypto provider, so
+/// ring is installed first.
+pub fn http_client() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .expect("HTTP client")
+}
+
+/// A client that trusts the test CA and presents the test client certificate.
+fn tls_client(certificates: &Certificates) -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |path: &PathBuf| std::fs::read(path).expect("certificate file");
+    let mut identity = read(&certificates.client_cert);
+    identity.extend(read(&certificates.client_key));
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_pem(&read(&certificates.ca)).expect("CA")])
+        .identity(reqwest::Identity::from_pem(&identity).expect("client identity"))
+        .build()
+        .expect("HTTP client")
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
+fn make_certificates(dir: &std::path::Path) -> Certificates {
+    let path = |name: &str| dir.join(name);
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (installed by scripts/test.sh)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=reconfd test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    std::fs::write(
+        path("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .expect("extensions");
+    std::fs::write(path("client.ext"), "extendedKeyUsage=clientAuth\n").expect("extensions");
+    for (name, extensions) in [("server", "server.ext"), ("client", "client.ext")] {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let pem = format!("{name}.pem");
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            extensions,
+            "-out",
+            &pem,
+        ]);
+    }
+    Certificates {
+        ca: path("ca.pem"),
+        server_cert: path("server.pem"),
+        server_key: path("server.key"),
+        client_cert: path("client.pem"),
+        client_key: path("client.key"),
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+impl Etcd {
+    /// A single-member etcd, running and healthy.
+    pub fn start() -> Etcd {
+        Etcd::cluster(1)
+    }
+
+    /// A cluster of `size` members, all running and healthy.
+    pub fn cluster(size: usize) -> Etcd {
+        Etcd::launch_all(size, false)
+    }
+
+    /// A single-member etcd that serves TLS only and requires a client certificate.
+    pub fn start_tls() -> Etcd {
+        Etcd::launch_all(1, true)
+    }
+
+    fn launch_all(size: usize, tls: bool) -> Etcd {
+        let members: Vec<Member> = (0..size)
+            .map(|index| Member {
+                name: format!("member{index}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                process: None,
+            })
+            .collect();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tls = tls.then(|| make_certificates(dir.path()));
+        let http = match &tls {
+            None => http_client(),
+            Some(certificates) => tls_client(certificates),
+        };
+        let mut etcd = Etcd {
+            dir,
+            members,
+            http,
+            tls,
+            auth: None,
+            token: std::cell::RefCell::new(None),
+        };
+        for index in 0..size {
+            etcd.launch(index);
+        }
+        for index in 0..size {
+            etcd.wait_healthy(index);
+        }
+        etcd
+    }
+
+    fn launch(&mut self, index: usize) {
+        let initial_cluster: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect();
+        let member = &self.members[index];
+        let data = self.dir.path().join(&member.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", member.name)))
+            .expect("etcd log");
+        let client_url = format!("{}://127.0.0.1:{}", self.scheme(), member.client_port);
+        let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
+        let mut command = Command::new("etcd");
+        if let Some(certificates) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&certificates.server_cert)
+                .arg("--key-file")
+                .arg(&certificates.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&certificates.ca)
+                .arg("--client-cert-auth");
+        }
+        let process = command
+            .arg("--name")
+            .arg(&member.name)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &initial_cluster.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "reconfd-test"])
+            // Tests load thousands of keys in one transaction.
+            .args(["--max-txn-ops", "20000", "--max-request-bytes", "10485760"])
+            // Short-lived authentication tokens, so that renewal is exercised.
+            .args(["--auth-token-ttl", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd (installed by scripts/test.sh)");
+        self.members[index].process = Some(process);
+    }
+
+    fn wait_healthy(&self, index: usize) {
+        let url = format!("{}/health", self.endpoint(index));
+        let healthy = wait_for(Duration::from_secs(20), || {
+            self.http
+                .get(&url)
+                .send()
+                .and_then(|response| response.json::<Value>())
+                .is_ok_and(|health| health["health"] == "true")
+        });
+        assert!(
+            healthy,
+            "etcd {index} did not become healthy\n{}",
+            self.log(index)
+        );
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The client URL of member `index`.
+    pub fn endpoint(&self, index: usize) -> String {
+        format!(
+            "{}://127.0.0.1:{}",
+            self.scheme(),
+            self.members[index].client_port
+        )
+    }
+
+    /// The certificates of a TLS etcd.
+    pub fn certificates(&self) -> &Certificates {
+        self.tls.as_ref().expect("started with start_tls")
+    }
+
+    /// Adds user `user` with the root role and turns authentication on; later calls of this
+    /// helper authenticate as that user.
+    pub fn enable_auth(&mut self, user: &str, password: &str) {
+        self.call(
+            "/v3/auth/user/add",
+            json!({"name": user, "password": password}),
+        );
+        self.call("/v3/auth/user/grant", json!({"user": user, "role": "root"}));
+        self.call("/v3/auth/enable", json!({}));
+        self.auth = Some((user.to_string(), password.to_string()));
+    }
+
+    fn authenticate(&self) -> Option<String> {
+        let (user, password) = self.auth.as_ref()?;
+        let answer: Value = self
+            .http
+            .post(format!("{}/v3/auth/authenticate", self.live_endpoint()))
+            .json(&json!({"name": user, "password": password}))
+            .send()
+            .and_then(|response| response.json())
+            .expect("authenticate");
+        let token = answer["token"].as_str().expect("a token").to_string();
+        *self.token.borrow_mut() = Some(token.clone());
+        Some(token)
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// Member `index`'s log, for failure messages.
+    pub fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(format!("{}.log", self.members[index].name)),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Kills member `index` at once, as a crash would.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut process) = self.members[index].process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Starts member `index` again on its data directory and waits until it is healthy.
+    pub fn restart(&mut self, index: usize) {
+        self.kill(index);
+        self.launch(index);
+        self.wait_healthy(index);
+    }
+
+    /// The first running member's client URL.
+    fn live_endpoint(&self) -> String {
+        let index = self
+            .members
+            .iter()
+            .position(|m| m.process.is_some())
+            .expect("a running member");
+        self.endpoint(index)
+    }
+
+    fn call(&self, path: &str, body: Value) -> Value {
+        // A cluster that just lost a member may need a moment to elect a leader.
+        let mut last = String::new();
+        for _ in 0..50 {
+            let cached = self.token.borrow().clone();
+            let token = cached.or_else(|| self.authenticate());
+            let mut request = self
+                .http
+                .post(format!("{}{path}", self.live_endpoint()))
+                .json(&body);
+            if let Some(token) = token {
+                request = request.header("Authorization", token);
+            }
+            match request.send() {
+                Ok(response) if response.status().is_success() => {
+                    return response.json().expect("JSON answer");
+                }
+                Ok(response) if response.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                    // The token expired: get a new one.
+                    *self.token.borrow_mut() = None;
+                    last = response.text().unwrap_or_default();
+                }
+                Ok(response) => last = response.text().unwrap_or_default(),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("etcd {path} failed: {last}");
+    }
+
+    /// Sets `key` to `value`; returns the new revision.
+    pub fn put(&self, key: &str, value: &str) -> i64 {
+        let answer = self.call(
+            "/v3/kv/put",
+            json!({"key": BASE64.encode(key), "value": BASE64.encode(value)}),
+        );
+        revision(&answer)
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&self, key: &str) {
+        self.call("/v3/kv/deleterange", json!({"key": BASE64.encode(key)}));
+    }
+
+    /// Puts all `pairs` in one transaction: one revision, one watch message.
+    pub fn put_all(&self, pairs: &[(&str, &str)]) {
+        let success: Vec<Value> = pairs
+            .iter()
+            .map(|(key, value)| {
+                json!({"request_put": {"key": BASE64.encode(key), "value": BASE64.encode(value)}})
+            })
+            .collect();
+        self.call("/v3/kv/txn", json!({"success": success}));
+    }
+
+    /// Compacts the history up to `revision`, physically.
+    pub fn compact(&self, revision: i64) {
+        self.call(
+            "/v3/kv/compaction",
+            json!({"revision": revision.to_string(), "physical": true}),
+        );
+    }
+
+    /// The cluster's current revision.
+    pub fn revision(&self) -> i64 {
+        revision(&self.call("/v3/kv/range", json!({"key": BASE64.encode("/")})))
+    }
+
+    /// Member `index`'s Prometheus metrics as text.
+    pub fn metrics(&self, index: usize) -> String {
+        self.http
+            .get(format!("{}/metrics", self.endpoint(index)))
+            .send()
+            .and_then(|response| response.text())
+            .expect("metrics")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for index in 0..self.members.len() {
+            self.kill(index);
+        }
+    }
+}
+
+fn revision(answer: &Value) -> i64 {
+    answer["header"]["revision"]
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .expect("a revision in the answer")
+}

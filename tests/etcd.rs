@@ -1,0 +1,366 @@
+//! The etcd store against real etcd servers started on loopback ports: onetime reads across
+//! pages, watch mode with puts, deletes and bursts, an etcd restart, failover in a
+//! three-member cluster, compaction past the watched revision, authentication with token
+//! renewal, and TLS with client certificates.
+
+mod common;
+
+use std::time::Duration;
+
+use common::etcd::Etcd;
+use common::{Daemon, Fixture, wait_for};
+
+/// A confdir with one resource rendering `/app/servers/*` into `app.conf`; its reload
+/// appends the file's content to `reloads`, so each reload's view of the file is recorded.
+fn fixture() -> Fixture {
+    let fixture = Fixture::new();
+    fixture.template(
+        "app.tmpl",
+        "{% for kv in gets(key=\"/app/servers/*\") %}server {{ kv.key | base }} {{ kv.value }}\n{% endfor %}",
+    );
+    fixture.resource(
+        "app",
+        &format!(
+            "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\n\
+             reload_cmd = \"(cat app.conf; echo --) >> {}\"\n",
+            fixture.path("reloads").display()
+        ),
+    );
+    fixture
+}
+
+fn args<'a>(etcd: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--backend", "etcd"];
+    for node in etcd {
+        args.extend(["--node", node.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    args
+}
+
+fn reloads(fixture: &Fixture) -> usize {
+    std::fs::read_to_string(fixture.path("reloads"))
+        .map(|text| text.matches("--\n").count())
+        .unwrap_or(0)
+}
+
+/// Waits for the reload that follows a rendered file, then for any stray one, and returns the
+/// count.
+fn settled_reloads(fixture: &Fixture, at_least: usize) -> usize {
+    wait_for(Duration::from_secs(10), || reloads(fixture) >= at_least);
+    std::thread::sleep(Duration::from_millis(300));
+    reloads(fixture)
+}
+
+/// Waits up to 30 s for `app.conf` to hold `expected`.
+fn expect_content(fixture: &Fixture, daemon: &Daemon, expected: &str, what: &str) {
+    let held = wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(fixture.path("app.conf")).is_ok_and(|text| text == expected)
+    });
+    assert!(
+        held,
+        "{what}\n--- app.conf\n{}\n--- log\n{}",
+        std::fs::read_to_string(fixture.path("app.conf")).unwrap_or_default(),
+        daemon.log()
+    );
+}
+
+#[test]
+fn onetime_reads_every_page_at_one_revision() {
+    let etcd = Etcd::start();
+    let keys: Vec<(String, String)> = (0..12_000)
+        .map(|i| {
+            (
+                format!("/app/servers/w{i:05}"),
+                format!("10.0.{}.{}", i / 256, i % 256),
+            )
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = keys.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    etcd.put_all(&pairs);
+    etcd.put("/apple/not-mine", "x");
+    let fixture = fixture();
+    let nodes = etcd.endpoints();
+    let run = fixture.run(&args(&nodes, &["--onetime"]));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let rendered = fixture.read("app.conf");
+    assert_eq!(rendered.lines().count(), 12_000, "every key, across pages");
+    assert!(rendered.starts_with("server w00000 10.0.0.0\n"));
+    assert!(rendered.ends_with("server w11999 10.0.46.223\n"));
+    assert_eq!(settled_reloads(&fixture, 1), 1);
+}
+
+#[test]
+fn watch_follows_puts_deletes_and_collapses_bursts() {
+    let etcd = Etcd::start();
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+
+    etcd.put("/app/servers/web2", "10.0.0.2:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "put picked up",
+    );
+    etcd.delete("/app/servers/web1");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web2 10.0.0.2:80\n",
+        "delete picked up",
+    );
+    assert_eq!(settled_reloads(&fixture, 3), 3);
+
+    // One transaction of 50 puts: one render, one reload.
+    let keys: Vec<String> = (0..50).map(|i| format!("/app/servers/t{i:02}")).collect();
+    let pairs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "10.1.0.1:80")).collect();
+    etcd.put_all(&pairs);
+    let expected: String = std::iter::once("server t00 10.1.0.1:80\n".to_string())
+        .chain((1..50).map(|i| format!("server t{i:02} 10.1.0.1:80\n")))
+        .chain(std::iter::once("server web2 10.0.0.2:80\n".to_string()))
+        .collect();
+    expect_content(&fixture, &daemon, &expected, "transaction applied");
+    assert_eq!(
+        settled_reloads(&fixture, 4),
+        4,
+        "one reload for the whole transaction"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn quick_puts_during_a_slow_reload_are_rendered_once_with_the_final_values() {
+    let etcd = Etcd::start();
+    etcd.put("/app/servers/web", "v0");
+    let fixture = fixture();
+    fixture.resource(
+        "app",
+        &format!(
+            "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\n\
+             reload_cmd = \"(cat app.conf; echo --) >> {}; sleep 1\"\n",
+            fixture.path("reloads").display()
+        ),
+    );
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    expect_content(&fixture, &daemon, "server web v0\n", "initial render");
+    for version in 1..=20 {
+        etcd.put("/app/servers/web", &format!("v{version}"));
+    }
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web v20\n",
+        "final value rendered",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let seen = fixture.read("reloads");
+    let reloads = reloads(&fixture);
+    assert!(
+        reloads <= 3,
+        "20 quick puts gave {reloads} reloads (initial, first put, the rest):\n{seen}"
+    );
+    assert!(seen.ends_with("server web v20\n--\n"), "{seen}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_change_made_after_an_etcd_restart_is_rendered() {
+    let mut etcd = Etcd::start();
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+
+    etcd.kill(0);
+    assert!(
+        wait_for(Duration::from_secs(10), || daemon
+            .log()
+            .contains("etcd store unavailable")),
+        "outage noticed\n{}",
+        daemon.log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        fixture.read("app.conf") == "server web1 10.0.0.1:80\n",
+        "the last good file is kept during the outage"
+    );
+    etcd.restart(0);
+    etcd.put("/app/servers/web2", "10.0.0.2:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "change after the restart rendered",
+    );
+    let log = daemon.log();
+    assert_eq!(log.matches("etcd store unavailable").count(), 1, "{log}");
+    assert_eq!(log.matches("available again").count(), 1, "{log}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_change_is_rendered_after_the_connected_member_dies() {
+    let mut etcd = Etcd::cluster(3);
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch", "--log-level", "debug"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+    let watching = format!("watching 1 prefixes on {}", nodes[0]);
+    assert!(
+        wait_for(Duration::from_secs(10), || daemon.log().contains(&watching)),
+        "watching the first member\n{}",
+        daemon.log()
+    );
+
+    etcd.kill(0);
+    etcd.put("/app/servers/web2", "10.0.0.2:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "change after the failover rendered",
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn compaction_past_the_watched_revision_resyncs_everything() {
+    let mut etcd = Etcd::start();
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    etcd.put("/app/servers/web2", "10.0.0.2:80");
+    let fixture = fixture();
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "initial render",
+    );
+
+    // Freeze reconfd, break its connection, change and compact the history it has not
+    // seen, then let it go on: its watch from the old revision is refused as compacted.
+    let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    etcd.restart(0);
+    etcd.delete("/app/servers/web1");
+    etcd.put("/app/servers/web3", "10.0.0.3:80");
+    etcd.put("/app/servers/web2", "10.0.0.22:80");
+    etcd.compact(etcd.revision());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web2 10.0.0.22:80\nserver web3 10.0.0.3:80\n",
+        "full resync after compaction",
+    );
+    assert!(daemon.log().contains("compacted"), "{}", daemon.log());
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn authentication_renews_expired_tokens_and_a_wrong_password_is_named() {
+    let mut etcd = Etcd::start();
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    etcd.enable_auth("root", "s3cret");
+    let fixture = fixture();
+    let nodes = etcd.endpoints();
+
+    let run = fixture.run(&args(
+        &nodes,
+        &["--onetime", "--username", "root", "--password", "wrong"],
+    ));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains("etcd refused user `root`"), "{run:?}");
+    assert!(
+        !run.stderr.contains("wrong"),
+        "the password is not logged: {run:?}"
+    );
+
+    // Polling every 3 s with tokens that expire after 1 s: every poll needs a new token.
+    let daemon = fixture.spawn(&args(
+        &nodes,
+        &[
+            "--interval",
+            "3",
+            "--username",
+            "root",
+            "--password",
+            "s3cret",
+        ],
+    ));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    etcd.put("/app/servers/web2", "10.0.0.2:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "rendered after the token expired",
+    );
+    assert!(!daemon.log().contains("ERROR"), "{}", daemon.log());
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn tls_with_client_certificates() {
+    let etcd = Etcd::start_tls();
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    let nodes = etcd.endpoints();
+    let certificates = etcd.certificates();
+    let (ca, cert, key) = (
+        certificates.ca.display().to_string(),
+        certificates.client_cert.display().to_string(),
+        certificates.client_key.display().to_string(),
+    );
+    let run = fixture.run(&args(
+        &nodes,
+        &[
+            "--onetime",
+            "--client-ca-keys",
+            &ca,
+            "--client-cert",
+            &cert,
+            "--client-key",
+            &key,
+        ],
+    ));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("app.conf"), "server web1 10.0.0.1:80\n");
+
+    // Without a client certificate the server refuses the connection; the error says so.
+    std::fs::remove_file(fixture.path("app.conf")).expect("remove");
+    let run = fixture.run(&args(&nodes, &["--onetime", "--client-ca-keys", &ca]));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains(&nodes[0]), "names the node: {run:?}");
+    assert!(!fixture.path("app.conf").exists());
+}
