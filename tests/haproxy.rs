@@ -1,0 +1,118 @@
+//! The HAProxy scenario end to end, with the confdir of `examples/haproxy`: a real etcd, a real
+//! HAProxy started and reloaded by reconfd (`haproxy -c` as the check, `-sf` to reload), and
+//! two web backends; requests through HAProxy reach exactly the backends registered in etcd.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::etcd::{Etcd, free_port, http_client};
+use common::http::Server;
+use common::{Fixture, wait_for};
+
+/// Kills the HAProxy processes named in the pid file when the test ends, however it ends.
+struct HaproxyGuard {
+    pid_file: std::path::PathBuf,
+}
+
+impl Drop for HaproxyGuard {
+    fn drop(&mut self) {
+        for pid in std::fs::read_to_string(&self.pid_file)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+/// Which backends answer `requests` requests through HAProxy; `-` for a failed request.
+fn answers(port: u16, requests: usize) -> BTreeSet<String> {
+    // A fresh connection per request, so no connection is held to a HAProxy being replaced.
+    let client = http_client();
+    (0..requests)
+        .map(|_| {
+            client
+                .get(format!("http://127.0.0.1:{port}/"))
+                .header("Connection", "close")
+                .send()
+                .and_then(|response| response.error_for_status())
+                .and_then(|response| response.text())
+                .unwrap_or_else(|_| "-".to_string())
+        })
+        .collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|name| name.to_string()).collect()
+}
+
+#[test]
+fn haproxy_follows_the_backends_registered_in_etcd() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixture = Fixture::new();
+    copy_dir(
+        &repo.join("examples/haproxy/conf.d"),
+        &fixture.path("conf.d"),
+    );
+    copy_dir(
+        &repo.join("examples/haproxy/templates"),
+        &fixture.path("templates"),
+    );
+    std::fs::create_dir_all(fixture.path("run")).expect("run dir");
+    let _haproxy = HaproxyGuard {
+        pid_file: fixture.path("run/haproxy.pid"),
+    };
+
+    let etcd = Etcd::start();
+    let web1 = Server::backend("web1");
+    let web2 = Server::backend("web2");
+    let port = free_port();
+    etcd.put("/proxy/port", &port.to_string());
+    let node = etcd.endpoint(0);
+    let daemon = fixture.spawn(&["--watch", "--backend", "etcd", "--node", &node]);
+    let reaches = |expected: &[&str], what: &str| {
+        let expected = set(expected);
+        assert!(
+            wait_for(Duration::from_secs(30), || answers(port, 6) == expected),
+            "{what}: requests reached {:?}, expected {expected:?}\n{}",
+            answers(port, 6),
+            daemon.log()
+        );
+    };
+
+    etcd.put("/proxy/frontend/web1", &web1.address.to_string());
+    reaches(&["web1"], "web1 registered");
+    etcd.put("/proxy/frontend/web2", &web2.address.to_string());
+    reaches(&["web1", "web2"], "web2 registered");
+    etcd.delete("/proxy/frontend/web1");
+    reaches(&["web2"], "web1 removed");
+
+    // A registration HAProxy rejects is not swapped in; HAProxy keeps serving.
+    let before = fixture.read("run/haproxy.cfg");
+    etcd.put("/proxy/frontend/broken", "not-an-address:port");
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon
+            .log()
+            .contains("check failed")),
+        "the rejected config is reported\n{}",
+        daemon.log()
+    );
+    assert_eq!(fixture.read("run/haproxy.cfg"), before);
+    assert_eq!(answers(port, 4), set(&["web2"]));
+    assert_eq!(daemon.terminate(), Some(0));
+}
