@@ -5,14 +5,17 @@
 //! Run with `cargo bench --bench onetime`. Prints wall time (p50, p90, max) and peak RSS over
 //! the runs; BENCHMARKS.md records the figures.
 
+mod measure;
+
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const KEYS: usize = 10_000;
 const RUNS: usize = 30;
 
 fn main() {
+    measure::serve_if_asked();
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
     write_confdir(root);
@@ -76,31 +79,13 @@ fn write_confdir(root: &Path) {
 }
 
 /// Runs one `--onetime` and returns its wall time and peak resident set size in KiB.
-#[expect(
-    clippy::zombie_processes,
-    reason = "the child is reaped by wait4, which also reports its peak RSS"
-)]
-fn run_measured(binary: &str, root: &Path) -> (Duration, i64) {
-    let started = Instant::now();
-    let child = Command::new(binary)
+fn run_measured(binary: &str, root: &Path) -> (Duration, u64) {
+    let mut command = Command::new(binary);
+    command
         .args(["--onetime", "--log-level", "warn", "--backend", "file"])
         .arg("--confdir")
         .arg(root)
         .arg("--file")
-        .arg(root.join("data.yaml"))
-        .spawn()
-        .expect("start reconfd");
-    let pid = child.id() as nix::libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for this plain C struct.
-    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own unreaped child; the pointers are to live locals.
-    let reaped = unsafe { nix::libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = started.elapsed();
-    assert_eq!(reaped, pid, "wait4 failed");
-    assert!(
-        nix::libc::WIFEXITED(status) && nix::libc::WEXITSTATUS(status) == 0,
-        "reconfd failed"
-    );
-    (wall, usage.ru_maxrss)
+        .arg(root.join("data.yaml"));
+    measure::run(&command)
 }

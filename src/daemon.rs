@@ -20,7 +20,7 @@ use crate::store::env::EnvStore;
 use crate::store::etcd::EtcdStore;
 use crate::store::file::FileStore;
 use crate::store::{Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
-use crate::template::{Renderer, View};
+use crate::template::{Renderer, SharedResults, View};
 
 /// First wait after a store failure; doubled on each further failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -260,14 +260,20 @@ impl Daemon {
     /// starts from a state that a queued change has superseded, and a burst of changes gives
     /// each affected resource one render with the final values.
     async fn sync_dirty(&mut self, stream: &mut WatchStream, dirty: &mut BTreeSet<usize>) {
+        let mut shared = Arc::default();
         loop {
             while let Ok(event) = stream.try_recv() {
-                dirty.extend(self.apply(event));
+                let touched = self.apply(event);
+                if !touched.is_empty() {
+                    // What the listing functions computed may include a key that just changed.
+                    shared = Arc::default();
+                }
+                dirty.extend(touched);
             }
             let Some(index) = dirty.pop_first() else {
                 return;
             };
-            if let Err(message) = self.sync_one(&self.prepared[index]).await {
+            if let Err(message) = self.sync_one(&self.prepared[index], &shared).await {
                 tracing::error!("{message}");
             }
         }
@@ -329,9 +335,10 @@ impl Daemon {
 
     /// Renders and reconciles the resources `selected` picks. Returns how many failed.
     async fn sync(&self, selected: impl Fn(&Resource) -> bool) -> usize {
+        let shared = Arc::default();
         let mut failures = 0;
         for prepared in self.prepared.iter().filter(|p| selected(&p.resource)) {
-            if let Err(message) = self.sync_one(prepared).await {
+            if let Err(message) = self.sync_one(prepared, &shared).await {
                 tracing::error!("{message}");
                 failures += 1;
             }
@@ -339,12 +346,19 @@ impl Daemon {
         failures
     }
 
-    async fn sync_one(&self, prepared: &Prepared) -> Result<Outcome, String> {
+    /// Renders one resource from the current snapshot and reconciles its destination.
+    /// `shared` holds listing results computed by earlier renders of the same snapshot state.
+    async fn sync_one(
+        &self,
+        prepared: &Prepared,
+        shared: &Arc<SharedResults>,
+    ) -> Result<Outcome, String> {
         let resource = &prepared.resource;
         let view = View {
             snapshot: Arc::clone(&self.snapshot),
             prefix: resource.prefix.clone(),
             keys: resource.keys.clone(),
+            shared: Arc::clone(shared),
         };
         let rendered = prepared
             .renderer

@@ -22,9 +22,11 @@ use tokio::sync::mpsc;
 use super::http::{self, TlsOptions, error_chain};
 use super::{Change, KeyMap, Snapshot, Store, StoreError, WatchEvent, WatchStream};
 
-/// Keys per range request. Large enough that 10,000 keys take two round trips, small enough
-/// that a page stays well under a megabyte of JSON.
+/// Keys per range request: a page stays well under a megabyte of JSON.
 const PAGE_SIZE: usize = 5000;
+
+/// Ranges with more keys than this are read from both ends at once.
+const SPLIT_ABOVE: i64 = 1000;
 
 /// Limit for one unary request (a range page, an authentication).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -202,35 +204,33 @@ impl Client {
         let mut entries = KeyMap::new();
         let mut revision = 0;
         for prefix in prefixes {
-            let (mut key, range_end) = prefix_range(prefix);
-            loop {
-                let mut request = json!({
-                    "key": BASE64.encode(&key),
-                    "range_end": BASE64.encode(&range_end),
-                    "limit": PAGE_SIZE.to_string(),
-                });
-                if revision > 0 {
-                    request["revision"] = json!(revision.to_string());
-                }
-                let page: RangeResponse = self.call("/v3/kv/range", &request).await?;
-                if revision == 0 {
-                    revision = page.header.revision;
-                }
-                let last_key = page.kvs.last().map(|kv| kv.key.clone());
-                for kv in page.kvs {
-                    if let Some((key, value)) = kv.decode() {
-                        entries.insert(key, value);
-                    }
-                }
-                match (page.more, last_key) {
-                    (true, Some(last)) => {
-                        // The next page starts right after the last key of this one.
-                        key = BASE64
-                            .decode(last)
-                            .map_err(|e| EtcdError::Rejected(format!("etcd: bad key: {e}")))?;
-                        key.push(0);
-                    }
-                    _ => break,
+            let (key, range_end) = prefix_range(prefix);
+            // Counting first pins the revision and tells how to split the range.
+            let counted: RangeResponse = self
+                .call(
+                    "/v3/kv/range",
+                    &range_request(&key, &range_end, revision, Order::CountOnly),
+                )
+                .await?;
+            if revision == 0 {
+                revision = counted.header.revision;
+            }
+            // etcd's gateway spends most of a large range turning keys into JSON, on one core
+            // per request. Reading the head of the range forwards and its tail backwards at
+            // the same time puts a second core to work. A backwards read makes etcd sort the
+            // whole range, so it is one page at most.
+            let tail = if counted.count > SPLIT_ABOVE {
+                (counted.count / 2).min(PAGE_SIZE as i64)
+            } else {
+                0
+            };
+            let (head, tail) = tokio::try_join!(
+                self.read_forwards(&key, &range_end, revision, counted.count - tail),
+                self.read_backwards(&key, &range_end, revision, tail),
+            )?;
+            for kv in head.into_iter().chain(tail) {
+                if let Some((key, value)) = kv.decode() {
+                    entries.insert(key, value);
                 }
             }
         }
@@ -238,6 +238,61 @@ impl Client {
             entries,
             revision: Some(revision),
         })
+    }
+
+    /// The first `count` keys of `[key, range_end)` at `revision`, in pages.
+    async fn read_forwards(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        revision: i64,
+        count: i64,
+    ) -> Result<Vec<KeyValue>, EtcdError> {
+        let mut read: Vec<KeyValue> = Vec::new();
+        let mut from = key.to_vec();
+        while (read.len() as i64) < count {
+            let limit = (count - read.len() as i64).min(PAGE_SIZE as i64);
+            let page: RangeResponse = self
+                .call(
+                    "/v3/kv/range",
+                    &range_request(&from, range_end, revision, Order::Forwards(limit)),
+                )
+                .await?;
+            let Some(last) = page.kvs.last() else {
+                break;
+            };
+            // The next page starts right after the last key of this one.
+            from = BASE64
+                .decode(&last.key)
+                .map_err(|e| EtcdError::Rejected(format!("etcd: bad key: {e}")))?;
+            from.push(0);
+            let more = page.more;
+            read.extend(page.kvs);
+            if !more {
+                break;
+            }
+        }
+        Ok(read)
+    }
+
+    /// The last `count` keys of `[key, range_end)` at `revision`, in one request.
+    async fn read_backwards(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        revision: i64,
+        count: i64,
+    ) -> Result<Vec<KeyValue>, EtcdError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let page: RangeResponse = self
+            .call(
+                "/v3/kv/range",
+                &range_request(key, range_end, revision, Order::Backwards(count)),
+            )
+            .await?;
+        Ok(page.kvs)
     }
 
     /// Sends a unary request, failing over across nodes, and parses the answer.
@@ -525,6 +580,37 @@ async fn interpret(
     }))
 }
 
+/// What a range request asks for.
+enum Order {
+    /// Only the number of keys.
+    CountOnly,
+    /// Up to this many keys, from the start of the range.
+    Forwards(i64),
+    /// Up to this many keys, from the end of the range.
+    Backwards(i64),
+}
+
+/// A `/v3/kv/range` request body; `revision` 0 means the current one.
+fn range_request(key: &[u8], range_end: &[u8], revision: i64, order: Order) -> serde_json::Value {
+    let mut request = json!({
+        "key": BASE64.encode(key),
+        "range_end": BASE64.encode(range_end),
+    });
+    if revision > 0 {
+        request["revision"] = json!(revision.to_string());
+    }
+    match order {
+        Order::CountOnly => request["count_only"] = json!(true),
+        Order::Forwards(limit) => request["limit"] = json!(limit.to_string()),
+        Order::Backwards(limit) => {
+            request["limit"] = json!(limit.to_string());
+            request["sort_order"] = json!("DESCEND");
+            request["sort_target"] = json!("KEY");
+        }
+    }
+    request
+}
+
 /// `[key, range_end)` covering every key that starts with `prefix`, as etcd's clients compute
 /// it: the prefix with its last byte below 0xff incremented.
 fn prefix_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
@@ -571,6 +657,8 @@ struct RangeResponse {
     kvs: Vec<KeyValue>,
     #[serde(default)]
     more: bool,
+    #[serde(default, deserialize_with = "int64")]
+    count: i64,
 }
 
 #[derive(Debug, Deserialize)]

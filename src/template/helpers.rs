@@ -62,14 +62,20 @@ pub fn base(path: &str) -> String {
     if path.is_empty() {
         return ".".to_string();
     }
-    let trimmed = path.trim_end_matches('/');
-    if trimmed.is_empty() {
+    // Byte searches: `base` runs once per line of a 10,000-server template.
+    let end = path
+        .bytes()
+        .rposition(|byte| byte != b'/')
+        .map_or(0, |i| i + 1);
+    if end == 0 {
         return "/".to_string();
     }
-    trimmed
-        .rsplit_once('/')
-        .map_or(trimmed, |(_, last)| last)
-        .to_string()
+    let trimmed = &path[..end];
+    let start = trimmed
+        .bytes()
+        .rposition(|byte| byte == b'/')
+        .map_or(0, |i| i + 1);
+    trimmed[start..].to_string()
 }
 
 /// All but the last element of a `/` path, cleaned, as Go's `path.Dir`: `/a/b/c` → `/a/b`,

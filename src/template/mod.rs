@@ -13,10 +13,11 @@ mod helpers;
 mod store_functions;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tera::{Context, ErrorKind, Tera};
+use tera::{Context, ErrorKind, Tera, Value};
 
 pub use dns::Resolver;
 
@@ -34,6 +35,53 @@ pub struct View {
     pub prefix: String,
     /// Absolute key prefixes the resource declared; keys outside them are invisible.
     pub keys: Vec<String>,
+    /// Results of store functions already computed over this same snapshot state.
+    pub shared: Arc<SharedResults>,
+}
+
+/// Results of store functions that list keys (`gets`, `getvs`, `ls`, `lsdir`) over one state
+/// of the snapshot, shared by every render from that state: twenty resources over the same
+/// 10,000 backends build the list once. A new one is needed whenever the snapshot changes.
+#[derive(Debug, Default)]
+pub struct SharedResults {
+    results: Mutex<HashMap<SharedCall, Value>>,
+}
+
+/// One call of a listing function as seen from one resource: the same call from a resource
+/// with another prefix or other keys sees other keys.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SharedCall {
+    function: &'static str,
+    argument: String,
+    prefix: String,
+    keys: Vec<String>,
+}
+
+impl SharedResults {
+    /// The result of `function(argument)` for `view`, computed by `compute` unless a render
+    /// from the same snapshot state asked already.
+    fn get_or_compute(
+        &self,
+        view: &View,
+        function: &'static str,
+        argument: &str,
+        compute: impl FnOnce() -> tera::TeraResult<Value>,
+    ) -> tera::TeraResult<Value> {
+        let call = SharedCall {
+            function,
+            argument: argument.to_string(),
+            prefix: view.prefix.clone(),
+            keys: view.keys.clone(),
+        };
+        let lock = || self.results.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(value) = lock().get(&call) {
+            // Values are reference-counted: this is a cheap copy of the shared list.
+            return Ok(value.clone());
+        }
+        let value = compute()?;
+        lock().insert(call, value.clone());
+        Ok(value)
+    }
 }
 
 impl View {
@@ -208,6 +256,7 @@ mod tests {
             }),
             prefix: prefix.to_string(),
             keys: keys.iter().map(|k| k.to_string()).collect(),
+            shared: Arc::default(),
         }
     }
 

@@ -5,10 +5,12 @@
 //! Patterns follow confd (Go's `path.Match`): `*` and `?` do not cross `/`, `[a-z]` and
 //! `[^a-z]` are classes, `\` escapes; `{a,b}` alternatives are an addition.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use globset::GlobBuilder;
-use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
+use serde::Serialize;
+use tera::{Kwargs, State, Tera, TeraResult, Value};
 
 use super::{View, with_view};
 
@@ -25,26 +27,29 @@ pub fn register(tera: &mut Tera) {
 
 /// `get(key)`: `{key, value}` of one key; an error naming the key when it does not exist.
 fn get(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
-    let key = kwargs.must_get::<&str>("key")?;
-    with_view(|view| Ok(key_value(key.to_string(), lookup(view, key)?)))
+    let key = rooted(kwargs.must_get::<&str>("key")?);
+    with_view(|view| Ok(key_value(&key, lookup(view, &key)?)))
 }
 
 /// `gets(key)`: `{key, value}` of every key matching the pattern, sorted by key.
-fn gets(kwargs: Kwargs, _: &State) -> TeraResult<Vec<Value>> {
-    let pattern = kwargs.must_get::<&str>("key")?;
+fn gets(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    let pattern = rooted(kwargs.must_get::<&str>("key")?);
     with_view(|view| {
-        Ok(matching(view, pattern)?
-            .into_iter()
-            .map(|(key, value)| key_value(key, value))
-            .collect())
+        view.shared.get_or_compute(view, "gets", &pattern, || {
+            let pairs: Vec<Value> = matching(view, &pattern)?
+                .into_iter()
+                .map(|(key, value)| key_value(&key, value))
+                .collect();
+            Ok(Value::from(pairs))
+        })
     })
 }
 
 /// `getv(key, default?)`: the value of one key, or the default when it does not exist.
 fn getv(kwargs: Kwargs, _: &State) -> TeraResult<String> {
-    let key = kwargs.must_get::<&str>("key")?;
+    let key = rooted(kwargs.must_get::<&str>("key")?);
     let default = kwargs.get::<&str>("default")?;
-    with_view(|view| match (lookup(view, key), default) {
+    with_view(|view| match (lookup(view, &key), default) {
         (Ok(value), _) => Ok(value.to_string()),
         (Err(_), Some(default)) => Ok(default.to_string()),
         (Err(e), None) => Err(e),
@@ -52,34 +57,54 @@ fn getv(kwargs: Kwargs, _: &State) -> TeraResult<String> {
 }
 
 /// `getvs(key)`: the values of every key matching the pattern, sorted by value as confd does.
-fn getvs(kwargs: Kwargs, _: &State) -> TeraResult<Vec<String>> {
-    let pattern = kwargs.must_get::<&str>("key")?;
+fn getvs(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    let pattern = rooted(kwargs.must_get::<&str>("key")?);
     with_view(|view| {
-        let mut values: Vec<String> = matching(view, pattern)?
-            .into_iter()
-            .map(|(_, value)| value.to_string())
-            .collect();
-        values.sort_unstable();
-        Ok(values)
+        view.shared.get_or_compute(view, "getvs", &pattern, || {
+            let mut values: Vec<&str> = matching(view, &pattern)?
+                .into_iter()
+                .map(|(_, value)| value)
+                .collect();
+            values.sort_unstable();
+            Ok(Value::from(values))
+        })
     })
 }
 
 /// `exists(key)`: whether the key exists.
 fn exists(kwargs: Kwargs, _: &State) -> TeraResult<bool> {
-    let key = kwargs.must_get::<&str>("key")?;
-    with_view(|view| Ok(lookup(view, key).is_ok()))
+    let key = rooted(kwargs.must_get::<&str>("key")?);
+    with_view(|view| Ok(lookup(view, &key).is_ok()))
 }
 
 /// `ls(key)`: the sorted, distinct names of the entries directly below `key`.
-fn ls(kwargs: Kwargs, _: &State) -> TeraResult<Vec<String>> {
-    let dir = kwargs.must_get::<&str>("key")?;
-    with_view(|view| Ok(children(view, dir, false)))
+fn ls(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    let dir = rooted(kwargs.must_get::<&str>("key")?);
+    with_view(|view| {
+        view.shared.get_or_compute(view, "ls", &dir, || {
+            Ok(Value::from(children(view, &dir, false)))
+        })
+    })
 }
 
 /// `lsdir(key)`: like `ls`, but only the entries that have keys below them themselves.
-fn lsdir(kwargs: Kwargs, _: &State) -> TeraResult<Vec<String>> {
-    let dir = kwargs.must_get::<&str>("key")?;
-    with_view(|view| Ok(children(view, dir, true)))
+fn lsdir(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    let dir = rooted(kwargs.must_get::<&str>("key")?);
+    with_view(|view| {
+        view.shared.get_or_compute(view, "lsdir", &dir, || {
+            Ok(Value::from(children(view, &dir, true)))
+        })
+    })
+}
+
+/// Template keys are paths from the resource's prefix and start with `/`, as confd's do; a
+/// key written without the leading `/` means the same key.
+fn rooted(key: &str) -> Cow<'_, str> {
+    if key.starts_with('/') {
+        Cow::Borrowed(key)
+    } else {
+        Cow::Owned(format!("/{key}"))
+    }
 }
 
 /// The value of template key `key`, or an error that says why there is none.
@@ -115,21 +140,26 @@ fn store_key_note(view: &View, absolute: &str) -> String {
 
 /// The visible (template key, value) pairs whose key matches `pattern`, sorted by key.
 fn matching<'v>(view: &'v View, pattern: &str) -> TeraResult<Vec<(String, &'v str)>> {
+    // Only keys starting with the pattern's literal part can match, and the snapshot is
+    // sorted, so the scan covers that range alone instead of every key.
+    let literal_end = pattern
+        .find(['*', '?', '[', '{', '\\'])
+        .unwrap_or(pattern.len());
+    let (literal, rest) = pattern.split_at(literal_end);
+    let candidates = view.entries_starting_with(literal);
+    if rest == "*" {
+        // The common `/proxy/frontend/*`: one more path element, matched without a glob.
+        return Ok(candidates
+            .filter(|(key, _)| !key[literal.len()..].contains('/'))
+            .collect());
+    }
     let glob = GlobBuilder::new(pattern)
         .literal_separator(true)
         .backslash_escape(true)
         .build()
         .map_err(|e| tera::Error::message(format!("`{pattern}` is not a valid pattern: {e}")))?
         .compile_matcher();
-    // Only keys starting with the pattern's literal part can match, and the snapshot is
-    // sorted, so the scan covers that range alone instead of every key.
-    let literal_end = pattern
-        .find(['*', '?', '[', '{', '\\'])
-        .unwrap_or(pattern.len());
-    Ok(view
-        .entries_starting_with(&pattern[..literal_end])
-        .filter(|(key, _)| glob.is_match(key))
-        .collect())
+    Ok(candidates.filter(|(key, _)| glob.is_match(key)).collect())
 }
 
 /// Names of the entries directly below template key `dir`; with `dirs_only`, only those that
@@ -145,7 +175,10 @@ fn children(view: &View, dir: &str, dirs_only: bool) -> Vec<String> {
             continue;
         }
         // `ls("/app")` lists below `/app/`, not the rest of `/apple`.
-        let Some(rest) = key[dir.len()..].strip_prefix('/') else {
+        let Some(rest) = key
+            .strip_prefix(dir)
+            .and_then(|rest| rest.strip_prefix('/'))
+        else {
             continue;
         };
         let (first, deeper) = match rest.split_once('/') {
@@ -159,12 +192,17 @@ fn children(view: &View, dir: &str, dirs_only: bool) -> Vec<String> {
     names.into_iter().collect()
 }
 
-/// A `{key, value}` map, confd's KVPair.
-fn key_value(key: String, value: &str) -> Value {
-    let mut map = Map::default();
-    map.insert("key".into(), Value::from(key));
-    map.insert("value".into(), Value::from(value));
-    Value::from(map)
+/// confd's KVPair, seen by templates as a `{key, value}` map.
+#[derive(Serialize)]
+struct KeyValue<'a> {
+    key: &'a str,
+    value: &'a str,
+}
+
+/// A `{key, value}` map. Serializing builds the map once; assembling a `Map` and converting
+/// it would build it twice, which shows in a 10,000-key `gets`.
+fn key_value(key: &str, value: &str) -> Value {
+    Value::from_serializable(&KeyValue { key, value })
 }
 
 #[cfg(test)]
@@ -349,5 +387,47 @@ mod tests {
                 .contains("key `/db/user` (store key `/production/app/db/user`) does not exist"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn keys_without_a_leading_slash_mean_the_same_keys() {
+        let renderer = Renderer::from_source(
+            "t",
+            "{{ getv(key=\"db/host\") }} {{ ls(key=\"é\") | join(sep=\",\") }} \
+             {% for kv in gets(key=\"db/*\") %}{{ kv.key }}{% endfor %}",
+            Resolver::System,
+        )
+        .expect("parses");
+        let out = renderer
+            .render(view(
+                &[("/p/db/host", "db1"), ("/p/é/x", "1"), ("/pé/y", "2")],
+                "/p",
+                &["/p"],
+            ))
+            .expect("renders");
+        assert_eq!(out, "db1 x /db/host");
+    }
+
+    #[test]
+    fn listing_results_are_shared_between_renders_of_one_snapshot_state() {
+        let renderer =
+            Renderer::from_source("t", "{{ gets(key=\"/s/*\") | length }}", Resolver::System)
+                .expect("parses");
+        let first = view(&[("/s/a", "1")], "", &["/"]);
+        assert_eq!(renderer.render(first.clone()).expect("renders"), "1");
+        // Same shared results, other snapshot: the listing computed before is served, which
+        // is why the daemon starts new shared results whenever the snapshot changes.
+        let mut stale = view(&[("/s/a", "1"), ("/s/b", "2")], "", &["/"]);
+        stale.shared = std::sync::Arc::clone(&first.shared);
+        assert_eq!(renderer.render(stale).expect("renders"), "1");
+        let fresh = view(&[("/s/a", "1"), ("/s/b", "2")], "", &["/"]);
+        assert_eq!(renderer.render(fresh).expect("renders"), "2");
+        // Another resource (other keys) does not see the first one's result.
+        let other =
+            Renderer::from_source("t", "{{ gets(key=\"/s/*\") | length }}", Resolver::System)
+                .expect("parses");
+        let mut narrower = view(&[("/s/a", "1")], "", &["/s/b"]);
+        narrower.shared = first.shared;
+        assert_eq!(other.render(narrower).expect("renders"), "0");
     }
 }
