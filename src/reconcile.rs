@@ -134,10 +134,7 @@ pub async fn reconcile(
         .map_err(|e| io_error("cannot stage the new content", e))?;
     let stage_path = staged.path().display().to_string();
     if let (Some(check), false) = (&resource.check_cmd, options.sync_only) {
-        let command = check
-            .replace("{{.src}}", &stage_path)
-            .replace("{{ src }}", &stage_path)
-            .replace("{{src}}", &stage_path);
+        let command = substitute(check, "src", &stage_path);
         if let Err(source) = command::run(&command, resource.check_timeout).await {
             if options.keep_stage_file {
                 match staged.into_temp_path().keep() {
@@ -151,17 +148,34 @@ pub async fn reconcile(
             });
         }
     }
-    staged
-        .persist(dest)
-        .map_err(|e| io_error("cannot rename the stage file over the destination", e.error))?;
-    sync_parent_dir(dest).map_err(|e| io_error("cannot flush the destination's directory", e))?;
+    match staged.persist(dest) {
+        Ok(_) => {}
+        Err(e) if e.error.raw_os_error() == Some(nix::libc::EBUSY) => {
+            // A destination bind-mounted on its own (a single file mounted into a container)
+            // cannot be renamed over; like confd, write it in place instead.
+            tracing::warn!(
+                "{dest_name} is busy (a mount point?); writing it in place, which is not atomic"
+            );
+            write_in_place(dest, rendered.as_bytes(), &wanted)
+                .map_err(|e| io_error("cannot write the destination in place", e))?;
+        }
+        Err(e) => {
+            return Err(io_error(
+                "cannot rename the stage file over the destination",
+                e.error,
+            ));
+        }
+    }
+    if let Err(e) = sync_parent_dir(dest) {
+        // The new file is in place; only its survival of a crash is in doubt. Skipping the
+        // reload now would leave the service on the old file for good, as the next run finds
+        // the destination in sync.
+        tracing::warn!("{dest_name}: cannot flush the directory after the swap: {e}");
+    }
     tracing::info!("Target config {dest_name} has been updated");
 
     if let (Some(reload), false) = (&resource.reload_cmd, options.sync_only) {
-        let command = reload
-            .replace("{{.dest}}", &dest_name)
-            .replace("{{ dest }}", &dest_name)
-            .replace("{{dest}}", &dest_name);
+        let command = substitute(reload, "dest", &dest_name);
         match command::run(&command, resource.reload_timeout).await {
             Ok(output) if output.is_empty() => tracing::info!("Reloaded for {dest_name}"),
             Ok(output) => tracing::info!("Reloaded for {dest_name}: {output}"),
@@ -198,12 +212,12 @@ fn in_sync(dest: &str, actual: Option<&Actual>, rendered: &[u8], wanted: &Wanted
         return false;
     };
     let mut same = true;
-    if wanted.uid.is_some_and(|uid| uid != actual.uid) {
-        tracing::info!("{dest} has UID {} should be {:?}", actual.uid, wanted.uid);
+    if let Some(uid) = wanted.uid.filter(|uid| *uid != actual.uid) {
+        tracing::info!("{dest} has UID {} should be {uid}", actual.uid);
         same = false;
     }
-    if wanted.gid.is_some_and(|gid| gid != actual.gid) {
-        tracing::info!("{dest} has GID {} should be {:?}", actual.gid, wanted.gid);
+    if let Some(gid) = wanted.gid.filter(|gid| *gid != actual.gid) {
+        tracing::info!("{dest} has GID {} should be {gid}", actual.gid);
         same = false;
     }
     if actual.mode != wanted.mode {
@@ -244,12 +258,62 @@ fn stage(
         .prefix(&format!(".{name}."))
         .tempfile_in(dir)?;
     staged.write_all(content)?;
-    staged.as_file().sync_all()?;
+    // Owner and mode first, so that the flush makes them durable with the content.
     set_owner(staged.as_file(), wanted, resource)?;
     staged
         .as_file()
         .set_permissions(std::fs::Permissions::from_mode(wanted.mode))?;
+    staged.as_file().sync_all()?;
     Ok(staged)
+}
+
+/// Overwrites `dest` itself with `content`, for destinations that cannot be renamed over.
+fn write_in_place(dest: &Path, content: &[u8], wanted: &Wanted) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(dest)?;
+    file.write_all(content)?;
+    file.set_permissions(std::fs::Permissions::from_mode(wanted.mode))?;
+    file.sync_all()
+}
+
+/// `command` with confd's `{{.name}}` (also written `{{ .name }}`, `{{name}}` or
+/// `{{ name }}`) replaced by `value`, quoted for `sh` when it holds anything but plain path
+/// characters. Other `{{ ... }}` text is left alone.
+fn substitute(command: &str, name: &str, value: &str) -> String {
+    let mut result = String::with_capacity(command.len() + value.len());
+    let mut rest = command;
+    while let Some(open) = rest.find("{{") {
+        let Some(close) = rest[open + 2..].find("}}") else {
+            break;
+        };
+        let inner = rest[open + 2..open + 2 + close].trim();
+        result.push_str(&rest[..open]);
+        if inner.strip_prefix('.').unwrap_or(inner) == name {
+            result.push_str(&shell_quote(value));
+        } else {
+            result.push_str(&rest[open..open + 2 + close + 2]);
+        }
+        rest = &rest[open + 2 + close + 2..];
+    }
+    result.push_str(rest);
+    result
+}
+
+/// `value` as one `sh` word: unchanged when it only has characters that need no quoting (so a
+/// command that quotes `{{.src}}` itself keeps working for ordinary paths), single-quoted
+/// otherwise.
+fn shell_quote(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%,=".contains(&b));
+    if plain {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', "'\\''"))
+    }
 }
 
 /// Sets the wanted owner. An owner the resource asks for must be set; an owner merely kept
@@ -462,5 +526,38 @@ mod tests {
     #[test]
     fn md5_matches_md5sum() {
         assert_eq!(md5_hex(b"hello\n"), "b1946ac92492d2347c6235b4d2611184");
+    }
+
+    #[test]
+    fn placeholders_in_every_confd_spelling_are_replaced_and_quoted() {
+        for command in [
+            "check {{.src}}",
+            "check {{ .src }}",
+            "check {{src}}",
+            "check {{ src }}",
+        ] {
+            assert_eq!(
+                substitute(command, "src", "/etc/app.conf"),
+                "check /etc/app.conf"
+            );
+        }
+        assert_eq!(
+            substitute("check {{.src}} {{ other }}", "src", "/my dir/it's"),
+            "check '/my dir/it'\\''s' {{ other }}"
+        );
+        assert_eq!(substitute("no close {{.src", "src", "x"), "no close {{.src");
+    }
+
+    #[tokio::test]
+    async fn a_destination_in_a_directory_with_spaces_is_checked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spaced = dir.path().join("my dir");
+        std::fs::create_dir(&spaced).expect("mkdir");
+        let mut r = resource(&spaced);
+        r.check_cmd = Some("grep -q v1 {{.src}}".into());
+        reconcile(&r, "v1\n", Options::default())
+            .await
+            .expect("checked and written");
+        assert_eq!(std::fs::read_to_string(&r.dest).expect("dest"), "v1\n");
     }
 }

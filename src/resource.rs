@@ -66,7 +66,8 @@ struct TemplateTable {
     keys: Vec<String>,
     #[serde(default)]
     prefix: String,
-    mode: Option<Mode>,
+    #[serde(default, deserialize_with = "mode_text")]
+    mode: Option<String>,
     uid: Option<u32>,
     gid: Option<u32>,
     owner: Option<String>,
@@ -75,14 +76,6 @@ struct TemplateTable {
     reload_cmd: Option<String>,
     check_cmd_timeout: Option<Timeout>,
     reload_cmd_timeout: Option<Timeout>,
-}
-
-/// `mode = "0644"` as in confd, or a TOML integer such as `0o644`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Mode {
-    Text(String),
-    Number(u32),
 }
 
 /// `"30s"`, `"1m30s"`, or a number of seconds.
@@ -150,8 +143,7 @@ pub fn load(
         .collect();
     let mode = match table.mode {
         None => None,
-        Some(Mode::Number(bits)) => Some(bits),
-        Some(Mode::Text(text)) => Some(parse_mode(&text).map_err(fail)?),
+        Some(text) => Some(parse_mode(&text).map_err(fail)?),
     };
     let uid = match (table.uid, table.owner) {
         (Some(_), Some(_)) => return Err(fail("set `uid` or `owner`, not both".to_string())),
@@ -165,11 +157,19 @@ pub fn load(
         (None, Some(name)) => Some(group_id(&name).map_err(fail)?),
         (None, None) => None,
     };
-    let timeout = |value: Option<Timeout>, field: &str| match value {
-        None => Ok(DEFAULT_COMMAND_TIMEOUT),
-        Some(Timeout::Seconds(seconds)) => Ok(Duration::from_secs(seconds)),
-        Some(Timeout::Text(text)) => humantime::parse_duration(&text)
-            .map_err(|e| fail(format!("`{field}` = {text:?} is not a duration ({e})"))),
+    let timeout = |value: Option<Timeout>, field: &str| {
+        let limit = match value {
+            None => return Ok(DEFAULT_COMMAND_TIMEOUT),
+            Some(Timeout::Seconds(seconds)) => Duration::from_secs(seconds),
+            Some(Timeout::Text(text)) => humantime::parse_duration(&text)
+                .map_err(|e| fail(format!("`{field}` = {text:?} is not a duration ({e})")))?,
+        };
+        if limit.is_zero() {
+            return Err(fail(format!(
+                "`{field}` is zero: the command would be killed at once"
+            )));
+        }
+        Ok(limit)
     };
     Ok(Resource {
         file: file.to_path_buf(),
@@ -207,10 +207,30 @@ pub fn join_key_path(parts: &[&str]) -> String {
     }
 }
 
+/// `mode` is a string, as in confd: a TOML integer cannot say whether `644` was meant in
+/// octal (TOML's `0o644` is the number 420).
+fn mode_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Text(String),
+        Number(i64),
+    }
+    match Mode::deserialize(deserializer)? {
+        Mode::Text(text) => Ok(Some(text)),
+        Mode::Number(number) => Err(serde::de::Error::custom(format!(
+            "`mode` = {number} must be a quoted octal string such as \"0644\""
+        ))),
+    }
+}
+
 fn parse_mode(text: &str) -> Result<u32, String> {
     let digits = text.trim().trim_start_matches("0o");
-    u32::from_str_radix(digits, 8)
-        .ok()
+    Some(digits)
+        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+        .and_then(|digits| u32::from_str_radix(digits, 8).ok())
         .filter(|bits| *bits <= 0o7777)
         .ok_or_else(|| format!("`mode` = {text:?} is not an octal file mode such as \"0644\""))
 }
@@ -236,7 +256,8 @@ fn toml_error(file: &Path, text: &str, error: &toml::de::Error) -> ResourceError
     let place = error
         .span()
         .map(|span| {
-            let before = &text[..span.start.min(text.len())];
+            // A span starts on a character boundary; the fallback only guards the slicing.
+            let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
             let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
             format!(":{line}:{column}")
@@ -317,8 +338,15 @@ mod tests {
     #[test]
     fn bad_mode_owner_and_timeout_are_named() {
         let base = "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\n";
-        let err = load_text(&format!("{base}mode = \"rw-r--r--\"\n"), "").expect_err("mode");
-        assert!(err.to_string().contains("`mode`"), "{err}");
+        for bad in ["\"rw-r--r--\"", "\"+644\"", "\"0648\"", "\"17777\"", "644"] {
+            let err = load_text(&format!("{base}mode = {bad}\n"), "").expect_err("mode");
+            assert!(err.to_string().contains("mode"), "{bad}: {err}");
+        }
+        let err = load_text(&format!("{base}reload_cmd_timeout = 0\n"), "").expect_err("zero");
+        assert!(
+            err.to_string().contains("`reload_cmd_timeout` is zero"),
+            "{err}"
+        );
         let err = load_text(&format!("{base}owner = \"no-such-user-x\"\n"), "").expect_err("user");
         assert!(err.to_string().contains("no-such-user-x"), "{err}");
         let err =

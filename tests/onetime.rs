@@ -260,6 +260,43 @@ fn unusable_settings_exit_2_with_one_clear_line() {
     let run = fixture.run(&["--onetime", "--config-file", "/nonexistent/reconfd.toml"]);
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.contains("/nonexistent/reconfd.toml"), "{run:?}");
+    let run = fixture.run(&["--onetime", "--file", "missing.yaml"]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("--file missing.yaml"), "{run:?}");
+    let run = Run::from(
+        std::process::Command::new(env!("CARGO_BIN_EXE_reconfd"))
+            .args(["--onetime", "--confdir", "/nonexistent", "--backend", "env"])
+            .output()
+            .expect("run"),
+    );
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("/nonexistent/conf.d"), "{run:?}");
+}
+
+#[test]
+fn sigterm_during_a_check_leaves_no_stage_file_and_the_destination_as_it_was() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    fixture.write("out/app.conf", "previous\n");
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"out/app.conf\"\nkeys = [\"/app\"]\ncheck_cmd = \"sleep 5\"\n",
+    );
+    let daemon = fixture.spawn(ONETIME_FILE);
+    assert!(
+        common::wait_for(std::time::Duration::from_secs(10), || fixture
+            .list("out")
+            .len()
+            == 3),
+        "the stage file appears while the check runs"
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(daemon.terminate(), Some(1));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "did not wait for the check"
+    );
+    assert_eq!(fixture.list("out"), [".keep", "app.conf"]);
+    assert_eq!(fixture.read("out/app.conf"), "previous\n");
 }
 
 #[test]
@@ -316,5 +353,42 @@ fn version_is_printed() {
         run.stdout
             .starts_with(&format!("reconfd {}", env!("CARGO_PKG_VERSION"))),
         "{run:?}"
+    );
+}
+
+/// A destination that is a bind mount of its own (a single file mounted into a container)
+/// cannot be renamed over; it is written in place. The mount is made in a private user and
+/// mount namespace (`unshare -rm`), so the test needs no privileges.
+#[test]
+fn a_bind_mounted_destination_is_written_in_place() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    fixture.write("mounted.conf", "old\n");
+    fixture.write("out/app.conf", "old\n");
+    let command = fixture.command(&["--onetime", "--backend", "file", "--file", "data.yaml"]);
+    let program = command.get_program().to_owned();
+    let args: Vec<_> = command.get_args().map(|arg| arg.to_owned()).collect();
+    let run = Run::from(
+        std::process::Command::new("unshare")
+            .args([
+                "-rm",
+                "sh",
+                "-c",
+                "mount --bind mounted.conf out/app.conf && exec \"$@\"",
+                "sh",
+            ])
+            .arg(program)
+            .args(args)
+            .current_dir(fixture.root())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .output()
+            .expect("unshare (util-linux)"),
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stderr.contains("writing it in place"), "{run:?}");
+    assert_eq!(
+        fixture.read("mounted.conf"),
+        "server web1 10.0.0.1:80\n",
+        "the mounted file itself received the content"
     );
 }
