@@ -75,7 +75,8 @@ pub struct Cli {
     #[arg(long, env = "RECONFD_CLIENT_INSECURE")]
     pub client_insecure: bool,
 
-    /// Prefix joined in front of every resource's keys (after the resource's own prefix).
+    /// Prefix joined in front of every resource's keys (and in front of the resource's own
+    /// `prefix`), as confd's --prefix.
     #[arg(long, env = "RECONFD_PREFIX", value_name = "PATH")]
     pub prefix: Option<String>,
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::reconcile::{self, Options, Outcome};
-use crate::resource::{self, Resource};
+use crate::resource::{self, Resource, ResourceError};
 use crate::settings::{Backend, RunMode, Settings};
 use crate::store::env::EnvStore;
 use crate::store::etcd::EtcdStore;
@@ -35,7 +35,21 @@ struct Prepared {
 
 /// Runs reconfd with `settings` until done (onetime) or until SIGINT/SIGTERM.
 pub async fn run(settings: Settings) -> ExitCode {
-    let (prepared, load_failures) = prepare_resources(&settings);
+    let mut shutdown = match Shutdown::listen() {
+        Ok(shutdown) => shutdown,
+        Err(e) => {
+            tracing::error!("cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let loaded = match resource::load_all(&settings.confdir, &settings.prefix) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (prepared, load_failures) = prepare_resources(loaded);
     if prepared.is_empty() && load_failures == 0 {
         tracing::warn!(
             "no template resources in {}",
@@ -64,7 +78,15 @@ pub async fn run(settings: Settings) -> ExitCode {
     };
     match settings.mode {
         RunMode::Onetime => {
-            let failures = load_failures + daemon.onetime().await;
+            // Interrupted, the run stops at its next step; a stage file being checked is
+            // removed as it is dropped, and no destination is half-written.
+            let failures = tokio::select! {
+                failures = daemon.onetime() => load_failures + failures,
+                () = shutdown.wait() => {
+                    tracing::error!("interrupted");
+                    return ExitCode::FAILURE;
+                }
+            };
             if failures == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -72,13 +94,6 @@ pub async fn run(settings: Settings) -> ExitCode {
             }
         }
         RunMode::Poll | RunMode::Watch => {
-            let mut shutdown = match Shutdown::listen() {
-                Ok(shutdown) => shutdown,
-                Err(e) => {
-                    tracing::error!("cannot listen for signals: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
             if settings.mode == RunMode::Watch {
                 daemon.watch(&mut shutdown).await;
             } else {
@@ -92,14 +107,7 @@ pub async fn run(settings: Settings) -> ExitCode {
 
 /// Loads every resource and parses its template once. Bad resources are logged and counted;
 /// the others go on.
-fn prepare_resources(settings: &Settings) -> (Vec<Prepared>, usize) {
-    let loaded = match resource::load_all(&settings.confdir, &settings.prefix) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            tracing::error!("{e}");
-            return (Vec::new(), 1);
-        }
-    };
+fn prepare_resources(loaded: Vec<Result<Resource, ResourceError>>) -> (Vec<Prepared>, usize) {
     let mut prepared = Vec::new();
     let mut failures = 0;
     for loaded in loaded {
@@ -125,6 +133,12 @@ fn prepare_resources(settings: &Settings) -> (Vec<Prepared>, usize) {
 fn open_store(backend: &Backend) -> Result<Box<dyn Store>, String> {
     let store: Box<dyn Store> = match backend {
         Backend::File { paths, filter } => {
+            if let Some(missing) = paths.iter().find(|path| !path.exists()) {
+                return Err(format!(
+                    "--file {}: no such file or directory",
+                    missing.display()
+                ));
+            }
             Box::new(FileStore::new(paths.clone(), filter.clone()).map_err(|e| e.to_string())?)
         }
         Backend::Env => Box::new(EnvStore),
@@ -180,10 +194,17 @@ impl Daemon {
     async fn poll(&mut self, shutdown: &mut Shutdown) {
         loop {
             self.resync().await;
-            tokio::select! {
-                () = tokio::time::sleep(self.interval) => {}
-                () = shutdown.wait() => return,
+            if !self.wait_interval(shutdown).await {
+                return;
             }
+        }
+    }
+
+    /// Waits one interval; false when shutdown came first.
+    async fn wait_interval(&self, shutdown: &mut Shutdown) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(self.interval) => true,
+            () = shutdown.wait() => false,
         }
     }
 
@@ -212,7 +233,11 @@ impl Daemon {
                         self.store.name(),
                         self.interval
                     );
-                    return self.poll(shutdown).await;
+                    // Everything was just synced; the first poll is one interval away.
+                    if self.wait_interval(shutdown).await {
+                        self.poll(shutdown).await;
+                    }
+                    return;
                 }
                 Err(e) => {
                     self.outage.began(self.store.name(), &e);

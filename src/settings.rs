@@ -34,6 +34,7 @@ const CONFD_KEYS_NOT_USED_YET: &[&str] = &[
     "role_id",
     "secret_id",
     "path",
+    "secret_keyring",
 ];
 
 /// etcd's client port on the local host, confd's default node.
@@ -131,6 +132,7 @@ struct SettingsFile {
     keep_stage_file: Option<bool>,
     #[serde(rename = "log-level")]
     log_level: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
     file: Option<Vec<PathBuf>>,
     filter: Option<String>,
     scheme: Option<String>,
@@ -283,6 +285,22 @@ impl Settings {
     }
 }
 
+/// A list, or a single value as older confd.toml files write `file = "data.yaml"`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<PathBuf>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(Some(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(path) => vec![path],
+        OneOrMany::Many(paths) => paths,
+    }))
+}
+
 /// `node` with `scheme://` in front unless it names a scheme already.
 fn with_scheme(node: &str, scheme: &str) -> String {
     if node.contains("://") {
@@ -410,5 +428,18 @@ mod tests {
     fn onetime_wins_over_watch() {
         let s = settings(&["--backend", "env", "--watch", "--onetime"]).expect("settings");
         assert_eq!(s.mode, RunMode::Onetime);
+    }
+
+    #[test]
+    fn older_confd_toml_forms_are_accepted() {
+        let (_dir, path) = write_settings("file = \"data.yaml\"\nsecret_keyring = \"/k\"\n");
+        let s = settings(&["--config-file", &path]).expect("settings");
+        assert_eq!(
+            s.backend,
+            Backend::File {
+                paths: vec![PathBuf::from("data.yaml")],
+                filter: None
+            }
+        );
     }
 }
