@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian/Ubuntu machine, then runs every check and test:
-# formatting, clippy, unit tests and the integration tests that drive the real binary against
-# real servers started on loopback ports.
+# formatting, clippy, unit tests and the integration tests that drive the real binary, some of
+# them against real servers (etcd, HAProxy) that the tests start on loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+for tool in cargo rustfmt cargo-clippy; do
+  command -v "$tool" >/dev/null || {
+    echo "$tool is missing: install Rust with rustup (https://rustup.rs), components rustfmt and clippy" >&2
+    exit 1
+  }
+done
 
 packages=(haproxy etcd-server openssl)
 missing=()

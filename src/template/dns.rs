@@ -1,10 +1,9 @@
 //! confd's DNS functions: `lookupIP`, `lookupIPV4`, `lookupIPV6` and `lookupSRV`.
 //!
 //! Results are sorted, so an unchanged answer renders unchanged bytes whatever order the
-//! server gave. A
-//! name with no records is an empty list, as in confd; a lookup that could not be answered
-//! (timeout, unreachable server) is a render error instead, so that a passing DNS fault cannot
-//! render a configuration without its servers.
+//! server gave. A name with no records is an empty list, as in confd; a lookup that could not
+//! be answered (timeout, server failure) is a render error instead, so that a passing DNS
+//! fault cannot render a configuration without its servers.
 
 use std::net::SocketAddr;
 
