@@ -2,8 +2,12 @@
 //!
 //! Nested maps become `/a/b/c`, list items `/a/0`, `/a/1`; scalars become strings the way Go
 //! prints them (so a confd data file renders the same here); nulls produce no key. Directories
-//! are read recursively, files in sorted order, and when two files define the same key the
-//! later one wins.
+//! are read recursively, files in sorted order, hidden files and directories left out, and when
+//! two files define the same key the later one wins.
+//!
+//! A Kubernetes ConfigMap mount works both as a directory and as a single file in it: its
+//! data lives in a hidden `..<timestamp>` directory behind a `..data` symlink, which the walk
+//! leaves out (the visible symlinks already lead there), and which a watch follows.
 //!
 //! The store reads every file again on each fetch and on each change a watch sees: data files
 //! are small, and reading them whole is what keeps the result exactly equal to a fresh fetch.
@@ -178,7 +182,8 @@ struct Targets {
     /// Directories given as paths: a change anywhere under them counts.
     dirs: Vec<PathBuf>,
     /// Files given as paths, as (parent directory, file name): editors replace a file by
-    /// renaming another over it, so the parent is watched and only this name counts.
+    /// renaming another over it, so the parent is watched and this name counts, as do names
+    /// starting with `..` (see [`Targets::contains`]).
     files: Vec<(PathBuf, OsString)>,
 }
 
@@ -203,8 +208,8 @@ impl Targets {
                 Some(parent) if !parent.as_os_str().is_empty() => parent,
                 _ => Path::new("."),
             };
-            // Only the parent is canonicalized: the file itself may be a symlink that is
-            // swapped (a Kubernetes ConfigMap), and it is the link's name that matters.
+            // Only the parent is canonicalized: the file may be a symlink (a Kubernetes
+            // ConfigMap's always is), and events name the link, not what it leads to.
             let parent =
                 std::fs::canonicalize(parent).map_err(|e| file_error(parent, e.to_string()))?;
             targets.files.push((parent, name.to_os_string()));
@@ -244,11 +249,18 @@ impl Targets {
         event.paths.is_empty() || event.paths.iter().any(|path| self.contains(path))
     }
 
+    /// Whether a change at `path` may change a watched file. Kubernetes updates a ConfigMap
+    /// without touching the file's own symlink (`app.yaml -> ..data/app.yaml`): it writes a
+    /// new `..<timestamp>` directory and renames a new `..data` link over the old one. Those
+    /// `..` names are Kubernetes' own, so a change to one next to a watched file counts too.
     fn contains(&self, path: &Path) -> bool {
         self.dirs.iter().any(|dir| path.starts_with(dir))
             || self.files.iter().any(|(parent, name)| {
                 path.parent() == Some(parent.as_path())
-                    && path.file_name() == Some(name.as_os_str())
+                    && path.file_name().is_some_and(|file_name| {
+                        file_name == name.as_os_str()
+                            || file_name.as_encoded_bytes().starts_with(b"..")
+                    })
             })
     }
 }
@@ -294,7 +306,9 @@ impl DataFiles {
     }
 
     /// The files to read, in order: the paths as given, each directory's matching files in
-    /// sorted order.
+    /// sorted order. Hidden entries inside a directory are left out: a ConfigMap mount's
+    /// `..<timestamp>` directory holds the same files again (which would define every key
+    /// twice), and other hidden files are version control's or an editor's.
     fn list(&self) -> Result<Vec<PathBuf>, StoreError> {
         let mut files = Vec::new();
         for path in &self.paths {
@@ -303,7 +317,13 @@ impl DataFiles {
                 files.push(path.clone());
                 continue;
             }
-            for entry in WalkDir::new(path).min_depth(1).sort_by_file_name() {
+            let walk = WalkDir::new(path)
+                .min_depth(1)
+                .sort_by_file_name()
+                .into_iter()
+                // The directory given is not an entry (min_depth), so it is read even if hidden.
+                .filter_entry(|entry| !entry.file_name().as_encoded_bytes().starts_with(b"."));
+            for entry in walk {
                 let entry = entry.map_err(|e| {
                     let at = e.path().unwrap_or(path).to_path_buf();
                     let message = e
@@ -710,6 +730,8 @@ mod tests {
         write(dir.path(), "d.toml", "d = 4\n");
         write(dir.path(), "notes.txt", "e: 5\n");
         write(dir.path(), ".a.yaml.swp", "f: 6\n");
+        write(dir.path(), ".hidden.yaml", "g: 7\n");
+        write(dir.path(), ".git/h.yaml", "h: 8\n");
         let entries = fetch(vec![dir.path().to_path_buf()], None, &everything()).expect("read");
         assert_eq!(
             entries,
@@ -751,6 +773,44 @@ mod tests {
                 dir.path().join("real/app.yaml")
             ]
         );
+    }
+
+    /// Builds a Kubernetes ConfigMap mount in `dir`: `app.yaml -> ..data/app.yaml`,
+    /// `..data -> ..v1`, `..v1/app.yaml` holding `text`.
+    fn configmap(dir: &Path, text: &str) -> PathBuf {
+        write(dir, "..v1/app.yaml", text);
+        std::os::unix::fs::symlink("..v1", dir.join("..data")).expect("link");
+        let path = dir.join("app.yaml");
+        std::os::unix::fs::symlink("..data/app.yaml", &path).expect("link");
+        path
+    }
+
+    #[test]
+    fn a_configmap_directory_is_read_once_and_hidden_files_are_skipped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        configmap(dir.path(), "app:\n  port: 80\n");
+        let files = FileStore::new(vec![dir.path().to_path_buf()], None)
+            .expect("store")
+            .files
+            .list()
+            .expect("list");
+        assert_eq!(files, [dir.path().join("app.yaml")]);
+        let entries = fetch(vec![dir.path().to_path_buf()], None, &everything()).expect("read");
+        assert_eq!(entries, keys(&[("/app/port", "80")]));
+    }
+
+    #[test]
+    fn hidden_paths_given_explicitly_are_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hidden_file = write(dir.path(), ".a.yaml", "a: 1\n");
+        write(dir.path(), ".config/b.yaml", "b: 2\n");
+        let entries = fetch(
+            vec![hidden_file, dir.path().join(".config")],
+            None,
+            &everything(),
+        )
+        .expect("read");
+        assert_eq!(entries, keys(&[("/a", "1"), ("/b", "2")]));
     }
 
     #[test]
@@ -845,6 +905,36 @@ mod tests {
         write(dir.path(), "nested/b.yaml", "app:\n  b: 2\n");
         let expected = Snapshot {
             entries: keys(&[("/app/a", "1"), ("/app/b", "2")]),
+            revision: None,
+        };
+        assert_eq!(
+            next_event(&mut stream).await.expect("read"),
+            WatchEvent::Replace(expected)
+        );
+    }
+
+    #[tokio::test]
+    async fn watch_of_a_configmap_file_follows_a_kubernetes_update() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = configmap(dir.path(), "app:\n  name: one\n");
+        let store = FileStore::new(vec![path], None).expect("store");
+        let prefixes = vec!["/app".to_string()];
+        let snapshot = store.fetch(&prefixes).await.expect("fetch");
+        let mut stream = store
+            .watch(&prefixes, &snapshot)
+            .await
+            .expect("watch")
+            .expect("the file store can watch");
+        // Past the watch's initial read, so that only the update's events can report it.
+        tokio::time::sleep(QUIET * 3).await;
+
+        // Kubernetes' atomic writer: a new data directory, then a new `..data` link renamed
+        // over the old one; `app.yaml` itself is not touched.
+        write(dir.path(), "..v2/app.yaml", "app:\n  name: two\n");
+        std::os::unix::fs::symlink("..v2", dir.path().join("..data_tmp")).expect("link");
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("rename");
+        let expected = Snapshot {
+            entries: keys(&[("/app/name", "two")]),
             revision: None,
         };
         assert_eq!(
