@@ -46,6 +46,18 @@ pub enum CommandError {
 /// reconfd waiting, nor be killed for it.
 const OUTPUT_GRACE: Duration = Duration::from_millis(200);
 
+/// Most output kept from one command: it only goes into a log line, and a chatty command must
+/// not cost unbounded memory.
+const OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// What a command wrote, up to [`OUTPUT_LIMIT`].
+#[derive(Default)]
+struct Output {
+    bytes: Vec<u8>,
+    /// Whether anything was dropped, so the text can say it is incomplete.
+    cut: bool,
+}
+
 /// Runs `command` with `sh -c` and returns its combined output when it exits with status 0.
 pub async fn run(command: &str, limit: Duration) -> Result<String, CommandError> {
     let mut child = Command::new("/bin/sh")
@@ -60,7 +72,7 @@ pub async fn run(command: &str, limit: Duration) -> Result<String, CommandError>
             command: command.to_string(),
             source,
         })?;
-    let output = Arc::new(Mutex::new(Vec::new()));
+    let output = Arc::new(Mutex::new(Output::default()));
     let readers = tokio::spawn(collect_output(
         child.stdout.take(),
         child.stderr.take(),
@@ -89,13 +101,21 @@ pub async fn run(command: &str, limit: Duration) -> Result<String, CommandError>
         Ok(Ok(status)) => status,
     };
     if tokio::time::timeout(OUTPUT_GRACE, readers).await.is_err() {
+        // The reader stays with the background process, keeping at most OUTPUT_LIMIT bytes:
+        // closing the pipe instead would kill a service that later writes to it (SIGPIPE).
         tracing::debug!("`{command}` left a process holding its output open");
     }
     let text = {
-        let bytes = output
+        let output = output
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        String::from_utf8_lossy(&bytes).trim().to_string()
+        let text = String::from_utf8_lossy(&output.bytes);
+        let text = text.trim();
+        if output.cut {
+            format!("{text} … (output cut at {} KiB)", OUTPUT_LIMIT / 1024)
+        } else {
+            text.to_string()
+        }
     };
     if status.success() {
         Ok(text)
@@ -117,21 +137,24 @@ pub async fn run(command: &str, limit: Duration) -> Result<String, CommandError>
 async fn collect_output(
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
-    sink: Arc<Mutex<Vec<u8>>>,
+    sink: Arc<Mutex<Output>>,
 ) {
     tokio::join!(pump(stdout, &sink), pump(stderr, &sink));
 }
 
-async fn pump(reader: Option<impl AsyncRead + Unpin>, sink: &Mutex<Vec<u8>>) {
+async fn pump(reader: Option<impl AsyncRead + Unpin>, sink: &Mutex<Output>) {
     let Some(mut reader) = reader else { return };
     let mut buffer = [0u8; 4096];
+    // Reading goes on past the limit: a command blocked on a full pipe would never exit.
     while let Ok(read) = reader.read(&mut buffer).await {
         if read == 0 {
             break;
         }
-        sink.lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .extend_from_slice(&buffer[..read]);
+        let mut output = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let room = OUTPUT_LIMIT.saturating_sub(output.bytes.len());
+        let kept = read.min(room);
+        output.bytes.extend_from_slice(&buffer[..kept]);
+        output.cut |= kept < read;
     }
 }
 
@@ -191,5 +214,55 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(marker.exists(), "the background process was left running");
+    }
+
+    #[tokio::test]
+    async fn output_is_cut_at_the_limit() {
+        let output = run("yes | head -c 1048576", Duration::from_secs(10))
+            .await
+            .expect("succeeds");
+        assert!(
+            output.ends_with("… (output cut at 64 KiB)"),
+            "{}",
+            &output[output.len().saturating_sub(100)..]
+        );
+        assert!(output.len() <= OUTPUT_LIMIT + 100, "{} bytes", output.len());
+        assert!(output.starts_with("y\ny\n"));
+    }
+
+    #[tokio::test]
+    async fn output_within_the_limit_is_not_marked_cut() {
+        let output = run("yes | head -c 65536", Duration::from_secs(10))
+            .await
+            .expect("succeeds");
+        assert!(!output.contains("output cut"));
+        assert_eq!(output.len(), 64 * 1024 - 1, "the final newline is trimmed");
+    }
+
+    #[tokio::test]
+    async fn a_background_process_writing_after_the_command_returned_lives_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ticks = dir.path().join("ticks");
+        // The loop writes to the output pipe 50 times and records each write that succeeded.
+        let command = format!(
+            "(i=0; while [ $i -lt 50 ] && echo tick; do echo >> {ticks}; i=$((i+1)); \
+             sleep 0.01; done) & echo started",
+            ticks = ticks.display()
+        );
+        let output = run(&command, Duration::from_secs(10))
+            .await
+            .expect("succeeds");
+        assert!(output.contains("started"), "{output}");
+        let count = || {
+            std::fs::read_to_string(&ticks)
+                .map(|text| text.lines().count())
+                .unwrap_or(0)
+        };
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            count(),
+            50,
+            "every write after the command returned succeeded"
+        );
     }
 }
