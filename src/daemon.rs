@@ -11,14 +11,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::reconcile::{self, Options, Outcome};
 use crate::resource::{self, Resource, ResourceError};
-use crate::settings::{Backend, RunMode, Settings};
-use crate::store::env::EnvStore;
-use crate::store::etcd::EtcdStore;
-use crate::store::file::FileStore;
+use crate::settings::{RunMode, Settings};
+use crate::store::backend::{self, Backend};
 use crate::store::{Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
 use crate::template::{Renderer, SharedResults, View};
 
@@ -35,7 +35,7 @@ struct Prepared {
 
 /// Runs reconfd with `settings` until done (onetime) or until SIGINT/SIGTERM.
 pub async fn run(settings: Settings) -> ExitCode {
-    let mut shutdown = match Shutdown::listen() {
+    let shutdown = match Shutdown::listen() {
         Ok(shutdown) => shutdown,
         Err(e) => {
             tracing::error!("cannot listen for signals: {e}");
@@ -49,60 +49,118 @@ pub async fn run(settings: Settings) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (prepared, load_failures) = prepare_resources(loaded);
-    if prepared.is_empty() && load_failures == 0 {
+    let (prepared, mut failures) = prepare_resources(loaded);
+    if prepared.is_empty() && failures == 0 {
         tracing::warn!(
             "no template resources in {}",
             settings.confdir.join("conf.d").display()
         );
     }
-    let store = match open_store(&settings.backend) {
+    let options = Options {
+        noop: settings.noop,
+        sync_only: settings.sync_only,
+        keep_stage_file: settings.keep_stage_file,
+    };
+    // The global store is opened even if no resource reads it, so that unusable settings
+    // are reported the same way whatever the confdir holds.
+    let mut global_store = match settings.backend.as_ref().map(backend::open).transpose() {
         Ok(store) => store,
         Err(message) => {
             tracing::error!("{message}");
             return ExitCode::from(2);
         }
     };
-    let mut daemon = Daemon {
-        prefixes: covering_prefixes(prepared.iter().flat_map(|p| p.resource.keys.iter())),
-        options: Options {
-            noop: settings.noop,
-            sync_only: settings.sync_only,
-            keep_stage_file: settings.keep_stage_file,
-        },
-        interval: settings.interval,
-        store,
-        prepared,
-        snapshot: Arc::new(Snapshot::default()),
-        outage: Outage::default(),
-    };
-    match settings.mode {
-        RunMode::Onetime => {
-            // Interrupted, the run stops at its next step; a stage file being checked is
-            // removed as it is dropped, and no destination is half-written.
-            let failures = tokio::select! {
-                failures = daemon.onetime() => load_failures + failures,
-                () = shutdown.wait() => {
-                    tracing::error!("interrupted");
-                    return ExitCode::FAILURE;
+    let mut groups = Vec::new();
+    for (backend, members) in by_store(prepared, settings.backend.as_ref()) {
+        let Some(backend) = backend else {
+            for member in &members {
+                tracing::error!(
+                    "{}: no store to read from: give --backend (and --file for the file \
+                     store) or a [backend] table",
+                    member.resource.file.display()
+                );
+            }
+            return ExitCode::from(2);
+        };
+        let opened = match global_store.take_if(|_| Some(&backend) == settings.backend.as_ref()) {
+            Some(store) => Ok(store),
+            None => backend::open(&backend),
+        };
+        match opened {
+            Ok(store) => groups.push(Group::new(store, members, options, settings.interval)),
+            Err(message) => {
+                // Only the resources with this [backend] table are lost.
+                for member in &members {
+                    tracing::error!("{}: [backend]: {message}", member.resource.file.display());
                 }
-            };
-            if failures == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+                failures += members.len();
             }
-        }
-        RunMode::Poll | RunMode::Watch => {
-            if settings.mode == RunMode::Watch {
-                daemon.watch(&mut shutdown).await;
-            } else {
-                daemon.poll(&mut shutdown).await;
-            }
-            tracing::info!("stopping");
-            ExitCode::SUCCESS
         }
     }
+    let mut tasks = JoinSet::new();
+    for mut group in groups {
+        let mut shutdown = shutdown.clone();
+        let mode = settings.mode;
+        tasks.spawn(async move {
+            match mode {
+                RunMode::Onetime => group.onetime().await,
+                RunMode::Poll => {
+                    group.poll(&mut shutdown).await;
+                    0
+                }
+                RunMode::Watch => {
+                    group.watch(&mut shutdown).await;
+                    0
+                }
+            }
+        });
+    }
+    let mut interrupted = shutdown.clone();
+    loop {
+        tokio::select! {
+            finished = tasks.join_next() => match finished {
+                Some(Ok(group_failures)) => failures += group_failures,
+                Some(Err(e)) => {
+                    tracing::error!("a store's loop ended abnormally: {e}");
+                    failures += 1;
+                }
+                None => break,
+            },
+            // Interrupted, a onetime run stops at its next step; a stage file being checked
+            // is removed as it is dropped, and no destination is half-written. The daemon
+            // modes end on their own when they see the signal.
+            () = interrupted.wait(), if settings.mode == RunMode::Onetime => {
+                tracing::error!("interrupted");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if settings.mode != RunMode::Onetime {
+        tracing::info!("stopping");
+        ExitCode::SUCCESS
+    } else if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The resources grouped by the store they read from (their `[backend]` table, or the global
+/// store), in the order each store first appears: each group shares one store client, one
+/// snapshot and one watch. `None` is the group of resources with no store at all.
+fn by_store(
+    prepared: Vec<Prepared>,
+    global: Option<&Backend>,
+) -> Vec<(Option<Backend>, Vec<Prepared>)> {
+    let mut groups: Vec<(Option<Backend>, Vec<Prepared>)> = Vec::new();
+    for member in prepared {
+        let backend = member.resource.backend.clone().or_else(|| global.cloned());
+        match groups.iter_mut().find(|(existing, _)| *existing == backend) {
+            Some((_, members)) => members.push(member),
+            None => groups.push((backend, vec![member])),
+        }
+    }
+    groups
 }
 
 /// Loads every resource and parses its template once. Bad resources are logged and counted;
@@ -130,23 +188,6 @@ fn prepare_resources(loaded: Vec<Result<Resource, ResourceError>>) -> (Vec<Prepa
     (prepared, failures)
 }
 
-fn open_store(backend: &Backend) -> Result<Box<dyn Store>, String> {
-    let store: Box<dyn Store> = match backend {
-        Backend::File { paths, filter } => {
-            if let Some(missing) = paths.iter().find(|path| !path.exists()) {
-                return Err(format!(
-                    "--file {}: no such file or directory",
-                    missing.display()
-                ));
-            }
-            Box::new(FileStore::new(paths.clone(), filter.clone()).map_err(|e| e.to_string())?)
-        }
-        Backend::Env => Box::new(EnvStore),
-        Backend::Etcd(options) => Box::new(EtcdStore::new(options).map_err(|e| e.to_string())?),
-    };
-    Ok(store)
-}
-
 /// The fewest prefixes that cover all of `keys`: a key under another one adds nothing to a
 /// fetch or a watch.
 fn covering_prefixes<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<String> {
@@ -163,7 +204,8 @@ fn covering_prefixes<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<String> 
     covering
 }
 
-struct Daemon {
+/// The resources that read from one store, with that store's snapshot and watch.
+struct Group {
     store: Box<dyn Store>,
     prepared: Vec<Prepared>,
     /// Union of all resources' key prefixes: what is fetched and watched.
@@ -174,7 +216,24 @@ struct Daemon {
     outage: Outage,
 }
 
-impl Daemon {
+impl Group {
+    fn new(
+        store: Box<dyn Store>,
+        prepared: Vec<Prepared>,
+        options: Options,
+        interval: Duration,
+    ) -> Group {
+        Group {
+            prefixes: covering_prefixes(prepared.iter().flat_map(|p| p.resource.keys.iter())),
+            options,
+            interval,
+            store,
+            prepared,
+            snapshot: Arc::new(Snapshot::default()),
+            outage: Outage::default(),
+        }
+    }
+
     /// One fetch, every resource once. Returns the number of failed resources.
     async fn onetime(&mut self) -> usize {
         if self.prepared.is_empty() {
@@ -462,25 +521,32 @@ impl Backoff {
     }
 }
 
-/// SIGINT and SIGTERM, listened to for the whole run.
+/// SIGINT or SIGTERM, as seen by every store's loop: each holds a clone.
+#[derive(Clone)]
 struct Shutdown {
-    terminate: Signal,
-    interrupt: Signal,
+    signalled: watch::Receiver<bool>,
 }
 
 impl Shutdown {
+    /// Starts listening for the signals for the whole run.
     fn listen() -> std::io::Result<Shutdown> {
-        Ok(Shutdown {
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-        })
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let (notify, signalled) = watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            let _ = notify.send(true);
+        });
+        Ok(Shutdown { signalled })
     }
 
+    /// Returns once a signal has come (at once if it already has).
     async fn wait(&mut self) {
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
-        }
+        // An error means the listening task is gone, which only happens after the signal.
+        let _ = self.signalled.wait_for(|signalled| *signalled).await;
     }
 }
 

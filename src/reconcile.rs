@@ -357,6 +357,7 @@ mod tests {
             reload_cmd: None,
             check_timeout: Duration::from_secs(5),
             reload_timeout: Duration::from_secs(5),
+            backend: None,
         }
     }
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::store::backend::{Backend, StoreFields};
+
 /// Check and reload commands that set no timeout get this one.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -50,12 +52,16 @@ pub struct Resource {
     pub check_timeout: Duration,
     /// Limit for `reload_cmd`.
     pub reload_timeout: Duration,
+    /// The resource's own store (its `[backend]` table); `None` reads the global store.
+    pub backend: Option<Backend>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResourceFile {
     template: TemplateTable,
+    /// A store of this resource's own, instead of the global one.
+    backend: Option<StoreFields>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +126,14 @@ pub fn load(
         message: format!("cannot read: {e}"),
     })?;
     let parsed: ResourceFile = toml::from_str(&text).map_err(|e| toml_error(file, &text, &e))?;
+    let backend = parsed
+        .backend
+        .map(|fields| fields.resolve())
+        .transpose()
+        .map_err(|message| ResourceError {
+            file: file.display().to_string(),
+            message: format!("[backend]: {message}"),
+        })?;
     let table = parsed.template;
     let fail = |message: String| ResourceError {
         file: file.display().to_string(),
@@ -184,6 +198,7 @@ pub fn load(
         reload_cmd: table.reload_cmd.filter(|cmd| !cmd.trim().is_empty()),
         check_timeout: timeout(table.check_cmd_timeout, "check_cmd_timeout")?,
         reload_timeout: timeout(table.reload_cmd_timeout, "reload_cmd_timeout")?,
+        backend,
     })
 }
 
@@ -374,5 +389,29 @@ mod tests {
         );
         assert_eq!(join_key_path(&["/a/", "/b//c/"]), "/a/b/c");
         assert_eq!(join_key_path(&["", "a"]), "a");
+    }
+
+    #[test]
+    fn a_backend_table_gives_the_resource_its_own_store() {
+        let base = "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\n";
+        let r = load_text(
+            &format!("{base}[backend]\nbackend = \"etcd\"\nnodes = [\"10.0.0.1:2379\"]\n"),
+            "",
+        )
+        .expect("valid resource");
+        let Some(Backend::Etcd(options)) = r.backend else {
+            panic!("an etcd backend: {:?}", r.backend);
+        };
+        assert_eq!(options.nodes, ["http://10.0.0.1:2379"]);
+        let err = load_text(&format!("{base}[backend]\nbackend = \"etcdd\"\n"), "")
+            .expect_err("unknown store");
+        assert!(err.to_string().contains("[backend]"), "{err}");
+        assert!(err.to_string().contains("etcdd"), "{err}");
+        let err = load_text(
+            &format!("{base}[backend]\nbackend = \"env\"\nnode = []\n"),
+            "",
+        )
+        .expect_err("typo");
+        assert!(err.to_string().contains("app.toml:7:1"), "{err}");
     }
 }

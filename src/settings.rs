@@ -13,8 +13,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use serde::Deserialize;
 
 use crate::cli::Cli;
-use crate::store::etcd::EtcdOptions;
-use crate::store::http::TlsOptions;
+use crate::store::backend::{Backend, StoreFields, one_or_many};
 
 const DEFAULT_CONFDIR: &str = "/etc/reconfd";
 const DEFAULT_INTERVAL_SECONDS: u64 = 600;
@@ -36,9 +35,6 @@ const CONFD_KEYS_NOT_USED_YET: &[&str] = &[
     "path",
     "secret_keyring",
 ];
-
-/// etcd's client port on the local host, confd's default node.
-const DEFAULT_ETCD_NODE: &str = "http://127.0.0.1:2379";
 
 /// Why the settings are unusable (exit status 2).
 #[derive(Debug, thiserror::Error)]
@@ -64,22 +60,6 @@ pub enum SettingsError {
     Invalid(String),
 }
 
-/// The store every resource reads from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// YAML, JSON or TOML files and directories.
-    File {
-        /// Files or directories, in the order given.
-        paths: Vec<PathBuf>,
-        /// Glob on file names inside directories.
-        filter: Option<String>,
-    },
-    /// Environment variables.
-    Env,
-    /// etcd v3.
-    Etcd(EtcdOptions),
-}
-
 /// How the daemon runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunMode {
@@ -96,8 +76,9 @@ pub enum RunMode {
 pub struct Settings {
     /// Directory with `conf.d/` and `templates/`.
     pub confdir: PathBuf,
-    /// The store.
-    pub backend: Backend,
+    /// The store of every resource without a `[backend]` table of its own; `None` when
+    /// neither a store nor a data file is named (every resource must then name its own).
+    pub backend: Option<Backend>,
     /// Prefix joined in front of every resource's prefix.
     pub prefix: String,
     /// Time between polls or safety resyncs.
@@ -133,7 +114,7 @@ struct SettingsFile {
     #[serde(rename = "log-level")]
     log_level: Option<String>,
     #[serde(default, deserialize_with = "one_or_many")]
-    file: Option<Vec<PathBuf>>,
+    file: Vec<PathBuf>,
     filter: Option<String>,
     scheme: Option<String>,
     username: Option<String>,
@@ -177,13 +158,6 @@ impl Settings {
         let noop = flag("noop", cli.noop, file.noop);
         let sync_only = flag("sync_only", cli.sync_only, file.sync_only);
         let keep_stage_file = flag("keep_stage_file", cli.keep_stage_file, file.keep_stage_file);
-        let tls = TlsOptions {
-            client_cert: cli.client_cert.or(file.client_cert),
-            client_key: cli.client_key.or(file.client_key),
-            client_ca_keys: cli.client_ca_keys.or(file.client_cakeys),
-            client_insecure: flag("client_insecure", cli.client_insecure, file.client_insecure),
-        };
-
         let confdir = cli
             .confdir
             .or(file.confdir)
@@ -197,68 +171,32 @@ impl Settings {
                 "--interval must be at least 1 second".to_string(),
             ));
         }
-        let nodes = if cli.nodes.is_empty() {
-            file.nodes.unwrap_or_default()
+        let store = StoreFields {
+            backend: cli.backend.or(file.backend),
+            nodes: if cli.nodes.is_empty() {
+                file.nodes.unwrap_or_default()
+            } else {
+                cli.nodes
+            },
+            scheme: cli.scheme.or(file.scheme),
+            username: cli.username.or(file.username),
+            password: cli.password.or(file.password),
+            client_cert: cli.client_cert.or(file.client_cert),
+            client_key: cli.client_key.or(file.client_key),
+            client_cakeys: cli.client_ca_keys.or(file.client_cakeys),
+            client_insecure: flag("client_insecure", cli.client_insecure, file.client_insecure),
+            file: if cli.files.is_empty() {
+                file.file
+            } else {
+                cli.files
+            },
+            filter: cli.filter.or(file.filter),
+        };
+        let backend = if store.backend.is_none() && store.file.is_empty() {
+            None
         } else {
-            cli.nodes
+            Some(store.resolve().map_err(SettingsError::Invalid)?)
         };
-        let backend_name = cli
-            .backend
-            .or(file.backend)
-            .unwrap_or_else(|| "file".to_string());
-        let backend = match backend_name.as_str() {
-            "file" => {
-                let paths = if cli.files.is_empty() {
-                    file.file.unwrap_or_default()
-                } else {
-                    cli.files
-                };
-                if paths.is_empty() {
-                    return Err(SettingsError::Invalid(
-                        "--backend file needs at least one --file".to_string(),
-                    ));
-                }
-                Backend::File {
-                    paths,
-                    filter: cli.filter.or(file.filter),
-                }
-            }
-            "env" => Backend::Env,
-            "etcd" => {
-                let nodes = if nodes.is_empty() {
-                    vec![DEFAULT_ETCD_NODE.to_string()]
-                } else {
-                    nodes.clone()
-                };
-                let scheme = match cli.scheme.or(file.scheme).as_deref() {
-                    None if tls.is_set() => "https".to_string(),
-                    None => "http".to_string(),
-                    Some(scheme @ ("http" | "https")) => scheme.to_string(),
-                    Some(other) => {
-                        return Err(SettingsError::Invalid(format!(
-                            "--scheme {other:?} is neither http nor https"
-                        )));
-                    }
-                };
-                Backend::Etcd(EtcdOptions {
-                    nodes: nodes
-                        .iter()
-                        .map(|node| with_scheme(node, &scheme))
-                        .collect(),
-                    username: cli.username.or(file.username),
-                    password: cli.password.or(file.password),
-                    tls: tls.clone(),
-                })
-            }
-            other => {
-                return Err(SettingsError::Invalid(format!(
-                    "--backend {other:?} is not a known store (known: file, env, etcd)"
-                )));
-            }
-        };
-        if !nodes.is_empty() && matches!(backend, Backend::File { .. } | Backend::Env) {
-            tracing::warn!("--node is not used by the {backend_name} store");
-        }
         let log_level = cli
             .log_level
             .or(file.log_level)
@@ -282,31 +220,6 @@ impl Settings {
             keep_stage_file,
             log_level,
         })
-    }
-}
-
-/// A list, or a single value as older confd.toml files write `file = "data.yaml"`.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Vec<PathBuf>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(PathBuf),
-        Many(Vec<PathBuf>),
-    }
-    Ok(Some(match OneOrMany::deserialize(deserializer)? {
-        OneOrMany::One(path) => vec![path],
-        OneOrMany::Many(paths) => paths,
-    }))
-}
-
-/// `node` with `scheme://` in front unless it names a scheme already.
-fn with_scheme(node: &str, scheme: &str) -> String {
-    if node.contains("://") {
-        node.to_string()
-    } else {
-        format!("{scheme}://{node}")
     }
 }
 
@@ -393,7 +306,7 @@ mod tests {
              scheme = \"http\"\n",
         );
         let s = settings(&["--config-file", &path, "--interval", "5"]).expect("settings");
-        assert_eq!(s.backend, Backend::Env);
+        assert_eq!(s.backend, Some(Backend::Env));
         assert_eq!(s.interval, Duration::from_secs(5), "flag beats file");
         assert_eq!(s.mode, RunMode::Watch, "file sets watch");
         assert_eq!(s.prefix, "/production");
@@ -436,10 +349,10 @@ mod tests {
         let s = settings(&["--config-file", &path]).expect("settings");
         assert_eq!(
             s.backend,
-            Backend::File {
+            Some(Backend::File {
                 paths: vec![PathBuf::from("data.yaml")],
                 filter: None
-            }
+            })
         );
     }
 }

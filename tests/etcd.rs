@@ -364,3 +364,50 @@ fn tls_with_client_certificates() {
     assert!(run.stderr.contains(&nodes[0]), "names the node: {run:?}");
     assert!(!fixture.path("app.conf").exists());
 }
+
+#[test]
+fn a_resource_with_its_own_store_runs_beside_the_etcd_resources() {
+    let etcd = Etcd::start();
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    fixture.template("local.tmpl", "port={{ getv(key=\"/local/port\") }}\n");
+    fixture.write("local.yaml", "local:\n  port: 8080\n");
+    fixture.write(
+        "conf.d/local.toml",
+        "[template]\nsrc = \"local.tmpl\"\ndest = \"local.conf\"\nkeys = [\"/local\"]\n\
+         [backend]\nbackend = \"file\"\nfile = [\"local.yaml\"]\n",
+    );
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "etcd resource",
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || fixture
+            .path("local.conf")
+            .exists()),
+        "file resource\n{}",
+        daemon.log()
+    );
+    assert_eq!(fixture.read("local.conf"), "port=8080\n");
+
+    // Each store's changes reach its own resources.
+    fixture.write("local.yaml", "local:\n  port: 9090\n");
+    etcd.put("/app/servers/web2", "10.0.0.2:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "etcd change",
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || fixture.read("local.conf")
+            == "port=9090\n"),
+        "file change\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}

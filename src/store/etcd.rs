@@ -41,7 +41,7 @@ const CODE_UNAVAILABLE: i64 = 14;
 const CODE_UNAUTHENTICATED: i64 = 16;
 
 /// How to reach and authenticate to etcd.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EtcdOptions {
     /// Node URLs such as `http://127.0.0.1:2379`, tried in order.
     pub nodes: Vec<String>,

@@ -5,6 +5,7 @@
 //! ([`Store::watch`], a stream of [`WatchEvent`]s). The daemon keeps one snapshot per store and
 //! applies watch events to it incrementally; the renderers only ever read snapshots.
 
+pub mod backend;
 pub mod env;
 pub mod etcd;
 pub mod file;
