@@ -5,6 +5,7 @@
 //! Run with `cargo bench --bench onetime`. Prints wall time (p50, p90, max) and peak RSS over
 //! the runs; BENCHMARKS.md records the figures.
 
+#[path = "harness/measure.rs"]
 mod measure;
 
 use std::path::Path;

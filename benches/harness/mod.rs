@@ -1,0 +1,246 @@
+//! The scenarios every store's benchmark runs, against a store the benchmark started:
+//! change → file latency, fan-out to many resources, an idle daemon, and `--onetime`.
+//!
+//! A store is described by the flags that point reconfd at it and a function that writes a
+//! key; everything else is the same for every store.
+
+#![allow(dead_code)] // each benchmark uses the scenarios its issue asks for
+
+pub mod measure;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use notify::{EventKind, RecursiveMode, Watcher};
+
+use crate::common::{Daemon, Fixture, wait_for};
+
+/// The template of the latency scenarios: one `server` line per key under the prefix.
+pub const TEMPLATE: &str =
+    "{% for kv in gets(key=\"/*\") %}server {{ kv.key | base }} {{ kv.value }} check\n{% endfor %}";
+
+/// The keys `<prefix>/webNNNNN` = an address, `count` of them.
+pub fn keys(prefix: &str, count: usize) -> Vec<(String, String)> {
+    (0..count)
+        .map(|i| {
+            (
+                format!("{prefix}/web{i:05}"),
+                format!("10.{}.{}.{}:8080", i / 65536, (i / 256) % 256, i % 256),
+            )
+        })
+        .collect()
+}
+
+/// The time `put` takes on its own, as a reference for the change → file figures.
+pub fn put_latency(put: &dyn Fn(&str, &str), changes: usize) -> Vec<Duration> {
+    (0..changes)
+        .map(|i| {
+            let started = Instant::now();
+            put("/bench/reference", &i.to_string());
+            started.elapsed()
+        })
+        .collect()
+}
+
+/// What a change → file run measured.
+pub struct ChangeRun {
+    /// From each put to the last destination replaced.
+    pub latencies: Vec<Duration>,
+    /// Full reads of the store per change, where the store can count them.
+    pub ranges_per_change: Option<f64>,
+    /// The daemon's peak RSS.
+    pub peak_rss_mib: f64,
+}
+
+/// Starts `reconfd --watch` with `store_args` and `resources` resources rendering every key
+/// under `prefix`, then changes one key `changes` times with `put` and measures until every
+/// destination was replaced. `ranges` counts the store's full reads, where it can tell.
+pub fn change_to_file(
+    store_args: &[&str],
+    put: &dyn Fn(&str, &str),
+    ranges: Option<&dyn Fn() -> f64>,
+    prefix: &str,
+    resources: usize,
+    changes: usize,
+) -> ChangeRun {
+    let fixture = Fixture::new();
+    fixture.template("servers.tmpl", TEMPLATE);
+    std::fs::create_dir_all(fixture.path("out")).expect("out dir");
+    for index in 0..resources {
+        fixture.resource(
+            &format!("r{index:02}"),
+            &format!(
+                "src = \"servers.tmpl\"\ndest = \"out/r{index:02}.conf\"\nprefix = \"{prefix}\"\n\
+                 keys = [\"/\"]\n"
+            ),
+        );
+    }
+    let destinations: BTreeSet<PathBuf> = (0..resources)
+        .map(|index| fixture.path(&format!("out/r{index:02}.conf")))
+        .collect();
+    let (events, renames) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_))
+        {
+            let _ = events.send(event.paths);
+        }
+    })
+    .expect("inotify");
+    watcher
+        .watch(&fixture.path("out"), RecursiveMode::NonRecursive)
+        .expect("watch out/");
+
+    let mut args = vec!["--watch", "--log-level", "warn"];
+    args.extend_from_slice(store_args);
+    let daemon = fixture.spawn(&args);
+    let all_written = || destinations.iter().all(|path| path.exists());
+    assert!(
+        wait_for(Duration::from_secs(60), all_written),
+        "initial render\n{}",
+        daemon.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    let ranges_before = ranges.map(|count| count());
+    let key = format!("{prefix}/web00050");
+    let mut latencies = Vec::with_capacity(changes);
+    for change in 0..changes {
+        while renames.try_recv().is_ok() {}
+        let value = format!("10.99.{}.{}:8080", change / 256, change % 256);
+        let started = Instant::now();
+        put(&key, &value);
+        let mut pending = destinations.clone();
+        while !pending.is_empty() {
+            let paths = renames
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("no file written\n{}", daemon.log()));
+            for path in paths {
+                pending.remove(&path);
+            }
+        }
+        latencies.push(started.elapsed());
+        let written = std::fs::read_to_string(destinations.first().expect("a destination"))
+            .expect("destination");
+        assert!(written.contains(&value), "the new value was rendered");
+        // Let the daemon go idle, so each change is measured on its own.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ranges_per_change = ranges
+        .zip(ranges_before)
+        .map(|(count, before)| (count() - before) / changes as f64);
+    let peak_rss_mib = status_kib(&daemon, "VmHWM:") / 1024.0;
+    assert_eq!(daemon.terminate(), Some(0));
+    ChangeRun {
+        latencies,
+        ranges_per_change,
+        peak_rss_mib,
+    }
+}
+
+/// An idle watching daemon: RSS and CPU time spent over 10 s with no change.
+pub fn idle(store_args: &[&str], prefix: &str) {
+    let fixture = Fixture::new();
+    fixture.template("servers.tmpl", TEMPLATE);
+    fixture.resource(
+        "small",
+        &format!(
+            "src = \"servers.tmpl\"\ndest = \"small.conf\"\nprefix = \"{prefix}\"\nkeys = [\"/\"]\n"
+        ),
+    );
+    let mut args = vec!["--watch"];
+    args.extend_from_slice(store_args);
+    let daemon = fixture.spawn(&args);
+    assert!(wait_for(Duration::from_secs(30), || fixture
+        .path("small.conf")
+        .exists()));
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu_before = cpu_ticks(&daemon);
+    std::thread::sleep(Duration::from_secs(10));
+    let cpu_ticks_spent = cpu_ticks(&daemon) - cpu_before;
+    println!(
+        "idle watching daemon: RSS {:.1} MiB, CPU {} ticks ({} ms) in 10 s",
+        status_kib(&daemon, "VmRSS:") / 1024.0,
+        cpu_ticks_spent,
+        cpu_ticks_spent * 10
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// `--onetime` of the repository's HAProxy template over the 10,000 `/proxy/frontend` keys
+/// of the store `store_args` point at, out of sync every time.
+pub fn onetime(store_args: &[&str], what: &str) {
+    let fixture = Fixture::new();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        repo.join("templates/haproxy.cfg.tmpl"),
+        fixture.path("templates/haproxy.cfg.tmpl"),
+    )
+    .expect("template");
+    fixture.resource(
+        "haproxy",
+        "src = \"haproxy.cfg.tmpl\"\ndest = \"haproxy.cfg\"\nkeys = [\"/proxy\"]\n",
+    );
+    let mut walls = Vec::new();
+    let mut peak_rss_kib = 0;
+    for _ in 0..30 {
+        let _ = std::fs::remove_file(fixture.path("haproxy.cfg"));
+        let mut args = vec!["--onetime", "--log-level", "warn"];
+        args.extend_from_slice(store_args);
+        let (wall, rss) = measure::run(&fixture.command(&args));
+        walls.push(wall);
+        peak_rss_kib = peak_rss_kib.max(rss);
+    }
+    let servers = fixture
+        .read("haproxy.cfg")
+        .lines()
+        .filter(|line| line.trim_start().starts_with("server "))
+        .count();
+    assert_eq!(servers, 10_000);
+    report(
+        &format!("--onetime, 10,000-key HAProxy template from {what}"),
+        &walls,
+    );
+    println!("  peak RSS {:.1} MiB", peak_rss_kib as f64 / 1024.0);
+}
+
+/// A `/proc/<pid>/status` field in KiB, such as `VmRSS:`.
+pub fn status_kib(daemon: &Daemon, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
+        .expect("status")
+        .lines()
+        .find(|line| line.starts_with(field))
+        .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        .expect("field")
+}
+
+/// User plus system CPU time of the daemon, in clock ticks (10 ms).
+pub fn cpu_ticks(daemon: &Daemon) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", daemon.child.id())).expect("stat");
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat format")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |index: usize| fields[index].parse::<u64>().expect("ticks");
+    ticks(11) + ticks(12)
+}
+
+/// Prints p50, p90, p99 and max of `samples`.
+pub fn report(what: &str, samples: &[Duration]) {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let at = |p: usize| sorted[(sorted.len() - 1) * p / 100].as_secs_f64() * 1000.0;
+    println!(
+        "{what}, {} samples: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        sorted.len(),
+        at(50),
+        at(90),
+        at(99),
+        at(100)
+    );
+}
