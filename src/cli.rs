@@ -21,7 +21,7 @@ pub struct Cli {
     pub confdir: Option<PathBuf>,
 
     /// Settings file in confd's `confd.toml` format. A missing default file is fine; a missing
-    /// file named here is an error. [default: <confdir>/reconfd.toml]
+    /// file named here is an error. [default: CONFDIR/reconfd.toml]
     #[arg(long, env = "RECONFD_CONFIG_FILE", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
 

@@ -26,6 +26,9 @@ use crate::template::{Renderer, SharedResults, View};
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest wait between attempts to reach a store.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A watch that lasted this long counts as established: when it ends, the next one is
+/// opened at once.
+const STABLE_WATCH: Duration = Duration::from_secs(5);
 
 /// A resource ready to render: its settings and its parsed template.
 struct Prepared {
@@ -269,7 +272,8 @@ impl Group {
 
     /// Follows the store's changes until shutdown; falls back to polling for stores that
     /// cannot watch. While the store is unreachable the files stay as they are and attempts
-    /// are spaced by a capped exponential backoff.
+    /// (failed ones, and watches that end as soon as they open) are spaced by a capped
+    /// exponential backoff.
     async fn watch(&mut self, shutdown: &mut Shutdown) {
         let mut backoff = Backoff::default();
         while !self.resync().await {
@@ -277,13 +281,26 @@ impl Group {
                 return;
             }
         }
+        // One timer for the whole watch: a watch that is opened again and again (a flapping
+        // link, a proxy's idle timeout) must not keep the safety resync from ever running.
+        let mut resync =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
         loop {
             match self.store.watch(&self.prefixes, &self.snapshot).await {
                 Ok(Some(stream)) => {
                     self.outage.ended(self.store.name());
-                    backoff = Backoff::default();
-                    if self.follow(stream, shutdown).await.is_break() {
+                    let opened = Instant::now();
+                    if self.follow(stream, &mut resync, shutdown).await.is_break() {
                         return;
+                    }
+                    // A stream that ends as soon as it is opened is retried with the same
+                    // backoff as a failed attempt, not in a tight loop.
+                    if opened.elapsed() < STABLE_WATCH {
+                        if !backoff.wait(shutdown).await {
+                            return;
+                        }
+                    } else {
+                        backoff = Backoff::default();
                     }
                 }
                 Ok(None) => {
@@ -308,57 +325,64 @@ impl Group {
         }
     }
 
-    /// Applies a watch stream's events until it ends or a safety resync replaced the snapshot
-    /// (`Continue`: watch again from the snapshot), or until shutdown (`Break`).
+    /// Applies a watch stream's events until it ends (`Continue`: watch again) or until
+    /// shutdown (`Break`), with a full resync at every tick of `resync` as a safety net.
     async fn follow(
         &mut self,
         mut stream: WatchStream,
+        resync: &mut tokio::time::Interval,
         shutdown: &mut Shutdown,
     ) -> std::ops::ControlFlow<()> {
-        let mut resync = tokio::time::interval(self.interval);
-        resync.tick().await;
         loop {
             tokio::select! {
                 event = stream.recv() => {
                     let Some(event) = event else {
-                        tracing::debug!("{} store: watch ended; watching again", self.store.name());
                         return std::ops::ControlFlow::Continue(());
                     };
-                    let mut dirty = self.apply(event);
-                    self.sync_dirty(&mut stream, &mut dirty).await;
+                    let dirty = self.apply(event);
+                    self.sync_dirty(&mut stream, dirty).await;
                 }
                 _ = resync.tick() => {
-                    // Events still queued or in flight predate the fresh snapshot, so the
-                    // watch starts over from its revision instead of applying them on top.
-                    if self.resync().await {
-                        return std::ops::ControlFlow::Continue(());
+                    // What is queued is applied first. Changes still in flight that the read
+                    // already covers are recognised by their revision and skipped.
+                    while let Ok(event) = stream.try_recv() {
+                        self.apply(event);
                     }
+                    self.resync().await;
                 }
                 () = shutdown.wait() => return std::ops::ControlFlow::Break(()),
             }
         }
     }
 
-    /// Reconciles the `dirty` resources one by one. Before each render, every event already
-    /// queued is applied first (and the resources it touches join `dirty`), so no render
-    /// starts from a state that a queued change has superseded, and a burst of changes gives
-    /// each affected resource one render with the final values.
-    async fn sync_dirty(&mut self, stream: &mut WatchStream, dirty: &mut BTreeSet<usize>) {
+    /// Reconciles the `dirty` resources, in rounds: each round renders every resource dirty
+    /// at its start once, and resources made dirty meanwhile wait for the next round, so one
+    /// busy resource cannot starve the others. Before each render, every event already queued
+    /// is applied first, so no render starts from a state that a queued change has
+    /// superseded, and a burst of changes gives each affected resource one render with the
+    /// final values.
+    async fn sync_dirty(&mut self, stream: &mut WatchStream, mut dirty: BTreeSet<usize>) {
         let mut shared = Arc::default();
-        loop {
-            while let Ok(event) = stream.try_recv() {
-                let touched = self.apply(event);
-                if !touched.is_empty() {
-                    // What the listing functions computed may include a key that just changed.
-                    shared = Arc::default();
+        while !dirty.is_empty() {
+            let mut round = std::mem::take(&mut dirty);
+            while let Some(index) = round.pop_first() {
+                while let Ok(event) = stream.try_recv() {
+                    let touched = self.apply(event);
+                    if !touched.is_empty() {
+                        // What the listing functions computed may include a key that just
+                        // changed.
+                        shared = Arc::default();
+                    }
+                    // A resource still waiting in this round renders the new state anyway.
+                    dirty.extend(
+                        touched
+                            .into_iter()
+                            .filter(|t| !round.contains(t) && *t != index),
+                    );
                 }
-                dirty.extend(touched);
-            }
-            let Some(index) = dirty.pop_first() else {
-                return;
-            };
-            if let Err(message) = self.sync_one(&self.prepared[index], &shared).await {
-                tracing::error!("{message}");
+                if let Err(message) = self.sync_one(&self.prepared[index], &shared).await {
+                    tracing::error!("{message}");
+                }
             }
         }
     }
@@ -371,13 +395,15 @@ impl Group {
         match event {
             Err(e @ StoreError::Unavailable(_)) => self.outage.began(self.store.name(), &e),
             Err(e) => tracing::error!("{} store: {e}", self.store.name()),
-            Ok(WatchEvent::Changes { revision, changes }) => {
+            // Changes the snapshot's read already holds (in flight during a resync) are old.
+            Ok(WatchEvent::Changes {
+                revision: Some(revision),
+                ..
+            }) if snapshot.revision.is_some_and(|read| revision <= read) => {}
+            Ok(WatchEvent::Changes { changes, .. }) => {
                 for change in changes {
                     changed.insert(change.key().to_string());
                     snapshot.apply(change);
-                }
-                if revision.is_some() {
-                    snapshot.revision = revision;
                 }
             }
             Ok(WatchEvent::Replace(replacement)) => {

@@ -1,12 +1,13 @@
 //! The etcd v3 store, spoken over etcd's HTTP/JSON gateway (`/v3/kv/range`, `/v3/watch`).
 //!
 //! A fetch reads every prefix at one revision, in pages, so the snapshot is consistent and no
-//! response is giant. A watch is one long-lived `/v3/watch` request carrying one watcher per
-//! prefix, started at the snapshot's revision + 1, so nothing that happened after the fetch is
-//! missed. When etcd has compacted that revision away the store reads everything again and
-//! reports it as a replacement. Requests go to the node that answered last and fail over to the
-//! next one when a node cannot be reached or has no quorum.
+//! response is giant; the watch is in the `watch` module. Requests go to the node that
+//! answered last and fail over to the next one when a node cannot be reached, has no leader,
+//! or answers with something that is not etcd's.
 
+mod watch;
+
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,10 +18,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use super::http::{self, TlsOptions, error_chain};
-use super::{Change, KeyMap, Snapshot, Store, StoreError, WatchEvent, WatchStream};
+use super::{KeyMap, Snapshot, Store, StoreError, WatchStream};
 
 /// Keys per range request: a page stays well under a megabyte of JSON.
 const PAGE_SIZE: usize = 5000;
@@ -30,10 +30,6 @@ const SPLIT_ABOVE: i64 = 1000;
 
 /// Limit for one unary request (a range page, an authentication).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Watch events buffered for the daemon. The daemon drains whatever is queued before it
-/// renders, so the buffer only needs to absorb a burst.
-const WATCH_CAPACITY: usize = 256;
 
 /// gRPC status codes that etcd's gateway reports in error bodies.
 const CODE_OUT_OF_RANGE: i64 = 11;
@@ -86,61 +82,30 @@ impl Store for EtcdStore {
         prefixes: &[String],
         snapshot: &Snapshot,
     ) -> Result<Option<WatchStream>, StoreError> {
-        let last_seen = snapshot.revision.unwrap_or(0);
-        let requests: String = prefixes
-            .iter()
-            .map(|prefix| {
-                let (key, range_end) = prefix_range(prefix);
-                json!({"create_request": {
-                    "key": BASE64.encode(key),
-                    "range_end": BASE64.encode(range_end),
-                    "start_revision": (last_seen + 1).to_string(),
-                    "progress_notify": true,
-                }})
-                .to_string()
-                    + "\n"
-            })
-            .collect();
-        let (node, response) = self
-            .client
-            .open_watch(requests)
+        watch::start(Arc::clone(&self.client), prefixes, snapshot)
             .await
-            .map_err(EtcdError::into_store)?;
-        tracing::debug!("etcd: watching {} prefixes on {node}", prefixes.len());
-        let (events, stream) = mpsc::channel(WATCH_CAPACITY);
-        tokio::spawn(follow(
-            Arc::clone(&self.client),
-            node,
-            response,
-            prefixes.to_vec(),
-            last_seen,
-            events,
-        ));
-        Ok(Some(stream))
+            .map(Some)
+            .map_err(EtcdError::into_store)
     }
 }
 
 /// Why a request to etcd failed, as far as failover and recovery care.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum EtcdError {
     /// No node could be reached, or none could serve the request (no quorum).
+    #[error("{0}")]
     Unreachable(String),
     /// The revision asked for was compacted away.
+    #[error("etcd: the revision was compacted")]
     Compacted,
     /// etcd answered with an error that another node would answer too.
+    #[error("{0}")]
     Rejected(String),
 }
 
 impl EtcdError {
     fn into_store(self) -> StoreError {
-        match self {
-            EtcdError::Unreachable(message) | EtcdError::Rejected(message) => {
-                StoreError::Unavailable(message)
-            }
-            EtcdError::Compacted => {
-                StoreError::Unavailable("etcd: the revision was compacted".to_string())
-            }
-        }
+        StoreError::Unavailable(self.to_string())
     }
 }
 
@@ -153,6 +118,9 @@ struct Client {
     credentials: Option<(String, String)>,
     /// The current authentication token; cleared when etcd rejects it.
     token: Mutex<Option<String>>,
+    /// For each watched prefix, the revision up to which its watcher delivered every change:
+    /// a new watch of the prefix starts right after it.
+    progress: Mutex<BTreeMap<String, i64>>,
 }
 
 impl Client {
@@ -183,6 +151,7 @@ impl Client {
             preferred: AtomicUsize::new(0),
             credentials,
             token: Mutex::new(None),
+            progress: Mutex::default(),
         })
     }
 
@@ -302,47 +271,55 @@ impl Client {
         request: &serde_json::Value,
     ) -> Result<T, EtcdError> {
         let body = request.to_string();
-        let (node, response) = self.send(path, &body, Some(REQUEST_TIMEOUT)).await?;
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| EtcdError::Unreachable(format!("{node}: {e}")))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| EtcdError::Rejected(format!("{node}{path}: unexpected answer: {e}")))
-    }
-
-    /// Opens the watch stream on the first node that accepts it.
-    async fn open_watch(&self, requests: String) -> Result<(String, reqwest::Response), EtcdError> {
-        self.send("/v3/watch", &requests, None).await
-    }
-
-    /// Posts `body` to `path` on each node in turn, from the preferred one, until one answers
-    /// with success or with an error another node would repeat. Returns the node and its
-    /// successful response.
-    async fn send(
-        &self,
-        path: &str,
-        body: &str,
-        timeout: Option<Duration>,
-    ) -> Result<(String, reqwest::Response), EtcdError> {
-        let first = self.preferred.load(Ordering::Relaxed);
         let mut failures = Vec::new();
-        for offset in 0..self.nodes.len() {
-            let index = (first + offset) % self.nodes.len();
-            let node = &self.nodes[index];
-            match self.send_to(node, path, body, timeout).await {
-                Ok(response) => {
+        for (index, node) in self.nodes_from_preferred() {
+            match self.call_node(node, path, &body).await {
+                Ok(answer) => {
                     self.preferred.store(index, Ordering::Relaxed);
-                    return Ok((node.clone(), response));
+                    return Ok(answer);
                 }
                 Err(EtcdError::Unreachable(message)) => failures.push(message),
                 Err(other) => return Err(other),
             }
         }
-        Err(EtcdError::Unreachable(format!(
-            "no etcd node answered ({})",
-            failures.join("; ")
-        )))
+        Err(no_node_answered(&failures))
+    }
+
+    /// Sends a unary request to one node and parses the answer. A node that stops answering
+    /// midway or answers with something other than etcd's JSON (a proxy's error page) counts as
+    /// unreachable, so the next node is tried.
+    async fn call_node<T: DeserializeOwned>(
+        &self,
+        node: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<T, EtcdError> {
+        let response = self
+            .send_to(node, path, body, Some(REQUEST_TIMEOUT))
+            .await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| EtcdError::Unreachable(format!("{node}: {}", error_chain(&e))))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| EtcdError::Unreachable(format!("{node}{path}: not etcd's answer: {e}")))
+    }
+
+    /// Makes the node after `node` the preferred one.
+    fn avoid(&self, node: &str) {
+        if let Some(index) = self.nodes.iter().position(|known| known == node) {
+            self.preferred
+                .store((index + 1) % self.nodes.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// The nodes with their indexes, from the preferred one on.
+    fn nodes_from_preferred(&self) -> impl Iterator<Item = (usize, &String)> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        (0..self.nodes.len()).map(move |offset| {
+            let index = (first + offset) % self.nodes.len();
+            (index, &self.nodes[index])
+        })
     }
 
     /// Posts to one node, authenticating first when needed and once more when etcd rejects
@@ -371,6 +348,9 @@ impl Client {
             if let Some(token) = token {
                 request = request.header(reqwest::header::AUTHORIZATION, token);
             }
+            // A member cut off from its cluster's leader refuses the request (and ends a
+            // watch) instead of serving what it last knew.
+            request = request.header("Grpc-Metadata-Hasleader", "true");
             let response = request
                 .send()
                 .await
@@ -390,7 +370,13 @@ impl Client {
                 CODE_OUT_OF_RANGE if error.text(status).contains("compacted") => {
                     return Err(EtcdError::Compacted);
                 }
-                _ if status == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                _ if matches!(
+                    status,
+                    reqwest::StatusCode::BAD_GATEWAY
+                        | reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        | reqwest::StatusCode::GATEWAY_TIMEOUT
+                ) =>
+                {
                     return Err(EtcdError::Unreachable(message));
                 }
                 _ => return Err(EtcdError::Rejected(message)),
@@ -440,144 +426,9 @@ impl Client {
     }
 }
 
-/// Reads a watch stream's messages and turns them into watch events until the stream ends,
-/// fails, or the daemon stops listening.
-///
-/// Each watcher's progress is tracked separately: a watcher has seen everything up to the
-/// newest revision among its events, or the revision of a progress notification. The
-/// revision reported with each batch is the lowest of them, so a watch resumed from it misses
-/// nothing (events some watchers already saw are applied again, which changes nothing).
-async fn follow(
-    client: Arc<Client>,
-    node: String,
-    mut response: reqwest::Response,
-    prefixes: Vec<String>,
-    start_seen: i64,
-    events: mpsc::Sender<Result<WatchEvent, StoreError>>,
-) {
-    let mut seen = vec![start_seen; prefixes.len()];
-    let mut buffer: Vec<u8> = Vec::new();
-    loop {
-        let chunk = tokio::select! {
-            chunk = response.chunk() => chunk,
-            () = events.closed() => return,
-        };
-        let ended = match chunk {
-            Ok(Some(bytes)) => {
-                buffer.extend_from_slice(&bytes);
-                None
-            }
-            Ok(None) => Some(format!("{node}: the watch stream ended")),
-            Err(e) => Some(format!(
-                "{node}: the watch stream broke: {}",
-                error_chain(&e)
-            )),
-        };
-        if let Some(message) = ended {
-            let _ = events.send(Err(StoreError::Unavailable(message))).await;
-            return;
-        }
-        while let Some(end) = buffer.iter().position(|byte| *byte == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=end).collect();
-            let event = match serde_json::from_slice::<WatchMessage>(&line) {
-                Ok(WatchMessage::Result(result)) => {
-                    match interpret(&client, &prefixes, &mut seen, result).await {
-                        Step::Send(event) => event,
-                        Step::Skip => continue,
-                        Step::SendAndStop(event) => {
-                            let _ = events.send(event).await;
-                            return;
-                        }
-                    }
-                }
-                Ok(WatchMessage::Error(error)) => {
-                    if error.code == CODE_UNAUTHENTICATED {
-                        client.forget_token();
-                    }
-                    let message = format!(
-                        "{node}: watch failed: {}",
-                        error.text(reqwest::StatusCode::OK)
-                    );
-                    let _ = events.send(Err(StoreError::Unavailable(message))).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!("{node}: unreadable watch message skipped: {e}");
-                    continue;
-                }
-            };
-            if events.send(event).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// What to do with one watch response.
-enum Step {
-    Send(Result<WatchEvent, StoreError>),
-    SendAndStop(Result<WatchEvent, StoreError>),
-    Skip,
-}
-
-async fn interpret(
-    client: &Client,
-    prefixes: &[String],
-    seen: &mut [i64],
-    result: WatchResponse,
-) -> Step {
-    if result.canceled {
-        if result.compact_revision > 0 {
-            // Changes between the last revision seen and the compaction are gone: read
-            // everything again, and let the daemon watch again from there.
-            tracing::info!(
-                "etcd: revision {} was compacted; reading every key again",
-                seen.iter().min().map_or(0, |r| r + 1)
-            );
-            return Step::SendAndStop(
-                client
-                    .fetch(prefixes)
-                    .await
-                    .map(WatchEvent::Replace)
-                    .map_err(EtcdError::into_store),
-            );
-        }
-        return Step::SendAndStop(Err(StoreError::Unavailable(format!(
-            "etcd cancelled the watch: {}",
-            result.cancel_reason
-        ))));
-    }
-    if result.created {
-        return Step::Skip;
-    }
-    let Some(watcher_seen) = usize::try_from(result.watch_id)
-        .ok()
-        .and_then(|index| seen.get_mut(index))
-    else {
-        return Step::Skip;
-    };
-    let changes: Vec<Change> = result
-        .events
-        .iter()
-        .filter_map(|event| {
-            *watcher_seen = (*watcher_seen).max(event.kv.mod_revision);
-            let (key, value) = event.kv.decode()?;
-            Some(if event.kind == "DELETE" {
-                Change::Delete { key }
-            } else {
-                Change::Put { key, value }
-            })
-        })
-        .collect();
-    if result.events.is_empty() {
-        // A progress notification: this watcher has seen everything up to the header's
-        // revision.
-        *watcher_seen = (*watcher_seen).max(result.header.revision);
-    }
-    Step::Send(Ok(WatchEvent::Changes {
-        revision: seen.iter().min().copied(),
-        changes,
-    }))
+/// The error when every node failed, with each node's reason.
+fn no_node_answered(failures: &[String]) -> EtcdError {
+    EtcdError::Unreachable(format!("no etcd node answered ({})", failures.join("; ")))
 }
 
 /// What a range request asks for.
@@ -681,39 +532,6 @@ impl KeyValue {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum WatchMessage {
-    Result(WatchResponse),
-    Error(GatewayError),
-}
-
-#[derive(Debug, Deserialize)]
-struct WatchResponse {
-    #[serde(default)]
-    header: Header,
-    #[serde(default, deserialize_with = "int64")]
-    watch_id: i64,
-    #[serde(default)]
-    created: bool,
-    #[serde(default)]
-    canceled: bool,
-    #[serde(default, deserialize_with = "int64")]
-    compact_revision: i64,
-    #[serde(default)]
-    cancel_reason: String,
-    #[serde(default)]
-    events: Vec<Event>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Event {
-    /// `PUT` is the default and is left out of the JSON.
-    #[serde(default, rename = "type")]
-    kind: String,
-    kv: KeyValue,
-}
-
-#[derive(Debug, Deserialize)]
 struct AuthenticateResponse {
     token: String,
 }
@@ -750,24 +568,5 @@ mod tests {
         assert_eq!(prefix_range("/app"), (b"/app".to_vec(), b"/apq".to_vec()));
         assert_eq!(prefix_range("/"), (b"/".to_vec(), b"0".to_vec()));
         assert_eq!(prefix_range(""), (vec![0], vec![0]));
-    }
-
-    #[test]
-    fn watch_messages_parse_as_the_gateway_writes_them() {
-        let line = r#"{"result":{"header":{"revision":"4"},"events":[{"type":"DELETE","kv":{"key":"L2EvMQ==","mod_revision":"4"}},{"kv":{"key":"L2EvMg==","mod_revision":"4","value":"dg=="}}]}}"#;
-        let WatchMessage::Result(result) = serde_json::from_str(line).expect("parses") else {
-            panic!("a result");
-        };
-        assert_eq!(result.watch_id, 0, "watch id 0 is left out");
-        assert_eq!(result.events[0].kind, "DELETE");
-        assert_eq!(
-            result.events[1].kv.decode(),
-            Some(("/a/2".to_string(), "v".to_string()))
-        );
-        let error = r#"{"error":{"grpc_code":16,"http_code":401,"message":"etcdserver: invalid auth token","http_status":"Unauthorized","code":16}}"#;
-        assert!(matches!(
-            serde_json::from_str::<WatchMessage>(error),
-            Ok(WatchMessage::Error(GatewayError { code: 16, .. }))
-        ));
     }
 }

@@ -24,8 +24,8 @@ pub type KeyMap = BTreeMap<String, String>;
 pub struct Snapshot {
     /// The keys and values.
     pub entries: KeyMap,
-    /// The store's revision this snapshot reflects, where the store has one (etcd); a watch
-    /// resumes after it.
+    /// The store's revision this snapshot was read at, where the store has one (etcd): it
+    /// holds every change up to it. Watch changes applied later do not move it.
     pub revision: Option<i64>,
 }
 
@@ -74,7 +74,8 @@ impl Change {
 pub enum WatchEvent {
     /// Changes to individual keys, in the order the store made them.
     Changes {
-        /// The store revision after these changes, where the store has one.
+        /// The store revision that made these changes, where the store has one; changes at
+        /// or below the snapshot's read revision are already in it and are skipped.
         revision: Option<i64>,
         /// The changes.
         changes: Vec<Change>,
@@ -115,8 +116,10 @@ pub trait Store: Send + Sync {
     /// Reads every key under any of `prefixes`.
     async fn fetch(&self, prefixes: &[String]) -> Result<Snapshot, StoreError>;
 
-    /// Starts reporting changes under `prefixes` made after `snapshot` was taken. `None` means
-    /// the store cannot watch, and the daemon falls back to polling.
+    /// Starts reporting changes under `prefixes` made after `snapshot` was read and after the
+    /// changes this store's earlier watches reported. `None` means the store cannot watch,
+    /// and the daemon falls back to polling. The stream ends when the watch does; the daemon
+    /// applies every event it queued, then watches again.
     async fn watch(
         &self,
         prefixes: &[String],
