@@ -411,3 +411,265 @@ fn a_resource_with_its_own_store_runs_beside_the_etcd_resources() {
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// A resource over two prefixes, whose reload records `a=<value> b=<value>` each time.
+fn two_prefix_fixture() -> Fixture {
+    let fixture = Fixture::new();
+    fixture.template(
+        "ab.tmpl",
+        "a={{ getv(key=\"/a/x\", default=\"-\") }} b={{ getv(key=\"/b/x\", default=\"-\") }}\n",
+    );
+    fixture.resource(
+        "ab",
+        &format!(
+            "src = \"ab.tmpl\"\ndest = \"ab.conf\"\nkeys = [\"/a\", \"/b\"]\n\
+             reload_cmd = \"cat ab.conf >> {}\"\n",
+            fixture.path("reloads").display()
+        ),
+    );
+    fixture
+}
+
+fn wait_for_file(fixture: &Fixture, daemon: &Daemon, name: &str, expected: &str, what: &str) {
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            std::fs::read_to_string(fixture.path(name)).is_ok_and(|text| text == expected)
+        }),
+        "{what}\n--- {name}\n{}\n--- log\n{}",
+        std::fs::read_to_string(fixture.path(name)).unwrap_or_default(),
+        daemon.log()
+    );
+}
+
+#[test]
+fn a_transaction_over_two_prefixes_is_never_rendered_half_applied() {
+    let etcd = Etcd::start();
+    etcd.put_all(&[("/a/x", "0"), ("/b/x", "0")]);
+    let fixture = two_prefix_fixture();
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    wait_for_file(&fixture, &daemon, "ab.conf", "a=0 b=0\n", "initial render");
+    for n in 1..=30 {
+        let n = n.to_string();
+        etcd.put_all(&[("/a/x", &n), ("/b/x", &n)]);
+    }
+    wait_for_file(
+        &fixture,
+        &daemon,
+        "ab.conf",
+        "a=30 b=30\n",
+        "last transaction",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let reloads = fixture.read("reloads");
+    for line in reloads.lines() {
+        let values: Vec<&str> = line.split(' ').map(|part| &part[2..]).collect();
+        assert_eq!(
+            values[0], values[1],
+            "a state etcd never had: {line}\n{reloads}"
+        );
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_reconnect_neither_misses_nor_replays_changes() {
+    let etcd = Etcd::start();
+    etcd.put_all(&[("/a/x", "p0"), ("/b/x", "idle")]);
+    let proxy = common::proxy::Proxy::start(etcd.address(0));
+    let fixture = two_prefix_fixture();
+    let node = format!("http://{}", proxy.address);
+    let daemon = fixture.spawn(&["--watch", "--backend", "etcd", "--node", &node]);
+    wait_for_file(
+        &fixture,
+        &daemon,
+        "ab.conf",
+        "a=p0 b=idle\n",
+        "initial render",
+    );
+    for n in 1..=1500 {
+        etcd.put("/a/x", &format!("p{n}"));
+    }
+    wait_for_file(
+        &fixture,
+        &daemon,
+        "ab.conf",
+        "a=p1500 b=idle\n",
+        "puts rendered",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let before = fixture.read("reloads");
+
+    // The watch is cut while the /b watcher has seen nothing since the start; the new watch
+    // must not replay /a's 1,500 changes, and a change made meanwhile must arrive.
+    proxy.cut();
+    etcd.put("/b/x", "after");
+    wait_for_file(
+        &fixture,
+        &daemon,
+        "ab.conf",
+        "a=p1500 b=after\n",
+        "change after the cut",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let after = fixture.read("reloads");
+    assert_eq!(
+        &after[before.len()..],
+        "a=p1500 b=after\n",
+        "one reload, for the one new change\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_watch_refused_for_an_expired_token_logs_in_again() {
+    let mut etcd = Etcd::start();
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    etcd.enable_auth("root", "s3cret");
+    let proxy = common::proxy::Proxy::start(etcd.address(0));
+    let fixture = fixture();
+    let node = format!("http://{}", proxy.address);
+    let daemon = fixture.spawn(&[
+        "--watch",
+        "--backend",
+        "etcd",
+        "--node",
+        &node,
+        "--username",
+        "root",
+        "--password",
+        "s3cret",
+    ]);
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+    // Tokens live one second: the watch's token is long dead when the watch is cut.
+    std::thread::sleep(Duration::from_secs(3));
+    proxy.cut();
+    std::thread::sleep(Duration::from_secs(1));
+    etcd.put("/app/servers/web2", "10.0.0.2:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "rendered after logging in again",
+    );
+    let log = daemon.log();
+    assert!(
+        log.matches("watching again").count() < 5,
+        "no storm of new watches\n{log}"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_node_that_stops_answering_is_left_for_another() {
+    let mut etcd = Etcd::cluster(3);
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch", "--log-level", "debug"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+    let watching = format!("watching 1 prefixes on {}", nodes[0]);
+    assert!(
+        wait_for(Duration::from_secs(10), || daemon.log().contains(&watching)),
+        "watching the first member\n{}",
+        daemon.log()
+    );
+    // Stopped, the member keeps its connections open and answers nothing. The watch notices
+    // at its next probe (every 20 s, 5 s to answer) and moves on.
+    etcd.freeze(0, true);
+    etcd.put("/app/servers/web2", "10.0.0.2:80");
+    wait_for_file(
+        &fixture,
+        &daemon,
+        "app.conf",
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "rendered through another member",
+    );
+    etcd.freeze(0, false);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn an_etcd_rebuilt_behind_the_revisions_seen_is_read_again() {
+    let mut etcd = Etcd::start();
+    for n in 0..20 {
+        etcd.put("/app/servers/web1", &format!("10.0.0.{n}:80"));
+    }
+    let fixture = fixture();
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.19:80\n",
+        "initial render",
+    );
+    etcd.rebuild(0);
+    etcd.put("/app/servers/web9", "10.0.0.9:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web9 10.0.0.9:80\n",
+        "the rebuilt etcd's keys, read again",
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_busy_resource_does_not_starve_another() {
+    let etcd = Etcd::start();
+    etcd.put_all(&[("/sa/x", "0"), ("/sb/x", "0")]);
+    let fixture = Fixture::new();
+    for name in ["sa", "sb"] {
+        fixture.template(
+            &format!("{name}.tmpl"),
+            &format!("{{{{ getv(key=\"/{name}/x\") }}}}\n"),
+        );
+    }
+    fixture.resource(
+        "a",
+        "src = \"sa.tmpl\"\ndest = \"a.conf\"\nkeys = [\"/sa\"]\nreload_cmd = \"sleep 1\"\n",
+    );
+    fixture.resource(
+        "b",
+        "src = \"sb.tmpl\"\ndest = \"b.conf\"\nkeys = [\"/sb\"]\n",
+    );
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    wait_for_file(&fixture, &daemon, "a.conf", "0\n", "initial render");
+    wait_for_file(&fixture, &daemon, "b.conf", "0\n", "initial render");
+    // `a` changes every 300 ms and each of its reloads takes a second; `b` changes once.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for n in 1..=20 {
+                etcd.put("/sa/x", &n.to_string());
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        let started = std::time::Instant::now();
+        etcd.put("/sb/x", "1");
+        assert!(
+            wait_for(Duration::from_secs(10), || fixture.read("b.conf") == "1\n"),
+            "b was rendered\n{}",
+            daemon.log()
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "b waited {:?} behind a's reloads",
+            started.elapsed()
+        );
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+}

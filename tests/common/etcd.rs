@@ -18,6 +18,8 @@ struct Member {
     client_port: u16,
     peer_port: u16,
     process: Option<Child>,
+    /// Stopped with SIGSTOP: the helper's own requests go to another member.
+    frozen: bool,
 }
 
 /// Certificates for an etcd that serves TLS and requires client certificates, made with the
@@ -25,11 +27,13 @@ struct Member {
 pub struct Certificates {
     /// The CA that signed both certificates.
     pub ca: PathBuf,
-    /// The server's certificate (for 127.0.0.1) and key.
+    /// The server's certificate, for 127.0.0.1.
     pub server_cert: PathBuf,
+    /// The server's key.
     pub server_key: PathBuf,
-    /// A client certificate and key the server accepts.
+    /// A client certificate the server accepts.
     pub client_cert: PathBuf,
+    /// The client certificate's key.
     pub client_key: PathBuf,
 }
 
@@ -42,7 +46,7 @@ pub struct Etcd {
     tls: Option<Certificates>,
     /// User and password once authentication is enabled, and the current token.
     auth: Option<(String, String)>,
-    token: std::cell::RefCell<Option<String>>,
+    token: std::sync::Mutex<Option<String>>,
 }
 
 /// A blocking HTTP client for tests. reqwest is built without a default crypto provider, so
@@ -181,6 +185,7 @@ impl Etcd {
                 client_port: free_port(),
                 peer_port: free_port(),
                 process: None,
+                frozen: false,
             })
             .collect();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -195,7 +200,7 @@ impl Etcd {
             http,
             tls,
             auth: None,
-            token: std::cell::RefCell::new(None),
+            token: std::sync::Mutex::new(None),
         };
         for index in 0..size {
             etcd.launch(index);
@@ -276,6 +281,25 @@ impl Etcd {
         if self.tls.is_some() { "https" } else { "http" }
     }
 
+    /// The client address of member `index`.
+    pub fn address(&self, index: usize) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.members[index].client_port))
+    }
+
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) member `index`: a node that keeps its
+    /// connections open but answers nothing.
+    pub fn freeze(&mut self, index: usize, frozen: bool) {
+        self.members[index].frozen = frozen;
+        let process = self.members[index].process.as_ref().expect("running");
+        let signal = if frozen {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(process.id() as i32), signal)
+            .expect("signal etcd");
+    }
+
     /// The client URL of member `index`.
     pub fn endpoint(&self, index: usize) -> String {
         format!(
@@ -312,7 +336,7 @@ impl Etcd {
             .and_then(|response| response.json())
             .expect("authenticate");
         let token = answer["token"].as_str().expect("a token").to_string();
-        *self.token.borrow_mut() = Some(token.clone());
+        *self.token.lock().expect("lock") = Some(token.clone());
         Some(token)
     }
 
@@ -339,6 +363,16 @@ impl Etcd {
         }
     }
 
+    /// Replaces member `index` of a single-member cluster with a new, empty one on the same
+    /// ports, as a restore from an old backup or a rebuild would.
+    pub fn rebuild(&mut self, index: usize) {
+        self.kill(index);
+        let data = self.dir.path().join(&self.members[index].name);
+        std::fs::remove_dir_all(data).expect("remove the data directory");
+        self.launch(index);
+        self.wait_healthy(index);
+    }
+
     /// Starts member `index` again on its data directory and waits until it is healthy.
     pub fn restart(&mut self, index: usize) {
         self.kill(index);
@@ -351,7 +385,7 @@ impl Etcd {
         let index = self
             .members
             .iter()
-            .position(|m| m.process.is_some())
+            .position(|m| m.process.is_some() && !m.frozen)
             .expect("a running member");
         self.endpoint(index)
     }
@@ -360,7 +394,7 @@ impl Etcd {
         // A cluster that just lost a member may need a moment to elect a leader.
         let mut last = String::new();
         for _ in 0..50 {
-            let cached = self.token.borrow().clone();
+            let cached = self.token.lock().expect("lock").clone();
             let token = cached.or_else(|| self.authenticate());
             let mut request = self
                 .http
@@ -375,7 +409,7 @@ impl Etcd {
                 }
                 Ok(response) if response.status() == reqwest::StatusCode::UNAUTHORIZED => {
                     // The token expired: get a new one.
-                    *self.token.borrow_mut() = None;
+                    *self.token.lock().expect("lock") = None;
                     last = response.text().unwrap_or_default();
                 }
                 Ok(response) => last = response.text().unwrap_or_default(),

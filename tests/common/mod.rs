@@ -4,6 +4,7 @@
 
 pub mod etcd;
 pub mod http;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -15,6 +16,7 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// An empty confdir in a new temp dir.
     pub fn new() -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("conf.d")).expect("conf.d");
@@ -22,14 +24,17 @@ impl Fixture {
         Fixture { dir }
     }
 
+    /// The confdir.
     pub fn root(&self) -> &Path {
         self.dir.path()
     }
 
+    /// A path inside the confdir.
     pub fn path(&self, relative: &str) -> PathBuf {
         self.dir.path().join(relative)
     }
 
+    /// Writes a file inside the confdir, creating its directories.
     pub fn write(&self, relative: &str, content: &str) {
         let path = self.path(relative);
         if let Some(parent) = path.parent() {
@@ -38,6 +43,7 @@ impl Fixture {
         std::fs::write(&path, content).expect("write fixture file");
     }
 
+    /// Reads a file inside the confdir.
     pub fn read(&self, relative: &str) -> String {
         std::fs::read_to_string(self.path(relative)).expect("read file")
     }
@@ -50,6 +56,7 @@ impl Fixture {
         );
     }
 
+    /// Writes `templates/<name>`.
     pub fn template(&self, name: &str, content: &str) {
         self.write(&format!("templates/{name}"), content);
     }
@@ -70,6 +77,7 @@ impl Fixture {
         command
     }
 
+    /// Runs the binary to completion.
     pub fn run(&self, args: &[&str]) -> Run {
         let output = self.command(args).output().expect("run reconfd");
         Run::from(output)
@@ -107,8 +115,11 @@ impl Fixture {
 
 /// A finished run: exit code and output.
 pub struct Run {
+    /// Exit status, `None` when killed by a signal.
     pub code: Option<i32>,
+    /// Standard output.
     pub stdout: String,
+    /// Standard error: the log.
     pub stderr: String,
 }
 
@@ -134,11 +145,13 @@ impl std::fmt::Debug for Run {
 
 /// A running daemon, killed on drop.
 pub struct Daemon {
+    /// The process.
     pub child: Child,
     log: PathBuf,
 }
 
 impl Daemon {
+    /// What the daemon logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
