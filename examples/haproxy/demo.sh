@@ -33,7 +33,7 @@ until "${etcdctl[@]}" endpoint health >/dev/null 2>&1; do sleep 0.2; done
 
 "${etcdctl[@]}" put /proxy/port 8080 >/dev/null
 cargo build -q --release --manifest-path ../../Cargo.toml
-../../target/release/reconfd --watch --confdir . --backend etcd --node "$etcd_url" &
+"${CARGO_TARGET_DIR:-../../target}/release/reconfd" --watch --confdir . --backend etcd --node "$etcd_url" &
 pids+=($!)
 
 ask() {
