@@ -25,7 +25,8 @@ pub struct Cli {
     #[arg(long, env = "RECONFD_CONFIG_FILE", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
 
-    /// The store to read keys from: `file`, `env` or `etcd`. [default: file]
+    /// The store to read keys from: `file`, `env`, `etcd`, `redis`, `zookeeper`, `nats`,
+    /// `consul` or `vault`. [default: file]
     #[arg(long, env = "RECONFD_BACKEND", value_name = "NAME")]
     pub backend: Option<String>,
 
@@ -74,6 +75,50 @@ pub struct Cli {
     /// Accept any TLS certificate from the store nodes. For testing only.
     #[arg(long, env = "RECONFD_CLIENT_INSECURE")]
     pub client_insecure: bool,
+
+    /// Token for the store: Consul's ACL token (else CONSUL_HTTP_TOKEN), Vault's token (else
+    /// VAULT_TOKEN), or a NATS token.
+    #[arg(
+        long,
+        env = "RECONFD_AUTH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub auth_token: Option<String>,
+
+    /// Vault: how to log in, `token` or `app-role`. [default: app-role when --role-id is set]
+    #[arg(long, env = "RECONFD_AUTH_TYPE", value_name = "TYPE")]
+    pub auth_type: Option<String>,
+
+    /// Vault AppRole: the role ID.
+    #[arg(long, env = "RECONFD_ROLE_ID", value_name = "ID")]
+    pub role_id: Option<String>,
+
+    /// Vault AppRole: the secret ID.
+    #[arg(
+        long,
+        env = "RECONFD_SECRET_ID",
+        value_name = "ID",
+        hide_env_values = true
+    )]
+    pub secret_id: Option<String>,
+
+    /// Vault: the KV secrets engine version, 1 or 2. [default: detected from the mount]
+    #[arg(long, env = "RECONFD_KV_VERSION", value_name = "VERSION")]
+    pub kv_version: Option<u8>,
+
+    /// Redis: the separator in key names that stands for `/` (confd's option), e.g. `:` for
+    /// keys such as `proxy:frontend:web1`. [default: /]
+    #[arg(long, env = "RECONFD_SEPARATOR", value_name = "TEXT")]
+    pub separator: Option<String>,
+
+    /// NATS: the JetStream key/value bucket. [default: reconfd]
+    #[arg(long, env = "RECONFD_NATS_BUCKET", value_name = "BUCKET")]
+    pub nats_bucket: Option<String>,
+
+    /// Consul: the datacenter to read from. [default: the agent's]
+    #[arg(long, env = "RECONFD_DATACENTER", value_name = "NAME")]
+    pub datacenter: Option<String>,
 
     /// Prefix joined in front of every resource's keys (and in front of the resource's own
     /// `prefix`), as confd's --prefix.

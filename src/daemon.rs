@@ -26,6 +26,8 @@ use crate::template::{Renderer, SharedResults, View};
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest wait between attempts to reach a store.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Mode of a file rendered from a store of secrets whose resource sets none.
+const SECRET_MODE: u32 = 0o600;
 /// A watch that lasted this long counts as established: when it ends, the next one is
 /// opened at once.
 const STABLE_WATCH: Duration = Duration::from_secs(5);
@@ -63,6 +65,7 @@ pub async fn run(settings: Settings) -> ExitCode {
         noop: settings.noop,
         sync_only: settings.sync_only,
         keep_stage_file: settings.keep_stage_file,
+        secret: false,
     };
     // The global store is opened even if no resource reads it, so that unusable settings
     // are reported the same way whatever the confdir holds.
@@ -89,6 +92,21 @@ pub async fn run(settings: Settings) -> ExitCode {
             Some(store) => Ok(store),
             None => backend::open(&backend),
         };
+        // Files rendered from a store of secrets are private unless their resource says
+        // otherwise, and their content stays out of logs and diffs.
+        let secret = backend.holds_secrets();
+        let members = if secret {
+            members
+                .into_iter()
+                .map(|mut member| {
+                    member.resource.mode.get_or_insert(SECRET_MODE);
+                    member
+                })
+                .collect()
+        } else {
+            members
+        };
+        let options = Options { secret, ..options };
         match opened {
             Ok(store) => groups.push(Group::new(store, members, options, settings.interval)),
             Err(message) => {

@@ -29,6 +29,9 @@ pub struct Options {
     pub sync_only: bool,
     /// Keep the stage file when its check fails.
     pub keep_stage_file: bool,
+    /// The content holds secrets: diffs show where lines changed, not what they hold, and
+    /// checksums are not logged (a checksum of a short secret gives it away).
+    pub secret: bool,
 }
 
 /// What reconciling one resource did.
@@ -109,7 +112,13 @@ pub async fn reconcile(
         uid: resource.uid.or(actual.as_ref().map(|actual| actual.uid)),
         gid: resource.gid.or(actual.as_ref().map(|actual| actual.gid)),
     };
-    if in_sync(&dest_name, actual.as_ref(), rendered.as_bytes(), &wanted) {
+    if in_sync(
+        &dest_name,
+        actual.as_ref(),
+        rendered.as_bytes(),
+        &wanted,
+        options.secret,
+    ) {
         tracing::debug!("Target config {dest_name} in sync");
         return Ok(Outcome::InSync);
     }
@@ -120,12 +129,14 @@ pub async fn reconcile(
             .as_ref()
             .map(|actual| String::from_utf8_lossy(&actual.content).into_owned())
             .unwrap_or_default();
-        print!(
-            "{}",
-            TextDiff::from_lines(old.as_str(), rendered)
-                .unified_diff()
-                .header(&dest_name, &format!("{dest_name} (rendered)"))
-        );
+        let diff = TextDiff::from_lines(old.as_str(), rendered);
+        let mut unified = diff.unified_diff();
+        unified.header(&dest_name, &format!("{dest_name} (rendered)"));
+        if options.secret {
+            print!("{}", masked(&unified.to_string()));
+        } else {
+            print!("{unified}");
+        }
         tracing::warn!("Noop mode enabled. {dest_name} will not be modified");
         return Ok(Outcome::WouldUpdate);
     }
@@ -205,8 +216,27 @@ fn read_actual(dest: &Path) -> std::io::Result<Option<Actual>> {
     }))
 }
 
+/// A unified diff with every line's content replaced: the headers and `@@` line numbers show
+/// where the file changes, the `+`/`-` markers how, and nothing shows what it holds.
+fn masked(diff: &str) -> String {
+    diff.lines()
+        .map(|line| match line.chars().next() {
+            Some('@') => format!("{line}\n"),
+            _ if line.starts_with("---") || line.starts_with("+++") => format!("{line}\n"),
+            Some(marker @ ('+' | '-' | ' ')) => format!("{marker}<secret line>\n"),
+            _ => format!("{line}\n"),
+        })
+        .collect()
+}
+
 /// Compares content by md5, then mode and owner, logging each difference as confd does.
-fn in_sync(dest: &str, actual: Option<&Actual>, rendered: &[u8], wanted: &Wanted) -> bool {
+fn in_sync(
+    dest: &str,
+    actual: Option<&Actual>,
+    rendered: &[u8],
+    wanted: &Wanted,
+    secret: bool,
+) -> bool {
     let Some(actual) = actual else {
         tracing::info!("{dest} does not exist yet");
         return false;
@@ -230,7 +260,11 @@ fn in_sync(dest: &str, actual: Option<&Actual>, rendered: &[u8], wanted: &Wanted
     }
     let (have, want) = (md5_hex(&actual.content), md5_hex(rendered));
     if have != want {
-        tracing::info!("{dest} has md5sum {have} should be {want}");
+        if secret {
+            tracing::info!("{dest} has other content (secret: checksums not shown)");
+        } else {
+            tracing::info!("{dest} has md5sum {have} should be {want}");
+        }
         same = false;
     }
     same
@@ -560,5 +594,23 @@ mod tests {
             .await
             .expect("checked and written");
         assert_eq!(std::fs::read_to_string(&r.dest).expect("dest"), "v1\n");
+    }
+
+    #[test]
+    fn a_secret_diff_shows_where_lines_changed_and_nothing_they_hold() {
+        let diff = TextDiff::from_lines("user=app\npassword=old\n", "user=app\npassword=new\n")
+            .unified_diff()
+            .header("a", "b")
+            .to_string();
+        let shown = masked(&diff);
+        assert!(
+            !shown.contains("old") && !shown.contains("new") && !shown.contains("app"),
+            "{shown}"
+        );
+        assert!(shown.contains("@@ -1,2 +1,2 @@"), "{shown}");
+        assert!(
+            shown.contains("-<secret line>") && shown.contains("+<secret line>"),
+            "{shown}"
+        );
     }
 }

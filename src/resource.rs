@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::store::backend::{Backend, StoreFields};
+use crate::store::consul::SERVICES_ROOT;
 
 /// Check and reload commands that set no timeout get this one.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -153,7 +154,14 @@ pub fn load(
     let keys = table
         .keys
         .iter()
-        .map(|key| join_key_path(&[&prefix, key]))
+        .map(|key| {
+            // The Consul catalog is not under any KV prefix: its keys stay as written.
+            if key.starts_with(SERVICES_ROOT) {
+                join_key_path(&[key])
+            } else {
+                join_key_path(&[&prefix, key])
+            }
+        })
         .collect();
     let mode = match table.mode {
         None => None,

@@ -21,17 +21,12 @@ const DEFAULT_INTERVAL_SECONDS: u64 = 600;
 /// confd.toml keys that belong to stores or features reconfd does not offer yet. They are
 /// accepted so that a confd.toml can be used unchanged.
 const CONFD_KEYS_NOT_USED_YET: &[&str] = &[
-    "auth_token",
-    "auth_type",
     "basic_auth",
-    "separator",
     "srv_domain",
     "srv_record",
     "table",
     "app_id",
     "user_id",
-    "role_id",
-    "secret_id",
     "path",
     "secret_keyring",
 ];
@@ -123,6 +118,14 @@ struct SettingsFile {
     client_key: Option<PathBuf>,
     client_cakeys: Option<PathBuf>,
     client_insecure: Option<bool>,
+    auth_token: Option<String>,
+    auth_type: Option<String>,
+    role_id: Option<String>,
+    secret_id: Option<String>,
+    kv_version: Option<u8>,
+    separator: Option<String>,
+    nats_bucket: Option<String>,
+    datacenter: Option<String>,
 }
 
 impl Settings {
@@ -191,6 +194,14 @@ impl Settings {
                 cli.files
             },
             filter: cli.filter.or(file.filter),
+            auth_token: cli.auth_token.or(file.auth_token),
+            auth_type: cli.auth_type.or(file.auth_type),
+            role_id: cli.role_id.or(file.role_id),
+            secret_id: cli.secret_id.or(file.secret_id),
+            kv_version: cli.kv_version.or(file.kv_version),
+            separator: cli.separator.or(file.separator),
+            nats_bucket: cli.nats_bucket.or(file.nats_bucket),
+            datacenter: cli.datacenter.or(file.datacenter),
         };
         let backend = if store.backend.is_none() && store.file.is_empty() {
             None

@@ -7,16 +7,29 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::Store;
+use super::consul::{ConsulOptions, ConsulStore};
 use super::env::EnvStore;
 use super::etcd::{EtcdOptions, EtcdStore};
 use super::file::FileStore;
 use super::http::TlsOptions;
+use super::nats::{NatsOptions, NatsStore};
+use super::redis::{RedisOptions, RedisStore};
+use super::vault::{VaultAuth, VaultOptions, VaultStore};
+use super::zookeeper::{ZookeeperOptions, ZookeeperStore};
 
-/// etcd's client port on the local host, confd's default node.
+/// Each store's default node: its usual port on the local host, as in confd.
 const DEFAULT_ETCD_NODE: &str = "http://127.0.0.1:2379";
+const DEFAULT_REDIS_NODE: &str = "redis://127.0.0.1:6379";
+const DEFAULT_ZOOKEEPER_NODE: &str = "127.0.0.1:2181";
+const DEFAULT_NATS_NODE: &str = "nats://127.0.0.1:4222";
+const DEFAULT_CONSUL_NODE: &str = "http://127.0.0.1:8500";
+const DEFAULT_VAULT_NODE: &str = "http://127.0.0.1:8200";
+
+/// The NATS key/value bucket read when none is named.
+const DEFAULT_NATS_BUCKET: &str = "reconfd";
 
 /// The stores reconfd knows, for messages.
-const KNOWN: &str = "file, env, etcd";
+const KNOWN: &str = "file, env, etcd, redis, zookeeper, nats, consul, vault";
 
 /// A store's settings with confd's names, as given: every field optional.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -47,6 +60,22 @@ pub struct StoreFields {
     pub file: Vec<PathBuf>,
     /// File store: glob on file names inside directories.
     pub filter: Option<String>,
+    /// Consul's ACL token, Vault's token or a NATS token.
+    pub auth_token: Option<String>,
+    /// Vault: `token` or `app-role`.
+    pub auth_type: Option<String>,
+    /// Vault AppRole role ID.
+    pub role_id: Option<String>,
+    /// Vault AppRole secret ID.
+    pub secret_id: Option<String>,
+    /// Vault KV engine version, 1 or 2.
+    pub kv_version: Option<u8>,
+    /// Redis: the key separator standing for `/`.
+    pub separator: Option<String>,
+    /// NATS: the key/value bucket.
+    pub nats_bucket: Option<String>,
+    /// Consul: the datacenter.
+    pub datacenter: Option<String>,
 }
 
 /// A list, or a single value as older confd.toml files write `file = "data.yaml"`.
@@ -80,6 +109,24 @@ pub enum Backend {
     Env,
     /// etcd v3.
     Etcd(EtcdOptions),
+    /// Redis.
+    Redis(RedisOptions),
+    /// ZooKeeper.
+    Zookeeper(ZookeeperOptions),
+    /// A NATS JetStream key/value bucket.
+    Nats(NatsOptions),
+    /// Consul's KV store and service catalog.
+    Consul(ConsulOptions),
+    /// Vault's KV secrets engine.
+    Vault(VaultOptions),
+}
+
+impl Backend {
+    /// True for a store of secrets: its values are masked in diffs and logs, and files
+    /// rendered from it are private unless their resource sets a mode.
+    pub fn holds_secrets(&self) -> bool {
+        matches!(self, Backend::Vault(_))
+    }
 }
 
 impl StoreFields {
@@ -98,9 +145,64 @@ impl StoreFields {
             }
             "env" => Backend::Env,
             "etcd" => Backend::Etcd(EtcdOptions {
-                nodes: self.nodes_or(DEFAULT_ETCD_NODE)?,
+                nodes: self.urls_or("http", DEFAULT_ETCD_NODE)?,
                 username: self.username.clone(),
                 password: self.password.clone(),
+                tls: self.tls(),
+            }),
+            "redis" => Backend::Redis(RedisOptions {
+                nodes: self.urls_or("redis", DEFAULT_REDIS_NODE)?,
+                username: self.username.clone(),
+                password: self.password.clone(),
+                separator: self.separator.clone().unwrap_or_else(|| "/".to_string()),
+                tls: self.tls(),
+            }),
+            "zookeeper" => Backend::Zookeeper(ZookeeperOptions {
+                nodes: if self.nodes.is_empty() {
+                    vec![DEFAULT_ZOOKEEPER_NODE.to_string()]
+                } else {
+                    self.nodes.clone()
+                },
+            }),
+            "nats" => Backend::Nats(NatsOptions {
+                nodes: self.urls_or("nats", DEFAULT_NATS_NODE)?,
+                bucket: self
+                    .nats_bucket
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_NATS_BUCKET.to_string()),
+                username: self.username.clone(),
+                password: self.password.clone(),
+                token: self.auth_token.clone(),
+                tls: self.tls(),
+            }),
+            "consul" => Backend::Consul(ConsulOptions {
+                nodes: match std::env::var("CONSUL_HTTP_ADDR") {
+                    Ok(address) if self.nodes.is_empty() => {
+                        self.with_scheme("http", std::slice::from_ref(&address))?
+                    }
+                    _ => self.urls_or("http", DEFAULT_CONSUL_NODE)?,
+                },
+                token: self
+                    .auth_token
+                    .clone()
+                    .or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok()),
+                datacenter: self.datacenter.clone(),
+                tls: self.tls(),
+            }),
+            "vault" => Backend::Vault(VaultOptions {
+                nodes: match std::env::var("VAULT_ADDR") {
+                    Ok(address) if self.nodes.is_empty() => {
+                        self.with_scheme("http", std::slice::from_ref(&address))?
+                    }
+                    _ => self.urls_or("http", DEFAULT_VAULT_NODE)?,
+                },
+                auth: self.vault_auth()?,
+                kv_version: match self.kv_version {
+                    None | Some(1 | 2) => self.kv_version,
+                    Some(other) => {
+                        return Err(format!("kv_version {other} is neither 1 nor 2"));
+                    }
+                },
                 tls: self.tls(),
             }),
             other => {
@@ -124,20 +226,31 @@ impl StoreFields {
         }
     }
 
-    /// The nodes, each with a scheme (`scheme`, or `https` when TLS is set up, else `http`),
-    /// or `default` when none is given.
-    fn nodes_or(&self, default: &str) -> Result<Vec<String>, String> {
+    /// The nodes as URLs, or `default` when none is given. See [`StoreFields::with_scheme`].
+    fn urls_or(&self, plain: &str, default: &str) -> Result<Vec<String>, String> {
         if self.nodes.is_empty() {
             return Ok(vec![default.to_string()]);
         }
-        let scheme = match self.scheme.as_deref() {
-            None if self.tls().is_set() => "https",
-            None => "http",
-            Some(scheme @ ("http" | "https")) => scheme,
-            Some(other) => return Err(format!("scheme {other:?} is neither http nor https")),
+        self.with_scheme(plain, &self.nodes)
+    }
+
+    /// `nodes` with a scheme in front of those without one: `scheme` if set, else the store's
+    /// `plain` scheme (`http`, `redis`, `nats`) or its TLS form when TLS is set up.
+    fn with_scheme(&self, plain: &str, nodes: &[String]) -> Result<Vec<String>, String> {
+        let secure = match plain {
+            "redis" => "rediss",
+            "nats" => "tls",
+            _ => "https",
         };
-        Ok(self
-            .nodes
+        let scheme = match self.scheme.as_deref() {
+            None if self.tls().is_set() => secure,
+            None => plain,
+            Some(scheme) if scheme == plain || scheme == secure => scheme,
+            Some(other) => {
+                return Err(format!("scheme {other:?} is neither {plain} nor {secure}"));
+            }
+        };
+        Ok(nodes
             .iter()
             .map(|node| {
                 if node.contains("://") {
@@ -147,6 +260,34 @@ impl StoreFields {
                 }
             })
             .collect())
+    }
+
+    /// Vault's login: a token (`auth_token`, else VAULT_TOKEN) or AppRole.
+    fn vault_auth(&self) -> Result<VaultAuth, String> {
+        let app_role = match self.auth_type.as_deref() {
+            Some("token") => false,
+            Some("app-role" | "approle") => true,
+            None => self.role_id.is_some(),
+            Some(other) => {
+                return Err(format!(
+                    "auth_type {other:?} is not one reconfd offers for Vault (token, app-role)"
+                ));
+            }
+        };
+        if app_role {
+            return match (&self.role_id, &self.secret_id) {
+                (Some(role_id), Some(secret_id)) => Ok(VaultAuth::AppRole {
+                    role_id: role_id.clone(),
+                    secret_id: secret_id.clone(),
+                }),
+                _ => Err("Vault's app-role login needs --role-id and --secret-id".to_string()),
+            };
+        }
+        self.auth_token
+            .clone()
+            .or_else(|| std::env::var("VAULT_TOKEN").ok())
+            .map(VaultAuth::Token)
+            .ok_or_else(|| "Vault needs --auth-token (or VAULT_TOKEN) or --role-id".to_string())
     }
 }
 
@@ -165,6 +306,13 @@ pub fn open(backend: &Backend) -> Result<Box<dyn Store>, String> {
         }
         Backend::Env => Box::new(EnvStore),
         Backend::Etcd(options) => Box::new(EtcdStore::new(options).map_err(|e| e.to_string())?),
+        Backend::Redis(options) => Box::new(RedisStore::new(options).map_err(|e| e.to_string())?),
+        Backend::Zookeeper(options) => {
+            Box::new(ZookeeperStore::new(options).map_err(|e| e.to_string())?)
+        }
+        Backend::Nats(options) => Box::new(NatsStore::new(options).map_err(|e| e.to_string())?),
+        Backend::Consul(options) => Box::new(ConsulStore::new(options).map_err(|e| e.to_string())?),
+        Backend::Vault(options) => Box::new(VaultStore::new(options).map_err(|e| e.to_string())?),
     };
     Ok(store)
 }

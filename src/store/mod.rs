@@ -6,10 +6,15 @@
 //! applies watch events to it incrementally; the renderers only ever read snapshots.
 
 pub mod backend;
+pub mod consul;
 pub mod env;
 pub mod etcd;
 pub mod file;
 pub mod http;
+pub mod nats;
+pub mod redis;
+pub mod vault;
+pub mod zookeeper;
 
 use std::collections::BTreeMap;
 

@@ -10,6 +10,7 @@
 
 mod dns;
 mod helpers;
+mod services;
 mod store_functions;
 
 use std::cell::RefCell;
@@ -221,6 +222,7 @@ impl Renderer {
         let mut tera = Tera::new();
         tera.autoescape_on(Vec::<&'static str>::new());
         store_functions::register(&mut tera);
+        services::register(&mut tera);
         helpers::register(&mut tera);
         dns::register(&mut tera, resolver);
         tera.add_raw_template(name, source)

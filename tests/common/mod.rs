@@ -2,9 +2,14 @@
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod consul;
 pub mod etcd;
 pub mod http;
+pub mod nats;
 pub mod proxy;
+pub mod redis;
+pub mod vault;
+pub mod zookeeper;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

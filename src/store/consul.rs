@@ -1,0 +1,679 @@
+//! The Consul store: the KV store, read with `?recurse`, and the service catalog, both
+//! followed with blocking queries.
+//!
+//! KV keys map onto reconfd keys with a leading `/` (`service/web/port` is
+//! `/service/web/port`). The catalog appears as keys under [`SERVICES_ROOT`]: each instance of
+//! a service is `/_consul/services/<service>/<node>/<id>`, holding a JSON description that the
+//! template functions `service()` and `services()` read. A resource reads the catalog by
+//! listing `/_consul/services` (every service) or `/_consul/services/<name>` in its `keys`;
+//! only what resources list is read and watched.
+//!
+//! Consul has no change feed: a blocking query returns the whole prefix (or service) when
+//! anything in it changed, so the watch keeps what it last saw of each and reports the
+//! difference. A watch started again after a failure begins with a query that returns at once,
+//! so whatever changed meanwhile is reported too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::http::{self, TlsOptions, error_chain};
+use super::{Change, KeyMap, Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
+
+/// Where the service catalog appears among the keys.
+pub const SERVICES_ROOT: &str = "/_consul/services";
+
+/// How long a blocking query may wait for a change (Consul adds a little jitter).
+const BLOCKING_WAIT: &str = "5m";
+
+/// Limit for a blocking query: the wait, Consul's jitter, and a margin.
+const BLOCKING_TIMEOUT: Duration = Duration::from_secs(5 * 60 + 30);
+
+/// Limit for a plain query.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Watch events buffered for the daemon.
+const WATCH_CAPACITY: usize = 256;
+
+/// How to reach Consul.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConsulOptions {
+    /// Agent URLs such as `http://127.0.0.1:8500`, tried in order.
+    pub nodes: Vec<String>,
+    /// ACL token.
+    pub token: Option<String>,
+    /// Datacenter to read from; the agent's own when `None`.
+    pub datacenter: Option<String>,
+    /// TLS settings.
+    pub tls: TlsOptions,
+}
+
+/// Reads Consul's KV store and service catalog.
+pub struct ConsulStore {
+    client: Arc<Client>,
+}
+
+impl ConsulStore {
+    /// A store for `options`; no connection is made yet.
+    pub fn new(options: &ConsulOptions) -> Result<ConsulStore, StoreError> {
+        if options.nodes.is_empty() {
+            return Err(StoreError::Invalid("consul: no node given".to_string()));
+        }
+        let https = options
+            .nodes
+            .iter()
+            .any(|node| node.starts_with("https://"));
+        Ok(ConsulStore {
+            client: Arc::new(Client {
+                http: http::client("consul", &options.tls, https)?,
+                nodes: options
+                    .nodes
+                    .iter()
+                    .map(|node| node.trim_end_matches('/').to_string())
+                    .collect(),
+                preferred: AtomicUsize::new(0),
+                token: options.token.clone(),
+                datacenter: options.datacenter.clone(),
+            }),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for ConsulStore {
+    fn name(&self) -> &'static str {
+        "consul"
+    }
+
+    async fn fetch(&self, prefixes: &[String]) -> Result<Snapshot, StoreError> {
+        let mut entries = KeyMap::new();
+        for source in sources(prefixes) {
+            entries.extend(source.read_now(&self.client).await?);
+        }
+        entries.retain(|key, _| under_any(key, prefixes));
+        Ok(Snapshot {
+            entries,
+            revision: None,
+        })
+    }
+
+    async fn watch(
+        &self,
+        prefixes: &[String],
+        snapshot: &Snapshot,
+    ) -> Result<Option<WatchStream>, StoreError> {
+        let (events, stream) = mpsc::channel(WATCH_CAPACITY);
+        let mut loops = JoinSet::new();
+        for source in sources(prefixes) {
+            let known = source.known(snapshot, prefixes);
+            loops.spawn(source.follow(
+                Arc::clone(&self.client),
+                prefixes.to_vec(),
+                known,
+                events.clone(),
+            ));
+        }
+        tokio::spawn(async move {
+            // The first loop to end (its query failed, or the daemon stopped listening) ends
+            // the watch; dropping the set stops the others, and the stream ends with them.
+            if let Some(Ok(Err(reason))) = loops.join_next().await {
+                tracing::info!("consul: {reason}; watching again");
+            }
+        });
+        Ok(Some(stream))
+    }
+}
+
+/// One thing a blocking query follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Source {
+    /// KV keys starting with this Consul key prefix (no leading `/`).
+    Kv(String),
+    /// The services whose names start with this text.
+    Catalog(String),
+}
+
+/// What the watch needs to follow for `prefixes`.
+fn sources(prefixes: &[String]) -> Vec<Source> {
+    let mut sources = Vec::new();
+    for prefix in prefixes {
+        if let Some(rest) = prefix.strip_prefix(SERVICES_ROOT) {
+            // `/_consul/services/web/node1` still needs all of `web`; a name has no `/`.
+            let name = rest.trim_start_matches('/').split('/').next().unwrap_or("");
+            sources.push(Source::Catalog(name.to_string()));
+        } else {
+            sources.push(Source::Kv(prefix.trim_start_matches('/').to_string()));
+            if SERVICES_ROOT.starts_with(prefix.as_str()) {
+                // `/` (or `/_consul`) covers the catalog too.
+                sources.push(Source::Catalog(String::new()));
+            }
+        }
+    }
+    sources.sort_by_key(|source| format!("{source:?}"));
+    sources.dedup();
+    sources
+}
+
+impl Source {
+    /// Reads the source's keys once, without blocking.
+    async fn read_now(&self, client: &Client) -> Result<KeyMap, StoreError> {
+        match self {
+            Source::Kv(prefix) => Ok(client.kv(prefix, None).await?.0),
+            Source::Catalog(name_prefix) => {
+                let (names, _) = client.service_names(name_prefix, None).await?;
+                let mut entries = KeyMap::new();
+                for name in names {
+                    entries.extend(client.service(&name, None).await?.0);
+                }
+                Ok(entries)
+            }
+        }
+    }
+
+    /// The keys of `snapshot` this source reports on, to compare its first answer with.
+    fn known(&self, snapshot: &Snapshot, prefixes: &[String]) -> KeyMap {
+        let root = match self {
+            Source::Kv(prefix) => format!("/{prefix}"),
+            Source::Catalog(name_prefix) => format!("{SERVICES_ROOT}/{name_prefix}"),
+        };
+        snapshot
+            .entries
+            .range(root.clone()..)
+            .take_while(|(key, _)| key.starts_with(&root))
+            .filter(|(key, _)| {
+                under_any(key, prefixes)
+                    && (matches!(self, Source::Catalog(_)) || !key.starts_with(SERVICES_ROOT))
+            })
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect()
+    }
+
+    /// Follows the source until a query fails or the daemon stops listening; reports every
+    /// difference from `known` as changes.
+    async fn follow(
+        self,
+        client: Arc<Client>,
+        prefixes: Vec<String>,
+        known: KeyMap,
+        events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+    ) -> Result<(), String> {
+        match self {
+            Source::Kv(prefix) => follow_kv(&client, &prefix, &prefixes, known, &events).await,
+            Source::Catalog(name_prefix) => {
+                follow_catalog(client, name_prefix, prefixes, known, events).await
+            }
+        }
+    }
+}
+
+async fn follow_kv(
+    client: &Client,
+    prefix: &str,
+    prefixes: &[String],
+    mut known: KeyMap,
+    events: &mpsc::Sender<Result<WatchEvent, StoreError>>,
+) -> Result<(), String> {
+    let mut index = None;
+    loop {
+        let (mut current, next) = client.kv(prefix, index).await.map_err(|e| e.to_string())?;
+        // KV keys under the reserved catalog root are not KV data for reconfd.
+        current.retain(|key, _| under_any(key, prefixes) && !key.starts_with(SERVICES_ROOT));
+        if !report(events, &known, &current).await {
+            return Ok(());
+        }
+        known = current;
+        index = Some(next_index(index, next));
+    }
+}
+
+/// Follows the list of services (names starting with `name_prefix`) and each of them. A
+/// service's own query reports its instances going away, deregistration included, so a
+/// service once followed stays followed.
+async fn follow_catalog(
+    client: Arc<Client>,
+    name_prefix: String,
+    prefixes: Vec<String>,
+    known: KeyMap,
+    events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+) -> Result<(), String> {
+    // Services the snapshot holds are followed even if they are gone by now, so that their
+    // instances are reported gone.
+    let mut to_follow: BTreeSet<String> = known
+        .keys()
+        .filter_map(|key| {
+            let rest = key.strip_prefix(SERVICES_ROOT)?.strip_prefix('/')?;
+            Some(rest.split('/').next()?.to_string())
+        })
+        .collect();
+    let mut followed: BTreeSet<String> = BTreeSet::new();
+    let mut services = JoinSet::new();
+    let mut index = None;
+    loop {
+        let (names, next) = tokio::select! {
+            listed = client.service_names(&name_prefix, index) => {
+                listed.map_err(|e| e.to_string())?
+            }
+            // A service's query failed: the whole watch starts over.
+            Some(Ok(Err(reason))) = services.join_next() => return Err(reason),
+            () = events.closed() => return Ok(()),
+        };
+        to_follow.extend(names);
+        for name in std::mem::take(&mut to_follow) {
+            if followed.insert(name.clone()) {
+                services.spawn(follow_service(
+                    Arc::clone(&client),
+                    name.clone(),
+                    prefixes.clone(),
+                    known_under(&known, &service_root(&name)),
+                    events.clone(),
+                ));
+            }
+        }
+        index = Some(next_index(index, next));
+    }
+}
+
+async fn follow_service(
+    client: Arc<Client>,
+    name: String,
+    prefixes: Vec<String>,
+    mut known: KeyMap,
+    events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+) -> Result<(), String> {
+    let mut index = None;
+    loop {
+        let (mut current, next) = client
+            .service(&name, index)
+            .await
+            .map_err(|e| e.to_string())?;
+        current.retain(|key, _| under_any(key, &prefixes));
+        if !report(&events, &known, &current).await {
+            return Ok(());
+        }
+        known = current;
+        index = Some(next_index(index, next));
+    }
+}
+
+fn service_root(name: &str) -> String {
+    format!("{SERVICES_ROOT}/{name}/")
+}
+
+fn known_under(known: &KeyMap, root: &str) -> KeyMap {
+    known
+        .range(root.to_string()..)
+        .take_while(|(key, _)| key.starts_with(root))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+/// The index for the next blocking query, as Consul's documentation asks: an index that went
+/// backwards (a restored or re-elected server) starts over with a query that returns at once,
+/// and an index is never below 1.
+fn next_index(previous: Option<u64>, returned: u64) -> u64 {
+    match previous {
+        Some(previous) if returned < previous => 0,
+        _ => returned.max(1),
+    }
+}
+
+/// Sends the differences between `before` and `after`; false when the daemon stopped
+/// listening.
+async fn report(
+    events: &mpsc::Sender<Result<WatchEvent, StoreError>>,
+    before: &KeyMap,
+    after: &KeyMap,
+) -> bool {
+    let mut changes: Vec<Change> = after
+        .iter()
+        .filter(|(key, value)| before.get(*key) != Some(*value))
+        .map(|(key, value)| Change::Put {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    changes.extend(
+        before
+            .keys()
+            .filter(|key| !after.contains_key(*key))
+            .map(|key| Change::Delete { key: key.clone() }),
+    );
+    if changes.is_empty() {
+        return true;
+    }
+    events
+        .send(Ok(WatchEvent::Changes {
+            revision: None,
+            changes,
+        }))
+        .await
+        .is_ok()
+}
+
+/// The HTTP client and the agents, shared by the store and its watch tasks.
+struct Client {
+    http: reqwest::Client,
+    nodes: Vec<String>,
+    /// Index of the agent to ask first: the last one that answered.
+    preferred: AtomicUsize,
+    token: Option<String>,
+    datacenter: Option<String>,
+}
+
+/// Why a query failed, as far as failover cares.
+enum QueryError {
+    /// The agent could not be reached or could not answer: try the next one.
+    Unreachable(String),
+    /// The agent refused the query (ACL, bad datacenter): every agent would.
+    Refused(String),
+}
+
+impl Client {
+    /// The KV keys under `prefix`, as reconfd keys, and the index to block on next.
+    async fn kv(&self, prefix: &str, index: Option<u64>) -> Result<(KeyMap, u64), StoreError> {
+        let path = format!("/v1/kv/{}", encode_path(prefix));
+        let (body, next) = self.get(&path, &[("recurse", "")], index).await?;
+        let entries: Vec<KvEntry> = match body {
+            Some(body) => parse(&path, &body)?,
+            None => Vec::new(),
+        };
+        let keys = entries
+            .into_iter()
+            .filter_map(|entry| {
+                // A "folder" key (ending in /) holds no value.
+                let value = BASE64.decode(entry.value?).ok()?;
+                Some((
+                    format!("/{}", entry.key),
+                    String::from_utf8_lossy(&value).into_owned(),
+                ))
+            })
+            .collect();
+        Ok((keys, next))
+    }
+
+    /// The names of the registered services starting with `name_prefix`.
+    async fn service_names(
+        &self,
+        name_prefix: &str,
+        index: Option<u64>,
+    ) -> Result<(Vec<String>, u64), StoreError> {
+        let path = "/v1/catalog/services";
+        let (body, next) = self.get(path, &[], index).await?;
+        let services: BTreeMap<String, Vec<String>> = match body {
+            Some(body) => parse(path, &body)?,
+            None => BTreeMap::new(),
+        };
+        Ok((
+            services
+                .into_keys()
+                .filter(|name| name.starts_with(name_prefix))
+                .collect(),
+            next,
+        ))
+    }
+
+    /// Every instance of service `name`, healthy or not, as keys.
+    async fn service(&self, name: &str, index: Option<u64>) -> Result<(KeyMap, u64), StoreError> {
+        let path = format!("/v1/health/service/{}", encode_path(name));
+        let (body, next) = self.get(&path, &[], index).await?;
+        let entries: Vec<HealthEntry> = match body {
+            Some(body) => parse(&path, &body)?,
+            None => Vec::new(),
+        };
+        let keys = entries
+            .into_iter()
+            .filter_map(|entry| {
+                let instance = Instance::from(entry);
+                let key = format!("{}{}/{}", service_root(name), instance.node, instance.id);
+                Some((key, serde_json::to_string(&instance).ok()?))
+            })
+            .collect();
+        Ok((keys, next))
+    }
+
+    /// GETs `path` from the first agent that answers; a blocking query when `index` is set.
+    /// Returns the body (`None` for Consul's 404 of an empty KV prefix) and `X-Consul-Index`.
+    async fn get(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        index: Option<u64>,
+    ) -> Result<(Option<Vec<u8>>, u64), StoreError> {
+        let mut failures = Vec::new();
+        let first = self.preferred.load(Ordering::Relaxed);
+        for offset in 0..self.nodes.len() {
+            let position = (first + offset) % self.nodes.len();
+            let node = &self.nodes[position];
+            match self.get_from(node, path, query, index).await {
+                Ok(answer) => {
+                    self.preferred.store(position, Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Err(QueryError::Unreachable(message)) => failures.push(message),
+                Err(QueryError::Refused(message)) => return Err(StoreError::Unavailable(message)),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "no consul agent answered ({})",
+            failures.join("; ")
+        )))
+    }
+
+    async fn get_from(
+        &self,
+        node: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        index: Option<u64>,
+    ) -> Result<(Option<Vec<u8>>, u64), QueryError> {
+        let mut request = self.http.get(format!("{node}{path}")).query(query);
+        if let Some(datacenter) = &self.datacenter {
+            request = request.query(&[("dc", datacenter)]);
+        }
+        request = match index {
+            Some(index) => request
+                .query(&[
+                    ("index", index.to_string().as_str()),
+                    ("wait", BLOCKING_WAIT),
+                ])
+                .timeout(BLOCKING_TIMEOUT),
+            None => request.timeout(REQUEST_TIMEOUT),
+        };
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token);
+        }
+        let unreachable = |e: reqwest::Error| {
+            QueryError::Unreachable(format!("{node}{path}: {}", error_chain(&e)))
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let next = response
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|value| value.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let body = response.bytes().await.map_err(unreachable)?;
+        if status.is_success() {
+            return Ok((Some(body.to_vec()), next));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND && path.starts_with("/v1/kv/") {
+            return Ok((None, next));
+        }
+        let text = String::from_utf8_lossy(&body).trim().to_string();
+        let message = format!("{node}{path}: HTTP {status}: {text}");
+        if status.is_server_error() && !text.contains("No path to datacenter") {
+            Err(QueryError::Unreachable(message))
+        } else {
+            Err(QueryError::Refused(message))
+        }
+    }
+}
+
+/// A key as a URL path, each segment percent-encoded.
+fn encode_path(key: &str) -> String {
+    key.split('/')
+        .map(|segment| {
+            segment
+                .bytes()
+                .map(|byte| match byte {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (byte as char).to_string()
+                    }
+                    _ => format!("%{byte:02X}"),
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(body)
+        .map_err(|e| StoreError::Unavailable(format!("consul {path}: unexpected answer: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct KvEntry {
+    key: String,
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthEntry {
+    node: HealthNode,
+    service: HealthService,
+    #[serde(default)]
+    checks: Vec<HealthCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthNode {
+    node: String,
+    #[serde(default)]
+    address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthService {
+    #[serde(rename = "ID")]
+    id: String,
+    service: String,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: u16,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthCheck {
+    status: String,
+}
+
+/// One instance of a service, as the template functions see it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Instance {
+    /// The service's name.
+    pub name: String,
+    /// The instance's ID.
+    pub id: String,
+    /// The node it runs on.
+    pub node: String,
+    /// Its address: the service's own, or its node's when the service has none (as
+    /// consul-template does).
+    pub address: String,
+    /// Its port.
+    pub port: u16,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Its metadata.
+    pub meta: BTreeMap<String, String>,
+    /// True when every health check of the instance (and of its node) passes.
+    pub passing: bool,
+}
+
+impl From<HealthEntry> for Instance {
+    fn from(entry: HealthEntry) -> Instance {
+        Instance {
+            name: entry.service.service,
+            id: entry.service.id,
+            address: if entry.service.address.is_empty() {
+                entry.node.address
+            } else {
+                entry.service.address
+            },
+            node: entry.node.node,
+            port: entry.service.port,
+            tags: entry.service.tags.unwrap_or_default(),
+            meta: entry.service.meta.unwrap_or_default(),
+            passing: entry.checks.iter().all(|check| check.status == "passing"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|item| item.to_string()).collect()
+    }
+
+    #[test]
+    fn prefixes_become_kv_and_catalog_sources() {
+        assert_eq!(
+            sources(&strings(&["/app", "/_consul/services/web"])),
+            [Source::Catalog("web".into()), Source::Kv("app".into())]
+        );
+        assert_eq!(
+            sources(&strings(&["/"])),
+            [Source::Catalog(String::new()), Source::Kv(String::new())],
+            "the root covers the catalog too"
+        );
+        assert_eq!(
+            sources(&strings(&["/_consul/services"])),
+            [Source::Catalog(String::new())]
+        );
+    }
+
+    #[test]
+    fn the_index_starts_over_when_it_goes_backwards() {
+        assert_eq!(next_index(None, 0), 1);
+        assert_eq!(next_index(Some(10), 12), 12);
+        assert_eq!(next_index(Some(10), 3), 0);
+    }
+
+    #[test]
+    fn key_segments_are_encoded_for_the_url() {
+        assert_eq!(encode_path("app/my key/é"), "app/my%20key/%C3%A9");
+    }
+
+    #[test]
+    fn an_instance_without_an_address_takes_its_nodes() {
+        let entry: HealthEntry = serde_json::from_str(
+            r#"{"Node":{"Node":"n1","Address":"10.0.0.1"},
+                "Service":{"ID":"web-1","Service":"web","Address":"","Port":80,"Tags":null,"Meta":null},
+                "Checks":[{"Status":"passing"},{"Status":"critical"}]}"#,
+        )
+        .expect("parses");
+        let instance = Instance::from(entry);
+        assert_eq!(instance.address, "10.0.0.1");
+        assert!(!instance.passing, "one failing check makes it unhealthy");
+    }
+}

@@ -1,0 +1,1018 @@
+//! The NATS JetStream key/value store.
+//!
+//! A reconfd key `/a/b/c` is the NATS key `a.b.c`: the leading `/` is dropped and every `/`
+//! becomes a `.`, NATS's token separator, so that a prefix becomes a subject filter. A `.` inside
+//! a path segment cannot be expressed: the key `/a/b.c` would be the NATS key `a.b.c`, which
+//! reads back as `/a/b/c`. NATS keys that hold a `/` (NATS allows it) read back ambiguously for
+//! the same reason and are best avoided.
+//!
+//! Revisions are the sequence numbers of the bucket's stream: every put, delete and purge gets
+//! the next one. A fetch reads each part of the bucket the prefixes need with an ordered pull
+//! consumer that delivers the last entry of every key, as the KV watchers of NATS's own clients
+//! do. A bucket keeps only the last entry of each key, so it cannot be read as it was at one
+//! revision while writers go on: the snapshot holds every change up to its revision (the
+//! stream's end when the fetch began) and perhaps later ones. The watch follows the same parts
+//! of the bucket from right after the revisions already delivered (kept per prefix in
+//! [`Client::progress`]) or the snapshot's, whichever is later, so a new watch never misses a
+//! change; what it delivers again of a snapshot's later values changes nothing. When the
+//! connection or a consumer breaks, the watch ends and the daemon opens a new one once the
+//! client has reconnected. A watch of a bucket that was created again (its revisions start
+//! over) reads everything again and reports it as a replacement.
+//!
+//! A start before the stream's first entry is no reason to read everything again: the bucket
+//! drops a key's entries as soon as a later one replaces them, and the later one is still
+//! there to deliver. Entries the server removes without leaving a marker (a bucket's maximum
+//! age on servers before 2.11, `purge-deletes`) are not seen by any watch, NATS's own or
+//! this one; the daemon's full resync every `--interval` catches up with them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig, OrderedError};
+use async_nats::jetstream::kv;
+use async_nats::rustls;
+use async_nats::{ConnectOptions, Event, ServerAddr};
+use async_trait::async_trait;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::{OnceCell, mpsc, watch};
+
+use super::http::TlsOptions;
+use super::{
+    Change, KeyMap, Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any, under_prefix,
+};
+
+/// Watch events buffered for the daemon. The daemon drains whatever is queued before it
+/// renders, so the buffer only needs to absorb a burst.
+const WATCH_CAPACITY: usize = 256;
+
+/// How long a read waits for the next entry. Entries of a read arrive back to back and the
+/// server sends a heartbeat every 5 s when idle; a read silent for longer is stuck (a consumer
+/// being recreated after a lost connection).
+const READ_IDLE_LIMIT: Duration = Duration::from_secs(15);
+
+/// The header NATS's KV clients write on deletes (`DEL`) and purges (`PURGE`).
+const KV_OPERATION: &str = "KV-Operation";
+
+/// The header of markers the server itself writes (NATS 2.11+) when a key expires or is
+/// removed.
+const MARKER_REASON: &str = "Nats-Marker-Reason";
+
+/// How to reach NATS and which bucket to read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatsOptions {
+    /// Server URLs such as `nats://127.0.0.1:4222` (`tls://` for TLS).
+    pub nodes: Vec<String>,
+    /// The key/value bucket.
+    pub bucket: String,
+    /// User name, with `password`.
+    pub username: Option<String>,
+    /// Password for `username`.
+    pub password: Option<String>,
+    /// A token, instead of a user and password.
+    pub token: Option<String>,
+    /// TLS settings.
+    pub tls: TlsOptions,
+}
+
+/// Reads keys from a NATS key/value bucket.
+pub struct NatsStore {
+    client: Arc<Client>,
+}
+
+impl NatsStore {
+    /// A store for `options`; no connection is made yet. Fails for server URLs, a bucket name,
+    /// credentials or TLS files that cannot work.
+    pub fn new(options: &NatsOptions) -> Result<NatsStore, StoreError> {
+        Ok(NatsStore {
+            client: Arc::new(Client::new(options)?),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for NatsStore {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn fetch(&self, prefixes: &[String]) -> Result<Snapshot, StoreError> {
+        let connection = self.client.connection().await?;
+        let bucket = self.client.bucket(connection).await?;
+        self.client.fetch(connection, &bucket, prefixes).await
+    }
+
+    async fn watch(
+        &self,
+        prefixes: &[String],
+        snapshot: &Snapshot,
+    ) -> Result<Option<WatchStream>, StoreError> {
+        start_watch(Arc::clone(&self.client), prefixes, snapshot)
+            .await
+            .map(Some)
+    }
+}
+
+/// The reconfd key of a NATS key: `a.b.c` is `/a/b/c`.
+pub fn reconfd_key(nats_key: &str) -> String {
+    format!("/{}", nats_key.replace('.', "/"))
+}
+
+/// The NATS key of a reconfd key: `/a/b/c` is `a.b.c`. A `.` inside a segment stays a `.`,
+/// so it reads back as a separator.
+pub fn nats_key(key: &str) -> String {
+    key.strip_prefix('/').unwrap_or(key).replace('/', ".")
+}
+
+/// TLS as the connection needs it.
+enum Tls {
+    /// Plain connections, unless a `tls://` URL or the server asks for TLS.
+    Off,
+    /// TLS with the system's CA certificates or the given ones, and a client certificate if
+    /// given; async-nats reads the files as it connects.
+    Verified {
+        ca: Option<PathBuf>,
+        identity: Option<(PathBuf, PathBuf)>,
+    },
+    /// TLS accepting any server certificate.
+    Insecure(Box<rustls::ClientConfig>),
+}
+
+/// The connection settings, the connection once made, and what the watches delivered.
+struct Client {
+    servers: Vec<ServerAddr>,
+    /// The servers as named in messages, without passwords.
+    server_names: String,
+    bucket: String,
+    credentials: Option<(String, String)>,
+    token: Option<String>,
+    tls: Tls,
+    connection: OnceCell<Connection>,
+    /// For each watched prefix, the revision up to which its watch delivered every change,
+    /// and which stream those revisions belong to.
+    progress: Mutex<Progress>,
+}
+
+/// The revisions the watches delivered, per prefix, in one incarnation of the bucket's stream.
+#[derive(Default)]
+struct Progress {
+    /// The stream's creation time: a bucket deleted and created again starts its revisions
+    /// over.
+    stream: Option<String>,
+    delivered: BTreeMap<String, u64>,
+}
+
+/// A connected client. async-nats reconnects it by itself after a lost connection.
+struct Connection {
+    client: async_nats::Client,
+    jetstream: async_nats::jetstream::Context,
+    /// Counts lost connections: a watch or read in progress ends when it changes, as its
+    /// consumer is gone with the connection.
+    disconnects: watch::Receiver<u64>,
+}
+
+/// Why a request to NATS failed.
+type NatsError = StoreError;
+
+impl Client {
+    fn new(options: &NatsOptions) -> Result<Client, StoreError> {
+        let invalid = |message: String| StoreError::Invalid(format!("nats: {message}"));
+        if options.nodes.is_empty() {
+            return Err(invalid("no server given".to_string()));
+        }
+        let servers = options
+            .nodes
+            .iter()
+            .map(|node| {
+                node.parse::<ServerAddr>()
+                    .map_err(|e| invalid(format!("{}: {e}", redact(node))))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if options.bucket.is_empty()
+            || !options
+                .bucket
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(format!(
+                "bucket {:?} is not a valid bucket name (letters, digits, `_` and `-`)",
+                options.bucket
+            )));
+        }
+        let credentials = match (&options.username, &options.password) {
+            (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+            (Some(_), None) => return Err(invalid("--username needs --password".to_string())),
+            (None, Some(_)) => return Err(invalid("--password needs --username".to_string())),
+            (None, None) => None,
+        };
+        if credentials.is_some() && options.token.is_some() {
+            return Err(invalid(
+                "give either --username and --password or --auth-token, not both".to_string(),
+            ));
+        }
+        let tls_url = servers.iter().any(ServerAddr::tls_required);
+        let tls = tls(&options.tls, tls_url).map_err(invalid)?;
+        Ok(Client {
+            server_names: options
+                .nodes
+                .iter()
+                .map(|node| redact(node))
+                .collect::<Vec<_>>()
+                .join(", "),
+            servers,
+            bucket: options.bucket.clone(),
+            credentials,
+            token: options.token.clone(),
+            tls,
+            connection: OnceCell::new(),
+            progress: Mutex::default(),
+        })
+    }
+
+    /// The connection, made on first use. A client that lost its connection is reconnecting
+    /// by itself; asking it anything before it has would only wait for a timeout.
+    async fn connection(&self) -> Result<&Connection, NatsError> {
+        let connection = self.connection.get_or_try_init(|| self.connect()).await?;
+        match connection.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(connection),
+            _ => Err(StoreError::Unavailable(format!(
+                "nats: not connected to {} (reconnecting)",
+                self.server_names
+            ))),
+        }
+    }
+
+    async fn connect(&self) -> Result<Connection, NatsError> {
+        let (disconnected, disconnects) = watch::channel(0u64);
+        let disconnected = Arc::new(disconnected);
+        let mut options = ConnectOptions::new()
+            .name("reconfd")
+            .event_callback(move |event| {
+                let disconnected = Arc::clone(&disconnected);
+                async move {
+                    if matches!(event, Event::Disconnected | Event::Closed) {
+                        disconnected.send_modify(|count| *count += 1);
+                    }
+                    tracing::debug!("nats: {event}");
+                }
+            });
+        if let Some((user, password)) = &self.credentials {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        match &self.tls {
+            Tls::Off => {}
+            Tls::Verified { ca, identity } => {
+                options = options.require_tls(true);
+                if let Some(ca) = ca {
+                    options = options.add_root_certificates(ca.clone());
+                }
+                if let Some((cert, key)) = identity {
+                    options = options.add_client_certificate(cert.clone(), key.clone());
+                }
+            }
+            Tls::Insecure(config) => {
+                options = options
+                    .require_tls(true)
+                    .tls_client_config(config.as_ref().clone());
+            }
+        }
+        let client = options.connect(self.servers.clone()).await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "nats: cannot connect to {}: {e}",
+                self.server_names
+            ))
+        })?;
+        let jetstream = async_nats::jetstream::new(client.clone());
+        Ok(Connection {
+            client,
+            jetstream,
+            disconnects,
+        })
+    }
+
+    /// The bucket, with its stream's current state: where its revisions start and end.
+    async fn bucket(&self, connection: &Connection) -> Result<kv::Store, NatsError> {
+        connection
+            .jetstream
+            .get_key_value(&self.bucket)
+            .await
+            .map_err(|e| self.bucket_error(&e))
+    }
+
+    fn bucket_error(&self, error: &async_nats::jetstream::context::KeyValueError) -> NatsError {
+        let text = error.to_string();
+        let (bucket, servers) = (&self.bucket, &self.server_names);
+        StoreError::Unavailable(if text.contains("stream not found") {
+            format!(
+                "nats: bucket `{bucket}` not found on {servers}; reconfd does not create it \
+                 (`nats kv add {bucket}` does)"
+            )
+        } else if text.contains("no responders") {
+            format!(
+                "nats: JetStream is not enabled on {servers}, so bucket `{bucket}` is not there"
+            )
+        } else {
+            format!("nats: cannot open bucket `{bucket}` on {servers}: {text}")
+        })
+    }
+
+    /// Every key under `prefixes`, with every change up to the snapshot's revision.
+    ///
+    /// A bucket keeps only the last entry of each key, so the bucket as it was at an earlier
+    /// revision cannot be read back; the parts are read side by side while writers go on, and
+    /// a key may hold a value newer than the revision. The watch that starts after the
+    /// revision delivers those newer values again, which changes nothing.
+    async fn fetch(
+        &self,
+        connection: &Connection,
+        bucket: &kv::Store,
+        prefixes: &[String],
+    ) -> Result<Snapshot, NatsError> {
+        let info = bucket.stream.cached_info();
+        self.note_stream(&info.created.to_string());
+        // Every part's consumer is created after this point, so every read holds each change
+        // up to it, and perhaps later ones.
+        let revision = info.state.last_sequence;
+        let reads =
+            futures_util::future::try_join_all(filters(prefixes).iter().map(|filter| async move {
+                let mut entries = KeyMap::new();
+                self.read(connection, bucket, filter, &mut entries).await?;
+                Ok::<_, NatsError>(entries)
+            }))
+            .await?;
+        Ok(Snapshot {
+            entries: reads.into_iter().flatten().collect(),
+            revision: Some(as_revision(revision)),
+        })
+    }
+
+    /// Applies the last entry of every key in `filter`'s part of the bucket to `entries`.
+    ///
+    /// The read ends once it has applied as many entries as the consumer had to deliver when
+    /// it was created (one per key), rather than when the server reports nothing more
+    /// pending: a read of a bucket being written to would otherwise chase the writers.
+    async fn read(
+        &self,
+        connection: &Connection,
+        bucket: &kv::Store,
+        filter: &Filter,
+        entries: &mut KeyMap,
+    ) -> Result<(), NatsError> {
+        let mut disconnects = connection.disconnects.clone();
+        disconnects.mark_unchanged();
+        let (mut messages, pending) = self
+            .consumer(bucket, filter, DeliverPolicy::LastPerSubject)
+            .await?;
+        let mut last = 0;
+        let mut remaining = pending;
+        while remaining > 0 {
+            let message = tokio::select! {
+                message = tokio::time::timeout(READ_IDLE_LIMIT, messages.next()) => message,
+                _ = disconnects.changed() => {
+                    return Err(self.read_error("the connection was lost"));
+                }
+            };
+            let message = match message {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(e))) => return Err(self.read_error(&e.to_string())),
+                Ok(None) => return Err(self.read_error("the consumer ended")),
+                Err(_) => {
+                    return Err(
+                        self.read_error(&format!("nothing arrived for {READ_IDLE_LIMIT:?}"))
+                    );
+                }
+            };
+            let entry = Entry::parse(&message, &bucket.prefix)
+                .ok_or_else(|| self.read_error("an entry without stream metadata"))?;
+            if entry.revision <= last {
+                continue;
+            }
+            last = entry.revision;
+            remaining -= 1;
+            if under_any(entry.change.key(), &filter.prefixes) {
+                match entry.change {
+                    Change::Put { key, value } => {
+                        entries.insert(key, value);
+                    }
+                    Change::Delete { key } => {
+                        entries.remove(&key);
+                    }
+                }
+            }
+            if entry.pending == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_error(&self, reason: &str) -> NatsError {
+        StoreError::Unavailable(format!(
+            "nats: reading bucket `{}` on {} failed: {reason}",
+            self.bucket, self.server_names
+        ))
+    }
+
+    /// An ordered consumer of `filter`'s part of the bucket, and the number of entries it had
+    /// to deliver when it was created.
+    async fn consumer(
+        &self,
+        bucket: &kv::Store,
+        filter: &Filter,
+        policy: DeliverPolicy,
+    ) -> Result<(Ordered, u64), NatsError> {
+        let fail = |e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!(
+                "nats: cannot read bucket `{}` on {}: {e}",
+                self.bucket, self.server_names
+            ))
+        };
+        let consumer = bucket
+            .stream
+            .create_consumer(OrderedConfig {
+                description: Some("reconfd".to_string()),
+                filter_subject: filter.subject(&bucket.prefix),
+                replay_policy: async_nats::jetstream::consumer::ReplayPolicy::Instant,
+                deliver_policy: policy,
+                ..OrderedConfig::default()
+            })
+            .await
+            .map_err(|e| fail(&e))?;
+        // A pull consumer delivers nothing before it is asked, so this counts every entry
+        // it has to deliver. (A push consumer starts sending as it is created, before its
+        // subscriber exists, and loses what it sent then.)
+        let pending = consumer.cached_info().num_pending;
+        let messages = consumer.messages().await.map_err(|e| fail(&e))?;
+        Ok((messages, pending))
+    }
+
+    /// Remembers which incarnation of the bucket's stream the revisions belong to; what the
+    /// watches delivered from an earlier one says nothing about this one.
+    fn note_stream(&self, created: &str) {
+        let mut progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        if progress.stream.as_deref() != Some(created) {
+            progress.stream = Some(created.to_string());
+            progress.delivered.clear();
+        }
+    }
+}
+
+/// The TLS settings for `options`; `tls_url` when a server URL is `tls://`.
+fn tls(options: &TlsOptions, tls_url: bool) -> Result<Tls, String> {
+    let readable = |path: &PathBuf| {
+        std::fs::File::open(path)
+            .map(drop)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let identity = match (&options.client_cert, &options.client_key) {
+        (Some(cert), Some(key)) => {
+            readable(cert)?;
+            readable(key)?;
+            Some((cert.clone(), key.clone()))
+        }
+        (None, None) => None,
+        _ => return Err("--client-cert and --client-key go together".to_string()),
+    };
+    if let Some(ca) = &options.client_ca_keys {
+        readable(ca)?;
+    }
+    if options.client_insecure {
+        return insecure_config(identity.as_ref()).map(|config| Tls::Insecure(Box::new(config)));
+    }
+    if tls_url || options.is_set() {
+        return Ok(Tls::Verified {
+            ca: options.client_ca_keys.clone(),
+            identity,
+        });
+    }
+    Ok(Tls::Off)
+}
+
+/// A TLS client configuration that accepts any server certificate, presenting `identity`.
+fn insecure_config(identity: Option<&(PathBuf, PathBuf)>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    // rustls picks the process-wide crypto provider; ring is the only one built in, and it
+    // must be installed before the first configuration is built. A second install fails
+    // harmlessly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)));
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert_path, key_path)) => {
+            let certificates = CertificateDer::pem_file_iter(cert_path)
+                .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("{}: {e}", cert_path.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key_path)
+                .map_err(|e| format!("{}: {e}", key_path.display()))?;
+            builder
+                .with_client_auth_cert(certificates, key)
+                .map_err(|e| format!("{} / {}: {e}", cert_path.display(), key_path.display()))
+        }
+    }
+}
+
+/// Accepts any server certificate (`--client-insecure`), still checking that the server holds
+/// the certificate's key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `node` with its password, if it has one, replaced.
+fn redact(node: &str) -> String {
+    match node.parse::<ServerAddr>() {
+        Ok(address) if address.password().is_some() => {
+            let mut url = address.into_inner();
+            // Only a URL without a host refuses a password, and a server URL has one.
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => node.to_string(),
+    }
+}
+
+/// A stream sequence as a revision. Sequences count messages and stay far below `i64::MAX`.
+fn as_revision(sequence: u64) -> i64 {
+    i64::try_from(sequence).unwrap_or(i64::MAX)
+}
+
+/// One part of the bucket to read: a subject filter, and the prefixes whose keys it holds.
+#[derive(Debug, PartialEq, Eq)]
+struct Filter {
+    /// The NATS key tokens every key of the part starts with; none for the whole bucket.
+    tokens: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl Filter {
+    /// The filter subject, `$KV.<bucket>.a.b.>` for the tokens `a`, `b`.
+    fn subject(&self, bucket_prefix: &str) -> String {
+        if self.tokens.is_empty() {
+            format!("{bucket_prefix}>")
+        } else {
+            format!("{bucket_prefix}{}.>", self.tokens.join("."))
+        }
+    }
+}
+
+/// The parts of the bucket that hold every key under `prefixes`, none inside another. Keys
+/// are selected by plain string prefix, as in confd, so `/a/b` selects `/a/bc` as well: a
+/// prefix's part is that of its last complete segment, `a.>`, and the keys under the prefix
+/// are picked from it.
+fn filters(prefixes: &[String]) -> Vec<Filter> {
+    let mut by_tokens: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
+    for prefix in prefixes {
+        let complete = prefix.rsplit_once('/').map_or("", |(head, _)| head);
+        let tokens: Vec<String> = if complete.is_empty() {
+            Vec::new()
+        } else {
+            nats_key(complete)
+                .split('.')
+                // A token a filter cannot name literally (empty, a wildcard) ends the filter
+                // early: its part is a larger one, still holding every key of the prefix.
+                .take_while(|token| {
+                    !token.is_empty()
+                        && !token.contains(|c: char| c == '*' || c == '>' || c.is_whitespace())
+                })
+                .map(str::to_string)
+                .collect()
+        };
+        by_tokens.entry(tokens).or_default().push(prefix.clone());
+    }
+    // Sorted, a part comes before the parts inside it.
+    let mut filters: Vec<Filter> = Vec::new();
+    for (tokens, prefixes) in by_tokens {
+        match filters
+            .iter_mut()
+            .find(|filter| tokens.starts_with(&filter.tokens))
+        {
+            Some(outer) => outer.prefixes.extend(prefixes),
+            None => filters.push(Filter { tokens, prefixes }),
+        }
+    }
+    filters
+}
+
+/// One entry of the bucket's stream as a change.
+struct Entry {
+    revision: u64,
+    /// Entries the consumer still had to deliver after this one.
+    pending: u64,
+    change: Change,
+}
+
+impl Entry {
+    /// The entry `message` carries; `None` for a message without JetStream metadata.
+    fn parse(message: &async_nats::jetstream::Message, bucket_prefix: &str) -> Option<Entry> {
+        let info = message.info().ok()?;
+        let nats_key = message
+            .subject
+            .strip_prefix(bucket_prefix)
+            .unwrap_or(&message.subject);
+        let key = reconfd_key(nats_key);
+        let change = if is_removal(message.headers.as_ref()) {
+            Change::Delete { key }
+        } else {
+            Change::Put {
+                key,
+                value: String::from_utf8_lossy(&message.payload).into_owned(),
+            }
+        };
+        Some(Entry {
+            revision: info.stream_sequence,
+            pending: info.pending,
+            change,
+        })
+    }
+}
+
+/// True for a delete or purge marker rather than a value.
+fn is_removal(headers: Option<&async_nats::HeaderMap>) -> bool {
+    let Some(headers) = headers else {
+        return false;
+    };
+    if let Some(operation) = headers.get(KV_OPERATION) {
+        return kv::Operation::from_str(operation.as_str())
+            .is_ok_and(|operation| operation != kv::Operation::Put);
+    }
+    headers.get(MARKER_REASON).is_some()
+}
+
+/// One part of the bucket being watched.
+struct Watched {
+    filter: Filter,
+    /// For each of the filter's prefixes, the first revision not yet delivered for it.
+    starts: Vec<u64>,
+    /// The last revision seen, so that a consumer async-nats recreated cannot repeat one.
+    last: u64,
+}
+
+/// Opens the watch of `prefixes`, or, when the revisions it would start from are gone, reads
+/// everything again and reports it as a replacement.
+async fn start_watch(
+    client: Arc<Client>,
+    prefixes: &[String],
+    snapshot: &Snapshot,
+) -> Result<WatchStream, NatsError> {
+    let connection = client.connection().await?;
+    let mut disconnects = connection.disconnects.clone();
+    disconnects.mark_unchanged();
+    let bucket = client.bucket(connection).await?;
+    let info = bucket.stream.cached_info();
+    let created = info.created.to_string();
+    let last = info.state.last_sequence;
+    let (stream, delivered) = {
+        let progress = client.progress.lock().unwrap_or_else(|e| e.into_inner());
+        (progress.stream.clone(), progress.delivered.clone())
+    };
+    let read = snapshot
+        .revision
+        .and_then(|revision| u64::try_from(revision).ok());
+    let start = |prefix: &String| {
+        delivered
+            .get(prefix)
+            .copied()
+            .max(read)
+            .unwrap_or(last)
+            .saturating_add(1)
+    };
+    let watched: Vec<Watched> = filters(prefixes)
+        .into_iter()
+        .map(|filter| Watched {
+            starts: filter.prefixes.iter().map(start).collect(),
+            filter,
+            last: 0,
+        })
+        .collect();
+    let earliest = watched.iter().flat_map(|w| w.starts.iter()).min().copied();
+    let latest = watched.iter().flat_map(|w| w.starts.iter()).max().copied();
+    let stale = if stream.as_ref().is_some_and(|seen| *seen != created) {
+        Some("the bucket was created again".to_string())
+    } else {
+        latest.filter(|latest| *latest > last + 1).map(|latest| {
+            format!(
+                "the bucket is at revision {last} but changes up to {} were seen (was it \
+                 created again?)",
+                latest - 1
+            )
+        })
+    };
+    if let Some(reason) = stale {
+        tracing::info!(
+            "nats: bucket `{}`: {reason}; reading every key again",
+            client.bucket
+        );
+        let snapshot = client.fetch(connection, &bucket, prefixes).await?;
+        // The daemon takes this snapshot as its own: the next watch starts right after it.
+        client
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .delivered
+            .clear();
+        let (events, stream) = mpsc::channel(1);
+        // The channel is new and has room for this one event.
+        let _ = events.try_send(Ok(WatchEvent::Replace(snapshot)));
+        return Ok(stream);
+    }
+    client.note_stream(&created);
+    // Subscribed before the consumers exist, so a deletion after they do is seen: the
+    // consumers themselves would quietly wait for a stream of that name to come back.
+    let deleted = connection
+        .client
+        .subscribe(format!(
+            "$JS.EVENT.ADVISORY.STREAM.DELETED.{}",
+            bucket.stream_name
+        ))
+        .await
+        .map_err(|e| client.read_error(&e.to_string()))?;
+    let consumers =
+        futures_util::future::try_join_all(watched.iter().enumerate().map(|(index, w)| {
+            let start_sequence = w.starts.iter().min().copied().unwrap_or(last + 1);
+            let client = &client;
+            let bucket = &bucket;
+            async move {
+                let (messages, _) = client
+                    .consumer(
+                        bucket,
+                        &w.filter,
+                        DeliverPolicy::ByStartSequence { start_sequence },
+                    )
+                    .await?;
+                Ok::<_, NatsError>(messages.map(move |message| (index, message)))
+            }
+        }))
+        .await?;
+    tracing::debug!(
+        "nats: watching {} prefixes of bucket `{}` from revision {}",
+        prefixes.len(),
+        client.bucket,
+        earliest.unwrap_or(last + 1)
+    );
+    let (events, stream) = mpsc::channel(WATCH_CAPACITY);
+    tokio::spawn(follow(
+        client,
+        created,
+        bucket.prefix.clone(),
+        watched,
+        futures_util::stream::select_all(consumers),
+        Endings {
+            disconnects,
+            deleted,
+        },
+        events,
+    ));
+    Ok(stream)
+}
+
+/// What ends a watch besides its consumers: a lost connection, or the bucket deleted.
+struct Endings {
+    disconnects: watch::Receiver<u64>,
+    /// The server's advisories that the bucket's stream was deleted.
+    deleted: async_nats::Subscriber,
+}
+
+/// Turns the consumers' entries into watch events until a consumer or the connection breaks,
+/// the bucket is deleted, or the daemon stops listening. An entry is recorded as delivered (the next watch starts
+/// after it) only once it is queued for the daemon, which applies everything queued.
+async fn follow(
+    client: Arc<Client>,
+    stream: String,
+    bucket_prefix: String,
+    mut watched: Vec<Watched>,
+    mut consumers: impl Stream<Item = (usize, Result<async_nats::jetstream::Message, OrderedError>)>
+    + Unpin,
+    mut endings: Endings,
+    events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+) {
+    let ended = loop {
+        let (index, message) = tokio::select! {
+            next = consumers.next(), if !watched.is_empty() => match next {
+                Some(next) => next,
+                None => break "the watch ended".to_string(),
+            },
+            _ = endings.disconnects.changed() => {
+                break format!("lost the connection to {}", client.server_names);
+            }
+            _ = endings.deleted.next() => break "the bucket was deleted".to_string(),
+            () = events.closed() => return,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => break format!("the watch broke: {e}"),
+        };
+        // Without its metadata an entry's revision is unknown: the next watch starts again
+        // before it.
+        let Some(entry) = Entry::parse(&message, &bucket_prefix) else {
+            break "an entry without stream metadata arrived".to_string();
+        };
+        let Some(part) = watched.get_mut(index) else {
+            continue;
+        };
+        if entry.revision <= part.last {
+            continue;
+        }
+        part.last = entry.revision;
+        let wanted = part
+            .filter
+            .prefixes
+            .iter()
+            .zip(&part.starts)
+            .any(|(prefix, start)| {
+                entry.revision >= *start && under_prefix(entry.change.key(), prefix)
+            });
+        if wanted {
+            let event = WatchEvent::Changes {
+                revision: Some(as_revision(entry.revision)),
+                changes: vec![entry.change],
+            };
+            if events.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+        record_progress(&client, &stream, &part.filter.prefixes, entry.revision);
+    };
+    tracing::info!("nats: bucket `{}`: {ended}; watching again", client.bucket);
+}
+
+/// Records that the watch of `prefixes` delivered everything up to `revision` of the stream
+/// created at `stream`, unless a later read found the bucket created again meanwhile.
+fn record_progress(client: &Client, stream: &str, prefixes: &[String], revision: u64) {
+    let mut progress = client.progress.lock().unwrap_or_else(|e| e.into_inner());
+    if progress.stream.as_deref() != Some(stream) {
+        return;
+    }
+    for prefix in prefixes {
+        let seen = progress.delivered.entry(prefix.clone()).or_insert(revision);
+        *seen = (*seen).max(revision);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_to_nats_and_back() {
+        assert_eq!(nats_key("/app/servers/web1"), "app.servers.web1");
+        assert_eq!(reconfd_key("app.servers.web1"), "/app/servers/web1");
+        assert_eq!(nats_key("/a"), "a");
+        assert_eq!(reconfd_key("a"), "/a");
+        assert_eq!(nats_key("a/b"), "a.b", "a relative key too");
+        for key in ["/proxy/frontend/web00050", "/x", "/a_b/c-d/e=f"] {
+            assert_eq!(reconfd_key(&nats_key(key)), key);
+        }
+        // A dot inside a segment is a separator in NATS: it cannot come back.
+        assert_eq!(reconfd_key(&nats_key("/a/b.c")), "/a/b/c");
+    }
+
+    fn prefixes(list: &[&str]) -> Vec<String> {
+        list.iter().map(|prefix| prefix.to_string()).collect()
+    }
+
+    #[test]
+    fn a_prefix_reads_the_part_of_its_last_complete_segment() {
+        let subjects = |list: &[&str]| -> Vec<String> {
+            filters(&prefixes(list))
+                .iter()
+                .map(|filter| filter.subject("$KV.b."))
+                .collect()
+        };
+        assert_eq!(subjects(&["/app/servers"]), ["$KV.b.app.>"]);
+        assert_eq!(subjects(&["/app/servers/"]), ["$KV.b.app.servers.>"]);
+        assert_eq!(subjects(&["/app"]), ["$KV.b.>"]);
+        assert_eq!(subjects(&["/"]), ["$KV.b.>"]);
+        assert_eq!(subjects(&[""]), ["$KV.b.>"]);
+        assert_eq!(subjects(&["/a/*/c/d"]), ["$KV.b.a.>"], "no wildcard");
+        assert_eq!(subjects(&["/a//b/c"]), ["$KV.b.a.>"], "no empty token");
+    }
+
+    #[test]
+    fn parts_inside_another_are_merged_into_it() {
+        let merged = filters(&prefixes(&["/x/a/1", "/y/b", "/x/c", "/x/a/2", "/z/q/r"]));
+        assert_eq!(
+            merged,
+            [
+                Filter {
+                    tokens: vec!["x".into()],
+                    prefixes: prefixes(&["/x/c", "/x/a/1", "/x/a/2"]),
+                },
+                Filter {
+                    tokens: vec!["y".into()],
+                    prefixes: prefixes(&["/y/b"]),
+                },
+                Filter {
+                    tokens: vec!["z".into(), "q".into()],
+                    prefixes: prefixes(&["/z/q/r"]),
+                },
+            ]
+        );
+        let everything = filters(&prefixes(&["/x/a/1", "/top"]));
+        assert_eq!(everything.len(), 1);
+        assert!(everything[0].tokens.is_empty());
+        assert_eq!(everything[0].prefixes, prefixes(&["/top", "/x/a/1"]));
+    }
+
+    #[test]
+    fn deletes_and_purges_are_removals() {
+        let mut headers = async_nats::HeaderMap::new();
+        assert!(!is_removal(None));
+        assert!(!is_removal(Some(&headers)));
+        headers.insert(KV_OPERATION, "DEL");
+        assert!(is_removal(Some(&headers)));
+        headers.insert(KV_OPERATION, "PURGE");
+        assert!(is_removal(Some(&headers)));
+        let mut marker = async_nats::HeaderMap::new();
+        marker.insert(MARKER_REASON, "MaxAge");
+        assert!(is_removal(Some(&marker)));
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_named() {
+        let options = |bucket: &str| NatsOptions {
+            nodes: vec!["nats://127.0.0.1:4222".into()],
+            bucket: bucket.into(),
+            ..NatsOptions::default()
+        };
+        let error = |options: NatsOptions| match NatsStore::new(&options) {
+            Ok(_) => panic!("accepted {options:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(NatsStore::new(&options("reconfd")).is_ok());
+        assert!(error(options("con.fig")).contains("con.fig"));
+        let mut bad_node = options("reconfd");
+        bad_node.nodes = vec!["http://127.0.0.1:4222".into()];
+        assert!(error(bad_node).contains("http://127.0.0.1:4222"));
+        let mut half = options("reconfd");
+        half.username = Some("me".into());
+        assert!(error(half).contains("--password"));
+        let mut missing = options("reconfd");
+        missing.tls.client_ca_keys = Some("/nonexistent/ca.pem".into());
+        assert!(error(missing).contains("/nonexistent/ca.pem"));
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redact("nats://me:secret@127.0.0.1:4222"),
+            "nats://me:***@127.0.0.1:4222"
+        );
+        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
+}

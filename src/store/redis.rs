@@ -1,0 +1,956 @@
+//! The Redis store: plain string keys named like paths, and hashes read as one key per field.
+//!
+//! A fetch lists the keys under each prefix with `SCAN` (never `KEYS`, which blocks the
+//! server), reads them with `MGET` in chunks, and reads the keys `MGET` found no string in with
+//! one pipelined `GET` + `HGETALL` each: that finds the hashes and skips lists, sets and keys
+//! deleted meanwhile, in one more round trip whatever their number.
+//!
+//! A watch subscribes to keyspace notifications for the prefixes first, then reads every key
+//! and reports the result as a [`WatchEvent::Replace`]: pub/sub keeps no history, so this read
+//! covers whatever changed before the subscription (during a disconnection, say). After that,
+//! each notified key is read again and reported as it is now. Notifications need
+//! `notify-keyspace-events` to hold [`REQUIRED_EVENTS`]; the watch adds the missing flags, and
+//! where `CONFIG` is refused (ACLs, managed Redis) the daemon polls instead.
+//!
+//! Nodes are alternatives tried in order; the one that answered last is tried first.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::io::tcp::TcpSettings;
+use redis::{
+    AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, RedisError,
+    TlsCertificates, Value,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::http::TlsOptions;
+use super::{Change, KeyMap, Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
+
+/// Limit for connecting to a node (and logging in), so that a dead node costs little before
+/// the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Limit for one request; a pipeline of thousands of reads takes milliseconds.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keys `SCAN` looks at per call: few round trips, and each call still blocks the server for
+/// well under a millisecond.
+const SCAN_COUNT: usize = 1000;
+
+/// Keys per `MGET`, so that no single reply is huge.
+const MGET_CHUNK: usize = 1000;
+
+/// Notified keys read again in one pipeline; a burst beyond it is read in several.
+const MAX_BATCH: usize = 1000;
+
+/// Watch events buffered for the daemon. The daemon drains whatever is queued before it
+/// renders, so the buffer only needs to absorb a burst.
+const WATCH_CAPACITY: usize = 256;
+
+/// How often the notification connection is pinged: a node that vanished without closing the
+/// connection would otherwise hold the watch silently.
+const PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// How long the ping waits; Redis answers it in well under a millisecond.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `notify-keyspace-events` flags a watch needs: keyspace channels (`K`) for generic
+/// commands such as `DEL` and `RENAME` (`g`), string (`$`) and hash (`h`) commands, expired
+/// (`x`) and evicted (`e`) keys.
+const REQUIRED_EVENTS: &str = "Kg$hxe";
+
+/// The flags Redis's `A` stands for, among the required ones.
+const COVERED_BY_ALL: &str = "g$hxe";
+
+/// How to reach Redis.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RedisOptions {
+    /// Node URLs, `redis://[user:password@]host:port[/db]` or `rediss://` for TLS; tried in
+    /// order.
+    pub nodes: Vec<String>,
+    /// ACL user name (Redis 6+), unless the URL names one.
+    pub username: Option<String>,
+    /// Password, unless the URL holds one.
+    pub password: Option<String>,
+    /// The separator in Redis key names that stands for `/` (confd's `separator`); `/` keeps
+    /// key names as they are.
+    pub separator: String,
+    /// TLS settings for `rediss://` nodes.
+    pub tls: TlsOptions,
+}
+
+/// Reads keys from Redis.
+pub struct RedisStore {
+    client: Arc<Client>,
+}
+
+impl RedisStore {
+    /// A store for `options`; no connection is made yet. Fails when a node URL is not a Redis
+    /// URL, the separator is empty, or a TLS file cannot be read.
+    pub fn new(options: &RedisOptions) -> Result<RedisStore, StoreError> {
+        Ok(RedisStore {
+            client: Arc::new(Client::new(options)?),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn fetch(&self, prefixes: &[String]) -> Result<Snapshot, StoreError> {
+        let separator = self.client.separator.as_str();
+        let (_, read) =
+            self.client
+                .run(|mut connection| async move {
+                    read_all(&mut connection, prefixes, separator).await
+                })
+                .await?;
+        Ok(Snapshot {
+            entries: read.entries,
+            revision: None,
+        })
+    }
+
+    /// Subscribes to the prefixes' keyspace notifications, then reads every key: the stream's
+    /// first event is that read, as a [`WatchEvent::Replace`]. `None` when the server's
+    /// notifications are off and `CONFIG` is refused, so they cannot be turned on.
+    ///
+    /// The fields of each hash are tracked from that read on rather than from `snapshot`: the
+    /// read is what the daemon holds once it has applied the first event.
+    async fn watch(
+        &self,
+        prefixes: &[String],
+        _snapshot: &Snapshot,
+    ) -> Result<Option<WatchStream>, StoreError> {
+        let client = &self.client;
+        let (mut connected, notifications) = client
+            .run(|mut connection| async move { enable_notifications(&mut connection).await })
+            .await?;
+        let node = &client.nodes[connected.index];
+        match notifications {
+            Notifications::Enabled => {}
+            Notifications::TurnedOn { was, now } => tracing::info!(
+                "redis: {}: turned keyspace notifications on (notify-keyspace-events {was:?} \
+                 → {now:?})",
+                node.name
+            ),
+            Notifications::Refused(reason) => {
+                if !client.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "redis: {}: keyspace notifications are off and cannot be turned on \
+                         ({reason}); polling instead. Set notify-keyspace-events to include \
+                         {REQUIRED_EVENTS} on the server to watch",
+                        node.name
+                    );
+                }
+                return Ok(None);
+            }
+        }
+
+        let channel_prefix = format!("__keyspace@{}__:", node.db);
+        let patterns: Vec<String> = prefixes
+            .iter()
+            .map(|prefix| {
+                let name = redis_key(prefix, &client.separator);
+                format!("{channel_prefix}{}*", escape_glob(&name))
+            })
+            .collect();
+        let (sink, messages) = subscribe(node, &patterns).await?;
+
+        // Notifications of changes made during this read queue up in the subscription and are
+        // read again after it, so none is lost and none undoes a newer value.
+        let read = read_all(&mut connected.connection, prefixes, &client.separator)
+            .await
+            .map_err(|failure| client.failed(&connected, failure))?;
+        tracing::debug!(
+            "redis: watching {} prefixes on {}",
+            prefixes.len(),
+            node.name
+        );
+        let (events, stream) = mpsc::channel(WATCH_CAPACITY);
+        // The channel is new and has room for this one event.
+        let _ = events.try_send(Ok(WatchEvent::Replace(Snapshot {
+            entries: read.entries,
+            revision: None,
+        })));
+        let follower = Follower {
+            client: Arc::clone(client),
+            connected,
+            prefixes: prefixes.to_vec(),
+            channel_prefix,
+            hashes: read.hashes,
+            events,
+        };
+        tokio::spawn(follower.run(sink, messages));
+        Ok(Some(stream))
+    }
+}
+
+/// A connection to `node` subscribed to the channels matching `patterns`.
+async fn subscribe(
+    node: &Node,
+    patterns: &[String],
+) -> Result<(PubSubSink, PubSubStream), StoreError> {
+    let unavailable =
+        |message: String| StoreError::Unavailable(format!("{}: {message}", node.name));
+    let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, node.client.get_async_pubsub())
+        .await
+        .map_err(|_| unavailable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| unavailable(e.to_string()))?;
+    let (mut sink, messages) = pubsub.split();
+    if !patterns.is_empty() {
+        tokio::time::timeout(REQUEST_TIMEOUT, sink.psubscribe(patterns))
+            .await
+            .map_err(|_| unavailable(format!("PSUBSCRIBE: no answer within {REQUEST_TIMEOUT:?}")))?
+            .map_err(|e| unavailable(format!("PSUBSCRIBE: {e}")))?;
+    }
+    Ok((sink, messages))
+}
+
+/// A node: its client (address, credentials, TLS) and its name for messages.
+struct Node {
+    /// The URL without credentials.
+    name: String,
+    client: redis::Client,
+    /// The database the URL selects, whose notification channels are watched.
+    db: i64,
+}
+
+/// A connection to one node, shared by every request the store makes to it.
+#[derive(Clone)]
+struct Connected {
+    /// The node's index in [`Client::nodes`].
+    index: usize,
+    connection: MultiplexedConnection,
+}
+
+/// A request that failed, and what it asked for.
+struct Failure {
+    error: RedisError,
+    /// The command and key or pattern, for the message.
+    request: String,
+}
+
+impl Failure {
+    fn of(request: impl Into<String>) -> impl FnOnce(RedisError) -> Failure {
+        let request = request.into();
+        move |error| Failure { error, request }
+    }
+}
+
+/// The nodes and the connection in use, shared by the store and its watch task.
+struct Client {
+    nodes: Vec<Node>,
+    /// Index of the node to try first: the last one that answered.
+    preferred: AtomicUsize,
+    /// The connection to the node that answered last, kept between requests.
+    connection: Mutex<Option<Connected>>,
+    separator: String,
+    /// The fallback to polling was logged.
+    warned: AtomicBool,
+}
+
+impl Client {
+    fn new(options: &RedisOptions) -> Result<Client, StoreError> {
+        if options.nodes.is_empty() {
+            return Err(StoreError::Invalid("redis: no node given".to_string()));
+        }
+        if options.separator.is_empty() {
+            return Err(StoreError::Invalid(
+                "redis: the separator is empty".to_string(),
+            ));
+        }
+        // redis is built without a compiled-in crypto provider choice; ring must be installed
+        // before the first TLS connection. A second install fails harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certificates = tls_certificates(&options.tls)?;
+        let nodes = options
+            .nodes
+            .iter()
+            .map(|url| Node::new(url, options, certificates.as_ref()))
+            .collect::<Result<Vec<Node>, StoreError>>()?;
+        Ok(Client {
+            nodes,
+            preferred: AtomicUsize::new(0),
+            connection: Mutex::default(),
+            separator: options.separator.clone(),
+            warned: AtomicBool::new(false),
+        })
+    }
+
+    /// Runs `request` on (a handle to) the current connection. A connection that broke since
+    /// it was last used (the node restarted) is replaced and the request sent once more.
+    async fn run<T, Request, Answer>(&self, request: Request) -> Result<(Connected, T), StoreError>
+    where
+        Request: Fn(MultiplexedConnection) -> Answer,
+        Answer: Future<Output = Result<T, Failure>>,
+    {
+        let mut retried = false;
+        loop {
+            let connected = self.connect().await?;
+            match request(connected.connection.clone()).await {
+                Ok(answer) => return Ok((connected, answer)),
+                Err(failure) if failure.error.is_unrecoverable_error() && !retried => {
+                    self.forget();
+                    retried = true;
+                }
+                Err(failure) => return Err(self.failed(&connected, failure)),
+            }
+        }
+    }
+
+    /// The error for `failure` on `connected`'s node, which is dropped when it broke.
+    fn failed(&self, connected: &Connected, failure: Failure) -> StoreError {
+        if failure.error.is_unrecoverable_error() {
+            self.forget();
+        }
+        StoreError::Unavailable(format!(
+            "{}: {}: {}",
+            self.nodes[connected.index].name, failure.request, failure.error
+        ))
+    }
+
+    /// The current connection, or a new one to the first node that accepts it, from the
+    /// preferred node on.
+    async fn connect(&self) -> Result<Connected, StoreError> {
+        if let Some(connected) = self.current() {
+            return Ok(connected);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(REQUEST_TIMEOUT));
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for offset in 0..self.nodes.len() {
+            let index = (first + offset) % self.nodes.len();
+            let node = &self.nodes[index];
+            match node
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                Ok(connection) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    let connected = Connected { index, connection };
+                    *self.connection.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(connected.clone());
+                    return Ok(connected);
+                }
+                Err(e) => failures.push(format!("{}: {e}", node.name)),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "no redis node answered ({})",
+            failures.join("; ")
+        )))
+    }
+
+    fn current(&self) -> Option<Connected> {
+        self.connection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn forget(&self) {
+        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl Node {
+    /// The node at `url`, with the options' credentials where the URL has none.
+    fn new(
+        url: &str,
+        options: &RedisOptions,
+        certificates: Option<&TlsCertificates>,
+    ) -> Result<Node, StoreError> {
+        let name = without_credentials(url);
+        let invalid = |message: String| StoreError::Invalid(format!("redis: {name}: {message}"));
+        let mut url = url.to_string();
+        if options.tls.client_insecure && url.starts_with("rediss://") && !url.contains('#') {
+            url.push_str("#insecure");
+        }
+        let info = url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| invalid(format!("not a Redis URL: {e}")))?;
+        let mut settings = info.redis_settings().clone();
+        if settings.username().is_none()
+            && let Some(username) = &options.username
+        {
+            settings = settings.set_username(username);
+        }
+        if settings.password().is_none()
+            && let Some(password) = &options.password
+        {
+            settings = settings.set_password(password);
+        }
+        if settings.username().is_some() && settings.password().is_none() {
+            return Err(invalid("a user name needs a password".to_string()));
+        }
+        let db = settings.db();
+        // Without TCP_NODELAY a small request can wait for the previous one's ACK.
+        let info = info
+            .set_redis_settings(settings)
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+        let client = match certificates {
+            Some(certificates) if tls => redis::Client::build_with_tls(info, certificates.clone()),
+            _ => redis::Client::open(info),
+        }
+        .map_err(|e| invalid(e.to_string()))?;
+        Ok(Node { name, client, db })
+    }
+}
+
+/// The CA and client certificates of the TLS options, `None` when none is given.
+fn tls_certificates(tls: &TlsOptions) -> Result<Option<TlsCertificates>, StoreError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| StoreError::Invalid(format!("redis: {}: {e}", path.display())))
+    };
+    let client_tls = match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(StoreError::Invalid(
+                "redis: --client-cert and --client-key go together".to_string(),
+            ));
+        }
+    };
+    let root_cert = tls.client_ca_keys.as_deref().map(read).transpose()?;
+    if client_tls.is_none() && root_cert.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// `url` without the user name and password, for messages.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// The Redis key name of a reconfd key: with a separator other than `/`, without the leading
+/// `/` and with `/` replaced by the separator.
+fn redis_key(key: &str, separator: &str) -> String {
+    if separator == "/" {
+        return key.to_string();
+    }
+    key.trim_start_matches('/').replace('/', separator)
+}
+
+/// The reconfd key of a Redis key name: the separator replaced by `/`, with a leading `/`.
+fn reconfd_key(name: &str, separator: &str) -> String {
+    if separator == "/" {
+        return name.to_string();
+    }
+    let key = name.replace(separator, "/");
+    if key.starts_with('/') {
+        key
+    } else {
+        format!("/{key}")
+    }
+}
+
+/// `text` with Redis's glob characters escaped, so that a pattern matches it literally.
+fn escape_glob(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if matches!(character, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(character);
+    }
+    escaped
+}
+
+/// What a full read found.
+struct Read {
+    entries: KeyMap,
+    /// For each hash, by Redis key name, the reconfd keys of its fields.
+    hashes: HashMap<Vec<u8>, BTreeSet<String>>,
+}
+
+/// What one Redis key holds, as reconfd sees it.
+enum Held {
+    Text(Vec<u8>),
+    Hash(BTreeMap<Vec<u8>, Vec<u8>>),
+    /// No such key, or a type reconfd does not read (list, set, ...).
+    Nothing,
+}
+
+/// Every key under `prefixes`.
+async fn read_all(
+    connection: &mut MultiplexedConnection,
+    prefixes: &[String],
+    separator: &str,
+) -> Result<Read, Failure> {
+    // Each page is read while the next is listed, so that Redis lists keys while reconfd
+    // takes values apart. SCAN may list a key twice, and two prefixes may list the same
+    // keys; such a key is simply read twice, which costs less than remembering every name.
+    let mut reads = JoinSet::new();
+    for prefix in prefixes {
+        let pattern = format!("{}*", escape_glob(&redis_key(prefix, separator)));
+        let mut cursor = 0u64;
+        loop {
+            let (next, page): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(connection)
+                .await
+                .map_err(Failure::of(format!("SCAN MATCH {pattern}")))?;
+            for chunk in page.chunks(MGET_CHUNK) {
+                let names = chunk.to_vec();
+                let mut connection = connection.clone();
+                reads.spawn(async move {
+                    let values = redis::cmd("MGET")
+                        .arg(&names)
+                        .query_async::<Vec<Option<Vec<u8>>>>(&mut connection)
+                        .await;
+                    (names, values)
+                });
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+    }
+
+    let mut read = Read {
+        entries: KeyMap::new(),
+        hashes: HashMap::new(),
+    };
+    let mut others = Vec::new();
+    while let Some(joined) = reads.join_next().await {
+        let (names, values) = joined.map_err(|e| Failure {
+            error: RedisError::from((redis::ErrorKind::Client, "lost", e.to_string())),
+            request: "MGET".to_string(),
+        })?;
+        let values = values.map_err(Failure::of(format!("MGET of {} keys", names.len())))?;
+        for (name, value) in names.into_iter().zip(values) {
+            match value {
+                Some(value) => record(&mut read, name, Held::Text(value), prefixes, separator),
+                None => others.push(name),
+            }
+        }
+    }
+    for chunk in others.chunks(MAX_BATCH) {
+        let held = read_keys(connection, chunk).await?;
+        for (name, held) in chunk.iter().zip(held) {
+            record(&mut read, name.clone(), held, prefixes, separator);
+        }
+    }
+    Ok(read)
+}
+
+/// Adds what the Redis key `name` holds to `read`, keeping what lies under `prefixes`. Names,
+/// fields and values that are not UTF-8 are left out.
+fn record(read: &mut Read, name: Vec<u8>, held: Held, prefixes: &[String], separator: &str) {
+    let Ok(text) = std::str::from_utf8(&name) else {
+        return;
+    };
+    let key = reconfd_key(text, separator);
+    match held {
+        Held::Text(value) => {
+            if let Ok(value) = String::from_utf8(value)
+                && under_any(&key, prefixes)
+            {
+                read.entries.insert(key, value);
+            }
+        }
+        Held::Hash(fields) => {
+            let fields = hash_entries(&key, fields, prefixes);
+            read.hashes
+                .insert(name, fields.iter().map(|(key, _)| key.clone()).collect());
+            read.entries.extend(fields);
+        }
+        Held::Nothing => {}
+    }
+}
+
+/// The reconfd keys `<key>/<field>` of a hash's fields and their values, under `prefixes`.
+fn hash_entries(
+    key: &str,
+    fields: BTreeMap<Vec<u8>, Vec<u8>>,
+    prefixes: &[String],
+) -> Vec<(String, String)> {
+    fields
+        .into_iter()
+        .filter_map(|(field, value)| {
+            let field = String::from_utf8(field).ok()?;
+            let value = String::from_utf8(value).ok()?;
+            let key = format!("{key}/{field}");
+            under_any(&key, prefixes).then_some((key, value))
+        })
+        .collect()
+}
+
+/// What each of `names` holds, whatever its type, in one round trip: `GET` answers for a
+/// string, `HGETALL` for a hash, and the other answers with an error that is expected.
+async fn read_keys(
+    connection: &mut MultiplexedConnection,
+    names: &[Vec<u8>],
+) -> Result<Vec<Held>, Failure> {
+    let mut pipe = redis::pipe();
+    for name in names {
+        pipe.cmd("GET").arg(name).cmd("HGETALL").arg(name);
+    }
+    let answers: Vec<Value> = pipe
+        .ignore_errors()
+        .query_async(connection)
+        .await
+        .map_err(Failure::of(format!("GET/HGETALL of {} keys", names.len())))?;
+    let mut answers = answers.into_iter();
+    let mut held = Vec::with_capacity(names.len());
+    for name in names {
+        let (Some(get), Some(hgetall)) = (answers.next(), answers.next()) else {
+            return Err(Failure {
+                error: RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "fewer answers than requests",
+                )),
+                request: "GET/HGETALL".to_string(),
+            });
+        };
+        let about = |command: &str| format!("{command} {}", String::from_utf8_lossy(name));
+        held.push(match get {
+            Value::BulkString(value) => Held::Text(value),
+            Value::Nil => hash(hgetall).map_err(Failure::of(about("HGETALL")))?,
+            Value::ServerError(error) if error.code() == "WRONGTYPE" => {
+                hash(hgetall).map_err(Failure::of(about("HGETALL")))?
+            }
+            Value::ServerError(error) => return Err(Failure::of(about("GET"))(error.into())),
+            other => {
+                return Err(Failure::of(about("GET"))(RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "not a string",
+                    format!("{other:?}"),
+                ))));
+            }
+        });
+    }
+    Ok(held)
+}
+
+/// A key's `HGETALL` answer: its fields, or nothing for a key that is gone or not a hash.
+fn hash(answer: Value) -> Result<Held, RedisError> {
+    match answer {
+        Value::ServerError(error) if error.code() == "WRONGTYPE" => Ok(Held::Nothing),
+        Value::ServerError(error) => Err(error.into()),
+        answer => {
+            let fields: BTreeMap<Vec<u8>, Vec<u8>> = redis::from_redis_value(answer)?;
+            Ok(if fields.is_empty() {
+                Held::Nothing
+            } else {
+                Held::Hash(fields)
+            })
+        }
+    }
+}
+
+/// Whether keyspace notifications are on.
+enum Notifications {
+    /// They already were.
+    Enabled,
+    /// The watch turned them on.
+    TurnedOn { was: String, now: String },
+    /// They are off and `CONFIG` was refused, with the server's reason.
+    Refused(String),
+}
+
+/// Turns on the keyspace notifications a watch needs, keeping every flag already set.
+async fn enable_notifications(
+    connection: &mut MultiplexedConnection,
+) -> Result<Notifications, Failure> {
+    const PARAMETER: &str = "notify-keyspace-events";
+    let answer: Result<BTreeMap<String, String>, RedisError> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(PARAMETER)
+        .query_async(connection)
+        .await;
+    let was = match answer {
+        Ok(mut parameters) => parameters.remove(PARAMETER).unwrap_or_default(),
+        Err(e) if e.is_unrecoverable_error() => return Err(Failure::of("CONFIG GET")(e)),
+        Err(e) => return Ok(Notifications::Refused(format!("CONFIG GET: {e}"))),
+    };
+    let missing = missing_events(&was);
+    if missing.is_empty() {
+        return Ok(Notifications::Enabled);
+    }
+    let now = format!("{was}{missing}");
+    match redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(PARAMETER)
+        .arg(&now)
+        .query_async::<()>(connection)
+        .await
+    {
+        Ok(()) => Ok(Notifications::TurnedOn { was, now }),
+        Err(e) if e.is_unrecoverable_error() => Err(Failure::of("CONFIG SET")(e)),
+        Err(e) => Ok(Notifications::Refused(format!(
+            "notify-keyspace-events is {was:?}; CONFIG SET: {e}"
+        ))),
+    }
+}
+
+/// The required flags that the `notify-keyspace-events` value `flags` lacks.
+fn missing_events(flags: &str) -> String {
+    let all = flags.contains('A');
+    REQUIRED_EVENTS
+        .chars()
+        .filter(|flag| {
+            let set = flags.contains(*flag) || (all && COVERED_BY_ALL.contains(*flag));
+            !set
+        })
+        .collect()
+}
+
+/// The watch task's state: what it needs to turn notifications into changes.
+struct Follower {
+    client: Arc<Client>,
+    connected: Connected,
+    prefixes: Vec<String>,
+    /// `__keyspace@<db>__:`, which each notification's channel starts with.
+    channel_prefix: String,
+    /// For each hash under the prefixes, by Redis key name, the reconfd keys of its fields:
+    /// what to delete when a field or the hash goes.
+    hashes: HashMap<Vec<u8>, BTreeSet<String>>,
+    events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+}
+
+impl Follower {
+    /// Reports the notified keys' changes until the subscription or the connection breaks or
+    /// the daemon stops listening. Ending the stream makes the daemon watch again, which reads
+    /// everything again.
+    async fn run(mut self, mut sink: PubSubSink, mut messages: PubSubStream) {
+        let node = self.client.nodes[self.connected.index].name.clone();
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        let ended = loop {
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => match self.follow(message, &mut messages).await {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(reason) => break reason,
+                    },
+                    None => break format!("{node}: the notification connection closed"),
+                },
+                _ = ping.tick() => {
+                    if let Err(reason) = ping_node(&mut sink, &node).await {
+                        break reason;
+                    }
+                }
+                () = self.events.closed() => return,
+            }
+        };
+        tracing::info!("redis: {ended}; watching again");
+    }
+
+    /// Reports the change `message` notified, with those of every message already received:
+    /// a burst of changes becomes one event. False when the daemon stopped listening; an error
+    /// when the watch has to end.
+    async fn follow(
+        &mut self,
+        message: redis::Msg,
+        messages: &mut PubSubStream,
+    ) -> Result<bool, String> {
+        let mut batch = Batch::default();
+        batch.add(&self.channel_prefix, &message);
+        let mut closed = false;
+        while batch.names.len() < MAX_BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(message)) => batch.add(&self.channel_prefix, &message),
+                Some(None) => {
+                    closed = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let listening = self
+            .report(batch.names)
+            .await
+            .map_err(|failure| self.client.failed(&self.connected, failure).to_string())?;
+        if closed {
+            let node = &self.client.nodes[self.connected.index].name;
+            return Err(format!("{node}: the notification connection closed"));
+        }
+        Ok(listening)
+    }
+
+    /// Reads `names` again and sends what changed. False when the daemon stopped listening.
+    async fn report(&mut self, names: Vec<Vec<u8>>) -> Result<bool, Failure> {
+        let held = read_keys(&mut self.connected.connection, &names).await?;
+        let mut changes = Vec::new();
+        for (name, held) in names.into_iter().zip(held) {
+            self.changes_of(name, held, &mut changes);
+        }
+        changes.retain(|change| under_any(change.key(), &self.prefixes));
+        if changes.is_empty() {
+            return Ok(true);
+        }
+        let event = WatchEvent::Changes {
+            revision: None,
+            changes,
+        };
+        Ok(self.events.send(Ok(event)).await.is_ok())
+    }
+
+    /// The changes that bring the daemon's keys of the Redis key `name` to what it holds now.
+    fn changes_of(&mut self, name: Vec<u8>, held: Held, changes: &mut Vec<Change>) {
+        let Ok(text) = std::str::from_utf8(&name) else {
+            return;
+        };
+        let key = reconfd_key(text, &self.client.separator);
+        let old_fields = self.hashes.remove(&name).unwrap_or_default();
+        let mut kept = BTreeSet::new();
+        match held {
+            Held::Text(value) => match String::from_utf8(value) {
+                Ok(value) => changes.push(Change::Put {
+                    key: key.clone(),
+                    value,
+                }),
+                Err(_) => changes.push(Change::Delete { key: key.clone() }),
+            },
+            Held::Hash(fields) => {
+                // The key may have held a string before.
+                changes.push(Change::Delete { key: key.clone() });
+                for (field, value) in hash_entries(&key, fields, &self.prefixes) {
+                    kept.insert(field.clone());
+                    changes.push(Change::Put { key: field, value });
+                }
+            }
+            Held::Nothing => changes.push(Change::Delete { key }),
+        }
+        changes.extend(
+            old_fields
+                .difference(&kept)
+                .map(|field| Change::Delete { key: field.clone() }),
+        );
+        if !kept.is_empty() {
+            self.hashes.insert(name, kept);
+        }
+    }
+}
+
+/// Pings the notification connection to `node`; an error when it does not answer.
+async fn ping_node(sink: &mut PubSubSink, node: &str) -> Result<(), String> {
+    match tokio::time::timeout(PING_TIMEOUT, sink.ping::<Value>()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("{node}: PING: {e}")),
+        Err(_) => Err(format!(
+            "{node} did not answer a PING within {PING_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// The Redis keys named by a run of notifications, each once, in the order first notified.
+#[derive(Default)]
+struct Batch {
+    names: Vec<Vec<u8>>,
+    seen: HashSet<Vec<u8>>,
+}
+
+impl Batch {
+    /// Adds the key `message` is about; messages on other channels are ignored.
+    fn add(&mut self, channel_prefix: &str, message: &redis::Msg) {
+        let Ok(channel) = message.get_channel::<Vec<u8>>() else {
+            return;
+        };
+        if let Some(name) = channel.strip_prefix(channel_prefix.as_bytes())
+            && self.seen.insert(name.to_vec())
+        {
+            self.names.push(name.to_vec());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_to_redis_names_and_back() {
+        assert_eq!(
+            redis_key("/proxy/frontend/web1", "/"),
+            "/proxy/frontend/web1"
+        );
+        assert_eq!(
+            reconfd_key("/proxy/frontend/web1", "/"),
+            "/proxy/frontend/web1"
+        );
+        assert_eq!(
+            redis_key("/proxy/frontend/web1", ":"),
+            "proxy:frontend:web1"
+        );
+        assert_eq!(
+            reconfd_key("proxy:frontend:web1", ":"),
+            "/proxy/frontend/web1"
+        );
+        assert_eq!(redis_key("/a/b", "::"), "a::b");
+        assert_eq!(reconfd_key("a::b", "::"), "/a/b");
+        // The whole key space, as prefix `/` asks.
+        assert_eq!(redis_key("/", ":"), "");
+        // A name that already starts with `/` keeps a single one.
+        assert_eq!(reconfd_key("/a:b", ":"), "/a/b");
+    }
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(escape_glob("/app"), "/app");
+        assert_eq!(escape_glob(r"/a*b?c[d]e\f"), r"/a\*b\?c\[d\]e\\f");
+    }
+
+    #[test]
+    fn only_missing_notification_flags_are_added() {
+        assert_eq!(missing_events(""), "Kg$hxe");
+        assert_eq!(missing_events("Ex"), "Kg$he");
+        assert_eq!(missing_events("AK"), "");
+        assert_eq!(missing_events("AE"), "K");
+        assert_eq!(missing_events("Kg$hxe"), "");
+    }
+
+    #[test]
+    fn credentials_are_left_out_of_node_names() {
+        assert_eq!(
+            without_credentials("redis://user:secret@10.0.0.1:6379/2"),
+            "redis://10.0.0.1:6379/2"
+        );
+        assert_eq!(
+            without_credentials("rediss://:p@ss@host:6380"),
+            "rediss://host:6380"
+        );
+        assert_eq!(
+            without_credentials("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}

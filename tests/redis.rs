@@ -1,0 +1,294 @@
+//! The Redis store against real redis-server processes started on loopback ports: onetime
+//! reads of strings and hash fields, the key separator, failover past a dead node, watch mode
+//! with SET, DEL, HSET, HDEL and expiry, a server restart, a server that refuses CONFIG, and
+//! passwords.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::Redis;
+use common::{Daemon, Fixture, wait_for};
+
+/// A confdir with one resource rendering the strings `/app/servers/*` and the fields of the
+/// hash `/app/limits` into `app.conf`; its reload appends the file's content to `reloads`.
+fn fixture() -> Fixture {
+    let fixture = Fixture::new();
+    fixture.template(
+        "app.tmpl",
+        "{% for kv in gets(key=\"/app/servers/*\") %}\
+         server {{ kv.key | base }} {{ kv.value }}\n{% endfor %}\
+         {% for kv in gets(key=\"/app/limits/*\") %}\
+         limit {{ kv.key | base }} {{ kv.value }}\n{% endfor %}",
+    );
+    fixture.resource(
+        "app",
+        &format!(
+            "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\n\
+             reload_cmd = \"(cat app.conf; echo --) >> {}\"\n",
+            fixture.path("reloads").display()
+        ),
+    );
+    fixture
+}
+
+fn args<'a>(nodes: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--backend", "redis"];
+    for node in nodes {
+        args.extend(["--node", node]);
+    }
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Waits up to 30 s for `app.conf` to hold `expected`.
+fn expect_content(fixture: &Fixture, daemon: &Daemon, expected: &str, what: &str) {
+    let held = wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(fixture.path("app.conf")).is_ok_and(|text| text == expected)
+    });
+    assert!(
+        held,
+        "{what}\n--- app.conf\n{}\n--- log\n{}",
+        std::fs::read_to_string(fixture.path("app.conf")).unwrap_or_default(),
+        daemon.log()
+    );
+}
+
+#[test]
+fn onetime_renders_strings_and_hash_fields_from_the_first_live_node() {
+    let redis = Redis::start();
+    redis.set("/app/servers/web1", "10.0.0.1:80");
+    redis.set("/app/servers/web2", "10.0.0.2:80");
+    redis.hset("/app/limits", "maxconn", "100");
+    redis.hset("/app/limits", "timeout", "5s");
+    redis.rpush("/app/servers/queue", "not a string");
+    redis.set("/other/servers/web9", "10.0.0.9:80");
+    // A prefix with glob characters selects its own keys only.
+    redis.set("/odd[1]/x", "escaped");
+    redis.set("/odd1/x", "matched by the unescaped pattern");
+    let fixture = fixture();
+    fixture.template(
+        "odd.tmpl",
+        "{{ getv(key=\"/odd[1]/x\") }} {{ getv(key=\"/odd1/x\", default=\"-\") }}\n",
+    );
+    fixture.resource(
+        "odd",
+        "src = \"odd.tmpl\"\ndest = \"odd.conf\"\nkeys = [\"/odd[1]\"]\n",
+    );
+
+    let dead = format!("redis://127.0.0.1:{}", common::etcd::free_port());
+    let live = redis.url();
+    let run = fixture.run(&args(&[&dead, &live], &["--onetime"]));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        fixture.read("app.conf"),
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n\
+         limit maxconn 100\nlimit timeout 5s\n"
+    );
+    assert_eq!(fixture.read("odd.conf"), "escaped -\n");
+}
+
+#[test]
+fn a_separator_maps_key_names() {
+    let redis = Redis::start();
+    redis.set("app:servers:web1", "10.0.0.1:80");
+    redis.hset("app:limits", "maxconn", "100");
+    redis.set("/app/servers/slashed", "not named with the separator");
+    let fixture = fixture();
+    let node = redis.url();
+    let run = fixture.run(&args(&[&node], &["--onetime", "--separator", ":"]));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        fixture.read("app.conf"),
+        "server web1 10.0.0.1:80\nlimit maxconn 100\n"
+    );
+}
+
+#[test]
+fn watch_follows_set_del_hset_hdel_and_expiry() {
+    let redis = Redis::start();
+    // Flags someone else set are kept.
+    redis.config_set("notify-keyspace-events", "El");
+    redis.set("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    let node = redis.url();
+    let daemon = fixture.spawn(&args(&[&node], &["--watch"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+    let flags = redis.config_get("notify-keyspace-events");
+    for flag in ['E', 'l', 'K', 'g', '$', 'h', 'x', 'e'] {
+        assert!(
+            flags.contains(flag) || (flags.contains('A') && flag != 'E' && flag != 'K'),
+            "{flag} in {flags:?}"
+        );
+    }
+
+    redis.set("/app/servers/web2", "10.0.0.2:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "SET picked up",
+    );
+    redis.del("/app/servers/web1");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web2 10.0.0.2:80\n",
+        "DEL picked up",
+    );
+    redis.hset("/app/limits", "maxconn", "100");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web2 10.0.0.2:80\nlimit maxconn 100\n",
+        "HSET picked up",
+    );
+    redis.hset("/app/limits", "timeout", "5s");
+    redis.hdel("/app/limits", "maxconn");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web2 10.0.0.2:80\nlimit timeout 5s\n",
+        "HDEL picked up",
+    );
+    redis.del("/app/limits");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web2 10.0.0.2:80\n",
+        "the hash's DEL removes its fields",
+    );
+    redis.set_expiring("/app/servers/temp", "10.0.0.3:80", 500);
+    redis.set("/app/servers/web2", "10.0.0.22:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web2 10.0.0.22:80\n",
+        "the expired key is gone",
+    );
+    assert!(
+        fixture.read("reloads").contains("server temp 10.0.0.3:80"),
+        "the expiring key was seen\n{}",
+        daemon.log()
+    );
+    assert!(!daemon.log().contains("ERROR"), "{}", daemon.log());
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_change_after_a_server_restart_is_rendered() {
+    let mut redis = Redis::start();
+    redis.set("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    let node = redis.url();
+    let daemon = fixture.spawn(&args(&[&node], &["--watch"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+
+    // The restarted server has lost the notification flags the watch set at run time.
+    redis.restart();
+    redis.set("/app/servers/web2", "10.0.0.2:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "change right after the restart",
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || redis
+            .config_get("notify-keyspace-events")
+            .contains('K')),
+        "notifications turned on again\n{}",
+        daemon.log()
+    );
+    redis.set("/app/servers/web3", "10.0.0.3:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\nserver web3 10.0.0.3:80\n",
+        "change seen by the new watch",
+    );
+    assert!(daemon.log().contains("watching again"), "{}", daemon.log());
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_server_refusing_config_is_polled_with_one_warning() {
+    let redis = Redis::start_with("rename-command CONFIG \"\"", None);
+    redis.set("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    let node = redis.url();
+    let daemon = fixture.spawn(&args(&[&node], &["--watch", "--interval", "1"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+    redis.set("/app/servers/web2", "10.0.0.2:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "change picked up by polling",
+    );
+    // A few more polls, and still one warning.
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("keyspace notifications are off").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("WARN"), "{log}");
+    assert!(log.contains(&node), "names the node: {log}");
+    assert!(!log.contains("ERROR"), "{log}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn passwords_are_used_and_a_wrong_one_names_the_node() {
+    let redis = Redis::start_with("", Some("s3cret"));
+    redis.set("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    let node = redis.url();
+
+    let run = fixture.run(&args(&[&node], &["--onetime", "--password", "wrong"]));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains(&node), "names the node: {run:?}");
+    assert!(!run.stderr.contains("wrong"), "no password logged: {run:?}");
+
+    let in_url = format!("redis://:wrong@127.0.0.1:{}", redis.port());
+    let run = fixture.run(&args(&[&in_url], &["--onetime"]));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains(&node), "names the node: {run:?}");
+    assert!(!run.stderr.contains("wrong"), "no password logged: {run:?}");
+    assert!(!fixture.path("app.conf").exists());
+
+    // The URL's password wins over --password; the watch's own connection logs in too.
+    let in_url = format!("redis://:s3cret@127.0.0.1:{}", redis.port());
+    let daemon = fixture.spawn(&args(&[&in_url], &["--watch", "--password", "wrong"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+    redis.set("/app/servers/web2", "10.0.0.2:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "change picked up",
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
