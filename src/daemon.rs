@@ -11,10 +11,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::notify;
 use crate::reconcile::{self, Options, Outcome};
 use crate::resource::{self, Resource, ResourceError};
 use crate::settings::{RunMode, Settings};
@@ -38,105 +39,72 @@ struct Prepared {
     renderer: Renderer,
 }
 
-/// Runs reconfd with `settings` until done (onetime) or until SIGINT/SIGTERM.
+/// Runs reconfd with `settings` until done (onetime) or until SIGINT/SIGTERM. In the daemon
+/// modes SIGHUP reads the settings, conf.d and templates again.
 pub async fn run(settings: Settings) -> ExitCode {
-    let shutdown = match Shutdown::listen() {
-        Ok(shutdown) => shutdown,
+    let mut signals = match Signals::listen() {
+        Ok(signals) => signals,
         Err(e) => {
             tracing::error!("cannot listen for signals: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let loaded = match resource::load_all(&settings.confdir, &settings.prefix) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::from(2);
-        }
+    let plan = match Plan::build(&settings, Vec::new()) {
+        Ok(plan) => plan,
+        Err(code) => return code,
     };
-    let (prepared, mut failures) = prepare_resources(loaded);
-    if prepared.is_empty() && failures == 0 {
-        tracing::warn!(
-            "no template resources in {}",
-            settings.confdir.join("conf.d").display()
-        );
+    if settings.mode == RunMode::Onetime {
+        return onetime(plan, &mut signals).await;
     }
-    let options = Options {
-        noop: settings.noop,
-        sync_only: settings.sync_only,
-        keep_stage_file: settings.keep_stage_file,
-        secret: false,
-    };
-    // The global store is opened even if no resource reads it, so that unusable settings
-    // are reported the same way whatever the confdir holds.
-    let mut global_store = match settings.backend.as_ref().map(backend::open).transpose() {
-        Ok(store) => store,
-        Err(message) => {
-            tracing::error!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut groups = Vec::new();
-    for (backend, members) in by_store(prepared, settings.backend.as_ref()) {
-        let Some(backend) = backend else {
-            for member in &members {
-                tracing::error!(
-                    "{}: no store to read from: give --backend (and --file for the file \
-                     store) or a [backend] table",
-                    member.resource.file.display()
-                );
+    let mut generation = Generation::start(plan, settings.mode);
+    notify::start_watchdog();
+    loop {
+        tokio::select! {
+            () = generation.first_synced() => {
+                let summary = generation.summary();
+                tracing::info!("first sync done: {summary}");
+                notify::ready(&summary);
             }
-            return ExitCode::from(2);
-        };
-        let opened = match global_store.take_if(|_| Some(&backend) == settings.backend.as_ref()) {
-            Some(store) => Ok(store),
-            None => backend::open(&backend),
-        };
-        // Files rendered from a store of secrets are private unless their resource says
-        // otherwise, and their content stays out of logs and diffs.
-        let secret = backend.holds_secrets();
-        let members = if secret {
-            members
-                .into_iter()
-                .map(|mut member| {
-                    member.resource.mode.get_or_insert(SECRET_MODE);
-                    member
-                })
-                .collect()
-        } else {
-            members
-        };
-        let options = Options { secret, ..options };
-        match opened {
-            Ok(store) => groups.push(Group::new(store, members, options, settings.interval)),
-            Err(message) => {
-                // Only the resources with this [backend] table are lost.
-                for member in &members {
-                    tracing::error!("{}: [backend]: {message}", member.resource.file.display());
+            _ = signals.terminate.recv() => break,
+            _ = signals.interrupt.recv() => break,
+            _ = signals.hangup.recv() => {
+                tracing::info!("SIGHUP: reading the settings, conf.d and templates again");
+                notify::reloading();
+                match reread(&settings) {
+                    Ok(new_settings) => {
+                        let previous = generation.stop().await;
+                        match Plan::build(&new_settings, previous) {
+                            Ok(plan) => {
+                                generation = Generation::start(plan, new_settings.mode);
+                                tracing::info!("SIGHUP: new settings applied");
+                            }
+                            // Validation succeeded a moment ago; only a store client that
+                            // cannot be built now fails here.
+                            Err(_) => return ExitCode::FAILURE,
+                        }
+                    }
+                    Err(reason) => {
+                        tracing::error!("SIGHUP: keeping the current settings: {reason}");
+                        notify::ready(&generation.summary());
+                    }
                 }
-                failures += members.len();
             }
         }
     }
+    // The loops finish the sync in progress (a swap, a reload) and then end.
+    tracing::info!("stopping");
+    notify::stopping();
+    generation.stop().await;
+    ExitCode::SUCCESS
+}
+
+/// Runs every group once; the exit status says whether every resource is in sync.
+async fn onetime(plan: Plan, signals: &mut Signals) -> ExitCode {
+    let mut failures = plan.failures;
     let mut tasks = JoinSet::new();
-    for mut group in groups {
-        let mut shutdown = shutdown.clone();
-        let mode = settings.mode;
-        tasks.spawn(async move {
-            match mode {
-                RunMode::Onetime => group.onetime().await,
-                RunMode::Poll => {
-                    group.poll(&mut shutdown).await;
-                    0
-                }
-                RunMode::Watch => {
-                    group.watch(&mut shutdown).await;
-                    0
-                }
-            }
-        });
+    for mut group in plan.groups {
+        tasks.spawn(async move { group.onetime().await });
     }
-    let mut interrupted = shutdown.clone();
     loop {
         tokio::select! {
             finished = tasks.join_next() => match finished {
@@ -148,21 +116,241 @@ pub async fn run(settings: Settings) -> ExitCode {
                 None => break,
             },
             // Interrupted, a onetime run stops at its next step; a stage file being checked
-            // is removed as it is dropped, and no destination is half-written. The daemon
-            // modes end on their own when they see the signal.
-            () = interrupted.wait(), if settings.mode == RunMode::Onetime => {
+            // is removed as it is dropped, and no destination is half-written.
+            _ = signals.terminate.recv() => {
+                tracing::error!("interrupted");
+                return ExitCode::FAILURE;
+            }
+            _ = signals.interrupt.recv() => {
                 tracing::error!("interrupted");
                 return ExitCode::FAILURE;
             }
         }
     }
-    if settings.mode != RunMode::Onetime {
-        tracing::info!("stopping");
-        ExitCode::SUCCESS
-    } else if failures == 0 {
+    if failures == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// The settings as the command line, environment and settings file give them now, if they
+/// and every resource and template they name are usable; otherwise why not.
+fn reread(current: &Settings) -> Result<Settings, String> {
+    let settings = Settings::from_command_line().map_err(|e| e.to_string())?;
+    if settings.mode == RunMode::Onetime {
+        return Err("--onetime cannot be switched on in a running daemon".to_string());
+    }
+    if settings.confdir != current.confdir {
+        tracing::info!("SIGHUP: confdir is now {}", settings.confdir.display());
+    }
+    let loaded =
+        resource::load_all(&settings.confdir, &settings.prefix).map_err(|e| e.to_string())?;
+    let (prepared, failures) = prepare_resources(loaded);
+    if failures > 0 {
+        return Err(format!(
+            "{failures} resources or templates are unusable (logged above)"
+        ));
+    }
+    for backend in prepared
+        .iter()
+        .filter_map(|member| member.resource.backend.as_ref())
+        .chain(settings.backend.as_ref())
+    {
+        backend::open(backend)?;
+    }
+    Ok(settings)
+}
+
+/// The groups to run for one set of settings, and how many resources could not be loaded.
+struct Plan {
+    groups: Vec<Group>,
+    failures: usize,
+}
+
+impl Plan {
+    /// Loads the resources and templates of `settings` and groups them by store. Groups of
+    /// `previous` whose store settings are unchanged hand over their store client (and with
+    /// it where their watches stopped) and, when they read the same prefixes, their snapshot.
+    /// Unusable settings are logged and give the exit status.
+    fn build(settings: &Settings, mut previous: Vec<Group>) -> Result<Plan, ExitCode> {
+        let loaded = match resource::load_all(&settings.confdir, &settings.prefix) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!("{e}");
+                return Err(ExitCode::from(2));
+            }
+        };
+        let (prepared, mut failures) = prepare_resources(loaded);
+        if prepared.is_empty() && failures == 0 {
+            tracing::warn!(
+                "no template resources in {}",
+                settings.confdir.join("conf.d").display()
+            );
+        }
+        let options = Options {
+            noop: settings.noop,
+            sync_only: settings.sync_only,
+            keep_stage_file: settings.keep_stage_file,
+            secret: false,
+        };
+        // The global store is opened even if no resource reads it, so that unusable settings
+        // are reported the same way whatever the confdir holds.
+        let mut global_store = match settings.backend.as_ref().map(backend::open).transpose() {
+            Ok(store) => store,
+            Err(message) => {
+                tracing::error!("{message}");
+                return Err(ExitCode::from(2));
+            }
+        };
+        let mut groups = Vec::new();
+        for (backend, members) in by_store(prepared, settings.backend.as_ref()) {
+            let Some(backend) = backend else {
+                for member in &members {
+                    tracing::error!(
+                        "{}: no store to read from: give --backend (and --file for the file \
+                         store) or a [backend] table",
+                        member.resource.file.display()
+                    );
+                }
+                return Err(ExitCode::from(2));
+            };
+            // Files rendered from a store of secrets are private unless their resource says
+            // otherwise, and their content stays out of logs and diffs.
+            let secret = backend.holds_secrets();
+            let members: Vec<Prepared> = if secret {
+                members
+                    .into_iter()
+                    .map(|mut member| {
+                        member.resource.mode.get_or_insert(SECRET_MODE);
+                        member
+                    })
+                    .collect()
+            } else {
+                members
+            };
+            let options = Options { secret, ..options };
+            if let Some(index) = previous.iter().position(|group| group.backend == backend) {
+                let old = previous.swap_remove(index);
+                let mut group = Group::new(old.store, backend, members, options, settings.interval);
+                if group.prefixes == old.prefixes {
+                    group.snapshot = old.snapshot;
+                    group.warm = true;
+                }
+                groups.push(group);
+                continue;
+            }
+            let opened = match global_store.take_if(|_| Some(&backend) == settings.backend.as_ref())
+            {
+                Some(store) => Ok(store),
+                None => backend::open(&backend),
+            };
+            match opened {
+                Ok(store) => groups.push(Group::new(
+                    store,
+                    backend,
+                    members,
+                    options,
+                    settings.interval,
+                )),
+                Err(message) => {
+                    // Only the resources with this [backend] table are lost.
+                    for member in &members {
+                        tracing::error!("{}: [backend]: {message}", member.resource.file.display());
+                    }
+                    failures += members.len();
+                }
+            }
+        }
+        Ok(Plan { groups, failures })
+    }
+}
+
+/// The groups of one set of settings, running until stopped.
+struct Generation {
+    tasks: JoinSet<Group>,
+    stop: watch::Sender<bool>,
+    /// Receives a message from each group after its first full sync.
+    first_syncs: mpsc::UnboundedReceiver<()>,
+    unsynced: usize,
+    /// The first sync was reported.
+    announced: bool,
+    resources: usize,
+    stores: usize,
+    failures: usize,
+}
+
+impl Generation {
+    /// Starts every group of `plan` in `mode` (polling or watching).
+    fn start(plan: Plan, mode: RunMode) -> Generation {
+        let (stop, stopped) = watch::channel(false);
+        let (synced, first_syncs) = mpsc::unbounded_channel();
+        let stores = plan.groups.len();
+        let resources = plan.groups.iter().map(|group| group.prepared.len()).sum();
+        let mut tasks = JoinSet::new();
+        for mut group in plan.groups {
+            group.first_sync = Some(synced.clone());
+            let mut shutdown = Shutdown {
+                signalled: stopped.clone(),
+            };
+            tasks.spawn(async move {
+                if mode == RunMode::Poll {
+                    group.poll(&mut shutdown).await;
+                } else {
+                    group.watch(&mut shutdown).await;
+                }
+                group
+            });
+        }
+        notify::status(&format!("reading {stores} stores"));
+        Generation {
+            tasks,
+            stop,
+            first_syncs,
+            unsynced: stores,
+            announced: false,
+            resources,
+            stores,
+            failures: plan.failures,
+        }
+    }
+
+    /// Returns once, when every group has completed its first full sync.
+    async fn first_synced(&mut self) {
+        if self.announced {
+            return std::future::pending().await;
+        }
+        while self.unsynced > 0 {
+            // A group that ended without syncing (it was stopped) never makes the daemon
+            // ready.
+            if self.first_syncs.recv().await.is_none() {
+                return std::future::pending().await;
+            }
+            self.unsynced -= 1;
+        }
+        self.announced = true;
+    }
+
+    /// A one-line summary for logs and systemd's status.
+    fn summary(&self) -> String {
+        format!(
+            "{} resources from {} stores, {} failed to load",
+            self.resources, self.stores, self.failures
+        )
+    }
+
+    /// Stops every group once its sync in progress is done, and returns them.
+    async fn stop(mut self) -> Vec<Group> {
+        // The groups hold a receiver each until they end.
+        let _ = self.stop.send(true);
+        let mut groups = Vec::new();
+        while let Some(finished) = self.tasks.join_next().await {
+            match finished {
+                Ok(group) => groups.push(group),
+                Err(e) => tracing::error!("a store's loop ended abnormally: {e}"),
+            }
+        }
+        groups
     }
 }
 
@@ -228,6 +416,9 @@ fn covering_prefixes<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<String> 
 /// The resources that read from one store, with that store's snapshot and watch.
 struct Group {
     store: Box<dyn Store>,
+    /// The store settings the group was made for; a SIGHUP keeps the group's client when
+    /// they are unchanged.
+    backend: Backend,
     prepared: Vec<Prepared>,
     /// Union of all resources' key prefixes: what is fetched and watched.
     prefixes: Vec<String>,
@@ -235,16 +426,24 @@ struct Group {
     options: Options,
     interval: Duration,
     outage: Outage,
+    /// Told once, after the first full sync.
+    first_sync: Option<mpsc::UnboundedSender<()>>,
+    /// The snapshot is current (handed over on SIGHUP): the first sync renders from it and
+    /// the watch resumes where the previous one stopped, without reading the store again.
+    warm: bool,
 }
 
 impl Group {
     fn new(
         store: Box<dyn Store>,
+        backend: Backend,
         prepared: Vec<Prepared>,
         options: Options,
         interval: Duration,
     ) -> Group {
         Group {
+            backend,
+            warm: false,
             prefixes: covering_prefixes(prepared.iter().flat_map(|p| p.resource.keys.iter())),
             options,
             interval,
@@ -252,6 +451,7 @@ impl Group {
             prepared,
             snapshot: Arc::new(Snapshot::default()),
             outage: Outage::default(),
+            first_sync: None,
         }
     }
 
@@ -294,9 +494,14 @@ impl Group {
     /// exponential backoff.
     async fn watch(&mut self, shutdown: &mut Shutdown) {
         let mut backoff = Backoff::default();
-        while !self.resync().await {
-            if !backoff.wait(shutdown).await {
-                return;
+        if std::mem::take(&mut self.warm) {
+            self.sync(|_| true).await;
+            self.first_synced();
+        } else {
+            while !self.resync().await {
+                if !backoff.wait(shutdown).await {
+                    return;
+                }
             }
         }
         // One timer for the whole watch: a watch that is opened again and again (a flapping
@@ -452,12 +657,21 @@ impl Group {
                 self.outage.ended(self.store.name());
                 self.snapshot = Arc::new(snapshot);
                 self.sync(|_| true).await;
+                self.first_synced();
                 true
             }
             Err(e) => {
                 self.outage.began(self.store.name(), &e);
                 false
             }
+        }
+    }
+
+    /// Tells the run loop, once, that every resource has been synced.
+    fn first_synced(&mut self) {
+        if let Some(first_sync) = self.first_sync.take() {
+            // The run loop stops listening only when it ends.
+            let _ = first_sync.send(());
         }
     }
 
@@ -565,32 +779,34 @@ impl Backoff {
     }
 }
 
-/// SIGINT or SIGTERM, as seen by every store's loop: each holds a clone.
-#[derive(Clone)]
+/// The request to stop, as seen by a store's loop: SIGINT, SIGTERM, or a SIGHUP that
+/// replaces the loops.
 struct Shutdown {
     signalled: watch::Receiver<bool>,
 }
 
 impl Shutdown {
-    /// Starts listening for the signals for the whole run.
-    fn listen() -> std::io::Result<Shutdown> {
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let (notify, signalled) = watch::channel(false);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
-            }
-            let _ = notify.send(true);
-        });
-        Ok(Shutdown { signalled })
-    }
-
-    /// Returns once a signal has come (at once if it already has).
+    /// Returns once the stop has been requested (at once if it already has).
     async fn wait(&mut self) {
-        // An error means the listening task is gone, which only happens after the signal.
+        // An error means the sender is gone, which only happens once the loops are stopped.
         let _ = self.signalled.wait_for(|signalled| *signalled).await;
+    }
+}
+
+/// The signals the run loop handles, listened to for the whole run.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn listen() -> std::io::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
     }
 }
 

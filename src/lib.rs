@@ -4,11 +4,13 @@
 //! [`resource`]s (confd's `conf.d/*.toml`); each resource reads keys from a [`store`] snapshot,
 //! is rendered by [`template`], and is brought in line with the file on disk by [`reconcile`]
 //! (compare, stage, check, swap, reload; commands run through [`command`]). [`daemon`] runs
-//! that once, on a timer, or on every change a store reports.
+//! that once, on a timer, or on every change a store reports, and tells systemd through
+//! [`notify`].
 
 pub mod cli;
 pub mod command;
 pub mod daemon;
+pub mod notify;
 pub mod reconcile;
 pub mod resource;
 pub mod settings;

@@ -90,10 +90,16 @@ impl Fixture {
 
     /// Starts the daemon; it is killed when the returned guard is dropped.
     pub fn spawn(&self, args: &[&str]) -> Daemon {
+        self.spawn_with_env(args, &[])
+    }
+
+    /// Starts the daemon with environment variables `env` added.
+    pub fn spawn_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = self.path("daemon.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = self
             .command(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
