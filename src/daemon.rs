@@ -22,6 +22,7 @@ use crate::settings::{RunMode, Settings};
 use crate::store::backend::{self, Backend};
 use crate::store::{Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
 use crate::template::{Renderer, SharedResults, View};
+use crate::wait::Settling;
 
 /// First wait after a store failure; doubled on each further failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -556,14 +557,21 @@ impl Group {
         resync: &mut tokio::time::Interval,
         shutdown: &mut Shutdown,
     ) -> std::ops::ControlFlow<()> {
+        let mut settling = Settling::default();
         loop {
+            let next_due = settling.next_due();
             tokio::select! {
                 event = stream.recv() => {
                     let Some(event) = event else {
                         return std::ops::ControlFlow::Continue(());
                     };
-                    let dirty = self.apply(event);
-                    self.sync_dirty(&mut stream, dirty).await;
+                    let touched = self.apply(event);
+                    let dirty = self.settle(touched, &mut settling);
+                    self.sync_dirty(&mut stream, dirty, &mut settling).await;
+                }
+                () = sleep_until_due(next_due), if next_due.is_some() => {
+                    let due = settling.take_due(Instant::now());
+                    self.sync_dirty(&mut stream, due, &mut settling).await;
                 }
                 _ = resync.tick() => {
                     // What is queued is applied first. Changes still in flight that the read
@@ -572,6 +580,7 @@ impl Group {
                         self.apply(event);
                     }
                     self.resync().await;
+                    settling.clear();
                 }
                 () = shutdown.wait() => return std::ops::ControlFlow::Break(()),
             }
@@ -584,7 +593,15 @@ impl Group {
     /// is applied first, so no render starts from a state that a queued change has
     /// superseded, and a burst of changes gives each affected resource one render with the
     /// final values.
-    async fn sync_dirty(&mut self, stream: &mut WatchStream, mut dirty: BTreeSet<usize>) {
+    ///
+    /// Resources with a `wait` that a queued change touches go back to `settling` rather than
+    /// into the next round.
+    async fn sync_dirty(
+        &mut self,
+        stream: &mut WatchStream,
+        mut dirty: BTreeSet<usize>,
+        settling: &mut Settling,
+    ) {
         let mut shared = Arc::default();
         while !dirty.is_empty() {
             let mut round = std::mem::take(&mut dirty);
@@ -597,17 +614,33 @@ impl Group {
                         shared = Arc::default();
                     }
                     // A resource still waiting in this round renders the new state anyway.
-                    dirty.extend(
-                        touched
-                            .into_iter()
-                            .filter(|t| !round.contains(t) && *t != index),
-                    );
+                    let touched = touched
+                        .into_iter()
+                        .filter(|t| !round.contains(t) && *t != index)
+                        .collect();
+                    dirty.extend(self.settle(touched, settling));
                 }
                 if let Err(message) = self.sync_one(&self.prepared[index], &shared).await {
                     tracing::error!("{message}");
                 }
             }
         }
+    }
+
+    /// Of the `touched` resources, returns those that render now; those with a `wait` are
+    /// recorded in `settling` to render once their data has settled.
+    fn settle(&self, touched: BTreeSet<usize>, settling: &mut Settling) -> BTreeSet<usize> {
+        let now = Instant::now();
+        touched
+            .into_iter()
+            .filter(|index| match self.prepared[*index].resource.wait {
+                Some(wait) => {
+                    settling.changed(*index, wait, now);
+                    false
+                }
+                None => true,
+            })
+            .collect()
     }
 
     /// Applies one watch event to the snapshot and returns the indexes of the resources whose
@@ -709,6 +742,14 @@ impl Group {
         reconcile::reconcile(resource, &rendered, self.options)
             .await
             .map_err(|e| format!("{}: {e}", resource.file.display()))
+    }
+}
+
+/// Returns at `due`; never without one.
+async fn sleep_until_due(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
     }
 }
 

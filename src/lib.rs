@@ -16,3 +16,4 @@ pub mod resource;
 pub mod settings;
 pub mod store;
 pub mod template;
+pub mod wait;

@@ -392,6 +392,7 @@ mod tests {
             check_timeout: Duration::from_secs(5),
             reload_timeout: Duration::from_secs(5),
             backend: None,
+            wait: None,
         }
     }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::store::backend::{Backend, StoreFields};
 use crate::store::consul::SERVICES_ROOT;
+use crate::wait::Wait;
 
 /// Check and reload commands that set no timeout get this one.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,6 +56,9 @@ pub struct Resource {
     pub reload_timeout: Duration,
     /// The resource's own store (its `[backend]` table); `None` reads the global store.
     pub backend: Option<Backend>,
+    /// How long a change waits for the data to settle (`wait`); `None` takes `--wait`, and
+    /// without that a change renders at once.
+    pub wait: Option<Wait>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +87,7 @@ struct TemplateTable {
     reload_cmd: Option<String>,
     check_cmd_timeout: Option<Timeout>,
     reload_cmd_timeout: Option<Timeout>,
+    wait: Option<String>,
 }
 
 /// `"30s"`, `"1m30s"`, or a number of seconds.
@@ -207,6 +212,13 @@ pub fn load(
         check_timeout: timeout(table.check_cmd_timeout, "check_cmd_timeout")?,
         reload_timeout: timeout(table.reload_cmd_timeout, "reload_cmd_timeout")?,
         backend,
+        wait: table
+            .wait
+            .map(|text| {
+                text.parse::<Wait>()
+                    .map_err(|e| fail(format!("`wait` = {e}")))
+            })
+            .transpose()?,
     })
 }
 

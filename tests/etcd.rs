@@ -673,3 +673,48 @@ fn a_busy_resource_does_not_starve_another() {
     });
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+#[test]
+fn wait_collapses_fifty_quick_changes_into_one_reload() {
+    let etcd = Etcd::start();
+    etcd.put("/app/servers/web0", "10.0.0.0:80");
+    let fixture = fixture();
+    fixture.resource(
+        "app",
+        &format!(
+            "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\nwait = \"500ms:3s\"\n\
+             reload_cmd = \"(cat app.conf; echo --) >> {}\"\n",
+            fixture.path("reloads").display()
+        ),
+    );
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    expect_content(&fixture, &daemon, "server web0 10.0.0.0:80\n", "first sync");
+    assert_eq!(
+        settled_reloads(&fixture, 1),
+        1,
+        "the first sync reloads once"
+    );
+    for n in 1..=50 {
+        etcd.put("/app/servers/web0", &format!("10.0.0.{n}:80"));
+    }
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web0 10.0.0.50:80\n",
+        "the last of 50 values",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        reloads(&fixture),
+        2,
+        "one reload for the 50 changes\n{}",
+        std::fs::read_to_string(fixture.path("reloads")).unwrap_or_default()
+    );
+    assert!(
+        std::fs::read_to_string(fixture.path("reloads"))
+            .is_ok_and(|text| text.ends_with("server web0 10.0.0.50:80\n--\n")),
+        "the reload saw the final file"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}

@@ -1,0 +1,148 @@
+//! Waiting for data to settle before rendering, with consul-template's `wait` semantics: a
+//! resource renders once its keys have been quiet for the minimum, and no later than the
+//! maximum after the first change, so a burst of changes gives one render and one reload.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// A resource's `wait` (or `--wait`): `"2s:10s"` (minimum, maximum) or `"2s"` (the maximum
+/// is then four times the minimum, as in consul-template).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Wait {
+    /// How long the data must have been quiet.
+    pub min: Duration,
+    /// The longest a render waits after the first change.
+    pub max: Duration,
+}
+
+impl FromStr for Wait {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Wait, String> {
+        let duration = |part: &str| {
+            humantime::parse_duration(part.trim())
+                .map_err(|e| format!("{part:?} is not a duration such as \"2s\" ({e})"))
+        };
+        let (min, max) = match text.split_once(':') {
+            Some((min, max)) => (duration(min)?, duration(max)?),
+            None => {
+                let min = duration(text)?;
+                (min, min * 4)
+            }
+        };
+        if min > max {
+            return Err(format!(
+                "{text:?}: the minimum ({min:?}) is longer than the maximum ({max:?})"
+            ));
+        }
+        Ok(Wait { min, max })
+    }
+}
+
+impl fmt::Display for Wait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}",
+            humantime::format_duration(self.min),
+            humantime::format_duration(self.max)
+        )
+    }
+}
+
+/// The resources whose data changed and that are waiting for it to settle, by index.
+#[derive(Debug, Default)]
+pub struct Settling {
+    /// For each waiting resource: when its first change came, and when it renders.
+    pending: BTreeMap<usize, (Instant, Instant)>,
+}
+
+impl Settling {
+    /// Records a change at `now` to resource `index`, which waits as `wait` says.
+    pub fn changed(&mut self, index: usize, wait: Wait, now: Instant) {
+        let first = self.pending.get(&index).map_or(now, |(first, _)| *first);
+        let due = (now + wait.min).min(first + wait.max);
+        self.pending.insert(index, (first, due));
+    }
+
+    /// When the next waiting resource is due, if any is waiting.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.pending.values().map(|(_, due)| *due).min()
+    }
+
+    /// Removes and returns the resources due at `now`.
+    pub fn take_due(&mut self, now: Instant) -> BTreeSet<usize> {
+        let due: BTreeSet<usize> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(index, _)| *index)
+            .collect();
+        self.pending.retain(|index, _| !due.contains(index));
+        due
+    }
+
+    /// Forgets every waiting resource: a full resync has just rendered them all.
+    pub fn clear(&mut self) {
+        self.pending.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_reads_min_and_max_or_min_alone() {
+        assert_eq!(
+            "2s:10s".parse::<Wait>(),
+            Ok(Wait {
+                min: Duration::from_secs(2),
+                max: Duration::from_secs(10)
+            })
+        );
+        assert_eq!(
+            "500ms".parse::<Wait>(),
+            Ok(Wait {
+                min: Duration::from_millis(500),
+                max: Duration::from_secs(2)
+            })
+        );
+        let error = "10s:2s".parse::<Wait>().expect_err("min > max");
+        assert!(error.contains("longer than the maximum"), "{error}");
+        let error = "soon".parse::<Wait>().expect_err("not a duration");
+        assert!(error.contains("\"soon\""), "{error}");
+        assert_eq!(
+            "2s:10s".parse::<Wait>().map(|w| w.to_string()),
+            Ok("2s:10s".into())
+        );
+    }
+
+    #[test]
+    fn quiet_data_renders_after_the_minimum_and_busy_data_by_the_maximum() {
+        let wait = Wait {
+            min: Duration::from_secs(2),
+            max: Duration::from_secs(5),
+        };
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let mut settling = Settling::default();
+        settling.changed(1, wait, at(0));
+        assert_eq!(settling.next_due(), Some(at(2)));
+        // A change every second keeps pushing the minimum, until the maximum.
+        for second in 1..=4 {
+            settling.changed(1, wait, at(second));
+        }
+        assert_eq!(settling.next_due(), Some(at(5)));
+        assert!(settling.take_due(at(4)).is_empty());
+        assert_eq!(settling.take_due(at(5)), BTreeSet::from([1]));
+        assert_eq!(settling.next_due(), None);
+        // After a render the next change starts a new wait.
+        settling.changed(1, wait, at(6));
+        assert_eq!(settling.next_due(), Some(at(8)));
+        settling.clear();
+        assert_eq!(settling.next_due(), None);
+    }
+}
