@@ -6,7 +6,8 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
 
 /// reconfd: render configuration files from key/value stores and swap them in safely.
 ///
@@ -155,6 +156,16 @@ pub struct Cli {
     #[arg(long, env = "RECONFD_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
 
+    /// Log line format: `text` for people, `json` (one object per line) for log shippers.
+    /// [default: text]
+    #[arg(long, env = "RECONFD_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Wait for changed data to settle before rendering: `MIN:MAX` (`2s:10s`) or `MIN` (the
+    /// maximum is then four times it). A resource's own `wait` overrides it. [default: none]
+    #[arg(long, env = "RECONFD_WAIT", value_name = "MIN:MAX")]
+    pub wait: Option<String>,
+
     /// File store: a YAML, JSON or TOML file, or a directory of them; repeatable.
     #[arg(
         long = "file",
@@ -168,4 +179,15 @@ pub struct Cli {
     /// [default: *.yaml, *.yml, *.json, *.toml]
     #[arg(long, env = "RECONFD_FILTER", value_name = "GLOB")]
     pub filter: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }

@@ -219,17 +219,16 @@ impl Plan {
             // Files rendered from a store of secrets are private unless their resource says
             // otherwise, and their content stays out of logs and diffs.
             let secret = backend.holds_secrets();
-            let members: Vec<Prepared> = if secret {
-                members
-                    .into_iter()
-                    .map(|mut member| {
+            let members: Vec<Prepared> = members
+                .into_iter()
+                .map(|mut member| {
+                    if secret {
                         member.resource.mode.get_or_insert(SECRET_MODE);
-                        member
-                    })
-                    .collect()
-            } else {
-                members
-            };
+                    }
+                    member.resource.wait = member.resource.wait.or(settings.wait);
+                    member
+                })
+                .collect();
             let options = Options { secret, ..options };
             if let Some(index) = previous.iter().position(|group| group.backend == backend) {
                 let old = previous.swap_remove(index);

@@ -3,25 +3,23 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use reconfd::cli::LogFormat;
 use reconfd::daemon;
 use reconfd::settings::Settings;
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::reload;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 fn main() -> ExitCode {
     // Logging starts at `info` so that settings warnings are seen, and switches to the
     // configured level once the settings are known.
+    // The line format is known only with the settings too, so the output layer is swapped
+    // in the same way.
     let (filter, filter_handle) = reload::Layer::new(EnvFilter::new("info"));
+    let (output, output_handle) = reload::Layer::new(log_output(LogFormat::Text));
     tracing_subscriber::registry()
+        .with(output)
         .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                // Colour codes are noise in the journal and in files; only a terminal gets them.
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_target(false),
-        )
         .init();
 
     let settings = match Settings::from_command_line() {
@@ -33,6 +31,11 @@ fn main() -> ExitCode {
     };
     if let Err(e) = filter_handle.reload(EnvFilter::new(&settings.log_level)) {
         eprintln!("reconfd: cannot set the log level: {e}");
+    }
+    if settings.log_format != LogFormat::Text
+        && let Err(e) = output_handle.reload(log_output(settings.log_format))
+    {
+        eprintln!("reconfd: cannot set the log format: {e}");
     }
 
     // One thread is enough: the work is rendering and short file operations, and a single
@@ -48,4 +51,16 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(daemon::run(settings))
+}
+
+/// The layer that writes log lines to standard error in `format`.
+fn log_output(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        // Colour codes are noise in the journal and in files; only a terminal gets them.
+        LogFormat::Text => layer.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
+    }
 }

@@ -12,8 +12,9 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use serde::Deserialize;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, LogFormat};
 use crate::store::backend::{Backend, StoreFields, one_or_many};
+use crate::wait::Wait;
 
 const DEFAULT_CONFDIR: &str = "/etc/reconfd";
 const DEFAULT_INTERVAL_SECONDS: u64 = 600;
@@ -88,6 +89,10 @@ pub struct Settings {
     pub keep_stage_file: bool,
     /// Log level filter, such as `info`.
     pub log_level: String,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+    /// The wait of resources that set none.
+    pub wait: Option<Wait>,
 }
 
 /// The settings file, with confd.toml's key names.
@@ -108,6 +113,9 @@ struct SettingsFile {
     keep_stage_file: Option<bool>,
     #[serde(rename = "log-level")]
     log_level: Option<String>,
+    #[serde(rename = "log-format")]
+    log_format: Option<LogFormat>,
+    wait: Option<String>,
     #[serde(default, deserialize_with = "one_or_many")]
     file: Vec<PathBuf>,
     filter: Option<String>,
@@ -213,6 +221,14 @@ impl Settings {
             .or(file.log_level)
             .unwrap_or_else(|| "info".to_string());
         let log_level = normalize_log_level(&log_level)?;
+        let wait = cli
+            .wait
+            .or(file.wait)
+            .map(|text| {
+                text.parse::<Wait>()
+                    .map_err(|e| SettingsError::Invalid(format!("--wait {e}")))
+            })
+            .transpose()?;
         let mode = if onetime {
             RunMode::Onetime
         } else if watch {
@@ -230,6 +246,8 @@ impl Settings {
             sync_only,
             keep_stage_file,
             log_level,
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            wait,
         })
     }
 }

@@ -392,3 +392,24 @@ fn a_bind_mounted_destination_is_written_in_place() {
         "the mounted file itself received the content"
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    let mut args = ONETIME_FILE.to_vec();
+    args.extend(["--log-format", "json"]);
+    let run = fixture.run(&args);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let lines: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
+        .collect();
+    assert!(
+        lines.iter().any(|line| line["level"] == "INFO"
+            && line["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("out of sync"))),
+        "{run:?}"
+    );
+}
