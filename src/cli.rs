@@ -152,6 +152,11 @@ pub struct Cli {
     #[arg(long, env = "RECONFD_KEEP_STAGE_FILE")]
     pub keep_stage_file: bool,
 
+    /// When a reload command fails, put the previous file back and reload again, for every
+    /// resource (a resource's `rollback` turns it on for that one).
+    #[arg(long, env = "RECONFD_ROLLBACK")]
+    pub rollback: bool,
+
     /// Log level: error, warn, info, debug or trace. [default: info]
     #[arg(long, env = "RECONFD_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,

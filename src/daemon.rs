@@ -226,6 +226,7 @@ impl Plan {
                         member.resource.mode.get_or_insert(SECRET_MODE);
                     }
                     member.resource.wait = member.resource.wait.or(settings.wait);
+                    member.resource.rollback |= settings.rollback;
                     member
                 })
                 .collect();

@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use md5::{Digest, Md5};
@@ -73,6 +73,34 @@ pub enum ReconcileError {
         /// The command's failure, with its output.
         source: CommandError,
     },
+    /// The reload command failed, so the previous destination was put back (`rollback`) and
+    /// the reload run again.
+    #[error(
+        "{dest}: the reload command failed: {source}; the previous file was put back, {}",
+        match second { Ok(()) => "and the reload on it succeeded".to_string(),
+                       Err(e) => format!("but the reload on it failed too: {e}") }
+    )]
+    RolledBack {
+        /// The destination.
+        dest: String,
+        /// The first reload's failure.
+        source: CommandError,
+        /// The reload on the restored file.
+        second: Result<(), CommandError>,
+    },
+    /// The rendered output is not valid in the resource's `output_format`; nothing was
+    /// written or run.
+    #[error(
+        "{dest}: the rendered output is not valid {format}, destination left unchanged: {message}"
+    )]
+    Format {
+        /// The destination.
+        dest: String,
+        /// The format it must be in.
+        format: OutputFormat,
+        /// The parser's complaint, with its line and column.
+        message: String,
+    },
 }
 
 /// The destination as it is on disk.
@@ -123,6 +151,15 @@ pub async fn reconcile(
         return Ok(Outcome::InSync);
     }
     tracing::info!("Target config {dest_name} out of sync");
+    if let Some(format) = resource.output_format {
+        format
+            .validate(rendered)
+            .map_err(|message| ReconcileError::Format {
+                dest: dest_name.clone(),
+                format,
+                message,
+            })?;
+    }
 
     if options.noop {
         let old = actual
@@ -141,6 +178,10 @@ pub async fn reconcile(
         return Ok(Outcome::WouldUpdate);
     }
 
+    prepare_dir(dest, resource.create_dest_dirs).map_err(|message| ReconcileError::Io {
+        dest: dest_name.clone(),
+        message,
+    })?;
     let staged = stage(dest, rendered.as_bytes(), &wanted, resource)
         .map_err(|e| io_error("cannot stage the new content", e))?;
     let stage_path = staged.path().display().to_string();
@@ -158,6 +199,9 @@ pub async fn reconcile(
                 source,
             });
         }
+    }
+    if let (true, Some(actual)) = (resource.backup, &actual) {
+        backup(dest, actual).map_err(|e| io_error("cannot write the backup file", e))?;
     }
     match staged.persist(dest) {
         Ok(_) => {}
@@ -190,6 +234,19 @@ pub async fn reconcile(
         match command::run(&command, resource.reload_timeout).await {
             Ok(output) if output.is_empty() => tracing::info!("Reloaded for {dest_name}"),
             Ok(output) => tracing::info!("Reloaded for {dest_name}: {output}"),
+            Err(source) if resource.rollback => {
+                tracing::warn!("{dest_name}: the reload failed; putting the previous file back");
+                restore(dest, actual.as_ref(), resource)
+                    .map_err(|e| io_error("cannot put the previous file back", e))?;
+                let second = command::run(&command, resource.reload_timeout)
+                    .await
+                    .map(drop);
+                return Err(ReconcileError::RolledBack {
+                    dest: dest_name,
+                    source,
+                    second,
+                });
+            }
             Err(source) => {
                 return Err(ReconcileError::Reload {
                     dest: dest_name,
@@ -199,6 +256,119 @@ pub async fn reconcile(
         }
     }
     Ok(Outcome::Updated)
+}
+
+/// A format the rendered output must parse as (`output_format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+    /// TOML.
+    Toml,
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<OutputFormat, String> {
+        match text {
+            "json" => Ok(OutputFormat::Json),
+            "yaml" => Ok(OutputFormat::Yaml),
+            "toml" => Ok(OutputFormat::Toml),
+            _ => Err(format!(
+                "{text:?} is not one of \"json\", \"yaml\", \"toml\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for OutputFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OutputFormat::Json => "JSON",
+            OutputFormat::Yaml => "YAML",
+            OutputFormat::Toml => "TOML",
+        })
+    }
+}
+
+impl OutputFormat {
+    /// Parses `text`; the error is the parser's message, with line and column.
+    pub fn validate(self, text: &str) -> Result<(), String> {
+        match self {
+            OutputFormat::Json => serde_json::from_str::<serde_json::Value>(text)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            OutputFormat::Yaml => serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            OutputFormat::Toml => text
+                .parse::<toml::Table>()
+                .map(drop)
+                .map_err(|e| e.to_string().trim_end().replace('\n', " ")),
+        }
+    }
+}
+
+/// Makes sure the destination's directory exists, creating it (mode 0755) when `create`.
+fn prepare_dir(dest: &Path, create: bool) -> Result<(), String> {
+    let Some(dir) = dest.parent().filter(|dir| !dir.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if !create {
+        return Err(format!(
+            "directory {} does not exist (create_dest_dirs = true creates it)",
+            dir.display()
+        ));
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))
+}
+
+/// Keeps the destination's current content and mode as `<dest>.bak`, replacing an older one
+/// atomically.
+fn backup(dest: &Path, actual: &Actual) -> std::io::Result<()> {
+    let mut name = dest.as_os_str().to_owned();
+    name.push(".bak");
+    let wanted = Wanted {
+        mode: actual.mode,
+        uid: None,
+        gid: None,
+    };
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let mut staged = tempfile::Builder::new().prefix(".bak.").tempfile_in(dir)?;
+    staged.write_all(&actual.content)?;
+    staged
+        .as_file()
+        .set_permissions(std::fs::Permissions::from_mode(wanted.mode))?;
+    staged.as_file().sync_all()?;
+    staged.persist(std::path::PathBuf::from(name))?;
+    Ok(())
+}
+
+/// Puts `previous` back as the destination (or removes the destination when there was none),
+/// the same atomic way a new file goes in.
+fn restore(dest: &Path, previous: Option<&Actual>, resource: &Resource) -> std::io::Result<()> {
+    match previous {
+        Some(previous) => {
+            let wanted = Wanted {
+                mode: previous.mode,
+                uid: Some(previous.uid),
+                gid: Some(previous.gid),
+            };
+            stage(dest, &previous.content, &wanted, resource)?.persist(dest)?;
+        }
+        None => std::fs::remove_file(dest)?,
+    }
+    sync_parent_dir(dest)
 }
 
 fn read_actual(dest: &Path) -> std::io::Result<Option<Actual>> {
@@ -393,6 +563,10 @@ mod tests {
             reload_timeout: Duration::from_secs(5),
             backend: None,
             wait: None,
+            backup: false,
+            rollback: false,
+            create_dest_dirs: false,
+            output_format: None,
         }
     }
 
@@ -613,5 +787,23 @@ mod tests {
             shown.contains("-<secret line>") && shown.contains("+<secret line>"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn output_formats_accept_valid_text_and_name_the_place_of_a_fault() {
+        assert_eq!(OutputFormat::Json.validate("{\"a\": [1, 2]}"), Ok(()));
+        assert_eq!(OutputFormat::Yaml.validate("a:\n  - 1\n"), Ok(()));
+        assert_eq!(OutputFormat::Toml.validate("[a]\nb = 1\n"), Ok(()));
+        let json = OutputFormat::Json.validate("{\"a\": }").expect_err("json");
+        assert!(json.contains("line 1 column 7"), "{json}");
+        let yaml = OutputFormat::Yaml
+            .validate("a: [1\nb: 2\n")
+            .expect_err("yaml");
+        assert!(yaml.contains("line"), "{yaml}");
+        let toml = OutputFormat::Toml
+            .validate("a = 1\na = 2\n")
+            .expect_err("toml");
+        assert!(toml.contains("line 2"), "{toml}");
+        assert!("xml".parse::<OutputFormat>().is_err());
     }
 }

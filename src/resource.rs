@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::reconcile::OutputFormat;
 use crate::store::backend::{Backend, StoreFields};
 use crate::store::consul::SERVICES_ROOT;
 use crate::wait::Wait;
@@ -59,6 +60,15 @@ pub struct Resource {
     /// How long a change waits for the data to settle (`wait`); `None` takes `--wait`, and
     /// without that a change renders at once.
     pub wait: Option<Wait>,
+    /// Keep the previous destination as `<dest>.bak` (`backup`).
+    pub backup: bool,
+    /// When the reload fails, put the previous destination back and reload again
+    /// (`rollback`).
+    pub rollback: bool,
+    /// Create the destination's missing directories (`create_dest_dirs`).
+    pub create_dest_dirs: bool,
+    /// A format the rendered output must parse as before it is staged (`output_format`).
+    pub output_format: Option<OutputFormat>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +98,13 @@ struct TemplateTable {
     check_cmd_timeout: Option<Timeout>,
     reload_cmd_timeout: Option<Timeout>,
     wait: Option<String>,
+    #[serde(default)]
+    backup: bool,
+    #[serde(default)]
+    rollback: bool,
+    #[serde(default)]
+    create_dest_dirs: bool,
+    output_format: Option<String>,
 }
 
 /// `"30s"`, `"1m30s"`, or a number of seconds.
@@ -217,6 +234,16 @@ pub fn load(
             .map(|text| {
                 text.parse::<Wait>()
                     .map_err(|e| fail(format!("`wait` = {e}")))
+            })
+            .transpose()?,
+        backup: table.backup,
+        rollback: table.rollback,
+        create_dest_dirs: table.create_dest_dirs,
+        output_format: table
+            .output_format
+            .map(|text| {
+                text.parse::<OutputFormat>()
+                    .map_err(|e| fail(format!("`output_format` = {e}")))
             })
             .transpose()?,
     })

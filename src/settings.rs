@@ -93,6 +93,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// The wait of resources that set none.
     pub wait: Option<Wait>,
+    /// Roll back failed reloads for every resource.
+    pub rollback: bool,
 }
 
 /// The settings file, with confd.toml's key names.
@@ -116,6 +118,7 @@ struct SettingsFile {
     #[serde(rename = "log-format")]
     log_format: Option<LogFormat>,
     wait: Option<String>,
+    rollback: Option<bool>,
     #[serde(default, deserialize_with = "one_or_many")]
     file: Vec<PathBuf>,
     filter: Option<String>,
@@ -169,6 +172,7 @@ impl Settings {
         let noop = flag("noop", cli.noop, file.noop);
         let sync_only = flag("sync_only", cli.sync_only, file.sync_only);
         let keep_stage_file = flag("keep_stage_file", cli.keep_stage_file, file.keep_stage_file);
+        let rollback = flag("rollback", cli.rollback, file.rollback);
         let confdir = cli
             .confdir
             .or(file.confdir)
@@ -247,6 +251,7 @@ impl Settings {
             keep_stage_file,
             log_level,
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            rollback,
             wait,
         })
     }
