@@ -12,7 +12,7 @@ for tool in cargo rustfmt cargo-clippy; do
   }
 done
 
-packages=(haproxy etcd-server openssl redis-server zookeeper nats-server)
+packages=(haproxy etcd-server openssl redis-server zookeeper nats-server chromium)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -4,6 +4,7 @@
 //! Fields are `Option`s (or plain `bool`s whose origin is read from the argument matches) so
 //! that an unset flag can fall through to the settings file.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
@@ -156,6 +157,11 @@ pub struct Cli {
     /// resource (a resource's `rollback` turns it on for that one).
     #[arg(long, env = "RECONFD_ROLLBACK")]
     pub rollback: bool,
+
+    /// Serve metrics, health, readiness and a status page on this address, such as
+    /// `127.0.0.1:9100`. [default: off]
+    #[arg(long, env = "RECONFD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
 
     /// Log level: error, warn, info, debug or trace. [default: info]
     #[arg(long, env = "RECONFD_LOG_LEVEL", value_name = "LEVEL")]

@@ -16,9 +16,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::notify;
-use crate::reconcile::{self, Options, Outcome};
+use crate::reconcile::{self, Options, Outcome, ReconcileError};
 use crate::resource::{self, Resource, ResourceError};
 use crate::settings::{RunMode, Settings};
+use crate::status::{self, Status, SyncReport, SyncResult};
 use crate::store::backend::{self, Backend};
 use crate::store::{Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
 use crate::template::{Renderer, SharedResults, View};
@@ -50,7 +51,20 @@ pub async fn run(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let plan = match Plan::build(&settings, Vec::new()) {
+    let status = Status::new();
+    if let Some(address) = settings.listen {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => {
+                tracing::info!("serving metrics and status on http://{address}/");
+                tokio::spawn(status::serve(listener, status.clone()));
+            }
+            Err(e) => {
+                tracing::error!("--listen {address}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let plan = match Plan::build(&settings, Vec::new(), &status) {
         Ok(plan) => plan,
         Err(code) => return code,
     };
@@ -64,6 +78,7 @@ pub async fn run(settings: Settings) -> ExitCode {
             () = generation.first_synced() => {
                 let summary = generation.summary();
                 tracing::info!("first sync done: {summary}");
+                status.set_ready();
                 notify::ready(&summary);
             }
             _ = signals.terminate.recv() => break,
@@ -74,7 +89,7 @@ pub async fn run(settings: Settings) -> ExitCode {
                 match reread(&settings) {
                     Ok(new_settings) => {
                         let previous = generation.stop().await;
-                        match Plan::build(&new_settings, previous) {
+                        match Plan::build(&new_settings, previous, &status) {
                             Ok(plan) => {
                                 generation = Generation::start(plan, new_settings.mode);
                                 tracing::info!("SIGHUP: new settings applied");
@@ -174,7 +189,11 @@ impl Plan {
     /// `previous` whose store settings are unchanged hand over their store client (and with
     /// it where their watches stopped) and, when they read the same prefixes, their snapshot.
     /// Unusable settings are logged and give the exit status.
-    fn build(settings: &Settings, mut previous: Vec<Group>) -> Result<Plan, ExitCode> {
+    fn build(
+        settings: &Settings,
+        mut previous: Vec<Group>,
+        status: &Status,
+    ) -> Result<Plan, ExitCode> {
         let loaded = match resource::load_all(&settings.confdir, &settings.prefix) {
             Ok(loaded) => loaded,
             Err(e) => {
@@ -233,7 +252,14 @@ impl Plan {
             let options = Options { secret, ..options };
             if let Some(index) = previous.iter().position(|group| group.backend == backend) {
                 let old = previous.swap_remove(index);
-                let mut group = Group::new(old.store, backend, members, options, settings.interval);
+                let mut group = Group::new(
+                    old.store,
+                    backend,
+                    members,
+                    options,
+                    settings.interval,
+                    status.clone(),
+                );
                 if group.prefixes == old.prefixes {
                     group.snapshot = old.snapshot;
                     group.warm = true;
@@ -253,6 +279,7 @@ impl Plan {
                     members,
                     options,
                     settings.interval,
+                    status.clone(),
                 )),
                 Err(message) => {
                     // Only the resources with this [backend] table are lost.
@@ -263,6 +290,14 @@ impl Plan {
                 }
             }
         }
+        status.set_resources(groups.iter().flat_map(|group| {
+            group.prepared.iter().map(|member| {
+                (
+                    member.resource.file.as_path(),
+                    member.resource.dest.as_path(),
+                )
+            })
+        }));
         Ok(Plan { groups, failures })
     }
 }
@@ -427,6 +462,8 @@ struct Group {
     options: Options,
     interval: Duration,
     outage: Outage,
+    /// Where syncs are recorded for `--listen`.
+    status: Status,
     /// Told once, after the first full sync.
     first_sync: Option<mpsc::UnboundedSender<()>>,
     /// The snapshot is current (handed over on SIGHUP): the first sync renders from it and
@@ -441,6 +478,7 @@ impl Group {
         prepared: Vec<Prepared>,
         options: Options,
         interval: Duration,
+        status: Status,
     ) -> Group {
         Group {
             backend,
@@ -451,7 +489,11 @@ impl Group {
             store,
             prepared,
             snapshot: Arc::new(Snapshot::default()),
-            outage: Outage::default(),
+            outage: Outage {
+                since: None,
+                status: status.clone(),
+            },
+            status,
             first_sync: None,
         }
     }
@@ -509,10 +551,14 @@ impl Group {
         // link, a proxy's idle timeout) must not keep the safety resync from ever running.
         let mut resync =
             tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
+        let mut opened_before = false;
         loop {
             match self.store.watch(&self.prefixes, &self.snapshot).await {
                 Ok(Some(stream)) => {
                     self.outage.ended(self.store.name());
+                    if std::mem::replace(&mut opened_before, true) {
+                        self.status.watch_reopened(self.store.name());
+                    }
                     let opened = Instant::now();
                     if self.follow(stream, &mut resync, shutdown).await.is_break() {
                         return;
@@ -656,7 +702,8 @@ impl Group {
                 revision: Some(revision),
                 ..
             }) if snapshot.revision.is_some_and(|read| revision <= read) => {}
-            Ok(WatchEvent::Changes { changes, .. }) => {
+            Ok(WatchEvent::Changes { changes, revision }) => {
+                self.status.store_answered(self.store.name(), revision);
                 for change in changes {
                     changed.insert(change.key().to_string());
                     snapshot.apply(change);
@@ -688,6 +735,8 @@ impl Group {
         match self.store.fetch(&self.prefixes).await {
             Ok(snapshot) => {
                 self.outage.ended(self.store.name());
+                self.status
+                    .store_answered(self.store.name(), snapshot.revision);
                 self.snapshot = Arc::new(snapshot);
                 self.sync(|_| true).await;
                 self.first_synced();
@@ -735,13 +784,52 @@ impl Group {
             keys: resource.keys.clone(),
             shared: Arc::clone(shared),
         };
-        let rendered = prepared
-            .renderer
-            .render(view)
-            .map_err(|e| format!("{}: {e}", resource.file.display()))?;
-        reconcile::reconcile(resource, &rendered, self.options)
-            .await
-            .map_err(|e| format!("{}: {e}", resource.file.display()))
+        let started = Instant::now();
+        let rendered = prepared.renderer.render(view);
+        let render_time = started.elapsed();
+        let result = match &rendered {
+            Ok(rendered) => reconcile::reconcile(resource, rendered, self.options)
+                .await
+                .map_err(|e| (sync_result(&e), format!("{}: {e}", resource.file.display()))),
+            Err(e) => Err((
+                SyncResult::RenderFailed,
+                format!("{}: {e}", resource.file.display()),
+            )),
+        };
+        let (result_kind, error) = match &result {
+            Ok(Outcome::InSync) => (SyncResult::InSync, None),
+            Ok(Outcome::Updated) => (SyncResult::Updated, None),
+            Ok(Outcome::WouldUpdate) => (SyncResult::WouldUpdate, None),
+            Err((kind, message)) => (*kind, Some(message.as_str())),
+        };
+        let commands_ran = !self.options.sync_only;
+        self.status.synced(&SyncReport {
+            resource: &resource.file,
+            result: result_kind,
+            error,
+            render_time,
+            checked: commands_ran && resource.check_cmd.is_some(),
+            reloaded: commands_ran && resource.reload_cmd.is_some(),
+            // A checksum of a short secret gives it away.
+            md5: match (&rendered, self.options.secret || self.options.noop) {
+                (Ok(rendered), false) if result_kind != SyncResult::CheckFailed => {
+                    Some(reconcile::md5_hex(rendered.as_bytes()))
+                }
+                _ => None,
+            },
+        });
+        result.map_err(|(_, message)| message)
+    }
+}
+
+/// How a failed reconcile shows in metrics and the status page.
+fn sync_result(error: &ReconcileError) -> SyncResult {
+    match error {
+        ReconcileError::Check { .. } => SyncResult::CheckFailed,
+        ReconcileError::Reload { .. } | ReconcileError::RolledBack { .. } => {
+            SyncResult::ReloadFailed
+        }
+        ReconcileError::Io { .. } | ReconcileError::Format { .. } => SyncResult::WriteFailed,
     }
 }
 
@@ -770,13 +858,15 @@ fn changed_keys<'a>(old: &'a Snapshot, new: &'a Snapshot) -> impl Iterator<Item 
 
 /// Logs a store outage once when it begins and once when it ends, however many attempts fail
 /// in between.
-#[derive(Default)]
 struct Outage {
     since: Option<Instant>,
+    /// Where store failures are counted.
+    status: Status,
 }
 
 impl Outage {
     fn began(&mut self, store: &str, error: &StoreError) {
+        self.status.store_failed(store);
         if self.since.is_none() {
             tracing::error!(
                 "{store} store unavailable: {error}; keeping the current files and retrying"

@@ -14,6 +14,7 @@ pub mod notify;
 pub mod reconcile;
 pub mod resource;
 pub mod settings;
+pub mod status;
 pub mod store;
 pub mod template;
 pub mod wait;

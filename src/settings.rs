@@ -5,6 +5,7 @@
 //! keys for stores reconfd does not offer yet are accepted with a warning; any other unknown
 //! key is an error that names the file and the key.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -95,6 +96,8 @@ pub struct Settings {
     pub wait: Option<Wait>,
     /// Roll back failed reloads for every resource.
     pub rollback: bool,
+    /// Where to serve metrics and the status page.
+    pub listen: Option<SocketAddr>,
 }
 
 /// The settings file, with confd.toml's key names.
@@ -119,6 +122,7 @@ struct SettingsFile {
     log_format: Option<LogFormat>,
     wait: Option<String>,
     rollback: Option<bool>,
+    listen: Option<SocketAddr>,
     #[serde(default, deserialize_with = "one_or_many")]
     file: Vec<PathBuf>,
     filter: Option<String>,
@@ -253,6 +257,7 @@ impl Settings {
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             rollback,
             wait,
+            listen: cli.listen.or(file.listen),
         })
     }
 }

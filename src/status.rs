@@ -1,0 +1,496 @@
+//! What the daemon is doing, for people and for monitoring: the run loop records every sync
+//! and store event in a [`Status`], and `--listen` serves it.
+//!
+//! - `/metrics`: Prometheus text format (renders, writes, checks and reloads by result, store
+//!   errors, watch reconnects, last success per resource, render durations);
+//! - `/health`: the process is alive; `/ready`: the first full sync is done;
+//! - `/status`: the same as JSON, per resource and per store;
+//! - `/`: a small page showing `/status`, refreshed every two seconds.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use chrono::{SecondsFormat, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+/// The page served at `/`.
+const PAGE: &str = include_str!("status.html");
+
+/// How one sync of a resource ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncResult {
+    /// The destination already matched.
+    InSync,
+    /// The destination was replaced (checked and reloaded where the resource says so).
+    Updated,
+    /// `--noop`: the destination differs.
+    WouldUpdate,
+    /// The template could not be rendered.
+    RenderFailed,
+    /// The check command rejected the new content.
+    CheckFailed,
+    /// The reload command failed (after the swap; rolled back where the resource says so).
+    ReloadFailed,
+    /// Reading, staging or writing a file failed, or the output was not in its format.
+    WriteFailed,
+}
+
+impl SyncResult {
+    /// The name used in metrics labels and in `/status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncResult::InSync => "in_sync",
+            SyncResult::Updated => "updated",
+            SyncResult::WouldUpdate => "would_update",
+            SyncResult::RenderFailed => "render_failed",
+            SyncResult::CheckFailed => "check_failed",
+            SyncResult::ReloadFailed => "reload_failed",
+            SyncResult::WriteFailed => "write_failed",
+        }
+    }
+
+    fn failed(self) -> bool {
+        matches!(
+            self,
+            SyncResult::RenderFailed
+                | SyncResult::CheckFailed
+                | SyncResult::ReloadFailed
+                | SyncResult::WriteFailed
+        )
+    }
+}
+
+/// One sync of a resource, as the run loop reports it.
+#[derive(Debug)]
+pub struct SyncReport<'a> {
+    /// The resource file.
+    pub resource: &'a Path,
+    /// How it ended.
+    pub result: SyncResult,
+    /// The error, for failures.
+    pub error: Option<&'a str>,
+    /// How long rendering took.
+    pub render_time: Duration,
+    /// The resource has a check command, so an update passed it.
+    pub checked: bool,
+    /// The resource has a reload command, so an update ran it.
+    pub reloaded: bool,
+    /// md5 of the destination as it now is, where known and not secret.
+    pub md5: Option<String>,
+}
+
+/// The daemon's state as recorded by the run loop; cheap to clone, shared by all loops.
+#[derive(Clone, Default)]
+pub struct Status {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<StatusState>,
+    metrics: Metrics,
+}
+
+/// What `/status` shows.
+#[derive(Default, Serialize)]
+struct StatusState {
+    ready: bool,
+    resources: BTreeMap<String, ResourceState>,
+    stores: BTreeMap<String, StoreState>,
+}
+
+#[derive(Default, Serialize)]
+struct ResourceState {
+    file: String,
+    dest: String,
+    md5: Option<String>,
+    last_result: Option<&'static str>,
+    last_error: Option<String>,
+    last_change: Option<String>,
+    last_success: Option<String>,
+}
+
+#[derive(Default, Serialize)]
+struct StoreState {
+    name: String,
+    connected: bool,
+    revision: Option<i64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabel {
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    resource: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabel {
+    store: String,
+}
+
+type Histograms = Family<ResourceLabel, Histogram, fn() -> Histogram>;
+
+struct Metrics {
+    registry: Registry,
+    renders: Family<ResultLabels, Counter>,
+    writes: Family<ResourceLabel, Counter>,
+    checks: Family<ResultLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    store_errors: Family<StoreLabel, Counter>,
+    watch_reconnects: Family<StoreLabel, Counter>,
+    last_success: Family<ResourceLabel, Gauge<f64, AtomicU64>>,
+    render_seconds: Histograms,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        fn render_histogram() -> Histogram {
+            // 0.1 ms to about 3 s.
+            Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+        }
+        let mut metrics = Metrics {
+            registry: Registry::default(),
+            renders: Family::default(),
+            writes: Family::default(),
+            checks: Family::default(),
+            reloads: Family::default(),
+            store_errors: Family::default(),
+            watch_reconnects: Family::default(),
+            last_success: Family::default(),
+            render_seconds: Family::new_with_constructor(render_histogram),
+        };
+        let registry = &mut metrics.registry;
+        registry.register(
+            "reconfd_renders",
+            "Resource syncs by result",
+            metrics.renders.clone(),
+        );
+        registry.register(
+            "reconfd_writes",
+            "Destinations replaced",
+            metrics.writes.clone(),
+        );
+        registry.register(
+            "reconfd_checks",
+            "Check commands by result",
+            metrics.checks.clone(),
+        );
+        registry.register(
+            "reconfd_reloads",
+            "Reload commands by result",
+            metrics.reloads.clone(),
+        );
+        registry.register(
+            "reconfd_store_errors",
+            "Failed store reads and watches",
+            metrics.store_errors.clone(),
+        );
+        registry.register(
+            "reconfd_watch_reconnects",
+            "Watches opened again after the first",
+            metrics.watch_reconnects.clone(),
+        );
+        registry.register(
+            "reconfd_last_success_timestamp_seconds",
+            "When each resource was last in sync or updated",
+            metrics.last_success.clone(),
+        );
+        registry.register(
+            "reconfd_render_duration_seconds",
+            "Time to render a resource's template",
+            metrics.render_seconds.clone(),
+        );
+        metrics
+    }
+}
+
+impl Status {
+    /// A status with nothing recorded.
+    pub fn new() -> Status {
+        Status::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, StatusState> {
+        // A panic while holding the lock leaves plain data behind, still worth showing.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sets the resources shown: those of the running settings (again after a SIGHUP).
+    pub fn set_resources<'a>(&self, resources: impl Iterator<Item = (&'a Path, &'a Path)>) {
+        let mut state = self.state();
+        let mut previous = std::mem::take(&mut state.resources);
+        for (file, dest) in resources {
+            let key = file.display().to_string();
+            let entry = previous.remove(&key).unwrap_or_default();
+            state.resources.insert(
+                key.clone(),
+                ResourceState {
+                    file: key,
+                    dest: dest.display().to_string(),
+                    ..entry
+                },
+            );
+        }
+    }
+
+    /// Records one sync of a resource.
+    pub fn synced(&self, sync: &SyncReport<'_>) {
+        let now = Utc::now();
+        let resource = sync.resource.display().to_string();
+        let metrics = &self.shared.metrics;
+        let labels = |result: &str| ResultLabels {
+            resource: resource.clone(),
+            result: result.to_string(),
+        };
+        let resource_label = ResourceLabel {
+            resource: resource.clone(),
+        };
+        metrics
+            .renders
+            .get_or_create(&labels(sync.result.name()))
+            .inc();
+        if sync.result != SyncResult::RenderFailed {
+            metrics
+                .render_seconds
+                .get_or_create(&resource_label)
+                .observe(sync.render_time.as_secs_f64());
+        }
+        match sync.result {
+            SyncResult::Updated => {
+                metrics.writes.get_or_create(&resource_label).inc();
+                if sync.checked {
+                    metrics.checks.get_or_create(&labels("ok")).inc();
+                }
+                if sync.reloaded {
+                    metrics.reloads.get_or_create(&labels("ok")).inc();
+                }
+            }
+            SyncResult::CheckFailed => {
+                metrics.checks.get_or_create(&labels("failed")).inc();
+            }
+            SyncResult::ReloadFailed => {
+                metrics.writes.get_or_create(&resource_label).inc();
+                if sync.checked {
+                    metrics.checks.get_or_create(&labels("ok")).inc();
+                }
+                metrics.reloads.get_or_create(&labels("failed")).inc();
+            }
+            _ => {}
+        }
+        if !sync.result.failed() {
+            metrics
+                .last_success
+                .get_or_create(&resource_label)
+                .set(now.timestamp_millis() as f64 / 1000.0);
+        }
+        let mut state = self.state();
+        let entry = state.resources.entry(resource.clone()).or_default();
+        entry.file = resource;
+        entry.last_result = Some(sync.result.name());
+        entry.last_error = sync.error.map(str::to_string);
+        if let Some(md5) = &sync.md5 {
+            entry.md5 = Some(md5.clone());
+        }
+        let stamp = now.to_rfc3339_opts(SecondsFormat::Secs, true);
+        if sync.result == SyncResult::Updated {
+            entry.last_change = Some(stamp.clone());
+        }
+        if !sync.result.failed() {
+            entry.last_success = Some(stamp);
+        }
+    }
+
+    /// Records that a store could not be read or watched.
+    pub fn store_failed(&self, store: &str) {
+        self.shared
+            .metrics
+            .store_errors
+            .get_or_create(&StoreLabel {
+                store: store.to_string(),
+            })
+            .inc();
+        self.store_entry(store, |entry| entry.connected = false);
+    }
+
+    /// Records that a store answered, at `revision` where it has one.
+    pub fn store_answered(&self, store: &str, revision: Option<i64>) {
+        self.store_entry(store, |entry| {
+            entry.connected = true;
+            if revision.is_some() {
+                entry.revision = revision;
+            }
+        });
+    }
+
+    /// Records that a watch of `store` was opened again.
+    pub fn watch_reopened(&self, store: &str) {
+        self.shared
+            .metrics
+            .watch_reconnects
+            .get_or_create(&StoreLabel {
+                store: store.to_string(),
+            })
+            .inc();
+    }
+
+    fn store_entry(&self, store: &str, change: impl FnOnce(&mut StoreState)) {
+        let mut state = self.state();
+        let entry = state
+            .stores
+            .entry(store.to_string())
+            .or_insert_with(|| StoreState {
+                name: store.to_string(),
+                ..StoreState::default()
+            });
+        change(entry);
+    }
+
+    /// Records that the first full sync is done.
+    pub fn set_ready(&self) {
+        self.state().ready = true;
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.shared.metrics.registry);
+        text
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let state = self.state();
+        serde_json::json!({
+            "ready": state.ready,
+            "resources": state.resources.values().collect::<Vec<_>>(),
+            "stores": state.stores.values().collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The routes `--listen` serves.
+pub fn router(status: Status) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/status", get(status_json))
+        .route("/metrics", get(metrics))
+        .with_state(status)
+}
+
+async fn ready(State(status): State<Status>) -> Response {
+    if status.state().ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "first sync not done\n").into_response()
+    }
+}
+
+async fn status_json(State(status): State<Status>) -> axum::Json<serde_json::Value> {
+    axum::Json(status.status_json())
+}
+
+async fn metrics(State(status): State<Status>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        status.metrics_text(),
+    )
+        .into_response()
+}
+
+/// Serves `status` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, status: Status) {
+    if let Err(e) = axum::serve(listener, router(status)).await {
+        tracing::error!("the status server stopped: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sync(result: SyncResult) -> SyncReport<'static> {
+        SyncReport {
+            resource: Path::new("/etc/reconfd/conf.d/app.toml"),
+            result,
+            error: result.failed().then_some("it broke"),
+            render_time: Duration::from_millis(2),
+            checked: true,
+            reloaded: true,
+            md5: Some("abc".to_string()),
+        }
+    }
+
+    #[test]
+    fn metrics_count_renders_by_result() {
+        let status = Status::new();
+        status.synced(&sync(SyncResult::Updated));
+        status.synced(&sync(SyncResult::InSync));
+        status.synced(&sync(SyncResult::CheckFailed));
+        status.store_failed("etcd");
+        let text = status.metrics_text();
+        let resource = "resource=\"/etc/reconfd/conf.d/app.toml\"";
+        for line in [
+            format!("reconfd_renders_total{{{resource},result=\"updated\"}} 1"),
+            format!("reconfd_renders_total{{{resource},result=\"check_failed\"}} 1"),
+            format!("reconfd_writes_total{{{resource}}} 1"),
+            format!("reconfd_checks_total{{{resource},result=\"failed\"}} 1"),
+            format!("reconfd_reloads_total{{{resource},result=\"ok\"}} 1"),
+            "reconfd_store_errors_total{store=\"etcd\"} 1".to_string(),
+            format!("reconfd_render_duration_seconds_count{{{resource}}} 3"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn status_lists_every_resource_with_its_last_result() {
+        let status = Status::new();
+        status.set_resources(
+            [
+                (Path::new("conf.d/a.toml"), Path::new("/etc/a.conf")),
+                (Path::new("conf.d/b.toml"), Path::new("/etc/b.conf")),
+            ]
+            .into_iter(),
+        );
+        let mut failed = sync(SyncResult::ReloadFailed);
+        failed.resource = Path::new("conf.d/b.toml");
+        status.synced(&failed);
+        let json = status.status_json();
+        let resources = json["resources"].as_array().expect("array");
+        assert_eq!(resources.len(), 2);
+        assert_eq!(resources[0]["dest"], "/etc/a.conf");
+        assert_eq!(resources[0]["last_result"], serde_json::Value::Null);
+        assert_eq!(resources[1]["last_result"], "reload_failed");
+        assert_eq!(resources[1]["last_error"], "it broke");
+        assert_eq!(json["ready"], false);
+        status.set_ready();
+        assert_eq!(status.status_json()["ready"], true);
+    }
+}
