@@ -10,8 +10,9 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout, Command};
 
-/// Why a command did not succeed.
-#[derive(Debug, thiserror::Error)]
+/// Why a command did not succeed. Cloneable, as a reload run once for several resources
+/// fails for each of them.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CommandError {
     /// The shell could not be started.
     #[error("`{command}` could not be started: {source}")]
@@ -19,7 +20,7 @@ pub enum CommandError {
         /// The command line.
         command: String,
         /// The I/O error.
-        source: std::io::Error,
+        source: std::sync::Arc<std::io::Error>,
     },
     /// The command ran past its limit and was killed with its process group.
     #[error("`{command}` did not finish within {limit:?} and was killed")]
@@ -70,7 +71,7 @@ pub async fn run(command: &str, limit: Duration) -> Result<String, CommandError>
         .spawn()
         .map_err(|source| CommandError::Spawn {
             command: command.to_string(),
-            source,
+            source: source.into(),
         })?;
     let output = Arc::new(Mutex::new(Output::default()));
     let readers = tokio::spawn(collect_output(
@@ -95,7 +96,7 @@ pub async fn run(command: &str, limit: Duration) -> Result<String, CommandError>
             readers.abort();
             return Err(CommandError::Spawn {
                 command: command.to_string(),
-                source,
+                source: source.into(),
             });
         }
         Ok(Ok(status)) => status,

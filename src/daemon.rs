@@ -7,6 +7,7 @@
 //! once per resource; watch events are applied to it in place.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -410,22 +411,35 @@ fn by_store(
 
 /// Loads every resource and parses its template once. Bad resources are logged and counted;
 /// the others go on.
-fn prepare_resources(loaded: Vec<Result<Resource, ResourceError>>) -> (Vec<Prepared>, usize) {
+fn prepare_resources(loaded: Vec<Result<Vec<Resource>, ResourceError>>) -> (Vec<Prepared>, usize) {
     let mut prepared = Vec::new();
     let mut failures = 0;
     for loaded in loaded {
-        let resource = match loaded {
-            Ok(resource) => resource,
+        let resources = match loaded {
+            Ok(resources) => resources,
             Err(e) => {
                 tracing::error!("{e}");
                 failures += 1;
                 continue;
             }
         };
-        match Renderer::from_file(&resource.src) {
-            Ok(renderer) => prepared.push(Prepared { resource, renderer }),
-            Err(e) => {
-                tracing::error!("{}: {e}", resource.file.display());
+        // The templates of one file go in together or not at all.
+        let renderers: Result<Vec<Renderer>, String> = resources
+            .iter()
+            .map(|resource| {
+                Renderer::from_file(&resource.src)
+                    .map_err(|e| format!("{}: {e}", resource.file.display()))
+            })
+            .collect();
+        match renderers {
+            Ok(renderers) => prepared.extend(
+                resources
+                    .into_iter()
+                    .zip(renderers)
+                    .map(|(resource, renderer)| Prepared { resource, renderer }),
+            ),
+            Err(message) => {
+                tracing::error!("{message}");
                 failures += 1;
             }
         }
@@ -650,7 +664,8 @@ impl Group {
     ) {
         let mut shared = Arc::default();
         while !dirty.is_empty() {
-            let mut round = std::mem::take(&mut dirty);
+            let mut round = self.with_file_mates(std::mem::take(&mut dirty));
+            let mut rendered = Vec::with_capacity(round.len());
             while let Some(index) = round.pop_first() {
                 while let Ok(event) = stream.try_recv() {
                     let touched = self.apply(event);
@@ -666,11 +681,27 @@ impl Group {
                         .collect();
                     dirty.extend(self.settle(touched, settling));
                 }
-                if let Err(message) = self.sync_one(&self.prepared[index], &shared).await {
-                    tracing::error!("{message}");
-                }
+                rendered.push(self.render(index, &shared));
             }
+            self.commit(rendered).await;
         }
+    }
+
+    /// `indexes` and the other templates of their resource files, which are swapped together.
+    fn with_file_mates(&self, indexes: BTreeSet<usize>) -> BTreeSet<usize> {
+        let files: BTreeSet<&Path> = indexes
+            .iter()
+            .map(|index| self.prepared[*index].resource.file.as_path())
+            .collect();
+        let mut all = indexes;
+        all.extend(
+            self.prepared
+                .iter()
+                .enumerate()
+                .filter(|(_, member)| files.contains(member.resource.file.as_path()))
+                .map(|(index, _)| index),
+        );
+        all
     }
 
     /// Of the `touched` resources, returns those that render now; those with a `wait` are
@@ -757,26 +788,21 @@ impl Group {
         }
     }
 
-    /// Renders and reconciles the resources `selected` picks. Returns how many failed.
+    /// Renders and reconciles the resources `selected` picks, as one batch. Returns how many
+    /// failed.
     async fn sync(&self, selected: impl Fn(&Resource) -> bool) -> usize {
         let shared = Arc::default();
-        let mut failures = 0;
-        for prepared in self.prepared.iter().filter(|p| selected(&p.resource)) {
-            if let Err(message) = self.sync_one(prepared, &shared).await {
-                tracing::error!("{message}");
-                failures += 1;
-            }
-        }
-        failures
+        let rendered = (0..self.prepared.len())
+            .filter(|index| selected(&self.prepared[*index].resource))
+            .map(|index| self.render(index, &shared))
+            .collect();
+        self.commit(rendered).await
     }
 
-    /// Renders one resource from the current snapshot and reconciles its destination.
-    /// `shared` holds listing results computed by earlier renders of the same snapshot state.
-    async fn sync_one(
-        &self,
-        prepared: &Prepared,
-        shared: &Arc<SharedResults>,
-    ) -> Result<Outcome, String> {
+    /// Renders resource `index` from the current snapshot. `shared` holds listing results
+    /// computed by earlier renders of the same snapshot state.
+    fn render(&self, index: usize, shared: &Arc<SharedResults>) -> Rendered {
+        let prepared = &self.prepared[index];
         let resource = &prepared.resource;
         let view = View {
             snapshot: Arc::clone(&self.snapshot),
@@ -785,41 +811,90 @@ impl Group {
             shared: Arc::clone(shared),
         };
         let started = Instant::now();
-        let rendered = prepared.renderer.render(view);
-        let render_time = started.elapsed();
-        let result = match &rendered {
-            Ok(rendered) => reconcile::reconcile(resource, rendered, self.options)
-                .await
-                .map_err(|e| (sync_result(&e), format!("{}: {e}", resource.file.display()))),
-            Err(e) => Err((
-                SyncResult::RenderFailed,
-                format!("{}: {e}", resource.file.display()),
-            )),
-        };
-        let (result_kind, error) = match &result {
-            Ok(Outcome::InSync) => (SyncResult::InSync, None),
-            Ok(Outcome::Updated) => (SyncResult::Updated, None),
-            Ok(Outcome::WouldUpdate) => (SyncResult::WouldUpdate, None),
-            Err((kind, message)) => (*kind, Some(message.as_str())),
-        };
-        let commands_ran = !self.options.sync_only;
-        self.status.synced(&SyncReport {
-            resource: &resource.file,
-            result: result_kind,
-            error,
-            render_time,
-            checked: commands_ran && resource.check_cmd.is_some(),
-            reloaded: commands_ran && resource.reload_cmd.is_some(),
-            // A checksum of a short secret gives it away.
-            md5: match (&rendered, self.options.secret || self.options.noop) {
-                (Ok(rendered), false) if result_kind != SyncResult::CheckFailed => {
-                    Some(reconcile::md5_hex(rendered.as_bytes()))
-                }
-                _ => None,
-            },
-        });
-        result.map_err(|(_, message)| message)
+        let content = prepared
+            .renderer
+            .render(view)
+            .map_err(|e| format!("{}: {e}", resource.file.display()));
+        Rendered {
+            index,
+            content,
+            time: started.elapsed(),
+        }
     }
+
+    /// Reconciles the `rendered` resources as one batch (see [`reconcile::reconcile_batch`]),
+    /// logs failures and records every result. Returns how many failed.
+    async fn commit(&self, rendered: Vec<Rendered>) -> usize {
+        let failed_files: BTreeSet<&Path> = rendered
+            .iter()
+            .filter(|r| r.content.is_err())
+            .map(|r| self.prepared[r.index].resource.file.as_path())
+            .collect();
+        let good: Vec<(&Rendered, &str)> = rendered
+            .iter()
+            .filter_map(|r| r.content.as_deref().ok().map(|content| (r, content)))
+            .collect();
+        let items: Vec<reconcile::Item> = good
+            .iter()
+            .map(|(r, content)| reconcile::Item {
+                resource: &self.prepared[r.index].resource,
+                rendered: content,
+            })
+            .collect();
+        let mut results = reconcile::reconcile_batch(&items, &failed_files, self.options)
+            .await
+            .into_iter();
+        let mut failures = 0;
+        for r in &rendered {
+            let resource = &self.prepared[r.index].resource;
+            let (kind, error) = match &r.content {
+                Err(message) => (SyncResult::RenderFailed, Some(message.clone())),
+                Ok(_) => match results.next() {
+                    Some(Ok(Outcome::InSync)) => (SyncResult::InSync, None),
+                    Some(Ok(Outcome::Updated)) => (SyncResult::Updated, None),
+                    Some(Ok(Outcome::WouldUpdate)) => (SyncResult::WouldUpdate, None),
+                    Some(Err(e)) => (
+                        sync_result(&e),
+                        Some(format!("{}: {e}", resource.file.display())),
+                    ),
+                    None => (SyncResult::InSync, None),
+                },
+            };
+            if let Some(message) = &error {
+                tracing::error!("{message}");
+                failures += 1;
+            }
+            let commands_ran = !self.options.sync_only;
+            self.status.synced(&SyncReport {
+                resource: &resource.file,
+                result: kind,
+                error: error.as_deref(),
+                render_time: r.time,
+                checked: commands_ran && resource.check_cmd.is_some(),
+                reloaded: commands_ran && resource.reload_cmd.is_some(),
+                // A checksum of a short secret gives it away.
+                md5: match (&r.content, self.options.secret || self.options.noop) {
+                    (Ok(content), false)
+                        if matches!(kind, SyncResult::InSync | SyncResult::Updated) =>
+                    {
+                        Some(reconcile::md5_hex(content.as_bytes()))
+                    }
+                    _ => None,
+                },
+            });
+        }
+        failures
+    }
+}
+
+/// One resource rendered for a batch.
+struct Rendered {
+    /// The resource's index in its group.
+    index: usize,
+    /// The content, or the render error with the resource file.
+    content: Result<String, String>,
+    /// How long rendering took.
+    time: Duration,
 }
 
 /// How a failed reconcile shows in metrics and the status page.
@@ -829,7 +904,9 @@ fn sync_result(error: &ReconcileError) -> SyncResult {
         ReconcileError::Reload { .. } | ReconcileError::RolledBack { .. } => {
             SyncResult::ReloadFailed
         }
-        ReconcileError::Io { .. } | ReconcileError::Format { .. } => SyncResult::WriteFailed,
+        ReconcileError::Io { .. } | ReconcileError::Format { .. } | ReconcileError::Held { .. } => {
+            SyncResult::WriteFailed
+        }
     }
 }
 

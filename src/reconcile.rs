@@ -5,7 +5,12 @@
 //! new content goes to a stage file in the destination's own directory (so the final rename is
 //! atomic on the same filesystem), is flushed to disk, checked, and only then renamed over the
 //! destination. Re-running with the same content does nothing: no write, no reload.
+//!
+//! Destinations are reconciled in batches, so that a service reloads once, on all its new
+//! files: every item is staged and checked first, then all are swapped, then each distinct
+//! reload command runs once.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -77,16 +82,25 @@ pub enum ReconcileError {
     /// the reload run again.
     #[error(
         "{dest}: the reload command failed: {source}; the previous file was put back, {}",
-        match second { Ok(()) => "and the reload on it succeeded".to_string(),
-                       Err(e) => format!("but the reload on it failed too: {e}") }
+        match second {
+            None => "and the reload on it succeeded".to_string(),
+            Some(e) => format!("but the reload on it failed too: {e}"),
+        }
     )]
     RolledBack {
         /// The destination.
         dest: String,
         /// The first reload's failure.
-        source: CommandError,
-        /// The reload on the restored file.
-        second: Result<(), CommandError>,
+        source: Box<CommandError>,
+        /// The failure of the reload on the restored file, if it failed too.
+        second: Option<Box<CommandError>>,
+    },
+    /// Another template of the same resource file failed, so this one was not swapped in
+    /// either.
+    #[error("{dest}: not replaced, as another template of the same resource failed")]
+    Held {
+        /// The destination.
+        dest: String,
     },
     /// The rendered output is not valid in the resource's `output_format`; nothing was
     /// written or run.
@@ -119,12 +133,113 @@ struct Wanted {
     gid: Option<u32>,
 }
 
-/// Brings `resource`'s destination in line with `rendered`.
+/// One rendered resource of a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Item<'a> {
+    /// The resource.
+    pub resource: &'a Resource,
+    /// Its rendered content.
+    pub rendered: &'a str,
+}
+
+/// Brings `resource`'s destination in line with `rendered`: a batch of one.
 pub async fn reconcile(
     resource: &Resource,
     rendered: &str,
     options: Options,
 ) -> Result<Outcome, ReconcileError> {
+    let mut results =
+        reconcile_batch(&[Item { resource, rendered }], &BTreeSet::new(), options).await;
+    results.pop().unwrap_or(Ok(Outcome::InSync))
+}
+
+/// Brings a batch of destinations in line, in three steps: every item is compared, staged and
+/// checked; then every staged item is swapped in; then each distinct reload command runs once,
+/// after all the files it reloads are in place. The items of one resource file (its
+/// `[[template]]` tables) are swapped together or not at all: if one fails, or its file is in
+/// `failed_files` (a template that did not render), none of them is swapped. Returns one
+/// result per item, in order.
+pub async fn reconcile_batch(
+    items: &[Item<'_>],
+    failed_files: &BTreeSet<&Path>,
+    options: Options,
+) -> Vec<Result<Outcome, ReconcileError>> {
+    let mut steps: Vec<Step> = Vec::with_capacity(items.len());
+    for item in items {
+        steps.push(match prepare(item.resource, item.rendered, options).await {
+            Ok(step) => step,
+            Err(e) => Step::Failed(e),
+        });
+    }
+    let mut failed: BTreeSet<&Path> = failed_files.clone();
+    failed.extend(
+        items
+            .iter()
+            .zip(&steps)
+            .filter(|(_, step)| matches!(step, Step::Failed(_)))
+            .map(|(item, _)| item.resource.file.as_path()),
+    );
+    for (item, step) in items.iter().zip(steps.iter_mut()) {
+        if matches!(step, Step::Staged(_)) && failed.contains(item.resource.file.as_path()) {
+            // Dropping the stage file removes it.
+            *step = Step::Failed(ReconcileError::Held {
+                dest: item.resource.dest.display().to_string(),
+            });
+        }
+    }
+    for (item, step) in items.iter().zip(steps.iter_mut()) {
+        if !matches!(step, Step::Staged(_)) {
+            continue;
+        }
+        if let Step::Staged(staged) = std::mem::replace(step, Step::Done(Outcome::Updated)) {
+            *step = match swap(item.resource, staged) {
+                Ok(previous) => Step::Swapped(previous),
+                Err(e) => Step::Failed(e),
+            };
+        }
+    }
+    if !options.sync_only {
+        reload_batch(items, &mut steps).await;
+    }
+    steps
+        .into_iter()
+        .map(|step| match step {
+            Step::Done(outcome) => Ok(outcome),
+            Step::Swapped(_) => Ok(Outcome::Updated),
+            Step::Failed(e) => Err(e),
+            Step::Staged(_) => Err(ReconcileError::Held {
+                dest: String::new(),
+            }),
+        })
+        .collect()
+}
+
+/// Where an item of a batch is.
+enum Step {
+    /// Finished with this outcome (in sync, or noop).
+    Done(Outcome),
+    /// Staged and checked, waiting to be swapped in.
+    Staged(Staged),
+    /// Swapped in; the destination as it was before, for a rollback.
+    Swapped(Option<Actual>),
+    /// Failed; the destination is as the error says.
+    Failed(ReconcileError),
+}
+
+/// A checked stage file ready to go in.
+struct Staged {
+    file: tempfile::NamedTempFile,
+    previous: Option<Actual>,
+    wanted: Wanted,
+    content: Vec<u8>,
+}
+
+/// Compares, validates, stages and checks one destination.
+async fn prepare(
+    resource: &Resource,
+    rendered: &str,
+    options: Options,
+) -> Result<Step, ReconcileError> {
     let dest = &resource.dest;
     let dest_name = dest.display().to_string();
     let io_error = |what: &str, e: std::io::Error| ReconcileError::Io {
@@ -148,7 +263,7 @@ pub async fn reconcile(
         options.secret,
     ) {
         tracing::debug!("Target config {dest_name} in sync");
-        return Ok(Outcome::InSync);
+        return Ok(Step::Done(Outcome::InSync));
     }
     tracing::info!("Target config {dest_name} out of sync");
     if let Some(format) = resource.output_format {
@@ -175,7 +290,7 @@ pub async fn reconcile(
             print!("{unified}");
         }
         tracing::warn!("Noop mode enabled. {dest_name} will not be modified");
-        return Ok(Outcome::WouldUpdate);
+        return Ok(Step::Done(Outcome::WouldUpdate));
     }
 
     prepare_dir(dest, resource.create_dest_dirs).map_err(|message| ReconcileError::Io {
@@ -200,10 +315,26 @@ pub async fn reconcile(
             });
         }
     }
-    if let (true, Some(actual)) = (resource.backup, &actual) {
-        backup(dest, actual).map_err(|e| io_error("cannot write the backup file", e))?;
+    Ok(Step::Staged(Staged {
+        file: staged,
+        previous: actual,
+        wanted,
+        content: rendered.as_bytes().to_vec(),
+    }))
+}
+
+/// Puts a checked stage file in place of the destination; returns the destination as it was.
+fn swap(resource: &Resource, staged: Staged) -> Result<Option<Actual>, ReconcileError> {
+    let dest = &resource.dest;
+    let dest_name = dest.display().to_string();
+    let io_error = |what: &str, e: std::io::Error| ReconcileError::Io {
+        dest: dest_name.clone(),
+        message: format!("{what}: {e}"),
+    };
+    if let (true, Some(previous)) = (resource.backup, &staged.previous) {
+        backup(dest, previous).map_err(|e| io_error("cannot write the backup file", e))?;
     }
-    match staged.persist(dest) {
+    match staged.file.persist(dest) {
         Ok(_) => {}
         Err(e) if e.error.raw_os_error() == Some(nix::libc::EBUSY) => {
             // A destination bind-mounted on its own (a single file mounted into a container)
@@ -211,7 +342,7 @@ pub async fn reconcile(
             tracing::warn!(
                 "{dest_name} is busy (a mount point?); writing it in place, which is not atomic"
             );
-            write_in_place(dest, rendered.as_bytes(), &wanted)
+            write_in_place(dest, &staged.content, &staged.wanted)
                 .map_err(|e| io_error("cannot write the destination in place", e))?;
         }
         Err(e) => {
@@ -228,34 +359,90 @@ pub async fn reconcile(
         tracing::warn!("{dest_name}: cannot flush the directory after the swap: {e}");
     }
     tracing::info!("Target config {dest_name} has been updated");
+    Ok(staged.previous)
+}
 
-    if let (Some(reload), false) = (&resource.reload_cmd, options.sync_only) {
-        let command = substitute(reload, "dest", &dest_name);
-        match command::run(&command, resource.reload_timeout).await {
-            Ok(output) if output.is_empty() => tracing::info!("Reloaded for {dest_name}"),
-            Ok(output) => tracing::info!("Reloaded for {dest_name}: {output}"),
-            Err(source) if resource.rollback => {
-                tracing::warn!("{dest_name}: the reload failed; putting the previous file back");
-                restore(dest, actual.as_ref(), resource)
-                    .map_err(|e| io_error("cannot put the previous file back", e))?;
-                let second = command::run(&command, resource.reload_timeout)
-                    .await
-                    .map(drop);
-                return Err(ReconcileError::RolledBack {
-                    dest: dest_name,
-                    source,
-                    second,
-                });
+/// Runs each distinct reload command of the swapped items once. When one fails, the items
+/// with `rollback` get their previous file back and the command runs again on them.
+async fn reload_batch(items: &[Item<'_>], steps: &mut [Step]) {
+    // Commands in the order their first item comes, with the items they reload.
+    let mut commands: Vec<(String, Vec<usize>)> = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let (Step::Swapped(_), Some(reload)) = (&steps[index], &item.resource.reload_cmd) else {
+            continue;
+        };
+        let command = substitute(reload, "dest", &item.resource.dest.display().to_string());
+        match commands
+            .iter_mut()
+            .find(|(existing, _)| *existing == command)
+        {
+            Some((_, members)) => members.push(index),
+            None => commands.push((command, vec![index])),
+        }
+    }
+    for (command, members) in commands {
+        let timeout = members
+            .iter()
+            .map(|index| items[*index].resource.reload_timeout)
+            .max()
+            .unwrap_or_default();
+        let dests: Vec<String> = members
+            .iter()
+            .map(|index| items[*index].resource.dest.display().to_string())
+            .collect();
+        let dests = dests.join(", ");
+        let source = match command::run(&command, timeout).await {
+            Ok(output) if output.is_empty() => {
+                tracing::info!("Reloaded for {dests}");
+                continue;
             }
-            Err(source) => {
-                return Err(ReconcileError::Reload {
+            Ok(output) => {
+                tracing::info!("Reloaded for {dests}: {output}");
+                continue;
+            }
+            Err(source) => source,
+        };
+        let rolled_back: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|index| items[*index].resource.rollback)
+            .collect();
+        let mut second = None;
+        for index in &rolled_back {
+            let resource = items[*index].resource;
+            let dest_name = resource.dest.display().to_string();
+            tracing::warn!("{dest_name}: the reload failed; putting the previous file back");
+            let Step::Swapped(previous) = &steps[*index] else {
+                continue;
+            };
+            if let Err(e) = restore(&resource.dest, previous.as_ref(), resource) {
+                steps[*index] = Step::Failed(ReconcileError::Io {
                     dest: dest_name,
-                    source,
+                    message: format!("cannot put the previous file back: {e}"),
                 });
             }
         }
+        if !rolled_back.is_empty() {
+            second = Some(command::run(&command, timeout).await.err().map(Box::new));
+        }
+        for index in members {
+            if matches!(steps[index], Step::Failed(_)) {
+                continue;
+            }
+            let dest = items[index].resource.dest.display().to_string();
+            steps[index] = Step::Failed(match (&second, rolled_back.contains(&index)) {
+                (Some(second), true) => ReconcileError::RolledBack {
+                    dest,
+                    source: Box::new(source.clone()),
+                    second: second.clone(),
+                },
+                _ => ReconcileError::Reload {
+                    dest,
+                    source: source.clone(),
+                },
+            });
+        }
     }
-    Ok(Outcome::Updated)
 }
 
 /// A format the rendered output must parse as (`output_format`).

@@ -79,6 +79,15 @@ struct ResourceFile {
     backend: Option<StoreFields>,
 }
 
+/// A resource file with several `[[template]]` tables: one program's configuration files,
+/// swapped together.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MultiResourceFile {
+    template: Vec<TemplateTable>,
+    backend: Option<StoreFields>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TemplateTable {
@@ -115,12 +124,13 @@ enum Timeout {
     Seconds(u64),
 }
 
-/// Reads every `*.toml` file in `<confdir>/conf.d`, in name order. Each file yields either a
-/// resource or an error; one bad file does not stop the others.
+/// Reads every `*.toml` file in `<confdir>/conf.d`, in name order. Each file yields either its
+/// resources (one per `[template]`, or one per `[[template]]` table) or an error; one bad file
+/// does not stop the others.
 pub fn load_all(
     confdir: &Path,
     global_prefix: &str,
-) -> Result<Vec<Result<Resource, ResourceError>>, ResourceError> {
+) -> Result<Vec<Result<Vec<Resource>, ResourceError>>, ResourceError> {
     let resource_dir = confdir.join("conf.d");
     let entries = std::fs::read_dir(&resource_dir).map_err(|e| ResourceError {
         file: resource_dir.display().to_string(),
@@ -143,21 +153,65 @@ pub fn load(
     file: &Path,
     template_dir: &Path,
     global_prefix: &str,
-) -> Result<Resource, ResourceError> {
+) -> Result<Vec<Resource>, ResourceError> {
     let text = std::fs::read_to_string(file).map_err(|e| ResourceError {
         file: file.display().to_string(),
         message: format!("cannot read: {e}"),
     })?;
-    let parsed: ResourceFile = toml::from_str(&text).map_err(|e| toml_error(file, &text, &e))?;
-    let backend = parsed
-        .backend
+    // Parsed as the form the file uses, so that errors keep their line and column.
+    let several = text
+        .parse::<toml::Table>()
+        .map_err(|e| toml_error(file, &text, &e))?
+        .get("template")
+        .is_some_and(toml::Value::is_array);
+    let (tables, backend) = if several {
+        let parsed: MultiResourceFile =
+            toml::from_str(&text).map_err(|e| toml_error(file, &text, &e))?;
+        if parsed.template.is_empty() {
+            return Err(ResourceError {
+                file: file.display().to_string(),
+                message: "`[[template]]` has no table".to_string(),
+            });
+        }
+        (parsed.template, parsed.backend)
+    } else {
+        let parsed: ResourceFile =
+            toml::from_str(&text).map_err(|e| toml_error(file, &text, &e))?;
+        (vec![parsed.template], parsed.backend)
+    };
+    let backend = backend
         .map(|fields| fields.resolve())
         .transpose()
         .map_err(|message| ResourceError {
             file: file.display().to_string(),
             message: format!("[backend]: {message}"),
         })?;
-    let table = parsed.template;
+    let resources = tables
+        .into_iter()
+        .map(|table| resolve(file, table, backend.clone(), template_dir, global_prefix))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (index, resource) in resources.iter().enumerate() {
+        if resources[..index]
+            .iter()
+            .any(|other| other.dest == resource.dest)
+        {
+            return Err(ResourceError {
+                file: file.display().to_string(),
+                message: format!("two templates write {}", resource.dest.display()),
+            });
+        }
+    }
+    Ok(resources)
+}
+
+/// One template table of `file` as a resource.
+fn resolve(
+    file: &Path,
+    table: TemplateTable,
+    backend: Option<Backend>,
+    template_dir: &Path,
+    global_prefix: &str,
+) -> Result<Resource, ResourceError> {
     let fail = |message: String| ResourceError {
         file: file.display().to_string(),
         message,
@@ -340,7 +394,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("conf.d")).expect("conf.d");
         let file = dir.path().join("conf.d/app.toml");
         std::fs::write(&file, text).expect("write resource");
-        load(&file, &dir.path().join("templates"), global_prefix)
+        load(&file, &dir.path().join("templates"), global_prefix).map(|mut all| all.remove(0))
     }
 
     #[test]

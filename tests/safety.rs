@@ -1,6 +1,7 @@
-//! The resource options that keep a service on a good configuration: `rollback` when the
-//! reload fails, `backup`, `output_format` validation and `create_dest_dirs`, driven through
-//! the real binary with the file store.
+//! What keeps a service on a good configuration: `rollback` when the reload fails, `backup`,
+//! `output_format` validation, `create_dest_dirs`, one reload per batch for resources sharing
+//! a reload command, and resources of several files swapped all or none; driven through the
+//! real binary with the file store.
 
 mod common;
 
@@ -149,4 +150,73 @@ fn the_rollback_flag_applies_to_every_resource() {
     let run = fixture.run(&args);
     assert_eq!(run.code, Some(1), "{run:?}");
     assert_eq!(fixture.read("out/app.json"), "{\"port\": 8080}\n");
+}
+
+/// A confdir for the reload-batching tests: templates `a` and `b` render `/app/port`;
+/// reloads append what they see of both files to `reloads`.
+fn two_files(port: &str) -> Fixture {
+    let fixture = Fixture::new();
+    fixture.template("a.tmpl", "a {{ getv(key=\"/app/port\") }}\n");
+    fixture.template("b.tmpl", "b {{ getv(key=\"/app/port\") }}\n");
+    fixture.write("data.yaml", &format!("app:\n  port: \"{port}\"\n"));
+    fixture
+}
+
+const SHOW_BOTH: &str = "cat a.conf b.conf >> reloads; echo -- >> reloads";
+
+#[test]
+fn resources_with_the_same_reload_command_reload_once_after_both_swaps() {
+    let fixture = two_files("80");
+    for name in ["a", "b"] {
+        fixture.resource(
+            name,
+            &format!(
+                "src = \"{name}.tmpl\"\ndest = \"{name}.conf\"\nkeys = [\"/app\"]\n\
+                 reload_cmd = \"{SHOW_BOTH}\"\n"
+            ),
+        );
+    }
+    let run = fixture.run(ONETIME);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        fixture.read("reloads"),
+        "a 80\nb 80\n--\n",
+        "one reload, both files in place"
+    );
+}
+
+#[test]
+fn a_resource_with_several_templates_swaps_all_then_reloads_once_or_swaps_none() {
+    let fixture = two_files("80");
+    fixture.write(
+        "conf.d/app.toml",
+        &format!(
+            "[[template]]\nsrc = \"a.tmpl\"\ndest = \"a.conf\"\nkeys = [\"/app\"]\n\
+             reload_cmd = \"{SHOW_BOTH}\"\n\n\
+             [[template]]\nsrc = \"b.tmpl\"\ndest = \"b.conf\"\nkeys = [\"/app\"]\n\
+             check_cmd = \"! grep -q 99 {{{{.src}}}}\"\nreload_cmd = \"{SHOW_BOTH}\"\n"
+        ),
+    );
+    let run = fixture.run(ONETIME);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("reloads"), "a 80\nb 80\n--\n");
+
+    // b's check rejects port 99: a, though fine, is not swapped in either.
+    fixture.write("data.yaml", "app:\n  port: \"99\"\n");
+    let run = fixture.run(ONETIME);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(fixture.read("a.conf"), "a 80\n");
+    assert_eq!(fixture.read("b.conf"), "b 80\n");
+    assert_eq!(fixture.read("reloads"), "a 80\nb 80\n--\n", "no reload");
+    assert!(
+        run.stderr
+            .contains("another template of the same resource failed"),
+        "{run:?}"
+    );
+    let stray: Vec<String> = fixture
+        .list(".")
+        .into_iter()
+        .filter(|name| name.starts_with(".a.conf") || name.starts_with(".b.conf"))
+        .collect();
+    assert!(stray.is_empty(), "no stage files left: {stray:?}");
 }
