@@ -201,14 +201,16 @@ pub async fn reconcile_batch(
     if !options.sync_only {
         reload_batch(items, &mut steps).await;
     }
-    steps
-        .into_iter()
-        .map(|step| match step {
+    items
+        .iter()
+        .zip(steps)
+        .map(|(item, step)| match step {
             Step::Done(outcome) => Ok(outcome),
             Step::Swapped(_) => Ok(Outcome::Updated),
             Step::Failed(e) => Err(e),
+            // Every staged item was swapped above or failed; one left over was not swapped.
             Step::Staged(_) => Err(ReconcileError::Held {
-                dest: String::new(),
+                dest: item.resource.dest.display().to_string(),
             }),
         })
         .collect()
