@@ -12,35 +12,23 @@ mod common;
 mod harness;
 
 use common::redis::Redis;
-use harness::{change_to_file, keys, onetime, put_latency, report};
-
-/// Changes measured per latency scenario.
-const SMALL_CHANGES: usize = 300;
+use harness::{standard_keys, standard_rows};
 
 fn main() {
     harness::measure::serve_if_asked();
-    let redis = Redis::start();
-    for (prefix, count) in [("/bench/small", 100), ("/proxy/frontend", 10_000)] {
-        let pairs = keys(prefix, count);
-        let pairs: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        redis.set_all(&pairs);
-    }
-    redis.set("/proxy/port", "8080");
-    let node = redis.url();
+    let server = Redis::start();
+    let pairs = standard_keys();
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    server.set_all(&pairs);
+    let node = server.url();
     let args = ["--backend", "redis", "--node", node.as_str()];
-    let put = |key: &str, value: &str| redis.set(key, value);
-
-    report(
-        "redis SET alone (reference)",
-        &put_latency(&put, SMALL_CHANGES),
+    standard_rows(
+        &args,
+        &|key: &str, value: &str| server.set(key, value),
+        "redis SET",
+        "redis",
     );
-
-    let small = change_to_file(&args, &put, None, "/bench/small", 1, SMALL_CHANGES);
-    report("change → file, 100-key template", &small.latencies);
-    println!("  reconfd peak RSS {:.1} MiB", small.peak_rss_mib);
-
-    onetime(&args, "redis");
 }

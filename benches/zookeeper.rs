@@ -12,35 +12,23 @@ mod common;
 mod harness;
 
 use common::zookeeper::Zookeeper;
-use harness::{change_to_file, keys, onetime, put_latency, report};
-
-/// Changes measured per latency scenario.
-const SMALL_CHANGES: usize = 300;
+use harness::{standard_keys, standard_rows};
 
 fn main() {
     harness::measure::serve_if_asked();
-    let zookeeper = Zookeeper::start();
-    for (prefix, count) in [("/bench/small", 100), ("/proxy/frontend", 10_000)] {
-        let pairs = keys(prefix, count);
-        let pairs: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        zookeeper.put_all(&pairs);
-    }
-    zookeeper.put("/proxy/port", "8080");
-    let node = zookeeper.node();
+    let server = Zookeeper::start();
+    let pairs = standard_keys();
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    server.put_all(&pairs);
+    let node = server.node();
     let args = ["--backend", "zookeeper", "--node", node.as_str()];
-    let put = |key: &str, value: &str| zookeeper.put(key, value);
-
-    report(
-        "zookeeper setData alone (reference)",
-        &put_latency(&put, SMALL_CHANGES),
+    standard_rows(
+        &args,
+        &|key: &str, value: &str| server.put(key, value),
+        "zookeeper setData",
+        "zookeeper",
     );
-
-    let small = change_to_file(&args, &put, None, "/bench/small", 1, SMALL_CHANGES);
-    report("change → file, 100-key template", &small.latencies);
-    println!("  reconfd peak RSS {:.1} MiB", small.peak_rss_mib);
-
-    onetime(&args, "zookeeper");
 }

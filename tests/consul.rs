@@ -8,24 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::consul::Consul;
-use common::{Daemon, Fixture, wait_for};
+use common::{Fixture, expect_file};
 
 fn args<'a>(consul: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--backend", "consul", "--node", consul];
     args.extend_from_slice(extra);
     args
-}
-
-fn expect_file(fixture: &Fixture, daemon: &Daemon, name: &str, expected: &str, what: &str) {
-    let held = wait_for(Duration::from_secs(30), || {
-        std::fs::read_to_string(fixture.path(name)).is_ok_and(|text| text == expected)
-    });
-    assert!(
-        held,
-        "{what}\n--- {name}\n{}\n--- log\n{}",
-        std::fs::read_to_string(fixture.path(name)).unwrap_or_default(),
-        daemon.log()
-    );
 }
 
 /// A resource rendering `/app/servers/*` into `app.conf`.

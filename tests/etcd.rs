@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::etcd::Etcd;
-use common::{Daemon, Fixture, wait_for};
+use common::{Daemon, Fixture, expect_content, reloads, settled_reloads, wait_for};
 
 /// A confdir with one resource rendering `/app/servers/*` into `app.conf`; its reload
 /// appends the file's content to `reloads`, so each reload's view of the file is recorded.
@@ -36,33 +36,6 @@ fn args<'a>(etcd: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
     }
     args.extend_from_slice(extra);
     args
-}
-
-fn reloads(fixture: &Fixture) -> usize {
-    std::fs::read_to_string(fixture.path("reloads"))
-        .map(|text| text.matches("--\n").count())
-        .unwrap_or(0)
-}
-
-/// Waits for the reload that follows a rendered file, then for any stray one, and returns the
-/// count.
-fn settled_reloads(fixture: &Fixture, at_least: usize) -> usize {
-    wait_for(Duration::from_secs(10), || reloads(fixture) >= at_least);
-    std::thread::sleep(Duration::from_millis(300));
-    reloads(fixture)
-}
-
-/// Waits up to 30 s for `app.conf` to hold `expected`.
-fn expect_content(fixture: &Fixture, daemon: &Daemon, expected: &str, what: &str) {
-    let held = wait_for(Duration::from_secs(30), || {
-        std::fs::read_to_string(fixture.path("app.conf")).is_ok_and(|text| text == expected)
-    });
-    assert!(
-        held,
-        "{what}\n--- app.conf\n{}\n--- log\n{}",
-        std::fs::read_to_string(fixture.path("app.conf")).unwrap_or_default(),
-        daemon.log()
-    );
 }
 
 #[test]

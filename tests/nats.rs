@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::nats::{BUCKET, Nats};
-use common::{Daemon, Fixture, wait_for};
+use common::{Fixture, expect_content, expect_file, reloads, settled_reloads, wait_for};
 use reconfd::store::nats::{NatsOptions, NatsStore};
 use reconfd::store::{Change, Snapshot, Store, WatchEvent, WatchStream};
 
@@ -37,37 +37,6 @@ fn args<'a>(nats: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--backend", "nats", "--node", nats, "--nats-bucket", BUCKET];
     args.extend_from_slice(extra);
     args
-}
-
-fn reloads(fixture: &Fixture) -> usize {
-    std::fs::read_to_string(fixture.path("reloads"))
-        .map(|text| text.matches("--\n").count())
-        .unwrap_or(0)
-}
-
-/// Waits for the reload that follows a rendered file, then for any stray one, and returns the
-/// count.
-fn settled_reloads(fixture: &Fixture, at_least: usize) -> usize {
-    wait_for(Duration::from_secs(10), || reloads(fixture) >= at_least);
-    std::thread::sleep(Duration::from_millis(300));
-    reloads(fixture)
-}
-
-/// Waits up to 30 s for `name` to hold `expected`.
-fn expect_file(fixture: &Fixture, daemon: &Daemon, name: &str, expected: &str, what: &str) {
-    let held = wait_for(Duration::from_secs(30), || {
-        std::fs::read_to_string(fixture.path(name)).is_ok_and(|text| text == expected)
-    });
-    assert!(
-        held,
-        "{what}\n--- {name}\n{}\n--- log\n{}",
-        std::fs::read_to_string(fixture.path(name)).unwrap_or_default(),
-        daemon.log()
-    );
-}
-
-fn expect_content(fixture: &Fixture, daemon: &Daemon, expected: &str, what: &str) {
-    expect_file(fixture, daemon, "app.conf", expected, what);
 }
 
 #[test]

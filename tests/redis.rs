@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::redis::Redis;
-use common::{Daemon, Fixture, wait_for};
+use common::{Fixture, expect_content, wait_for};
 
 /// A confdir with one resource rendering the strings `/app/servers/*` and the fields of the
 /// hash `/app/limits` into `app.conf`; its reload appends the file's content to `reloads`.
@@ -39,19 +39,6 @@ fn args<'a>(nodes: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
     }
     args.extend_from_slice(extra);
     args
-}
-
-/// Waits up to 30 s for `app.conf` to hold `expected`.
-fn expect_content(fixture: &Fixture, daemon: &Daemon, expected: &str, what: &str) {
-    let held = wait_for(Duration::from_secs(30), || {
-        std::fs::read_to_string(fixture.path("app.conf")).is_ok_and(|text| text == expected)
-    });
-    assert!(
-        held,
-        "{what}\n--- app.conf\n{}\n--- log\n{}",
-        std::fs::read_to_string(fixture.path("app.conf")).unwrap_or_default(),
-        daemon.log()
-    );
 }
 
 #[test]

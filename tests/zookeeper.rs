@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::zookeeper::Zookeeper;
-use common::{Daemon, Fixture, wait_for};
+use common::{Fixture, expect_content, wait_for};
 
 /// A confdir with one resource rendering every key under `/app` as `key=value` lines into
 /// `app.conf`.
@@ -30,19 +30,6 @@ fn args<'a>(node: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--backend", "zookeeper", "--node", node];
     args.extend_from_slice(extra);
     args
-}
-
-/// Waits up to 30 s for `app.conf` to hold `expected`.
-fn expect_content(fixture: &Fixture, daemon: &Daemon, expected: &str, what: &str) {
-    let held = wait_for(Duration::from_secs(30), || {
-        std::fs::read_to_string(fixture.path("app.conf")).is_ok_and(|text| text == expected)
-    });
-    assert!(
-        held,
-        "{what}\n--- app.conf\n{}\n--- log\n{}",
-        std::fs::read_to_string(fixture.path("app.conf")).unwrap_or_default(),
-        daemon.log()
-    );
 }
 
 #[test]

@@ -244,3 +244,32 @@ pub fn report(what: &str, samples: &[Duration]) {
         at(100)
     );
 }
+
+/// The keys every store benchmark reads: 100 under `/bench/small` for the change → file
+/// row, 10,000 under `/proxy/frontend` and `/proxy/port` for the `--onetime` row.
+pub fn standard_keys() -> Vec<(String, String)> {
+    let mut all = keys("/bench/small", 100);
+    all.extend(keys("/proxy/frontend", 10_000));
+    all.push(("/proxy/port".to_string(), "8080".to_string()));
+    all
+}
+
+/// The rows a store's benchmark reports, for a store that holds [`standard_keys`]: `put`
+/// alone (`put_name`, as a reference), change → file for the 100-key template (300
+/// changes), and the 10,000-key `--onetime` (`store_name` in its title).
+pub fn standard_rows(
+    store_args: &[&str],
+    put: &dyn Fn(&str, &str),
+    put_name: &str,
+    store_name: &str,
+) {
+    const CHANGES: usize = 300;
+    report(
+        &format!("{put_name} alone (reference)"),
+        &put_latency(put, CHANGES),
+    );
+    let small = change_to_file(store_args, put, None, "/bench/small", 1, CHANGES);
+    report("change → file, 100-key template", &small.latencies);
+    println!("  reconfd peak RSS {:.1} MiB", small.peak_rss_mib);
+    onetime(store_args, store_name);
+}

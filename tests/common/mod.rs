@@ -202,3 +202,38 @@ pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Waits up to 30 s for the fixture's file `name` to hold `expected`; fails saying `what`,
+/// with the file and the daemon's log.
+pub fn expect_file(fixture: &Fixture, daemon: &Daemon, name: &str, expected: &str, what: &str) {
+    let held = wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(fixture.path(name)).is_ok_and(|text| text == expected)
+    });
+    assert!(
+        held,
+        "{what}\n--- {name}\n{}\n--- log\n{}",
+        std::fs::read_to_string(fixture.path(name)).unwrap_or_default(),
+        daemon.log()
+    );
+}
+
+/// [`expect_file`] for `app.conf`, the destination of the store tests' resource.
+pub fn expect_content(fixture: &Fixture, daemon: &Daemon, expected: &str, what: &str) {
+    expect_file(fixture, daemon, "app.conf", expected, what);
+}
+
+/// The reloads recorded by a reload command that appends `app.conf` and a `--` line to the
+/// fixture's `reloads` file.
+pub fn reloads(fixture: &Fixture) -> usize {
+    std::fs::read_to_string(fixture.path("reloads"))
+        .map(|text| text.matches("--\n").count())
+        .unwrap_or(0)
+}
+
+/// Waits for the reload that follows a rendered file, then for any stray one, and returns the
+/// count.
+pub fn settled_reloads(fixture: &Fixture, at_least: usize) -> usize {
+    wait_for(Duration::from_secs(10), || reloads(fixture) >= at_least);
+    std::thread::sleep(Duration::from_millis(300));
+    reloads(fixture)
+}
