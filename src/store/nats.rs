@@ -7,7 +7,7 @@
 //! the same reason and are best avoided.
 //!
 //! Revisions are the sequence numbers of the bucket's stream: every put, delete and purge gets
-//! the next one. A fetch reads each part of the bucket the prefixes need with an ordered pull
+//! the next one. A fetch reads each part of the bucket the prefixes need with a pull
 //! consumer that delivers the last entry of every key, as the KV watchers of NATS's own clients
 //! do. A bucket keeps only the last entry of each key, so it cannot be read as it was at one
 //! revision while writers go on: the snapshot holds every change up to its revision (the
@@ -31,8 +31,11 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::AckPolicy;
 use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig, OrderedError};
+use async_nats::jetstream::consumer::pull::{
+    Config as PullConfig, MessagesError, Stream as Messages,
+};
 use async_nats::jetstream::kv;
 use async_nats::rustls;
 use async_nats::{ConnectOptions, Event, ServerAddr};
@@ -419,14 +422,20 @@ impl Client {
         ))
     }
 
-    /// An ordered consumer of `filter`'s part of the bucket, and the number of entries it had
-    /// to deliver when it was created.
+    /// A consumer of `filter`'s part of the bucket, and the number of entries it had to
+    /// deliver when it was created.
+    ///
+    /// A plain pull consumer, not an ordered one: an ordered consumer quietly makes itself
+    /// again when the server drops it (a restart, the bucket deleted), from the stream's
+    /// beginning when it had delivered nothing yet, and may then wait on a bucket created
+    /// anew. A plain one reports the loss, the watch ends, and the next one starts from what
+    /// was delivered.
     async fn consumer(
         &self,
         bucket: &kv::Store,
         filter: &Filter,
         policy: DeliverPolicy,
-    ) -> Result<(Ordered, u64), NatsError> {
+    ) -> Result<(Messages, u64), NatsError> {
         let fail = |e: &dyn std::fmt::Display| {
             StoreError::Unavailable(format!(
                 "nats: cannot read bucket `{}` on {}: {e}",
@@ -435,12 +444,18 @@ impl Client {
         };
         let consumer = bucket
             .stream
-            .create_consumer(OrderedConfig {
+            .create_consumer(PullConfig {
                 description: Some("reconfd".to_string()),
                 filter_subject: filter.subject(&bucket.prefix),
                 replay_policy: async_nats::jetstream::consumer::ReplayPolicy::Instant,
                 deliver_policy: policy,
-                ..OrderedConfig::default()
+                ack_policy: AckPolicy::None,
+                // Ephemeral and in memory, as NATS's own KV watchers make them; the server
+                // removes one the client stopped asking from.
+                inactive_threshold: Duration::from_secs(30),
+                memory_storage: true,
+                num_replicas: 1,
+                ..PullConfig::default()
             })
             .await
             .map_err(|e| fail(&e))?;
@@ -713,6 +728,23 @@ async fn start_watch(
     let connection = client.connection().await?;
     let mut disconnects = connection.disconnects.clone();
     disconnects.mark_unchanged();
+    // Subscribed before the bucket is looked at: a deletion after that is seen, and one before
+    // shows as a bucket created anew. The consumers themselves would quietly wait for a stream
+    // of the same name to come back.
+    let deleted = connection
+        .client
+        .subscribe(format!(
+            "$JS.EVENT.ADVISORY.STREAM.DELETED.KV_{}",
+            client.bucket
+        ))
+        .await
+        .map_err(|e| client.read_error(&e.to_string()))?;
+    // The server has the subscription once it has answered what follows it.
+    connection
+        .client
+        .flush()
+        .await
+        .map_err(|e| client.read_error(&e.to_string()))?;
     let bucket = client.bucket(connection).await?;
     let info = bucket.stream.cached_info();
     let created = info.created.to_string();
@@ -772,16 +804,6 @@ async fn start_watch(
         return Ok(stream);
     }
     client.note_stream(&created);
-    // Subscribed before the consumers exist, so a deletion after they do is seen: the
-    // consumers themselves would quietly wait for a stream of that name to come back.
-    let deleted = connection
-        .client
-        .subscribe(format!(
-            "$JS.EVENT.ADVISORY.STREAM.DELETED.{}",
-            bucket.stream_name
-        ))
-        .await
-        .map_err(|e| client.read_error(&e.to_string()))?;
     let consumers =
         futures_util::future::try_join_all(watched.iter().enumerate().map(|(index, w)| {
             let start_sequence = w.starts.iter().min().copied().unwrap_or(last + 1);
@@ -836,7 +858,7 @@ async fn follow(
     stream: String,
     bucket_prefix: String,
     mut watched: Vec<Watched>,
-    mut consumers: impl Stream<Item = (usize, Result<async_nats::jetstream::Message, OrderedError>)>
+    mut consumers: impl Stream<Item = (usize, Result<async_nats::jetstream::Message, MessagesError>)>
     + Unpin,
     mut endings: Endings,
     events: mpsc::Sender<Result<WatchEvent, StoreError>>,
@@ -865,6 +887,19 @@ async fn follow(
         let Some(part) = watched.get_mut(index) else {
             continue;
         };
+        // The consumer starts at the part's first start; an entry before it comes from a
+        // consumer async-nats made again from the stream's beginning, on a bucket that may
+        // have been created anew (its deletion advisory can come too late or not at all).
+        if part
+            .starts
+            .iter()
+            .min()
+            .is_some_and(|first| entry.revision < *first)
+        {
+            break "an entry from before the watch's start came (was the bucket created \
+                   again?)"
+                .to_string();
+        }
         if entry.revision <= part.last {
             continue;
         }
