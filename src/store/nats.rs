@@ -709,6 +709,14 @@ fn is_removal(headers: Option<&async_nats::HeaderMap>) -> bool {
     headers.get(MARKER_REASON).is_some()
 }
 
+/// True for a purge marker, which removed the key's earlier entries.
+fn is_purge(headers: Option<&async_nats::HeaderMap>) -> bool {
+    headers
+        .and_then(|headers| headers.get(KV_OPERATION))
+        .and_then(|operation| kv::Operation::from_str(operation.as_str()).ok())
+        == Some(kv::Operation::Purge)
+}
+
 /// One part of the bucket being watched.
 struct Watched {
     filter: Filter,
@@ -912,6 +920,7 @@ async fn follow(
             .any(|(prefix, start)| {
                 entry.revision >= *start && under_prefix(entry.change.key(), prefix)
             });
+        let purge = is_purge(message.headers.as_ref());
         if wanted {
             let event = WatchEvent::Changes {
                 revision: Some(as_revision(entry.revision)),
@@ -922,6 +931,31 @@ async fn follow(
             }
         }
         record_progress(&client, &stream, &part.filter.prefixes, entry.revision);
+        if purge {
+            // A purge can move the server's consumers past entries they had not delivered
+            // yet (nats-server before 2.10 does so): read everything again to be sure.
+            let prefixes: Vec<String> = watched
+                .iter()
+                .flat_map(|w| w.filter.prefixes.iter().cloned())
+                .collect();
+            let read = async {
+                let connection = client.connection().await?;
+                let bucket = client.bucket(connection).await?;
+                client.fetch(connection, &bucket, &prefixes).await
+            };
+            match read.await {
+                Ok(snapshot) => {
+                    if events
+                        .send(Ok(WatchEvent::Replace(snapshot)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => break format!("reading again after a purge failed: {e}"),
+            }
+        }
     };
     tracing::info!("nats: bucket `{}`: {ended}; watching again", client.bucket);
 }
