@@ -377,6 +377,44 @@ mod tests {
     }
 
     #[test]
+    fn listen_and_log_format_come_from_the_file_and_flags_win() {
+        let s = settings(&["--backend", "env"]).expect("settings");
+        assert_eq!(s.listen, None, "off by default");
+        assert_eq!(s.log_format, LogFormat::Text);
+        let (_dir, path) = write_settings(
+            "listen = \"127.0.0.1:9100\"\nlog-format = \"json\"\nbackend = \"env\"\n",
+        );
+        let s = settings(&["--config-file", &path]).expect("settings");
+        assert_eq!(s.listen, Some(SocketAddr::from(([127, 0, 0, 1], 9100))));
+        assert_eq!(s.log_format, LogFormat::Json);
+        let s = settings(&[
+            "--config-file",
+            &path,
+            "--listen",
+            "[::1]:9200",
+            "--log-format",
+            "text",
+        ])
+        .expect("settings");
+        assert_eq!(
+            s.listen,
+            Some(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 9200)))
+        );
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn unusable_listen_addresses_name_the_flag_or_key() {
+        let err = Cli::command()
+            .try_get_matches_from(["reconfd", "--listen", "localhost"])
+            .expect_err("not an address");
+        assert!(err.to_string().contains("--listen"), "{err}");
+        let (_dir, path) = write_settings("listen = \"9100\"\n");
+        let err = settings(&["--config-file", &path]).expect_err("not an address");
+        assert!(err.to_string().contains("`listen`"), "{err}");
+    }
+
+    #[test]
     fn onetime_wins_over_watch() {
         let s = settings(&["--backend", "env", "--watch", "--onetime"]).expect("settings");
         assert_eq!(s.mode, RunMode::Onetime);

@@ -50,6 +50,17 @@ pub enum SyncResult {
 }
 
 impl SyncResult {
+    /// Every result, for dropping the series of a resource that is no longer configured.
+    const ALL: [SyncResult; 7] = [
+        SyncResult::InSync,
+        SyncResult::Updated,
+        SyncResult::WouldUpdate,
+        SyncResult::RenderFailed,
+        SyncResult::CheckFailed,
+        SyncResult::ReloadFailed,
+        SyncResult::WriteFailed,
+    ];
+
     /// The name used in metrics labels and in `/status`.
     pub fn name(self) -> &'static str {
         match self {
@@ -223,6 +234,30 @@ impl Default for Metrics {
     }
 }
 
+impl Metrics {
+    /// Drops every series of `resource`: a removed resource's frozen last-success time would
+    /// otherwise keep a staleness alert firing for good.
+    fn forget(&self, resource: String) {
+        let results = SyncResult::ALL
+            .iter()
+            .map(|result| result.name())
+            .chain(["ok", "failed"]);
+        for result in results {
+            let labels = ResultLabels {
+                resource: resource.clone(),
+                result: result.to_string(),
+            };
+            self.renders.remove(&labels);
+            self.checks.remove(&labels);
+            self.reloads.remove(&labels);
+        }
+        let label = ResourceLabel { resource };
+        self.writes.remove(&label);
+        self.last_success.remove(&label);
+        self.render_seconds.remove(&label);
+    }
+}
+
 impl Status {
     /// A status with nothing recorded.
     pub fn new() -> Status {
@@ -238,6 +273,7 @@ impl Status {
     }
 
     /// Sets the resources shown: those of the running settings (again after a SIGHUP).
+    /// Resources no longer configured leave `/status` and `/metrics`.
     pub fn set_resources<'a>(&self, resources: impl Iterator<Item = (&'a Path, &'a Path)>) {
         let mut state = self.state();
         let mut previous = std::mem::take(&mut state.resources);
@@ -252,6 +288,9 @@ impl Status {
                     ..entry
                 },
             );
+        }
+        for gone in previous.into_keys() {
+            self.shared.metrics.forget(gone);
         }
     }
 
@@ -414,9 +453,11 @@ async fn status_json(State(status): State<Status>) -> axum::Json<serde_json::Val
 
 async fn metrics(State(status): State<Status>) -> Response {
     (
+        // prometheus-client writes OpenMetrics (`_total` suffixes, `# EOF`); saying so makes
+        // Prometheus use the parser that matches counters to their families.
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         status.metrics_text(),
     )
@@ -466,7 +507,185 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
-        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_exposition(&text);
+    }
+
+    /// Fails unless `text` is OpenMetrics text exposition: `# HELP` and `# TYPE` lines, samples
+    /// `name{label="value",...} number` whose names belong to a declared family of that type,
+    /// and `# EOF` at the end.
+    fn assert_exposition(text: &str) {
+        fn is_name(name: &str) -> bool {
+            name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }
+        /// `label="value",...` with `\\`, `\"` and `\n` escapes, as the format has them.
+        fn labels_are_valid(mut labels: &str) -> bool {
+            while !labels.is_empty() {
+                let Some((name, rest)) = labels.split_once("=\"") else {
+                    return false;
+                };
+                let mut chars = rest.char_indices();
+                let mut end = None;
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => match chars.next() {
+                            Some((_, '\\' | '"' | 'n')) => {}
+                            _ => return false,
+                        },
+                        '"' => {
+                            end = Some(i);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                let Some(end) = end else { return false };
+                if !is_name(name) {
+                    return false;
+                }
+                labels = &rest[end + 1..];
+                if let Some(rest) = labels.strip_prefix(',') {
+                    labels = rest;
+                } else if !labels.is_empty() {
+                    return false;
+                }
+            }
+            true
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.last(), Some(&"# EOF"), "{text}");
+        let mut families = BTreeMap::new();
+        for line in &lines[..lines.len() - 1] {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap_or_default();
+                assert!(is_name(name), "{line:?}");
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+                assert!(is_name(name), "{line:?}");
+                assert!(
+                    ["counter", "gauge", "histogram"].contains(&kind),
+                    "{line:?}"
+                );
+                families.insert(name.to_string(), kind.to_string());
+            } else {
+                let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+                assert!(value.parse::<f64>().is_ok(), "a number in {line:?}");
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, labels)) => {
+                        let labels = labels.strip_suffix('}');
+                        (name, labels.unwrap_or_else(|| panic!("{line:?}")))
+                    }
+                    None => (series, ""),
+                };
+                assert!(labels_are_valid(labels), "labels in {line:?}");
+                let declared = families.iter().any(|(family, kind)| {
+                    let suffixes: &[&str] = match kind.as_str() {
+                        "counter" => &["_total", "_created"],
+                        "histogram" => &["_bucket", "_sum", "_count", "_created"],
+                        _ => &[""],
+                    };
+                    suffixes
+                        .iter()
+                        .any(|suffix| name.strip_suffix(suffix) == Some(family.as_str()))
+                });
+                assert!(declared, "{line:?} belongs to no declared family\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn resources_removed_by_a_reload_leave_the_metrics() {
+        let status = Status::new();
+        let app = (
+            Path::new("/etc/reconfd/conf.d/app.toml"),
+            Path::new("/etc/app.conf"),
+        );
+        status.set_resources([app].into_iter());
+        status.synced(&sync(SyncResult::Updated));
+        assert!(status.metrics_text().contains("app.toml"));
+        status.set_resources(std::iter::empty());
+        let text = status.metrics_text();
+        assert!(!text.contains("app.toml"), "{text}");
+        assert_exposition(&text);
+        assert_eq!(status.status_json()["resources"], serde_json::json!([]));
+    }
+
+    /// `GET path` on `address`: the status code, the headers and the body.
+    async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("response");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a head");
+        let code = head
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .expect("a status line");
+        (code, head.to_ascii_lowercase(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn the_server_answers_every_route_and_ready_flips() {
+        let status = Status::new();
+        status.set_resources(
+            [(
+                Path::new("/etc/reconfd/conf.d/app.toml"),
+                Path::new("/etc/app.conf"),
+            )]
+            .into_iter(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(serve(listener, status.clone()));
+
+        let (code, _, body) = get(address, "/health").await;
+        assert_eq!((code, body.as_str()), (200, "ok\n"));
+        assert_eq!(get(address, "/ready").await.0, 503);
+        status.synced(&sync(SyncResult::Updated));
+        status.set_ready();
+        assert_eq!(get(address, "/ready").await.0, 200);
+
+        let (code, head, body) = get(address, "/status").await;
+        assert_eq!(code, 200);
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(json["ready"], true);
+        assert_eq!(json["resources"][0]["dest"], "/etc/app.conf");
+        assert_eq!(json["resources"][0]["last_result"], "updated");
+        assert!(
+            json["resources"][0]["last_change"]
+                .as_str()
+                .is_some_and(|time| chrono::DateTime::parse_from_rfc3339(time).is_ok()),
+            "{body}"
+        );
+
+        let (code, head, body) = get(address, "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(
+            head.contains("content-type: application/openmetrics-text"),
+            "{head}"
+        );
+        assert_exposition(&body);
+        assert!(
+            body.contains("reconfd_last_success_timestamp_seconds{"),
+            "{body}"
+        );
+
+        let (code, head, body) = get(address, "/").await;
+        assert_eq!(code, 200);
+        assert!(head.contains("content-type: text/html"), "{head}");
+        assert!(body.contains("fetch(\"/status\")"), "{body}");
+        assert_eq!(get(address, "/nothing").await.0, 404);
     }
 
     #[test]
