@@ -78,22 +78,16 @@ pub enum ReconcileError {
         /// The command's failure, with its output.
         source: CommandError,
     },
-    /// The reload command failed, so the previous destination was put back (`rollback`) and
-    /// the reload run again.
-    #[error(
-        "{dest}: the reload command failed: {source}; the previous file was put back, {}",
-        match second {
-            None => "and the reload on it succeeded".to_string(),
-            Some(e) => format!("but the reload on it failed too: {e}"),
-        }
-    )]
+    /// The reload command failed and the resource has `rollback`: the previous destination
+    /// was put back and the reload run again, or putting it back failed.
+    #[error("{dest}: the reload command failed: {source}; {rollback}")]
     RolledBack {
         /// The destination.
         dest: String,
         /// The first reload's failure.
         source: Box<CommandError>,
-        /// The failure of the reload on the restored file, if it failed too.
-        second: Option<Box<CommandError>>,
+        /// What the rollback achieved.
+        rollback: Rollback,
     },
     /// Another template of the same resource file failed, so this one was not swapped in
     /// either.
@@ -115,6 +109,36 @@ pub enum ReconcileError {
         /// The parser's complaint, with its line and column.
         message: String,
     },
+}
+
+/// What a rollback after a failed reload achieved.
+#[derive(Clone, Debug)]
+pub enum Rollback {
+    /// The previous file is back and the reload on it succeeded: the service runs the last
+    /// good configuration.
+    Reloaded,
+    /// The previous file is back, but the reload on it failed too.
+    ReloadFailed(Box<CommandError>),
+    /// The previous file could not be put back; the new file stays.
+    NotRestored(String),
+}
+
+impl std::fmt::Display for Rollback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rollback::Reloaded => {
+                f.write_str("the previous file was put back, and the reload on it succeeded")
+            }
+            Rollback::ReloadFailed(e) => write!(
+                f,
+                "the previous file was put back, but the reload on it failed too: {e}"
+            ),
+            Rollback::NotRestored(e) => write!(
+                f,
+                "the previous file could not be put back, so the new one stays: {e}"
+            ),
+        }
+    }
 }
 
 /// The destination as it is on disk.
@@ -329,31 +353,14 @@ async fn prepare(
 fn swap(resource: &Resource, staged: Staged) -> Result<Option<Actual>, ReconcileError> {
     let dest = &resource.dest;
     let dest_name = dest.display().to_string();
-    let io_error = |what: &str, e: std::io::Error| ReconcileError::Io {
+    let io_error = |message: String| ReconcileError::Io {
         dest: dest_name.clone(),
-        message: format!("{what}: {e}"),
+        message,
     };
     if let (true, Some(previous)) = (resource.backup, &staged.previous) {
-        backup(dest, previous).map_err(|e| io_error("cannot write the backup file", e))?;
+        backup(dest, previous).map_err(io_error)?;
     }
-    match staged.file.persist(dest) {
-        Ok(_) => {}
-        Err(e) if e.error.raw_os_error() == Some(nix::libc::EBUSY) => {
-            // A destination bind-mounted on its own (a single file mounted into a container)
-            // cannot be renamed over; like confd, write it in place instead.
-            tracing::warn!(
-                "{dest_name} is busy (a mount point?); writing it in place, which is not atomic"
-            );
-            write_in_place(dest, &staged.content, &staged.wanted)
-                .map_err(|e| io_error("cannot write the destination in place", e))?;
-        }
-        Err(e) => {
-            return Err(io_error(
-                "cannot rename the stage file over the destination",
-                e.error,
-            ));
-        }
-    }
+    put_in_place(dest, staged.file, &staged.content, &staged.wanted).map_err(io_error)?;
     if let Err(e) = sync_parent_dir(dest) {
         // The new file is in place; only its survival of a crash is in doubt. Skipping the
         // reload now would leave the service on the old file for good, as the next run finds
@@ -404,41 +411,50 @@ async fn reload_batch(items: &[Item<'_>], steps: &mut [Step]) {
             }
             Err(source) => source,
         };
-        let rolled_back: Vec<usize> = members
-            .iter()
-            .copied()
-            .filter(|index| items[*index].resource.rollback)
-            .collect();
-        let mut second = None;
-        for index in &rolled_back {
+        // Members whose previous file is back, and those whose restore failed.
+        let mut restored: Vec<usize> = Vec::new();
+        let mut not_restored: Vec<(usize, String)> = Vec::new();
+        for index in &members {
             let resource = items[*index].resource;
-            let dest_name = resource.dest.display().to_string();
-            tracing::warn!("{dest_name}: the reload failed; putting the previous file back");
             let Step::Swapped(previous) = &steps[*index] else {
                 continue;
             };
-            if let Err(e) = restore(&resource.dest, previous.as_ref(), resource) {
-                steps[*index] = Step::Failed(ReconcileError::Io {
-                    dest: dest_name,
-                    message: format!("cannot put the previous file back: {e}"),
-                });
-            }
-        }
-        if !rolled_back.is_empty() {
-            second = Some(command::run(&command, timeout).await.err().map(Box::new));
-        }
-        for index in members {
-            if matches!(steps[index], Step::Failed(_)) {
+            if !resource.rollback {
                 continue;
             }
+            let dest_name = resource.dest.display().to_string();
+            tracing::warn!("{dest_name}: the reload failed; putting the previous file back");
+            match restore(&resource.dest, previous.as_ref(), resource) {
+                Ok(()) => restored.push(*index),
+                Err(e) => not_restored.push((*index, e)),
+            }
+        }
+        // Only a restored file gives the second reload a configuration worth loading.
+        let second = if restored.is_empty() {
+            None
+        } else {
+            Some(match command::run(&command, timeout).await {
+                Ok(_) => Rollback::Reloaded,
+                Err(e) => Rollback::ReloadFailed(Box::new(e)),
+            })
+        };
+        for index in members {
             let dest = items[index].resource.dest.display().to_string();
-            steps[index] = Step::Failed(match (&second, rolled_back.contains(&index)) {
-                (Some(second), true) => ReconcileError::RolledBack {
+            let rollback = if restored.contains(&index) {
+                second.clone()
+            } else {
+                not_restored
+                    .iter()
+                    .find(|(failed, _)| *failed == index)
+                    .map(|(_, e)| Rollback::NotRestored(e.clone()))
+            };
+            steps[index] = Step::Failed(match rollback {
+                Some(rollback) => ReconcileError::RolledBack {
                     dest,
                     source: Box::new(source.clone()),
-                    second: second.clone(),
+                    rollback,
                 },
-                _ => ReconcileError::Reload {
+                None => ReconcileError::Reload {
                     dest,
                     source: source.clone(),
                 },
@@ -501,13 +517,17 @@ impl OutputFormat {
     }
 }
 
-/// Makes sure the destination's directory exists, creating it (mode 0755) when `create`.
+/// Makes sure the destination's directory exists, creating the missing ones (mode 0755) when
+/// `create`.
 fn prepare_dir(dest: &Path, create: bool) -> Result<(), String> {
     let Some(dir) = dest.parent().filter(|dir| !dir.as_os_str().is_empty()) else {
         return Ok(());
     };
-    if dir.is_dir() {
-        return Ok(());
+    match std::fs::metadata(dir) {
+        Ok(metadata) if metadata.is_dir() => return Ok(()),
+        Ok(_) => return Err(format!("{} is not a directory", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read directory {}: {e}", dir.display())),
     }
     if !create {
         return Err(format!(
@@ -515,37 +535,48 @@ fn prepare_dir(dest: &Path, create: bool) -> Result<(), String> {
             dir.display()
         ));
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
-        .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|ancestor| !ancestor.as_os_str().is_empty() && !ancestor.exists())
+        .collect();
+    for missing in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o755).create(missing) {
+            // The umask (systemd's `UMask=0077`, say) would otherwise keep a service running
+            // as another user from reaching its file.
+            Ok(()) => std::fs::set_permissions(missing, std::fs::Permissions::from_mode(0o755)),
+            // Made meanwhile by someone else: as good.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && missing.is_dir() => Ok(()),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| format!("cannot create directory {}: {e}", missing.display()))?;
+    }
+    Ok(())
 }
 
 /// Keeps the destination's current content and mode as `<dest>.bak`, replacing an older one
-/// atomically.
-fn backup(dest: &Path, actual: &Actual) -> std::io::Result<()> {
+/// atomically: a copy, not a hard link, as a destination written in place would change a
+/// linked backup with it.
+fn backup(dest: &Path, actual: &Actual) -> Result<(), String> {
     let mut name = dest.as_os_str().to_owned();
     name.push(".bak");
-    let wanted = Wanted {
-        mode: actual.mode,
-        uid: None,
-        gid: None,
+    let path = std::path::PathBuf::from(name);
+    let write = || -> std::io::Result<()> {
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let mut staged = tempfile::Builder::new().prefix(".bak.").tempfile_in(dir)?;
+        staged.write_all(&actual.content)?;
+        staged
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(actual.mode))?;
+        staged.as_file().sync_all()?;
+        staged.persist(&path)?;
+        Ok(())
     };
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let mut staged = tempfile::Builder::new().prefix(".bak.").tempfile_in(dir)?;
-    staged.write_all(&actual.content)?;
-    staged
-        .as_file()
-        .set_permissions(std::fs::Permissions::from_mode(wanted.mode))?;
-    staged.as_file().sync_all()?;
-    staged.persist(std::path::PathBuf::from(name))?;
-    Ok(())
+    write().map_err(|e| format!("cannot write the backup {}: {e}", path.display()))
 }
 
 /// Puts `previous` back as the destination (or removes the destination when there was none),
 /// the same atomic way a new file goes in.
-fn restore(dest: &Path, previous: Option<&Actual>, resource: &Resource) -> std::io::Result<()> {
+fn restore(dest: &Path, previous: Option<&Actual>, resource: &Resource) -> Result<(), String> {
     match previous {
         Some(previous) => {
             let wanted = Wanted {
@@ -553,11 +584,28 @@ fn restore(dest: &Path, previous: Option<&Actual>, resource: &Resource) -> std::
                 uid: Some(previous.uid),
                 gid: Some(previous.gid),
             };
-            stage(dest, &previous.content, &wanted, resource)?.persist(dest)?;
+            let staged = stage(dest, &previous.content, &wanted, resource)
+                .map_err(|e| format!("cannot stage the previous content: {e}"))?;
+            put_in_place(dest, staged, &previous.content, &wanted)?;
         }
-        None => std::fs::remove_file(dest)?,
+        None => match std::fs::remove_file(dest) {
+            // Already gone (the reload command removed it): as good.
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!(
+                    "cannot remove the new file, which had no predecessor: {e}"
+                ));
+            }
+            _ => {}
+        },
     }
-    sync_parent_dir(dest)
+    if let Err(e) = sync_parent_dir(dest) {
+        // The previous file is back; only its survival of a crash is in doubt.
+        tracing::warn!(
+            "{}: cannot flush the directory after the rollback: {e}",
+            dest.display()
+        );
+    }
+    Ok(())
 }
 
 fn read_actual(dest: &Path) -> std::io::Result<Option<Actual>> {
@@ -658,6 +706,31 @@ fn stage(
         .set_permissions(std::fs::Permissions::from_mode(wanted.mode))?;
     staged.as_file().sync_all()?;
     Ok(staged)
+}
+
+/// Renames `staged` over `dest`. A destination bind-mounted on its own (a single file mounted
+/// into a container) cannot be renamed over; like confd, it is written in place instead.
+fn put_in_place(
+    dest: &Path,
+    staged: tempfile::NamedTempFile,
+    content: &[u8],
+    wanted: &Wanted,
+) -> Result<(), String> {
+    match staged.persist(dest) {
+        Ok(_) => Ok(()),
+        Err(e) if e.error.raw_os_error() == Some(nix::libc::EBUSY) => {
+            tracing::warn!(
+                "{} is busy (a mount point?); writing it in place, which is not atomic",
+                dest.display()
+            );
+            write_in_place(dest, content, wanted)
+                .map_err(|e| format!("cannot write the destination in place: {e}"))
+        }
+        Err(e) => Err(format!(
+            "cannot rename the stage file over the destination: {}",
+            e.error
+        )),
+    }
 }
 
 /// Overwrites `dest` itself with `content`, for destinations that cannot be renamed over.
@@ -920,6 +993,199 @@ mod tests {
         assert!(matches!(err, ReconcileError::Reload { .. }), "{err}");
         assert!(err.to_string().contains("no such service"), "{err}");
         assert_eq!(std::fs::read_to_string(&r.dest).expect("dest"), "v1\n");
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::metadata(path).expect("meta").permissions().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn rollback_puts_the_previous_file_back_and_reloads_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut r = resource(dir.path());
+        std::fs::write(&r.dest, "old\n").expect("write");
+        std::fs::set_permissions(&r.dest, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let log = dir.path().join("log");
+        r.rollback = true;
+        r.reload_cmd = Some(format!(
+            "cat {{{{.dest}}}} >> {}; grep -q old {{{{.dest}}}}",
+            log.display()
+        ));
+        let err = reconcile(&r, "new\n", Options::default())
+            .await
+            .expect_err("reload fails");
+        assert!(
+            matches!(
+                err,
+                ReconcileError::RolledBack {
+                    rollback: Rollback::Reloaded,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("reload command failed"), "{err}");
+        assert!(err.to_string().contains("reload on it succeeded"), "{err}");
+        assert_eq!(std::fs::read_to_string(&r.dest).expect("dest"), "old\n");
+        assert_eq!(mode_of(&r.dest), 0o640);
+        assert_eq!(std::fs::read_to_string(&log).expect("log"), "new\nold\n");
+        assert_eq!(
+            entries(dir.path()),
+            ["app.conf", "log"],
+            "no stage file left"
+        );
+    }
+
+    #[tokio::test]
+    async fn rollback_of_a_new_file_removes_it_and_reports_a_second_failure() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut r = resource(dir.path());
+        r.rollback = true;
+        r.reload_cmd = Some("echo down >&2; exit 3".into());
+        let err = reconcile(&r, "new\n", Options::default())
+            .await
+            .expect_err("reload fails");
+        assert!(
+            matches!(
+                err,
+                ReconcileError::RolledBack {
+                    rollback: Rollback::ReloadFailed(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("failed too"), "{err}");
+        assert!(!r.dest.exists(), "a file with no predecessor is removed");
+    }
+
+    #[tokio::test]
+    async fn rollback_follows_a_reload_that_timed_out() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut r = resource(dir.path());
+        std::fs::write(&r.dest, "old\n").expect("write");
+        r.rollback = true;
+        r.reload_timeout = Duration::from_millis(300);
+        r.reload_cmd = Some("if grep -q new {{.dest}}; then sleep 5; fi".into());
+        let err = reconcile(&r, "new\n", Options::default())
+            .await
+            .expect_err("reload times out");
+        assert!(
+            matches!(
+                &err,
+                ReconcileError::RolledBack {
+                    rollback: Rollback::Reloaded,
+                    source,
+                    ..
+                } if matches!(**source, CommandError::TimedOut { .. })
+            ),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&r.dest).expect("dest"), "old\n");
+    }
+
+    #[tokio::test]
+    async fn a_rollback_that_cannot_put_the_file_back_says_so_and_does_not_reload() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let mut r = resource(&sub);
+        std::fs::write(&r.dest, "old\n").expect("write");
+        let log = dir.path().join("log");
+        r.rollback = true;
+        r.reload_cmd = Some(format!(
+            "echo run >> {}; rm -r {}; exit 1",
+            log.display(),
+            sub.display()
+        ));
+        let err = reconcile(&r, "new\n", Options::default())
+            .await
+            .expect_err("reload fails");
+        assert!(
+            matches!(
+                err,
+                ReconcileError::RolledBack {
+                    rollback: Rollback::NotRestored(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("could not be put back"), "{err}");
+        assert_eq!(std::fs::read_to_string(&log).expect("log"), "run\n");
+    }
+
+    #[tokio::test]
+    async fn backup_keeps_the_replaced_file_each_time() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut r = resource(dir.path());
+        r.backup = true;
+        let bak = dir.path().join("app.conf.bak");
+        reconcile(&r, "v1\n", Options::default()).await.expect("ok");
+        assert!(!bak.exists(), "no predecessor, no backup");
+        std::fs::set_permissions(&r.dest, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        reconcile(&r, "v2\n", Options::default()).await.expect("ok");
+        assert_eq!(std::fs::read_to_string(&bak).expect("bak"), "v1\n");
+        assert_eq!(mode_of(&bak), 0o600);
+        reconcile(&r, "v3\n", Options::default()).await.expect("ok");
+        assert_eq!(std::fs::read_to_string(&bak).expect("bak"), "v2\n");
+        assert_eq!(
+            reconcile(&r, "v3\n", Options::default()).await.expect("ok"),
+            Outcome::InSync
+        );
+        assert_eq!(std::fs::read_to_string(&bak).expect("bak"), "v2\n");
+        assert_eq!(entries(dir.path()), ["app.conf", "app.conf.bak"]);
+    }
+
+    #[tokio::test]
+    async fn missing_directories_are_created_only_when_asked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut r = resource(dir.path());
+        r.dest = dir.path().join("a/b/app.conf");
+        let err = reconcile(&r, "v1\n", Options::default())
+            .await
+            .expect_err("no directory");
+        let message = err.to_string();
+        assert!(message.contains("a/b does not exist"), "{message}");
+        assert!(message.contains("create_dest_dirs"), "{message}");
+        assert!(!dir.path().join("a").exists());
+        r.create_dest_dirs = true;
+        reconcile(&r, "v1\n", Options::default()).await.expect("ok");
+        assert_eq!(std::fs::read_to_string(&r.dest).expect("dest"), "v1\n");
+        assert_eq!(mode_of(&dir.path().join("a")), 0o755);
+        assert_eq!(mode_of(&dir.path().join("a/b")), 0o755);
+        std::fs::write(dir.path().join("file"), "").expect("write");
+        r.dest = dir.path().join("file/app.conf");
+        let err = reconcile(&r, "v1\n", Options::default())
+            .await
+            .expect_err("a file in the way");
+        assert!(err.to_string().contains("Not a directory"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn invalid_output_stages_and_runs_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut r = resource(dir.path());
+        std::fs::write(&r.dest, "{}\n").expect("write");
+        let ran = dir.path().join("ran");
+        r.output_format = Some(OutputFormat::Json);
+        r.check_cmd = Some(format!("touch {}", ran.display()));
+        r.reload_cmd = Some(format!("touch {}", ran.display()));
+        let err = reconcile(&r, "{\"a\": }\n", Options::default())
+            .await
+            .expect_err("not JSON");
+        assert!(matches!(err, ReconcileError::Format { .. }), "{err}");
+        assert!(err.to_string().contains("not valid JSON"), "{err}");
+        assert_eq!(std::fs::read_to_string(&r.dest).expect("dest"), "{}\n");
+        assert!(!ran.exists(), "no command ran");
+        assert_eq!(entries(dir.path()), ["app.conf"]);
+        reconcile(&r, "{\"a\": 1}\n", Options::default())
+            .await
+            .expect("valid JSON goes in");
+        assert_eq!(
+            std::fs::read_to_string(&r.dest).expect("dest"),
+            "{\"a\": 1}\n"
+        );
     }
 
     #[test]

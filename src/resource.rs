@@ -113,7 +113,8 @@ struct TemplateTable {
     rollback: bool,
     #[serde(default)]
     create_dest_dirs: bool,
-    output_format: Option<String>,
+    #[serde(default, deserialize_with = "output_format")]
+    output_format: Option<OutputFormat>,
 }
 
 /// `"30s"`, `"1m30s"`, or a number of seconds.
@@ -293,13 +294,7 @@ fn resolve(
         backup: table.backup,
         rollback: table.rollback,
         create_dest_dirs: table.create_dest_dirs,
-        output_format: table
-            .output_format
-            .map(|text| {
-                text.parse::<OutputFormat>()
-                    .map_err(|e| fail(format!("`output_format` = {e}")))
-            })
-            .transpose()?,
+        output_format: table.output_format,
     })
 }
 
@@ -338,6 +333,22 @@ fn mode_text<'de, D: serde::Deserializer<'de>>(
         Mode::Text(text) => Ok(Some(text)),
         Mode::Number(number) => Err(serde::de::Error::custom(format!(
             "`mode` = {number} must be a quoted octal string such as \"0644\""
+        ))),
+    }
+}
+
+/// `output_format` is checked while the file is parsed, so that its error keeps the line and
+/// column.
+fn output_format<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<OutputFormat>, D::Error> {
+    match toml::Value::deserialize(deserializer)? {
+        toml::Value::String(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("`output_format` = {e}"))),
+        other => Err(serde::de::Error::custom(format!(
+            "`output_format` = {other} must be one of \"json\", \"yaml\", \"toml\""
         ))),
     }
 }
@@ -479,6 +490,42 @@ mod tests {
         )
         .expect("root exists");
         assert_eq!((r.uid, r.gid), (Some(0), Some(0)));
+    }
+
+    #[test]
+    fn safety_options_default_off_and_are_read() {
+        let base = "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\n";
+        let r = load_text(base, "").expect("valid resource");
+        assert!(!r.backup && !r.rollback && !r.create_dest_dirs);
+        assert_eq!(r.output_format, None);
+        let r = load_text(
+            &format!(
+                "{base}backup = true\nrollback = true\ncreate_dest_dirs = true\n\
+                 output_format = \"yaml\"\n"
+            ),
+            "",
+        )
+        .expect("valid resource");
+        assert!(r.backup && r.rollback && r.create_dest_dirs);
+        assert_eq!(r.output_format, Some(OutputFormat::Yaml));
+    }
+
+    #[test]
+    fn a_bad_output_format_names_file_line_and_key() {
+        let base = "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\n";
+        for bad in ["\"xml\"", "\"JSON\"", "1"] {
+            let err =
+                load_text(&format!("{base}output_format = {bad}\n"), "").expect_err("not a format");
+            let message = err.to_string();
+            assert!(message.contains("app.toml:5:"), "{bad}: {message}");
+            assert!(message.contains("`output_format`"), "{bad}: {message}");
+            assert!(
+                message.contains("\"json\", \"yaml\", \"toml\""),
+                "{message}"
+            );
+        }
+        let err = load_text(&format!("{base}backup = \"yes\"\n"), "").expect_err("not a bool");
+        assert!(err.to_string().contains("app.toml:5:"), "{err}");
     }
 
     #[test]
