@@ -3,15 +3,18 @@
 //! The data flows one way: [`settings`] (flags, environment, settings file) name the
 //! [`resource`]s (confd's `conf.d/*.toml`); each resource reads keys from a [`store`] snapshot,
 //! is rendered by [`template`], and is brought in line with the file on disk by [`reconcile`]
-//! (compare, stage, check, swap, reload; commands run through [`command`]). [`daemon`] runs
-//! that once, on a timer, or on every change a store reports, and tells systemd through
-//! [`notify`].
+//! (compare, stage, check, swap, reload; commands run through [`command`]). A controller per
+//! store runs that once, on a timer, or on every change the store reports; [`process`] runs
+//! the controllers, handles signals and tells systemd through [`notify`].
 
 pub mod cli;
 pub mod command;
-pub mod daemon;
+mod controller;
 pub mod notify;
+mod plan;
+pub mod process;
 pub mod reconcile;
+mod report;
 pub mod resource;
 pub mod settings;
 pub mod status;

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use reconfd::cli::LogFormat;
-use reconfd::daemon;
+use reconfd::process;
 use reconfd::settings::Settings;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::reload;
@@ -50,7 +50,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(daemon::run(settings))
+    let code = runtime.block_on(process::run(settings));
+    // A render stopped at its time limit may still hold a thread of the blocking pool until
+    // its template reaches a point where it can stop; the process does not wait for it.
+    runtime.shutdown_background();
+    code
 }
 
 /// The layer that writes log lines to standard error in `format`.

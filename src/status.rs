@@ -102,6 +102,9 @@ pub struct SyncReport<'a> {
     pub reloaded: bool,
     /// md5 of the destination as it now is, where known and not secret.
     pub md5: Option<String>,
+    /// When a failure that may pass is tried again; `None` after a success, or for a failure
+    /// that waits for new data.
+    pub next_attempt: Option<std::time::SystemTime>,
 }
 
 /// The daemon's state as recorded by the run loop; cheap to clone, shared by all loops.
@@ -122,24 +125,37 @@ struct StatusState {
     ready: bool,
     resources: BTreeMap<String, ResourceState>,
     stores: BTreeMap<String, StoreState>,
+    /// Store loops that failed unexpectedly and have not completed a full sync since, with
+    /// the failure.
+    #[serde(skip)]
+    failed_loops: BTreeMap<String, String>,
 }
 
 #[derive(Default, Serialize)]
 struct ResourceState {
     file: String,
     dest: String,
+    /// The store instance it reads.
+    store: String,
     md5: Option<String>,
     last_result: Option<&'static str>,
     last_error: Option<String>,
     last_change: Option<String>,
     last_success: Option<String>,
+    /// When a failure that may pass is tried again.
+    next_attempt: Option<String>,
 }
 
 #[derive(Default, Serialize)]
 struct StoreState {
+    /// The kind of store (`etcd`).
     name: String,
+    /// Which one: the kind and its nodes.
+    instance: String,
     connected: bool,
     revision: Option<i64>,
+    /// Why its loop is restarting, after an unexpected failure.
+    loop_failure: Option<String>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -156,6 +172,7 @@ struct ResultLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StoreLabel {
     store: String,
+    instance: String,
 }
 
 type Histograms = Family<ResourceLabel, Histogram, fn() -> Histogram>;
@@ -272,12 +289,16 @@ impl Status {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Sets the resources shown: those of the running settings (again after a SIGHUP).
-    /// Resources no longer configured leave `/status` and `/metrics`.
-    pub fn set_resources<'a>(&self, resources: impl Iterator<Item = (&'a Path, &'a Path)>) {
+    /// Sets the resources shown: those of the running settings (again after a SIGHUP), as
+    /// (resource file, destination, store instance). Resources no longer configured leave
+    /// `/status` and `/metrics`.
+    pub fn set_resources<'a>(
+        &self,
+        resources: impl Iterator<Item = (&'a Path, &'a Path, &'a str)>,
+    ) {
         let mut state = self.state();
         let mut previous = std::mem::take(&mut state.resources);
-        for (file, dest) in resources {
+        for (file, dest, store) in resources {
             let key = file.display().to_string();
             let entry = previous.remove(&key).unwrap_or_default();
             state.resources.insert(
@@ -285,6 +306,7 @@ impl Status {
                 ResourceState {
                     file: key,
                     dest: dest.display().to_string(),
+                    store: store.to_string(),
                     ..entry
                 },
             );
@@ -359,23 +381,28 @@ impl Status {
         if !sync.result.failed() {
             entry.last_success = Some(stamp);
         }
+        entry.next_attempt = sync
+            .next_attempt
+            .map(|at| chrono::DateTime::<Utc>::from(at).to_rfc3339_opts(SecondsFormat::Secs, true));
     }
 
-    /// Records that a store could not be read or watched.
-    pub fn store_failed(&self, store: &str) {
+    /// Records that store `instance` (of kind `store`) could not be read or watched.
+    pub fn store_failed(&self, instance: &str, store: &str) {
         self.shared
             .metrics
             .store_errors
             .get_or_create(&StoreLabel {
                 store: store.to_string(),
+                instance: instance.to_string(),
             })
             .inc();
-        self.store_entry(store, |entry| entry.connected = false);
+        self.store_entry(instance, store, |entry| entry.connected = false);
     }
 
-    /// Records that a store answered, at `revision` where it has one.
-    pub fn store_answered(&self, store: &str, revision: Option<i64>) {
-        self.store_entry(store, |entry| {
+    /// Records that store `instance` (of kind `store`) answered, at `revision` where it has
+    /// one.
+    pub fn store_answered(&self, instance: &str, store: &str, revision: Option<i64>) {
+        self.store_entry(instance, store, |entry| {
             entry.connected = true;
             if revision.is_some() {
                 entry.revision = revision;
@@ -383,27 +410,51 @@ impl Status {
         });
     }
 
-    /// Records that a watch of `store` was opened again.
-    pub fn watch_reopened(&self, store: &str) {
+    /// Records that a watch of store `instance` (of kind `store`) was opened again.
+    pub fn watch_reopened(&self, instance: &str, store: &str) {
         self.shared
             .metrics
             .watch_reconnects
             .get_or_create(&StoreLabel {
                 store: store.to_string(),
+                instance: instance.to_string(),
             })
             .inc();
     }
 
-    fn store_entry(&self, store: &str, change: impl FnOnce(&mut StoreState)) {
+    fn store_entry(&self, instance: &str, store: &str, change: impl FnOnce(&mut StoreState)) {
         let mut state = self.state();
         let entry = state
             .stores
-            .entry(store.to_string())
+            .entry(instance.to_string())
             .or_insert_with(|| StoreState {
                 name: store.to_string(),
+                instance: instance.to_string(),
                 ..StoreState::default()
             });
         change(entry);
+    }
+
+    /// Records that the loop of store `instance` failed unexpectedly and is starting over:
+    /// until it has synced again, `/ready` answers 503 and `/status` shows why.
+    pub fn loop_failed(&self, instance: &str, failure: &str) {
+        let mut state = self.state();
+        state
+            .failed_loops
+            .insert(instance.to_string(), failure.to_string());
+        if let Some(entry) = state.stores.get_mut(instance) {
+            entry.loop_failure = Some(failure.to_string());
+        }
+    }
+
+    /// Records that the loop of store `instance` completed a full sync.
+    pub fn loop_running(&self, instance: &str) {
+        let mut state = self.state();
+        if state.failed_loops.remove(instance).is_some()
+            && let Some(entry) = state.stores.get_mut(instance)
+        {
+            entry.loop_failure = None;
+        }
     }
 
     /// Records that the first full sync is done.
@@ -411,17 +462,31 @@ impl Status {
         self.state().ready = true;
     }
 
-    fn metrics_text(&self) -> String {
+    /// Ready: the first full sync is done and no store loop is starting over after a failure.
+    pub(crate) fn readiness(&self) -> Result<(), String> {
+        let state = self.state();
+        if !state.ready {
+            return Err("first sync not done".to_string());
+        }
+        match state.failed_loops.iter().next() {
+            Some((instance, failure)) => Err(format!(
+                "the loop of {instance} failed ({failure}) and has not synced again"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn metrics_text(&self) -> String {
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.shared.metrics.registry);
         text
     }
 
-    fn status_json(&self) -> serde_json::Value {
+    pub(crate) fn status_json(&self) -> serde_json::Value {
         let state = self.state();
         serde_json::json!({
-            "ready": state.ready,
+            "ready": state.ready && state.failed_loops.is_empty(),
             "resources": state.resources.values().collect::<Vec<_>>(),
             "stores": state.stores.values().collect::<Vec<_>>(),
         })
@@ -440,10 +505,9 @@ pub fn router(status: Status) -> Router {
 }
 
 async fn ready(State(status): State<Status>) -> Response {
-    if status.state().ready {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "first sync not done\n").into_response()
+    match status.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
@@ -484,6 +548,7 @@ mod tests {
             checked: true,
             reloaded: true,
             md5: Some("abc".to_string()),
+            next_attempt: None,
         }
     }
 
@@ -493,7 +558,7 @@ mod tests {
         status.synced(&sync(SyncResult::Updated));
         status.synced(&sync(SyncResult::InSync));
         status.synced(&sync(SyncResult::CheckFailed));
-        status.store_failed("etcd");
+        status.store_failed("etcd http://127.0.0.1:2379", "etcd");
         let text = status.metrics_text();
         let resource = "resource=\"/etc/reconfd/conf.d/app.toml\"";
         for line in [
@@ -502,7 +567,8 @@ mod tests {
             format!("reconfd_writes_total{{{resource}}} 1"),
             format!("reconfd_checks_total{{{resource},result=\"failed\"}} 1"),
             format!("reconfd_reloads_total{{{resource},result=\"ok\"}} 1"),
-            "reconfd_store_errors_total{store=\"etcd\"} 1".to_string(),
+            "reconfd_store_errors_total{store=\"etcd\",instance=\"etcd http://127.0.0.1:2379\"} 1"
+                .to_string(),
             format!("reconfd_render_duration_seconds_count{{{resource}}} 3"),
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
@@ -599,6 +665,7 @@ mod tests {
         let app = (
             Path::new("/etc/reconfd/conf.d/app.toml"),
             Path::new("/etc/app.conf"),
+            "env",
         );
         status.set_resources([app].into_iter());
         status.synced(&sync(SyncResult::Updated));
@@ -639,6 +706,7 @@ mod tests {
             [(
                 Path::new("/etc/reconfd/conf.d/app.toml"),
                 Path::new("/etc/app.conf"),
+                "file data.yaml",
             )]
             .into_iter(),
         );
@@ -693,8 +761,8 @@ mod tests {
         let status = Status::new();
         status.set_resources(
             [
-                (Path::new("conf.d/a.toml"), Path::new("/etc/a.conf")),
-                (Path::new("conf.d/b.toml"), Path::new("/etc/b.conf")),
+                (Path::new("conf.d/a.toml"), Path::new("/etc/a.conf"), "env"),
+                (Path::new("conf.d/b.toml"), Path::new("/etc/b.conf"), "env"),
             ]
             .into_iter(),
         );

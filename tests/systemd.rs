@@ -81,7 +81,7 @@ fn systemd_hears_ready_after_the_first_sync_watchdog_pings_and_stopping() {
     assert!(
         ready
             .lines()
-            .any(|line| line.starts_with("STATUS=1 resources")),
+            .any(|line| line.starts_with("STATUS=1 resource from 1 store")),
         "a status line with READY=1: {ready:?}"
     );
     socket.expect("WATCHDOG=1");

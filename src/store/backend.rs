@@ -127,6 +127,57 @@ impl Backend {
     pub fn holds_secrets(&self) -> bool {
         matches!(self, Backend::Vault(_))
     }
+
+    /// The store instance, as `/status` and `/metrics` name it: its kind and where it is
+    /// (`etcd http://10.0.0.1:2379,http://10.0.0.2:2379`, `file data.yaml`), with any
+    /// password left out. Two stores of one kind on different clusters are two instances.
+    pub fn instance(&self) -> String {
+        let (kind, places): (&str, Vec<String>) = match self {
+            Backend::File { paths, .. } => (
+                "file",
+                paths
+                    .iter()
+                    .map(|path| path.display().to_string())
+                    .collect(),
+            ),
+            Backend::Env => ("env", Vec::new()),
+            Backend::Etcd(options) => ("etcd", options.nodes.clone()),
+            Backend::Redis(options) => ("redis", options.nodes.clone()),
+            Backend::Zookeeper(options) => ("zookeeper", options.nodes.clone()),
+            Backend::Nats(options) => (
+                "nats",
+                options
+                    .nodes
+                    .iter()
+                    .map(|node| format!("{node}/{}", options.bucket))
+                    .collect(),
+            ),
+            Backend::Consul(options) => ("consul", options.nodes.clone()),
+            Backend::Vault(options) => ("vault", options.nodes.clone()),
+        };
+        if places.is_empty() {
+            return kind.to_string();
+        }
+        let places: Vec<String> = places.iter().map(|place| without_password(place)).collect();
+        format!("{kind} {}", places.join(","))
+    }
+}
+
+/// `place` with the password of a URL's user information masked.
+fn without_password(place: &str) -> String {
+    match reqwest::Url::parse(place) {
+        Ok(mut url) if url.password().is_some() => {
+            // Setting a password on a URL that has one cannot fail.
+            let _ = url.set_password(Some("***"));
+            let masked = url.to_string();
+            // The URL parser adds a `/` path to a bare host.
+            match masked.strip_suffix('/') {
+                Some(bare) if !place.ends_with('/') => bare.to_string(),
+                _ => masked,
+            }
+        }
+        _ => place.to_string(),
+    }
 }
 
 impl StoreFields {
@@ -320,6 +371,19 @@ pub fn open(backend: &Backend) -> Result<Box<dyn Store>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instances_name_the_kind_and_the_nodes_without_passwords() {
+        let mut one = fields("etcd");
+        one.nodes = vec!["http://10.0.0.1:2379".to_string()];
+        let mut other = fields("etcd");
+        other.nodes = vec!["http://u:secret@10.0.0.2:2379".to_string()];
+        let one = one.resolve().expect("valid").instance();
+        let other = other.resolve().expect("valid").instance();
+        assert_eq!(one, "etcd http://10.0.0.1:2379");
+        assert_eq!(other, "etcd http://u:***@10.0.0.2:2379");
+        assert_eq!(Backend::Env.instance(), "env");
+    }
 
     fn fields(backend: &str) -> StoreFields {
         StoreFields {

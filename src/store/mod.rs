@@ -11,6 +11,8 @@ pub mod env;
 pub mod etcd;
 pub mod file;
 pub mod http;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod nats;
 pub mod redis;
 pub mod vault;

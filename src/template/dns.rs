@@ -5,7 +5,9 @@
 //! be answered (timeout, server failure) is a render error instead, so that a passing DNS
 //! fault cannot render a configuration without its servers.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::NetError;
@@ -13,9 +15,10 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::{Resolver as HickoryResolver, TokioResolver};
 use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
+use tokio::sync::mpsc;
 
 /// Which name server answers lookups.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Resolver {
     /// The system's configuration: `/etc/resolv.conf` and `/etc/hosts`.
     System,
@@ -118,31 +121,77 @@ fn lookup_srv(
 }
 
 fn lookup_failed(name: &str, error: &NetError) -> tera::Error {
+    // A timeout or a server failure may be gone on the next try; the resource is retried.
+    super::failure_may_pass();
     tera::Error::message(format!("cannot look up `{name}`: {error}"))
 }
 
-/// Runs one lookup to completion from synchronous template code.
-///
-/// Templates render on the daemon's runtime thread, where blocking on another future is not
-/// allowed, so the lookup gets a short-lived thread and runtime of its own. Lookups are rare
-/// (a few per render of the templates that use them) and bounded by the resolver's timeouts.
+/// A lookup to run on the resolver thread, given the resolver for its configuration (or why
+/// that could not be built); it sends its answer back itself.
+type Job = Box<dyn FnOnce(Result<TokioResolver, NetError>) -> BoxFuture + Send>;
+type BoxFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The process's lookups: one thread with a runtime of its own, holding one resolver (and so
+/// one cache) per configuration for the life of the process. Renders run on threads of
+/// their own and wait there for the answer; the daemon's runtime thread never does.
+static LOOKUPS: OnceLock<Result<mpsc::UnboundedSender<(Resolver, Job)>, String>> = OnceLock::new();
+
+fn lookups() -> Result<&'static mpsc::UnboundedSender<(Resolver, Job)>, NetError> {
+    LOOKUPS
+        .get_or_init(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the DNS resolver: {e}"))?;
+            let (sender, mut requests) = mpsc::unbounded_channel::<(Resolver, Job)>();
+            std::thread::Builder::new()
+                .name("reconfd-dns".to_string())
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let mut resolvers: HashMap<Resolver, TokioResolver> = HashMap::new();
+                        while let Some((config, job)) = requests.recv().await {
+                            let built = match resolvers.get(&config) {
+                                Some(resolver) => Ok(resolver.clone()),
+                                None => build(&config).inspect(|resolver| {
+                                    resolvers.insert(config, resolver.clone());
+                                }),
+                            };
+                            tokio::spawn(job(built));
+                        }
+                    });
+                })
+                .map_err(|e| format!("cannot start the DNS resolver: {e}"))?;
+            Ok(sender)
+        })
+        .as_ref()
+        .map_err(|message| NetError::from(message.clone()))
+}
+
+/// Runs one lookup on the resolver thread and waits for its answer. Called from a render,
+/// which runs on a thread of its own; the resolver's timeouts bound the wait.
 fn resolve<T, Lookup, Answer>(resolver: &Resolver, lookup: Lookup) -> Result<T, NetError>
 where
-    T: Send,
-    Lookup: FnOnce(TokioResolver) -> Answer + Send,
-    Answer: Future<Output = Result<T, NetError>>,
+    T: Send + 'static,
+    Lookup: FnOnce(TokioResolver) -> Answer + Send + 'static,
+    Answer: Future<Output = Result<T, NetError>> + Send + 'static,
 {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async { lookup(build(resolver)?).await })
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    let job: Job = Box::new(move |built| {
+        Box::pin(async move {
+            let result = match built {
+                Ok(resolver) => lookup(resolver).await,
+                Err(e) => Err(e),
+            };
+            // The render stopped waiting only if it was cancelled.
+            let _ = reply.send(result);
+        })
+    });
+    lookups()?
+        .send((resolver.clone(), job))
+        .map_err(|_| NetError::from("the DNS resolver thread stopped"))?;
+    answer
+        .recv()
+        .map_err(|_| NetError::from("the DNS resolver thread stopped"))?
 }
 
 fn build(resolver: &Resolver) -> Result<TokioResolver, NetError> {

@@ -12,6 +12,8 @@ use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
 
 /// Upper bound on the length of a `seq`, so that a typo cannot exhaust memory.
 const MAX_SEQ_LEN: i64 = 100_000;
+/// Upper bound on the length of a `range`, Tera's own.
+const MAX_RANGE_LEN: i128 = 100_000;
 
 /// Registers the helpers on `tera`.
 pub fn register(tera: &mut Tera) {
@@ -35,6 +37,7 @@ pub fn register(tera: &mut Tera) {
     tera.register_filter("sortByLength", sort_by_length);
     tera.register_filter("sortKVByLength", sort_kv_by_length);
 
+    tera.register_function("range", range);
     tera.register_function("getenv", getenv);
     tera.register_function("datetime", datetime);
     tera.register_function("seq", seq);
@@ -247,6 +250,44 @@ fn arithmetic(
             "{name}({a}, {b}) has no integer result (overflow or division by zero)"
         ))
     })
+}
+
+/// Tera's `range(end, start=0, step_by=1)`, with the same limit, that also ends a render
+/// that was told to stop: nested loops over ranges are how a template runs away, and this is
+/// the one function they call on every turn of the outer loop.
+fn range(kwargs: Kwargs, _: &State) -> TeraResult<Vec<i128>> {
+    super::checkpoint()?;
+    let start = kwargs.get::<i128>("start")?.unwrap_or_default();
+    let end = kwargs.must_get::<i128>("end")?;
+    let step = kwargs.get::<i128>("step_by")?.unwrap_or(1);
+    if step == 0 {
+        return Err(tera::Error::message(
+            "Function `range` was called with a `step_by` argument of 0",
+        ));
+    }
+    if start > end && step > 0 {
+        return Err(tera::Error::message(
+            "Function `range` was called with a `start` argument greater than the `end` one",
+        ));
+    }
+    let overflow =
+        || tera::Error::message("Function `range` was called with arguments that overflow");
+    let (span, stride) = if step > 0 {
+        (end.checked_sub(start).ok_or_else(overflow)?, step)
+    } else {
+        (
+            start.checked_sub(end).ok_or_else(overflow)?.max(0),
+            step.checked_neg().ok_or_else(overflow)?,
+        )
+    };
+    let len = span.checked_add(stride - 1).ok_or_else(overflow)? / stride;
+    if len > MAX_RANGE_LEN {
+        return Err(tera::Error::message(format!(
+            "Function `range` would produce {len} elements, which exceeds the limit of \
+             {MAX_RANGE_LEN}"
+        )));
+    }
+    Ok((0..len).map(|i| start + i * step).collect())
 }
 
 #[cfg(test)]

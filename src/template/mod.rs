@@ -15,7 +15,9 @@ mod store_functions;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tera::{Context, ErrorKind, Tera, Value};
@@ -124,41 +126,128 @@ impl View {
 }
 
 thread_local! {
-    /// The view of the render running on this thread. Tera functions can reach per-render data
-    /// only through the template context, and copying a whole snapshot into a context would
-    /// cost more than the render itself; a render is synchronous, so the thread it runs on
+    /// The render running on this thread. Tera functions can reach per-render data only
+    /// through the template context, and copying a whole snapshot into a context would cost
+    /// more than the render itself; a render is synchronous, so the thread it runs on
     /// identifies it.
-    static CURRENT_VIEW: RefCell<Option<View>> = const { RefCell::new(None) };
+    static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
 }
 
-/// Puts a view in place for the duration of a render and restores the previous one after,
+/// What the functions of the render running on a thread share with it.
+struct Current {
+    view: View,
+    /// Set from outside when the render is to stop (its time limit passed).
+    cancel: Arc<AtomicBool>,
+    /// A function failed for a reason that may pass with no change of data (a DNS lookup
+    /// that timed out), so the render is worth trying again.
+    may_pass: bool,
+}
+
+/// Puts a render's state in place for its duration and restores the previous one after,
 /// even if the render unwinds.
-struct ViewScope {
-    previous: Option<View>,
+struct RenderScope {
+    previous: Option<Current>,
 }
 
-impl ViewScope {
-    fn enter(view: View) -> ViewScope {
-        ViewScope {
-            previous: CURRENT_VIEW.replace(Some(view)),
+impl RenderScope {
+    fn enter(current: Current) -> RenderScope {
+        RenderScope {
+            previous: CURRENT.replace(Some(current)),
         }
     }
-}
 
-impl Drop for ViewScope {
-    fn drop(&mut self) {
-        CURRENT_VIEW.set(self.previous.take());
+    /// True when a function of this render reported a failure that may pass.
+    fn may_pass(&self) -> bool {
+        CURRENT.with_borrow(|current| current.as_ref().is_some_and(|c| c.may_pass))
     }
 }
 
-/// Runs `read` on the view of the render in progress.
+impl Drop for RenderScope {
+    fn drop(&mut self) {
+        CURRENT.set(self.previous.take());
+    }
+}
+
+/// Runs `read` on the view of the render in progress, unless that render was told to stop.
 fn with_view<T>(read: impl FnOnce(&View) -> tera::TeraResult<T>) -> tera::TeraResult<T> {
-    CURRENT_VIEW.with_borrow(|view| match view {
-        Some(view) => read(view),
+    CURRENT.with_borrow(|current| match current {
+        Some(current) if current.cancel.load(Ordering::Relaxed) => Err(stopped()),
+        Some(current) => read(&current.view),
         None => Err(tera::Error::message(
             "store functions can only be called while a resource is rendered",
         )),
     })
+}
+
+/// Fails when the render in progress was told to stop: the functions that loops call check
+/// it, so a runaway loop ends soon after its time limit instead of holding a thread.
+fn checkpoint() -> tera::TeraResult<()> {
+    let stop = CURRENT.with_borrow(|current| {
+        current
+            .as_ref()
+            .is_some_and(|c| c.cancel.load(Ordering::Relaxed))
+    });
+    if stop { Err(stopped()) } else { Ok(()) }
+}
+
+fn stopped() -> tera::Error {
+    tera::Error::message("the render was stopped")
+}
+
+/// Records that the render in progress failed for a reason that may pass by itself.
+fn failure_may_pass() {
+    CURRENT.with_borrow_mut(|current| {
+        if let Some(current) = current {
+            current.may_pass = true;
+        }
+    });
+}
+
+/// The limits of one render: how much it may write, and a flag another thread sets to stop
+/// it.
+#[derive(Clone, Debug)]
+pub struct RenderBounds {
+    /// The most bytes the output may have.
+    pub max_size: u64,
+    /// Set to stop the render at its next write or function call.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl RenderBounds {
+    /// No size limit and nobody to stop it.
+    pub fn unlimited() -> RenderBounds {
+        RenderBounds {
+            max_size: u64::MAX,
+            cancel: Arc::default(),
+        }
+    }
+}
+
+/// Collects a render's output up to a size limit, and stops the render when it is cancelled:
+/// a template that writes without end fails at the limit instead of exhausting memory.
+struct BoundedOutput<'a> {
+    bytes: Vec<u8>,
+    bounds: &'a RenderBounds,
+    exceeded: bool,
+}
+
+impl Write for BoundedOutput<'_> {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        if self.bounds.cancel.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("the render was stopped"));
+        }
+        let size = self.bytes.len() as u64 + buffer.len() as u64;
+        if size > self.bounds.max_size {
+            self.exceeded = true;
+            return Err(std::io::Error::other("the output is too large"));
+        }
+        self.bytes.extend_from_slice(buffer);
+        Ok(buffer.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A template that cannot be read, parsed or rendered.
@@ -169,6 +258,9 @@ pub struct TemplateError {
     pub location: String,
     /// What is wrong.
     pub message: String,
+    /// The failure may pass without any change of data or template (a DNS lookup that could
+    /// not be answered), so trying again later is worth it.
+    pub may_pass: bool,
 }
 
 impl TemplateError {
@@ -184,11 +276,13 @@ impl TemplateError {
                 TemplateError {
                     location: format!("{file}:{}:{}", span.start_line, span.start_col + 1),
                     message: report.message().to_string(),
+                    may_pass: false,
                 }
             }
             other => TemplateError {
                 location: template.to_string(),
                 message: other.to_string(),
+                may_pass: false,
             },
         }
     }
@@ -209,6 +303,7 @@ impl Renderer {
         let source = std::fs::read_to_string(path).map_err(|e| TemplateError {
             location: name.clone(),
             message: format!("cannot read the template: {e}"),
+            may_pass: false,
         })?;
         Renderer::from_source(&name, &source, Resolver::System)
     }
@@ -233,12 +328,52 @@ impl Renderer {
         })
     }
 
-    /// Renders the template against `view`.
+    /// Renders the template against `view`, with no limit.
     pub fn render(&self, view: View) -> Result<String, TemplateError> {
-        let _scope = ViewScope::enter(view);
-        self.tera
-            .render(&self.name, &Context::new())
-            .map_err(|e| TemplateError::from_tera(&self.name, &e))
+        self.render_bounded(view, &RenderBounds::unlimited())
+    }
+
+    /// Renders the template against `view` within `bounds`: past the size limit, or once
+    /// cancelled, the render fails.
+    pub fn render_bounded(
+        &self,
+        view: View,
+        bounds: &RenderBounds,
+    ) -> Result<String, TemplateError> {
+        let scope = RenderScope::enter(Current {
+            view,
+            cancel: Arc::clone(&bounds.cancel),
+            may_pass: false,
+        });
+        let mut output = BoundedOutput {
+            bytes: Vec::new(),
+            bounds,
+            exceeded: false,
+        };
+        let rendered = self
+            .tera
+            .render_to(&self.name, &Context::new(), &mut output);
+        if output.exceeded {
+            return Err(TemplateError {
+                location: self.name.clone(),
+                message: format!(
+                    "the output grew past {}, the limit (`render_max_size`)",
+                    bytesize::ByteSize::b(bounds.max_size).display().iec()
+                ),
+                may_pass: false,
+            });
+        }
+        if let Err(e) = rendered {
+            let mut error = TemplateError::from_tera(&self.name, &e);
+            error.may_pass = scope.may_pass();
+            return Err(error);
+        }
+        // Tera writes whole UTF-8 strings only.
+        String::from_utf8(output.bytes).map_err(|e| TemplateError {
+            location: self.name.clone(),
+            message: format!("the output is not UTF-8: {e}"),
+            may_pass: false,
+        })
     }
 }
 
@@ -330,7 +465,7 @@ mod tests {
         renderer
             .render(view(&[("/k", "v")], "", &["/"]))
             .expect("renders");
-        assert!(CURRENT_VIEW.with_borrow(Option::is_none));
+        assert!(CURRENT.with_borrow(Option::is_none));
     }
 
     /// The rows of the confd-to-reconfd table in docs/templates.md render as documented.

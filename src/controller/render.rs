@@ -1,0 +1,293 @@
+//! Rendering off the runtime thread, within limits.
+//!
+//! Every render runs on a thread of the blocking pool, so the runtime thread that serves
+//! signals, health, the watches and the other resources never waits for a template. A render
+//! has a time limit and an output limit: past the time limit the resource fails, the render
+//! is told to stop (it stops at its next write or function call) and its result, if it ever
+//! comes, is dropped; until its thread has ended the resource is not rendered again, so a
+//! runaway template holds one thread at most. At most one render per core runs at a time.
+//!
+//! A round renders its resources concurrently and is committed as one batch. Renders still
+//! running [`ROUND_GRACE`] after the round began do not hold the others back: the round
+//! commits without them (and without the other templates of their files), and they are
+//! committed as a batch of their own when they end.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::Semaphore;
+
+use super::{Prepared, Shutdown, now, sleep_until};
+use crate::store::Snapshot;
+use crate::template::{RenderBounds, SharedResults, View};
+
+/// How long a round waits for its slowest render before committing the others.
+pub(crate) const ROUND_GRACE: Duration = Duration::from_secs(1);
+
+/// The limits of one render.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RenderLimits {
+    /// Longest a render may take.
+    pub(crate) timeout: Duration,
+    /// Most bytes its output may have.
+    pub(crate) max_size: u64,
+}
+
+/// One resource rendered for a batch.
+#[derive(Debug)]
+pub(crate) struct Rendered {
+    /// The resource's index in its controller.
+    pub(crate) index: usize,
+    /// The content, or why there is none.
+    pub(crate) content: Result<String, RenderFailure>,
+    /// How long rendering took.
+    pub(crate) time: Duration,
+}
+
+/// Why a resource could not be rendered.
+#[derive(Clone, Debug)]
+pub(crate) struct RenderFailure {
+    /// The error, naming the resource file and the template's file, line and column.
+    pub(crate) message: String,
+    /// It may pass without new data (a DNS lookup that failed), so the resource is retried.
+    pub(crate) may_pass: bool,
+}
+
+/// The renders of one controller: the threads they may use, the renders still running after
+/// their round was committed, and the resources whose render thread has not ended.
+pub(crate) struct Renders {
+    permits: Arc<Semaphore>,
+    /// For each resource: a render thread of it is still running.
+    running: Vec<Arc<AtomicBool>>,
+    /// Renders that outlived their round, as batches to commit when they end.
+    late: FuturesUnordered<BoxFuture<'static, Vec<Rendered>>>,
+    /// Resources in `late`.
+    late_indexes: BTreeSet<usize>,
+    /// Resources asked for while they were in `late`: rendered again once it ends.
+    deferred: BTreeSet<usize>,
+}
+
+impl Renders {
+    /// Render state for `resources` resources.
+    pub(crate) fn new(resources: usize) -> Renders {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Renders {
+            permits: Arc::new(Semaphore::new(cores)),
+            running: (0..resources).map(|_| Arc::default()).collect(),
+            late: FuturesUnordered::new(),
+            late_indexes: BTreeSet::new(),
+            deferred: BTreeSet::new(),
+        }
+    }
+
+    /// Renders `indexes` of `prepared` from `snapshot` and returns what is done once all are,
+    /// or, with a `grace`, once that has passed (the rest goes on as a late batch). `None`
+    /// when shutdown came first: the renders are told to stop and nothing is committed.
+    pub(crate) async fn round(
+        &mut self,
+        indexes: BTreeSet<usize>,
+        prepared: &[Arc<Prepared>],
+        snapshot: &Arc<Snapshot>,
+        grace: Option<Duration>,
+        shutdown: &mut Shutdown,
+    ) -> Option<Vec<Rendered>> {
+        let shared: Arc<SharedResults> = Arc::default();
+        let mut done = Vec::new();
+        let mut pending = FuturesUnordered::new();
+        let mut waiting = BTreeSet::new();
+        for index in indexes {
+            if self.late_indexes.contains(&index) {
+                self.deferred.insert(index);
+                continue;
+            }
+            let member = Arc::clone(&prepared[index]);
+            if self.running[index].load(Ordering::Acquire) {
+                done.push(Rendered {
+                    index,
+                    content: Err(RenderFailure {
+                        message: format!(
+                            "{}: {}: the previous render, stopped at its time limit, has not \
+                             ended yet",
+                            member.resource.file.display(),
+                            member.resource.src.display()
+                        ),
+                        may_pass: true,
+                    }),
+                    time: Duration::ZERO,
+                });
+                continue;
+            }
+            let view = View {
+                snapshot: Arc::clone(snapshot),
+                prefix: member.resource.prefix.clone(),
+                keys: member.resource.keys.clone(),
+                shared: Arc::clone(&shared),
+            };
+            waiting.insert(index);
+            pending.push(render(
+                index,
+                member,
+                view,
+                Arc::clone(&self.permits),
+                Arc::clone(&self.running[index]),
+            ));
+        }
+        let deadline = grace.map(|grace| now() + grace);
+        loop {
+            tokio::select! {
+                next = pending.next() => match next {
+                    Some(rendered) => {
+                        waiting.remove(&rendered.index);
+                        done.push(rendered);
+                    }
+                    None => return Some(done),
+                },
+                () = sleep_until(deadline) => break,
+                () = shutdown.wait() => return None,
+            }
+        }
+        // The templates of one file are committed together: those whose file still has a
+        // render running wait for it.
+        let late_files: BTreeSet<&Path> = waiting
+            .iter()
+            .map(|index| prepared[*index].resource.file.as_path())
+            .collect();
+        let (held, now_done): (Vec<Rendered>, Vec<Rendered>) = done
+            .into_iter()
+            .partition(|r| late_files.contains(prepared[r.index].resource.file.as_path()));
+        self.late_indexes.extend(waiting.iter().copied());
+        self.late_indexes
+            .extend(held.iter().map(|rendered| rendered.index));
+        self.late.push(Box::pin(async move {
+            let mut batch = held;
+            while let Some(rendered) = pending.next().await {
+                batch.push(rendered);
+            }
+            batch
+        }));
+        Some(now_done)
+    }
+
+    /// The next late batch, once its renders have ended; never while there is none.
+    pub(crate) async fn next_late(&mut self) -> Vec<Rendered> {
+        if self.late.is_empty() {
+            return std::future::pending().await;
+        }
+        match self.late.next().await {
+            Some(batch) => {
+                for rendered in &batch {
+                    self.late_indexes.remove(&rendered.index);
+                }
+                batch
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Resources asked for while their render was late whose render has now ended: they are
+    /// rendered again from the newest data.
+    pub(crate) fn take_deferred(&mut self) -> BTreeSet<usize> {
+        let ready: BTreeSet<usize> = self
+            .deferred
+            .iter()
+            .filter(|index| !self.late_indexes.contains(index))
+            .copied()
+            .collect();
+        self.deferred.retain(|index| !ready.contains(index));
+        ready
+    }
+}
+
+/// Marks a resource's render thread as ended when the thread ends, however it ends.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Tells a render to stop when its caller stops waiting for it (time limit, shutdown).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Renders one resource on the blocking pool within its limits.
+async fn render(
+    index: usize,
+    member: Arc<Prepared>,
+    view: View,
+    permits: Arc<Semaphore>,
+    running: Arc<AtomicBool>,
+) -> Rendered {
+    // The semaphore is never closed.
+    let _permit = permits.acquire_owned().await.ok();
+    let limits = member.limits;
+    let bounds = RenderBounds {
+        max_size: limits.max_size,
+        cancel: Arc::default(),
+    };
+    let _stop = StopOnDrop(Arc::clone(&bounds.cancel));
+    let started = now();
+    running.store(true, Ordering::Release);
+    let thread_bounds = bounds.clone();
+    let thread_member = Arc::clone(&member);
+    let thread = tokio::task::spawn_blocking(move || {
+        let _running = Running(running);
+        thread_member.renderer.render_bounded(view, &thread_bounds)
+    });
+    let resource = &member.resource;
+    let failure = |message: String, may_pass: bool| RenderFailure {
+        message: format!("{}: {message}", resource.file.display()),
+        may_pass,
+    };
+    let content = match tokio::time::timeout(limits.timeout, thread).await {
+        Ok(Ok(Ok(text))) => Ok(text),
+        Ok(Ok(Err(e))) => Err(failure(e.to_string(), e.may_pass)),
+        Ok(Err(e)) => Err(failure(
+            format!(
+                "{}: rendering failed unexpectedly ({}); please report this",
+                resource.src.display(),
+                panic_message(e)
+            ),
+            false,
+        )),
+        Err(_) => Err(failure(
+            format!(
+                "{}: rendering took longer than {}, the limit (`render_timeout`); the \
+                 destination is left as it is",
+                resource.src.display(),
+                humantime::format_duration(limits.timeout)
+            ),
+            false,
+        )),
+    };
+    Rendered {
+        index,
+        content,
+        time: now() - started,
+    }
+}
+
+/// What a task that did not finish left behind: its panic message, where there is one.
+fn panic_message(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return error.to_string();
+    }
+    let payload = error.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
+}

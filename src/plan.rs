@@ -1,0 +1,287 @@
+//! The plan: which resources run, grouped by the store they read, for one set of settings.
+//!
+//! A plan is made at start and again on every SIGHUP. Everything is loaded and checked before
+//! anything runs; a SIGHUP whose settings, resources or templates are unusable leaves the
+//! running plan in place. Store clients whose settings did not change are handed over to the
+//! new plan, so their watches resume where they stopped.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::controller::{
+    Controller, DEFAULT_RENDER_MAX_SIZE, DEFAULT_RENDER_TIMEOUT, Prepared, RenderLimits,
+    SyncOptions,
+};
+use crate::reconcile::Options;
+use crate::resource::{self, Resource, ResourceError};
+use crate::settings::{RunMode, Settings};
+use crate::status::Status;
+use crate::store::backend::{self, Backend};
+use crate::template::Renderer;
+
+/// Mode of a file rendered from a store of secrets whose resource sets none.
+const SECRET_MODE: u32 = 0o600;
+
+/// Why a plan could not be made: the settings are unusable (exit status 2), or a store
+/// client could not be built.
+#[derive(Debug)]
+pub(crate) enum PlanError {
+    /// The settings, the confdir or a store's settings cannot work; already logged.
+    Unusable,
+}
+
+/// The controllers to run for one set of settings, and how many resources could not be
+/// loaded.
+pub(crate) struct Plan {
+    /// One controller per distinct store.
+    pub(crate) controllers: Vec<Controller>,
+    /// Resource files that could not be loaded (logged).
+    pub(crate) failures: usize,
+}
+
+impl Plan {
+    /// Loads the resources and templates of `settings` and groups them by store. Controllers
+    /// of `previous` whose store settings are unchanged hand over their store client (and
+    /// with it where their watches stopped) and, when they read the same prefixes, their
+    /// snapshot.
+    pub(crate) fn build(
+        settings: &Settings,
+        mut previous: Vec<Controller>,
+        status: &Status,
+    ) -> Result<Plan, PlanError> {
+        let loaded = match resource::load_all(&settings.confdir, &settings.prefix) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!("{e}");
+                return Err(PlanError::Unusable);
+            }
+        };
+        let (prepared, mut failures) = prepare_resources(loaded);
+        if prepared.is_empty() && failures == 0 {
+            tracing::warn!(
+                "no template resources in {}",
+                settings.confdir.join("conf.d").display()
+            );
+        }
+        let options = Options {
+            noop: settings.noop,
+            sync_only: settings.sync_only,
+            keep_stage_file: settings.keep_stage_file,
+            secret: false,
+        };
+        // The global store is opened even if no resource reads it, so that unusable settings
+        // are reported the same way whatever the confdir holds.
+        let mut global_store = match settings.backend.as_ref().map(backend::open).transpose() {
+            Ok(store) => store,
+            Err(message) => {
+                tracing::error!("{message}");
+                return Err(PlanError::Unusable);
+            }
+        };
+        let mut controllers = Vec::new();
+        for (backend, members) in by_store(prepared, settings.backend.as_ref()) {
+            let Some(backend) = backend else {
+                for member in &members {
+                    tracing::error!(
+                        "{}: no store to read from: give --backend (and --file for the file \
+                         store) or a [backend] table",
+                        member.resource.file.display()
+                    );
+                }
+                return Err(PlanError::Unusable);
+            };
+            // Files rendered from a store of secrets are private unless their resource says
+            // otherwise, and their content stays out of logs and diffs.
+            let secret = backend.holds_secrets();
+            let members: Vec<Arc<Prepared>> = members
+                .into_iter()
+                .map(|mut member| {
+                    if secret {
+                        member.resource.mode.get_or_insert(SECRET_MODE);
+                    }
+                    member.resource.wait = member.resource.wait.or(settings.wait);
+                    member.resource.rollback |= settings.rollback;
+                    Arc::new(member)
+                })
+                .collect();
+            let sync = SyncOptions {
+                reconcile: Options { secret, ..options },
+                interval: settings.interval,
+                polling: settings.mode == RunMode::Poll,
+            };
+            if let Some(index) = previous
+                .iter()
+                .position(|controller| controller.backend() == &backend)
+            {
+                let old = previous.swap_remove(index);
+                controllers.push(old.hand_over(backend, members, sync, status.clone()));
+                continue;
+            }
+            let opened = match global_store.take_if(|_| Some(&backend) == settings.backend.as_ref())
+            {
+                Some(store) => Ok(store),
+                None => backend::open(&backend),
+            };
+            match opened {
+                Ok(store) => controllers.push(Controller::new(
+                    store,
+                    backend,
+                    members,
+                    sync,
+                    status.clone(),
+                )),
+                Err(message) => {
+                    // Only the resources with this [backend] table are lost.
+                    for member in &members {
+                        tracing::error!("{}: [backend]: {message}", member.resource.file.display());
+                    }
+                    failures += members.len();
+                }
+            }
+        }
+        status.set_resources(controllers.iter().flat_map(|controller| {
+            controller.resources().map(|resource| {
+                (
+                    resource.file.as_path(),
+                    resource.dest.as_path(),
+                    controller.instance(),
+                )
+            })
+        }));
+        Ok(Plan {
+            controllers,
+            failures,
+        })
+    }
+}
+
+/// The settings as the command line, environment and settings file give them now, if they
+/// and every resource and template they name are usable; otherwise why not. Nothing is
+/// started: this is the check a SIGHUP passes before the running plan is replaced.
+pub(crate) fn validate(current: &Settings) -> Result<Settings, String> {
+    let settings = Settings::from_command_line().map_err(|e| e.to_string())?;
+    if settings.mode == RunMode::Onetime {
+        return Err("--onetime cannot be switched on in a running daemon".to_string());
+    }
+    if settings.confdir != current.confdir {
+        tracing::info!("SIGHUP: confdir is now {}", settings.confdir.display());
+    }
+    let loaded =
+        resource::load_all(&settings.confdir, &settings.prefix).map_err(|e| e.to_string())?;
+    let (prepared, failures) = prepare_resources(loaded);
+    if failures > 0 {
+        return Err(format!(
+            "{failures} {} unusable (logged above)",
+            plural(
+                failures,
+                "resource or template is",
+                "resources or templates are"
+            )
+        ));
+    }
+    for backend in prepared
+        .iter()
+        .filter_map(|member| member.resource.backend.as_ref())
+        .chain(settings.backend.as_ref())
+    {
+        backend::open(backend)?;
+    }
+    Ok(settings)
+}
+
+/// `one` for a count of 1, `many` otherwise.
+pub(crate) fn plural<'a>(count: usize, one: &'a str, many: &'a str) -> &'a str {
+    if count == 1 { one } else { many }
+}
+
+/// The resources grouped by the store they read from (their `[backend]` table, or the global
+/// store), in the order each store first appears: each group shares one store client, one
+/// snapshot and one watch. `None` is the group of resources with no store at all.
+fn by_store(
+    prepared: Vec<Prepared>,
+    global: Option<&Backend>,
+) -> Vec<(Option<Backend>, Vec<Prepared>)> {
+    let mut groups: Vec<(Option<Backend>, Vec<Prepared>)> = Vec::new();
+    for member in prepared {
+        let backend = member.resource.backend.clone().or_else(|| global.cloned());
+        match groups.iter_mut().find(|(existing, _)| *existing == backend) {
+            Some((_, members)) => members.push(member),
+            None => groups.push((backend, vec![member])),
+        }
+    }
+    groups
+}
+
+/// Loads every resource and parses its template once. Bad resources are logged and counted;
+/// the others go on.
+fn prepare_resources(loaded: Vec<Result<Vec<Resource>, ResourceError>>) -> (Vec<Prepared>, usize) {
+    let mut prepared = Vec::new();
+    let mut failures = 0;
+    for loaded in loaded {
+        let resources = match loaded {
+            Ok(resources) => resources,
+            Err(e) => {
+                tracing::error!("{e}");
+                failures += 1;
+                continue;
+            }
+        };
+        // The templates of one file go in together or not at all.
+        let renderers: Result<Vec<Renderer>, String> = resources
+            .iter()
+            .map(|resource| {
+                Renderer::from_file(&resource.src)
+                    .map_err(|e| format!("{}: {e}", resource.file.display()))
+            })
+            .collect();
+        match renderers {
+            Ok(renderers) => prepared.extend(resources.into_iter().zip(renderers).map(
+                |(resource, renderer)| Prepared {
+                    resource,
+                    renderer,
+                    limits: RenderLimits {
+                        timeout: DEFAULT_RENDER_TIMEOUT,
+                        max_size: DEFAULT_RENDER_MAX_SIZE,
+                    },
+                },
+            )),
+            Err(message) => {
+                tracing::error!("{message}");
+                failures += 1;
+            }
+        }
+    }
+    (prepared, failures)
+}
+
+/// The fewest prefixes that cover all of `keys`: a key under another one adds nothing to a
+/// fetch or a watch.
+pub(crate) fn covering_prefixes<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let sorted: BTreeSet<&String> = keys.collect();
+    let mut covering: Vec<String> = Vec::new();
+    for key in sorted {
+        if !covering
+            .iter()
+            .any(|prefix| key.starts_with(prefix.as_str()))
+        {
+            covering.push(key.clone());
+        }
+    }
+    covering
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn covering_prefixes_drops_nested_ones() {
+        let keys = [
+            "/proxy/frontend".to_string(),
+            "/proxy".to_string(),
+            "/db".to_string(),
+            "/proxy/backend".to_string(),
+        ];
+        assert_eq!(covering_prefixes(keys.iter()), ["/db", "/proxy"]);
+    }
+}

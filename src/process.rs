@@ -1,0 +1,235 @@
+//! The process around the controllers: signals, SIGHUP generations, the status server,
+//! sd_notify, and the one place where the outcome becomes an exit status.
+//!
+//! `--onetime` runs every controller once and exits 0 when every resource is in sync or
+//! updated, 1 when any failed, 2 for unusable settings. Otherwise the controllers run until
+//! SIGTERM or SIGINT; SIGHUP checks the settings, conf.d and templates again and, when all of
+//! it is usable, replaces the running controllers with a new generation.
+
+use std::process::ExitCode;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::controller::{Controller, Shutdown};
+use crate::notify;
+use crate::plan::{self, Plan, PlanError, plural};
+use crate::settings::{RunMode, Settings};
+use crate::status::{self, Status};
+
+/// Runs reconfd with `settings` until done (onetime) or until SIGINT/SIGTERM.
+pub async fn run(settings: Settings) -> ExitCode {
+    let mut signals = match Signals::listen() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!("cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = Status::new();
+    if let Some(address) = settings.listen {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => {
+                tracing::info!("serving metrics and status on http://{address}/");
+                tokio::spawn(status::serve(listener, status.clone()));
+            }
+            Err(e) => {
+                tracing::error!("--listen {address}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let plan = match Plan::build(&settings, Vec::new(), &status) {
+        Ok(plan) => plan,
+        Err(PlanError::Unusable) => return ExitCode::from(2),
+    };
+    if settings.mode == RunMode::Onetime {
+        return onetime(plan, &mut signals).await;
+    }
+    let mut generation = Generation::start(plan, &status);
+    notify::start_watchdog();
+    loop {
+        tokio::select! {
+            () = generation.first_synced() => {
+                let summary = generation.summary();
+                tracing::info!("first sync done: {summary}");
+                status.set_ready();
+                notify::ready(&summary);
+            }
+            _ = signals.terminate.recv() => break,
+            _ = signals.interrupt.recv() => break,
+            _ = signals.hangup.recv() => {
+                tracing::info!("SIGHUP: reading the settings, conf.d and templates again");
+                notify::reloading();
+                match plan::validate(&settings) {
+                    Ok(new_settings) => {
+                        let previous = generation.stop().await;
+                        match Plan::build(&new_settings, previous, &status) {
+                            Ok(plan) => {
+                                generation = Generation::start(plan, &status);
+                                tracing::info!("SIGHUP: new settings applied");
+                            }
+                            // Validation succeeded a moment ago; only a store client that
+                            // cannot be built now fails here.
+                            Err(PlanError::Unusable) => return ExitCode::FAILURE,
+                        }
+                    }
+                    Err(reason) => {
+                        tracing::error!("SIGHUP: keeping the current settings: {reason}");
+                        notify::ready(&generation.summary());
+                    }
+                }
+            }
+        }
+    }
+    // The controllers finish the swap or reload in progress and then end; a render in
+    // progress is abandoned.
+    tracing::info!("stopping");
+    notify::stopping();
+    generation.stop().await;
+    ExitCode::SUCCESS
+}
+
+/// Runs every controller once; the exit status says whether every resource is in sync.
+async fn onetime(plan: Plan, signals: &mut Signals) -> ExitCode {
+    let mut failures = plan.failures;
+    let mut tasks = JoinSet::new();
+    for mut controller in plan.controllers {
+        tasks.spawn(async move { controller.onetime().await });
+    }
+    loop {
+        tokio::select! {
+            finished = tasks.join_next() => match finished {
+                Some(Ok(controller_failures)) => failures += controller_failures,
+                Some(Err(e)) => {
+                    tracing::error!("a store's run ended abnormally: {e}");
+                    failures += 1;
+                }
+                None => break,
+            },
+            // Interrupted, a onetime run stops at its next step; a stage file being checked
+            // is removed as it is dropped, and no destination is half-written.
+            _ = signals.terminate.recv() => {
+                tracing::error!("interrupted");
+                return ExitCode::FAILURE;
+            }
+            _ = signals.interrupt.recv() => {
+                tracing::error!("interrupted");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The controllers of one set of settings, running until stopped.
+struct Generation {
+    tasks: JoinSet<Controller>,
+    stop: watch::Sender<bool>,
+    /// Receives a message from each controller after its first full sync.
+    first_syncs: mpsc::UnboundedReceiver<()>,
+    unsynced: usize,
+    /// The first sync was reported.
+    announced: bool,
+    resources: usize,
+    stores: usize,
+    failures: usize,
+}
+
+impl Generation {
+    /// Starts every controller of `plan`, each under a supervisor that restarts it after a
+    /// panic.
+    fn start(plan: Plan, status: &Status) -> Generation {
+        let (stop, stopped) = watch::channel(false);
+        let (synced, first_syncs) = mpsc::unbounded_channel();
+        let stores = plan.controllers.len();
+        let resources = plan
+            .controllers
+            .iter()
+            .map(|controller| controller.resources().count())
+            .sum();
+        let mut tasks = JoinSet::new();
+        for controller in plan.controllers {
+            let shutdown = Shutdown::new(stopped.clone());
+            tasks.spawn(controller.supervise(shutdown, synced.clone(), status.clone()));
+        }
+        notify::status(&format!(
+            "reading {stores} {}",
+            plural(stores, "store", "stores")
+        ));
+        Generation {
+            tasks,
+            stop,
+            first_syncs,
+            unsynced: stores,
+            announced: false,
+            resources,
+            stores,
+            failures: plan.failures,
+        }
+    }
+
+    /// Returns once, when every controller has completed its first full sync.
+    async fn first_synced(&mut self) {
+        if self.announced {
+            return std::future::pending().await;
+        }
+        while self.unsynced > 0 {
+            // A controller that ended without syncing (it was stopped) never makes the
+            // daemon ready.
+            if self.first_syncs.recv().await.is_none() {
+                return std::future::pending().await;
+            }
+            self.unsynced -= 1;
+        }
+        self.announced = true;
+    }
+
+    /// A one-line summary for logs and systemd's status.
+    fn summary(&self) -> String {
+        format!(
+            "{} {} from {} {}, {} failed to load",
+            self.resources,
+            plural(self.resources, "resource", "resources"),
+            self.stores,
+            plural(self.stores, "store", "stores"),
+            self.failures
+        )
+    }
+
+    /// Stops every controller once its swap or reload in progress is done, and returns them.
+    async fn stop(mut self) -> Vec<Controller> {
+        // The controllers hold a receiver each until they end.
+        let _ = self.stop.send(true);
+        let mut controllers = Vec::new();
+        while let Some(finished) = self.tasks.join_next().await {
+            match finished {
+                Ok(controller) => controllers.push(controller),
+                Err(e) => tracing::error!("a store's loop ended abnormally: {e}"),
+            }
+        }
+        controllers
+    }
+}
+
+/// The signals the process handles, listened to for the whole run.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn listen() -> std::io::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}

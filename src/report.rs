@@ -1,0 +1,133 @@
+//! Telling what a sync did: the log line of a failure, and the record in [`Status`] behind
+//! `/status` and `/metrics`; and telling once, not on every attempt, that a store is down and
+//! once that it is back.
+
+use std::time::Instant;
+
+use crate::reconcile::{self, Options, Outcome, ReconcileError};
+use crate::resource::Resource;
+use crate::status::{Status, SyncReport, SyncResult};
+use crate::store::StoreError;
+
+/// Why a resource did not sync.
+pub(crate) enum Failure<'a> {
+    /// Its template could not be rendered.
+    Render(&'a crate::controller::RenderFailure),
+    /// Its destination could not be brought in line.
+    Reconcile(ReconcileError),
+}
+
+/// Logs a failed sync and records every sync of `resource` in `status`. `next_attempt` is
+/// when a failure that may pass is tried again.
+pub(crate) fn synced(
+    status: &Status,
+    resource: &Resource,
+    rendered: &crate::controller::Rendered,
+    outcome: &Result<Outcome, Failure<'_>>,
+    options: Options,
+    next_attempt: Option<Instant>,
+) {
+    let (result, error) = match outcome {
+        Ok(Outcome::InSync) => (SyncResult::InSync, None),
+        Ok(Outcome::Updated) => (SyncResult::Updated, None),
+        Ok(Outcome::WouldUpdate) => (SyncResult::WouldUpdate, None),
+        Err(Failure::Render(failure)) => (SyncResult::RenderFailed, Some(failure.message.clone())),
+        Err(Failure::Reconcile(e)) => (
+            sync_result(e),
+            Some(format!("{}: {e}", resource.file.display())),
+        ),
+    };
+    if let Some(message) = &error {
+        match next_attempt {
+            Some(at) => tracing::error!(
+                "{message} (trying again in {})",
+                humantime::format_duration(seconds(
+                    at.saturating_duration_since(crate::controller::now())
+                ))
+            ),
+            None => tracing::error!("{message}"),
+        }
+    }
+    let commands_ran = !options.sync_only;
+    status.synced(&SyncReport {
+        resource: &resource.file,
+        result,
+        error: error.as_deref(),
+        render_time: rendered.time,
+        checked: commands_ran && resource.check_cmd.is_some(),
+        reloaded: commands_ran && resource.reload_cmd.is_some(),
+        // A checksum of a short secret gives it away.
+        md5: match (&rendered.content, options.secret || options.noop) {
+            (Ok(content), false) if matches!(result, SyncResult::InSync | SyncResult::Updated) => {
+                Some(reconcile::md5_hex(content.as_bytes()))
+            }
+            _ => None,
+        },
+        next_attempt: next_attempt.map(|at| {
+            std::time::SystemTime::now() + at.saturating_duration_since(crate::controller::now())
+        }),
+    });
+}
+
+/// A duration rounded to whole seconds (at least one), for log lines.
+fn seconds(duration: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(duration.as_secs_f64().ceil().max(1.0) as u64)
+}
+
+/// How a failed reconcile shows in metrics and the status page.
+fn sync_result(error: &ReconcileError) -> SyncResult {
+    match error {
+        ReconcileError::Check { .. } => SyncResult::CheckFailed,
+        ReconcileError::Reload { .. } | ReconcileError::RolledBack { .. } => {
+            SyncResult::ReloadFailed
+        }
+        ReconcileError::Io { .. } | ReconcileError::Format { .. } | ReconcileError::Held { .. } => {
+            SyncResult::WriteFailed
+        }
+    }
+}
+
+/// Logs a store outage once when it begins and once when it ends, however many attempts fail
+/// in between.
+pub(crate) struct Outage {
+    since: Option<Instant>,
+    /// The store instance.
+    instance: String,
+    /// Where store failures are counted.
+    status: Status,
+}
+
+impl Outage {
+    /// No outage yet of `instance`.
+    pub(crate) fn new(instance: String, status: Status) -> Outage {
+        Outage {
+            since: None,
+            instance,
+            status,
+        }
+    }
+
+    /// Records a failed attempt to reach the store.
+    pub(crate) fn began(&mut self, store: &str, error: &StoreError) {
+        self.status.store_failed(&self.instance, store);
+        if self.since.is_none() {
+            tracing::error!(
+                "{store} store unavailable: {error}; keeping the current files and retrying"
+            );
+            self.since = Some(crate::controller::now());
+        } else {
+            tracing::debug!("{store} store still unavailable: {error}");
+        }
+    }
+
+    /// Records that the store answered.
+    pub(crate) fn ended(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                "{} store available again after {:.1?}",
+                self.instance,
+                crate::controller::now() - since
+            );
+        }
+    }
+}
