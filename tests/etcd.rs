@@ -596,6 +596,61 @@ fn an_etcd_rebuilt_behind_the_revisions_seen_is_read_again() {
         "server web9 10.0.0.9:80\n",
         "the rebuilt etcd's keys, read again",
     );
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("reading every key again").count(),
+        1,
+        "read once, then watched\n{log}"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn an_etcd_wiped_after_hundreds_of_changes_is_read_once_and_watched_again() {
+    let mut etcd = Etcd::start();
+    etcd.put("/app/servers/web1", "v0");
+    let fixture = Fixture::new();
+    fixture.template(
+        "app.tmpl",
+        "{% for kv in gets(key=\"/app/servers/*\") %}server {{ kv.key | base }} {{ kv.value }}\n{% endfor %}",
+    );
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\n",
+    );
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    expect_content(&fixture, &daemon, "server web1 v0\n", "initial render");
+    // Delivered through the watch, these changes are where the watch would resume.
+    for n in 1..=600 {
+        etcd.put("/app/servers/web1", &format!("v{n}"));
+    }
+    expect_content(&fixture, &daemon, "server web1 v600\n", "the puts rendered");
+
+    // The new etcd is empty, at revision 1: once it has been read, the file is empty.
+    etcd.rebuild(0);
+    wait_for_file(&fixture, &daemon, "app.conf", "", "the empty etcd read");
+    etcd.put("/app/servers/web9", "10.0.0.9:80");
+    wait_for_file(
+        &fixture,
+        &daemon,
+        "app.conf",
+        "server web9 10.0.0.9:80\n",
+        "a put after the read",
+    );
+    // The put came through a watch opened right after the one read, not through reading
+    // everything again and again while the watch asks for revisions the new etcd never had.
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("reading every key again").count(),
+        1,
+        "one full read\n{log}"
+    );
+    let read = log.find("reading every key again").unwrap_or_default();
+    assert!(
+        log[read..].contains("read every key at revision 1; watching from there"),
+        "watching right after the read\n{log}"
+    );
     assert_eq!(daemon.terminate(), Some(0));
 }
 

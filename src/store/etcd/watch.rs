@@ -3,8 +3,9 @@
 //! Nothing is missed and nothing is replayed: each watcher starts right after the revision up
 //! to which its prefix's changes were delivered (kept in [`Client::progress`]), or right after
 //! the snapshot's read revision when that is later. A watch refused because etcd compacted
-//! that revision, or because etcd is behind it (restored from a backup), becomes a full read,
-//! reported as a replacement; the daemon then watches again from the new revision.
+//! that revision, or because etcd is behind it (restored from a backup, rebuilt empty),
+//! becomes a full read, reported as a replacement; that read becomes the only progress, and
+//! the same stream goes on with the changes right after it.
 //!
 //! A transaction that touches several prefixes reaches their watchers as separate messages of
 //! one revision; with more than one watcher, changes are held for [`MERGE_WINDOW`] to gather
@@ -46,16 +47,42 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long the probe waits; etcd answers it in about a millisecond.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Opens the watch of `prefixes` on the first node that accepts it.
+/// Opens the watch of `prefixes` on the first node that accepts it. When etcd cannot serve the
+/// changes since the revisions seen (compacted, or restored behind them), the stream starts
+/// with a full read, reported as a replacement, and goes on with the changes after that read.
 pub(super) async fn start(
     client: Arc<Client>,
     prefixes: &[String],
     snapshot: &Snapshot,
 ) -> Result<WatchStream, EtcdError> {
     let starts = start_revisions(&client, prefixes, snapshot);
+    let (events, stream) = mpsc::channel(WATCH_CAPACITY);
+    let connection = match open_on_any_node(&client, prefixes, &starts).await? {
+        Opened::Watching(connection) => Some(connection),
+        Opened::Stale(reason) => {
+            let (snapshot, connection) = read_again(&client, prefixes, &reason).await?;
+            // The channel is new and has room for this one event.
+            let _ = events.try_send(Ok(WatchEvent::Replace(snapshot)));
+            connection
+        }
+    };
+    // Without a connection the stream ends after the read, and the daemon watches again.
+    if let Some(connection) = connection {
+        tokio::spawn(follow(client, connection, prefixes.to_vec(), events));
+    }
+    Ok(stream)
+}
+
+/// Sends the watch request for `prefixes` from `starts` to each node in turn, from the
+/// preferred one, until one accepts it or says it cannot serve those revisions.
+async fn open_on_any_node(
+    client: &Client,
+    prefixes: &[String],
+    starts: &[Option<i64>],
+) -> Result<Opened, EtcdError> {
     let requests: String = prefixes
         .iter()
-        .zip(&starts)
+        .zip(starts)
         .map(|(prefix, start)| create_request(prefix, *start) + "\n")
         .collect();
     let mut failures = Vec::new();
@@ -65,7 +92,7 @@ pub(super) async fn start(
         .collect();
     for (index, node) in nodes {
         let node = node.as_str();
-        let opened = tokio::time::timeout(REQUEST_TIMEOUT, open(&client, node, &requests, &starts))
+        let opened = tokio::time::timeout(REQUEST_TIMEOUT, open(client, node, &requests, starts))
             .await
             .unwrap_or_else(|_| {
                 Err(EtcdError::Unreachable(format!(
@@ -76,23 +103,54 @@ pub(super) async fn start(
             Ok(Opened::Watching(connection)) => {
                 client.preferred.store(index, Ordering::Relaxed);
                 tracing::debug!("etcd: watching {} prefixes on {node}", prefixes.len());
-                let (events, stream) = mpsc::channel(WATCH_CAPACITY);
-                tokio::spawn(follow(client, connection, prefixes.to_vec(), events));
-                return Ok(stream);
+                return Ok(Opened::Watching(connection));
             }
-            Ok(Opened::Stale(reason)) => {
-                tracing::info!("etcd: {reason}; reading every key again");
-                let snapshot = client.fetch(prefixes).await?;
-                let (events, stream) = mpsc::channel(1);
-                // The channel is new and has room for this one event.
-                let _ = events.try_send(Ok(WatchEvent::Replace(snapshot)));
-                return Ok(stream);
-            }
+            Ok(stale @ Opened::Stale(_)) => return Ok(stale),
             Err(EtcdError::Unreachable(message)) => failures.push(message),
             Err(other) => return Err(other),
         }
     }
     Err(no_node_answered(&failures))
+}
+
+/// Reads every key again because of `reason`, and opens the watch right after that read.
+///
+/// The read replaces whatever was seen before, so the revisions recorded as delivered are
+/// forgotten: an etcd restored or rebuilt behind them would otherwise refuse every later
+/// watch as stale, and everything would be read again and again until its revision caught
+/// up. The connection is `None` when the watch could not be opened after the read; the
+/// daemon then watches again from the read.
+async fn read_again(
+    client: &Client,
+    prefixes: &[String],
+    reason: &str,
+) -> Result<(Snapshot, Option<Connection>), EtcdError> {
+    tracing::info!("etcd: {reason}; reading every key again");
+    let snapshot = client.fetch(prefixes).await?;
+    restart_progress(client, prefixes, snapshot.revision);
+    let starts = start_revisions(client, prefixes, &snapshot);
+    let connection = match open_on_any_node(client, prefixes, &starts).await {
+        Ok(Opened::Watching(connection)) => {
+            if let Some(revision) = snapshot.revision {
+                tracing::info!(
+                    "etcd: read every key at revision {revision}; watching from there on {}",
+                    connection.node
+                );
+            }
+            Some(connection)
+        }
+        // etcd moved again between the read and the watch (another compaction, another
+        // restore): the next watch finds out what to do.
+        Ok(Opened::Stale(reason)) => {
+            tracing::info!("etcd: {reason} right after reading every key");
+            None
+        }
+        Err(error) => {
+            tracing::info!("etcd: read every key but cannot watch yet: {error}");
+            None
+        }
+    };
+    Ok((snapshot, connection))
 }
 
 /// Where each prefix's watcher starts: after the changes already delivered for it, or after
@@ -272,16 +330,28 @@ async fn follow(
                 return;
             }
             match cancellation(&client, &connection.node, &message) {
-                Ok(Opened::Stale(reason)) => {
-                    tracing::info!("etcd: {reason}; reading every key again");
-                    let read = client
-                        .fetch(&prefixes)
-                        .await
-                        .map(WatchEvent::Replace)
-                        .map_err(EtcdError::into_store);
-                    let _ = events.send(read).await;
-                    return;
-                }
+                Ok(Opened::Stale(reason)) => match read_again(&client, &prefixes, &reason).await {
+                    Ok((snapshot, reopened)) => {
+                        if events
+                            .send(Ok(WatchEvent::Replace(snapshot)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        match reopened {
+                            Some(reopened) => {
+                                connection = reopened;
+                                continue;
+                            }
+                            None => return,
+                        }
+                    }
+                    Err(error) => {
+                        let _ = events.send(Err(error.into_store())).await;
+                        return;
+                    }
+                },
                 Ok(Opened::Watching(_)) => return,
                 Err(error) => break error.to_string(),
             }
@@ -354,10 +424,24 @@ async fn deliver(
     true
 }
 
+/// Records that `prefix`'s changes up to `revision` were delivered. Within one etcd history
+/// revisions only grow, so a late notification never moves the start back.
 fn record_progress(client: &Client, prefix: &str, revision: i64) {
     let mut progress = client.progress.lock().unwrap_or_else(|e| e.into_inner());
     let seen = progress.entry(prefix.to_string()).or_insert(revision);
     *seen = (*seen).max(revision);
+}
+
+/// Makes a full read at `revision` the only progress: every prefix read starts right after it,
+/// even when that is behind what was delivered before (etcd restored or rebuilt). Prefixes
+/// not read are forgotten, as what was delivered for them may belong to a history etcd no
+/// longer has.
+fn restart_progress(client: &Client, prefixes: &[String], revision: Option<i64>) {
+    let mut progress = client.progress.lock().unwrap_or_else(|e| e.into_inner());
+    progress.clear();
+    if let Some(revision) = revision {
+        progress.extend(prefixes.iter().map(|prefix| (prefix.clone(), revision)));
+    }
 }
 
 /// A watcher's events grouped by the revision that made them, in order. Events of a key that
@@ -556,6 +640,47 @@ mod tests {
         assert_eq!(runs.len(), 2);
         assert_eq!((runs[0].0, runs[0].1.len()), (7, 1));
         assert_eq!((runs[1].0, runs[1].1.len()), (9, 2));
+    }
+
+    #[test]
+    fn a_full_read_behind_the_progress_is_where_the_next_watch_starts() {
+        let client = Client::new(&crate::store::etcd::EtcdOptions {
+            nodes: vec!["http://127.0.0.1:2379".into()],
+            ..Default::default()
+        })
+        .expect("client");
+        let prefixes = ["/a".to_string(), "/b".to_string()];
+        record_progress(&client, "/a", 612);
+        record_progress(&client, "/gone", 700);
+        let old = Snapshot {
+            revision: Some(500),
+            ..Snapshot::default()
+        };
+        assert_eq!(
+            start_revisions(&client, &prefixes, &old),
+            [Some(613), Some(501)]
+        );
+        // etcd rebuilt: the read at revision 3 is all that counts now.
+        let read = Snapshot {
+            revision: Some(3),
+            ..Snapshot::default()
+        };
+        restart_progress(&client, &prefixes, read.revision);
+        assert_eq!(
+            start_revisions(&client, &prefixes, &read),
+            [Some(4), Some(4)]
+        );
+        assert_eq!(
+            start_revisions(&client, &["/gone".to_string()], &read),
+            [Some(4)]
+        );
+        // Within the new history, progress grows again.
+        record_progress(&client, "/a", 9);
+        record_progress(&client, "/a", 5);
+        assert_eq!(
+            start_revisions(&client, &prefixes, &read),
+            [Some(10), Some(4)]
+        );
     }
 
     #[test]
