@@ -5,11 +5,12 @@
 //! is rendered by [`template`], and is brought in line with the file on disk by [`reconcile`]
 //! (compare, stage, check, swap, reload; commands run through [`command`]). [`daemon`] runs
 //! that once, on a timer, or on every change a store reports, and tells systemd through
-//! [`notify`].
+//! [`notify`]. Every duration a user gives is checked against [`limits`] when it is read.
 
 pub mod cli;
 pub mod command;
 pub mod daemon;
+pub mod limits;
 pub mod notify;
 pub mod reconcile;
 pub mod resource;
