@@ -127,8 +127,8 @@ pub struct Cli {
     #[arg(long, env = "RECONFD_PREFIX", value_name = "PATH")]
     pub prefix: Option<String>,
 
-    /// Seconds between full runs when polling; in watch mode, between safety resyncs.
-    /// [default: 600]
+    /// Seconds between full runs when polling; in watch mode, between safety resyncs. From 1
+    /// to 31536000 (365 days). [default: 600]
     #[arg(long, env = "RECONFD_INTERVAL", value_name = "SECONDS")]
     pub interval: Option<u64>,
 
@@ -173,7 +173,8 @@ pub struct Cli {
     pub log_format: Option<LogFormat>,
 
     /// Wait for changed data to settle before rendering: `MIN:MAX` (`2s:10s`) or `MIN` (the
-    /// maximum is then four times it). A resource's own `wait` overrides it. [default: none]
+    /// maximum is then four times it), each at most 365d. A resource's own `wait` overrides
+    /// it. [default: none]
     #[arg(long, env = "RECONFD_WAIT", value_name = "MIN:MAX")]
     pub wait: Option<String>,
 

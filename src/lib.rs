@@ -5,11 +5,13 @@
 //! is rendered by [`template`], and is brought in line with the file on disk by [`reconcile`]
 //! (compare, stage, check, swap, reload; commands run through [`command`]). A controller per
 //! store runs that once, on a timer, or on every change the store reports; [`process`] runs
-//! the controllers, handles signals and tells systemd through [`notify`].
+//! the controllers, handles signals and tells systemd through [`notify`]. Every duration a
+//! user gives is checked against [`limits`] when it is read.
 
 pub mod cli;
 pub mod command;
 mod controller;
+pub mod limits;
 pub mod notify;
 mod plan;
 pub mod process;

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
+use crate::limits;
+
 /// Reports that the first full sync is done, with a one-line summary.
 pub fn ready(summary: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(summary)]);
@@ -38,14 +40,20 @@ pub fn start_watchdog() {
     let Some(interval) = watchdog_interval() else {
         return;
     };
-    let period = interval / 2;
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(period);
+        let mut ticks = tokio::time::interval(ping_period(interval));
         loop {
             ticks.tick().await;
             send(&[NotifyState::Watchdog]);
         }
     });
+}
+
+/// Half the watchdog `interval`, and at most [`limits::DURATION`]: tokio's interval adds its
+/// period to the clock unchecked, so a huge `WATCHDOG_USEC` would panic the pinging task;
+/// pinging more often than asked does no harm.
+fn ping_period(interval: Duration) -> Duration {
+    (interval / 2).min(limits::DURATION.max())
 }
 
 /// The watchdog interval systemd asks for, as `sd_watchdog_enabled(3)` reads it:
@@ -65,5 +73,22 @@ fn watchdog_interval() -> Option<Duration> {
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(false, states) {
         tracing::debug!("cannot notify the service manager: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pings_come_at_half_the_watchdog_interval_and_at_least_yearly() {
+        assert_eq!(
+            ping_period(Duration::from_secs(30)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            ping_period(Duration::from_micros(u64::MAX)),
+            limits::DURATION.max()
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::limits;
 use crate::reconcile::OutputFormat;
 use crate::store::backend::{Backend, StoreFields};
 use crate::store::consul::SERVICES_ROOT;
@@ -96,17 +97,22 @@ struct TemplateTable {
     keys: Vec<String>,
     #[serde(default)]
     prefix: String,
-    #[serde(default, deserialize_with = "mode_text")]
-    mode: Option<String>,
+    #[serde(default, deserialize_with = "mode")]
+    mode: Option<u32>,
+    #[serde(default, deserialize_with = "uid")]
     uid: Option<u32>,
+    #[serde(default, deserialize_with = "gid")]
     gid: Option<u32>,
     owner: Option<String>,
     group: Option<String>,
     check_cmd: Option<String>,
     reload_cmd: Option<String>,
-    check_cmd_timeout: Option<Timeout>,
-    reload_cmd_timeout: Option<Timeout>,
-    wait: Option<String>,
+    #[serde(default, deserialize_with = "check_cmd_timeout")]
+    check_cmd_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "reload_cmd_timeout")]
+    reload_cmd_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "wait")]
+    wait: Option<Wait>,
     #[serde(default)]
     backup: bool,
     #[serde(default)]
@@ -115,14 +121,6 @@ struct TemplateTable {
     create_dest_dirs: bool,
     #[serde(default, deserialize_with = "output_format")]
     output_format: Option<OutputFormat>,
-}
-
-/// `"30s"`, `"1m30s"`, or a number of seconds.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Timeout {
-    Text(String),
-    Seconds(u64),
 }
 
 /// Reads every `*.toml` file in `<confdir>/conf.d`, in name order. Each file yields either its
@@ -240,10 +238,6 @@ fn resolve(
             }
         })
         .collect();
-    let mode = match table.mode {
-        None => None,
-        Some(text) => Some(parse_mode(&text).map_err(fail)?),
-    };
     let uid = match (table.uid, table.owner) {
         (Some(_), Some(_)) => return Err(fail("set `uid` or `owner`, not both".to_string())),
         (Some(uid), None) => Some(uid),
@@ -256,41 +250,21 @@ fn resolve(
         (None, Some(name)) => Some(group_id(&name).map_err(fail)?),
         (None, None) => None,
     };
-    let timeout = |value: Option<Timeout>, field: &str| {
-        let limit = match value {
-            None => return Ok(DEFAULT_COMMAND_TIMEOUT),
-            Some(Timeout::Seconds(seconds)) => Duration::from_secs(seconds),
-            Some(Timeout::Text(text)) => humantime::parse_duration(&text)
-                .map_err(|e| fail(format!("`{field}` = {text:?} is not a duration ({e})")))?,
-        };
-        if limit.is_zero() {
-            return Err(fail(format!(
-                "`{field}` is zero: the command would be killed at once"
-            )));
-        }
-        Ok(limit)
-    };
     Ok(Resource {
         file: file.to_path_buf(),
         src: template_dir.join(&table.src),
         dest: confdir.join(&table.dest),
         prefix: if prefix == "/" { String::new() } else { prefix },
         keys,
-        mode,
+        mode: table.mode,
         uid,
         gid,
         check_cmd: table.check_cmd.filter(|cmd| !cmd.trim().is_empty()),
         reload_cmd: table.reload_cmd.filter(|cmd| !cmd.trim().is_empty()),
-        check_timeout: timeout(table.check_cmd_timeout, "check_cmd_timeout")?,
-        reload_timeout: timeout(table.reload_cmd_timeout, "reload_cmd_timeout")?,
+        check_timeout: table.check_cmd_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT),
+        reload_timeout: table.reload_cmd_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT),
         backend,
-        wait: table
-            .wait
-            .map(|text| {
-                text.parse::<Wait>()
-                    .map_err(|e| fail(format!("`wait` = {e}")))
-            })
-            .transpose()?,
+        wait: table.wait,
         backup: table.backup,
         rollback: table.rollback,
         create_dest_dirs: table.create_dest_dirs,
@@ -318,27 +292,106 @@ pub fn join_key_path(parts: &[&str]) -> String {
     }
 }
 
+// The keys below are checked while the file is parsed, so that their errors keep the line
+// and column.
+
 /// `mode` is a string, as in confd: a TOML integer cannot say whether `644` was meant in
 /// octal (TOML's `0o644` is the number 420).
-fn mode_text<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Mode {
-        Text(String),
-        Number(i64),
-    }
-    match Mode::deserialize(deserializer)? {
-        Mode::Text(text) => Ok(Some(text)),
-        Mode::Number(number) => Err(serde::de::Error::custom(format!(
-            "`mode` = {number} must be a quoted octal string such as \"0644\""
+fn mode<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    match toml::Value::deserialize(deserializer)? {
+        toml::Value::String(text) => parse_mode(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        other => Err(serde::de::Error::custom(format!(
+            "`mode` = {other} must be a quoted octal string such as \"0644\""
         ))),
     }
 }
 
-/// `output_format` is checked while the file is parsed, so that its error keeps the line and
-/// column.
+fn uid<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    owner_id(deserializer, "uid")
+}
+
+fn gid<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    owner_id(deserializer, "gid")
+}
+
+/// The largest user or group ID a resource may name: chown(2) reads the next one, -1 as a
+/// 32-bit number, as "leave unchanged", so the file would never get the owner asked for.
+const MAX_OWNER_ID: u32 = u32::MAX - 1;
+
+fn owner_id<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    key: &str,
+) -> Result<Option<u32>, D::Error> {
+    let value = toml::Value::deserialize(deserializer)?;
+    value
+        .as_integer()
+        .and_then(|id| u32::try_from(id).ok())
+        .filter(|id| *id <= MAX_OWNER_ID)
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{key}` = {value}: a number, at least 0 and at most {MAX_OWNER_ID}"
+            ))
+        })
+}
+
+fn check_cmd_timeout<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    command_timeout(deserializer, "check_cmd_timeout")
+}
+
+fn reload_cmd_timeout<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    command_timeout(deserializer, "reload_cmd_timeout")
+}
+
+/// `"30s"`, `"1m30s"`, or a number of seconds; more than zero and at most
+/// [`limits::COMMAND_TIMEOUT`].
+fn command_timeout<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    key: &str,
+) -> Result<Option<Duration>, D::Error> {
+    let value = toml::Value::deserialize(deserializer)?;
+    let fail = |problem: String| serde::de::Error::custom(format!("`{key}` = {value}: {problem}"));
+    let limit = match &value {
+        toml::Value::Integer(seconds) => {
+            let seconds = u64::try_from(*seconds)
+                .map_err(|_| fail("a number of seconds cannot be negative".to_string()))?;
+            limits::COMMAND_TIMEOUT
+                .check(Duration::from_secs(seconds))
+                .map_err(fail)?
+        }
+        toml::Value::String(text) => limits::COMMAND_TIMEOUT.parse(text).map_err(fail)?,
+        _ => {
+            return Err(fail(
+                "must be a duration such as \"30s\" or a number of seconds".to_string(),
+            ));
+        }
+    };
+    if limit.is_zero() {
+        return Err(serde::de::Error::custom(format!(
+            "`{key}` is zero: the command would be killed at once"
+        )));
+    }
+    Ok(Some(limit))
+}
+
+fn wait<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Wait>, D::Error> {
+    match toml::Value::deserialize(deserializer)? {
+        toml::Value::String(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("`wait` = {text:?}: {e}"))),
+        other => Err(serde::de::Error::custom(format!(
+            "`wait` = {other} must be a string such as \"2s:10s\""
+        ))),
+    }
+}
+
 fn output_format<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<OutputFormat>, D::Error> {
@@ -359,7 +412,11 @@ fn parse_mode(text: &str) -> Result<u32, String> {
         .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| (b'0'..=b'7').contains(&b)))
         .and_then(|digits| u32::from_str_radix(digits, 8).ok())
         .filter(|bits| *bits <= 0o7777)
-        .ok_or_else(|| format!("`mode` = {text:?} is not an octal file mode such as \"0644\""))
+        .ok_or_else(|| {
+            format!(
+                "`mode` = {text:?} is not an octal file mode such as \"0644\", at most \"7777\""
+            )
+        })
 }
 
 fn user_id(name: &str) -> Result<u32, String> {
@@ -526,6 +583,82 @@ mod tests {
         }
         let err = load_text(&format!("{base}backup = \"yes\"\n"), "").expect_err("not a bool");
         assert!(err.to_string().contains("app.toml:5:"), "{err}");
+    }
+
+    #[test]
+    fn durations_past_their_limit_name_file_line_key_and_limit() {
+        let base = "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\n";
+        for (line, expected) in [
+            (
+                "wait = \"300000000000y\"",
+                "`wait` = \"300000000000y\": at most 365d",
+            ),
+            (
+                "wait = \"1s:300000000000y\"",
+                "`wait` = \"1s:300000000000y\": maximum \"300000000000y\": at most 365d",
+            ),
+            ("wait = 5", "`wait` = 5 must be a string such as \"2s:10s\""),
+            (
+                "check_cmd_timeout = \"1d 1s\"",
+                "`check_cmd_timeout` = \"1d 1s\": at most 24h",
+            ),
+            (
+                "reload_cmd_timeout = 86401",
+                "`reload_cmd_timeout` = 86401: at most 24h",
+            ),
+            (
+                "reload_cmd_timeout = 9223372036854775807",
+                "`reload_cmd_timeout` = 9223372036854775807: at most 24h",
+            ),
+            (
+                "check_cmd_timeout = -1",
+                "`check_cmd_timeout` = -1: a number of seconds cannot be negative",
+            ),
+            (
+                "check_cmd_timeout = \"0s\"",
+                "`check_cmd_timeout` is zero: the command would be killed at once",
+            ),
+            (
+                "uid = 4294967295",
+                "`uid` = 4294967295: a number, at least 0 and at most 4294967294",
+            ),
+            (
+                "gid = -1",
+                "`gid` = -1: a number, at least 0 and at most 4294967294",
+            ),
+            (
+                "mode = \"10000\"",
+                "`mode` = \"10000\" is not an octal file mode such as \"0644\", at most \"7777\"",
+            ),
+        ] {
+            let err = load_text(&format!("{base}{line}\n"), "").expect_err(line);
+            assert!(err.file.contains("app.toml:5:"), "{line}: {err}");
+            assert!(err.message.contains(expected), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_and_ids_at_their_limit_are_accepted() {
+        let r = load_text(
+            "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\n\
+             wait = \"365d:365d\"\ncheck_cmd_timeout = \"24h\"\nreload_cmd_timeout = 86400\n\
+             uid = 4294967294\ngid = 0\nmode = \"7777\"\n",
+            "",
+        )
+        .expect("valid resource");
+        let day = Duration::from_secs(24 * 60 * 60);
+        assert_eq!(
+            r.wait,
+            Some(Wait {
+                min: day * 365,
+                max: day * 365
+            })
+        );
+        assert_eq!((r.check_timeout, r.reload_timeout), (day, day));
+        assert_eq!(
+            (r.uid, r.gid, r.mode),
+            (Some(4294967294), Some(0), Some(0o7777))
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use serde::Deserialize;
 
 use crate::cli::{Cli, LogFormat};
+use crate::limits;
 use crate::store::backend::{Backend, StoreFields, one_or_many};
 use crate::wait::Wait;
 
@@ -78,7 +79,7 @@ pub struct Settings {
     pub backend: Option<Backend>,
     /// Prefix joined in front of every resource's prefix.
     pub prefix: String,
-    /// Time between polls or safety resyncs.
+    /// Time between polls or safety resyncs: from a second to [`limits::DURATION`].
     pub interval: Duration,
     /// Once, polling or watching.
     pub mode: RunMode,
@@ -181,15 +182,16 @@ impl Settings {
             .confdir
             .or(file.confdir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFDIR));
-        let interval_seconds = cli
-            .interval
-            .or(file.interval)
-            .unwrap_or(DEFAULT_INTERVAL_SECONDS);
-        if interval_seconds == 0 {
-            return Err(SettingsError::Invalid(
-                "--interval must be at least 1 second".to_string(),
-            ));
-        }
+        let interval = match (cli.interval, file.interval) {
+            (Some(seconds), _) => {
+                let origin = Origin::of(matches, "interval", "--interval", "RECONFD_INTERVAL");
+                interval(seconds).map_err(|e| origin.invalid(&seconds.to_string(), &e))?
+            }
+            (None, Some(seconds)) => interval(seconds).map_err(|e| {
+                Origin::File(&config_file, "interval").invalid(&seconds.to_string(), &e)
+            })?,
+            (None, None) => Duration::from_secs(DEFAULT_INTERVAL_SECONDS),
+        };
         let store = StoreFields {
             backend: cli.backend.or(file.backend),
             nodes: if cli.nodes.is_empty() {
@@ -229,14 +231,16 @@ impl Settings {
             .or(file.log_level)
             .unwrap_or_else(|| "info".to_string());
         let log_level = normalize_log_level(&log_level)?;
-        let wait = cli
-            .wait
-            .or(file.wait)
-            .map(|text| {
-                text.parse::<Wait>()
-                    .map_err(|e| SettingsError::Invalid(format!("--wait {e}")))
-            })
-            .transpose()?;
+        let wait = match (cli.wait, file.wait) {
+            (Some(text), _) => Some(text.parse::<Wait>().map_err(|e| {
+                Origin::of(matches, "wait", "--wait", "RECONFD_WAIT")
+                    .invalid(&format!("{text:?}"), &e)
+            })?),
+            (None, Some(text)) => Some(text.parse::<Wait>().map_err(|e| {
+                Origin::File(&config_file, "wait").invalid(&format!("{text:?}"), &e)
+            })?),
+            (None, None) => None,
+        };
         let mode = if onetime {
             RunMode::Onetime
         } else if watch {
@@ -248,7 +252,7 @@ impl Settings {
             confdir,
             backend,
             prefix: cli.prefix.or(file.prefix).unwrap_or_default(),
-            interval: Duration::from_secs(interval_seconds),
+            interval,
             mode,
             noop,
             sync_only,
@@ -259,6 +263,58 @@ impl Settings {
             wait,
             listen: cli.listen.or(file.listen),
         })
+    }
+}
+
+/// `seconds` as the interval: at least a second (none would poll without pause) and at most
+/// [`limits::DURATION`].
+fn interval(seconds: u64) -> Result<Duration, String> {
+    if seconds == 0 {
+        return Err("at least 1 second".to_string());
+    }
+    limits::DURATION
+        .check(Duration::from_secs(seconds))
+        .map_err(|_| {
+            format!(
+                "at most {} seconds ({})",
+                limits::DURATION.max().as_secs(),
+                limits::DURATION.text()
+            )
+        })
+}
+
+/// Where a value came from, so that a message names it as the user wrote it.
+enum Origin<'a> {
+    /// A command-line flag, such as `--interval`.
+    Flag(&'static str),
+    /// An environment variable, such as `RECONFD_INTERVAL`.
+    Env(&'static str),
+    /// A key of the settings file.
+    File(&'a Path, &'static str),
+}
+
+impl Origin<'_> {
+    /// The origin of the value of argument `id`, which clap read from the command line or
+    /// from the environment.
+    fn of(matches: &ArgMatches, id: &str, flag: &'static str, env: &'static str) -> Self {
+        match matches.value_source(id) {
+            Some(ValueSource::EnvVariable) => Origin::Env(env),
+            _ => Origin::Flag(flag),
+        }
+    }
+
+    /// The error for `value` from here, which is wrong because of `problem`.
+    fn invalid(&self, value: &str, problem: &str) -> SettingsError {
+        match self {
+            Origin::Flag(flag) => SettingsError::Invalid(format!("{flag} {value}: {problem}")),
+            Origin::Env(variable) => {
+                SettingsError::Invalid(format!("{variable}={value}: {problem}"))
+            }
+            Origin::File(path, key) => SettingsError::Parse {
+                path: path.to_path_buf(),
+                message: format!("`{key}` = {value}: {problem}"),
+            },
+        }
     }
 }
 
@@ -374,6 +430,50 @@ mod tests {
         assert!(err.to_string().contains("zookeper"));
         let err = settings(&["--backend", "env", "--interval", "0"]).expect_err("zero");
         assert!(err.to_string().contains("--interval"));
+    }
+
+    #[test]
+    fn intervals_and_waits_past_the_limit_name_flag_variable_or_key_and_the_limit() {
+        let err = settings(&["--backend", "env", "--interval", "10000000000000000000"])
+            .expect_err("too long");
+        assert_eq!(
+            err.to_string(),
+            "--interval 10000000000000000000: at most 31536000 seconds (365d)"
+        );
+        let err = settings(&["--backend", "env", "--interval", "31536001"]).expect_err("too long");
+        assert!(err.to_string().contains("at most 31536000"), "{err}");
+        let s = settings(&["--backend", "env", "--interval", "31536000"]).expect("the limit");
+        assert_eq!(s.interval, Duration::from_secs(365 * 24 * 60 * 60));
+        let s = settings(&["--backend", "env", "--interval", "1"]).expect("the shortest");
+        assert_eq!(s.interval, Duration::from_secs(1));
+
+        let err =
+            settings(&["--backend", "env", "--wait", "1s:300000000000y"]).expect_err("too long");
+        assert_eq!(
+            err.to_string(),
+            "--wait \"1s:300000000000y\": maximum \"300000000000y\": at most 365d"
+        );
+        let s = settings(&["--backend", "env", "--wait", "365d"]).expect("the limit");
+        assert_eq!(s.wait.map(|w| w.min), Some(Duration::from_secs(31_536_000)));
+
+        let (_dir, path) =
+            write_settings("backend = \"env\"\ninterval = 31536001\nwait = \"300000000000y\"\n");
+        let err = settings(&["--config-file", &path]).expect_err("too long");
+        assert_eq!(
+            err.to_string(),
+            format!("{path}: `interval` = 31536001: at most 31536000 seconds (365d)")
+        );
+        let err = settings(&["--config-file", &path, "--interval", "5"]).expect_err("too long");
+        assert_eq!(
+            err.to_string(),
+            format!("{path}: `wait` = \"300000000000y\": at most 365d")
+        );
+        let (_dir, path) = write_settings("backend = \"env\"\ninterval = 0\n");
+        let err = settings(&["--config-file", &path]).expect_err("zero");
+        assert_eq!(
+            err.to_string(),
+            format!("{path}: `interval` = 0: at least 1 second")
+        );
     }
 
     #[test]

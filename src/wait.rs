@@ -7,8 +7,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use crate::limits::{self, later};
+
 /// A resource's `wait` (or `--wait`): `"2s:10s"` (minimum, maximum) or `"2s"` (the maximum
-/// is then four times the minimum, as in consul-template).
+/// is then four times the minimum, as in consul-template). Both are at most
+/// [`limits::DURATION`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Wait {
     /// How long the data must have been quiet.
@@ -20,21 +23,27 @@ pub struct Wait {
 impl FromStr for Wait {
     type Err = String;
 
+    /// The error names neither the text nor where it came from, so that each caller can
+    /// write them as the user did (`--wait 2s`, `` `wait` = "2s" ``).
     fn from_str(text: &str) -> Result<Wait, String> {
-        let duration = |part: &str| {
-            humantime::parse_duration(part.trim())
-                .map_err(|e| format!("{part:?} is not a duration such as \"2s\" ({e})"))
-        };
         let (min, max) = match text.split_once(':') {
-            Some((min, max)) => (duration(min)?, duration(max)?),
+            Some((min, max)) => {
+                let part = |which: &str, part: &str| {
+                    limits::DURATION
+                        .parse(part)
+                        .map_err(|e| format!("{which} {:?}: {e}", part.trim()))
+                };
+                (part("minimum", min)?, part("maximum", max)?)
+            }
             None => {
-                let min = duration(text)?;
-                (min, min * 4)
+                let min = limits::DURATION.parse(text)?;
+                // Four times a long minimum would pass the limit that the minimum kept to.
+                (min, min.saturating_mul(4).min(limits::DURATION.max()))
             }
         };
         if min > max {
             return Err(format!(
-                "{text:?}: the minimum ({min:?}) is longer than the maximum ({max:?})"
+                "the minimum ({min:?}) is longer than the maximum ({max:?})"
             ));
         }
         Ok(Wait { min, max })
@@ -63,7 +72,9 @@ impl Settling {
     /// Records a change at `now` to resource `index`, which waits as `wait` says.
     pub fn changed(&mut self, index: usize, wait: Wait, now: Instant) {
         let first = self.pending.get(&index).map_or(now, |(first, _)| *first);
-        let due = (now + wait.min).min(first + wait.max);
+        // `Wait`'s fields are public, so a wait that skipped the limit check must still not
+        // panic the store loop.
+        let due = later(now, wait.min).min(later(first, wait.max));
         self.pending.insert(index, (first, due));
     }
 
@@ -113,11 +124,62 @@ mod tests {
         let error = "10s:2s".parse::<Wait>().expect_err("min > max");
         assert!(error.contains("longer than the maximum"), "{error}");
         let error = "soon".parse::<Wait>().expect_err("not a duration");
-        assert!(error.contains("\"soon\""), "{error}");
+        assert!(error.starts_with("not a duration"), "{error}");
+        let error = "1s:later".parse::<Wait>().expect_err("not a duration");
+        assert!(
+            error.starts_with("maximum \"later\": not a duration"),
+            "{error}"
+        );
         assert_eq!(
             "2s:10s".parse::<Wait>().map(|w| w.to_string()),
             Ok("2s:10s".into())
         );
+    }
+
+    #[test]
+    fn waits_longer_than_the_limit_are_refused_and_the_limit_itself_accepted() {
+        assert_eq!(
+            "300000000000y".parse::<Wait>(),
+            Err("at most 365d".to_string())
+        );
+        assert_eq!(
+            "1s:300000000000y".parse::<Wait>(),
+            Err("maximum \"300000000000y\": at most 365d".to_string())
+        );
+        assert_eq!(
+            "366d:1s".parse::<Wait>(),
+            Err("minimum \"366d\": at most 365d".to_string())
+        );
+        let year = limits::DURATION.max();
+        assert_eq!(
+            "365d:365d".parse::<Wait>(),
+            Ok(Wait {
+                min: year,
+                max: year
+            })
+        );
+        // Four times the minimum stops at the limit.
+        assert_eq!(
+            "100d".parse::<Wait>(),
+            Ok(Wait {
+                min: Duration::from_secs(100 * 24 * 60 * 60),
+                max: year
+            })
+        );
+    }
+
+    #[test]
+    fn a_wait_past_the_end_of_the_clock_does_not_panic() {
+        let endless = Wait {
+            min: Duration::MAX,
+            max: Duration::MAX,
+        };
+        let now = Instant::now();
+        let mut settling = Settling::default();
+        settling.changed(1, endless, now);
+        settling.changed(1, endless, now);
+        assert!(settling.next_due().is_some_and(|due| due > now));
+        assert!(settling.take_due(now).is_empty());
     }
 
     #[test]

@@ -180,6 +180,81 @@ fn broken_resources_are_named_and_the_valid_one_still_renders() {
     assert_eq!(fixture.list("out"), [".keep", "app.conf"]);
 }
 
+/// A wait past its limit is refused when the resource is read, naming the file, the key and
+/// the limit, instead of a panic; the other resources still render.
+#[test]
+fn an_overlong_wait_fails_only_its_resource_naming_file_key_and_limit() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    fixture.resource(
+        "forever",
+        "src = \"app.tmpl\"\ndest = \"out/forever.conf\"\nkeys = [\"/app\"]\n\
+         wait = \"300000000000y\"\n",
+    );
+    fixture.resource(
+        "until",
+        "src = \"app.tmpl\"\ndest = \"out/until.conf\"\nkeys = [\"/app\"]\n\
+         wait = \"1s:300000000000y\"\n",
+    );
+    let run = fixture.run(ONETIME_FILE);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(!run.stderr.contains("panicked"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("forever.toml:5:8: `wait` = \"300000000000y\": at most 365d"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(
+            "until.toml:5:8: `wait` = \"1s:300000000000y\": maximum \"300000000000y\": at most 365d"
+        ),
+        "{run:?}"
+    );
+    assert_eq!(fixture.read("out/app.conf"), "server web1 10.0.0.1:80\n");
+    assert_eq!(fixture.list("out"), [".keep", "app.conf"]);
+}
+
+/// Durations past their limit in flags, the environment or the settings file are unusable
+/// settings: exit 2 with one line naming where the value came from and the limit.
+#[test]
+fn overlong_durations_in_flags_environment_and_settings_exit_2_naming_them() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    let run = fixture.run(&[ONETIME_FILE, &["--interval", "10000000000000000000"]].concat());
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert_eq!(
+        run.stderr,
+        "reconfd: --interval 10000000000000000000: at most 31536000 seconds (365d)\n"
+    );
+    let run = Run::from(
+        fixture
+            .command(ONETIME_FILE)
+            .env("RECONFD_INTERVAL", "10000000000000000000")
+            .output()
+            .expect("run"),
+    );
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("RECONFD_INTERVAL=10000000000000000000: at most 31536000 seconds"),
+        "{run:?}"
+    );
+    let run = fixture.run(&[ONETIME_FILE, &["--wait", "1s:300000000000y"]].concat());
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("--wait \"1s:300000000000y\": maximum \"300000000000y\": at most 365d"),
+        "{run:?}"
+    );
+    fixture.write("reconfd.toml", "wait = \"300000000000y\"\n");
+    let run = fixture.run(ONETIME_FILE);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("reconfd.toml: `wait` = \"300000000000y\": at most 365d"),
+        "{run:?}"
+    );
+    assert!(!fixture.path("out/app.conf").exists(), "nothing ran");
+}
+
 #[test]
 fn prefix_is_joined_and_stripped_as_in_confd() {
     let fixture = Fixture::new();

@@ -201,3 +201,61 @@ fn sighup_with_a_broken_resource_keeps_the_old_set_running() {
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// A wait past its limit in a resource added before SIGHUP is refused like any broken
+/// resource: the daemon keeps running the old set instead of panicking.
+#[test]
+fn sighup_with_an_overlong_wait_keeps_the_old_set_running() {
+    let fixture = fixture("true");
+    let mut daemon = fixture.spawn(&["--watch", "--backend", "file", "--file", "data"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || fixture
+            .path("app.conf")
+            .exists()),
+        "initial render\n{}",
+        daemon.log()
+    );
+    fixture.resource(
+        "forever",
+        "src = \"app.tmpl\"\ndest = \"forever.conf\"\nkeys = [\"/app\"]\n\
+         wait = \"300000000000y\"\n",
+    );
+    fixture.resource(
+        "until",
+        "src = \"app.tmpl\"\ndest = \"until.conf\"\nkeys = [\"/app\"]\n\
+         wait = \"1s:300000000000y\"\n",
+    );
+    hangup(&daemon);
+    assert!(
+        wait_for(Duration::from_secs(10), || daemon
+            .log()
+            .contains("SIGHUP: keeping the current settings")),
+        "the reload is refused\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("forever.toml:5:8: `wait` = \"300000000000y\": at most 365d"),
+        "the error names the file, the key and the limit\n{log}"
+    );
+    assert!(
+        log.contains("until.toml:5:8: `wait` = \"1s:300000000000y\""),
+        "the error names the file and the key\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    // The old set still follows the data.
+    fixture.write("data/app.yaml", "app:\n  servers:\n    web3: 10.0.0.3:80\n");
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(fixture.path("app.conf")).is_ok_and(|c| c.contains("web3"))
+        }),
+        "the old set keeps running\n{}",
+        daemon.log()
+    );
+    assert!(!fixture.path("forever.conf").exists() && !fixture.path("until.conf").exists());
+    assert!(
+        daemon.child.try_wait().expect("wait").is_none(),
+        "still running"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}

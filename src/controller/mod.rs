@@ -286,12 +286,13 @@ impl Controller {
                 None
             };
             let opened = now();
-            if self.follow(stream, &mut resync, shutdown).await.is_break() {
-                return;
-            }
-            // A stream that ends as soon as it is opened is retried with the same backoff as
-            // a failed attempt, not in a tight loop.
-            if now() - opened < STABLE_WATCH {
+            let delivered = match self.follow(stream, &mut resync, shutdown).await {
+                ControlFlow::Break(()) => return,
+                ControlFlow::Continue(delivered) => delivered,
+            };
+            // A stream that ends as soon as it is opened, having delivered nothing, is retried
+            // with the same backoff as a failed attempt, not in a tight loop.
+            if !delivered && now() - opened < STABLE_WATCH {
                 if !backoff.wait(shutdown).await {
                     return;
                 }
@@ -302,7 +303,7 @@ impl Controller {
     }
 
     /// Applies a watch stream's events (none when polling) until it ends (`Continue`: watch
-    /// again) or until shutdown (`Break`). Meanwhile renders resources whose wait is over and
+    /// again, saying whether it delivered any event) or until shutdown (`Break`). Meanwhile renders resources whose wait is over and
     /// retries failed ones when due, commits renders that outlived their round, and reads
     /// everything again at every tick of `resync` (sooner, with backoff, after a failed read).
     async fn follow(
@@ -310,8 +311,9 @@ impl Controller {
         mut stream: Option<WatchStream>,
         resync: &mut tokio::time::Interval,
         shutdown: &mut Shutdown,
-    ) -> ControlFlow<()> {
+    ) -> ControlFlow<(), bool> {
         let mut settling = Settling::default();
+        let mut delivered = false;
         let mut read_again: Option<Instant> = None;
         let mut read_backoff = Backoff::store();
         loop {
@@ -320,8 +322,9 @@ impl Controller {
             tokio::select! {
                 event = next_event(&mut stream) => {
                     let Some(event) = event else {
-                        return ControlFlow::Continue(());
+                        return ControlFlow::Continue(delivered);
                     };
+                    delivered |= event.is_ok();
                     let touched = self.apply(event);
                     let dirty = self.settle(touched, &mut settling);
                     self.sync_round(dirty, stream.as_mut(), &mut settling, shutdown).await;

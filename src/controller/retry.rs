@@ -11,8 +11,9 @@ use super::{Shutdown, now, sleep_until};
 
 /// First wait after a store failure.
 pub(crate) const STORE_FIRST: Duration = Duration::from_millis(200);
-/// Longest wait between attempts to reach a store.
-pub(crate) const STORE_CAP: Duration = Duration::from_secs(30);
+/// Longest wait between attempts to reach a store: a store that answers again (a restarted
+/// or restored etcd) is read and watched again within about a second.
+pub(crate) const STORE_CAP: Duration = Duration::from_secs(1);
 /// First wait before a failed resource is synced again.
 pub(crate) const RESOURCE_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait before a failed resource is synced again.

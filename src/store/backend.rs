@@ -301,16 +301,18 @@ impl StoreFields {
                 return Err(format!("scheme {other:?} is neither {plain} nor {secure}"));
             }
         };
-        Ok(nodes
+        nodes
             .iter()
             .map(|node| {
-                if node.contains("://") {
+                let url = if node.contains("://") {
                     node.clone()
                 } else {
                     format!("{scheme}://{node}")
-                }
+                };
+                check_port(&url)?;
+                Ok(url)
             })
-            .collect())
+            .collect()
     }
 
     /// Vault's login: a token (`auth_token`, else VAULT_TOKEN) or AppRole.
@@ -340,6 +342,23 @@ impl StoreFields {
             .map(VaultAuth::Token)
             .ok_or_else(|| "Vault needs --auth-token (or VAULT_TOKEN) or --role-id".to_string())
     }
+}
+
+/// Refuses a node whose port no server can listen on (0, or past 65535), so that the slip is
+/// an unusable setting at load rather than a connection error on every attempt. Other faults
+/// in the address are left to the store's client, which reports them in its own terms.
+fn check_port(node: &str) -> Result<(), String> {
+    let bad = match url::Url::parse(node) {
+        Err(url::ParseError::InvalidPort) => true,
+        Ok(url) => url.port() == Some(0),
+        Err(_) => false,
+    };
+    if bad {
+        return Err(format!(
+            "node {node:?}: the port is not a number from 1 to 65535"
+        ));
+    }
+    Ok(())
 }
 
 /// A client for `backend`. Fails for settings the store cannot work with; no network
@@ -410,6 +429,32 @@ mod tests {
         );
         tls.scheme = Some("gopher".into());
         assert!(tls.resolve().expect_err("bad scheme").contains("gopher"));
+    }
+
+    #[test]
+    fn node_ports_must_be_from_1_to_65535() {
+        for backend in ["etcd", "redis", "nats", "consul", "vault"] {
+            for port in ["0", "65536", "99999"] {
+                let mut fields = fields(backend);
+                fields.nodes = vec![format!("127.0.0.1:{port}")];
+                fields.auth_token = Some("token".into());
+                let error = fields.resolve().expect_err("port out of range");
+                assert!(
+                    error.contains(&format!(
+                        "127.0.0.1:{port}\": the port is not a number from 1 to 65535"
+                    )),
+                    "{backend}: {error}"
+                );
+            }
+            let mut fields = fields(backend);
+            fields.nodes = vec![
+                "127.0.0.1:1".into(),
+                "[::1]:65535".into(),
+                "db.local".into(),
+            ];
+            fields.auth_token = Some("token".into());
+            assert!(fields.resolve().is_ok(), "{backend}: ports 1 and 65535");
+        }
     }
 
     #[test]

@@ -250,7 +250,7 @@ impl VaultStore {
                 let ttl = Duration::from_secs(data["ttl"].as_u64().unwrap_or(0));
                 Ok(Session {
                     token: token.clone(),
-                    expires: (!ttl.is_zero()).then(|| Instant::now() + ttl),
+                    expires: expiry(ttl),
                     ttl,
                     renewable: data["renewable"].as_bool().unwrap_or(false),
                 })
@@ -459,6 +459,15 @@ struct VaultErrors {
     errors: Vec<String>,
 }
 
+/// When a token given `ttl` expires: never for a TTL of 0 (a root token), nor for one too long
+/// for the clock to reach, which Vault's answer alone must not turn into a panic.
+fn expiry(ttl: Duration) -> Option<Instant> {
+    if ttl.is_zero() {
+        return None;
+    }
+    Instant::now().checked_add(ttl)
+}
+
 fn session_from_auth(answer: &Value) -> Result<Session, VaultError> {
     let auth = &answer["auth"];
     let token = auth["client_token"]
@@ -467,7 +476,7 @@ fn session_from_auth(answer: &Value) -> Result<Session, VaultError> {
     let ttl = Duration::from_secs(auth["lease_duration"].as_u64().unwrap_or(0));
     Ok(Session {
         token: token.to_string(),
-        expires: (!ttl.is_zero()).then(|| Instant::now() + ttl),
+        expires: expiry(ttl),
         ttl,
         renewable: auth["renewable"].as_bool().unwrap_or(false),
     })
@@ -549,5 +558,19 @@ mod tests {
         );
         assert_eq!(split_mount("/secret").expect("valid"), ("secret", ""));
         assert!(split_mount("/").is_err());
+    }
+
+    #[test]
+    fn a_lease_too_long_for_the_clock_never_expires_instead_of_panicking() {
+        let session = session_from_auth(&json!({"auth": {
+            "client_token": "t", "lease_duration": u64::MAX, "renewable": true
+        }}))
+        .expect("a session");
+        assert_eq!(session.expires, None);
+        let session = session_from_auth(&json!({"auth": {
+            "client_token": "t", "lease_duration": 60
+        }}))
+        .expect("a session");
+        assert!(session.expires.is_some());
     }
 }
