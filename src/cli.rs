@@ -178,6 +178,18 @@ pub struct Cli {
     #[arg(long, env = "RECONFD_WAIT", value_name = "MIN:MAX")]
     pub wait: Option<String>,
 
+    /// Longest a template may take to render, such as `10s`, at most 1h; past it the resource
+    /// fails and its destination stays as it is. A resource's own `render_timeout` overrides
+    /// it. [default: 10s]
+    #[arg(long, env = "RECONFD_RENDER_TIMEOUT", value_name = "DURATION")]
+    pub render_timeout: Option<String>,
+
+    /// Largest output a template may render, such as `256MiB`, at most 4GiB; past it the
+    /// resource fails and its destination stays as it is. A resource's own `render_max_size`
+    /// overrides it. [default: 256MiB]
+    #[arg(long, env = "RECONFD_RENDER_MAX_SIZE", value_name = "SIZE")]
+    pub render_max_size: Option<String>,
+
     /// File store: a YAML, JSON or TOML file, or a directory of them; repeatable.
     #[arg(
         long = "file",

@@ -28,6 +28,30 @@ pub const COMMAND_TIMEOUT: Limit = Limit {
     text: "24h",
 };
 
+/// `render_timeout`: a render that needs more than an hour is stuck, and its resource's
+/// destination goes without updates all that time.
+pub const RENDER_TIMEOUT: Limit = Limit {
+    max: Duration::from_secs(60 * 60),
+    text: "1h",
+};
+
+/// The largest `render_max_size`: a rendered configuration file is held in memory whole.
+pub const RENDER_SIZE: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Reads a size such as `256MiB`, `10 MB` or a number of bytes, at least one byte and at most
+/// [`RENDER_SIZE`]. The message names neither the value nor where it came from.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a size such as \"256MiB\" ({e})"))?;
+    match size.as_u64() {
+        0 => Err("at least 1 byte".to_string()),
+        bytes if bytes > RENDER_SIZE => Err("at most 4GiB".to_string()),
+        bytes => Ok(bytes),
+    }
+}
+
 impl Limit {
     /// The longest accepted duration.
     pub fn max(self) -> Duration {
@@ -73,8 +97,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sizes_read_with_units_and_within_limits() {
+        assert_eq!(parse_size("256MiB"), Ok(256 * 1024 * 1024));
+        assert_eq!(parse_size("10 KB"), Ok(10_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4GiB"), Ok(RENDER_SIZE));
+        assert_eq!(parse_size("5GiB"), Err("at most 4GiB".to_string()));
+        assert_eq!(parse_size("0"), Err("at least 1 byte".to_string()));
+        assert!(parse_size("lots").is_err_and(|e| e.starts_with("not a size")));
+    }
+
+    #[test]
     fn the_text_of_each_limit_reads_as_its_duration() {
-        for limit in [DURATION, COMMAND_TIMEOUT] {
+        for limit in [DURATION, COMMAND_TIMEOUT, RENDER_TIMEOUT] {
             assert_eq!(humantime::parse_duration(limit.text()), Ok(limit.max()));
         }
     }

@@ -56,7 +56,7 @@ impl Plan {
                 return Err(PlanError::Unusable);
             }
         };
-        let (prepared, mut failures) = prepare_resources(loaded);
+        let (prepared, mut failures) = prepare_resources(loaded, settings);
         if prepared.is_empty() && failures == 0 {
             tracing::warn!(
                 "no template resources in {}",
@@ -168,7 +168,7 @@ pub(crate) fn validate(current: &Settings) -> Result<Settings, String> {
     }
     let loaded =
         resource::load_all(&settings.confdir, &settings.prefix).map_err(|e| e.to_string())?;
-    let (prepared, failures) = prepare_resources(loaded);
+    let (prepared, failures) = prepare_resources(loaded, &settings);
     if failures > 0 {
         return Err(format!(
             "{failures} {} unusable (logged above)",
@@ -214,7 +214,10 @@ fn by_store(
 
 /// Loads every resource and parses its template once. Bad resources are logged and counted;
 /// the others go on.
-fn prepare_resources(loaded: Vec<Result<Vec<Resource>, ResourceError>>) -> (Vec<Prepared>, usize) {
+fn prepare_resources(
+    loaded: Vec<Result<Vec<Resource>, ResourceError>>,
+    settings: &Settings,
+) -> (Vec<Prepared>, usize) {
     let mut prepared = Vec::new();
     let mut failures = 0;
     for loaded in loaded {
@@ -236,13 +239,21 @@ fn prepare_resources(loaded: Vec<Result<Vec<Resource>, ResourceError>>) -> (Vec<
             .collect();
         match renderers {
             Ok(renderers) => prepared.extend(resources.into_iter().zip(renderers).map(
-                |(resource, renderer)| Prepared {
-                    resource,
-                    renderer,
-                    limits: RenderLimits {
-                        timeout: DEFAULT_RENDER_TIMEOUT,
-                        max_size: DEFAULT_RENDER_MAX_SIZE,
-                    },
+                |(resource, renderer)| {
+                    Prepared {
+                        limits: RenderLimits {
+                            timeout: resource
+                                .render_timeout
+                                .or(settings.render_timeout)
+                                .unwrap_or(DEFAULT_RENDER_TIMEOUT),
+                            max_size: resource
+                                .render_max_size
+                                .or(settings.render_max_size)
+                                .unwrap_or(DEFAULT_RENDER_MAX_SIZE),
+                        },
+                        resource,
+                        renderer,
+                    }
                 },
             )),
             Err(message) => {

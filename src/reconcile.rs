@@ -829,6 +829,8 @@ mod tests {
             rollback: false,
             create_dest_dirs: false,
             output_format: None,
+            render_timeout: None,
+            render_max_size: None,
         }
     }
 

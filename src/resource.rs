@@ -70,6 +70,11 @@ pub struct Resource {
     pub create_dest_dirs: bool,
     /// A format the rendered output must parse as before it is staged (`output_format`).
     pub output_format: Option<OutputFormat>,
+    /// Longest its render may take (`render_timeout`); `None` takes `--render-timeout`.
+    pub render_timeout: Option<Duration>,
+    /// Largest output its render may produce (`render_max_size`); `None` takes
+    /// `--render-max-size`.
+    pub render_max_size: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +126,10 @@ struct TemplateTable {
     create_dest_dirs: bool,
     #[serde(default, deserialize_with = "output_format")]
     output_format: Option<OutputFormat>,
+    #[serde(default, deserialize_with = "render_timeout")]
+    render_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "render_max_size")]
+    render_max_size: Option<u64>,
 }
 
 /// Reads every `*.toml` file in `<confdir>/conf.d`, in name order. Each file yields either its
@@ -269,6 +278,8 @@ fn resolve(
         rollback: table.rollback,
         create_dest_dirs: table.create_dest_dirs,
         output_format: table.output_format,
+        render_timeout: table.render_timeout,
+        render_max_size: table.render_max_size,
     })
 }
 
@@ -378,6 +389,41 @@ fn command_timeout<'de, D: serde::Deserializer<'de>>(
         )));
     }
     Ok(Some(limit))
+}
+
+/// `"10s"`, more than zero and at most [`limits::RENDER_TIMEOUT`].
+fn render_timeout<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let fail = |value: &dyn std::fmt::Display, problem: &str| {
+        serde::de::Error::custom(format!("`render_timeout` = {value}: {problem}"))
+    };
+    match toml::Value::deserialize(deserializer)? {
+        toml::Value::String(text) => match limits::RENDER_TIMEOUT.parse(&text) {
+            Ok(timeout) if timeout.is_zero() => Err(fail(
+                &format!("{text:?}"),
+                "more than zero, or every render would fail",
+            )),
+            Ok(timeout) => Ok(Some(timeout)),
+            Err(e) => Err(fail(&format!("{text:?}"), &e)),
+        },
+        other => Err(fail(&other, "must be a duration such as \"10s\"")),
+    }
+}
+
+/// `"256MiB"` or a number of bytes, at least 1 and at most [`limits::RENDER_SIZE`].
+fn render_max_size<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    let value = toml::Value::deserialize(deserializer)?;
+    let text = match &value {
+        toml::Value::String(text) => text.clone(),
+        toml::Value::Integer(bytes) => bytes.to_string(),
+        _ => String::new(),
+    };
+    limits::parse_size(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("`render_max_size` = {value}: {e}")))
 }
 
 fn wait<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Wait>, D::Error> {

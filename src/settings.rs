@@ -93,6 +93,10 @@ pub struct Settings {
     pub log_level: String,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// The render time limit of resources that set none; `None` for the default.
+    pub render_timeout: Option<Duration>,
+    /// The render output limit of resources that set none; `None` for the default.
+    pub render_max_size: Option<u64>,
     /// The wait of resources that set none.
     pub wait: Option<Wait>,
     /// Roll back failed reloads for every resource.
@@ -122,6 +126,10 @@ struct SettingsFile {
     #[serde(rename = "log-format")]
     log_format: Option<LogFormat>,
     wait: Option<String>,
+    #[serde(rename = "render-timeout")]
+    render_timeout: Option<String>,
+    #[serde(rename = "render-max-size")]
+    render_max_size: Option<String>,
     rollback: Option<bool>,
     listen: Option<SocketAddr>,
     #[serde(default, deserialize_with = "one_or_many")]
@@ -241,6 +249,41 @@ impl Settings {
             })?),
             (None, None) => None,
         };
+        let render_timeout = match (cli.render_timeout, file.render_timeout) {
+            (Some(text), _) => Some(limits::RENDER_TIMEOUT.parse(&text).map_err(|e| {
+                Origin::of(
+                    matches,
+                    "render_timeout",
+                    "--render-timeout",
+                    "RECONFD_RENDER_TIMEOUT",
+                )
+                .invalid(&format!("{text:?}"), &e)
+            })?),
+            (None, Some(text)) => Some(limits::RENDER_TIMEOUT.parse(&text).map_err(|e| {
+                Origin::File(&config_file, "render-timeout").invalid(&format!("{text:?}"), &e)
+            })?),
+            (None, None) => None,
+        };
+        if render_timeout.is_some_and(|timeout| timeout.is_zero()) {
+            return Err(SettingsError::Invalid(
+                "--render-timeout: more than zero, or every render would fail".to_string(),
+            ));
+        }
+        let render_max_size = match (cli.render_max_size, file.render_max_size) {
+            (Some(text), _) => Some(limits::parse_size(&text).map_err(|e| {
+                Origin::of(
+                    matches,
+                    "render_max_size",
+                    "--render-max-size",
+                    "RECONFD_RENDER_MAX_SIZE",
+                )
+                .invalid(&format!("{text:?}"), &e)
+            })?),
+            (None, Some(text)) => Some(limits::parse_size(&text).map_err(|e| {
+                Origin::File(&config_file, "render-max-size").invalid(&format!("{text:?}"), &e)
+            })?),
+            (None, None) => None,
+        };
         let mode = if onetime {
             RunMode::Onetime
         } else if watch {
@@ -261,6 +304,8 @@ impl Settings {
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             rollback,
             wait,
+            render_timeout,
+            render_max_size,
             listen: cli.listen.or(file.listen),
         })
     }

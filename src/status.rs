@@ -185,6 +185,7 @@ struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     store_errors: Family<StoreLabel, Counter>,
     watch_reconnects: Family<StoreLabel, Counter>,
+    store_up: Family<StoreLabel, Gauge>,
     last_success: Family<ResourceLabel, Gauge<f64, AtomicU64>>,
     render_seconds: Histograms,
 }
@@ -203,6 +204,7 @@ impl Default for Metrics {
             reloads: Family::default(),
             store_errors: Family::default(),
             watch_reconnects: Family::default(),
+            store_up: Family::default(),
             last_success: Family::default(),
             render_seconds: Family::new_with_constructor(render_histogram),
         };
@@ -236,6 +238,11 @@ impl Default for Metrics {
             "reconfd_watch_reconnects",
             "Watches opened again after the first",
             metrics.watch_reconnects.clone(),
+        );
+        registry.register(
+            "reconfd_store_up",
+            "1 while the store instance answers, 0 after a failed read or watch",
+            metrics.store_up.clone(),
         );
         registry.register(
             "reconfd_last_success_timestamp_seconds",
@@ -396,12 +403,14 @@ impl Status {
                 instance: instance.to_string(),
             })
             .inc();
+        self.store_up(instance, store, 0);
         self.store_entry(instance, store, |entry| entry.connected = false);
     }
 
     /// Records that store `instance` (of kind `store`) answered, at `revision` where it has
     /// one.
     pub fn store_answered(&self, instance: &str, store: &str, revision: Option<i64>) {
+        self.store_up(instance, store, 1);
         self.store_entry(instance, store, |entry| {
             entry.connected = true;
             if revision.is_some() {
@@ -420,6 +429,17 @@ impl Status {
                 instance: instance.to_string(),
             })
             .inc();
+    }
+
+    fn store_up(&self, instance: &str, store: &str, up: i64) {
+        self.shared
+            .metrics
+            .store_up
+            .get_or_create(&StoreLabel {
+                store: store.to_string(),
+                instance: instance.to_string(),
+            })
+            .set(up);
     }
 
     fn store_entry(&self, instance: &str, store: &str, change: impl FnOnce(&mut StoreState)) {

@@ -106,13 +106,21 @@ fn watch_follows_set_del_hset_hdel_and_expiry() {
         "server web1 10.0.0.1:80\n",
         "initial render",
     );
+    // The watch turns the notifications on once it opens, after the first sync.
+    let has_every_flag = |flags: &str| {
+        ['E', 'l', 'K', 'g', '$', 'h', 'x', 'e'].iter().all(|flag| {
+            flags.contains(*flag) || (flags.contains('A') && *flag != 'E' && *flag != 'K')
+        })
+    };
+    wait_for(Duration::from_secs(30), || {
+        has_every_flag(&redis.config_get("notify-keyspace-events"))
+    });
     let flags = redis.config_get("notify-keyspace-events");
-    for flag in ['E', 'l', 'K', 'g', '$', 'h', 'x', 'e'] {
-        assert!(
-            flags.contains(flag) || (flags.contains('A') && flag != 'E' && flag != 'K'),
-            "{flag} in {flags:?}"
-        );
-    }
+    assert!(has_every_flag(&flags), "every flag in {flags:?}");
+    assert!(
+        flags.contains('l'),
+        "the flags set before are kept: {flags:?}"
+    );
 
     redis.set("/app/servers/web2", "10.0.0.2:80");
     expect_content(

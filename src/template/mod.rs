@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tera::{Context, ErrorKind, Tera, Value};
 
@@ -44,11 +44,16 @@ pub struct View {
 
 /// Results of store functions that list keys (`gets`, `getvs`, `ls`, `lsdir`) over one state
 /// of the snapshot, shared by every render from that state: twenty resources over the same
-/// 10,000 backends build the list once. A new one is needed whenever the snapshot changes.
+/// 10,000 backends build the list once, even when they render at the same moment on several
+/// threads. A new one is needed whenever the snapshot changes.
 #[derive(Debug, Default)]
 pub struct SharedResults {
-    results: Mutex<HashMap<SharedCall, Value>>,
+    results: Mutex<HashMap<SharedCall, Arc<SharedResult>>>,
 }
+
+/// One listing result, computed by the first render that asks for it; an error is kept as its
+/// message.
+type SharedResult = OnceLock<Result<Value, String>>;
 
 /// One call of a listing function as seen from one resource: the same call from a resource
 /// with another prefix or other keys sees other keys.
@@ -62,7 +67,8 @@ struct SharedCall {
 
 impl SharedResults {
     /// The result of `function(argument)` for `view`, computed by `compute` unless a render
-    /// from the same snapshot state asked already.
+    /// from the same snapshot state asked already; a render asking while another computes it
+    /// waits for that result.
     fn get_or_compute(
         &self,
         view: &View,
@@ -76,14 +82,17 @@ impl SharedResults {
             prefix: view.prefix.clone(),
             keys: view.keys.clone(),
         };
-        let lock = || self.results.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(value) = lock().get(&call) {
-            // Values are reference-counted: this is a cheap copy of the shared list.
-            return Ok(value.clone());
-        }
-        let value = compute()?;
-        lock().insert(call, value.clone());
-        Ok(value)
+        let cell = Arc::clone(
+            self.results
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(call)
+                .or_default(),
+        );
+        // Values are reference-counted: a clone is a cheap copy of the shared list.
+        cell.get_or_init(|| compute().map_err(|e| e.to_string()))
+            .clone()
+            .map_err(tera::Error::message)
     }
 }
 

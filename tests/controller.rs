@@ -1,0 +1,303 @@
+//! The controller as a user meets it, through the real binary: a runaway template holds back
+//! nothing else, an output limit, a failed write tried again without new data, and two
+//! stores of one kind shown as two instances.
+
+mod common;
+
+use std::time::Duration;
+
+use common::etcd::Etcd;
+use common::{Daemon, Fixture, expect_file, wait_for};
+
+/// Nested loops of 10^10 turns: a render that would run for hours.
+const RUNAWAY: &str =
+    "{% for i in range(end=100000) %}{% for j in range(end=100000) %}{% endfor %}{% endfor %}";
+
+fn get(url: &str) -> (u16, String) {
+    let response = common::etcd::http_client()
+        .get(url)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let code = response.status().as_u16();
+    (code, response.text().expect("body"))
+}
+
+fn listen_address() -> String {
+    format!("127.0.0.1:{}", common::etcd::free_port())
+}
+
+/// Waits until the daemon's log has a line containing `text`.
+fn expect_log(daemon: &Daemon, text: &str) {
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon.log().contains(text)),
+        "a log line with {text:?}\n--- log\n{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn a_runaway_template_fails_at_its_limit_and_holds_back_nothing_else() {
+    let fixture = Fixture::new();
+    fixture.template("runaway.tmpl", RUNAWAY);
+    fixture.template("app.tmpl", "port {{ getv(key=\"/app/port\") }}\n");
+    fixture.resource(
+        "a-runaway",
+        "src = \"runaway.tmpl\"\ndest = \"runaway.conf\"\nkeys = [\"/app\"]\n\
+         render_timeout = \"2s\"\n",
+    );
+    fixture.resource(
+        "b-app",
+        "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\n",
+    );
+    fixture.write("runaway.conf", "kept\n");
+    fixture.write("data.yaml", "app:\n  port: \"80\"\n");
+    let address = listen_address();
+    let daemon = fixture.spawn(&[
+        "--watch",
+        "--backend",
+        "file",
+        "--file",
+        "data.yaml",
+        "--listen",
+        &address,
+    ]);
+    // The other resource of the same store is synced while the runaway render runs.
+    expect_file(
+        &fixture,
+        &daemon,
+        "app.conf",
+        "port 80\n",
+        "the other resource",
+    );
+    assert_eq!(
+        get(&format!("http://{address}/health")),
+        (200, "ok\n".to_string())
+    );
+    expect_log(&daemon, "rendering took longer than 2s");
+    let log = daemon.log();
+    assert!(log.contains("a-runaway.toml"), "{log}");
+    assert!(log.contains("render_timeout"), "{log}");
+    assert_eq!(fixture.read("runaway.conf"), "kept\n");
+    // Changes keep flowing to the other resource.
+    fixture.write("data.yaml", "app:\n  port: \"81\"\n");
+    expect_file(&fixture, &daemon, "app.conf", "port 81\n", "a later change");
+    let (code, status) = get(&format!("http://{address}/status"));
+    assert_eq!(code, 200);
+    assert!(status.contains("render_failed"), "{status}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn sigterm_ends_the_daemon_while_a_render_runs_away() {
+    let fixture = Fixture::new();
+    fixture.template("runaway.tmpl", RUNAWAY);
+    fixture.resource(
+        "runaway",
+        "src = \"runaway.tmpl\"\ndest = \"runaway.conf\"\nkeys = [\"/app\"]\n",
+    );
+    fixture.write("data.yaml", "app:\n  port: \"80\"\n");
+    let address = listen_address();
+    let daemon = fixture.spawn(&[
+        "--watch",
+        "--backend",
+        "file",
+        "--file",
+        "data.yaml",
+        "--listen",
+        &address,
+    ]);
+    // Health answers while the render (10 s limit) is running.
+    assert!(
+        wait_for(Duration::from_secs(30), || common::etcd::http_client()
+            .get(format!("http://{address}/health"))
+            .send()
+            .is_ok_and(|response| response.status() == 200)),
+        "/health answers\n{}",
+        daemon.log()
+    );
+    assert!(!daemon.log().contains("took longer"), "{}", daemon.log());
+    // terminate() fails unless the process exits well before the render's limit.
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn output_past_the_size_limit_fails_its_resource_only() {
+    let fixture = Fixture::new();
+    fixture.template(
+        "big.tmpl",
+        "{% for i in range(end=100000) %}0123456789{% endfor %}",
+    );
+    fixture.template("app.tmpl", "port {{ getv(key=\"/app/port\") }}\n");
+    fixture.resource(
+        "big",
+        "src = \"big.tmpl\"\ndest = \"big.conf\"\nkeys = [\"/app\"]\n\
+         render_max_size = \"64KiB\"\n",
+    );
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\n",
+    );
+    fixture.write("big.conf", "kept\n");
+    fixture.write("data.yaml", "app:\n  port: \"80\"\n");
+    let run = fixture.run(&["--onetime", "--backend", "file", "--file", "data.yaml"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("big.toml") && run.stderr.contains("past 64.0 KiB"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("render_max_size"), "{run:?}");
+    assert_eq!(fixture.read("big.conf"), "kept\n");
+    assert_eq!(fixture.read("app.conf"), "port 80\n");
+
+    // The global flag applies to resources that set no limit of their own.
+    let run = fixture.run(&[
+        "--onetime",
+        "--backend",
+        "file",
+        "--file",
+        "data.yaml",
+        "--render-max-size",
+        "4",
+    ]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains("app.toml"), "{run:?}");
+}
+
+#[test]
+fn limits_that_cannot_work_are_refused_with_their_key() {
+    let fixture = Fixture::new();
+    fixture.template("app.tmpl", "x\n");
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\nrender_timeout = \"2h\"\n",
+    );
+    fixture.write("data.yaml", "app: {}\n");
+    let run = fixture.run(&["--onetime", "--backend", "file", "--file", "data.yaml"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("app.toml:5:") && run.stderr.contains("at most 1h"),
+        "{run:?}"
+    );
+    let run = fixture.run(&[
+        "--onetime",
+        "--backend",
+        "file",
+        "--file",
+        "data.yaml",
+        "--render-max-size",
+        "lots",
+    ]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("--render-max-size"), "{run:?}");
+}
+
+#[test]
+fn a_failed_write_is_tried_again_without_a_new_change() {
+    let fixture = Fixture::new();
+    fixture.template("app.tmpl", "port {{ getv(key=\"/app/port\") }}\n");
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"out/app.conf\"\nkeys = [\"/app\"]\n",
+    );
+    // The destination's directory is, for now, a plain file: nothing can be written there,
+    // whoever runs the test.
+    fixture.write("out", "not a directory\n");
+    fixture.write("data.yaml", "app:\n  port: \"80\"\n");
+    let address = listen_address();
+    let daemon = fixture.spawn(&[
+        "--watch",
+        "--backend",
+        "file",
+        "--file",
+        "data.yaml",
+        "--listen",
+        &address,
+    ]);
+    expect_log(&daemon, "trying again in");
+    let (_, status) = get(&format!("http://{address}/status"));
+    assert!(status.contains("\"next_attempt\":\""), "{status}");
+    std::fs::remove_file(fixture.path("out")).expect("rm");
+    std::fs::create_dir(fixture.path("out")).expect("mkdir");
+    // No data changes: the retry alone brings the file.
+    expect_file(
+        &fixture,
+        &daemon,
+        "out/app.conf",
+        "port 80\n",
+        "the retry after the directory came back",
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || get(&format!(
+            "http://{address}/status"
+        ))
+        .1
+        .contains("\"next_attempt\":null")),
+        "no retry is scheduled after the success"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn two_etcd_clusters_are_two_store_instances() {
+    let first = Etcd::start();
+    let second = Etcd::start();
+    first.put("/app/port", "80");
+    second.put("/app/port", "81");
+    let fixture = Fixture::new();
+    fixture.template("app.tmpl", "port {{ getv(key=\"/app/port\") }}\n");
+    fixture.resource(
+        "first",
+        "src = \"app.tmpl\"\ndest = \"first.conf\"\nkeys = [\"/app\"]\n",
+    );
+    let second_node = &second.endpoints()[0];
+    fixture.write(
+        "conf.d/second.toml",
+        &format!(
+            "[template]\nsrc = \"app.tmpl\"\ndest = \"second.conf\"\nkeys = [\"/app\"]\n\n\
+             [backend]\nbackend = \"etcd\"\nnodes = [\"{second_node}\"]\n"
+        ),
+    );
+    let first_node = &first.endpoints()[0];
+    let address = listen_address();
+    let daemon = fixture.spawn(&[
+        "--watch",
+        "--backend",
+        "etcd",
+        "--node",
+        first_node,
+        "--listen",
+        &address,
+    ]);
+    expect_file(
+        &fixture,
+        &daemon,
+        "first.conf",
+        "port 80\n",
+        "first cluster",
+    );
+    expect_file(
+        &fixture,
+        &daemon,
+        "second.conf",
+        "port 81\n",
+        "second cluster",
+    );
+    let (_, status) = get(&format!("http://{address}/status"));
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let mut instances: Vec<&str> = status["stores"]
+        .as_array()
+        .expect("stores")
+        .iter()
+        .map(|store| store["instance"].as_str().expect("instance"))
+        .collect();
+    instances.sort();
+    let mut expected = vec![format!("etcd {first_node}"), format!("etcd {second_node}")];
+    expected.sort();
+    assert_eq!(instances, expected, "{status}");
+    let (_, metrics) = get(&format!("http://{address}/metrics"));
+    for node in [first_node, second_node] {
+        let line = format!("reconfd_store_up{{store=\"etcd\",instance=\"etcd {node}\"}} 1");
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+}
