@@ -9,17 +9,17 @@
 //! user gives is checked against [`limits`] when it is read.
 
 pub mod cli;
-pub mod command;
+mod command;
 mod controller;
-pub mod limits;
-pub mod notify;
+mod limits;
+mod notify;
 mod plan;
 pub mod process;
 pub mod reconcile;
 mod report;
-pub mod resource;
+mod resource;
 pub mod settings;
-pub mod status;
+mod status;
 pub mod store;
-pub mod template;
-pub mod wait;
+mod template;
+mod wait;

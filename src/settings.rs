@@ -388,23 +388,70 @@ fn read_settings_file(path: &Path, is_default: bool) -> Result<SettingsFile, Set
             });
         }
     };
-    let parse_error = |message: String| SettingsError::Parse {
-        path: path.to_path_buf(),
-        message,
-    };
-    let mut table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| parse_error(e.to_string().trim_end().replace('\n', " ")))?;
-    for key in CONFD_KEYS_NOT_USED_YET {
-        if table.remove(*key).is_some() {
-            tracing::warn!(
-                "{}: key `{key}` belongs to a store reconfd does not offer yet; ignored",
-                path.display()
-            );
-        }
+    // confd's keys for stores reconfd does not offer are blanked out, not removed, so that
+    // every other error keeps its line and column.
+    let mut ignored = Vec::new();
+    let kept: String = text
+        .split_inclusive('\n')
+        .map(|line| {
+            let key = line
+                .trim_start()
+                .split(|c: char| c == '=' || c.is_whitespace())
+                .next()
+                .unwrap_or_default();
+            match CONFD_KEYS_NOT_USED_YET
+                .iter()
+                .find(|unused| **unused == key)
+            {
+                Some(unused) if line.contains('=') => {
+                    ignored.push(*unused);
+                    line.chars()
+                        .map(|c| if c == '\n' { c } else { ' ' })
+                        .collect()
+                }
+                _ => line.to_string(),
+            }
+        })
+        .collect();
+    for key in ignored {
+        tracing::warn!(
+            "{}: key `{key}` belongs to a store reconfd does not offer yet; ignored",
+            path.display()
+        );
     }
-    SettingsFile::deserialize(table)
-        .map_err(|e| parse_error(e.to_string().trim_end().replace('\n', " ")))
+    toml::from_str(&kept).map_err(|e: toml::de::Error| {
+        // The parser's own rendering quotes the offending line, which may hold a password:
+        // the place and the message are enough.
+        let mut message = e.message().trim_end().replace('\n', " ");
+        let mut place = String::new();
+        if let Some(span) = e.span() {
+            let before = kept.get(..span.start).unwrap_or(&kept);
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - line_start + 1;
+            place = format!(":{line}:{column}");
+            // Name the key of the line at fault, as the other settings errors do.
+            let key = kept
+                .get(line_start..)
+                .and_then(|rest| rest.split_once('='))
+                .map(|(key, _)| key.trim())
+                .filter(|key| {
+                    !key.is_empty()
+                        && key
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                });
+            if let Some(key) = key
+                && !message.contains(&format!("`{key}`"))
+            {
+                message = format!("`{key}`: {message}");
+            }
+        }
+        SettingsError::Parse {
+            path: PathBuf::from(format!("{}{place}", path.display())),
+            message,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -557,6 +604,28 @@ mod tests {
         let (_dir, path) = write_settings("listen = \"9100\"\n");
         let err = settings(&["--config-file", &path]).expect_err("not an address");
         assert!(err.to_string().contains("`listen`"), "{err}");
+    }
+
+    #[test]
+    fn settings_file_errors_name_line_column_and_key_but_not_the_line() {
+        let (_dir, path) = write_settings("backend = \"env\"\ninterval = \"abc\"\n");
+        let err = settings(&["--config-file", &path]).expect_err("not a number");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{path}:2:12: `interval`: ")),
+            "{err}"
+        );
+        let (_dir, path) = write_settings("backend = \"env\"\npassword = \"ReaderPw-PLUGH\n");
+        let err = settings(&["--config-file", &path]).expect_err("no closing quote");
+        assert!(err.to_string().starts_with(&format!("{path}:2:")), "{err}");
+        assert!(!err.to_string().contains("PLUGH"), "{err}");
+        let (_dir, path) = write_settings("srv_domain = \"x\"\nintervall = 5\n");
+        let err = settings(&["--config-file", &path]).expect_err("misspelt");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{path}:2:1: unknown field `intervall`")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,14 +6,11 @@
 //! fault cannot render a configuration without its servers.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::TokioResolver;
 use hickory_resolver::net::NetError;
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
-use hickory_resolver::{Resolver as HickoryResolver, TokioResolver};
 use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
 use tokio::sync::mpsc;
 
@@ -22,8 +19,9 @@ use tokio::sync::mpsc;
 pub enum Resolver {
     /// The system's configuration: `/etc/resolv.conf` and `/etc/hosts`.
     System,
-    /// One name server, over UDP and TCP, with no hosts file.
-    NameServer(SocketAddr),
+    /// One name server, over UDP and TCP, with no hosts file: a test's.
+    #[cfg(test)]
+    NameServer(std::net::SocketAddr),
 }
 
 /// Registers the DNS functions on `tera`, answered by `resolver`.
@@ -197,15 +195,17 @@ where
 fn build(resolver: &Resolver) -> Result<TokioResolver, NetError> {
     match resolver {
         Resolver::System => TokioResolver::builder_tokio()?.build(),
+        #[cfg(test)]
         Resolver::NameServer(address) => {
+            use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
             let mut udp = ConnectionConfig::udp();
             udp.port = address.port();
             let mut tcp = ConnectionConfig::tcp();
             tcp.port = address.port();
             let server = NameServerConfig::new(address.ip(), true, vec![udp, tcp]);
-            HickoryResolver::builder_with_config(
+            hickory_resolver::Resolver::builder_with_config(
                 ResolverConfig::from_name_servers(vec![server]),
-                TokioRuntimeProvider::default(),
+                hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
             )
             .build()
         }
@@ -214,7 +214,7 @@ fn build(resolver: &Resolver) -> Result<TokioResolver, NetError> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, UdpSocket};
+    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
     use std::time::Duration;
 
     use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};

@@ -224,6 +224,7 @@ pub struct RenderBounds {
 
 impl RenderBounds {
     /// No size limit and nobody to stop it.
+    #[cfg(test)]
     pub fn unlimited() -> RenderBounds {
         RenderBounds {
             max_size: u64::MAX,
@@ -338,6 +339,7 @@ impl Renderer {
     }
 
     /// Renders the template against `view`, with no limit.
+    #[cfg(test)]
     pub fn render(&self, view: View) -> Result<String, TemplateError> {
         self.render_bounded(view, &RenderBounds::unlimited())
     }
