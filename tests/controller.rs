@@ -7,20 +7,11 @@ mod common;
 use std::time::Duration;
 
 use common::etcd::Etcd;
-use common::{Daemon, Fixture, expect_file, wait_for};
+use common::{Daemon, Fixture, expect_file, get, wait_for};
 
 /// Nested loops of 10^10 turns: a render that would run for hours.
 const RUNAWAY: &str =
     "{% for i in range(end=100000) %}{% for j in range(end=100000) %}{% endfor %}{% endfor %}";
-
-fn get(url: &str) -> (u16, String) {
-    let response = common::etcd::http_client()
-        .get(url)
-        .send()
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let code = response.status().as_u16();
-    (code, response.text().expect("body"))
-}
 
 fn listen_address() -> String {
     format!("127.0.0.1:{}", common::etcd::free_port())

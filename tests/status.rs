@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Daemon, Fixture, wait_for};
+use common::{Daemon, Fixture, get, wait_for};
 
 /// A confdir with two resources over the file store, and the daemon watching it with
 /// `--listen` on a free loopback port.
@@ -41,15 +41,6 @@ fn start() -> (Fixture, Daemon, String) {
         daemon.log()
     );
     (fixture, daemon, base)
-}
-
-fn get(url: &str) -> (u16, String) {
-    let response = common::etcd::http_client()
-        .get(url)
-        .send()
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let code = response.status().as_u16();
-    (code, response.text().expect("body"))
 }
 
 #[test]

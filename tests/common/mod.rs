@@ -237,3 +237,13 @@ pub fn settled_reloads(fixture: &Fixture, at_least: usize) -> usize {
     std::thread::sleep(Duration::from_millis(300));
     reloads(fixture)
 }
+
+/// GETs `url` (a daemon's `--listen` address) and returns the status code and the body.
+pub fn get(url: &str) -> (u16, String) {
+    let response = etcd::http_client()
+        .get(url)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let code = response.status().as_u16();
+    (code, response.text().expect("body"))
+}
