@@ -8,7 +8,7 @@
 mod watch;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,6 +121,9 @@ struct Client {
     /// For each watched prefix, the revision up to which its watcher delivered every change:
     /// a new watch of the prefix starts right after it.
     progress: Mutex<BTreeMap<String, i64>>,
+    /// Set once the user was told that etcd refuses a watch over the range covering every
+    /// prefix, so transactions are gathered by waiting (said once, not at every reconnect).
+    split_watch_told: AtomicBool,
 }
 
 impl Client {
@@ -152,6 +155,7 @@ impl Client {
             credentials,
             token: Mutex::new(None),
             progress: Mutex::default(),
+            split_watch_told: AtomicBool::new(false),
         })
     }
 

@@ -326,6 +326,32 @@ impl Etcd {
         self.auth = Some((user.to_string(), password.to_string()));
     }
 
+    /// Adds user `user` whose role may read under each of `prefixes` and nothing else; needs
+    /// authentication on.
+    pub fn add_reader(&self, user: &str, password: &str, prefixes: &[&str]) {
+        let role = format!("{user}-role");
+        self.call("/v3/auth/role/add", json!({"name": role}));
+        for prefix in prefixes {
+            let mut end = prefix.as_bytes().to_vec();
+            if let Some(last) = end.last_mut() {
+                *last += 1;
+            }
+            self.call(
+                "/v3/auth/role/grant",
+                json!({"name": role, "perm": {
+                    "permType": "READ",
+                    "key": BASE64.encode(prefix),
+                    "range_end": BASE64.encode(end),
+                }}),
+            );
+        }
+        self.call(
+            "/v3/auth/user/add",
+            json!({"name": user, "password": password}),
+        );
+        self.call("/v3/auth/user/grant", json!({"user": user, "role": role}));
+    }
+
     fn authenticate(&self) -> Option<String> {
         let (user, password) = self.auth.as_ref()?;
         let answer: Value = self

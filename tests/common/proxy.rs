@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Forwards every connection to `upstream` until dropped.
@@ -10,6 +11,8 @@ pub struct Proxy {
     /// Where clients connect.
     pub address: SocketAddr,
     connections: Arc<Mutex<Vec<TcpStream>>>,
+    /// While set, new connections are closed at once instead of forwarded.
+    refusing: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -19,9 +22,15 @@ impl Proxy {
         let address = listener.local_addr().expect("address");
         let connections: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let open = Arc::clone(&connections);
+        let refusing = Arc::new(AtomicBool::new(false));
+        let refuse = Arc::clone(&refusing);
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
+                if refuse.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(upstream) else {
                     continue;
                 };
@@ -35,7 +44,13 @@ impl Proxy {
         Proxy {
             address,
             connections,
+            refusing,
         }
+    }
+
+    /// Makes new connections be closed at once (`true`) or forwarded again (`false`).
+    pub fn refuse(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::SeqCst);
     }
 
     /// Closes every connection made so far; new ones are forwarded as before.

@@ -1,21 +1,37 @@
-//! The etcd watch: one long-lived `/v3/watch` request carrying one watcher per prefix.
+//! The etcd watch: one long-lived `/v3/watch` request, with one watcher over the range that
+//! covers every prefix.
 //!
-//! Nothing is missed and nothing is replayed: each watcher starts right after the revision up
-//! to which its prefix's changes were delivered (kept in [`Client::progress`]), or right after
-//! the snapshot's read revision when that is later. A watch refused because etcd compacted
-//! that revision, or because etcd is behind it (restored from a backup, rebuilt empty),
-//! becomes a full read, reported as a replacement; that read becomes the only progress, and
-//! the same stream goes on with the changes right after it.
+//! Nothing is missed and nothing is replayed: the watch starts right after the revision up to
+//! which a prefix's changes were delivered (kept in [`Client::progress`] for each prefix), or
+//! right after the snapshot's read revision when that is later, and changes a prefix was
+//! already given are dropped. A watch refused because etcd compacted that revision, or because
+//! etcd is behind it (restored from a backup, rebuilt empty), becomes a full read, reported as
+//! a replacement; that read becomes the only progress, and the same stream goes on with the
+//! changes right after it.
 //!
-//! A transaction that touches several prefixes reaches their watchers as separate messages of
-//! one revision; with more than one watcher, changes are held for [`MERGE_WINDOW`] to gather
-//! the rest of their revision, so no render sees half a transaction.
+//! A transaction is delivered whole, as one event. etcd puts every event of one revision that a
+//! watcher matches into one message (a watcher catching up gets many revisions in a message,
+//! but never part of one, as fragments are not asked for), but each watcher gets messages of
+//! its own. With a watcher per prefix, a transaction over two prefixes arrives as two messages
+//! and nothing on the stream says when the last share has come: a progress request cannot be
+//! sent on a running watch, because the gateway speaks HTTP/1.1 and answers nothing before the
+//! request body has ended, and etcd 3.4.23 answers one apart from the queued events, so the
+//! answer can overtake them (etcd issue 15220); while catching up, one watcher even sends many
+//! revisions before the next one sends its share of the first. Hence one watcher over the range
+//! from the first prefix to the end of the last, whose events under no prefix are dropped here.
+//! The price: changes to keys between the prefixes travel to reconfd (in a catch-up too) only
+//! to be dropped.
+//!
+//! etcd checks a watch's permission over its whole range, so a user who may read the prefixes
+//! but not all that lies between them is refused that watch. Each prefix then gets a watcher of
+//! its own, and changes are held for [`SPLIT_MERGE_WINDOW`] to gather the shares of their
+//! revisions: a bound that a late share can miss under load, not a guarantee; this is logged.
 //!
 //! A watch ends, and the daemon opens a new one (on the next node if need be), when its stream
 //! breaks, when etcd cancels it (a member losing its leader does, as the request asks), or when
 //! the node stops answering the probe sent every [`PROBE_INTERVAL`].
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -36,9 +52,11 @@ use crate::store::{Change, Snapshot, StoreError, WatchEvent, WatchStream};
 /// renders, so the buffer only needs to absorb a burst.
 const WATCH_CAPACITY: usize = 256;
 
-/// How long changes of one revision wait for the other watchers' share of the same revision.
-/// etcd sends them back to back; this only bounds the wait.
-const MERGE_WINDOW: Duration = Duration::from_millis(5);
+/// With a watcher per prefix (etcd refused the watch over the range covering them all), how
+/// long changes wait for the other watchers' share of their revision. etcd sends the shares
+/// back to back, yet under load one can come later still: this bounds the wait, it does not
+/// make the merge exact. Only that fallback pays it, so it errs on the long side.
+const SPLIT_MERGE_WINDOW: Duration = Duration::from_millis(100);
 
 /// How often the watched node is asked whether it still answers: a node that accepts
 /// connections but no longer serves (stopped, wedged) would otherwise hold the watch silently.
@@ -58,7 +76,7 @@ pub(super) async fn start(
     let starts = start_revisions(&client, prefixes, snapshot);
     let (events, stream) = mpsc::channel(WATCH_CAPACITY);
     let connection = match open_on_any_node(&client, prefixes, &starts).await? {
-        Opened::Watching(connection) => Some(connection),
+        Opened::Watching(connection) => Some(*connection),
         Opened::Stale(reason) => {
             let (snapshot, connection) = read_again(&client, prefixes, &reason).await?;
             // The channel is new and has room for this one event.
@@ -74,17 +92,14 @@ pub(super) async fn start(
 }
 
 /// Sends the watch request for `prefixes` from `starts` to each node in turn, from the
-/// preferred one, until one accepts it or says it cannot serve those revisions.
+/// preferred one, until one accepts it or says it cannot serve those revisions. A node that
+/// refuses the one watcher over the range covering every prefix is asked for one watcher per
+/// prefix at once.
 async fn open_on_any_node(
     client: &Client,
     prefixes: &[String],
     starts: &[Option<i64>],
 ) -> Result<Opened, EtcdError> {
-    let requests: String = prefixes
-        .iter()
-        .zip(starts)
-        .map(|(prefix, start)| create_request(prefix, *start) + "\n")
-        .collect();
     let mut failures = Vec::new();
     let nodes: Vec<(usize, String)> = client
         .nodes_from_preferred()
@@ -92,17 +107,37 @@ async fn open_on_any_node(
         .collect();
     for (index, node) in nodes {
         let node = node.as_str();
-        let opened = tokio::time::timeout(REQUEST_TIMEOUT, open(client, node, &requests, starts))
-            .await
-            .unwrap_or_else(|_| {
-                Err(EtcdError::Unreachable(format!(
-                    "{node}: the watch was not set up within {REQUEST_TIMEOUT:?}"
-                )))
-            });
+        let mut answer = open_in_time(client, node, Request::covering(prefixes, starts)).await;
+        if matches!(answer, Ok(Answer::NotPermitted)) {
+            if !client.split_watch_told.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "etcd: {node} refuses to watch the range covering every prefix (permission \
+                     denied); watching each prefix on its own, so the parts of a transaction \
+                     over several prefixes are gathered by waiting {SPLIT_MERGE_WINDOW:?} and \
+                     a render may see only part of one under load. Allowing the user to read \
+                     from {:?} to the end of {:?} makes this exact",
+                    prefixes.first().map_or("", String::as_str),
+                    prefixes.last().map_or("", String::as_str),
+                );
+            }
+            answer = open_in_time(client, node, Request::split(prefixes, starts)).await;
+        }
+        // Only a watch over several prefixes is refused so, and a split one never is.
+        let opened = answer.and_then(|answer| match answer {
+            Answer::Opened(opened) => Ok(opened),
+            Answer::NotPermitted => Err(EtcdError::Rejected(format!(
+                "{node}: permission denied to watch {}",
+                prefixes.join(", ")
+            ))),
+        });
         match opened {
             Ok(Opened::Watching(connection)) => {
                 client.preferred.store(index, Ordering::Relaxed);
-                tracing::debug!("etcd: watching {} prefixes on {node}", prefixes.len());
+                tracing::debug!(
+                    "etcd: watching {} prefixes on {node} with {} watchers",
+                    prefixes.len(),
+                    connection.watchers
+                );
                 return Ok(Opened::Watching(connection));
             }
             Ok(stale @ Opened::Stale(_)) => return Ok(stale),
@@ -111,6 +146,17 @@ async fn open_on_any_node(
         }
     }
     Err(no_node_answered(&failures))
+}
+
+/// [`open`] within the request time limit.
+async fn open_in_time(client: &Client, node: &str, request: Request) -> Result<Answer, EtcdError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, open(client, node, request))
+        .await
+        .unwrap_or_else(|_| {
+            Err(EtcdError::Unreachable(format!(
+                "{node}: the watch was not set up within {REQUEST_TIMEOUT:?}"
+            )))
+        })
 }
 
 /// Reads every key again because of `reason`, and opens the watch right after that read.
@@ -137,7 +183,7 @@ async fn read_again(
                     connection.node
                 );
             }
-            Some(connection)
+            Some(*connection)
         }
         // etcd moved again between the read and the watch (another compaction, another
         // restore): the next watch finds out what to do.
@@ -153,7 +199,7 @@ async fn read_again(
     Ok((snapshot, connection))
 }
 
-/// Where each prefix's watcher starts: after the changes already delivered for it, or after
+/// Where each prefix's watch starts: after the changes already delivered for it, or after
 /// the snapshot's read when that is later. `None` (start now) only for a snapshot without a
 /// revision and a prefix never watched, which a fetch from etcd never gives.
 fn start_revisions(client: &Client, prefixes: &[String], snapshot: &Snapshot) -> Vec<Option<i64>> {
@@ -170,8 +216,7 @@ fn start_revisions(client: &Client, prefixes: &[String], snapshot: &Snapshot) ->
         .collect()
 }
 
-fn create_request(prefix: &str, start: Option<i64>) -> String {
-    let (key, range_end) = prefix_range(prefix);
+fn create_request(key: &[u8], range_end: &[u8], start: Option<i64>) -> String {
     let mut request = json!({
         "key": BASE64.encode(key),
         "range_end": BASE64.encode(range_end),
@@ -183,34 +228,157 @@ fn create_request(prefix: &str, start: Option<i64>) -> String {
     json!({ "create_request": request }).to_string()
 }
 
+/// The body of one watch request and what its watchers are.
+struct Request {
+    layout: Layout,
+    /// One create request a line.
+    body: String,
+    /// For each watcher, the latest start among its prefixes: etcd must have reached the
+    /// revision before it, which changes were delivered up to.
+    latest_starts: Vec<Option<i64>>,
+}
+
+impl Request {
+    /// One watcher over the range from the first prefix to the end of the last, from the
+    /// earliest start; none for no prefix.
+    fn covering(prefixes: &[String], starts: &[Option<i64>]) -> Request {
+        let wanted: Vec<Wanted> = prefixes
+            .iter()
+            .zip(starts)
+            .map(|(prefix, start)| {
+                let (key, end) = prefix_range(prefix);
+                Wanted {
+                    key,
+                    end,
+                    from: *start,
+                }
+            })
+            .collect();
+        let Some((key, end)) = covering_range(&wanted) else {
+            return Request {
+                layout: Layout::Covering(wanted),
+                body: String::new(),
+                latest_starts: Vec::new(),
+            };
+        };
+        let earliest = starts.iter().flatten().min().copied();
+        let latest = starts.iter().flatten().max().copied();
+        Request {
+            layout: Layout::Covering(wanted),
+            body: create_request(&key, &end, earliest) + "\n",
+            latest_starts: vec![latest],
+        }
+    }
+
+    /// One watcher per prefix, each from its own start.
+    fn split(prefixes: &[String], starts: &[Option<i64>]) -> Request {
+        let body = prefixes
+            .iter()
+            .zip(starts)
+            .map(|(prefix, start)| {
+                let (key, end) = prefix_range(prefix);
+                create_request(&key, &end, *start) + "\n"
+            })
+            .collect();
+        Request {
+            layout: Layout::Split,
+            body,
+            latest_starts: starts.to_vec(),
+        }
+    }
+}
+
+/// The smallest key range holding every one of `prefixes`; `None` for no prefix.
+fn covering_range(prefixes: &[Wanted]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let key = prefixes.iter().map(|prefix| &prefix.key).min()?.clone();
+    // etcd spells "up to the last key" as the range end "\0", which sorts first.
+    let end = if prefixes.iter().any(|prefix| prefix.end == [0]) {
+        vec![0]
+    } else {
+        prefixes.iter().map(|prefix| &prefix.end).max()?.clone()
+    };
+    Some((key, end))
+}
+
+/// How the watchers of a watch request map to the prefixes.
+enum Layout {
+    /// One watcher over the range covering every prefix. A revision's events come in one
+    /// message and are delivered at once, less those under no prefix or already delivered.
+    Covering(Vec<Wanted>),
+    /// One watcher per prefix, in the order of the prefixes. A revision's shares come in
+    /// separate messages and are gathered for [`SPLIT_MERGE_WINDOW`].
+    Split,
+}
+
+/// A watched prefix as etcd's key range, and the revision its changes are wanted from
+/// (`None`: whatever the watch sends).
+struct Wanted {
+    key: Vec<u8>,
+    end: Vec<u8>,
+    from: Option<i64>,
+}
+
+impl Layout {
+    /// Whether the change of `key` at `revision` is delivered: it is under a prefix that was
+    /// not delivered up to that revision yet.
+    fn wants(&self, key: &[u8], revision: i64) -> bool {
+        match self {
+            Layout::Covering(wanted) => wanted.iter().any(|prefix| {
+                key >= prefix.key.as_slice()
+                    && (prefix.end == [0] || key < prefix.end.as_slice())
+                    && prefix.from.is_none_or(|from| revision >= from)
+            }),
+            // Each watcher covers one prefix from where that prefix stopped.
+            Layout::Split => true,
+        }
+    }
+}
+
 /// A watch request that etcd accepted, or why it has to be preceded by a full read.
 enum Opened {
-    Watching(Connection),
+    Watching(Box<Connection>),
     Stale(String),
 }
 
-/// Sends the create requests to `node` and waits until etcd confirms every watcher.
-async fn open(
-    client: &Client,
-    node: &str,
-    requests: &str,
-    starts: &[Option<i64>],
-) -> Result<Opened, EtcdError> {
-    let response = client.send_to(node, "/v3/watch", requests, None).await?;
+/// What a node answered to one watch request: what any watch can be answered, or that the
+/// user may not watch the range covering several prefixes.
+enum Answer {
+    Opened(Opened),
+    NotPermitted,
+}
+
+/// Sends the watch request to `node` and waits until etcd confirms every watcher.
+async fn open(client: &Client, node: &str, request: Request) -> Result<Answer, EtcdError> {
+    let response = client
+        .send_to(node, "/v3/watch", &request.body, None)
+        .await?;
+    let Request {
+        layout,
+        latest_starts,
+        ..
+    } = request;
+    // Splitting the covering watch only helps when it covers more than one prefix.
+    let may_split = matches!(&layout, Layout::Covering(wanted) if wanted.len() > 1);
     let mut connection = Connection {
         node: node.to_string(),
         response,
         buffer: Vec::new(),
         early: VecDeque::new(),
+        layout,
+        watchers: latest_starts.len(),
     };
     let mut created = 0;
-    while created < starts.len() {
+    while created < latest_starts.len() {
         let message = connection
             .read()
             .await
             .map_err(|ended| ended.into_error(client))?;
         if message.canceled {
-            return cancellation(client, node, &message);
+            if may_split && is_permission_denied(&message.cancel_reason) {
+                return Ok(Answer::NotPermitted);
+            }
+            return cancellation(client, node, &message)
+                .map(|reason| Answer::Opened(Opened::Stale(reason)));
         }
         if !message.created {
             // A watcher created first may already be catching up while the next is set up.
@@ -220,28 +388,29 @@ async fn open(
         created += 1;
         let start = usize::try_from(message.watch_id)
             .ok()
-            .and_then(|index| starts.get(index).copied().flatten());
+            .and_then(|index| latest_starts.get(index).copied().flatten());
         if let Some(start) = start
             && message.header.revision + 1 < start
         {
-            return Ok(Opened::Stale(format!(
+            return Ok(Answer::Opened(Opened::Stale(format!(
                 "{node} is at revision {} but changes up to {} were seen (was etcd restored?)",
                 message.header.revision,
                 start - 1
-            )));
+            ))));
         }
     }
-    Ok(Opened::Watching(connection))
+    Ok(Answer::Opened(Opened::Watching(Box::new(connection))))
 }
 
-/// What a cancelled watcher means: a full read after a compaction, a new login and another
-/// node after an authentication failure or a lost leader, an error otherwise.
-fn cancellation(client: &Client, node: &str, message: &WatchResponse) -> Result<Opened, EtcdError> {
+/// What a cancelled watcher means: a full read after a compaction (`Ok`, with the reason), a
+/// new login and another node after an authentication failure or a lost leader, an error
+/// otherwise.
+fn cancellation(client: &Client, node: &str, message: &WatchResponse) -> Result<String, EtcdError> {
     if message.compact_revision > 0 {
-        return Ok(Opened::Stale(format!(
+        return Ok(format!(
             "revision {} was compacted",
             message.compact_revision
-        )));
+        ));
     }
     let reason = &message.cancel_reason;
     if is_authentication_failure(reason) {
@@ -269,13 +438,66 @@ fn is_authentication_failure(reason: &str) -> bool {
     .any(|sign| reason.contains(sign))
 }
 
-/// Changes of one revision not sent yet, and the watchers they came from.
-struct Pending {
+fn is_permission_denied(reason: &str) -> bool {
+    reason.contains("PermissionDenied") || reason.contains("permission denied")
+}
+
+/// With a watcher per prefix, changes received but not delivered yet, by revision, with the
+/// watchers they came from.
+#[derive(Default)]
+struct Held {
+    revisions: BTreeMap<i64, (Vec<Change>, BTreeSet<usize>)>,
+    /// When to deliver them: [`SPLIT_MERGE_WINDOW`] after the first of them arrived, whatever
+    /// came meanwhile, since a message of a later revision does not mean that every share of
+    /// an earlier one is in (a catching-up watcher sends many revisions at once).
+    due: Option<Instant>,
+}
+
+impl Held {
+    fn add(&mut self, revision: i64, changes: Vec<Change>, watcher: usize) {
+        let (held, watchers) = self.revisions.entry(revision).or_default();
+        held.extend(changes);
+        watchers.insert(watcher);
+        self.due
+            .get_or_insert_with(|| Instant::now() + SPLIT_MERGE_WINDOW);
+    }
+
+    /// Queues what is held for the daemon, oldest revision first, and records it as
+    /// delivered. False when the daemon stopped listening.
+    async fn deliver(
+        &mut self,
+        client: &Client,
+        prefixes: &[String],
+        events: &mpsc::Sender<Result<WatchEvent, StoreError>>,
+    ) -> bool {
+        self.due = None;
+        for (revision, (changes, watchers)) in std::mem::take(&mut self.revisions) {
+            if !send(events, revision, changes).await {
+                return false;
+            }
+            for watcher in watchers {
+                record_progress(client, &prefixes[watcher], revision);
+            }
+        }
+        true
+    }
+}
+
+/// Queues the `changes` of `revision` for the daemon, if there are any. False when the daemon
+/// stopped listening.
+async fn send(
+    events: &mpsc::Sender<Result<WatchEvent, StoreError>>,
     revision: i64,
     changes: Vec<Change>,
-    watchers: BTreeSet<usize>,
-    /// When to send them even if no other message came.
-    due: Instant,
+) -> bool {
+    if changes.is_empty() {
+        return true;
+    }
+    let event = WatchEvent::Changes {
+        revision: Some(revision),
+        changes,
+    };
+    events.send(Ok(event)).await.is_ok()
 }
 
 /// Turns a watch stream's messages into watch events until the stream ends or the daemon
@@ -287,21 +509,20 @@ async fn follow(
     prefixes: Vec<String>,
     events: mpsc::Sender<Result<WatchEvent, StoreError>>,
 ) {
-    let several_watchers = prefixes.len() > 1;
-    let mut pending: Option<Pending> = None;
+    let mut held = Held::default();
     let mut probe = tokio::time::interval_at(Instant::now() + PROBE_INTERVAL, PROBE_INTERVAL);
     let ended = loop {
-        let due = pending.as_ref().map(|pending| pending.due);
+        let due = held.due;
         let message = tokio::select! {
             message = connection.read() => message,
             () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                if !deliver(&client, &prefixes, &events, pending.take()).await {
+                if !held.deliver(&client, &prefixes, &events).await {
                     return;
                 }
                 continue;
             }
             _ = probe.tick() => {
-                if !deliver(&client, &prefixes, &events, pending.take()).await {
+                if !held.deliver(&client, &prefixes, &events).await {
                     return;
                 }
                 match probe_node(&client, &connection.node, &prefixes[0]).await {
@@ -319,18 +540,18 @@ async fn follow(
         let message = match message {
             Ok(message) => message,
             Err(ended) => {
-                if !deliver(&client, &prefixes, &events, pending.take()).await {
+                if !held.deliver(&client, &prefixes, &events).await {
                     return;
                 }
                 break ended.into_error(&client).to_string();
             }
         };
         if message.canceled {
-            if !deliver(&client, &prefixes, &events, pending.take()).await {
+            if !held.deliver(&client, &prefixes, &events).await {
                 return;
             }
             match cancellation(&client, &connection.node, &message) {
-                Ok(Opened::Stale(reason)) => match read_again(&client, &prefixes, &reason).await {
+                Ok(reason) => match read_again(&client, &prefixes, &reason).await {
                     Ok((snapshot, reopened)) => {
                         if events
                             .send(Ok(WatchEvent::Replace(snapshot)))
@@ -352,76 +573,49 @@ async fn follow(
                         return;
                     }
                 },
-                Ok(Opened::Watching(_)) => return,
                 Err(error) => break error.to_string(),
             }
         }
         let Some(watcher) = usize::try_from(message.watch_id)
             .ok()
-            .filter(|index| *index < prefixes.len())
+            .filter(|index| *index < connection.watchers)
         else {
             continue;
         };
         if message.created {
             continue;
         }
+        let covering = matches!(connection.layout, Layout::Covering(_));
         if message.events.is_empty() {
-            // A progress notification: this watcher has delivered everything up to the
-            // header's revision, once what is pending has been sent.
-            if !deliver(&client, &prefixes, &events, pending.take()).await {
+            // A progress notification: the watcher has delivered everything in its range up
+            // to the header's revision, once what is held has been sent.
+            if !held.deliver(&client, &prefixes, &events).await {
                 return;
             }
-            record_progress(&client, &prefixes[watcher], message.header.revision);
+            let revision = message.header.revision;
+            if covering {
+                record_progress_of_all(&client, &prefixes, revision);
+            } else {
+                record_progress(&client, &prefixes[watcher], revision);
+            }
             continue;
         }
-        for (revision, changes) in by_revision(&message.events) {
-            match &mut pending {
-                Some(same) if same.revision == revision => {
-                    same.changes.extend(changes);
-                    same.watchers.insert(watcher);
+        let runs = by_revision(&message.events, |key, revision| {
+            connection.layout.wants(key, revision)
+        });
+        for (revision, changes) in runs {
+            if covering {
+                if !send(&events, revision, changes).await {
+                    return;
                 }
-                _ => {
-                    if !deliver(&client, &prefixes, &events, pending.take()).await {
-                        return;
-                    }
-                    pending = Some(Pending {
-                        revision,
-                        changes,
-                        watchers: BTreeSet::from([watcher]),
-                        due: Instant::now() + MERGE_WINDOW,
-                    });
-                }
+                // A revision with nothing under the prefixes was delivered too, trivially.
+                record_progress_of_all(&client, &prefixes, revision);
+            } else {
+                held.add(revision, changes, watcher);
             }
-        }
-        if !several_watchers && !deliver(&client, &prefixes, &events, pending.take()).await {
-            return;
         }
     };
     tracing::info!("etcd: {ended}; watching again");
-}
-
-/// Queues `pending` for the daemon and records it as delivered. False when the daemon stopped
-/// listening.
-async fn deliver(
-    client: &Client,
-    prefixes: &[String],
-    events: &mpsc::Sender<Result<WatchEvent, StoreError>>,
-    pending: Option<Pending>,
-) -> bool {
-    let Some(pending) = pending else {
-        return true;
-    };
-    let event = WatchEvent::Changes {
-        revision: Some(pending.revision),
-        changes: pending.changes,
-    };
-    if events.send(Ok(event)).await.is_err() {
-        return false;
-    }
-    for watcher in pending.watchers {
-        record_progress(client, &prefixes[watcher], pending.revision);
-    }
-    true
 }
 
 /// Records that `prefix`'s changes up to `revision` were delivered. Within one etcd history
@@ -430,6 +624,14 @@ fn record_progress(client: &Client, prefix: &str, revision: i64) {
     let mut progress = client.progress.lock().unwrap_or_else(|e| e.into_inner());
     let seen = progress.entry(prefix.to_string()).or_insert(revision);
     *seen = (*seen).max(revision);
+}
+
+/// Records that every prefix's changes up to `revision` were delivered: the watcher over the
+/// range covering them all went past it.
+fn record_progress_of_all(client: &Client, prefixes: &[String], revision: i64) {
+    for prefix in prefixes {
+        record_progress(client, prefix, revision);
+    }
 }
 
 /// Makes a full read at `revision` the only progress: every prefix read starts right after it,
@@ -444,14 +646,22 @@ fn restart_progress(client: &Client, prefixes: &[String], revision: Option<i64>)
     }
 }
 
-/// A watcher's events grouped by the revision that made them, in order. Events of a key that
-/// is not UTF-8 are left out.
-fn by_revision(events: &[Event]) -> Vec<(i64, Vec<Change>)> {
+/// A watcher's events grouped by the revision that made them, in order, keeping those whose
+/// key and revision `wanted` accepts; a revision none of whose events is kept stays, empty.
+/// Events of a key that is not UTF-8 are left out.
+fn by_revision(events: &[Event], wanted: impl Fn(&[u8], i64) -> bool) -> Vec<(i64, Vec<Change>)> {
     let mut runs: Vec<(i64, Vec<Change>)> = Vec::new();
     for event in events {
         let revision = event.kv.mod_revision;
         if runs.last().is_none_or(|(last, _)| *last != revision) {
             runs.push((revision, Vec::new()));
+        }
+        // The key alone decides, so a value under no prefix is never decoded.
+        let wanted = BASE64
+            .decode(&event.kv.key)
+            .is_ok_and(|key| wanted(&key, revision));
+        if !wanted {
+            continue;
         }
         let Some((key, value)) = event.kv.decode() else {
             continue;
@@ -492,6 +702,10 @@ struct Connection {
     buffer: Vec<u8>,
     /// Messages read while the watch was being set up, handed out first.
     early: VecDeque<WatchResponse>,
+    /// How the watchers map to the prefixes.
+    layout: Layout,
+    /// How many watchers there are; their ids are 0 and up.
+    watchers: usize,
 }
 
 /// Why a watch stream gave no further message.
@@ -612,7 +826,7 @@ mod tests {
         );
         assert_eq!(result.watch_id, 0, "watch id 0 is left out");
         assert_eq!(
-            by_revision(&result.events),
+            by_revision(&result.events, |_, _| true),
             [(
                 4,
                 vec![
@@ -636,10 +850,123 @@ mod tests {
         let result = parse(
             r#"{"result":{"watch_id":"1","events":[{"kv":{"key":"L2EvMQ==","mod_revision":"7","value":"MQ=="}},{"kv":{"key":"L2EvMQ==","mod_revision":"9","value":"Mg=="}},{"kv":{"key":"L2EvMg==","mod_revision":"9","value":"Mw=="}}]}}"#,
         );
-        let runs = by_revision(&result.events);
+        let runs = by_revision(&result.events, |_, _| true);
         assert_eq!(runs.len(), 2);
         assert_eq!((runs[0].0, runs[0].1.len()), (7, 1));
         assert_eq!((runs[1].0, runs[1].1.len()), (9, 2));
+    }
+
+    fn prefixes(list: &[&str]) -> Vec<String> {
+        list.iter().map(|prefix| prefix.to_string()).collect()
+    }
+
+    fn create_of(body: &str) -> serde_json::Value {
+        let line: serde_json::Value = serde_json::from_str(body.trim_end()).expect("JSON");
+        line["create_request"].clone()
+    }
+
+    #[test]
+    fn one_watcher_covers_every_prefix_from_the_earliest_start() {
+        let request = Request::covering(&prefixes(&["/a/", "/c/"]), &[Some(9), Some(4)]);
+        assert_eq!(request.body.lines().count(), 1);
+        let create = create_of(&request.body);
+        assert_eq!(create["key"], BASE64.encode("/a/"));
+        assert_eq!(create["range_end"], BASE64.encode("/c0"));
+        assert_eq!(create["start_revision"], "4");
+        // etcd must have reached what /a was given.
+        assert_eq!(request.latest_starts, [Some(9)]);
+
+        // A prefix reaching the last key makes the range reach it too.
+        let everything = Request::covering(&prefixes(&["", "/a/"]), &[None, None]);
+        let create = create_of(&everything.body);
+        assert_eq!(create["key"], BASE64.encode([0]));
+        assert_eq!(create["range_end"], BASE64.encode([0]));
+        assert_eq!(create.get("start_revision"), None);
+
+        let nothing = Request::covering(&[], &[]);
+        assert!(nothing.body.is_empty() && nothing.latest_starts.is_empty());
+
+        let split = Request::split(&prefixes(&["/a/", "/c/"]), &[Some(9), Some(4)]);
+        assert_eq!(split.body.lines().count(), 2);
+        assert_eq!(split.latest_starts, [Some(9), Some(4)]);
+    }
+
+    #[test]
+    fn the_covering_watcher_keeps_only_changes_under_a_prefix_not_yet_given() {
+        let request = Request::covering(&prefixes(&["/a/", "/c/"]), &[Some(9), Some(4)]);
+        // Revision 5: /a was given it already, /b is no prefix, /c was not given it. Revision
+        // 10: all of it is new, the /b part is still no prefix's. Revision 11: only /b.
+        let result = parse(
+            r#"{"result":{"events":[{"kv":{"key":"L2EveA==","mod_revision":"5","value":"MQ=="}},{"kv":{"key":"L2IveA==","mod_revision":"5","value":"MQ=="}},{"kv":{"key":"L2MveA==","mod_revision":"5","value":"MQ=="}},{"type":"DELETE","kv":{"key":"L2EveA==","mod_revision":"10"}},{"kv":{"key":"L2IveA==","mod_revision":"10","value":"Mg=="}},{"kv":{"key":"L2MveA==","mod_revision":"10","value":"Mg=="}},{"kv":{"key":"L2IveA==","mod_revision":"11","value":"Mw=="}}]}}"#,
+        );
+        let runs = by_revision(&result.events, |key, revision| {
+            request.layout.wants(key, revision)
+        });
+        let put = |key: &str, value: &str| Change::Put {
+            key: key.into(),
+            value: value.into(),
+        };
+        assert_eq!(
+            runs,
+            [
+                (5, vec![put("/c/x", "1")]),
+                (
+                    10,
+                    vec![Change::Delete { key: "/a/x".into() }, put("/c/x", "2")]
+                ),
+                (11, vec![]),
+            ]
+        );
+        // Keys next to a prefix are not under it.
+        assert!(!request.layout.wants(b"/a", 20));
+        assert!(!request.layout.wants(b"/c0", 20));
+        assert!(request.layout.wants(b"/c/", 20));
+    }
+
+    #[tokio::test]
+    async fn split_watchers_catching_up_are_merged_by_revision() {
+        let client = Client::new(&crate::store::etcd::EtcdOptions {
+            nodes: vec!["http://127.0.0.1:2379".into()],
+            ..Default::default()
+        })
+        .expect("client");
+        let prefixes = prefixes(&["/a", "/b"]);
+        // Each watcher catching up sends its share of revisions 2 and 3 in one message.
+        let a = parse(
+            r#"{"result":{"events":[{"kv":{"key":"L2EveA==","mod_revision":"2","value":"MQ=="}},{"kv":{"key":"L2EveA==","mod_revision":"3","value":"Mg=="}}]}}"#,
+        );
+        let b = parse(
+            r#"{"result":{"watch_id":"1","events":[{"kv":{"key":"L2IveA==","mod_revision":"2","value":"MQ=="}},{"kv":{"key":"L2IveA==","mod_revision":"3","value":"Mg=="}}]}}"#,
+        );
+        let mut held = Held::default();
+        for (watcher, message) in [(0, a), (1, b)] {
+            for (revision, changes) in by_revision(&message.events, |_, _| true) {
+                held.add(revision, changes, watcher);
+            }
+        }
+        assert!(held.due.is_some());
+        let (events, mut stream) = mpsc::channel(8);
+        assert!(held.deliver(&client, &prefixes, &events).await);
+        assert!(held.due.is_none() && held.revisions.is_empty());
+        for (revision, value) in [(2, "1"), (3, "2")] {
+            let put = |key: &str| Change::Put {
+                key: key.into(),
+                value: value.into(),
+            };
+            let event = stream.recv().await.expect("an event").expect("changes");
+            assert_eq!(
+                event,
+                WatchEvent::Changes {
+                    revision: Some(revision),
+                    changes: vec![put("/a/x"), put("/b/x")],
+                }
+            );
+        }
+        let snapshot = Snapshot::default();
+        assert_eq!(
+            start_revisions(&client, &prefixes, &snapshot),
+            [Some(4), Some(4)]
+        );
     }
 
     #[test]
