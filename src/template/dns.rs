@@ -342,5 +342,15 @@ mod tests {
                 .contains("cannot look up `broken.example.test.`"),
             "{err}"
         );
+        assert!(err.may_pass, "a failed lookup is worth trying again");
+        let err = Renderer::from_source(
+            "dns.tmpl",
+            "{{ lookupIP(nom=\"x\") }}",
+            Resolver::NameServer(dns_server()),
+        )
+        .expect("parses")
+        .render(view(&[], "", &["/"]))
+        .expect_err("wrong argument");
+        assert!(!err.may_pass, "a template error waits for a change: {err}");
     }
 }
