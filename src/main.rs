@@ -11,6 +11,7 @@ use tracing_subscriber::reload;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 fn main() -> ExitCode {
+    one_malloc_arena();
     // Logging starts at `info` so that settings warnings are seen, and switches to the
     // configured level once the settings are known.
     // The line format is known only with the settings too, so the output layer is swapped
@@ -66,5 +67,18 @@ fn log_output(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
         // Colour codes are noise in the journal and in files; only a terminal gets them.
         LogFormat::Text => layer.with_ansi(std::io::stderr().is_terminal()).boxed(),
         LogFormat::Json => layer.json().flatten_event(true).boxed(),
+    }
+}
+
+/// Keeps glibc's allocator to one arena. Renders run on threads of their own, and glibc would
+/// give each such thread an arena whose freed pages stay with it, so the peak memory of a
+/// render would be held twice over; renders are few and short, so they do not contend for
+/// one arena.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any other thread
+    // exists, as glibc asks.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
     }
 }
