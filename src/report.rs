@@ -1,13 +1,14 @@
 //! Telling what a sync did: the log line of a failure, and the record in [`Status`] behind
-//! `/status` and `/metrics`; and telling once, not on every attempt, that a store is down and
-//! once that it is back.
+//! `/status` and `/metrics`; and telling once, not on every attempt, that a store is down (or
+//! refuses) and once that it is back.
 
 use std::time::Instant;
 
+use crate::controller::retry::Pace;
 use crate::reconcile::{self, Options, Outcome, ReconcileError};
 use crate::resource::Resource;
 use crate::status::{Status, SyncReport, SyncResult};
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreErrorKind};
 
 /// Why a resource did not sync.
 pub(crate) enum Failure<'a> {
@@ -87,10 +88,37 @@ fn sync_result(error: &ReconcileError) -> SyncResult {
     }
 }
 
+/// What a store that failed with `kind` does, for log lines that begin with the store's name:
+/// "etcd store refused the credentials: ...".
+pub(crate) fn failing(kind: StoreErrorKind) -> &'static str {
+    match kind {
+        StoreErrorKind::Unreachable => "unavailable",
+        StoreErrorKind::Auth => "refused the credentials",
+        StoreErrorKind::Rejected => "refused the request",
+        StoreErrorKind::Invalid => "cannot work with these settings",
+        StoreErrorKind::File => "cannot read a data file",
+    }
+}
+
+/// What a store that had failed with `kind` does once it answers.
+fn recovered(kind: StoreErrorKind) -> &'static str {
+    match kind {
+        StoreErrorKind::Unreachable => "available again",
+        StoreErrorKind::Auth => "accepts the credentials again",
+        StoreErrorKind::Rejected => "answers the request again",
+        StoreErrorKind::Invalid => "works again",
+        StoreErrorKind::File => "reads its data files again",
+    }
+}
+
 /// Logs a store outage once when it begins and once when it ends, however many attempts fail
-/// in between.
+/// in between; and once more when its failures change kind on the way (a store that comes
+/// back and refuses the credentials), since that changes what to do about it and how fast the
+/// store is asked again.
 pub(crate) struct Outage {
     since: Option<Instant>,
+    /// The kind of the outage's latest failure.
+    kind: Option<StoreErrorKind>,
     /// The store instance.
     instance: String,
     /// Where store failures are counted.
@@ -102,6 +130,7 @@ impl Outage {
     pub(crate) fn new(instance: String, status: Status) -> Outage {
         Outage {
             since: None,
+            kind: None,
             instance,
             status,
         }
@@ -110,22 +139,32 @@ impl Outage {
     /// Records a failed attempt to reach the store.
     pub(crate) fn began(&mut self, store: &str, error: &StoreError) {
         self.status.store_failed(&self.instance, store);
-        if self.since.is_none() {
-            tracing::error!(
-                "{store} store unavailable: {error}; keeping the current files and retrying"
-            );
-            self.since = Some(crate::controller::now());
-        } else {
-            tracing::debug!("{store} store still unavailable: {error}");
+        let kind = error.kind();
+        if self.kind == Some(kind) {
+            tracing::debug!("{store} store still failing ({kind}): {error}");
+            return;
         }
+        tracing::error!(
+            "{store} store {}: {error}; keeping the current files and retrying at least every {}",
+            failing(kind),
+            humantime::format_duration(Pace::of(kind).cap())
+        );
+        self.since.get_or_insert_with(crate::controller::now);
+        self.kind = Some(kind);
+    }
+
+    /// The kind of the failures of the outage going on; `None` when the store answered last.
+    pub(crate) fn kind(&self) -> Option<StoreErrorKind> {
+        self.kind
     }
 
     /// Records that the store answered.
     pub(crate) fn ended(&mut self) {
-        if let Some(since) = self.since.take() {
+        if let (Some(since), Some(kind)) = (self.since.take(), self.kind.take()) {
             tracing::info!(
-                "{} store available again after {:.1?}",
+                "{} store {} after {:.1?}",
                 self.instance,
+                recovered(kind),
                 crate::controller::now() - since
             );
         }

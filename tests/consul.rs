@@ -1,14 +1,15 @@
 //! The Consul store, against the in-repo stand-in of `tests/common/consul.rs`: Consul cannot be
 //! installed on this machine, so these tests run against a server that follows Consul's
 //! documented HTTP API (KV with blocking queries and `X-Consul-Index`, the catalog and health
-//! endpoints, ACL tokens, datacenters) instead of a real agent.
+//! endpoints, ACL tokens, datacenters) instead of a real agent. A token the agent stops
+//! accepting while reconfd watches is a refusal, logged as one.
 
 mod common;
 
 use std::time::Duration;
 
 use common::consul::Consul;
-use common::{Fixture, expect_file};
+use common::{Fixture, expect_file, wait_for};
 
 fn args<'a>(consul: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--backend", "consul", "--node", consul];
@@ -178,6 +179,62 @@ fn instances_follow_their_health_checks() {
         "all.conf",
         "web:http\n",
         "a deregistered service",
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_token_refused_while_watching_is_logged_as_such_and_the_file_stays_until_it_is_accepted() {
+    let consul = Consul::start(Some("s3cret"));
+    consul.put("app/servers/web1", "10.0.0.1:80");
+    let fixture = kv_fixture();
+    let url = consul.url();
+    let daemon = fixture.spawn(&args(&url, &["--watch", "--auth-token", "s3cret"]));
+    expect_file(
+        &fixture,
+        &daemon,
+        "app.conf",
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+
+    // The token is replaced; the query already waiting still answers this change.
+    assert!(
+        wait_for(Duration::from_secs(30), || consul.blocking_queries() > 0),
+        "the watch follows the agent\n{}",
+        daemon.log()
+    );
+    consul.set_token(Some("rotated"));
+    consul.put("app/servers/web2", "10.0.0.2:80");
+    let both = "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n";
+    expect_file(&fixture, &daemon, "app.conf", both, "the answer in flight");
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon
+            .log()
+            .contains("consul store refused the credentials")),
+        "the refusal is logged as one\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert!(log.contains("ACL not found"), "{log}");
+    assert!(!log.contains("unavailable"), "{log}");
+    consul.put("app/servers/web3", "10.0.0.3:80");
+    assert_eq!(fixture.read("app.conf"), both, "nothing read while refused");
+
+    consul.set_token(Some("s3cret"));
+    expect_file(
+        &fixture,
+        &daemon,
+        "app.conf",
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\nserver web3 10.0.0.3:80\n",
+        "read once the token is accepted again",
+    );
+    let log = daemon.log();
+    assert_eq!(log.matches("refused the credentials").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("accepts the credentials again").count(),
+        1,
+        "{log}"
     );
     assert_eq!(daemon.terminate(), Some(0));
 }

@@ -1,7 +1,7 @@
 //! The NATS store against a real nats-server with JetStream started on a loopback port:
 //! onetime reads of a bucket with thousands of keys, deletes and purges; watch mode with puts
 //! and deletes, over two parts of the bucket, across a server restart and a bucket created
-//! again; and a missing bucket.
+//! again; a missing bucket; and credentials or permissions the server refuses.
 
 mod common;
 
@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::nats::{BUCKET, Nats};
+use common::nats::{ADMIN, BUCKET, NO_JETSTREAM, Nats};
 use common::{Fixture, expect_content, expect_file, reloads, settled_reloads, wait_for};
 use reconfd::store::nats::{NatsOptions, NatsStore};
-use reconfd::store::{Change, Snapshot, Store, WatchEvent, WatchStream};
+use reconfd::store::{Change, Snapshot, Store, StoreErrorKind, WatchEvent, WatchStream};
 
 /// A confdir with one resource rendering `/app/servers/*` into `app.conf`; its reload
 /// appends the file's content to `reloads`, so each reload's view of the file is recorded.
@@ -251,6 +251,45 @@ fn an_unreachable_server_is_named() {
     let run = fixture.run(&args(&url, &["--onetime"]));
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.stderr.contains(&url), "{run:?}");
+}
+
+#[test]
+fn refused_credentials_and_permissions_are_auth_failures_and_a_missing_bucket_a_refusal() {
+    let nats = Nats::start_with_users();
+    nats.put("/app/servers/web1", "10.0.0.1:80");
+    let read = |user: &str, password: &str, bucket: &str| {
+        let store = NatsStore::new(&NatsOptions {
+            nodes: vec![nats.url()],
+            bucket: bucket.to_string(),
+            username: Some(user.to_string()),
+            password: Some(password.to_string()),
+            ..NatsOptions::default()
+        })
+        .expect("store");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(store.fetch(&["/app".to_string()]))
+    };
+
+    let error = read(ADMIN.0, "wrong", BUCKET).expect_err("a wrong password");
+    assert_eq!(error.kind(), StoreErrorKind::Auth, "{error}");
+    assert!(error.to_string().contains(&nats.url()), "{error}");
+
+    // The server refuses the requests apart from answering them: they time out.
+    let error = read(NO_JETSTREAM.0, NO_JETSTREAM.1, BUCKET).expect_err("no JetStream");
+    assert_eq!(error.kind(), StoreErrorKind::Auth, "{error}");
+    assert!(
+        error.to_string().contains("Permissions Violation"),
+        "says why: {error}"
+    );
+
+    let error = read(ADMIN.0, ADMIN.1, "nosuchbucket").expect_err("no such bucket");
+    assert_eq!(error.kind(), StoreErrorKind::Rejected, "{error}");
+
+    let snapshot = read(ADMIN.0, ADMIN.1, BUCKET).expect("the admin reads");
+    assert_eq!(snapshot.entries["/app/servers/web1"], "10.0.0.1:80");
 }
 
 /// A store client of `nats`'s bucket, used directly, with a runtime to drive it.

@@ -287,3 +287,50 @@ fn passwords_are_used_and_a_wrong_one_names_the_node() {
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+#[test]
+fn a_refused_password_is_logged_as_such_the_file_stays_and_a_mended_one_is_read() {
+    let redis = Redis::start_with("", Some("s3cret"));
+    redis.set("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    fixture.write("app.conf", "kept\n");
+    let node = redis.url();
+    let daemon = fixture.spawn(&args(&[&node], &["--watch", "--password", "wrong"]));
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon
+            .log()
+            .contains("redis store refused the credentials")),
+        "the refusal is logged as one\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert!(!log.contains("unavailable"), "{log}");
+    assert!(log.contains(&node), "names the node: {log}");
+    assert!(
+        log.contains("retrying at least every 1m"),
+        "says how often it asks again: {log}"
+    );
+    assert_eq!(fixture.read("app.conf"), "kept\n");
+
+    // The server now takes the password reconfd has.
+    redis.config_set("requirepass", "wrong");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "read once the password is accepted",
+    );
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("refused the credentials").count(),
+        1,
+        "one line for the whole refusal: {log}"
+    );
+    assert_eq!(
+        log.matches("accepts the credentials again").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("unavailable"), "{log}");
+    assert_eq!(daemon.terminate(), Some(0));
+}

@@ -1,7 +1,7 @@
 //! The Vault store, against the in-repo stand-in of `tests/common/vault.rs`: Vault cannot be
 //! installed on this machine, so these tests run against a server that follows Vault's
 //! documented HTTP API (KV versions 1 and 2, token lookup and renewal, AppRole login) instead
-//! of a real Vault.
+//! of a real Vault. A token or an AppRole login Vault refuses is logged as a refusal.
 
 mod common;
 
@@ -226,6 +226,57 @@ fn a_vault_resource_beside_etcd_resources_in_one_process() {
         holds("db.conf", "user=app\npassword=v2\n"),
         "vault change\n{}",
         daemon.log()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_refused_token_or_login_is_logged_as_such_and_a_token_vault_learns_is_used() {
+    let vault = Vault::start();
+    vault.enable_app_role(
+        "role-1",
+        "secret-1",
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+    );
+    vault.put("secret", "app/db", json!({"user": "app", "password": "v1"}));
+    let fixture = fixture();
+    let url = vault.url();
+
+    let run = fixture.run(&vault_args(
+        &url,
+        &["--onetime", "--role-id", "role-1", "--secret-id", "wrong"],
+    ));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("vault store refused the credentials"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("invalid role or secret ID"), "{run:?}");
+
+    let daemon = fixture.spawn(&vault_args(&url, &["--auth-token", "s.later"]));
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon
+            .log()
+            .contains("vault store refused the credentials")),
+        "the refusal is logged as one\n{}",
+        daemon.log()
+    );
+    assert!(!daemon.log().contains("unavailable"), "{}", daemon.log());
+    assert!(!fixture.path("db.conf").exists());
+
+    vault.add_token("s.later", None);
+    assert!(
+        wait_for(Duration::from_secs(30), || fixture.path("db.conf").exists()),
+        "read once the token is known\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert_eq!(log.matches("refused the credentials").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("accepts the credentials again").count(),
+        1,
+        "{log}"
     );
     assert_eq!(daemon.terminate(), Some(0));
 }

@@ -1,8 +1,8 @@
 //! The ZooKeeper store against a real standalone ZooKeeper started on a loopback port: a onetime
 //! read of a small tree (only znodes without children are keys), watch mode following creates,
 //! data changes, deletes and a burst of creates, ZooKeeper restarted under a watching reconfd
-//! (quickly, and after its session expired), and a ZooKeeper that is not up yet when reconfd
-//! starts.
+//! (quickly, and after its session expired), a ZooKeeper that is not up yet when reconfd
+//! starts, and a znode reconfd may not read.
 
 mod common;
 
@@ -256,6 +256,44 @@ fn reconfd_started_before_zookeeper_renders_once_it_serves() {
         &daemon,
         "/app/servers/web1=10.0.0.1:80\n",
         "rendered once ZooKeeper serves",
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_znode_reconfd_may_not_read_is_a_refusal_and_the_file_stays_until_it_may() {
+    let zookeeper = Zookeeper::start();
+    zookeeper.put("/app/servers/web1", "10.0.0.1:80");
+    zookeeper.set_readable("/app/servers/web1", false);
+    let fixture = fixture();
+    fixture.write("app.conf", "kept\n");
+    let node = zookeeper.node();
+    let daemon = fixture.spawn(&args(&node, &["--watch"]));
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon
+            .log()
+            .contains("zookeeper store refused the credentials")),
+        "the refusal is logged as one\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert!(log.contains("/app/servers/web1"), "names the znode: {log}");
+    assert!(!log.contains("unavailable"), "{log}");
+    assert_eq!(fixture.read("app.conf"), "kept\n");
+
+    zookeeper.set_readable("/app/servers/web1", true);
+    expect_content(
+        &fixture,
+        &daemon,
+        "/app/servers/web1=10.0.0.1:80\n",
+        "read once the znode may be read",
+    );
+    let log = daemon.log();
+    assert_eq!(log.matches("refused the credentials").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("accepts the credentials again").count(),
+        1,
+        "{log}"
     );
     assert_eq!(daemon.terminate(), Some(0));
 }

@@ -9,14 +9,15 @@
 //! watch ─► apply to the snapshot ─► settle (wait) ─► render (off-thread, limited) ─► reconcile ─► retry
 //! ```
 //!
-//! with a full resync every `--interval` as a safety net. A store that cannot be reached
-//! leaves every file as it is and is tried again with jittered backoff; a resource whose sync
+//! with a full resync every `--interval` as a safety net. A store that cannot be reached, or
+//! refuses, leaves every file as it is and is tried again with jittered backoff, slower for a
+//! refusal than for a store out of reach ([`retry::Pace`]); a resource whose sync
 //! failed for a reason that may pass is tried again on its own backoff, without waiting for
 //! new data. A panic anywhere in the loop is caught by [`Controller::supervise`], reported
 //! (`/ready` answers 503 until the loop has synced again) and the loop starts over.
 
 mod render;
-mod retry;
+pub(crate) mod retry;
 #[cfg(test)]
 mod tests;
 
@@ -32,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 
 use render::{ROUND_GRACE, Renders};
 pub(crate) use render::{RenderFailure, RenderLimits, Rendered};
-use retry::{Backoff, Retries};
+use retry::{Backoff, Retries, StoreBackoff};
 
 use crate::notify;
 use crate::reconcile::{self, Options, Outcome, ReconcileError};
@@ -40,7 +41,9 @@ use crate::report::{self, Outage};
 use crate::resource::Resource;
 use crate::status::Status;
 use crate::store::backend::Backend;
-use crate::store::{Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
+use crate::store::{
+    Snapshot, Store, StoreError, StoreErrorKind, WatchEvent, WatchStream, under_any,
+};
 use crate::template::Renderer;
 use crate::wait::Settling;
 
@@ -169,7 +172,11 @@ impl Controller {
         match self.store.fetch(&self.prefixes).await {
             Ok(snapshot) => self.snapshot = Arc::new(snapshot),
             Err(e) => {
-                tracing::error!("{} store: {e}", self.store.name());
+                tracing::error!(
+                    "{} store {}: {e}",
+                    self.store.name(),
+                    report::failing(e.kind())
+                );
                 return self.prepared.len();
             }
         }
@@ -232,13 +239,14 @@ impl Controller {
     /// Follows the store's changes until shutdown, or polls it every `--interval` when
     /// asked to or when it cannot watch.
     async fn run(&mut self, shutdown: &mut Shutdown) {
-        let mut backoff = Backoff::store();
+        // Each wait is paced by the kind of the failure before it, which the outage holds.
+        let mut backoff = StoreBackoff::new();
         if std::mem::take(&mut self.warm) {
             self.sync_all(shutdown).await;
             self.full_sync_done();
         } else {
             while !self.resync(shutdown).await {
-                if !backoff.wait(shutdown).await {
+                if !backoff.wait(self.outage.kind(), shutdown).await {
                     return;
                 }
             }
@@ -276,7 +284,7 @@ impl Controller {
                     }
                     Err(e) => {
                         self.outage.began(self.store.name(), &e);
-                        if !backoff.wait(shutdown).await {
+                        if !backoff.wait(Some(e.kind()), shutdown).await {
                             return;
                         }
                         continue;
@@ -291,9 +299,10 @@ impl Controller {
                 ControlFlow::Continue(delivered) => delivered,
             };
             // A stream that ends as soon as it is opened, having delivered nothing, is retried
-            // with the same backoff as a failed attempt, not in a tight loop.
+            // with the same backoff as a failed attempt, not in a tight loop; at the pace of
+            // the failure it reported, if it reported one.
             if !delivered && now() - opened < STABLE_WATCH {
-                if !backoff.wait(shutdown).await {
+                if !backoff.wait(self.outage.kind(), shutdown).await {
                     return;
                 }
             } else {
@@ -315,7 +324,7 @@ impl Controller {
         let mut settling = Settling::default();
         let mut delivered = false;
         let mut read_again: Option<Instant> = None;
-        let mut read_backoff = Backoff::store();
+        let mut read_backoff = StoreBackoff::new();
         loop {
             let settled_due = settling.next_due();
             let retry_due = self.retries.next_due();
@@ -359,7 +368,7 @@ impl Controller {
         &mut self,
         stream: Option<&mut WatchStream>,
         settling: &mut Settling,
-        backoff: &mut Backoff,
+        backoff: &mut StoreBackoff,
         shutdown: &mut Shutdown,
     ) -> Option<Instant> {
         // What is queued is applied first. Changes still in flight that the read already
@@ -374,7 +383,7 @@ impl Controller {
             backoff.reset();
             None
         } else {
-            Some(now() + backoff.next_delay())
+            Some(now() + backoff.next_delay(self.outage.kind()))
         }
     }
 
@@ -471,8 +480,12 @@ impl Controller {
     fn apply(&mut self, event: Result<WatchEvent, StoreError>) -> BTreeSet<usize> {
         let mut changed: BTreeSet<String> = BTreeSet::new();
         match event {
-            Err(e @ StoreError::Unavailable(_)) => self.outage.began(self.store.name(), &e),
-            Err(e) => tracing::error!("{} store: {e}", self.store.name()),
+            // A data file that fails to parse as it is edited leaves the snapshot as it was
+            // and the watch going: no outage.
+            Err(e) if matches!(e.kind(), StoreErrorKind::File | StoreErrorKind::Invalid) => {
+                tracing::error!("{} store: {e}", self.store.name())
+            }
+            Err(e) => self.outage.began(self.store.name(), &e),
             // Changes the snapshot's read already holds (in flight during a resync) are old.
             Ok(WatchEvent::Changes {
                 revision: Some(revision),

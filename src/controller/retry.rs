@@ -2,18 +2,104 @@
 //! resources whose sync failed for a reason that may pass.
 //!
 //! The jitter spreads a fleet's attempts: hosts that lost their store at the same moment do
-//! not come back to it in lockstep.
+//! not come back to it in lockstep. How fast a store is asked again depends on how it failed
+//! ([`Pace`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::{Shutdown, now, sleep_until};
+use crate::store::StoreErrorKind;
 
-/// First wait after a store failure.
+/// First wait after a store failure that passes on its own.
 pub(crate) const STORE_FIRST: Duration = Duration::from_millis(200);
 /// Longest wait between attempts to reach a store: a store that answers again (a restarted
 /// or restored etcd) is read and watched again within about a second.
 pub(crate) const STORE_CAP: Duration = Duration::from_secs(1);
+/// First wait after a store refused the credentials, the request or the settings.
+pub(crate) const REFUSED_FIRST: Duration = Duration::from_secs(5);
+/// Longest wait between attempts at a store that refuses. Nothing changes until someone
+/// mends the credentials, the permissions, the store or the settings; meanwhile a fleet that
+/// asked every second would fill the store's logs and count against lockouts of failed
+/// logins. A mended store is read again within a minute.
+pub(crate) const REFUSED_CAP: Duration = Duration::from_secs(60);
+
+/// How fast a store is asked again after a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pace {
+    /// From [`STORE_FIRST`] up to [`STORE_CAP`]: a store out of reach, or a data file being
+    /// edited, is likely back within seconds, and is read as soon as it is.
+    Reconnect,
+    /// From [`REFUSED_FIRST`] up to [`REFUSED_CAP`]: credentials, permissions, requests or
+    /// settings the store refuses go on being refused until someone acts.
+    Refused,
+}
+
+impl Pace {
+    /// The pace for a failure of `kind`.
+    pub(crate) fn of(kind: StoreErrorKind) -> Pace {
+        match kind {
+            StoreErrorKind::Unreachable | StoreErrorKind::File => Pace::Reconnect,
+            StoreErrorKind::Auth | StoreErrorKind::Rejected | StoreErrorKind::Invalid => {
+                Pace::Refused
+            }
+        }
+    }
+
+    /// The longest wait between attempts at this pace.
+    pub(crate) fn cap(self) -> Duration {
+        match self {
+            Pace::Reconnect => STORE_CAP,
+            Pace::Refused => REFUSED_CAP,
+        }
+    }
+}
+
+/// The waits between attempts to reach a store: one backoff per [`Pace`], each going on from
+/// where it was when the store's failures change kind.
+#[derive(Clone, Debug)]
+pub(crate) struct StoreBackoff {
+    reconnect: Backoff,
+    refused: Backoff,
+}
+
+impl StoreBackoff {
+    /// Both backoffs at their first delay.
+    pub(crate) fn new() -> StoreBackoff {
+        StoreBackoff {
+            reconnect: Backoff::new(STORE_FIRST, STORE_CAP),
+            refused: Backoff::new(REFUSED_FIRST, REFUSED_CAP),
+        }
+    }
+
+    /// The delay before the next attempt after a failure of `kind`; `None` is a watch that
+    /// ended at once without saying why, tried again at the reconnect pace.
+    pub(crate) fn next_delay(&mut self, kind: Option<StoreErrorKind>) -> Duration {
+        match kind.map_or(Pace::Reconnect, Pace::of) {
+            Pace::Reconnect => self.reconnect.next_delay(),
+            Pace::Refused => self.refused.next_delay(),
+        }
+    }
+
+    /// Starts both over from their first delay, after the store answered.
+    pub(crate) fn reset(&mut self) {
+        self.reconnect.reset();
+        self.refused.reset();
+    }
+
+    /// Waits for the next attempt after a failure of `kind`; false when shutdown came first.
+    pub(crate) async fn wait(
+        &mut self,
+        kind: Option<StoreErrorKind>,
+        shutdown: &mut Shutdown,
+    ) -> bool {
+        let due = now() + self.next_delay(kind);
+        tokio::select! {
+            () = sleep_until(Some(due)) => true,
+            () = shutdown.wait() => false,
+        }
+    }
+}
 /// First wait before a failed resource is synced again.
 pub(crate) const RESOURCE_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait before a failed resource is synced again.
@@ -38,7 +124,8 @@ impl Backoff {
         }
     }
 
-    /// The backoff between attempts to reach a store.
+    /// The backoff between attempts at the reconnect pace, such as restarts of a loop that
+    /// failed unexpectedly.
     pub(crate) fn store() -> Backoff {
         Backoff::new(STORE_FIRST, STORE_CAP)
     }
@@ -142,6 +229,37 @@ mod tests {
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn refusals_are_asked_again_slowly_and_each_pace_keeps_its_own_backoff() {
+        let mut backoff = StoreBackoff::new();
+        let auth = Some(StoreErrorKind::Auth);
+        let unreachable = Some(StoreErrorKind::Unreachable);
+        let first = backoff.next_delay(auth);
+        assert!(
+            first >= REFUSED_FIRST / 2 && first <= REFUSED_FIRST,
+            "{first:?}"
+        );
+        assert!(backoff.next_delay(unreachable) <= STORE_FIRST);
+        assert!(backoff.next_delay(None) <= STORE_FIRST * 2);
+        let second = backoff.next_delay(auth);
+        assert!(second >= REFUSED_FIRST, "{second:?}");
+        for _ in 0..10 {
+            assert!(backoff.next_delay(auth) <= REFUSED_CAP);
+            assert!(backoff.next_delay(unreachable) <= STORE_CAP);
+        }
+        backoff.reset();
+        assert!(backoff.next_delay(auth) <= REFUSED_FIRST);
+        for (kind, pace) in [
+            (StoreErrorKind::Unreachable, Pace::Reconnect),
+            (StoreErrorKind::File, Pace::Reconnect),
+            (StoreErrorKind::Auth, Pace::Refused),
+            (StoreErrorKind::Rejected, Pace::Refused),
+            (StoreErrorKind::Invalid, Pace::Refused),
+        ] {
+            assert_eq!(Pace::of(kind), pace, "{kind}");
+        }
     }
 
     #[test]

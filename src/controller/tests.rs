@@ -418,3 +418,147 @@ async fn a_panic_in_the_loop_is_caught_reported_and_the_loop_starts_over() {
     assert_eq!(running.status.readiness(), Ok(()));
     running.stop().await;
 }
+
+/// Log lines written while it is held, captured for the test's thread (the controller's
+/// tasks run on it: the test runtime has one thread).
+struct Logs {
+    text: Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl Logs {
+    fn capture() -> Logs {
+        let text: Arc<std::sync::Mutex<Vec<u8>>> = Arc::default();
+        let writer = Arc::clone(&text);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LogWriter(Arc::clone(&writer)))
+            .finish();
+        Logs {
+            text,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.text.lock().expect("log lock")).into_owned()
+    }
+}
+
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log lock").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How many times a store whose reads all fail with `kind` is read in a simulated minute.
+async fn reads_in_a_minute_failing_with(kind: StoreErrorKind) -> usize {
+    let confdir = Confdir::new();
+    let app = confdir.resource("app", VALUE, &["/app"], "");
+    let (store, script) = memory::store(&[("/app/value", "new")]);
+    script.fail_fetches_with(kind, usize::MAX);
+    let running = start(store, vec![app], Duration::from_secs(3600), false);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let reads = script.fetches();
+    running.stop().await;
+    reads
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_refuses_is_read_again_slowly_and_one_out_of_reach_quickly() {
+    // From 5 s (2.5 s at least, with jitter) doubling up to 60 s: the first read and four
+    // or five more in a minute. From 0.2 s doubling up to 1 s: more than one a second.
+    for kind in [
+        StoreErrorKind::Auth,
+        StoreErrorKind::Rejected,
+        StoreErrorKind::Invalid,
+    ] {
+        let reads = reads_in_a_minute_failing_with(kind).await;
+        assert!((4..=6).contains(&reads), "{kind}: {reads} reads");
+    }
+    for kind in [StoreErrorKind::Unreachable, StoreErrorKind::File] {
+        let reads = reads_in_a_minute_failing_with(kind).await;
+        assert!(reads >= 55, "{kind}: {reads} reads");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_credentials_are_logged_as_such_once_and_the_files_stay() {
+    let logs = Logs::capture();
+    let confdir = Confdir::new();
+    std::fs::write(confdir.out("app"), "kept").expect("write");
+    let app = confdir.resource("app", VALUE, &["/app"], "");
+    let (store, script) = memory::store(&[("/app/value", "new")]);
+    script.fail_fetches_with(StoreErrorKind::Auth, 5);
+    let mut running = start(store, vec![app], Duration::from_secs(3600), false);
+    while script.fetches() < 5 {
+        tick().await;
+    }
+    assert_eq!(confdir.read("app").as_deref(), Some("kept"));
+    running.first_sync.recv().await.expect("first sync");
+    assert_eq!(confdir.read("app").as_deref(), Some("new"));
+    let log = logs.text();
+    assert_eq!(
+        log.matches(
+            "memory store refused the credentials: memory: scripted auth failure; \
+                     keeping the current files and retrying at least every 1m"
+        )
+        .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("unavailable"), "{log}");
+    assert_eq!(
+        log.matches("store accepts the credentials again").count(),
+        1,
+        "{log}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_that_turns_into_a_refusal_says_so_and_slows_down() {
+    let logs = Logs::capture();
+    let confdir = Confdir::new();
+    let app = confdir.resource("app", VALUE, &["/app"], "");
+    let (store, script) = memory::store(&[("/app/value", "new")]);
+    script.fail_fetches(usize::MAX);
+    let running = start(store, vec![app], Duration::from_secs(3600), false);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // The store is back, and refuses the credentials.
+    script.fail_fetches_with(StoreErrorKind::Auth, usize::MAX);
+    let before = script.fetches();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let refused = script.fetches() - before;
+    assert!((4..=6).contains(&refused), "{refused} reads");
+    let log = logs.text();
+    assert_eq!(log.matches("memory store unavailable").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("memory store refused the credentials").count(),
+        1,
+        "{log}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_refused_is_asked_again_slowly() {
+    let confdir = Confdir::new();
+    let app = confdir.resource("app", VALUE, &["/app"], "");
+    let (store, script) = memory::store(&[("/app/value", "1")]);
+    script.next_watches((0..100).map(|_| NextWatch::Fail(StoreErrorKind::Auth)));
+    let mut running = start(store, vec![app], Duration::from_secs(3600), false);
+    running.first_sync.recv().await.expect("first sync");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let calls = script.watch_calls();
+    assert!((4..=6).contains(&calls), "{calls} watches asked for");
+    running.stop().await;
+}

@@ -11,7 +11,9 @@
 //! Consul has no change feed: a blocking query returns the whole prefix (or service) when
 //! anything in it changed, so the watch keeps what it last saw of each and reports the
 //! difference. A watch started again after a failure begins with a query that returns at once,
-//! so whatever changed meanwhile is reported too.
+//! so whatever changed meanwhile is reported too. The watch counts as open once each of these
+//! first queries has answered: an agent out of reach, or a token refused, fails the watch
+//! itself, as it does for the stores that read as they open a watch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -26,7 +28,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::http::{self, TlsOptions, error_chain};
-use super::{Change, KeyMap, Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
+use super::{
+    Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchEvent, WatchStream, under_any,
+};
 
 /// Where the service catalog appears among the keys.
 pub const SERVICES_ROOT: &str = "/_consul/services";
@@ -65,7 +69,7 @@ impl ConsulStore {
     /// A store for `options`; no connection is made yet.
     pub fn new(options: &ConsulOptions) -> Result<ConsulStore, StoreError> {
         if options.nodes.is_empty() {
-            return Err(StoreError::Invalid("consul: no node given".to_string()));
+            return Err(StoreError::invalid("consul: no node given"));
         }
         let https = options
             .nodes
@@ -111,15 +115,38 @@ impl Store for ConsulStore {
         snapshot: &Snapshot,
     ) -> Result<Option<WatchStream>, StoreError> {
         let (events, stream) = mpsc::channel(WATCH_CAPACITY);
+        let sources = sources(prefixes);
+        let (answered, mut first_answers) = mpsc::channel(sources.len().max(1));
         let mut loops = JoinSet::new();
-        for source in sources(prefixes) {
+        let mut waiting = sources.len();
+        for source in sources {
             let known = source.known(snapshot, prefixes);
             loops.spawn(source.follow(
                 Arc::clone(&self.client),
                 prefixes.to_vec(),
                 known,
                 events.clone(),
+                answered.clone(),
             ));
+        }
+        drop(answered);
+        // A stream whose queries fail at once would end at once, again and again, without
+        // the daemon learning why; failing the watch instead tells it, and it paces its
+        // attempts by the kind of failure.
+        while waiting > 0 {
+            tokio::select! {
+                Some(()) = first_answers.recv() => waiting -= 1,
+                Some(ended) = loops.join_next() => match ended {
+                    Ok(Err(error)) => return Err(error),
+                    // The stream is held here, so a loop ends early only by failing.
+                    Ok(Ok(())) => {}
+                    Err(e) => {
+                        let message = format!("consul: the watch failed: {e}");
+                        return Err(StoreError::unreachable(message));
+                    }
+                },
+                else => break,
+            }
         }
         tokio::spawn(async move {
             // The first loop to end (its query failed, or the daemon stopped listening) ends
@@ -197,18 +224,21 @@ impl Source {
     }
 
     /// Follows the source until a query fails or the daemon stops listening; reports every
-    /// difference from `known` as changes.
+    /// difference from `known` as changes. Tells `answered` once its first query answered.
     async fn follow(
         self,
         client: Arc<Client>,
         prefixes: Vec<String>,
         known: KeyMap,
         events: mpsc::Sender<Result<WatchEvent, StoreError>>,
-    ) -> Result<(), String> {
+        answered: mpsc::Sender<()>,
+    ) -> Result<(), StoreError> {
         match self {
-            Source::Kv(prefix) => follow_kv(&client, &prefix, &prefixes, known, &events).await,
+            Source::Kv(prefix) => {
+                follow_kv(&client, &prefix, &prefixes, known, &events, answered).await
+            }
             Source::Catalog(name_prefix) => {
-                follow_catalog(client, name_prefix, prefixes, known, events).await
+                follow_catalog(client, name_prefix, prefixes, known, events, answered).await
             }
         }
     }
@@ -220,10 +250,16 @@ async fn follow_kv(
     prefixes: &[String],
     mut known: KeyMap,
     events: &mpsc::Sender<Result<WatchEvent, StoreError>>,
-) -> Result<(), String> {
+    answered: mpsc::Sender<()>,
+) -> Result<(), StoreError> {
+    let mut answered = Some(answered);
     let mut index = None;
     loop {
-        let (mut current, next) = client.kv(prefix, index).await.map_err(|e| e.to_string())?;
+        let (mut current, next) = client.kv(prefix, index).await?;
+        // Told before the report, which may wait for the daemon to read the stream.
+        if let Some(answered) = answered.take() {
+            let _ = answered.try_send(());
+        }
         // KV keys under the reserved catalog root are not KV data for reconfd.
         current.retain(|key, _| under_any(key, prefixes) && !key.starts_with(SERVICES_ROOT));
         if !report(events, &known, &current).await {
@@ -243,7 +279,9 @@ async fn follow_catalog(
     prefixes: Vec<String>,
     known: KeyMap,
     events: mpsc::Sender<Result<WatchEvent, StoreError>>,
-) -> Result<(), String> {
+    answered: mpsc::Sender<()>,
+) -> Result<(), StoreError> {
+    let mut answered = Some(answered);
     // Services the snapshot holds are followed even if they are gone by now, so that their
     // instances are reported gone.
     let mut to_follow: BTreeSet<String> = known
@@ -258,13 +296,14 @@ async fn follow_catalog(
     let mut index = None;
     loop {
         let (names, next) = tokio::select! {
-            listed = client.service_names(&name_prefix, index) => {
-                listed.map_err(|e| e.to_string())?
-            }
+            listed = client.service_names(&name_prefix, index) => listed?,
             // A service's query failed: the whole watch starts over.
             Some(Ok(Err(reason))) = services.join_next() => return Err(reason),
             () = events.closed() => return Ok(()),
         };
+        if let Some(answered) = answered.take() {
+            let _ = answered.try_send(());
+        }
         to_follow.extend(names);
         for name in std::mem::take(&mut to_follow) {
             if followed.insert(name.clone()) {
@@ -287,13 +326,10 @@ async fn follow_service(
     prefixes: Vec<String>,
     mut known: KeyMap,
     events: mpsc::Sender<Result<WatchEvent, StoreError>>,
-) -> Result<(), String> {
+) -> Result<(), StoreError> {
     let mut index = None;
     loop {
-        let (mut current, next) = client
-            .service(&name, index)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (mut current, next) = client.service(&name, index).await?;
         current.retain(|key, _| under_any(key, &prefixes));
         if !report(&events, &known, &current).await {
             return Ok(());
@@ -373,7 +409,7 @@ enum QueryError {
     /// The agent could not be reached or could not answer: try the next one.
     Unreachable(String),
     /// The agent refused the query (ACL, bad datacenter): every agent would.
-    Refused(String),
+    Refused(StoreError),
 }
 
 impl Client {
@@ -458,10 +494,10 @@ impl Client {
                     return Ok(answer);
                 }
                 Err(QueryError::Unreachable(message)) => failures.push(message),
-                Err(QueryError::Refused(message)) => return Err(StoreError::Unavailable(message)),
+                Err(QueryError::Refused(error)) => return Err(error),
             }
         }
-        Err(StoreError::Unavailable(format!(
+        Err(StoreError::unreachable(format!(
             "no consul agent answered ({})",
             failures.join("; ")
         )))
@@ -509,11 +545,25 @@ impl Client {
         }
         let text = String::from_utf8_lossy(&body).trim().to_string();
         let message = format!("{node}{path}: HTTP {status}: {text}");
-        if status.is_server_error() && !text.contains("No path to datacenter") {
-            Err(QueryError::Unreachable(message))
-        } else {
-            Err(QueryError::Refused(message))
+        match answer_kind(status, &text) {
+            StoreErrorKind::Unreachable => Err(QueryError::Unreachable(message)),
+            kind => Err(QueryError::Refused(StoreError::new(kind, message))),
         }
+    }
+}
+
+/// The kind of failure an error answer of an agent stands for. A missing, unknown or
+/// insufficient ACL token is "ACL not found" or "Permission denied", with a 403, or with a 500
+/// when the agent forwarded the query to a server that refused it. An unknown datacenter is a
+/// 500 too, which no other agent answers differently.
+fn answer_kind(status: reqwest::StatusCode, text: &str) -> StoreErrorKind {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("acl not found") || lower.contains("permission denied") {
+        StoreErrorKind::Auth
+    } else if lower.contains("no path to datacenter") {
+        StoreErrorKind::Rejected
+    } else {
+        http::status_kind(status)
     }
 }
 
@@ -537,7 +587,7 @@ fn encode_path(key: &str) -> String {
 
 fn parse<T: serde::de::DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(body)
-        .map_err(|e| StoreError::Unavailable(format!("consul {path}: unexpected answer: {e}")))
+        .map_err(|e| StoreError::unreachable(format!("consul {path}: unexpected answer: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -650,6 +700,48 @@ mod tests {
             sources(&strings(&["/_consul/services"])),
             [Source::Catalog(String::new())]
         );
+    }
+
+    #[test]
+    fn error_answers_map_to_kinds() {
+        use reqwest::StatusCode;
+        let cases = [
+            (StatusCode::FORBIDDEN, "ACL not found", StoreErrorKind::Auth),
+            (
+                StatusCode::FORBIDDEN,
+                "Permission denied: token with AccessorID '00000000' lacks permission 'key:read'",
+                StoreErrorKind::Auth,
+            ),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rpc error making call: rpc error making call: Permission denied",
+                StoreErrorKind::Auth,
+            ),
+            (StatusCode::UNAUTHORIZED, "", StoreErrorKind::Auth),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "No path to datacenter",
+                StoreErrorKind::Rejected,
+            ),
+            (
+                StatusCode::BAD_REQUEST,
+                "Invalid wait time",
+                StoreErrorKind::Rejected,
+            ),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "No cluster leader",
+                StoreErrorKind::Unreachable,
+            ),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "",
+                StoreErrorKind::Unreachable,
+            ),
+        ];
+        for (status, text, kind) in cases {
+            assert_eq!(answer_kind(status, text), kind, "{status} {text}");
+        }
     }
 
     #[test]

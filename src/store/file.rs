@@ -59,12 +59,12 @@ impl FileStore {
         let mut builder = GlobSetBuilder::new();
         for pattern in patterns {
             let glob = Glob::new(pattern)
-                .map_err(|e| StoreError::Invalid(format!("invalid file filter: {e}")))?;
+                .map_err(|e| StoreError::invalid(format!("invalid file filter: {e}")))?;
             builder.add(glob);
         }
         let filter = builder
             .build()
-            .map_err(|e| StoreError::Invalid(format!("invalid file filter: {e}")))?;
+            .map_err(|e| StoreError::invalid(format!("invalid file filter: {e}")))?;
         Ok(FileStore {
             files: DataFiles { paths, filter },
         })
@@ -110,7 +110,9 @@ impl Store for FileStore {
                     let _ = wake_tx.try_send(());
                 }
             })
-            .map_err(|e| StoreError::Unavailable(format!("cannot watch the data files: {e}")))?;
+            // The system is out of inotify instances for now, as a network store can be out of
+            // reach: tried again at the reconnect rate.
+            .map_err(|e| StoreError::unreachable(format!("cannot watch the data files: {e}")))?;
         for (path, mode) in watches {
             watcher
                 .watch(&path, mode)
@@ -501,16 +503,14 @@ fn located(line: usize, column: usize, message: &str) -> String {
     format!("line {line} column {column}: {message}")
 }
 
-fn file_error(path: &Path, message: impl Into<String>) -> StoreError {
-    StoreError::File {
-        path: path.display().to_string(),
-        message: message.into(),
-    }
+fn file_error(path: &Path, message: impl std::fmt::Display) -> StoreError {
+    StoreError::file(path.display(), message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreErrorKind;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);
@@ -550,8 +550,18 @@ mod tests {
 
     fn file_error_of(result: Result<KeyMap, StoreError>) -> (String, String) {
         match result {
-            Err(StoreError::File { path, message }) => (path, message),
+            Err(e) if e.kind() == StoreErrorKind::File => split_file_error(&e),
             other => panic!("expected a file error, got {other:?}"),
+        }
+    }
+
+    /// The path and the message of a file error, `<path>: <message>`; the test files' paths
+    /// hold no `: `.
+    fn split_file_error(error: &StoreError) -> (String, String) {
+        let text = error.to_string();
+        match text.split_once(": ") {
+            Some((path, message)) => (path.to_string(), message.to_string()),
+            None => panic!("a file error names its file: {text}"),
         }
     }
 
@@ -880,7 +890,8 @@ mod tests {
 
         write(dir.path(), "app.yaml", "app: [broken\n");
         match next_event(&mut stream).await {
-            Err(StoreError::File { path: at, message }) => {
+            Err(e) if e.kind() == StoreErrorKind::File => {
+                let (at, message) = split_file_error(&e);
                 assert_eq!(at, path.display().to_string());
                 assert!(message.contains("line"), "{message}");
             }

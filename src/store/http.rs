@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::StoreError;
+use super::{StoreError, StoreErrorKind};
 
 /// Limit for connecting to a node, so that a dead node costs little before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -45,7 +45,7 @@ impl TlsOptions {
 /// nodes the system's CA certificates are not loaded: they cost start-up time and memory on
 /// every host of a fleet for nothing.
 pub fn client(store: &str, tls: &TlsOptions, https: bool) -> Result<reqwest::Client, StoreError> {
-    let invalid = |message: String| StoreError::Invalid(format!("{store}: {message}"));
+    let invalid = |message: String| StoreError::invalid(format!("{store}: {message}"));
     // reqwest is built without a compiled-in crypto provider, so that ring is the only one;
     // it must be installed before the first client is built. A second install fails
     // harmlessly.
@@ -93,7 +93,19 @@ pub fn client(store: &str, tls: &TlsOptions, https: bool) -> Result<reqwest::Cli
 
 fn read(store: &str, path: &Path) -> Result<Vec<u8>, StoreError> {
     std::fs::read(path)
-        .map_err(|e| StoreError::Invalid(format!("{store}: {}: {e}", path.display())))
+        .map_err(|e| StoreError::invalid(format!("{store}: {}: {e}", path.display())))
+}
+
+/// The kind of failure an HTTP error status stands for, whatever the store: 401 and 403 are
+/// credentials or permissions; 5xx and 408 a node that cannot serve now, worth another node
+/// or another try soon; any other 4xx (a 404 of a path the store should have, a 400, a 429
+/// rate limit) a refusal that asking again at the reconnect rate would not mend.
+pub fn status_kind(status: reqwest::StatusCode) -> StoreErrorKind {
+    match status.as_u16() {
+        401 | 403 => StoreErrorKind::Auth,
+        408 | 500..=599 => StoreErrorKind::Unreachable,
+        _ => StoreErrorKind::Rejected,
+    }
 }
 
 /// An error with its causes, which for connection errors hold the useful part ("connection
@@ -107,4 +119,24 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        let kind = |code: u16| {
+            status_kind(reqwest::StatusCode::from_u16(code).expect("a valid status code"))
+        };
+        assert_eq!(kind(401), StoreErrorKind::Auth);
+        assert_eq!(kind(403), StoreErrorKind::Auth);
+        for code in [500, 502, 503, 504, 408] {
+            assert_eq!(kind(code), StoreErrorKind::Unreachable, "{code}");
+        }
+        for code in [400, 404, 405, 412, 429] {
+            assert_eq!(kind(code), StoreErrorKind::Rejected, "{code}");
+        }
+    }
 }

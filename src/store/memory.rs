@@ -8,30 +8,52 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use tokio::sync::{Notify, mpsc};
 
-use super::{Change, Snapshot, Store, StoreError, WatchEvent, WatchStream};
+use super::{Change, Snapshot, Store, StoreError, StoreErrorKind, WatchEvent, WatchStream};
 
 /// What the next call of [`Store::watch`] does.
 #[derive(Debug)]
 pub(crate) enum NextWatch {
     /// Opens a stream that ends at once.
     EndAtOnce,
+    /// Fails to open, with an error of this kind.
+    Fail(StoreErrorKind),
 }
 
-#[derive(Default)]
 struct State {
     data: Snapshot,
     /// Revision of the latest change.
     revision: i64,
     /// Fetches still to fail before one succeeds.
     failing_fetches: usize,
+    /// The kind of their failure.
+    failure: StoreErrorKind,
     /// The next fetch panics, as a bug would.
     panicking_fetch: bool,
     fetches: usize,
     next_watches: VecDeque<NextWatch>,
     /// Watch streams opened so far.
     opened: usize,
+    /// Calls of `watch` so far, failed ones included.
+    watch_calls: usize,
     /// The open stream's sender, if one is open.
     stream: Option<mpsc::Sender<Result<WatchEvent, StoreError>>>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            data: Snapshot::default(),
+            revision: 0,
+            failing_fetches: 0,
+            failure: StoreErrorKind::Unreachable,
+            panicking_fetch: false,
+            fetches: 0,
+            next_watches: VecDeque::new(),
+            opened: 0,
+            watch_calls: 0,
+            stream: None,
+        }
+    }
 }
 
 /// The store side, handed to the controller.
@@ -139,9 +161,16 @@ impl Script {
         state.failing_fetches = count;
     }
 
-    /// Makes the next `count` fetches fail.
+    /// Makes the next `count` fetches fail as an unreachable store's do.
     pub(crate) fn fail_fetches(&self, count: usize) {
-        lock(&self.state).failing_fetches = count;
+        self.fail_fetches_with(StoreErrorKind::Unreachable, count);
+    }
+
+    /// Makes the next `count` fetches fail with an error of `kind`.
+    pub(crate) fn fail_fetches_with(&self, kind: StoreErrorKind, count: usize) {
+        let mut state = lock(&self.state);
+        state.failing_fetches = count;
+        state.failure = kind;
     }
 
     /// Scripts the next calls of `watch`, in order; after them, watches open normally.
@@ -152,6 +181,11 @@ impl Script {
     /// How many fetches were made.
     pub(crate) fn fetches(&self) -> usize {
         lock(&self.state).fetches
+    }
+
+    /// How many times the controller asked for a watch, failed attempts included.
+    pub(crate) fn watch_calls(&self) -> usize {
+        lock(&self.state).watch_calls
     }
 
     /// How many watch streams were opened.
@@ -186,9 +220,7 @@ impl Store for MemoryStore {
         }
         if state.failing_fetches > 0 {
             state.failing_fetches -= 1;
-            return Err(StoreError::Unavailable(
-                "memory: scripted failure".to_string(),
-            ));
+            return Err(scripted_failure(state.failure));
         }
         let mut snapshot = state.data.clone();
         snapshot
@@ -203,6 +235,7 @@ impl Store for MemoryStore {
         _snapshot: &Snapshot,
     ) -> Result<Option<WatchStream>, StoreError> {
         let mut state = lock(&self.state);
+        state.watch_calls += 1;
         let (sender, stream) = mpsc::channel(1024);
         let stream = match state.next_watches.pop_front() {
             Some(NextWatch::EndAtOnce) => {
@@ -211,6 +244,7 @@ impl Store for MemoryStore {
                 state.opened += 1;
                 stream
             }
+            Some(NextWatch::Fail(kind)) => return Err(scripted_failure(kind)),
             None => {
                 state.stream = Some(sender);
                 state.opened += 1;
@@ -221,4 +255,9 @@ impl Store for MemoryStore {
         self.changed.notify_waiters();
         Ok(Some(stream))
     }
+}
+
+/// A scripted failure of `kind`.
+fn scripted_failure(kind: StoreErrorKind) -> StoreError {
+    StoreError::new(kind, format!("memory: scripted {kind} failure"))
 }

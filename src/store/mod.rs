@@ -95,23 +95,111 @@ pub enum WatchEvent {
 /// The receiving end of a watch: events until the store fails or the stream ends.
 pub type WatchStream = mpsc::Receiver<Result<WatchEvent, StoreError>>;
 
-/// Why a store could not answer.
+/// Why a store could not answer: what kind of failure it was, and a message naming the store
+/// and, where there are several, the node.
+///
+/// The kind, not the message, decides how soon the daemon asks again: a store that cannot be
+/// reached is likely back within seconds, while one that refuses the credentials or the
+/// request goes on refusing until someone changes the store or the settings.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// A data file could not be read or parsed.
-    #[error("{path}: {message}")]
-    File {
-        /// The file at fault.
-        path: String,
-        /// What was wrong with it.
-        message: String,
-    },
-    /// The store cannot be reached or answered with an error.
-    #[error("{0}")]
-    Unavailable(String),
+#[error("{message}")]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: String,
+}
+
+/// What kind of failure a [`StoreError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StoreErrorKind {
+    /// The store could not be reached or could not serve: no connection, a timeout, a
+    /// connection lost, an HTTP 5xx or an "unavailable" answer, or an answer that is not the
+    /// store's (a proxy's error page).
+    Unreachable,
+    /// The store answered and refused the request for a reason other than credentials: an
+    /// HTTP 4xx other than 401 and 403, a bucket or mount that does not exist, a command or
+    /// feature the server lacks.
+    Rejected,
+    /// The store refused the credentials or what they may do: HTTP 401 and 403, Redis
+    /// `NOAUTH`, `WRONGPASS` and `NOPERM`, ZooKeeper's `AuthFailed` and `NoAuth`, a NATS
+    /// authorization or permissions violation.
+    Auth,
     /// The store's settings cannot work, such as an invalid file filter.
-    #[error("{0}")]
-    Invalid(String),
+    Invalid,
+    /// A data file could not be read or parsed.
+    File,
+}
+
+impl StoreErrorKind {
+    /// The kind's name, as in logs: `unreachable`, `rejected`, `auth`, `invalid`, `file`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreErrorKind::Unreachable => "unreachable",
+            StoreErrorKind::Rejected => "rejected",
+            StoreErrorKind::Auth => "auth",
+            StoreErrorKind::Invalid => "invalid",
+            StoreErrorKind::File => "file",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl StoreError {
+    /// A failure of `kind`, told by `message`.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> StoreError {
+        StoreError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The store could not be reached or could not serve.
+    pub fn unreachable(message: impl Into<String>) -> StoreError {
+        StoreError::new(StoreErrorKind::Unreachable, message)
+    }
+
+    /// The store refused the request for a reason other than credentials.
+    pub fn rejected(message: impl Into<String>) -> StoreError {
+        StoreError::new(StoreErrorKind::Rejected, message)
+    }
+
+    /// The store refused the credentials or what they may do.
+    pub fn auth(message: impl Into<String>) -> StoreError {
+        StoreError::new(StoreErrorKind::Auth, message)
+    }
+
+    /// The store's settings cannot work.
+    pub fn invalid(message: impl Into<String>) -> StoreError {
+        StoreError::new(StoreErrorKind::Invalid, message)
+    }
+
+    /// Data file `path` could not be read or parsed; the message reads `<path>: <message>`.
+    pub fn file(path: impl std::fmt::Display, message: impl std::fmt::Display) -> StoreError {
+        StoreError::new(StoreErrorKind::File, format!("{path}: {message}"))
+    }
+
+    /// An unreachable store, under the name the error had before it had kinds: stores that
+    /// do not tell their failures apart yet (etcd) report every failure this way, which the
+    /// daemon retries at the reconnect rate, as it always has.
+    #[allow(non_snake_case)]
+    pub fn Unavailable(message: String) -> StoreError {
+        StoreError::unreachable(message)
+    }
+
+    /// Settings that cannot work, under the name the error had before it had kinds.
+    #[allow(non_snake_case)]
+    pub fn Invalid(message: String) -> StoreError {
+        StoreError::invalid(message)
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
 }
 
 /// A key/value store reconfd can read from.

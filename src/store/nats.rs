@@ -45,7 +45,8 @@ use tokio::sync::{OnceCell, mpsc, watch};
 
 use super::http::TlsOptions;
 use super::{
-    Change, KeyMap, Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any, under_prefix,
+    Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchEvent, WatchStream,
+    under_any, under_prefix,
 };
 
 /// Watch events buffered for the daemon. The daemon drains whatever is queued before it
@@ -103,9 +104,14 @@ impl Store for NatsStore {
     }
 
     async fn fetch(&self, prefixes: &[String]) -> Result<Snapshot, StoreError> {
-        let connection = self.client.connection().await?;
-        let bucket = self.client.bucket(connection).await?;
-        self.client.fetch(connection, &bucket, prefixes).await
+        let refusals = self.client.refusals();
+        let read = async {
+            let connection = self.client.connection().await?;
+            let bucket = self.client.bucket(connection).await?;
+            self.client.fetch(connection, &bucket, prefixes).await
+        };
+        read.await
+            .map_err(|e| self.client.refused_since(refusals, e))
     }
 
     async fn watch(
@@ -113,9 +119,11 @@ impl Store for NatsStore {
         prefixes: &[String],
         snapshot: &Snapshot,
     ) -> Result<Option<WatchStream>, StoreError> {
+        let refusals = self.client.refusals();
         start_watch(Arc::clone(&self.client), prefixes, snapshot)
             .await
             .map(Some)
+            .map_err(|e| self.client.refused_since(refusals, e))
     }
 }
 
@@ -157,6 +165,17 @@ struct Client {
     /// For each watched prefix, the revision up to which its watch delivered every change,
     /// and which stream those revisions belong to.
     progress: Mutex<Progress>,
+    /// The violations the server reported on the connection.
+    refusals: Arc<Mutex<Refusals>>,
+}
+
+/// The permissions and authorization violations the server reported. The server tells them
+/// apart from the request it refused, which itself only times out: a request that timed out
+/// after one was reported was refused, not lost.
+#[derive(Default)]
+struct Refusals {
+    count: u64,
+    last: String,
 }
 
 /// The revisions the watches delivered, per prefix, in one incarnation of the bucket's stream.
@@ -182,7 +201,7 @@ type NatsError = StoreError;
 
 impl Client {
     fn new(options: &NatsOptions) -> Result<Client, StoreError> {
-        let invalid = |message: String| StoreError::Invalid(format!("nats: {message}"));
+        let invalid = |message: String| StoreError::invalid(format!("nats: {message}"));
         if options.nodes.is_empty() {
             return Err(invalid("no server given".to_string()));
         }
@@ -232,7 +251,27 @@ impl Client {
             tls,
             connection: OnceCell::new(),
             progress: Mutex::default(),
+            refusals: Arc::default(),
         })
+    }
+
+    /// How many violations the server has reported so far.
+    fn refusals(&self) -> u64 {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .count
+    }
+
+    /// `error`, or a refusal of the credentials when it is a request that went unanswered
+    /// and the server reported a violation after the first `before` ones.
+    fn refused_since(&self, before: u64, error: StoreError) -> StoreError {
+        let refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        if refusals.count > before && error.kind() == StoreErrorKind::Unreachable {
+            StoreError::auth(format!("{error} ({})", refusals.last))
+        } else {
+            error
+        }
     }
 
     /// The connection, made on first use. A client that lost its connection is reconnecting
@@ -241,7 +280,7 @@ impl Client {
         let connection = self.connection.get_or_try_init(|| self.connect()).await?;
         match connection.client.connection_state() {
             async_nats::connection::State::Connected => Ok(connection),
-            _ => Err(StoreError::Unavailable(format!(
+            _ => Err(StoreError::unreachable(format!(
                 "nats: not connected to {} (reconnecting)",
                 self.server_names
             ))),
@@ -251,13 +290,22 @@ impl Client {
     async fn connect(&self) -> Result<Connection, NatsError> {
         let (disconnected, disconnects) = watch::channel(0u64);
         let disconnected = Arc::new(disconnected);
+        let refusals = Arc::clone(&self.refusals);
         let mut options = ConnectOptions::new()
             .name("reconfd")
             .event_callback(move |event| {
                 let disconnected = Arc::clone(&disconnected);
+                let refusals = Arc::clone(&refusals);
                 async move {
                     if matches!(event, Event::Disconnected | Event::Closed) {
                         disconnected.send_modify(|count| *count += 1);
+                    }
+                    if let Event::ServerError(error) = &event
+                        && is_refusal(error)
+                    {
+                        let mut refusals = refusals.lock().unwrap_or_else(|e| e.into_inner());
+                        refusals.count += 1;
+                        refusals.last = error.to_string();
                     }
                     tracing::debug!("nats: {event}");
                 }
@@ -286,10 +334,10 @@ impl Client {
             }
         }
         let client = options.connect(self.servers.clone()).await.map_err(|e| {
-            StoreError::Unavailable(format!(
-                "nats: cannot connect to {}: {e}",
-                self.server_names
-            ))
+            StoreError::new(
+                connect_error_kind(e.kind()),
+                format!("nats: cannot connect to {}: {e}", self.server_names),
+            )
         })?;
         let jetstream = async_nats::jetstream::new(client.clone());
         Ok(Connection {
@@ -309,20 +357,7 @@ impl Client {
     }
 
     fn bucket_error(&self, error: &async_nats::jetstream::context::KeyValueError) -> NatsError {
-        let text = error.to_string();
-        let (bucket, servers) = (&self.bucket, &self.server_names);
-        StoreError::Unavailable(if text.contains("stream not found") {
-            format!(
-                "nats: bucket `{bucket}` not found on {servers}; reconfd does not create it \
-                 (`nats kv add {bucket}` does)"
-            )
-        } else if text.contains("no responders") {
-            format!(
-                "nats: JetStream is not enabled on {servers}, so bucket `{bucket}` is not there"
-            )
-        } else {
-            format!("nats: cannot open bucket `{bucket}` on {servers}: {text}")
-        })
+        bucket_error(&self.bucket, &self.server_names, &error.to_string())
     }
 
     /// Every key under `prefixes`, with every change up to the snapshot's revision.
@@ -416,7 +451,7 @@ impl Client {
     }
 
     fn read_error(&self, reason: &str) -> NatsError {
-        StoreError::Unavailable(format!(
+        StoreError::unreachable(format!(
             "nats: reading bucket `{}` on {} failed: {reason}",
             self.bucket, self.server_names
         ))
@@ -437,7 +472,7 @@ impl Client {
         policy: DeliverPolicy,
     ) -> Result<(Messages, u64), NatsError> {
         let fail = |e: &dyn std::fmt::Display| {
-            StoreError::Unavailable(format!(
+            StoreError::unreachable(format!(
                 "nats: cannot read bucket `{}` on {}: {e}",
                 self.bucket, self.server_names
             ))
@@ -475,6 +510,58 @@ impl Client {
             progress.stream = Some(created.to_string());
             progress.delivered.clear();
         }
+    }
+}
+
+/// Why bucket `bucket` could not be opened on `servers`, from the client's `text`. A bucket
+/// that does not exist, or a server without JetStream, is a refusal: asking again at once
+/// will not create it.
+fn bucket_error(bucket: &str, servers: &str, text: &str) -> StoreError {
+    if text.contains("stream not found") {
+        StoreError::rejected(format!(
+            "nats: bucket `{bucket}` not found on {servers}; reconfd does not create it \
+             (`nats kv add {bucket}` does)"
+        ))
+    } else if text.contains("no responders") {
+        StoreError::rejected(format!(
+            "nats: JetStream is not enabled on {servers}, so bucket `{bucket}` is not there"
+        ))
+    } else {
+        StoreError::unreachable(format!(
+            "nats: cannot open bucket `{bucket}` on {servers}: {text}"
+        ))
+    }
+}
+
+/// The kind of failure a failed connection stands for: credentials the server refused (or a
+/// nonce that could not be signed with them), server URLs that cannot work, or a server
+/// that could not be reached (DNS, TCP, TLS, a timeout).
+fn connect_error_kind(kind: async_nats::ConnectErrorKind) -> StoreErrorKind {
+    use async_nats::ConnectErrorKind;
+    match kind {
+        ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+            StoreErrorKind::Auth
+        }
+        ConnectErrorKind::ServerParse => StoreErrorKind::Invalid,
+        ConnectErrorKind::Dns
+        | ConnectErrorKind::TimedOut
+        | ConnectErrorKind::Tls
+        | ConnectErrorKind::Io
+        | ConnectErrorKind::MaxReconnects => StoreErrorKind::Unreachable,
+    }
+}
+
+/// True for a server error that refuses the client's credentials or what they allow: an
+/// authorization violation, or a permissions violation of a publish (a JetStream request)
+/// or a subscription (the inbox its answers come to).
+fn is_refusal(error: &async_nats::ServerError) -> bool {
+    match error {
+        async_nats::ServerError::AuthorizationViolation => true,
+        async_nats::ServerError::Other(text) => {
+            let text = text.to_ascii_lowercase();
+            text.contains("permissions violation") || text.contains("authorization violation")
+        }
+        _ => false,
     }
 }
 
@@ -976,6 +1063,76 @@ fn record_progress(client: &Client, stream: &str, prefixes: &[String], revision:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_map_to_kinds() {
+        use async_nats::ConnectErrorKind;
+        assert_eq!(
+            connect_error_kind(ConnectErrorKind::AuthorizationViolation),
+            StoreErrorKind::Auth
+        );
+        assert_eq!(
+            connect_error_kind(ConnectErrorKind::Authentication),
+            StoreErrorKind::Auth
+        );
+        assert_eq!(
+            connect_error_kind(ConnectErrorKind::Io),
+            StoreErrorKind::Unreachable
+        );
+        assert_eq!(
+            connect_error_kind(ConnectErrorKind::TimedOut),
+            StoreErrorKind::Unreachable
+        );
+        let bucket = |text: &str| bucket_error("app", "nats://n1:4222", text).kind();
+        assert_eq!(
+            bucket("failed to get the bucket: stream not found"),
+            StoreErrorKind::Rejected
+        );
+        assert_eq!(
+            bucket("JetStream error: no responders"),
+            StoreErrorKind::Rejected
+        );
+        assert_eq!(bucket("timed out"), StoreErrorKind::Unreachable);
+        assert!(is_refusal(&async_nats::ServerError::AuthorizationViolation));
+        assert!(is_refusal(&async_nats::ServerError::Other(
+            "Permissions Violation for Publish to \"$JS.API.STREAM.INFO.KV_app\"".to_string()
+        )));
+        assert!(!is_refusal(&async_nats::ServerError::Other(
+            "Maximum Payload Violation".to_string()
+        )));
+    }
+
+    #[test]
+    fn a_timeout_after_a_reported_violation_is_a_refusal() {
+        let client = Client::new(&NatsOptions {
+            nodes: vec!["nats://127.0.0.1:4222".to_string()],
+            bucket: "app".to_string(),
+            ..NatsOptions::default()
+        })
+        .expect("valid options");
+        let before = client.refusals();
+        let timeout = || StoreError::unreachable("nats: cannot open bucket `app`: timed out");
+        assert_eq!(
+            client.refused_since(before, timeout()).kind(),
+            StoreErrorKind::Unreachable
+        );
+        {
+            let mut refusals = client.refusals.lock().expect("lock");
+            refusals.count += 1;
+            refusals.last = "nats: Permissions Violation for Publish".to_string();
+        }
+        let error = client.refused_since(before, timeout());
+        assert_eq!(error.kind(), StoreErrorKind::Auth);
+        assert!(
+            error.to_string().contains("Permissions Violation"),
+            "{error}"
+        );
+        assert_eq!(
+            client.refused_since(client.refusals(), timeout()).kind(),
+            StoreErrorKind::Unreachable,
+            "a violation reported before the request began says nothing of it"
+        );
+    }
 
     #[test]
     fn keys_map_to_nats_and_back() {

@@ -31,7 +31,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::http::TlsOptions;
-use super::{Change, KeyMap, Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
+use super::{
+    Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchEvent, WatchStream, under_any,
+};
 
 /// Limit for connecting to a node (and logging in), so that a dead node costs little before
 /// the next is tried.
@@ -201,18 +203,24 @@ async fn subscribe(
     node: &Node,
     patterns: &[String],
 ) -> Result<(PubSubSink, PubSubStream), StoreError> {
-    let unavailable =
-        |message: String| StoreError::Unavailable(format!("{}: {message}", node.name));
+    let unreachable =
+        |message: String| StoreError::unreachable(format!("{}: {message}", node.name));
+    let failed = |error: RedisError, request: &str| {
+        StoreError::new(
+            error_kind(&error),
+            format!("{}: {request}{error}", node.name),
+        )
+    };
     let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, node.client.get_async_pubsub())
         .await
-        .map_err(|_| unavailable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| failed(e, ""))?;
     let (mut sink, messages) = pubsub.split();
     if !patterns.is_empty() {
         tokio::time::timeout(REQUEST_TIMEOUT, sink.psubscribe(patterns))
             .await
-            .map_err(|_| unavailable(format!("PSUBSCRIBE: no answer within {REQUEST_TIMEOUT:?}")))?
-            .map_err(|e| unavailable(format!("PSUBSCRIBE: {e}")))?;
+            .map_err(|_| unreachable(format!("PSUBSCRIBE: no answer within {REQUEST_TIMEOUT:?}")))?
+            .map_err(|e| failed(e, "PSUBSCRIBE: "))?;
     }
     Ok((sink, messages))
 }
@@ -263,12 +271,10 @@ struct Client {
 impl Client {
     fn new(options: &RedisOptions) -> Result<Client, StoreError> {
         if options.nodes.is_empty() {
-            return Err(StoreError::Invalid("redis: no node given".to_string()));
+            return Err(StoreError::invalid("redis: no node given"));
         }
         if options.separator.is_empty() {
-            return Err(StoreError::Invalid(
-                "redis: the separator is empty".to_string(),
-            ));
+            return Err(StoreError::invalid("redis: the separator is empty"));
         }
         // redis is built without a compiled-in crypto provider choice; ring must be installed
         // before the first TLS connection. A second install fails harmlessly.
@@ -314,10 +320,13 @@ impl Client {
         if failure.error.is_unrecoverable_error() {
             self.forget();
         }
-        StoreError::Unavailable(format!(
-            "{}: {}: {}",
-            self.nodes[connected.index].name, failure.request, failure.error
-        ))
+        StoreError::new(
+            error_kind(&failure.error),
+            format!(
+                "{}: {}: {}",
+                self.nodes[connected.index].name, failure.request, failure.error
+            ),
+        )
     }
 
     /// The current connection, or a new one to the first node that accepts it, from the
@@ -346,13 +355,14 @@ impl Client {
                         Some(connected.clone());
                     return Ok(connected);
                 }
-                Err(e) => failures.push(format!("{}: {e}", node.name)),
+                Err(e) => failures.push((error_kind(&e), format!("{}: {e}", node.name))),
             }
         }
-        Err(StoreError::Unavailable(format!(
-            "no redis node answered ({})",
-            failures.join("; ")
-        )))
+        let messages: Vec<&str> = failures.iter().map(|(_, text)| text.as_str()).collect();
+        Err(StoreError::new(
+            most_telling(failures.iter().map(|(kind, _)| *kind)),
+            format!("no redis node answered ({})", messages.join("; ")),
+        ))
     }
 
     fn current(&self) -> Option<Connected> {
@@ -375,7 +385,7 @@ impl Node {
         certificates: Option<&TlsCertificates>,
     ) -> Result<Node, StoreError> {
         let name = without_credentials(url);
-        let invalid = |message: String| StoreError::Invalid(format!("redis: {name}: {message}"));
+        let invalid = |message: String| StoreError::invalid(format!("redis: {name}: {message}"));
         let mut url = url.to_string();
         if options.tls.client_insecure && url.starts_with("rediss://") && !url.contains('#') {
             url.push_str("#insecure");
@@ -417,7 +427,7 @@ impl Node {
 fn tls_certificates(tls: &TlsOptions) -> Result<Option<TlsCertificates>, StoreError> {
     let read = |path: &std::path::Path| {
         std::fs::read(path)
-            .map_err(|e| StoreError::Invalid(format!("redis: {}: {e}", path.display())))
+            .map_err(|e| StoreError::invalid(format!("redis: {}: {e}", path.display())))
     };
     let client_tls = match (&tls.client_cert, &tls.client_key) {
         (Some(cert), Some(key)) => Some(ClientTlsConfig {
@@ -426,8 +436,8 @@ fn tls_certificates(tls: &TlsOptions) -> Result<Option<TlsCertificates>, StoreEr
         }),
         (None, None) => None,
         _ => {
-            return Err(StoreError::Invalid(
-                "redis: --client-cert and --client-key go together".to_string(),
+            return Err(StoreError::invalid(
+                "redis: --client-cert and --client-key go together",
             ));
         }
     };
@@ -439,6 +449,49 @@ fn tls_certificates(tls: &TlsOptions) -> Result<Option<TlsCertificates>, StoreEr
         client_tls,
         root_cert,
     }))
+}
+
+/// The kind of failure a Redis error stands for. Credentials the server refuses fail the
+/// connection's `AUTH` (`WRONGPASS`, or a password given to a server without one); a server
+/// that wants a password and got none answers `NOAUTH`, and an ACL user lacking a command or
+/// key `NOPERM`. A server still loading its data or a replica without its master answers
+/// for a moment only; any other error answer is a refusal that asking again will not change.
+fn error_kind(error: &RedisError) -> StoreErrorKind {
+    use redis::{ErrorKind, ServerErrorKind};
+    match error.kind() {
+        ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => {
+            StoreErrorKind::Auth
+        }
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::TryAgain,
+        ) => StoreErrorKind::Unreachable,
+        ErrorKind::Server(_) | ErrorKind::RESP3NotSupported => StoreErrorKind::Rejected,
+        ErrorKind::Extension => match error.code() {
+            Some("NOAUTH" | "WRONGPASS" | "NOPERM") => StoreErrorKind::Auth,
+            _ => StoreErrorKind::Rejected,
+        },
+        ErrorKind::InvalidClientConfig => StoreErrorKind::Invalid,
+        // Connections that fail or break, timeouts, and answers that are not Redis's.
+        _ => StoreErrorKind::Unreachable,
+    }
+}
+
+/// The kind of a failure of every node, from the kinds of each node's failure: a refusal of
+/// the credentials, else of the request, else unreachable. The nodes of one deployment share
+/// their credentials and data, so what one of them refused the others would refuse too once
+/// they are back.
+fn most_telling(kinds: impl Iterator<Item = StoreErrorKind>) -> StoreErrorKind {
+    kinds
+        .max_by_key(|kind| match kind {
+            StoreErrorKind::Auth => 3,
+            StoreErrorKind::Rejected | StoreErrorKind::Invalid => 2,
+            StoreErrorKind::File => 1,
+            StoreErrorKind::Unreachable => 0,
+        })
+        .unwrap_or(StoreErrorKind::Unreachable)
 }
 
 /// `url` without the user name and password, for messages.
@@ -896,6 +949,78 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error of the server's error answer `line`, as the client parses it.
+    fn answer(line: &str) -> RedisError {
+        match redis::parse_redis_value(format!("-{line}\r\n").as_bytes()) {
+            Ok(Value::ServerError(error)) => error.into(),
+            other => panic!("not an error answer: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_map_to_kinds() {
+        use redis::ErrorKind;
+        let cases = [
+            (
+                RedisError::from((
+                    ErrorKind::AuthenticationFailed,
+                    "Password authentication failed",
+                )),
+                StoreErrorKind::Auth,
+            ),
+            (
+                answer("WRONGPASS invalid username-password pair or user is disabled."),
+                StoreErrorKind::Auth,
+            ),
+            (
+                answer("NOAUTH Authentication required."),
+                StoreErrorKind::Auth,
+            ),
+            (
+                answer("NOPERM User reader has no permissions to run the 'scan' command"),
+                StoreErrorKind::Auth,
+            ),
+            (
+                answer("LOADING Redis is loading the dataset in memory"),
+                StoreErrorKind::Unreachable,
+            ),
+            (
+                answer(
+                    "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+                ),
+                StoreErrorKind::Unreachable,
+            ),
+            (
+                answer("ERR unknown command 'SCAN'"),
+                StoreErrorKind::Rejected,
+            ),
+            (
+                answer("MOVED 3999 127.0.0.1:6381"),
+                StoreErrorKind::Rejected,
+            ),
+            (
+                RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+                StoreErrorKind::Unreachable,
+            ),
+            (
+                RedisError::from((ErrorKind::InvalidClientConfig, "bad TLS settings")),
+                StoreErrorKind::Invalid,
+            ),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(error_kind(&error), kind, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_by_one_node_tells_more_than_another_node_down() {
+        use StoreErrorKind::{Auth, Rejected, Unreachable};
+        assert_eq!(most_telling([Unreachable, Auth].into_iter()), Auth);
+        assert_eq!(most_telling([Rejected, Unreachable].into_iter()), Rejected);
+        assert_eq!(most_telling([Rejected, Auth].into_iter()), Auth);
+        assert_eq!(most_telling([Unreachable].into_iter()), Unreachable);
+    }
 
     #[test]
     fn keys_map_to_redis_names_and_back() {

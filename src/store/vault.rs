@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{self, TlsOptions, error_chain};
-use super::{KeyMap, Snapshot, Store, StoreError, WatchStream, under_any};
+use super::{KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any};
 
 /// Limit for one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,7 +85,7 @@ impl VaultStore {
     /// A store for `options`; no request is made yet.
     pub fn new(options: &VaultOptions) -> Result<VaultStore, StoreError> {
         if options.nodes.is_empty() {
-            return Err(StoreError::Invalid("vault: no node given".to_string()));
+            return Err(StoreError::invalid("vault: no node given"));
         }
         let https = options
             .nodes
@@ -116,13 +116,16 @@ impl Store for VaultStore {
         let token = self.token().await?;
         match self.read_all(&token, prefixes).await {
             // A token revoked or expired early: an AppRole login gets a new one.
-            Err(VaultError::Denied(_)) if matches!(self.auth, VaultAuth::AppRole { .. }) => {
+            Err(e)
+                if e.kind() == StoreErrorKind::Auth
+                    && matches!(self.auth, VaultAuth::AppRole { .. }) =>
+            {
                 tracing::info!("vault: the token was refused; logging in again");
                 *self.session.lock().await = None;
                 let token = self.token().await?;
-                Ok(self.read_all(&token, prefixes).await?)
+                self.read_all(&token, prefixes).await
             }
-            other => Ok(other?),
+            other => other,
         }
     }
 
@@ -136,32 +139,14 @@ impl Store for VaultStore {
     }
 }
 
-/// Why a request failed.
-#[derive(Debug, thiserror::Error)]
-enum VaultError {
-    /// Vault refused the token.
-    #[error("{0}")]
-    Denied(String),
-    /// Anything else.
-    #[error("{0}")]
-    Other(String),
-}
-
-impl From<VaultError> for StoreError {
-    fn from(error: VaultError) -> StoreError {
-        StoreError::Unavailable(error.to_string())
-    }
-}
-
 impl VaultStore {
     /// Every secret under `prefixes`, as keys.
-    async fn read_all(&self, token: &str, prefixes: &[String]) -> Result<Snapshot, VaultError> {
+    async fn read_all(&self, token: &str, prefixes: &[String]) -> Result<Snapshot, StoreError> {
         // Listing finds every secret first; reading them, one request each, goes on several
         // at a time.
         let mut secrets: Vec<(String, String, u8, String)> = Vec::new();
         for prefix in prefixes {
-            let (mount, path) =
-                split_mount(prefix).map_err(|e| VaultError::Other(e.to_string()))?;
+            let (mount, path) = split_mount(prefix)?;
             let version = self.kv_version(token, mount).await?;
             // Walk from the directory holding the prefix, so `/secret/app` also finds
             // `/secret/app2`, as a plain prefix does for every other store.
@@ -209,7 +194,7 @@ impl VaultStore {
 
     /// A token with time left: the current one, renewed once half its time is up, or a new
     /// one from an AppRole login when it cannot be renewed.
-    async fn token(&self) -> Result<String, VaultError> {
+    async fn token(&self) -> Result<String, StoreError> {
         let mut session = self.session.lock().await;
         let needs_care = match &*session {
             None => true,
@@ -239,7 +224,7 @@ impl VaultStore {
     }
 
     /// A session for the configured login.
-    async fn log_in(&self) -> Result<Session, VaultError> {
+    async fn log_in(&self) -> Result<Session, StoreError> {
         match &self.auth {
             VaultAuth::Token(token) => {
                 let answer = self
@@ -269,7 +254,7 @@ impl VaultStore {
         }
     }
 
-    async fn renew(&self, token: &str) -> Result<Session, VaultError> {
+    async fn renew(&self, token: &str) -> Result<Session, StoreError> {
         let answer = self
             .call(
                 "POST",
@@ -282,15 +267,15 @@ impl VaultStore {
         // Near its maximum lifetime a token is renewed for a moment or not at all: a new
         // login is due.
         if renewed.ttl < MINIMUM_RENEWAL {
-            return Err(VaultError::Other(
-                "the token reached its maximum lifetime".to_string(),
+            return Err(StoreError::auth(
+                "vault: the token reached its maximum lifetime",
             ));
         }
         Ok(renewed)
     }
 
     /// The KV version of `mount`: set, or asked of Vault once.
-    async fn kv_version(&self, token: &str, mount: &str) -> Result<u8, VaultError> {
+    async fn kv_version(&self, token: &str, mount: &str) -> Result<u8, StoreError> {
         if let Some(version) = self.kv_version {
             return Ok(version);
         }
@@ -323,7 +308,7 @@ impl VaultStore {
         mount: &str,
         version: u8,
         directory: &str,
-    ) -> Result<Vec<String>, VaultError> {
+    ) -> Result<Vec<String>, StoreError> {
         let path = match version {
             2 => format!("/v1/{mount}/metadata/{directory}?list=true"),
             _ => format!("/v1/{mount}/{directory}?list=true"),
@@ -348,7 +333,7 @@ impl VaultStore {
         mount: &str,
         version: u8,
         secret: &str,
-    ) -> Result<Option<Value>, VaultError> {
+    ) -> Result<Option<Value>, StoreError> {
         let path = match version {
             2 => format!("/v1/{mount}/data/{secret}"),
             _ => format!("/v1/{mount}/{secret}"),
@@ -369,7 +354,7 @@ impl VaultStore {
         method: &str,
         path: &str,
         token: &str,
-    ) -> Result<Option<Value>, VaultError> {
+    ) -> Result<Option<Value>, StoreError> {
         match self.request(method, path, Some(token), None).await? {
             (reqwest::StatusCode::NOT_FOUND, _) => Ok(None),
             (_, answer) => Ok(Some(answer)),
@@ -382,10 +367,10 @@ impl VaultStore {
         path: &str,
         token: Option<&str>,
         body: Option<Value>,
-    ) -> Result<Value, VaultError> {
+    ) -> Result<Value, StoreError> {
         match self.request(method, path, token, body).await? {
             (reqwest::StatusCode::NOT_FOUND, _) => {
-                Err(VaultError::Other(format!("vault {path}: not found")))
+                Err(StoreError::rejected(format!("vault {path}: not found")))
             }
             (_, answer) => Ok(answer),
         }
@@ -399,11 +384,11 @@ impl VaultStore {
         path: &str,
         token: Option<&str>,
         body: Option<Value>,
-    ) -> Result<(reqwest::StatusCode, Value), VaultError> {
+    ) -> Result<(reqwest::StatusCode, Value), StoreError> {
         let mut failures = Vec::new();
         for node in &self.nodes {
             let method = reqwest::Method::from_bytes(method.as_bytes())
-                .map_err(|e| VaultError::Other(format!("vault: {e}")))?;
+                .map_err(|e| StoreError::invalid(format!("vault: {e}")))?;
             let mut request = self
                 .http
                 .request(method, format!("{node}{path}"))
@@ -432,19 +417,27 @@ impl VaultStore {
                 path_only(path),
                 errors.errors.join("; ")
             );
-            if status.is_server_error() {
-                failures.push(message);
-                continue;
+            match answer_kind(path, status) {
+                // A sealed or standby node, or one that is failing: the next may serve.
+                StoreErrorKind::Unreachable => failures.push(message),
+                kind => return Err(StoreError::new(kind, message)),
             }
-            if status == reqwest::StatusCode::FORBIDDEN {
-                return Err(VaultError::Denied(message));
-            }
-            return Err(VaultError::Other(message));
         }
-        Err(VaultError::Other(format!(
+        Err(StoreError::unreachable(format!(
             "no vault node answered ({})",
             failures.join("; ")
         )))
+    }
+}
+
+/// The kind of failure an error status of Vault's stands for. Vault answers a token it does not
+/// know or that may not read a path with 403 "permission denied", and an AppRole login with a
+/// role or secret ID it does not know with 400 "invalid role or secret ID".
+fn answer_kind(path: &str, status: reqwest::StatusCode) -> StoreErrorKind {
+    if status == reqwest::StatusCode::BAD_REQUEST && path.starts_with("/v1/auth/") {
+        StoreErrorKind::Auth
+    } else {
+        http::status_kind(status)
     }
 }
 
@@ -468,11 +461,11 @@ fn expiry(ttl: Duration) -> Option<Instant> {
     Instant::now().checked_add(ttl)
 }
 
-fn session_from_auth(answer: &Value) -> Result<Session, VaultError> {
+fn session_from_auth(answer: &Value) -> Result<Session, StoreError> {
     let auth = &answer["auth"];
     let token = auth["client_token"]
         .as_str()
-        .ok_or_else(|| VaultError::Other("vault: the login gave no token".to_string()))?;
+        .ok_or_else(|| StoreError::rejected("vault: the login gave no token"))?;
     let ttl = Duration::from_secs(auth["lease_duration"].as_u64().unwrap_or(0));
     Ok(Session {
         token: token.to_string(),
@@ -488,7 +481,7 @@ fn split_mount(prefix: &str) -> Result<(&str, &str), StoreError> {
     match trimmed.split_once('/') {
         Some((mount, path)) if !mount.is_empty() => Ok((mount, path)),
         None if !trimmed.is_empty() => Ok((trimmed, "")),
-        _ => Err(StoreError::Invalid(format!(
+        _ => Err(StoreError::invalid(format!(
             "vault: key `{prefix}` names no secrets engine mount (such as /secret/app)"
         ))),
     }
@@ -548,6 +541,57 @@ mod tests {
         assert_eq!(entries["/secret/app/db/port"], "5432");
         assert_eq!(entries["/secret/app/db/tls/on"], "true");
         assert!(entries["/secret/app/db"].contains("\"user\":\"app\""));
+    }
+
+    #[test]
+    fn error_statuses_map_to_kinds() {
+        use reqwest::StatusCode;
+        let cases = [
+            (
+                "/v1/secret/data/app",
+                StatusCode::FORBIDDEN,
+                StoreErrorKind::Auth,
+            ),
+            (
+                "/v1/auth/token/lookup-self",
+                StatusCode::FORBIDDEN,
+                StoreErrorKind::Auth,
+            ),
+            (
+                "/v1/auth/approle/login",
+                StatusCode::BAD_REQUEST,
+                StoreErrorKind::Auth,
+            ),
+            (
+                "/v1/secret/data/app",
+                StatusCode::BAD_REQUEST,
+                StoreErrorKind::Rejected,
+            ),
+            (
+                "/v1/secret/data/app",
+                StatusCode::METHOD_NOT_ALLOWED,
+                StoreErrorKind::Rejected,
+            ),
+            (
+                "/v1/secret/data/app",
+                StatusCode::TOO_MANY_REQUESTS,
+                StoreErrorKind::Rejected,
+            ),
+            // Sealed, or a standby that cannot forward.
+            (
+                "/v1/secret/data/app",
+                StatusCode::SERVICE_UNAVAILABLE,
+                StoreErrorKind::Unreachable,
+            ),
+            (
+                "/v1/secret/data/app",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                StoreErrorKind::Unreachable,
+            ),
+        ];
+        for (path, status, kind) in cases {
+            assert_eq!(answer_kind(path, status), kind, "{path} {status}");
+        }
     }
 
     #[test]

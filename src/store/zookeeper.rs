@@ -37,7 +37,9 @@ use futures_util::stream::{self, BoxStream, FuturesUnordered, StreamExt};
 use tokio::sync::{Mutex, mpsc};
 use zookeeper_client as zk;
 
-use super::{Change, KeyMap, Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
+use super::{
+    Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchEvent, WatchStream, under_any,
+};
 
 /// Asked of the servers for each session: a server that does not hear from reconfd for this
 /// long ends its session.
@@ -73,11 +75,11 @@ impl ZookeeperStore {
     /// `host:port` (or a bare host, for port 2181).
     pub fn new(options: &ZookeeperOptions) -> Result<ZookeeperStore, StoreError> {
         if options.nodes.is_empty() {
-            return Err(StoreError::Invalid("zookeeper: no node given".to_string()));
+            return Err(StoreError::invalid("zookeeper: no node given"));
         }
         for node in &options.nodes {
             check_node(node).map_err(|reason| {
-                StoreError::Invalid(format!("zookeeper node {node:?}: {reason}"))
+                StoreError::invalid(format!("zookeeper node {node:?}: {reason}"))
             })?;
         }
         Ok(ZookeeperStore {
@@ -101,7 +103,10 @@ impl ZookeeperStore {
             .connect(&self.servers)
             .await
             .map_err(|e| {
-                StoreError::Unavailable(format!("zookeeper {}: cannot connect: {e}", self.servers))
+                StoreError::new(
+                    error_kind(&e),
+                    format!("zookeeper {}: cannot connect: {e}", self.servers),
+                )
             })?;
         *current = Some(client.clone());
         Ok(client)
@@ -504,7 +509,34 @@ impl<'a> Reader<'a> {
 
     /// An error naming the servers and what failed, such as the znode being read.
     fn fail(&self, what: &str, cause: zk::Error) -> StoreError {
-        StoreError::Unavailable(format!("zookeeper {}: {what}: {cause}", self.servers))
+        StoreError::new(
+            error_kind(&cause),
+            format!("zookeeper {}: {what}: {cause}", self.servers),
+        )
+    }
+}
+
+/// The kind of failure a ZooKeeper error stands for. A znode whose ACL does not let reconfd
+/// read it is `NoAuth`, credentials the ensemble refuses `AuthFailed`; a lost connection or
+/// session, a timeout or an overloaded server passes; an answer the client cannot make sense
+/// of counts as a server not serving, as for the other stores. The rest are requests the
+/// server refused, such as a persistent watch asked of a server before 3.6 (`Unimplemented`).
+fn error_kind(error: &zk::Error) -> StoreErrorKind {
+    match error {
+        zk::Error::NoAuth | zk::Error::AuthFailed => StoreErrorKind::Auth,
+        zk::Error::NoHosts
+        | zk::Error::Timeout
+        | zk::Error::ConnectionLoss
+        | zk::Error::SessionExpired
+        | zk::Error::SessionMoved
+        | zk::Error::ClientClosed
+        | zk::Error::Throttled
+        | zk::Error::UnmarshalError { .. }
+        | zk::Error::MarshallingError
+        | zk::Error::UnexpectedError(_)
+        | zk::Error::UnexpectedErrorCode(_)
+        | zk::Error::Custom(_) => StoreErrorKind::Unreachable,
+        _ => StoreErrorKind::Rejected,
     }
 }
 
@@ -598,6 +630,26 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_map_to_kinds() {
+        let cases = [
+            (zk::Error::NoAuth, StoreErrorKind::Auth),
+            (zk::Error::AuthFailed, StoreErrorKind::Auth),
+            (zk::Error::ConnectionLoss, StoreErrorKind::Unreachable),
+            (zk::Error::NoHosts, StoreErrorKind::Unreachable),
+            (zk::Error::Timeout, StoreErrorKind::Unreachable),
+            (zk::Error::SessionExpired, StoreErrorKind::Unreachable),
+            (zk::Error::Unimplemented, StoreErrorKind::Rejected),
+            (
+                zk::Error::BadArguments(&"bad path"),
+                StoreErrorKind::Rejected,
+            ),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(error_kind(&error), kind, "{error}");
+        }
+    }
 
     /// The events ZooKeeper sends for a change, as (kind, path).
     type Events = Vec<(zk::EventType, String)>;

@@ -8,6 +8,7 @@
 //! may return without a change to what it asked for.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,7 +45,10 @@ struct Data {
 struct Shared {
     data: Mutex<Data>,
     changed: watch::Sender<u64>,
-    token: Option<String>,
+    /// The token every request must carry, if any.
+    token: Mutex<Option<String>>,
+    /// Blocking queries waiting for a change.
+    blocked: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -76,7 +80,8 @@ impl Consul {
                 ..Data::default()
             }),
             changed: watch::channel(1).0,
-            token: token.map(str::to_string),
+            token: Mutex::new(token.map(str::to_string)),
+            blocked: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut consul = Consul {
             port: 0,
@@ -119,6 +124,17 @@ impl Consul {
         });
         self.port = bound.recv().expect("the stand-in started");
         self.stop = Some(stop);
+    }
+
+    /// Makes every request from now on carry `token` (none: no token needed), as if the ACL
+    /// tokens were changed. Queries already admitted answer as before.
+    pub fn set_token(&self, token: Option<&str>) {
+        *self.shared.token.lock().expect("lock") = token.map(str::to_string);
+    }
+
+    /// How many blocking queries are waiting for a change: a watch is following the agent.
+    pub fn blocking_queries(&self) -> usize {
+        self.shared.blocked.load(Ordering::SeqCst)
     }
 
     /// The agent's URL.
@@ -207,7 +223,8 @@ struct Params {
 /// Checks the token and datacenter, then holds a blocking query until the index passes the
 /// one asked for or the wait runs out. Returns the response to give instead, if any.
 async fn admit(shared: &Shared, headers: &HeaderMap, params: &Params) -> Option<Response> {
-    if let Some(token) = &shared.token
+    let token = shared.token.lock().expect("lock").clone();
+    if let Some(token) = token
         && headers.get("X-Consul-Token").and_then(|v| v.to_str().ok()) != Some(token.as_str())
     {
         return Some((StatusCode::FORBIDDEN, "ACL not found").into_response());
@@ -222,7 +239,9 @@ async fn admit(shared: &Shared, headers: &HeaderMap, params: &Params) -> Option<
             .and_then(|wait| humantime::parse_duration(wait).ok())
             .unwrap_or(Duration::from_secs(300));
         let mut changed = shared.changed.subscribe();
+        shared.blocked.fetch_add(1, Ordering::SeqCst);
         let _ = tokio::time::timeout(wait, changed.wait_for(|current| *current > index)).await;
+        shared.blocked.fetch_sub(1, Ordering::SeqCst);
     }
     None
 }

@@ -16,6 +16,14 @@ pub const BUCKET: &str = "reconfd";
 /// Debian installs the server outside a normal user's PATH.
 const SERVER: &str = "/usr/sbin/nats-server";
 
+/// The user of a server started with [`Nats::start_with_users`] that may do anything; the
+/// helper's own client logs in as it.
+pub const ADMIN: (&str, &str) = ("admin", "admin-pw");
+
+/// The user of a server started with [`Nats::start_with_users`] that may not make JetStream
+/// requests, so it cannot read a bucket.
+pub const NO_JETSTREAM: (&str, &str) = ("outsider", "outsider-pw");
+
 /// A nats-server with JetStream, and a client of its bucket.
 pub struct Nats {
     dir: tempfile::TempDir,
@@ -24,6 +32,10 @@ pub struct Nats {
     runtime: tokio::runtime::Runtime,
     /// The client and bucket while the server runs.
     bucket: Option<(async_nats::Client, kv::Store)>,
+    /// The server's configuration file, if it has one.
+    config: Option<String>,
+    /// The user and password the helper's client logs in with, if the server wants one.
+    credentials: Option<(&'static str, &'static str)>,
 }
 
 impl Nats {
@@ -36,6 +48,30 @@ impl Nats {
 
     /// A running server with no bucket at all.
     pub fn start_without_bucket() -> Nats {
+        Nats::start_configured(None, None)
+    }
+
+    /// A running server with the bucket [`BUCKET`] that wants a user and a password: the
+    /// users [`ADMIN`] and [`NO_JETSTREAM`].
+    pub fn start_with_users() -> Nats {
+        let config = format!(
+            "authorization {{\n  users = [\n    {{ user: {admin}, password: {admin_pw} }}\n    \
+             {{ user: {outsider}, password: {outsider_pw}, permissions: {{ publish: {{ deny: \
+             [\"$JS.API.>\"] }} }} }}\n  ]\n}}\n",
+            admin = ADMIN.0,
+            admin_pw = ADMIN.1,
+            outsider = NO_JETSTREAM.0,
+            outsider_pw = NO_JETSTREAM.1,
+        );
+        let mut nats = Nats::start_configured(Some(config), Some(ADMIN));
+        nats.create_bucket(BUCKET);
+        nats
+    }
+
+    fn start_configured(
+        config: Option<String>,
+        credentials: Option<(&'static str, &'static str)>,
+    ) -> Nats {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -46,6 +82,8 @@ impl Nats {
             process: None,
             runtime,
             bucket: None,
+            config,
+            credentials,
         };
         nats.launch();
         nats.connect();
@@ -186,7 +224,13 @@ impl Nats {
             .append(true)
             .open(self.dir.path().join("nats.log"))
             .expect("nats log");
-        let process = Command::new(SERVER)
+        let mut command = Command::new(SERVER);
+        if let Some(config) = &self.config {
+            let file = self.dir.path().join("nats.conf");
+            std::fs::write(&file, config).expect("nats config");
+            command.arg("-c").arg(file);
+        }
+        let process = command
             .arg("-js")
             .arg("-sd")
             .arg(self.store_dir())
@@ -212,7 +256,17 @@ impl Nats {
     /// A client, once the server accepts connections.
     fn connect(&self) -> async_nats::Client {
         let url = self.url();
-        self.retry("connect", || async_nats::connect(url.clone()))
+        let credentials = self.credentials;
+        self.retry("connect", || {
+            let options = match credentials {
+                Some((user, password)) => async_nats::ConnectOptions::with_user_and_password(
+                    user.to_string(),
+                    password.to_string(),
+                ),
+                None => async_nats::ConnectOptions::new(),
+            };
+            options.connect(url.clone())
+        })
     }
 
     /// What `attempt` gives once it succeeds: JetStream answers a moment after the server

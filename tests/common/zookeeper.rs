@@ -152,6 +152,27 @@ impl Zookeeper {
         });
     }
 
+    /// Lets anyone read `path`, or, with `readable` false, anyone do anything with it but
+    /// read it (its ACL can still be changed back).
+    pub fn set_readable(&self, path: &str, readable: bool) {
+        let client = self.client();
+        let owned_path = path.to_string();
+        let permission = if readable {
+            zk::Permission::ALL
+        } else {
+            zk::Permission::WRITE
+                | zk::Permission::CREATE
+                | zk::Permission::DELETE
+                | zk::Permission::ADMIN
+        };
+        self.runtime
+            .run(async move {
+                let acl = [zk::Acl::new(permission, zk::AuthId::anyone())];
+                client.set_acl(&owned_path, &acl, None).await
+            })
+            .unwrap_or_else(|e| panic!("set the ACL of {path}: {e}"));
+    }
+
     /// Deletes `path` and everything under it.
     pub fn delete(&self, path: &str) {
         let client = self.client();
