@@ -92,6 +92,8 @@ fn watch_on_the_file_store_follows_edits() {
         "server web2 10.0.0.2:80\n",
         "deleted key's line is gone",
     );
+    // The reload runs after the rename that shows the new content.
+    wait_for(Duration::from_secs(10), || reloads(&fixture) >= 3);
     assert_eq!(reloads(&fixture), 3, "one reload per applied change");
     assert_eq!(daemon.terminate(), Some(0));
 }

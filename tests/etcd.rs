@@ -270,6 +270,10 @@ fn authentication_renews_expired_tokens_and_a_wrong_password_is_named() {
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.stderr.contains("etcd refused user `root`"), "{run:?}");
     assert!(
+        run.stderr.contains("refused the credentials"),
+        "a wrong password is an authentication failure, not an outage: {run:?}"
+    );
+    assert!(
         !run.stderr.contains("wrong"),
         "the password is not logged: {run:?}"
     );

@@ -35,6 +35,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CODE_OUT_OF_RANGE: i64 = 11;
 const CODE_UNAVAILABLE: i64 = 14;
 const CODE_UNAUTHENTICATED: i64 = 16;
+const CODE_PERMISSION_DENIED: i64 = 7;
 
 /// How to reach and authenticate to etcd.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -101,11 +102,21 @@ enum EtcdError {
     /// etcd answered with an error that another node would answer too.
     #[error("{0}")]
     Rejected(String),
+    /// etcd refused the credentials, or the user may not read what was asked; another node
+    /// would refuse them too.
+    #[error("{0}")]
+    Auth(String),
 }
 
 impl EtcdError {
     fn into_store(self) -> StoreError {
-        StoreError::Unavailable(self.to_string())
+        match self {
+            EtcdError::Unreachable(_) | EtcdError::Compacted => {
+                StoreError::unreachable(self.to_string())
+            }
+            EtcdError::Rejected(message) => StoreError::rejected(message),
+            EtcdError::Auth(message) => StoreError::auth(message),
+        }
     }
 }
 
@@ -128,7 +139,7 @@ struct Client {
 
 impl Client {
     fn new(options: &EtcdOptions) -> Result<Client, StoreError> {
-        let invalid = |message: String| StoreError::Invalid(format!("etcd: {message}"));
+        let invalid = |message: String| StoreError::invalid(format!("etcd: {message}"));
         if options.nodes.is_empty() {
             return Err(invalid("no node given".to_string()));
         }
@@ -371,6 +382,16 @@ impl Client {
                     renewed = true;
                 }
                 CODE_UNAVAILABLE => return Err(EtcdError::Unreachable(message)),
+                CODE_UNAUTHENTICATED | CODE_PERMISSION_DENIED => {
+                    return Err(EtcdError::Auth(message));
+                }
+                _ if matches!(
+                    status,
+                    reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN
+                ) =>
+                {
+                    return Err(EtcdError::Auth(message));
+                }
                 CODE_OUT_OF_RANGE if error.text(status).contains("compacted") => {
                     return Err(EtcdError::Compacted);
                 }
@@ -411,7 +432,7 @@ impl Client {
             return Err(if error.code == CODE_UNAVAILABLE {
                 EtcdError::Unreachable(message)
             } else {
-                EtcdError::Rejected(message)
+                EtcdError::Auth(message)
             });
         }
         let answer: AuthenticateResponse = response.json().await.map_err(|e| {

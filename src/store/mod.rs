@@ -182,20 +182,6 @@ impl StoreError {
         StoreError::new(StoreErrorKind::File, format!("{path}: {message}"))
     }
 
-    /// An unreachable store, under the name the error had before it had kinds: stores that
-    /// do not tell their failures apart yet (etcd) report every failure this way, which the
-    /// daemon retries at the reconnect rate, as it always has.
-    #[allow(non_snake_case)]
-    pub fn Unavailable(message: String) -> StoreError {
-        StoreError::unreachable(message)
-    }
-
-    /// Settings that cannot work, under the name the error had before it had kinds.
-    #[allow(non_snake_case)]
-    pub fn Invalid(message: String) -> StoreError {
-        StoreError::invalid(message)
-    }
-
     /// What kind of failure this is.
     pub fn kind(&self) -> StoreErrorKind {
         self.kind

@@ -413,6 +413,12 @@ fn cancellation(client: &Client, node: &str, message: &WatchResponse) -> Result<
         ));
     }
     let reason = &message.cancel_reason;
+    if reason.contains("permission denied") {
+        return Err(EtcdError::Auth(format!(
+            "{node}: the watch was refused: {reason}"
+        )));
+    }
+    // An expired token: the next attempt logs in again.
     if is_authentication_failure(reason) {
         client.forget_token();
         return Err(EtcdError::Unreachable(format!(
@@ -722,10 +728,14 @@ impl Ended {
             Ended::Stream(reason) => EtcdError::Unreachable(reason),
             Ended::Refused(error, node) => {
                 let text = error.text(reqwest::StatusCode::OK);
+                let message = format!("{node}: the watch failed: {text}");
+                if text.contains("permission denied") {
+                    return EtcdError::Auth(message);
+                }
                 if is_authentication_failure(&text) {
                     client.forget_token();
                 }
-                EtcdError::Unreachable(format!("{node}: the watch failed: {text}"))
+                EtcdError::Unreachable(message)
             }
         }
     }
