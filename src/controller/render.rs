@@ -5,7 +5,9 @@
 //! has a time limit and an output limit: past the time limit the resource fails, the render
 //! is told to stop (it stops at its next write or function call) and its result, if it ever
 //! comes, is dropped; until its thread has ended the resource is not rendered again, so a
-//! runaway template holds one thread at most. At most one render per core runs at a time.
+//! runaway template holds one thread at most. A controller renders one template at a time
+//! (renders allocate heavily, and two on one allocator mostly wait for each other); a render
+//! still running after [`ROUND_GRACE`] lets the next one start beside it.
 //!
 //! A round renders its resources concurrently and is committed as one batch. Renders still
 //! running [`ROUND_GRACE`] after the round began do not hold the others back: the round
@@ -76,9 +78,8 @@ pub(crate) struct Renders {
 impl Renders {
     /// Render state for `resources` resources.
     pub(crate) fn new(resources: usize) -> Renders {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Renders {
-            permits: Arc::new(Semaphore::new(cores)),
+            permits: Arc::new(Semaphore::new(1)),
             running: (0..resources).map(|_| Arc::default()).collect(),
             late: FuturesUnordered::new(),
             late_indexes: BTreeSet::new(),
@@ -231,7 +232,7 @@ async fn render(
     running: Arc<AtomicBool>,
 ) -> Rendered {
     // The semaphore is never closed.
-    let _permit = permits.acquire_owned().await.ok();
+    let permit = permits.acquire_owned().await.ok();
     let limits = member.limits;
     let bounds = RenderBounds {
         max_size: limits.max_size,
@@ -251,7 +252,17 @@ async fn render(
         message: format!("{}: {message}", resource.file.display()),
         may_pass,
     };
-    let content = match tokio::time::timeout(limits.timeout, thread).await {
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let mut thread = std::pin::pin!(thread);
+    let finished = tokio::select! {
+        finished = &mut thread => Ok(finished),
+        () = tokio::time::sleep(ROUND_GRACE.min(limits.timeout)) => {
+            // A slow render no longer holds back the next one.
+            drop(permit);
+            tokio::time::timeout_at(deadline, thread).await
+        }
+    };
+    let content = match finished {
         Ok(Ok(Ok(text))) => Ok(text),
         Ok(Ok(Err(e))) => Err(failure(e.to_string(), e.may_pass)),
         Ok(Err(e)) => Err(failure(
