@@ -1,6 +1,6 @@
 //! Rendering off the runtime thread, within limits.
 //!
-//! Every render runs on a thread of the blocking pool, so the runtime thread that serves
+//! Every render runs on a render thread of its controller, so the runtime thread that serves
 //! signals, health, the watches and the other resources never waits for a template. A render
 //! has a time limit and an output limit: past the time limit the resource fails, the render
 //! is told to stop (it stops at its next write or function call) and its result, if it ever
@@ -16,8 +16,8 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -65,6 +65,8 @@ pub(crate) struct RenderFailure {
 /// their round was committed, and the resources whose render thread has not ended.
 pub(crate) struct Renders {
     permits: Arc<Semaphore>,
+    /// The thread that renders, while it is idle.
+    worker: Arc<Mutex<Option<Worker>>>,
     /// For each resource: a render thread of it is still running.
     running: Vec<Arc<AtomicBool>>,
     /// Renders that outlived their round, as batches to commit when they end.
@@ -80,6 +82,7 @@ impl Renders {
     pub(crate) fn new(resources: usize) -> Renders {
         Renders {
             permits: Arc::new(Semaphore::new(1)),
+            worker: Arc::default(),
             running: (0..resources).map(|_| Arc::default()).collect(),
             late: FuturesUnordered::new(),
             late_indexes: BTreeSet::new(),
@@ -136,6 +139,7 @@ impl Renders {
                 member,
                 view,
                 Arc::clone(&self.permits),
+                Arc::clone(&self.worker),
                 Arc::clone(&self.running[index]),
             ));
         }
@@ -223,12 +227,64 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// Renders one resource on the blocking pool within its limits.
+/// A job for a render thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread that runs renders one after another. One long-lived thread per controller keeps
+/// the memory a render touches (its stack, the allocator's per-thread cache) in one place;
+/// a pool thread per render left a little of it behind on every thread the pool kept.
+struct Worker {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Worker {
+    fn spawn() -> std::io::Result<Worker> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("reconfd-render".to_string())
+            .spawn(move || {
+                // Ends when its controller lets it go (the sender is dropped).
+                while let Ok(job) = queue.recv() {
+                    // A render that panics drops its reply, which its caller reports; the
+                    // thread goes on with the next one.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })?;
+        Ok(Worker { jobs })
+    }
+
+    /// Hands `job` to the idle worker in `slot`, or to a new one when there is none or it
+    /// has ended. Returns the worker, now busy with the job.
+    fn run(slot: &Mutex<Option<Worker>>, job: Job) -> std::io::Result<Worker> {
+        let idle = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let job = match idle {
+            Some(worker) => match worker.jobs.send(job) {
+                Ok(()) => return Ok(worker),
+                Err(returned) => returned.0,
+            },
+            None => job,
+        };
+        let worker = Worker::spawn()?;
+        // A new thread's queue is open until the worker is dropped.
+        let _ = worker.jobs.send(job);
+        Ok(worker)
+    }
+
+    /// Puts the worker back as the controller's idle one, unless another took its place.
+    fn release(self, slot: &Mutex<Option<Worker>>) {
+        slot.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(self);
+    }
+}
+
+/// Renders one resource on its controller's render thread within its limits.
 async fn render(
     index: usize,
     member: Arc<Prepared>,
     view: View,
     permits: Arc<Semaphore>,
+    worker: Arc<Mutex<Option<Worker>>>,
     running: Arc<AtomicBool>,
 ) -> Rendered {
     // The semaphore is never closed.
@@ -243,28 +299,54 @@ async fn render(
     running.store(true, Ordering::Release);
     let thread_bounds = bounds.clone();
     let thread_member = Arc::clone(&member);
-    let thread = tokio::task::spawn_blocking(move || {
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
         let _running = Running(running);
-        thread_member.renderer.render_bounded(view, &thread_bounds)
+        // The caller stopped waiting only if it gave up on the render.
+        let _ = reply.send(thread_member.renderer.render_bounded(view, &thread_bounds));
     });
     let resource = &member.resource;
     let failure = |message: String, may_pass: bool| RenderFailure {
         message: format!("{}: {message}", resource.file.display()),
         may_pass,
     };
+    let busy = match Worker::run(&worker, job) {
+        Ok(busy) => busy,
+        Err(e) => {
+            return Rendered {
+                index,
+                content: Err(failure(format!("cannot start a render thread: {e}"), true)),
+                time: Duration::ZERO,
+            };
+        }
+    };
+    // The answer is awaited on the blocking pool: the waiting thread touches next to no
+    // memory, and tokio's paused clock (in tests) stands still while a render runs, as it
+    // does for any blocking task.
+    let thread = tokio::task::spawn_blocking(move || answer.recv());
     let deadline = tokio::time::Instant::now() + limits.timeout;
     let mut thread = std::pin::pin!(thread);
     let finished = tokio::select! {
         finished = &mut thread => Ok(finished),
         () = tokio::time::sleep(ROUND_GRACE.min(limits.timeout)) => {
-            // A slow render no longer holds back the next one.
+            // A slow render no longer holds back the next one, which gets a thread of its own.
             drop(permit);
             tokio::time::timeout_at(deadline, thread).await
         }
     };
+    if finished.is_ok() {
+        busy.release(&worker);
+    }
     let content = match finished {
-        Ok(Ok(Ok(text))) => Ok(text),
-        Ok(Ok(Err(e))) => Err(failure(e.to_string(), e.may_pass)),
+        Ok(Ok(Ok(Ok(text)))) => Ok(text),
+        Ok(Ok(Ok(Err(e)))) => Err(failure(e.to_string(), e.may_pass)),
+        Ok(Ok(Err(_))) => Err(failure(
+            format!(
+                "{}: rendering failed unexpectedly (it panicked); please report this",
+                resource.src.display(),
+            ),
+            false,
+        )),
         Ok(Err(e)) => Err(failure(
             format!(
                 "{}: rendering failed unexpectedly ({}); please report this",
