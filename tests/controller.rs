@@ -17,6 +17,19 @@ fn listen_address() -> String {
     format!("127.0.0.1:{}", common::etcd::free_port())
 }
 
+/// The daemon watching the fixture's `data.yaml`, serving `--listen` on `address`.
+fn watch_data(fixture: &Fixture, address: &str) -> Daemon {
+    fixture.spawn(&[
+        "--watch",
+        "--backend",
+        "file",
+        "--file",
+        "data.yaml",
+        "--listen",
+        address,
+    ])
+}
+
 /// Waits until the daemon's log has a line containing `text`.
 fn expect_log(daemon: &Daemon, text: &str) {
     assert!(
@@ -43,15 +56,7 @@ fn a_runaway_template_fails_at_its_limit_and_holds_back_nothing_else() {
     fixture.write("runaway.conf", "kept\n");
     fixture.write("data.yaml", "app:\n  port: \"80\"\n");
     let address = listen_address();
-    let daemon = fixture.spawn(&[
-        "--watch",
-        "--backend",
-        "file",
-        "--file",
-        "data.yaml",
-        "--listen",
-        &address,
-    ]);
+    let daemon = watch_data(&fixture, &address);
     // The other resource of the same store is synced while the runaway render runs.
     expect_file(
         &fixture,
@@ -88,15 +93,7 @@ fn sigterm_ends_the_daemon_while_a_render_runs_away() {
     );
     fixture.write("data.yaml", "app:\n  port: \"80\"\n");
     let address = listen_address();
-    let daemon = fixture.spawn(&[
-        "--watch",
-        "--backend",
-        "file",
-        "--file",
-        "data.yaml",
-        "--listen",
-        &address,
-    ]);
+    let daemon = watch_data(&fixture, &address);
     // Health answers while the render (10 s limit) is running.
     assert!(
         wait_for(Duration::from_secs(30), || common::etcd::http_client()
@@ -195,15 +192,7 @@ fn a_failed_write_is_tried_again_without_a_new_change() {
     fixture.write("out", "not a directory\n");
     fixture.write("data.yaml", "app:\n  port: \"80\"\n");
     let address = listen_address();
-    let daemon = fixture.spawn(&[
-        "--watch",
-        "--backend",
-        "file",
-        "--file",
-        "data.yaml",
-        "--listen",
-        &address,
-    ]);
+    let daemon = watch_data(&fixture, &address);
     expect_log(&daemon, "trying again in");
     let (_, status) = get(&format!("http://{address}/status"));
     assert!(status.contains("\"next_attempt\":\""), "{status}");

@@ -210,11 +210,7 @@ impl Controller {
             let Err(panic) = run else {
                 return self;
             };
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|text| text.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".to_string());
+            let message = panic_text(panic.as_ref());
             tracing::error!(
                 "{}: the store's loop failed unexpectedly ({message}); please report this. \
                  Starting it over with a full read.",
@@ -631,6 +627,15 @@ async fn next_event(stream: &mut Option<WatchStream>) -> Option<Result<WatchEven
         Some(stream) => stream.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// The message a panic was raised with, where it has one.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
 }
 
 /// The current time on the runtime's clock, which tests can pause and advance.

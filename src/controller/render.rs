@@ -374,13 +374,9 @@ async fn render(
 
 /// What a task that did not finish left behind: its panic message, where there is one.
 fn panic_message(error: tokio::task::JoinError) -> String {
-    if !error.is_panic() {
-        return error.to_string();
+    if error.is_panic() {
+        super::panic_text(error.into_panic().as_ref())
+    } else {
+        error.to_string()
     }
-    let payload = error.into_panic();
-    payload
-        .downcast_ref::<&str>()
-        .map(|text| text.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".to_string())
 }
