@@ -740,5 +740,12 @@ mod tests {
         )
         .expect_err("typo");
         assert!(err.to_string().contains("app.toml:7:1"), "{err}");
+        let err = load_text(
+            &format!("{base}[backend]\nbackend = \"env\"\ninterval = 5\n"),
+            "",
+        )
+        .expect_err("not a store's setting");
+        assert!(err.to_string().contains("app.toml:7:1"), "{err}");
+        assert!(err.to_string().contains("`interval`"), "{err}");
     }
 }

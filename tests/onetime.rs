@@ -324,6 +324,58 @@ fn settings_file_and_environment_feed_the_flags() {
     assert_eq!(fixture.read("out/app.conf"), "server web1 10.0.0.1:80\n");
 }
 
+/// A flag beats its variable, which beats the settings file: for a value (`prefix`), a switch
+/// (`noop`) and a list (`file`).
+#[test]
+fn flags_beat_variables_which_beat_the_settings_file() {
+    let fixture = Fixture::new();
+    fixture.template("db.tmpl", "host={{ getv(key=\"/db/host\") }}\n");
+    fixture.resource(
+        "db",
+        "src = \"db.tmpl\"\ndest = \"db.conf\"\nkeys = [\"/db\"]\n",
+    );
+    fixture.write(
+        "data.json",
+        r#"{"file": {"db": {"host": "file"}}, "env": {"db": {"host": "env"}}, "flag": {"db": {"host": "flag"}}}"#,
+    );
+    fixture.write(
+        "reconfd.toml",
+        "onetime = true\nfile = \"missing.json\"\nprefix = \"/file\"\nnoop = true\n",
+    );
+    let run_with = |args: &[&str], env: &[(&str, &str)]| {
+        Run::from(
+            fixture
+                .command(args)
+                .env("RECONFD_FILE", "data.json")
+                .envs(env.iter().copied())
+                .output()
+                .expect("run"),
+        )
+    };
+    let run = run_with(&[], &[]);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "the variable's file, not the file's: {run:?}"
+    );
+    assert!(!fixture.path("db.conf").exists(), "noop from the file");
+    let run = run_with(&[], &[("RECONFD_NOOP", "false")]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("db.conf"), "host=file\n");
+    let run = run_with(
+        &[],
+        &[("RECONFD_NOOP", "false"), ("RECONFD_PREFIX", "/env")],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("db.conf"), "host=env\n");
+    let run = run_with(
+        &["--prefix", "/flag"],
+        &[("RECONFD_NOOP", "false"), ("RECONFD_PREFIX", "/env")],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("db.conf"), "host=flag\n");
+}
+
 #[test]
 fn unusable_settings_exit_2_with_one_clear_line() {
     let fixture = Fixture::new();
