@@ -12,9 +12,10 @@ use super::consul::{ConsulOptions, ConsulStore};
 use super::env::EnvStore;
 use super::etcd::{EtcdOptions, EtcdStore};
 use super::file::FileStore;
-use super::http::TlsOptions;
 use super::nats::{NatsOptions, NatsStore};
+use super::nodes::redact;
 use super::redis::{RedisOptions, RedisStore};
+use super::tls::TlsOptions;
 use super::vault::{VaultAuth, VaultOptions, VaultStore};
 use super::zookeeper::{ZookeeperOptions, ZookeeperStore};
 
@@ -213,25 +214,8 @@ impl Backend {
         if places.is_empty() {
             return kind.to_string();
         }
-        let places: Vec<String> = places.iter().map(|place| without_password(place)).collect();
+        let places: Vec<String> = places.iter().map(|place| redact(place)).collect();
         format!("{kind} {}", places.join(","))
-    }
-}
-
-/// `place` with the password of a URL's user information masked.
-fn without_password(place: &str) -> String {
-    match reqwest::Url::parse(place) {
-        Ok(mut url) if url.password().is_some() => {
-            // Setting a password on a URL that has one cannot fail.
-            let _ = url.set_password(Some("***"));
-            let masked = url.to_string();
-            // The URL parser adds a `/` path to a bare host.
-            match masked.strip_suffix('/') {
-                Some(bare) if !place.ends_with('/') => bare.to_string(),
-                _ => masked,
-            }
-        }
-        _ => place.to_string(),
     }
 }
 
