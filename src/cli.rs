@@ -39,8 +39,8 @@ pub(crate) struct Cli {
     #[serde(skip)] // The settings file holds them among its other keys: see `crate::settings`.
     pub store: StoreFields,
 
-    /// Prefix joined in front of every resource's keys (and in front of the resource's own
-    /// `prefix`), as confd's --prefix.
+    /// Key prefix of every resource, in place of the resource's own `prefix`, as confd's
+    /// --prefix.
     #[arg(long, env = "RECONFD_PREFIX", value_name = "PATH")]
     pub prefix: Option<String>,
 

@@ -256,31 +256,6 @@ fn overlong_durations_in_flags_environment_and_settings_exit_2_naming_them() {
 }
 
 #[test]
-fn prefix_is_joined_and_stripped_as_in_confd() {
-    let fixture = Fixture::new();
-    fixture.template("db.tmpl", "host={{ getv(key=\"/db/host\") }}\n");
-    fixture.resource(
-        "db",
-        "src = \"db.tmpl\"\ndest = \"db.conf\"\nprefix = \"myapp\"\nkeys = [\"/db\"]\n",
-    );
-    fixture.write(
-        "data.json",
-        r#"{"production": {"myapp": {"db": {"host": "db1.internal"}}}, "staging": {"myapp": {"db": {"host": "wrong"}}}}"#,
-    );
-    let run = fixture.run(&[
-        "--onetime",
-        "--backend",
-        "file",
-        "--file",
-        "data.json",
-        "--prefix",
-        "/production",
-    ]);
-    assert_eq!(run.code, Some(0), "{run:?}");
-    assert_eq!(fixture.read("db.conf"), "host=db1.internal\n");
-}
-
-#[test]
 fn env_store_maps_variables_like_confd() {
     let fixture = Fixture::new();
     fixture.template(
@@ -539,4 +514,46 @@ fn json_logs_are_one_object_per_line() {
                 .is_some_and(|message| message.contains("out of sync"))),
         "{run:?}"
     );
+}
+
+#[test]
+fn a_global_prefix_replaces_the_resources_own_as_confd_does() {
+    let fixture = Fixture::new();
+    fixture.template("db.tmpl", "host {{ getv(key=\"/db/host\") }}\n");
+    fixture.resource(
+        "db",
+        "src = \"db.tmpl\"\ndest = \"db.conf\"\nprefix = \"myapp\"\nkeys = [\"/db\"]\n",
+    );
+    fixture.write(
+        "data.yaml",
+        "myapp:\n  db:\n    host: own\nproduction:\n  db:\n    host: global\n",
+    );
+    let run = fixture.run(ONETIME_FILE);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("db.conf"), "host own\n");
+
+    let mut with_prefix = ONETIME_FILE.to_vec();
+    with_prefix.extend(["--prefix", "/production"]);
+    let run = fixture.run(&with_prefix);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("db.conf"), "host global\n");
+    assert!(
+        run.stderr
+            .contains("the global prefix /production replaces the resource's prefix /myapp"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn a_resource_without_keys_renders_without_asking_the_store() {
+    let fixture = Fixture::new();
+    fixture.template(
+        "motd.tmpl",
+        "{% for i in seq(first=1, last=3) %}{{ i }}{% endfor %}\n",
+    );
+    fixture.resource("motd", "src = \"motd.tmpl\"\ndest = \"motd\"\n");
+    // Nothing listens on the discard port: a store that were asked would fail the run.
+    let run = fixture.run(&["--onetime", "--backend", "redis", "--node", "127.0.0.1:9"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("motd"), "123\n");
 }
