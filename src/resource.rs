@@ -143,7 +143,14 @@ pub fn load_all(
     let resource_dir = confdir.join("conf.d");
     let entries = std::fs::read_dir(&resource_dir).map_err(|e| ResourceError {
         file: resource_dir.display().to_string(),
-        message: format!("cannot read the resource directory: {e}"),
+        message: if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "cannot read the resource directory: {e}; --confdir (or RECONFD_CONFDIR) names \
+                 the directory that holds conf.d/ and templates/"
+            )
+        } else {
+            format!("cannot read the resource directory: {e}")
+        },
     })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))

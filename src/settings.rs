@@ -145,12 +145,19 @@ impl Settings {
             .read("interval", given.interval, |seconds| interval(*seconds))?
             .unwrap_or(Duration::from_secs(DEFAULT_INTERVAL_SECONDS));
         let store = &given.store;
+        origins.read("backend", store.backend.as_ref(), |name| {
+            crate::store::backend::known_store(name)
+        })?;
         let backend = if store.backend.is_none() && store.file.is_empty() {
             None
         } else {
             Some(store.resolve().map_err(SettingsError::Invalid)?)
         };
-        let log_level = normalize_log_level(given.log_level.as_deref().unwrap_or("info"))?;
+        let log_level = origins
+            .read("log_level", given.log_level, |level| {
+                normalize_log_level(level)
+            })?
+            .unwrap_or_else(|| "info".to_string());
         let wait = origins.read("wait", given.wait, |text| text.parse::<Wait>())?;
         let render_timeout = origins.read("render_timeout", given.render_timeout, |text| {
             limits::RENDER_TIMEOUT.parse(text)
@@ -272,14 +279,12 @@ impl Origins<'_> {
 }
 
 /// Maps confd's level names (which include `panic` and `fatal`) onto tracing's.
-fn normalize_log_level(level: &str) -> Result<String, SettingsError> {
+fn normalize_log_level(level: &str) -> Result<String, String> {
     match level.to_ascii_lowercase().as_str() {
         "trace" | "debug" | "info" | "error" => Ok(level.to_ascii_lowercase()),
         "warn" | "warning" => Ok("warn".to_string()),
         "panic" | "fatal" => Ok("error".to_string()),
-        _ => Err(SettingsError::Invalid(format!(
-            "--log-level {level:?} is not a level (error, warn, info, debug, trace)"
-        ))),
+        _ => Err("not a level (error, warn, info, debug, trace)".to_string()),
     }
 }
 

@@ -557,3 +557,52 @@ fn a_resource_without_keys_renders_without_asking_the_store() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(fixture.read("motd"), "123\n");
 }
+
+#[test]
+fn an_unknown_store_is_named_where_it_was_given() {
+    let fixture = Fixture::new();
+    fixture.write("reconfd.toml", "backend = \"etcdd\"\n");
+    let run = fixture.run(&["--onetime", "--backend", "etcdd"]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("--backend \"etcdd\": not a known store (known: file, env, etcd"),
+        "{run:?}"
+    );
+    let output = fixture
+        .command(&["--onetime"])
+        .env("RECONFD_BACKEND", "etcdd")
+        .output()
+        .expect("run reconfd");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("RECONFD_BACKEND=\"etcdd\": not a known store"),
+        "{stderr}"
+    );
+    let run = fixture.run(&["--onetime"]);
+    assert!(
+        run.stderr
+            .contains("reconfd.toml: `backend` = \"etcdd\": not a known store"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn a_missing_confdir_points_at_the_flag() {
+    let fixture = Fixture::new();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_reconfd"))
+        .args(["--onetime", "--confdir", "nowhere"])
+        .current_dir(fixture.root())
+        .output()
+        .expect("run reconfd");
+    let run = common::Run::from(output);
+    assert_eq!(run.code, Some(2), "unusable settings: {run:?}");
+    assert!(
+        run.stderr
+            .contains("nowhere/conf.d: cannot read the resource directory")
+            && run
+                .stderr
+                .contains("--confdir (or RECONFD_CONFDIR) names the directory"),
+        "{run:?}"
+    );
+}

@@ -33,6 +33,15 @@ const DEFAULT_NATS_BUCKET: &str = "reconfd";
 /// The stores reconfd knows, for messages.
 const KNOWN: &str = "file, env, etcd, redis, zookeeper, nats, consul, vault";
 
+/// Checks that `name` names a store reconfd knows.
+pub(crate) fn known_store(name: &str) -> Result<(), String> {
+    if KNOWN.split(", ").any(|known| known == name) {
+        Ok(())
+    } else {
+        Err(format!("not a known store (known: {KNOWN})"))
+    }
+}
+
 /// A store's settings, as given: every field optional. Each field is a setting's one
 /// declaration: its `#[arg]` gives the flag and the `RECONFD_*` variable, its doc comment the
 /// help, and its name the key (confd's) in the settings file and in a resource's `[backend]`
@@ -297,7 +306,7 @@ impl StoreFields {
             }),
             other => {
                 return Err(format!(
-                    "backend {other:?} is not a known store (known: {KNOWN})"
+                    "`backend` = {other:?}: not a known store (known: {KNOWN})"
                 ));
             }
         };
