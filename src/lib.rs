@@ -11,6 +11,7 @@
 pub mod cli;
 mod command;
 mod controller;
+mod descriptors;
 mod limits;
 mod notify;
 mod plan;
