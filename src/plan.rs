@@ -100,6 +100,7 @@ impl Plan {
                         member.resource.mode.get_or_insert(SECRET_MODE);
                     }
                     member.resource.wait = member.resource.wait.or(settings.wait);
+                    member.resource.min_keys = member.resource.min_keys.or(settings.min_keys);
                     member.resource.rollback |= settings.rollback;
                     Arc::new(member)
                 })

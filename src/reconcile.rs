@@ -831,6 +831,7 @@ mod tests {
             output_format: None,
             render_timeout: None,
             render_max_size: None,
+            min_keys: None,
         }
     }
 

@@ -75,6 +75,9 @@ pub struct Resource {
     /// Largest output its render may produce (`render_max_size`); `None` takes
     /// `--render-max-size`.
     pub render_max_size: Option<u64>,
+    /// Fewest keys it must see under `keys` to be synced (`min_keys`); `None` takes
+    /// `--min-keys`, and without that any number will do.
+    pub min_keys: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +133,8 @@ struct TemplateTable {
     render_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "render_max_size")]
     render_max_size: Option<u64>,
+    #[serde(default, deserialize_with = "min_keys")]
+    min_keys: Option<usize>,
 }
 
 /// Reads every `*.toml` file in `<confdir>/conf.d`, in name order. Each file yields either its
@@ -280,6 +285,7 @@ fn resolve(
         output_format: table.output_format,
         render_timeout: table.render_timeout,
         render_max_size: table.render_max_size,
+        min_keys: table.min_keys,
     })
 }
 
@@ -424,6 +430,20 @@ fn render_max_size<'de, D: serde::Deserializer<'de>>(
     limits::parse_size(&text)
         .map(Some)
         .map_err(|e| serde::de::Error::custom(format!("`render_max_size` = {value}: {e}")))
+}
+
+/// A number of keys: an integer from 0.
+fn min_keys<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    let value = toml::Value::deserialize(deserializer)?;
+    value
+        .as_integer()
+        .and_then(|count| usize::try_from(count).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`min_keys` = {value}: a number of keys, at least 0"
+            ))
+        })
 }
 
 fn wait<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Wait>, D::Error> {

@@ -109,6 +109,8 @@ pub struct Settings {
     pub render_max_size: Option<u64>,
     /// The wait of resources that set none.
     pub wait: Option<Wait>,
+    /// The `min_keys` of resources that set none.
+    pub min_keys: Option<usize>,
     /// Roll back failed reloads for every resource.
     pub rollback: bool,
     /// Where to serve metrics and the status page.
@@ -185,6 +187,7 @@ impl Settings {
             log_format: given.log_format.unwrap_or_default(),
             rollback: given.rollback,
             wait,
+            min_keys: given.min_keys,
             render_timeout,
             render_max_size,
             listen: given.listen,

@@ -53,11 +53,14 @@ pub enum SyncResult {
     ReloadFailed,
     /// Reading, staging or writing a file failed, or the output was not in its format.
     WriteFailed,
+    /// The store showed the resource fewer keys than its `min_keys`: not rendered, and its
+    /// destination left as it is.
+    Guarded,
 }
 
 impl SyncResult {
     /// Every result, for dropping the series of a resource that is no longer configured.
-    const ALL: [SyncResult; 7] = [
+    const ALL: [SyncResult; 8] = [
         SyncResult::InSync,
         SyncResult::Updated,
         SyncResult::WouldUpdate,
@@ -65,6 +68,7 @@ impl SyncResult {
         SyncResult::CheckFailed,
         SyncResult::ReloadFailed,
         SyncResult::WriteFailed,
+        SyncResult::Guarded,
     ];
 
     /// The name used in metrics labels and in `/status`.
@@ -77,6 +81,7 @@ impl SyncResult {
             SyncResult::CheckFailed => "check_failed",
             SyncResult::ReloadFailed => "reload_failed",
             SyncResult::WriteFailed => "write_failed",
+            SyncResult::Guarded => "guarded",
         }
     }
 
@@ -87,6 +92,7 @@ impl SyncResult {
                 | SyncResult::CheckFailed
                 | SyncResult::ReloadFailed
                 | SyncResult::WriteFailed
+                | SyncResult::Guarded
         )
     }
 }
@@ -193,6 +199,7 @@ struct Metrics {
     watch_reconnects: Family<StoreLabel, Counter>,
     store_up: Family<StoreLabel, Gauge>,
     last_success: Family<ResourceLabel, Gauge<f64, AtomicU64>>,
+    guarded: Family<ResourceLabel, Gauge>,
     render_seconds: Histograms,
 }
 
@@ -212,6 +219,7 @@ impl Default for Metrics {
             watch_reconnects: Family::default(),
             store_up: Family::default(),
             last_success: Family::default(),
+            guarded: Family::default(),
             render_seconds: Family::new_with_constructor(render_histogram),
         };
         let registry = &mut metrics.registry;
@@ -256,6 +264,11 @@ impl Default for Metrics {
             metrics.last_success.clone(),
         );
         registry.register(
+            "reconfd_resource_guarded",
+            "1 while the resource sees fewer keys than its min_keys and is not synced",
+            metrics.guarded.clone(),
+        );
+        registry.register(
             "reconfd_render_duration_seconds",
             "Time to render a resource's template",
             metrics.render_seconds.clone(),
@@ -284,6 +297,7 @@ impl Metrics {
         let label = ResourceLabel { resource };
         self.writes.remove(&label);
         self.last_success.remove(&label);
+        self.guarded.remove(&label);
         self.render_seconds.remove(&label);
     }
 }
@@ -345,7 +359,11 @@ impl Status {
             .renders
             .get_or_create(&labels(sync.result.name()))
             .inc();
-        if sync.result != SyncResult::RenderFailed {
+        metrics
+            .guarded
+            .get_or_create(&resource_label)
+            .set(i64::from(sync.result == SyncResult::Guarded));
+        if !matches!(sync.result, SyncResult::RenderFailed | SyncResult::Guarded) {
             metrics
                 .render_seconds
                 .get_or_create(&resource_label)

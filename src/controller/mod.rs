@@ -31,13 +31,13 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 
+pub(crate) use render::{NotRendered, RenderFailure, RenderLimits, Rendered, TooFewKeys};
 use render::{ROUND_GRACE, Renders};
-pub(crate) use render::{RenderFailure, RenderLimits, Rendered};
 use retry::{Backoff, Retries, StoreBackoff};
 
 use crate::notify;
 use crate::reconcile::{self, Options, Outcome, ReconcileError};
-use crate::report::{self, Outage};
+use crate::report::{self, Guards, Outage};
 use crate::resource::Resource;
 use crate::status::Status;
 use crate::store::backend::Backend;
@@ -91,6 +91,8 @@ pub(crate) struct Controller {
     snapshot: Arc<Snapshot>,
     options: SyncOptions,
     outage: Outage,
+    /// The resources held back by their `min_keys`, so that each change is logged once.
+    guards: Guards,
     /// Where syncs are recorded for `--listen`.
     status: Status,
     /// Told once, after the first full sync.
@@ -119,6 +121,7 @@ impl Controller {
             renders: Renders::new(prepared.len()),
             retries: Retries::default(),
             outage: Outage::new(instance.clone(), status.clone()),
+            guards: Guards::default(),
             instance,
             backend,
             warm: false,
@@ -572,8 +575,14 @@ impl Controller {
         let mut failures = 0;
         for r in &rendered {
             let resource = &self.prepared[r.index].resource;
+            let too_few = match &r.content {
+                Err(NotRendered::TooFewKeys(too_few)) => Some(*too_few),
+                _ => None,
+            };
+            self.guards.record(r.index, resource, too_few);
             let outcome = match &r.content {
-                Err(failure) => Err(report::Failure::Render(failure)),
+                Err(NotRendered::Failed(failure)) => Err(report::Failure::Render(failure)),
+                Err(NotRendered::TooFewKeys(too_few)) => Err(report::Failure::TooFewKeys(*too_few)),
                 Ok(_) => match results.next() {
                     Some(Ok(outcome)) => Ok(outcome),
                     Some(Err(e)) => Err(report::Failure::Reconcile(e)),
@@ -581,7 +590,7 @@ impl Controller {
                 },
             };
             let may_pass = match &outcome {
-                Ok(_) => false,
+                Ok(_) | Err(report::Failure::TooFewKeys(_)) => false,
                 Err(report::Failure::Render(failure)) => failure.may_pass,
                 Err(report::Failure::Reconcile(e)) => may_pass(e),
             };
