@@ -67,7 +67,7 @@ pub(crate) fn synced(
         checked: commands_ran && resource.check_cmd.is_some(),
         reloaded: commands_ran && resource.reload_cmd.is_some(),
         // A checksum of a short secret gives it away.
-        md5: match (&rendered.content, options.secret || options.noop) {
+        md5: match (&rendered.content, resource.secret || options.noop) {
             (Ok(content), false) if matches!(result, SyncResult::InSync | SyncResult::Updated) => {
                 Some(reconcile::md5_hex(content.as_bytes()))
             }

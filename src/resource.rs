@@ -78,6 +78,10 @@ pub struct Resource {
     /// Fewest keys it must see under `keys` to be synced (`min_keys`); `None` takes
     /// `--min-keys`, and without that any number will do.
     pub min_keys: Option<usize>,
+    /// The values it reads are secrets (`secret`, its `[backend]` table's `secret`, `--secret`
+    /// for the global store, or a store of secrets): masked wherever text leaves the process,
+    /// its file private unless it sets a mode, its checksum and diff lines not shown.
+    pub secret: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +139,8 @@ struct TemplateTable {
     render_max_size: Option<u64>,
     #[serde(default, deserialize_with = "min_keys")]
     min_keys: Option<usize>,
+    #[serde(default)]
+    secret: bool,
 }
 
 /// Reads every `*.toml` file in `<confdir>/conf.d`, in name order. Each file yields either its
@@ -192,6 +198,7 @@ pub fn load(
             toml::from_str(&text).map_err(|e| toml_error(file, &text, &e))?;
         (vec![parsed.template], parsed.backend)
     };
+    let secret_store = backend.as_ref().is_some_and(|fields| fields.secret);
     let backend = backend
         .map(|fields| fields.resolve())
         .transpose()
@@ -201,7 +208,10 @@ pub fn load(
         })?;
     let resources = tables
         .into_iter()
-        .map(|table| resolve(file, table, backend.clone(), template_dir, global_prefix))
+        .map(|mut table| {
+            table.secret |= secret_store;
+            resolve(file, table, backend.clone(), template_dir, global_prefix)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     for (index, resource) in resources.iter().enumerate() {
         if resources[..index]
@@ -286,6 +296,7 @@ fn resolve(
         render_timeout: table.render_timeout,
         render_max_size: table.render_max_size,
         min_keys: table.min_keys,
+        secret: table.secret,
     })
 }
 
@@ -736,6 +747,24 @@ mod tests {
         );
         assert_eq!(join_key_path(&["/a/", "/b//c/"]), "/a/b/c");
         assert_eq!(join_key_path(&["", "a"]), "a");
+    }
+
+    #[test]
+    fn secret_comes_from_the_template_or_the_backend_table() {
+        let base = "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\n";
+        assert!(!load_text(base, "").expect("valid").secret);
+        assert!(
+            load_text(&format!("{base}secret = true\n"), "")
+                .expect("valid")
+                .secret
+        );
+        let r = load_text(
+            &format!("{base}[backend]\nbackend = \"env\"\nsecret = true\n"),
+            "",
+        )
+        .expect("valid");
+        assert!(r.secret);
+        assert_eq!(r.backend, Some(Backend::Env));
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct Settings {
     /// The store of every resource without a `[backend]` table of its own; `None` when
     /// neither a store nor a data file is named (every resource must then name its own).
     pub backend: Option<Backend>,
+    /// The values of the global store are secrets (`--secret`).
+    pub secret: bool,
     /// Prefix joined in front of every resource's prefix.
     pub prefix: String,
     /// Time between polls or safety resyncs: from a second to [`limits::DURATION`].
@@ -177,6 +179,7 @@ impl Settings {
                 .confdir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFDIR)),
             backend,
+            secret: given.store.secret,
             prefix: given.prefix.unwrap_or_default(),
             interval,
             mode,

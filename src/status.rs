@@ -31,6 +31,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+
+use crate::secrets;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The page served at `/`.
@@ -507,33 +509,39 @@ impl Status {
     }
 
     /// Ready: the first full sync is done and no store loop is starting over after a failure.
+    /// The reason, when not, is masked for output.
     pub(crate) fn readiness(&self) -> Result<(), String> {
         let state = self.state();
         if !state.ready {
             return Err("first sync not done".to_string());
         }
         match state.failed_loops.iter().next() {
-            Some((instance, failure)) => Err(format!(
+            Some((instance, failure)) => Err(secrets::mask(&format!(
                 "the loop of {instance} failed ({failure}) and has not synced again"
-            )),
+            ))
+            .into_owned()),
             None => Ok(()),
         }
     }
 
+    /// `/metrics`, masked for output.
     pub(crate) fn metrics_text(&self) -> String {
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.shared.metrics.registry);
-        text
+        secrets::mask(&text).into_owned()
     }
 
+    /// `/status`, masked for output.
     pub(crate) fn status_json(&self) -> serde_json::Value {
         let state = self.state();
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "ready": state.ready && state.failed_loops.is_empty(),
             "resources": state.resources.values().collect::<Vec<_>>(),
             "stores": state.stores.values().collect::<Vec<_>>(),
-        })
+        });
+        secrets::mask_json(&mut json);
+        json
     }
 }
 
