@@ -106,6 +106,12 @@ pub(crate) struct Cli {
     /// overrides it. [default: 256MiB]
     #[arg(long, env = "RECONFD_RENDER_MAX_SIZE", value_name = "SIZE")]
     pub render_max_size: Option<String>,
+
+    /// Fewest keys a resource must see under its prefixes to be synced; with fewer (an empty
+    /// or wiped store) its destination stays as it is and the resource is reported as guarded.
+    /// A resource's own `min_keys` overrides it. [default: 0, off]
+    #[arg(long, env = "RECONFD_MIN_KEYS", value_name = "COUNT")]
+    pub min_keys: Option<usize>,
 }
 
 /// How log lines are written.

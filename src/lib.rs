@@ -6,11 +6,13 @@
 //! (compare, stage, check, swap, reload; commands run through [`command`]). A controller per
 //! store runs that once, on a timer, or on every change the store reports; [`process`] runs
 //! the controllers, handles signals and tells systemd through [`notify`]. Every duration a
-//! user gives is checked against [`limits`] when it is read.
+//! user gives is checked against [`limits`] when it is read, and every text written out passes
+//! through [`secrets`].
 
 pub mod cli;
 mod command;
 mod controller;
+mod descriptors;
 mod limits;
 mod notify;
 mod plan;
@@ -18,6 +20,7 @@ pub mod process;
 pub mod reconcile;
 mod report;
 mod resource;
+pub mod secrets;
 pub mod settings;
 mod status;
 pub mod store;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use reconfd::cli::LogFormat;
 use reconfd::process;
+use reconfd::secrets::{self, MaskedStderr};
 use reconfd::settings::Settings;
 use reconfd::store::tls;
 use tracing_subscriber::prelude::*;
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
     let settings = match Settings::from_command_line() {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("reconfd: {e}");
+            eprintln!("reconfd: {}", secrets::mask(&e.to_string()));
             return ExitCode::from(2);
         }
     };
@@ -63,8 +64,9 @@ fn main() -> ExitCode {
 
 /// The layer that writes log lines to standard error in `format`.
 fn log_output(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
+    // Every line passes through the masks of secrets and of passwords in URLs.
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(MaskedStderr)
         .with_target(false);
     match format {
         // Colour codes are noise in the journal and in files; only a terminal gets them.

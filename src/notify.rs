@@ -9,15 +9,19 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 
 use crate::limits;
+use crate::secrets;
 
 /// Reports that the first full sync is done, with a one-line summary.
 pub fn ready(summary: &str) {
-    send(&[NotifyState::Ready, NotifyState::Status(summary)]);
+    send(&[
+        NotifyState::Ready,
+        NotifyState::Status(&secrets::mask(summary)),
+    ]);
 }
 
 /// Replaces the status line `systemctl status` shows.
 pub fn status(summary: &str) {
-    send(&[NotifyState::Status(summary)]);
+    send(&[NotifyState::Status(&secrets::mask(summary))]);
 }
 
 /// Reports that the daemon is reading its settings again; `ready` ends it.

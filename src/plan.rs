@@ -67,7 +67,6 @@ impl Plan {
             noop: settings.noop,
             sync_only: settings.sync_only,
             keep_stage_file: settings.keep_stage_file,
-            secret: false,
         };
         // The global store is opened even if no resource reads it, so that unusable settings
         // are reported the same way whatever the confdir holds.
@@ -90,22 +89,25 @@ impl Plan {
                 }
                 return Err(PlanError::Unusable);
             };
-            // Files rendered from a store of secrets are private unless their resource says
-            // otherwise, and their content stays out of logs and diffs.
-            let secret = backend.holds_secrets();
             let members: Vec<Arc<Prepared>> = members
                 .into_iter()
                 .map(|mut member| {
-                    if secret {
-                        member.resource.mode.get_or_insert(SECRET_MODE);
+                    let resource = &mut member.resource;
+                    resource.secret |=
+                        backend.holds_secrets() || (resource.backend.is_none() && settings.secret);
+                    // Files rendered from secrets are private unless their resource says
+                    // otherwise.
+                    if resource.secret {
+                        resource.mode.get_or_insert(SECRET_MODE);
                     }
-                    member.resource.wait = member.resource.wait.or(settings.wait);
-                    member.resource.rollback |= settings.rollback;
+                    resource.wait = resource.wait.or(settings.wait);
+                    resource.min_keys = resource.min_keys.or(settings.min_keys);
+                    resource.rollback |= settings.rollback;
                     Arc::new(member)
                 })
                 .collect();
             let sync = SyncOptions {
-                reconcile: Options { secret, ..options },
+                reconcile: options,
                 interval: settings.interval,
                 polling: settings.mode == RunMode::Poll,
             };

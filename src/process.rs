@@ -1,5 +1,5 @@
-//! The process around the controllers: signals, SIGHUP generations, the status server,
-//! sd_notify, and the one place where the outcome becomes an exit status.
+//! The process around the controllers: the open files limit, signals, SIGHUP generations, the
+//! status server, sd_notify, and the one place where the outcome becomes an exit status.
 //!
 //! `--onetime` runs every controller once and exits 0 when every resource is in sync or
 //! updated, 1 when any failed, 2 for unusable settings. Otherwise the controllers run until
@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::controller::{Controller, Shutdown};
+use crate::descriptors;
 use crate::notify;
 use crate::plan::{self, Plan, PlanError, plural};
 use crate::settings::{RunMode, Settings};
@@ -27,12 +28,13 @@ pub async fn run(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let open_files = descriptors::raise_open_files_limit();
     let status = Status::new();
     if let Some(address) = settings.listen {
         match tokio::net::TcpListener::bind(address).await {
             Ok(listener) => {
                 tracing::info!("serving metrics and status on http://{address}/");
-                tokio::spawn(status::serve(listener, status.clone()));
+                tokio::spawn(status::serve(listener, status.clone(), open_files));
             }
             Err(e) => {
                 tracing::error!("--listen {address}: {e}");

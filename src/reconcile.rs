@@ -21,6 +21,7 @@ use similar::TextDiff;
 
 use crate::command::{self, CommandError};
 use crate::resource::Resource;
+use crate::secrets;
 
 /// Permission bits of a new destination when the resource sets no `mode`.
 const DEFAULT_MODE: u32 = 0o644;
@@ -34,9 +35,6 @@ pub struct Options {
     pub sync_only: bool,
     /// Keep the stage file when its check fails.
     pub keep_stage_file: bool,
-    /// The content holds secrets: diffs show where lines changed, not what they hold, and
-    /// checksums are not logged (a checksum of a short secret gives it away).
-    pub secret: bool,
 }
 
 /// What reconciling one resource did.
@@ -286,7 +284,7 @@ async fn prepare(
         actual.as_ref(),
         rendered.as_bytes(),
         &wanted,
-        options.secret,
+        resource.secret,
     ) {
         tracing::debug!("Target config {dest_name} in sync");
         return Ok(Step::Done(Outcome::InSync));
@@ -310,11 +308,14 @@ async fn prepare(
         let diff = TextDiff::from_lines(old.as_str(), rendered);
         let mut unified = diff.unified_diff();
         unified.header(&dest_name, &format!("{dest_name} (rendered)"));
-        if options.secret {
-            print!("{}", masked(&unified.to_string()));
+        // A secret resource's lines are hidden whole: a template may have turned a secret
+        // into text no mask recognises.
+        let diff = if resource.secret {
+            masked(&unified.to_string())
         } else {
-            print!("{unified}");
-        }
+            unified.to_string()
+        };
+        print!("{}", secrets::mask(&diff));
         tracing::warn!("Noop mode enabled. {dest_name} will not be modified");
         return Ok(Step::Done(Outcome::WouldUpdate));
     }
@@ -636,7 +637,8 @@ fn masked(diff: &str) -> String {
         .collect()
 }
 
-/// Compares content by md5, then mode and owner, logging each difference as confd does.
+/// Compares content by md5, then mode and owner, logging each difference as confd does; the
+/// checksums of `secret` content are not logged (a checksum of a short secret gives it away).
 fn in_sync(
     dest: &str,
     actual: Option<&Actual>,
@@ -831,6 +833,8 @@ mod tests {
             output_format: None,
             render_timeout: None,
             render_max_size: None,
+            min_keys: None,
+            secret: false,
         }
     }
 

@@ -1,9 +1,12 @@
 //! Telling what a sync did: the log line of a failure, and the record in [`Status`] behind
 //! `/status` and `/metrics`; and telling once, not on every attempt, that a store is down (or
-//! refuses) and once that it is back.
+//! refuses) and once that it is back, and that a resource is held back by its `min_keys` and
+//! once that it is not.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
+use crate::controller::TooFewKeys;
 use crate::controller::retry::Pace;
 use crate::reconcile::{self, Options, Outcome, ReconcileError};
 use crate::resource::Resource;
@@ -16,6 +19,8 @@ pub(crate) enum Failure<'a> {
     Render(&'a crate::controller::RenderFailure),
     /// Its destination could not be brought in line.
     Reconcile(ReconcileError),
+    /// The store shows it fewer keys than its `min_keys`.
+    TooFewKeys(TooFewKeys),
 }
 
 /// Logs a failed sync and records every sync of `resource` in `status`. `next_attempt` is
@@ -37,8 +42,12 @@ pub(crate) fn synced(
             sync_result(e),
             Some(format!("{}: {e}", resource.file.display())),
         ),
+        Err(Failure::TooFewKeys(too_few)) => {
+            (SyncResult::Guarded, Some(held_back(resource, *too_few)))
+        }
     };
-    if let Some(message) = &error {
+    // A held-back resource is logged by `Guards`, once, not on every round.
+    if let (Some(message), false) = (&error, result == SyncResult::Guarded) {
         match next_attempt {
             Some(at) => tracing::error!(
                 "{message} (trying again in {})",
@@ -58,7 +67,7 @@ pub(crate) fn synced(
         checked: commands_ran && resource.check_cmd.is_some(),
         reloaded: commands_ran && resource.reload_cmd.is_some(),
         // A checksum of a short secret gives it away.
-        md5: match (&rendered.content, options.secret || options.noop) {
+        md5: match (&rendered.content, resource.secret || options.noop) {
             (Ok(content), false) if matches!(result, SyncResult::InSync | SyncResult::Updated) => {
                 Some(reconcile::md5_hex(content.as_bytes()))
             }
@@ -68,6 +77,50 @@ pub(crate) fn synced(
             std::time::SystemTime::now() + at.saturating_duration_since(crate::controller::now())
         }),
     });
+}
+
+/// Why `resource` is held back by its `min_keys`.
+fn held_back(resource: &Resource, too_few: TooFewKeys) -> String {
+    format!(
+        "{}: {} {} under {}, fewer than min_keys = {}: {} is left as it is",
+        resource.file.display(),
+        too_few.found,
+        crate::plan::plural(too_few.found, "key", "keys"),
+        resource.keys.join(", "),
+        too_few.min,
+        resource.dest.display()
+    )
+}
+
+/// Logs once when a resource comes to be held back by its `min_keys` and once when it no
+/// longer is, however many rounds it is held back in between.
+#[derive(Default)]
+pub(crate) struct Guards {
+    /// The indexes of the resources held back.
+    held: BTreeSet<usize>,
+}
+
+impl Guards {
+    /// Records whether resource `index` was held back in its latest round (`too_few`).
+    pub(crate) fn record(
+        &mut self,
+        index: usize,
+        resource: &Resource,
+        too_few: Option<TooFewKeys>,
+    ) {
+        match too_few {
+            Some(too_few) if self.held.insert(index) => {
+                tracing::warn!("{}", held_back(resource, too_few));
+            }
+            None if self.held.remove(&index) => tracing::info!(
+                "{}: {} keys or more again; syncing {}",
+                resource.file.display(),
+                resource.min_keys.unwrap_or_default(),
+                resource.dest.display()
+            ),
+            _ => {}
+        }
+    }
 }
 
 /// A duration rounded to whole seconds (at least one), for log lines.

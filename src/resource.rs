@@ -75,6 +75,13 @@ pub struct Resource {
     /// Largest output its render may produce (`render_max_size`); `None` takes
     /// `--render-max-size`.
     pub render_max_size: Option<u64>,
+    /// Fewest keys it must see under `keys` to be synced (`min_keys`); `None` takes
+    /// `--min-keys`, and without that any number will do.
+    pub min_keys: Option<usize>,
+    /// The values it reads are secrets (`secret`, its `[backend]` table's `secret`, `--secret`
+    /// for the global store, or a store of secrets): masked wherever text leaves the process,
+    /// its file private unless it sets a mode, its checksum and diff lines not shown.
+    pub secret: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +138,10 @@ struct TemplateTable {
     render_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "render_max_size")]
     render_max_size: Option<u64>,
+    #[serde(default, deserialize_with = "min_keys")]
+    min_keys: Option<usize>,
+    #[serde(default)]
+    secret: bool,
 }
 
 /// Reads every `*.toml` file in `<confdir>/conf.d`, in name order. Each file yields either its
@@ -195,6 +206,7 @@ pub fn load(
             toml::from_str(&text).map_err(|e| toml_error(file, &text, &e))?;
         (vec![parsed.template], parsed.backend)
     };
+    let secret_store = backend.as_ref().is_some_and(|fields| fields.secret);
     let backend = backend
         .map(|fields| fields.resolve())
         .transpose()
@@ -204,7 +216,10 @@ pub fn load(
         })?;
     let resources = tables
         .into_iter()
-        .map(|table| resolve(file, table, backend.clone(), template_dir, global_prefix))
+        .map(|mut table| {
+            table.secret |= secret_store;
+            resolve(file, table, backend.clone(), template_dir, global_prefix)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     for (index, resource) in resources.iter().enumerate() {
         if resources[..index]
@@ -299,6 +314,8 @@ fn resolve(
         output_format: table.output_format,
         render_timeout: table.render_timeout,
         render_max_size: table.render_max_size,
+        min_keys: table.min_keys,
+        secret: table.secret,
     })
 }
 
@@ -443,6 +460,20 @@ fn render_max_size<'de, D: serde::Deserializer<'de>>(
     limits::parse_size(&text)
         .map(Some)
         .map_err(|e| serde::de::Error::custom(format!("`render_max_size` = {value}: {e}")))
+}
+
+/// A number of keys: an integer from 0.
+fn min_keys<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    let value = toml::Value::deserialize(deserializer)?;
+    value
+        .as_integer()
+        .and_then(|count| usize::try_from(count).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`min_keys` = {value}: a number of keys, at least 0"
+            ))
+        })
 }
 
 fn wait<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Wait>, D::Error> {
@@ -750,6 +781,24 @@ mod tests {
         );
         assert_eq!(join_key_path(&["/a/", "/b//c/"]), "/a/b/c");
         assert_eq!(join_key_path(&["", "a"]), "a");
+    }
+
+    #[test]
+    fn secret_comes_from_the_template_or_the_backend_table() {
+        let base = "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\n";
+        assert!(!load_text(base, "").expect("valid").secret);
+        assert!(
+            load_text(&format!("{base}secret = true\n"), "")
+                .expect("valid")
+                .secret
+        );
+        let r = load_text(
+            &format!("{base}[backend]\nbackend = \"env\"\nsecret = true\n"),
+            "",
+        )
+        .expect("valid");
+        assert!(r.secret);
+        assert_eq!(r.backend, Some(Backend::Env));
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct Settings {
     /// The store of every resource without a `[backend]` table of its own; `None` when
     /// neither a store nor a data file is named (every resource must then name its own).
     pub backend: Option<Backend>,
+    /// The values of the global store are secrets (`--secret`).
+    pub secret: bool,
     /// Prefix joined in front of every resource's prefix.
     pub prefix: String,
     /// Time between polls or safety resyncs: from a second to [`limits::DURATION`].
@@ -109,6 +111,8 @@ pub struct Settings {
     pub render_max_size: Option<u64>,
     /// The wait of resources that set none.
     pub wait: Option<Wait>,
+    /// The `min_keys` of resources that set none.
+    pub min_keys: Option<usize>,
     /// Roll back failed reloads for every resource.
     pub rollback: bool,
     /// Where to serve metrics and the status page.
@@ -182,6 +186,7 @@ impl Settings {
                 .confdir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFDIR)),
             backend,
+            secret: given.store.secret,
             prefix: given.prefix.unwrap_or_default(),
             interval,
             mode,
@@ -192,6 +197,7 @@ impl Settings {
             log_format: given.log_format.unwrap_or_default(),
             rollback: given.rollback,
             wait,
+            min_keys: given.min_keys,
             render_timeout,
             render_max_size,
             listen: given.listen,

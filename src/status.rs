@@ -6,6 +6,9 @@
 //! - `/health`: the process is alive; `/ready`: the first full sync is done;
 //! - `/status`: the same as JSON, per resource and per store;
 //! - `/`: a small page showing `/status`, refreshed every two seconds.
+//!
+//! The server never takes the descriptors the stores and files need: it holds a bounded number
+//! of connections (the others wait in the kernel's backlog) and drops idle and slow ones.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,6 +22,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use chrono::{SecondsFormat, Utc};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,6 +31,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+
+use crate::secrets;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The page served at `/`.
 const PAGE: &str = include_str!("status.html");
@@ -47,11 +55,14 @@ pub enum SyncResult {
     ReloadFailed,
     /// Reading, staging or writing a file failed, or the output was not in its format.
     WriteFailed,
+    /// The store showed the resource fewer keys than its `min_keys`: not rendered, and its
+    /// destination left as it is.
+    Guarded,
 }
 
 impl SyncResult {
     /// Every result, for dropping the series of a resource that is no longer configured.
-    const ALL: [SyncResult; 7] = [
+    const ALL: [SyncResult; 8] = [
         SyncResult::InSync,
         SyncResult::Updated,
         SyncResult::WouldUpdate,
@@ -59,6 +70,7 @@ impl SyncResult {
         SyncResult::CheckFailed,
         SyncResult::ReloadFailed,
         SyncResult::WriteFailed,
+        SyncResult::Guarded,
     ];
 
     /// The name used in metrics labels and in `/status`.
@@ -71,6 +83,7 @@ impl SyncResult {
             SyncResult::CheckFailed => "check_failed",
             SyncResult::ReloadFailed => "reload_failed",
             SyncResult::WriteFailed => "write_failed",
+            SyncResult::Guarded => "guarded",
         }
     }
 
@@ -81,6 +94,7 @@ impl SyncResult {
                 | SyncResult::CheckFailed
                 | SyncResult::ReloadFailed
                 | SyncResult::WriteFailed
+                | SyncResult::Guarded
         )
     }
 }
@@ -187,6 +201,7 @@ struct Metrics {
     watch_reconnects: Family<StoreLabel, Counter>,
     store_up: Family<StoreLabel, Gauge>,
     last_success: Family<ResourceLabel, Gauge<f64, AtomicU64>>,
+    guarded: Family<ResourceLabel, Gauge>,
     render_seconds: Histograms,
 }
 
@@ -206,6 +221,7 @@ impl Default for Metrics {
             watch_reconnects: Family::default(),
             store_up: Family::default(),
             last_success: Family::default(),
+            guarded: Family::default(),
             render_seconds: Family::new_with_constructor(render_histogram),
         };
         let registry = &mut metrics.registry;
@@ -250,6 +266,11 @@ impl Default for Metrics {
             metrics.last_success.clone(),
         );
         registry.register(
+            "reconfd_resource_guarded",
+            "1 while the resource sees fewer keys than its min_keys and is not synced",
+            metrics.guarded.clone(),
+        );
+        registry.register(
             "reconfd_render_duration_seconds",
             "Time to render a resource's template",
             metrics.render_seconds.clone(),
@@ -278,6 +299,7 @@ impl Metrics {
         let label = ResourceLabel { resource };
         self.writes.remove(&label);
         self.last_success.remove(&label);
+        self.guarded.remove(&label);
         self.render_seconds.remove(&label);
     }
 }
@@ -339,7 +361,11 @@ impl Status {
             .renders
             .get_or_create(&labels(sync.result.name()))
             .inc();
-        if sync.result != SyncResult::RenderFailed {
+        metrics
+            .guarded
+            .get_or_create(&resource_label)
+            .set(i64::from(sync.result == SyncResult::Guarded));
+        if !matches!(sync.result, SyncResult::RenderFailed | SyncResult::Guarded) {
             metrics
                 .render_seconds
                 .get_or_create(&resource_label)
@@ -483,33 +509,39 @@ impl Status {
     }
 
     /// Ready: the first full sync is done and no store loop is starting over after a failure.
+    /// The reason, when not, is masked for output.
     pub(crate) fn readiness(&self) -> Result<(), String> {
         let state = self.state();
         if !state.ready {
             return Err("first sync not done".to_string());
         }
         match state.failed_loops.iter().next() {
-            Some((instance, failure)) => Err(format!(
+            Some((instance, failure)) => Err(secrets::mask(&format!(
                 "the loop of {instance} failed ({failure}) and has not synced again"
-            )),
+            ))
+            .into_owned()),
             None => Ok(()),
         }
     }
 
+    /// `/metrics`, masked for output.
     pub(crate) fn metrics_text(&self) -> String {
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.shared.metrics.registry);
-        text
+        secrets::mask(&text).into_owned()
     }
 
+    /// `/status`, masked for output.
     pub(crate) fn status_json(&self) -> serde_json::Value {
         let state = self.state();
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "ready": state.ready && state.failed_loops.is_empty(),
             "resources": state.resources.values().collect::<Vec<_>>(),
             "stores": state.stores.values().collect::<Vec<_>>(),
-        })
+        });
+        secrets::mask_json(&mut json);
+        json
     }
 }
 
@@ -548,11 +580,76 @@ async fn metrics(State(status): State<Status>) -> Response {
         .into_response()
 }
 
-/// Serves `status` on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, status: Status) {
-    if let Err(e) = axum::serve(listener, router(status)).await {
-        tracing::error!("the status server stopped: {e}");
+/// The most connections the status server holds at once: a quarter of the open files limit,
+/// and no more than this. Monitors and a person's browser need a handful; the other
+/// descriptors stay with the stores, the data files, the stage files and the commands.
+const MAX_CONNECTIONS: usize = 128;
+
+/// How long a connection may take to send a request's head, counted from when it opens or
+/// when its previous response was written: an idle or slow client is dropped after it.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a connection stays open in all. Then it is closed once the response in progress is
+/// written, or [`CLOSING_GRACE`] later if the client does not read it.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// How long a connection past its lifetime may take to finish its response.
+const CLOSING_GRACE: Duration = Duration::from_secs(5);
+
+/// How many connections the status server holds at once under a limit of `open_files`.
+fn connection_limit(open_files: u64) -> usize {
+    usize::try_from(open_files / 4)
+        .unwrap_or(MAX_CONNECTIONS)
+        .clamp(1, MAX_CONNECTIONS)
+}
+
+/// Serves `status` on `listener` until the process ends, holding no more connections than a
+/// share of `open_files`, the process's limit on open files, and none for long.
+pub async fn serve(listener: tokio::net::TcpListener, status: Status, open_files: u64) {
+    let router = router(status);
+    let permits = Arc::new(Semaphore::new(connection_limit(open_files)));
+    loop {
+        // A permit is taken before accepting, so connections past the limit wait in the
+        // kernel's backlog, where they hold none of reconfd's descriptors. The semaphore is
+        // never closed.
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_connection(stream, router.clone(), permit));
+            }
+            // Gone before it was accepted: nothing to serve.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+            Err(e) => {
+                // Out of descriptors, most likely; accepting again at once would only spin.
+                tracing::warn!("the status server cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
+}
+
+/// Serves one connection within [`HEADER_TIMEOUT`] and [`CONNECTION_LIFETIME`]; `_permit`
+/// is released when it closes.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    router: Router,
+    _permit: OwnedSemaphorePermit,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let connection =
+        builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        // A client that went away or broke the protocol is no concern of the daemon's.
+        _ = connection.as_mut() => return,
+        () = tokio::time::sleep(CONNECTION_LIFETIME) => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = tokio::time::timeout(CLOSING_GRACE, connection).await;
 }
 
 #[cfg(test)]
@@ -734,7 +831,7 @@ mod tests {
             .await
             .expect("bind");
         let address = listener.local_addr().expect("address");
-        tokio::spawn(serve(listener, status.clone()));
+        tokio::spawn(serve(listener, status.clone(), 1024));
 
         let (code, _, body) = get(address, "/health").await;
         assert_eq!((code, body.as_str()), (200, "ok\n"));

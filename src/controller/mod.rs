@@ -22,7 +22,7 @@ pub(crate) mod retry;
 mod tests;
 
 use std::collections::BTreeSet;
-use std::ops::ControlFlow;
+use std::ops::{Bound, ControlFlow};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
@@ -31,18 +31,19 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 
+pub(crate) use render::{NotRendered, RenderFailure, RenderLimits, Rendered, TooFewKeys};
 use render::{ROUND_GRACE, Renders};
-pub(crate) use render::{RenderFailure, RenderLimits, Rendered};
 use retry::{Backoff, Retries, StoreBackoff};
 
 use crate::notify;
 use crate::reconcile::{self, Options, Outcome, ReconcileError};
-use crate::report::{self, Outage};
+use crate::report::{self, Guards, Outage};
 use crate::resource::Resource;
+use crate::secrets::GroupSecrets;
 use crate::status::Status;
 use crate::store::backend::Backend;
 use crate::store::{
-    Snapshot, Store, StoreError, StoreErrorKind, WatchEvent, WatchStream, under_any,
+    Snapshot, Store, StoreError, StoreErrorKind, WatchEvent, WatchStream, under_any, under_prefix,
 };
 use crate::template::Renderer;
 use crate::wait::Settling;
@@ -91,6 +92,12 @@ pub(crate) struct Controller {
     snapshot: Arc<Snapshot>,
     options: SyncOptions,
     outage: Outage,
+    /// The resources held back by their `min_keys`, so that each change is logged once.
+    guards: Guards,
+    /// The store's credentials and the values under `secret_prefixes`, masked in all output.
+    secrets: GroupSecrets,
+    /// The prefixes of the secret resources, whose values are secrets.
+    secret_prefixes: Vec<String>,
     /// Where syncs are recorded for `--listen`.
     status: Status,
     /// Told once, after the first full sync.
@@ -116,9 +123,17 @@ impl Controller {
             prefixes: crate::plan::covering_prefixes(
                 prepared.iter().flat_map(|p| p.resource.keys.iter()),
             ),
+            secrets: GroupSecrets::new(backend.credentials()),
+            secret_prefixes: crate::plan::covering_prefixes(
+                prepared
+                    .iter()
+                    .filter(|p| p.resource.secret)
+                    .flat_map(|p| p.resource.keys.iter()),
+            ),
             renders: Renders::new(prepared.len()),
             retries: Retries::default(),
             outage: Outage::new(instance.clone(), status.clone()),
+            guards: Guards::default(),
             instance,
             backend,
             warm: false,
@@ -142,6 +157,8 @@ impl Controller {
         status: Status,
     ) -> Controller {
         let mut next = Controller::new(self.store, backend, prepared, options, status);
+        // Values the store held before stay masked, as the files on disk may hold them.
+        next.secrets = self.secrets;
         if next.prefixes == self.prefixes {
             next.snapshot = self.snapshot;
             next.warm = true;
@@ -559,10 +576,29 @@ impl Controller {
         }
     }
 
+    /// Masks the secret values of the snapshot as it now is.
+    fn update_secrets(&mut self) {
+        let values: Vec<&str> = self
+            .secret_prefixes
+            .iter()
+            .flat_map(|prefix| {
+                self.snapshot
+                    .entries
+                    .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+                    .take_while(|(key, _)| under_prefix(key, prefix))
+                    .map(|(_, value)| value.as_str())
+            })
+            .collect();
+        self.secrets.update(&values);
+    }
+
     /// Reconciles the `rendered` resources as one batch (see [`reconcile::reconcile_batch`]),
     /// reports every result and schedules the retries of failures that may pass. Returns how
     /// many failed.
     async fn commit(&mut self, rendered: Vec<Rendered>) -> usize {
+        // Before anything is reported or run: a command's output, a render's error or a diff
+        // may show the newest values.
+        self.update_secrets();
         let failed_files: BTreeSet<&Path> = rendered
             .iter()
             .filter(|r| r.content.is_err())
@@ -583,8 +619,14 @@ impl Controller {
         let mut failures = 0;
         for r in &rendered {
             let resource = &self.prepared[r.index].resource;
+            let too_few = match &r.content {
+                Err(NotRendered::TooFewKeys(too_few)) => Some(*too_few),
+                _ => None,
+            };
+            self.guards.record(r.index, resource, too_few);
             let outcome = match &r.content {
-                Err(failure) => Err(report::Failure::Render(failure)),
+                Err(NotRendered::Failed(failure)) => Err(report::Failure::Render(failure)),
+                Err(NotRendered::TooFewKeys(too_few)) => Err(report::Failure::TooFewKeys(*too_few)),
                 Ok(_) => match results.next() {
                     Some(Ok(outcome)) => Ok(outcome),
                     Some(Err(e)) => Err(report::Failure::Reconcile(e)),
@@ -592,7 +634,7 @@ impl Controller {
                 },
             };
             let may_pass = match &outcome {
-                Ok(_) => false,
+                Ok(_) | Err(report::Failure::TooFewKeys(_)) => false,
                 Err(report::Failure::Render(failure)) => failure.may_pass,
                 Err(report::Failure::Reconcile(e)) => may_pass(e),
             };

@@ -9,6 +9,8 @@
 //! (renders allocate heavily, and two on one allocator mostly wait for each other); a render
 //! still running after [`ROUND_GRACE`] lets the next one start beside it.
 //!
+//! A resource whose `min_keys` the snapshot does not meet is not rendered at all.
+//!
 //! A round renders its resources concurrently and is committed as one batch. Renders still
 //! running [`ROUND_GRACE`] after the round began do not hold the others back: the round
 //! commits without them (and without the other templates of their files), and they are
@@ -26,6 +28,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::Semaphore;
 
 use super::{Prepared, Shutdown, now, sleep_until};
+use crate::resource::Resource;
 use crate::store::Snapshot;
 use crate::template::{RenderBounds, SharedResults, View};
 
@@ -47,9 +50,35 @@ pub(crate) struct Rendered {
     /// The resource's index in its controller.
     pub(crate) index: usize,
     /// The content, or why there is none.
-    pub(crate) content: Result<String, RenderFailure>,
+    pub(crate) content: Result<String, NotRendered>,
     /// How long rendering took.
     pub(crate) time: Duration,
+}
+
+/// Why a resource has no content to sync.
+#[derive(Clone, Debug)]
+pub(crate) enum NotRendered {
+    /// Its render failed.
+    Failed(RenderFailure),
+    /// The snapshot holds fewer keys under its prefixes than its `min_keys`, so it was not
+    /// rendered: its destination stays as it is.
+    TooFewKeys(TooFewKeys),
+}
+
+/// A resource held back by its `min_keys`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TooFewKeys {
+    /// The keys found under its prefixes.
+    pub(crate) found: usize,
+    /// Its `min_keys`.
+    pub(crate) min: usize,
+}
+
+/// How far the keys `resource` sees in `snapshot` fall short of its `min_keys`, if they do.
+fn too_few_keys(resource: &Resource, snapshot: &Snapshot) -> Option<TooFewKeys> {
+    let min = resource.min_keys.filter(|min| *min > 0)?;
+    let found = snapshot.count_under(&resource.keys, min);
+    (found < min).then_some(TooFewKeys { found, min })
 }
 
 /// Why a resource could not be rendered.
@@ -111,10 +140,18 @@ impl Renders {
                 continue;
             }
             let member = Arc::clone(&prepared[index]);
+            if let Some(too_few) = too_few_keys(&member.resource, snapshot) {
+                done.push(Rendered {
+                    index,
+                    content: Err(NotRendered::TooFewKeys(too_few)),
+                    time: Duration::ZERO,
+                });
+                continue;
+            }
             if self.running[index].load(Ordering::Acquire) {
                 done.push(Rendered {
                     index,
-                    content: Err(RenderFailure {
+                    content: Err(NotRendered::Failed(RenderFailure {
                         message: format!(
                             "{}: {}: the previous render, stopped at its time limit, has not \
                              ended yet",
@@ -122,7 +159,7 @@ impl Renders {
                             member.resource.src.display()
                         ),
                         may_pass: true,
-                    }),
+                    })),
                     time: Duration::ZERO,
                 });
                 continue;
@@ -319,7 +356,10 @@ async fn render(
         Err(e) => {
             return Rendered {
                 index,
-                content: Err(failure(format!("cannot start a render thread: {e}"), true)),
+                content: Err(NotRendered::Failed(failure(
+                    format!("cannot start a render thread: {e}"),
+                    true,
+                ))),
                 time: Duration::ZERO,
             };
         }
@@ -359,7 +399,7 @@ async fn render(
     };
     Rendered {
         index,
-        content,
+        content: content.map_err(NotRendered::Failed),
         time: now() - started,
     }
 }

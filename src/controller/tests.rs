@@ -106,7 +106,6 @@ fn start(
                 noop: false,
                 sync_only: false,
                 keep_stage_file: false,
-                secret: false,
             },
             interval,
             polling,

@@ -141,6 +141,12 @@ pub struct StoreFields {
     /// [default: *.yaml, *.yml, *.json, *.toml]
     #[arg(long, env = "RECONFD_FILTER", value_name = "GLOB")]
     pub filter: Option<String>,
+    /// Treat the store's values as secrets, as Vault's always are: each value a resource reads
+    /// is masked (`***`) in logs, errors, `/status` and `/metrics`, `--noop` diffs hide its
+    /// lines, no checksum is shown, and files are written 0600 unless a resource sets a mode.
+    #[arg(long, env = "RECONFD_SECRET")]
+    #[serde(default)]
+    pub secret: bool,
 }
 
 /// A list, or a single value as older confd.toml files write `file = "data.yaml"`.
@@ -191,6 +197,43 @@ impl Backend {
     /// rendered from it are private unless their resource sets a mode.
     pub fn holds_secrets(&self) -> bool {
         matches!(self, Backend::Vault(_))
+    }
+
+    /// The secrets the store's settings hold: passwords (also those in node addresses),
+    /// tokens and secret IDs, to be masked wherever they might show.
+    pub(crate) fn credentials(&self) -> Vec<String> {
+        let (nodes, secrets): (&[String], Vec<Option<&String>>) = match self {
+            Backend::File { .. } | Backend::Env => (&[], Vec::new()),
+            Backend::Etcd(options) => (&options.nodes, vec![options.password.as_ref()]),
+            Backend::Redis(options) => (&options.nodes, vec![options.password.as_ref()]),
+            Backend::Zookeeper(options) => (&options.nodes, Vec::new()),
+            Backend::Nats(options) => (
+                &options.nodes,
+                vec![options.password.as_ref(), options.token.as_ref()],
+            ),
+            Backend::Consul(options) => (&options.nodes, vec![options.token.as_ref()]),
+            Backend::Vault(options) => (
+                &options.nodes,
+                vec![
+                    match &options.auth {
+                        VaultAuth::Token(token) => token,
+                        VaultAuth::AppRole { secret_id, .. } => secret_id,
+                    }
+                    .into(),
+                ],
+            ),
+        };
+        let in_nodes = nodes.iter().filter_map(|node| {
+            url::Url::parse(node)
+                .ok()
+                .and_then(|url| url.password().map(str::to_string))
+        });
+        secrets
+            .into_iter()
+            .flatten()
+            .cloned()
+            .chain(in_nodes)
+            .collect()
     }
 
     /// The store instance, as `/status` and `/metrics` name it: its kind and where it is
@@ -403,7 +446,8 @@ fn check_port(node: &str) -> Result<(), String> {
     };
     if bad {
         return Err(format!(
-            "node {node:?}: the port is not a number from 1 to 65535"
+            "node {:?}: the port is not a number from 1 to 65535",
+            redact(node)
         ));
     }
     Ok(())
@@ -457,6 +501,24 @@ mod tests {
             backend: Some(backend.to_string()),
             ..StoreFields::default()
         }
+    }
+
+    #[test]
+    fn credentials_are_the_passwords_tokens_and_secret_ids_of_the_settings() {
+        let mut etcd = fields("etcd");
+        etcd.nodes = vec![
+            "http://u:InNode@10.0.0.1:2379".into(),
+            "10.0.0.2:2379".into(),
+        ];
+        etcd.password = Some("Given".into());
+        let credentials = etcd.resolve().expect("valid").credentials();
+        assert_eq!(credentials, ["Given", "InNode"]);
+        let mut vault = fields("vault");
+        vault.role_id = Some("role".into());
+        vault.secret_id = Some("SecretId".into());
+        let credentials = vault.resolve().expect("valid").credentials();
+        assert_eq!(credentials, ["SecretId"]);
+        assert!(Backend::Env.credentials().is_empty());
     }
 
     #[test]

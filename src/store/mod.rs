@@ -23,6 +23,7 @@ pub(crate) mod watch;
 pub mod zookeeper;
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -41,6 +42,29 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// How many keys lie under any of `prefixes` (each key counted once), counting no further
+    /// than `enough`.
+    pub fn count_under(&self, prefixes: &[String], enough: usize) -> usize {
+        let mut sorted: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        let mut counted: Vec<&str> = Vec::new();
+        let mut count = 0;
+        for prefix in sorted {
+            // A prefix under one already counted holds no key of its own.
+            if count >= enough || counted.iter().any(|outer| prefix.starts_with(outer)) {
+                continue;
+            }
+            count += self
+                .entries
+                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                .take_while(|(key, _)| under_prefix(key, prefix))
+                .take(enough - count)
+                .count();
+            counted.push(prefix);
+        }
+        count
+    }
+
     /// Applies one change in place.
     pub fn apply(&mut self, change: Change) {
         match change {
@@ -221,4 +245,29 @@ pub fn under_prefix(key: &str, prefix: &str) -> bool {
 /// True when `key` lies under any of `prefixes`.
 pub fn under_any(key: &str, prefixes: &[String]) -> bool {
     prefixes.iter().any(|prefix| under_prefix(key, prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_under_overlapping_prefixes_are_counted_once_and_no_further_than_asked() {
+        let snapshot = Snapshot {
+            entries: ["/app/a", "/app/b/c", "/apple", "/db/x", "/other"]
+                .into_iter()
+                .map(|key| (key.to_string(), "v".to_string()))
+                .collect(),
+            revision: None,
+        };
+        let prefixes = |all: &[&str]| all.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        assert_eq!(snapshot.count_under(&prefixes(&["/app"]), 10), 3);
+        assert_eq!(
+            snapshot.count_under(&prefixes(&["/app/b", "/app", "/db"]), 10),
+            4
+        );
+        assert_eq!(snapshot.count_under(&prefixes(&["/app/", "/db"]), 2), 2);
+        assert_eq!(snapshot.count_under(&prefixes(&["/none"]), 10), 0);
+        assert_eq!(snapshot.count_under(&prefixes(&["/app"]), 0), 0);
+    }
 }

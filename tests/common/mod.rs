@@ -95,11 +95,18 @@ impl Fixture {
 
     /// Starts the daemon with environment variables `env` added.
     pub fn spawn_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        self.spawn_configured(args, |command| {
+            command.envs(env.iter().copied());
+        })
+    }
+
+    /// Starts the daemon with its command changed by `configure` first.
+    pub fn spawn_configured(&self, args: &[&str], configure: impl FnOnce(&mut Command)) -> Daemon {
         let log = self.path("daemon.log");
         let log_file = std::fs::File::create(&log).expect("log file");
-        let child = self
-            .command(args)
-            .envs(env.iter().copied())
+        let mut command = self.command(args);
+        configure(&mut command);
+        let child = command
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

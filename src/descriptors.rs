@@ -1,0 +1,37 @@
+//! The process's limit on open files (`RLIMIT_NOFILE`).
+//!
+//! The soft limit most services start with (1,024 under systemd) is kept low for programs
+//! that still use `select(2)`, which cannot watch a descriptor past 1,023; reconfd does not use
+//! it, and a daemon holding store connections, watched data files, stage files and the pipes
+//! of its commands should not fail at a limit the system lets it raise. So it raises the soft
+//! limit to the hard one at start, as the Go runtime does for confd.
+
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// The soft limit assumed when the limits cannot be read: Linux's usual default.
+const USUAL_SOFT_LIMIT: u64 = 1024;
+
+/// Raises the soft limit on open files to the hard limit and returns the soft limit now in
+/// force. A failure leaves the limit as it was, with a warning: reconfd works within it.
+pub(crate) fn raise_open_files_limit() -> u64 {
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!("cannot read the limit on open files: {e}");
+            return USUAL_SOFT_LIMIT;
+        }
+    };
+    if soft >= hard {
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => {
+            tracing::debug!("limit on open files raised from {soft} to {hard}");
+            hard
+        }
+        Err(e) => {
+            tracing::warn!("cannot raise the limit on open files from {soft} to {hard}: {e}");
+            soft
+        }
+    }
+}
