@@ -66,7 +66,8 @@ pub(crate) struct Cli {
     #[arg(long, env = "RECONFD_SYNC_ONLY")]
     pub sync_only: bool,
 
-    /// Keep the stage file after a failed check, for inspection.
+    /// Keep the stage file after a failed check, for inspection, as
+    /// `.<name>.reconfd-XXXXXX.rejected` beside the destination; reconfd never removes it.
     #[arg(long, env = "RECONFD_KEEP_STAGE_FILE")]
     pub keep_stage_file: bool,
 

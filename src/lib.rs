@@ -19,6 +19,7 @@ pub mod reconcile;
 mod report;
 mod resource;
 pub mod settings;
+mod stage;
 mod status;
 pub mod store;
 mod template;

@@ -15,6 +15,7 @@ use crate::controller::{
 use crate::reconcile::Options;
 use crate::resource::{self, Resource, ResourceError};
 use crate::settings::{RunMode, Settings};
+use crate::stage;
 use crate::status::Status;
 use crate::store::backend::{self, Backend};
 use crate::template::Renderer;
@@ -57,6 +58,14 @@ impl Plan {
             }
         };
         let (prepared, mut failures) = prepare_resources(loaded, settings);
+        if !settings.noop {
+            // Nothing is being staged now (at start, or on a SIGHUP once the running
+            // controllers have stopped), so a stage file found beside a destination was left
+            // by a run that was killed.
+            for member in &prepared {
+                stage::remove_leftovers(&member.resource.dest);
+            }
+        }
         if prepared.is_empty() && failures == 0 {
             tracing::warn!(
                 "no template resources in {}",

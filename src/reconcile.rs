@@ -21,6 +21,7 @@ use similar::TextDiff;
 
 use crate::command::{self, CommandError};
 use crate::resource::Resource;
+use crate::stage;
 
 /// Permission bits of a new destination when the resource sets no `mode`.
 const DEFAULT_MODE: u32 = 0o644;
@@ -330,7 +331,7 @@ async fn prepare(
         let command = substitute(check, "src", &stage_path);
         if let Err(source) = command::run(&command, resource.check_timeout).await {
             if options.keep_stage_file {
-                match staged.into_temp_path().keep() {
+                match stage::keep(staged) {
                     Ok(kept) => tracing::info!("Keeping stage file {}", kept.display()),
                     Err(e) => tracing::warn!("could not keep stage file {stage_path}: {e}"),
                 }
@@ -561,8 +562,7 @@ fn backup(dest: &Path, actual: &Actual) -> Result<(), String> {
     name.push(".bak");
     let path = std::path::PathBuf::from(name);
     let write = || -> std::io::Result<()> {
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        let mut staged = tempfile::Builder::new().prefix(".bak.").tempfile_in(dir)?;
+        let mut staged = stage::create(dest)?;
         staged.write_all(&actual.content)?;
         staged
             .as_file()
@@ -690,14 +690,7 @@ fn stage(
     wanted: &Wanted,
     resource: &Resource,
 ) -> std::io::Result<tempfile::NamedTempFile> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut staged = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .tempfile_in(dir)?;
+    let mut staged = stage::create(dest)?;
     staged.write_all(content)?;
     // Owner and mode first, so that the flush makes them durable with the content.
     set_owner(staged.as_file(), wanted, resource)?;
@@ -940,7 +933,14 @@ mod tests {
             .expect_err("check fails");
         let names = entries(dir.path());
         assert_eq!(names.len(), 1, "{names:?}");
-        assert!(names[0].starts_with(".app.conf."), "{names:?}");
+        assert!(
+            names[0].starts_with(".app.conf.reconfd-") && names[0].ends_with(".rejected"),
+            "{names:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(&names[0])).expect("kept"),
+            "bad\n"
+        );
     }
 
     #[tokio::test]
