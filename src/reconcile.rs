@@ -19,7 +19,7 @@ use std::path::Path;
 use md5::{Digest, Md5};
 use similar::TextDiff;
 
-use crate::command::{self, CommandError};
+use crate::command::{self, CommandError, Placeholder, ShellCommand};
 use crate::resource::Resource;
 use crate::stage;
 
@@ -328,7 +328,7 @@ async fn prepare(
         .map_err(|e| io_error("cannot stage the new content", e))?;
     let stage_path = staged.path().display().to_string();
     if let (Some(check), false) = (&resource.check_cmd, options.sync_only) {
-        let command = substitute(check, "src", &stage_path);
+        let command = ShellCommand::new(check).bind(Placeholder::Src, staged.path().as_os_str());
         if let Err(source) = command::run(&command, resource.check_timeout).await {
             if options.keep_stage_file {
                 match stage::keep(staged) {
@@ -376,12 +376,13 @@ fn swap(resource: &Resource, staged: Staged) -> Result<Option<Actual>, Reconcile
 /// with `rollback` get their previous file back and the command runs again on them.
 async fn reload_batch(items: &[Item<'_>], steps: &mut [Step]) {
     // Commands in the order their first item comes, with the items they reload.
-    let mut commands: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut commands: Vec<(ShellCommand, Vec<usize>)> = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let (Step::Swapped(_), Some(reload)) = (&steps[index], &item.resource.reload_cmd) else {
             continue;
         };
-        let command = substitute(reload, "dest", &item.resource.dest.display().to_string());
+        let command =
+            ShellCommand::new(reload).bind(Placeholder::Dest, item.resource.dest.as_os_str());
         match commands
             .iter_mut()
             .find(|(existing, _)| *existing == command)
@@ -735,44 +736,6 @@ fn write_in_place(dest: &Path, content: &[u8], wanted: &Wanted) -> std::io::Resu
     file.write_all(content)?;
     file.set_permissions(std::fs::Permissions::from_mode(wanted.mode))?;
     file.sync_all()
-}
-
-/// `command` with confd's `{{.name}}` (also written `{{ .name }}`, `{{name}}` or
-/// `{{ name }}`) replaced by `value`, quoted for `sh` when it holds anything but plain path
-/// characters. Other `{{ ... }}` text is left alone.
-fn substitute(command: &str, name: &str, value: &str) -> String {
-    let mut result = String::with_capacity(command.len() + value.len());
-    let mut rest = command;
-    while let Some(open) = rest.find("{{") {
-        let Some(close) = rest[open + 2..].find("}}") else {
-            break;
-        };
-        let inner = rest[open + 2..open + 2 + close].trim();
-        result.push_str(&rest[..open]);
-        if inner.strip_prefix('.').unwrap_or(inner) == name {
-            result.push_str(&shell_quote(value));
-        } else {
-            result.push_str(&rest[open..open + 2 + close + 2]);
-        }
-        rest = &rest[open + 2 + close + 2..];
-    }
-    result.push_str(rest);
-    result
-}
-
-/// `value` as one `sh` word: unchanged when it only has characters that need no quoting (so a
-/// command that quotes `{{.src}}` itself keeps working for ordinary paths), single-quoted
-/// otherwise.
-fn shell_quote(value: &str) -> String {
-    let plain = !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%,=".contains(&b));
-    if plain {
-        value.to_string()
-    } else {
-        format!("'{}'", value.replace('\'', "'\\''"))
-    }
 }
 
 /// Sets the wanted owner. An owner the resource asks for must be set; an owner merely kept
@@ -1193,26 +1156,6 @@ mod tests {
     #[test]
     fn md5_matches_md5sum() {
         assert_eq!(md5_hex(b"hello\n"), "b1946ac92492d2347c6235b4d2611184");
-    }
-
-    #[test]
-    fn placeholders_in_every_confd_spelling_are_replaced_and_quoted() {
-        for command in [
-            "check {{.src}}",
-            "check {{ .src }}",
-            "check {{src}}",
-            "check {{ src }}",
-        ] {
-            assert_eq!(
-                substitute(command, "src", "/etc/app.conf"),
-                "check /etc/app.conf"
-            );
-        }
-        assert_eq!(
-            substitute("check {{.src}} {{ other }}", "src", "/my dir/it's"),
-            "check '/my dir/it'\\''s' {{ other }}"
-        );
-        assert_eq!(substitute("no close {{.src", "src", "x"), "no close {{.src");
     }
 
     #[tokio::test]
