@@ -65,6 +65,76 @@ struct Output {
     cut: bool,
 }
 
+/// Variables that carry credentials: those of reconfd's settings that hold one (a node's
+/// address may hold a user and password) and those the stores' own clients read. Commands do
+/// not inherit them unless `--command-env` names them: a check or a reload needs none of them
+/// for its work, and may hand its environment to processes that log it or are less trusted.
+/// docs/resources.md lists them for users.
+const CREDENTIALS: &[&str] = &[
+    "RECONFD_USERNAME",
+    "RECONFD_PASSWORD",
+    "RECONFD_AUTH_TOKEN",
+    "RECONFD_ROLE_ID",
+    "RECONFD_SECRET_ID",
+    "RECONFD_CLIENT_KEY",
+    "RECONFD_NODE",
+    "VAULT_TOKEN",
+    "VAULT_CLIENT_KEY",
+    "CONSUL_HTTP_TOKEN",
+    "CONSUL_HTTP_TOKEN_FILE",
+    "CONSUL_HTTP_AUTH",
+    "CONSUL_TOKEN",
+    "CONSUL_CLIENT_KEY",
+    "ETCDCTL_USER",
+    "ETCDCTL_PASSWORD",
+    "ETCDCTL_KEY",
+    "REDISCLI_AUTH",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "NATS_CREDS",
+    "NATS_NKEY",
+];
+
+// `CommandEnv` keeps one bit per credential.
+const _: () = assert!(CREDENTIALS.len() <= u64::BITS as usize);
+
+/// Which of the [`CREDENTIALS`] commands are given after all (`--command-env`); they inherit
+/// the rest of reconfd's environment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommandEnv {
+    /// Bit `i` passes `CREDENTIALS[i]` on.
+    passed: u64,
+}
+
+impl CommandEnv {
+    /// Passes on the credentials among `names`. A name that is not a credential is inherited
+    /// anyway, which a warning says, as it may be a misspelt one.
+    pub(crate) fn passing(names: &[String]) -> CommandEnv {
+        let mut passed = 0;
+        for name in names {
+            match CREDENTIALS.iter().position(|credential| credential == name) {
+                Some(index) => passed |= 1 << index,
+                None => tracing::warn!(
+                    "--command-env {name}: commands get {name} anyway; only these are withheld \
+                     unless named: {}",
+                    CREDENTIALS.join(", ")
+                ),
+            }
+        }
+        CommandEnv { passed }
+    }
+
+    /// The credentials commands do not get.
+    fn withheld(self) -> impl Iterator<Item = &'static str> {
+        CREDENTIALS
+            .iter()
+            .enumerate()
+            .filter(move |(index, _)| self.passed & (1 << index) == 0)
+            .map(|(_, name)| *name)
+    }
+}
+
 /// A value that a command names with a placeholder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Placeholder {
@@ -246,9 +316,18 @@ impl Quoting {
     }
 }
 
-/// Runs `command` with `sh -c` and returns its combined output when it exits with status 0.
-pub(crate) async fn run(command: &ShellCommand, limit: Duration) -> Result<String, CommandError> {
-    let mut child = Command::new("/bin/sh")
+/// Runs `command` with `sh -c`, in reconfd's environment without the credentials `env`
+/// withholds, and returns its combined output when it exits with status 0.
+pub(crate) async fn run(
+    command: &ShellCommand,
+    limit: Duration,
+    env: CommandEnv,
+) -> Result<String, CommandError> {
+    let mut shell = Command::new("/bin/sh");
+    for name in env.withheld() {
+        shell.env_remove(name);
+    }
+    let mut child = shell
         .arg("-c")
         .arg(command.text())
         .envs(command.variables.iter().map(|(name, value)| (name, value)))
@@ -357,6 +436,7 @@ mod tests {
         let output = run(
             &ShellCommand::new("echo hello; echo oops >&2"),
             Duration::from_secs(5),
+            CommandEnv::default(),
         )
         .await
         .expect("succeeds");
@@ -371,6 +451,7 @@ mod tests {
         let err = run(
             &ShellCommand::new("echo 'bad line 3' >&2; exit 3"),
             Duration::from_secs(5),
+            CommandEnv::default(),
         )
         .await
         .expect_err("fails");
@@ -385,9 +466,13 @@ mod tests {
         let marker = dir.path().join("survived");
         let command = format!("(sleep 1; touch {}) & sleep 30", marker.display());
         let started = std::time::Instant::now();
-        let err = run(&ShellCommand::new(&command), Duration::from_millis(200))
-            .await
-            .expect_err("times out");
+        let err = run(
+            &ShellCommand::new(&command),
+            Duration::from_millis(200),
+            CommandEnv::default(),
+        )
+        .await
+        .expect_err("times out");
         assert!(matches!(err, CommandError::TimedOut { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -400,9 +485,13 @@ mod tests {
         let marker = dir.path().join("still-running");
         let command = format!("(sleep 1; touch {}) & echo started", marker.display());
         let started = std::time::Instant::now();
-        let output = run(&ShellCommand::new(&command), Duration::from_secs(10))
-            .await
-            .expect("succeeds");
+        let output = run(
+            &ShellCommand::new(&command),
+            Duration::from_secs(10),
+            CommandEnv::default(),
+        )
+        .await
+        .expect("succeeds");
         assert!(output.contains("started"), "{output}");
         assert!(
             started.elapsed() < Duration::from_millis(900),
@@ -417,6 +506,7 @@ mod tests {
         let output = run(
             &ShellCommand::new("yes | head -c 1048576"),
             Duration::from_secs(10),
+            CommandEnv::default(),
         )
         .await
         .expect("succeeds");
@@ -434,6 +524,7 @@ mod tests {
         let output = run(
             &ShellCommand::new("yes | head -c 65536"),
             Duration::from_secs(10),
+            CommandEnv::default(),
         )
         .await
         .expect("succeeds");
@@ -451,9 +542,13 @@ mod tests {
              sleep 0.01; done) & echo started",
             ticks = ticks.display()
         );
-        let output = run(&ShellCommand::new(&command), Duration::from_secs(10))
-            .await
-            .expect("succeeds");
+        let output = run(
+            &ShellCommand::new(&command),
+            Duration::from_secs(10),
+            CommandEnv::default(),
+        )
+        .await
+        .expect("succeeds");
         assert!(output.contains("started"), "{output}");
         let count = || {
             std::fs::read_to_string(&ticks)
@@ -475,7 +570,7 @@ mod tests {
         let seen = dir.path().join("seen");
         let command = format!("{command} > {}", seen.display());
         let bound = ShellCommand::new(&command).bind(Placeholder::Src, value);
-        run(&bound, Duration::from_secs(10))
+        run(&bound, Duration::from_secs(10), CommandEnv::default())
             .await
             .unwrap_or_else(|e| panic!("{command}: {e}"));
         let ran = std::fs::read_dir(dir.path()).expect("dir").count() > 1;
@@ -549,5 +644,40 @@ mod tests {
         let a = ShellCommand::new("reload {{.dest}}").bind(Placeholder::Dest, OsStr::new("/a"));
         let b = ShellCommand::new("reload {{.dest}}").bind(Placeholder::Dest, OsStr::new("/b"));
         assert_ne!(a, b, "one reload per destination named");
+    }
+
+    #[test]
+    fn every_secret_setting_is_withheld_and_documented() {
+        use clap::CommandFactory;
+        let secret_settings: Vec<String> = crate::cli::Cli::command()
+            .get_arguments()
+            .filter(|arg| arg.is_hide_env_values_set())
+            .filter_map(|arg| arg.get_env())
+            .map(|name| name.to_string_lossy().into_owned())
+            .collect();
+        assert!(secret_settings.len() >= 3, "{secret_settings:?}");
+        for name in &secret_settings {
+            assert!(
+                CREDENTIALS.contains(&name.as_str()),
+                "{name} is not withheld"
+            );
+        }
+        let docs = include_str!("../docs/resources.md");
+        for name in CREDENTIALS {
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "{name} is not documented"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_named_credentials_are_passed_on() {
+        let env = CommandEnv::passing(&["VAULT_TOKEN".to_string(), "HOME".to_string()]);
+        let withheld: Vec<&str> = env.withheld().collect();
+        assert!(!withheld.contains(&"VAULT_TOKEN"), "{withheld:?}");
+        assert!(withheld.contains(&"RECONFD_PASSWORD"), "{withheld:?}");
+        assert_eq!(withheld.len(), CREDENTIALS.len() - 1);
+        assert_eq!(CommandEnv::default().withheld().count(), CREDENTIALS.len());
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use crate::command::CommandEnv;
 use crate::controller::{
     Controller, DEFAULT_RENDER_MAX_SIZE, DEFAULT_RENDER_TIMEOUT, Prepared, RenderLimits,
     SyncOptions,
@@ -77,6 +78,7 @@ impl Plan {
             sync_only: settings.sync_only,
             keep_stage_file: settings.keep_stage_file,
             secret: false,
+            command_env: CommandEnv::passing(&settings.command_env),
         };
         // The global store is opened even if no resource reads it, so that unusable settings
         // are reported the same way whatever the confdir holds.

@@ -19,7 +19,7 @@ use std::path::Path;
 use md5::{Digest, Md5};
 use similar::TextDiff;
 
-use crate::command::{self, CommandError, Placeholder, ShellCommand};
+use crate::command::{self, CommandEnv, CommandError, Placeholder, ShellCommand};
 use crate::resource::Resource;
 use crate::stage;
 
@@ -38,6 +38,8 @@ pub struct Options {
     /// The content holds secrets: diffs show where lines changed, not what they hold, and
     /// checksums are not logged (a checksum of a short secret gives it away).
     pub secret: bool,
+    /// The credentials of reconfd's environment that commands get after all.
+    pub command_env: CommandEnv,
 }
 
 /// What reconciling one resource did.
@@ -224,7 +226,7 @@ pub async fn reconcile_batch(
         }
     }
     if !options.sync_only {
-        reload_batch(items, &mut steps).await;
+        reload_batch(items, &mut steps, options.command_env).await;
     }
     items
         .iter()
@@ -329,7 +331,9 @@ async fn prepare(
     let stage_path = staged.path().display().to_string();
     if let (Some(check), false) = (&resource.check_cmd, options.sync_only) {
         let command = ShellCommand::new(check).bind(Placeholder::Src, staged.path().as_os_str());
-        if let Err(source) = command::run(&command, resource.check_timeout).await {
+        if let Err(source) =
+            command::run(&command, resource.check_timeout, options.command_env).await
+        {
             if options.keep_stage_file {
                 match stage::keep(staged) {
                     Ok(kept) => tracing::info!("Keeping stage file {}", kept.display()),
@@ -374,7 +378,7 @@ fn swap(resource: &Resource, staged: Staged) -> Result<Option<Actual>, Reconcile
 
 /// Runs each distinct reload command of the swapped items once. When one fails, the items
 /// with `rollback` get their previous file back and the command runs again on them.
-async fn reload_batch(items: &[Item<'_>], steps: &mut [Step]) {
+async fn reload_batch(items: &[Item<'_>], steps: &mut [Step], env: CommandEnv) {
     // Commands in the order their first item comes, with the items they reload.
     let mut commands: Vec<(ShellCommand, Vec<usize>)> = Vec::new();
     for (index, item) in items.iter().enumerate() {
@@ -402,7 +406,7 @@ async fn reload_batch(items: &[Item<'_>], steps: &mut [Step]) {
             .map(|index| items[*index].resource.dest.display().to_string())
             .collect();
         let dests = dests.join(", ");
-        let source = match command::run(&command, timeout).await {
+        let source = match command::run(&command, timeout, env).await {
             Ok(output) if output.is_empty() => {
                 tracing::info!("Reloaded for {dests}");
                 continue;
@@ -435,7 +439,7 @@ async fn reload_batch(items: &[Item<'_>], steps: &mut [Step]) {
         let second = if restored.is_empty() {
             None
         } else {
-            Some(match command::run(&command, timeout).await {
+            Some(match command::run(&command, timeout, env).await {
                 Ok(_) => Rollback::Reloaded,
                 Err(e) => Rollback::ReloadFailed(Box::new(e)),
             })

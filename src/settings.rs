@@ -111,6 +111,8 @@ pub struct Settings {
     pub wait: Option<Wait>,
     /// Roll back failed reloads for every resource.
     pub rollback: bool,
+    /// Credentials of reconfd's environment that commands get after all.
+    pub command_env: Vec<String>,
     /// Where to serve metrics and the status page.
     pub listen: Option<SocketAddr>,
 }
@@ -184,6 +186,7 @@ impl Settings {
             log_level,
             log_format: given.log_format.unwrap_or_default(),
             rollback: given.rollback,
+            command_env: given.command_env,
             wait,
             render_timeout,
             render_max_size,

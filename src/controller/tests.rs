@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::*;
+use crate::command::CommandEnv;
 use crate::store::Change;
 use crate::store::memory::{self, NextWatch};
 
@@ -107,6 +108,7 @@ fn start(
                 sync_only: false,
                 keep_stage_file: false,
                 secret: false,
+                command_env: CommandEnv::default(),
             },
             interval,
             polling,
