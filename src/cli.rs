@@ -66,9 +66,22 @@ pub(crate) struct Cli {
     #[arg(long, env = "RECONFD_SYNC_ONLY")]
     pub sync_only: bool,
 
-    /// Keep the stage file after a failed check, for inspection.
+    /// Keep the stage file after a failed check, for inspection, as
+    /// `.<name>.reconfd-XXXXXX.rejected` beside the destination; reconfd never removes it.
     #[arg(long, env = "RECONFD_KEEP_STAGE_FILE")]
     pub keep_stage_file: bool,
+
+    /// Give check and reload commands this credential of reconfd's environment (such as
+    /// VAULT_TOKEN), which they do not get otherwise; repeatable. The variables withheld are
+    /// listed in docs/resources.md. [default: none]
+    #[arg(
+        long,
+        env = "RECONFD_COMMAND_ENV",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub command_env: Vec<String>,
 
     /// When a reload command fails, put the previous file back and reload again, for every
     /// resource (a resource's `rollback` turns it on for that one).

@@ -1,6 +1,12 @@
 //! Running check and reload commands: through `sh -c`, in their own process group, with a
 //! time limit after which the whole group is killed (a reload script's children included).
+//!
+//! A placeholder such as `{{.src}}` is never replaced by the path itself, which the shell would
+//! read as code (`$(…)`, backquotes) and split at spaces. The path goes into an environment
+//! variable of the command, and the placeholder becomes a reference to it, written for the
+//! quotes around the placeholder, so the command sees the exact path however it quotes it.
 
+use std::ffi::{OsStr, OsString};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,11 +66,272 @@ struct Output {
     cut: bool,
 }
 
-/// Runs `command` with `sh -c` and returns its combined output when it exits with status 0.
-pub async fn run(command: &str, limit: Duration) -> Result<String, CommandError> {
-    let mut child = Command::new("/bin/sh")
+/// Variables that carry credentials: those of reconfd's settings that hold one (a node's
+/// address may hold a user and password) and those the stores' own clients read. Commands do
+/// not inherit them unless `--command-env` names them: a check or a reload needs none of them
+/// for its work, and may hand its environment to processes that log it or are less trusted.
+/// docs/resources.md lists them for users.
+const CREDENTIALS: &[&str] = &[
+    "RECONFD_USERNAME",
+    "RECONFD_PASSWORD",
+    "RECONFD_AUTH_TOKEN",
+    "RECONFD_ROLE_ID",
+    "RECONFD_SECRET_ID",
+    "RECONFD_CLIENT_KEY",
+    "RECONFD_NODE",
+    "VAULT_TOKEN",
+    "VAULT_CLIENT_KEY",
+    "CONSUL_HTTP_TOKEN",
+    "CONSUL_HTTP_TOKEN_FILE",
+    "CONSUL_HTTP_AUTH",
+    "CONSUL_TOKEN",
+    "CONSUL_CLIENT_KEY",
+    "ETCDCTL_USER",
+    "ETCDCTL_PASSWORD",
+    "ETCDCTL_KEY",
+    "REDISCLI_AUTH",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "NATS_CREDS",
+    "NATS_NKEY",
+];
+
+// `CommandEnv` keeps one bit per credential.
+const _: () = assert!(CREDENTIALS.len() <= u64::BITS as usize);
+
+/// Which of the [`CREDENTIALS`] commands are given after all (`--command-env`); they inherit
+/// the rest of reconfd's environment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommandEnv {
+    /// Bit `i` passes `CREDENTIALS[i]` on.
+    passed: u64,
+}
+
+impl CommandEnv {
+    /// Passes on the credentials among `names`. A name that is not a credential is inherited
+    /// anyway, which a warning says, as it may be a misspelt one.
+    pub(crate) fn passing(names: &[String]) -> CommandEnv {
+        let mut passed = 0;
+        for name in names {
+            match CREDENTIALS.iter().position(|credential| credential == name) {
+                Some(index) => passed |= 1 << index,
+                None => tracing::warn!(
+                    "--command-env {name}: commands get {name} anyway; only these are withheld \
+                     unless named: {}",
+                    CREDENTIALS.join(", ")
+                ),
+            }
+        }
+        CommandEnv { passed }
+    }
+
+    /// The credentials commands do not get.
+    fn withheld(self) -> impl Iterator<Item = &'static str> {
+        CREDENTIALS
+            .iter()
+            .enumerate()
+            .filter(move |(index, _)| self.passed & (1 << index) == 0)
+            .map(|(_, name)| *name)
+    }
+}
+
+/// A value that a command names with a placeholder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Placeholder {
+    /// `{{.src}}`: the stage file, in `check_cmd`.
+    Src,
+    /// `{{.dest}}`: the destination, in `reload_cmd`.
+    Dest,
+}
+
+impl Placeholder {
+    /// The name inside the braces, as confd spells it.
+    fn name(self) -> &'static str {
+        match self {
+            Placeholder::Src => "src",
+            Placeholder::Dest => "dest",
+        }
+    }
+
+    /// The environment variable that carries the value to the command.
+    fn variable(self) -> &'static str {
+        match self {
+            Placeholder::Src => "RECONFD_SRC",
+            Placeholder::Dest => "RECONFD_DEST",
+        }
+    }
+}
+
+/// A command line ready for `sh -c`: its text, with placeholders turned into references to
+/// variables, and those variables' values. Two commands are the same when both are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ShellCommand {
+    text: String,
+    variables: Vec<(&'static str, OsString)>,
+}
+
+impl ShellCommand {
+    /// `text` as written, no placeholder bound yet.
+    pub(crate) fn new(text: &str) -> ShellCommand {
+        ShellCommand {
+            text: text.to_string(),
+            variables: Vec::new(),
+        }
+    }
+
+    /// Binds `placeholder`, in each of confd's spellings (`{{.src}}`, `{{ .src }}`, `{{src}}`,
+    /// `{{ src }}`), to `value`. Other `{{ ... }}` text is left alone.
+    pub(crate) fn bind(mut self, placeholder: Placeholder, value: &OsStr) -> ShellCommand {
+        let mut result = String::with_capacity(self.text.len());
+        let mut quoting = Quoting::default();
+        let mut bound = false;
+        let mut rest = self.text.as_str();
+        while !rest.is_empty() {
+            if let Some(after_open) = rest.strip_prefix("{{")
+                && let Some(close) = after_open.find("}}")
+            {
+                let inner = after_open[..close].trim();
+                if inner.strip_prefix('.').unwrap_or(inner) == placeholder.name() {
+                    result.push_str(&quoting.reference(placeholder.variable()));
+                    rest = &after_open[close + 2..];
+                    bound = true;
+                    continue;
+                }
+            }
+            let consumed = quoting.step(rest);
+            result.push_str(&rest[..consumed]);
+            rest = &rest[consumed..];
+        }
+        if bound {
+            self.text = result;
+            self.variables
+                .retain(|(variable, _)| *variable != placeholder.variable());
+            self.variables
+                .push((placeholder.variable(), value.to_os_string()));
+        }
+        self
+    }
+
+    /// The text `sh -c` runs.
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for ShellCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Where the shell is in a command line, as far as a placeholder cares: inside which quotes,
+/// command substitutions and backquotes.
+struct Quoting {
+    stack: Vec<Context>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Context {
+    /// Outside quotes.
+    Bare,
+    /// Inside `'…'`.
+    Single,
+    /// Inside `"…"`.
+    Double,
+    /// Inside `$(…)`, with how many plain parentheses are open in it.
+    Substitution(usize),
+    /// Inside `` `…` ``.
+    Backquote,
+}
+
+impl Default for Quoting {
+    fn default() -> Quoting {
+        Quoting {
+            stack: vec![Context::Bare],
+        }
+    }
+}
+
+impl Quoting {
+    fn top(&self) -> Context {
+        self.stack.last().copied().unwrap_or(Context::Bare)
+    }
+
+    /// A reference to `variable` that gives its value as one word, unchanged, here: the
+    /// shell expands a variable once and never reads its value as code.
+    fn reference(&self, variable: &str) -> String {
+        match self.top() {
+            Context::Double => format!("${{{variable}}}"),
+            // Closed, joined with the value in double quotes, and opened again.
+            Context::Single => format!("'\"${{{variable}}}\"'"),
+            Context::Bare | Context::Substitution(_) | Context::Backquote => {
+                format!("\"${{{variable}}}\"")
+            }
+        }
+    }
+
+    /// Reads the first character of `text` (two for an escape or `$(`), updating the
+    /// context; returns how many bytes it read.
+    fn step(&mut self, text: &str) -> usize {
+        let mut chars = text.chars();
+        let Some(first) = chars.next() else {
+            return 0;
+        };
+        let second = chars.next();
+        let pair = first.len_utf8() + second.map_or(0, char::len_utf8);
+        let top = self.top();
+        match (top, first) {
+            (Context::Single, '\'') => {
+                self.stack.pop();
+            }
+            (Context::Single, _) => {}
+            (_, '\\') => return pair,
+            (Context::Double, '"') => {
+                self.stack.pop();
+            }
+            (_, '$') if second == Some('(') => {
+                self.stack.push(Context::Substitution(0));
+                return pair;
+            }
+            (Context::Backquote, '`') => {
+                self.stack.pop();
+            }
+            (_, '`') => self.stack.push(Context::Backquote),
+            (Context::Double, _) => {}
+            (_, '\'') => self.stack.push(Context::Single),
+            (_, '"') => self.stack.push(Context::Double),
+            (Context::Substitution(open), '(') => {
+                self.stack.pop();
+                self.stack.push(Context::Substitution(open + 1));
+            }
+            (Context::Substitution(open), ')') => {
+                self.stack.pop();
+                if open > 0 {
+                    self.stack.push(Context::Substitution(open - 1));
+                }
+            }
+            _ => {}
+        }
+        first.len_utf8()
+    }
+}
+
+/// Runs `command` with `sh -c`, in reconfd's environment without the credentials `env`
+/// withholds, and returns its combined output when it exits with status 0.
+pub(crate) async fn run(
+    command: &ShellCommand,
+    limit: Duration,
+    env: CommandEnv,
+) -> Result<String, CommandError> {
+    let mut shell = Command::new("/bin/sh");
+    for name in env.withheld() {
+        shell.env_remove(name);
+    }
+    let mut child = shell
         .arg("-c")
-        .arg(command)
+        .arg(command.text())
+        .envs(command.variables.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -164,12 +431,17 @@ async fn pump(reader: Option<impl AsyncRead + Unpin>, sink: &Mutex<Output>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     #[tokio::test]
     async fn success_returns_output() {
-        let output = run("echo hello; echo oops >&2", Duration::from_secs(5))
-            .await
-            .expect("succeeds");
+        let output = run(
+            &ShellCommand::new("echo hello; echo oops >&2"),
+            Duration::from_secs(5),
+            CommandEnv::default(),
+        )
+        .await
+        .expect("succeeds");
         assert!(
             output.contains("hello") && output.contains("oops"),
             "{output}"
@@ -178,9 +450,13 @@ mod tests {
 
     #[tokio::test]
     async fn failure_carries_status_and_output() {
-        let err = run("echo 'bad line 3' >&2; exit 3", Duration::from_secs(5))
-            .await
-            .expect_err("fails");
+        let err = run(
+            &ShellCommand::new("echo 'bad line 3' >&2; exit 3"),
+            Duration::from_secs(5),
+            CommandEnv::default(),
+        )
+        .await
+        .expect_err("fails");
         let message = err.to_string();
         assert!(message.contains("exit status: 3"), "{message}");
         assert!(message.contains("bad line 3"), "{message}");
@@ -188,9 +464,13 @@ mod tests {
 
     #[tokio::test]
     async fn multi_line_output_is_one_line_so_the_log_record_stays_one() {
-        let err = run("printf 'first\\nsecond\\n'; exit 1", Duration::from_secs(5))
-            .await
-            .expect_err("fails");
+        let err = run(
+            &ShellCommand::new("printf 'first\\nsecond\\n'; exit 1"),
+            Duration::from_secs(5),
+            CommandEnv::default(),
+        )
+        .await
+        .expect_err("fails");
         assert!(err.to_string().ends_with(": first\\nsecond"), "{err}");
     }
 
@@ -200,9 +480,13 @@ mod tests {
         let marker = dir.path().join("survived");
         let command = format!("(sleep 1; touch {}) & sleep 30", marker.display());
         let started = std::time::Instant::now();
-        let err = run(&command, Duration::from_millis(200))
-            .await
-            .expect_err("times out");
+        let err = run(
+            &ShellCommand::new(&command),
+            Duration::from_millis(200),
+            CommandEnv::default(),
+        )
+        .await
+        .expect_err("times out");
         assert!(matches!(err, CommandError::TimedOut { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -215,9 +499,13 @@ mod tests {
         let marker = dir.path().join("still-running");
         let command = format!("(sleep 1; touch {}) & echo started", marker.display());
         let started = std::time::Instant::now();
-        let output = run(&command, Duration::from_secs(10))
-            .await
-            .expect("succeeds");
+        let output = run(
+            &ShellCommand::new(&command),
+            Duration::from_secs(10),
+            CommandEnv::default(),
+        )
+        .await
+        .expect("succeeds");
         assert!(output.contains("started"), "{output}");
         assert!(
             started.elapsed() < Duration::from_millis(900),
@@ -229,9 +517,13 @@ mod tests {
 
     #[tokio::test]
     async fn output_is_cut_at_the_limit() {
-        let output = run("yes | head -c 1048576", Duration::from_secs(10))
-            .await
-            .expect("succeeds");
+        let output = run(
+            &ShellCommand::new("yes | head -c 1048576"),
+            Duration::from_secs(10),
+            CommandEnv::default(),
+        )
+        .await
+        .expect("succeeds");
         assert!(
             output.ends_with("… (output cut at 64 KiB)"),
             "{}",
@@ -243,9 +535,13 @@ mod tests {
 
     #[tokio::test]
     async fn output_within_the_limit_is_not_marked_cut() {
-        let output = run("yes | head -c 65536", Duration::from_secs(10))
-            .await
-            .expect("succeeds");
+        let output = run(
+            &ShellCommand::new("yes | head -c 65536"),
+            Duration::from_secs(10),
+            CommandEnv::default(),
+        )
+        .await
+        .expect("succeeds");
         assert!(!output.contains("output cut"));
         assert_eq!(output.len(), 64 * 1024 - 1, "the final newline is trimmed");
     }
@@ -260,9 +556,13 @@ mod tests {
              sleep 0.01; done) & echo started",
             ticks = ticks.display()
         );
-        let output = run(&command, Duration::from_secs(10))
-            .await
-            .expect("succeeds");
+        let output = run(
+            &ShellCommand::new(&command),
+            Duration::from_secs(10),
+            CommandEnv::default(),
+        )
+        .await
+        .expect("succeeds");
         assert!(output.contains("started"), "{output}");
         let count = || {
             std::fs::read_to_string(&ticks)
@@ -275,5 +575,123 @@ mod tests {
             50,
             "every write after the command returned succeeded"
         );
+    }
+
+    /// Runs `command` with `{{.src}}` bound to `value`; returns what the command wrote to a
+    /// file (so that output is compared byte for byte) and whether anything in the value ran.
+    async fn sees(command: &str, value: &OsStr) -> (Vec<u8>, bool) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let seen = dir.path().join("seen");
+        let command = format!("{command} > {}", seen.display());
+        let bound = ShellCommand::new(&command).bind(Placeholder::Src, value);
+        run(&bound, Duration::from_secs(10), CommandEnv::default())
+            .await
+            .unwrap_or_else(|e| panic!("{command}: {e}"));
+        let ran = std::fs::read_dir(dir.path()).expect("dir").count() > 1;
+        (std::fs::read(&seen).expect("seen"), ran)
+    }
+
+    #[tokio::test]
+    async fn a_placeholder_gives_the_exact_value_inside_any_quotes_and_runs_none_of_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pwned = dir.path().join("pwned");
+        let nasty = format!(
+            "/my dir/it's \"x\" $HOME $(touch {p}) `touch {p}` ${{IFS}}\\n *; touch {p}",
+            p = pwned.display()
+        );
+        let not_utf8 = OsStr::from_bytes(b"/a\xff b");
+        for value in [OsStr::new("/etc/app.conf"), OsStr::new(&nasty), not_utf8] {
+            for command in [
+                "printf '%s|' {{.src}}",
+                "printf '%s|' {{ .src }}",
+                "printf '%s|' \"{{src}}\"",
+                "printf '%s|' '{{ src }}'",
+                "printf '%s|' \"at: {{.src}}.\" 'at: {{.src}}.'",
+                "printf '%s|' \"$(printf '%s' {{.src}})\" \"$(echo \"$(cat {{.src}} 2>/dev/null)\")\"",
+                "printf '%s|' `printf '%s' \"{{.src}}\"` 2>/dev/null; printf '%s|' {{.src}}",
+                "f() { printf '%s|' \"$1\"; }; f {{.src}}",
+                "printf '%s|' {{.src}}{{.other}}",
+            ] {
+                let (seen, ran) = sees(command, value).await;
+                assert!(!ran && !pwned.exists(), "{command}: ran part of {value:?}");
+                let value = value.as_bytes();
+                let expected: Vec<u8> = match command {
+                    c if c.contains("at: ") => [b"at: ", value, b".|at: ", value, b".|"].concat(),
+                    c if c.contains("$(cat") => [value, b"||"].concat(),
+                    c if c.contains('`') => {
+                        // The backquoted word splits at spaces; only the second word counts.
+                        let plain = [value, b"|"].concat();
+                        assert!(seen.ends_with(&plain), "{command}: {seen:?}");
+                        continue;
+                    }
+                    c if c.contains("{{.other}}") => [value, b"{{.other}}|"].concat(),
+                    _ => [value, b"|"].concat(),
+                };
+                assert_eq!(
+                    String::from_utf8_lossy(&seen),
+                    String::from_utf8_lossy(&expected),
+                    "{command}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_named_placeholder_is_bound_and_the_path_never_enters_the_text() {
+        let command = ShellCommand::new("check {{.src}} {{ dest }} {{ other }} {{.src")
+            .bind(Placeholder::Src, OsStr::new("/a b/$(x)"));
+        assert_eq!(
+            command.text(),
+            "check \"${RECONFD_SRC}\" {{ dest }} {{ other }} {{.src"
+        );
+        assert_eq!(
+            command.variables,
+            [("RECONFD_SRC", OsString::from("/a b/$(x)"))]
+        );
+        let plain =
+            ShellCommand::new("systemctl reload app").bind(Placeholder::Dest, OsStr::new("/x"));
+        assert_eq!(
+            plain,
+            ShellCommand::new("systemctl reload app"),
+            "nothing to bind"
+        );
+        let a = ShellCommand::new("reload {{.dest}}").bind(Placeholder::Dest, OsStr::new("/a"));
+        let b = ShellCommand::new("reload {{.dest}}").bind(Placeholder::Dest, OsStr::new("/b"));
+        assert_ne!(a, b, "one reload per destination named");
+    }
+
+    #[test]
+    fn every_secret_setting_is_withheld_and_documented() {
+        use clap::CommandFactory;
+        let secret_settings: Vec<String> = crate::cli::Cli::command()
+            .get_arguments()
+            .filter(|arg| arg.is_hide_env_values_set())
+            .filter_map(|arg| arg.get_env())
+            .map(|name| name.to_string_lossy().into_owned())
+            .collect();
+        assert!(secret_settings.len() >= 3, "{secret_settings:?}");
+        for name in &secret_settings {
+            assert!(
+                CREDENTIALS.contains(&name.as_str()),
+                "{name} is not withheld"
+            );
+        }
+        let docs = include_str!("../docs/resources.md");
+        for name in CREDENTIALS {
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "{name} is not documented"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_named_credentials_are_passed_on() {
+        let env = CommandEnv::passing(&["VAULT_TOKEN".to_string(), "HOME".to_string()]);
+        let withheld: Vec<&str> = env.withheld().collect();
+        assert!(!withheld.contains(&"VAULT_TOKEN"), "{withheld:?}");
+        assert!(withheld.contains(&"RECONFD_PASSWORD"), "{withheld:?}");
+        assert_eq!(withheld.len(), CREDENTIALS.len() - 1);
+        assert_eq!(CommandEnv::default().withheld().count(), CREDENTIALS.len());
     }
 }

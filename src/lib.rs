@@ -22,6 +22,7 @@ mod report;
 mod resource;
 pub mod secrets;
 pub mod settings;
+mod stage;
 mod status;
 pub mod store;
 mod template;

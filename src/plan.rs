@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use crate::command::CommandEnv;
 use crate::controller::{
     Controller, DEFAULT_RENDER_MAX_SIZE, DEFAULT_RENDER_TIMEOUT, Prepared, RenderLimits,
     SyncOptions,
@@ -15,6 +16,7 @@ use crate::controller::{
 use crate::reconcile::Options;
 use crate::resource::{self, Resource, ResourceError};
 use crate::settings::{RunMode, Settings};
+use crate::stage;
 use crate::status::Status;
 use crate::store::backend::{self, Backend};
 use crate::template::Renderer;
@@ -57,6 +59,14 @@ impl Plan {
             }
         };
         let (prepared, mut failures) = prepare_resources(loaded, settings);
+        if !settings.noop {
+            // Nothing is being staged now (at start, or on a SIGHUP once the running
+            // controllers have stopped), so a stage file found beside a destination was left
+            // by a run that was killed.
+            for member in &prepared {
+                stage::remove_leftovers(&member.resource.dest);
+            }
+        }
         if prepared.is_empty() && failures == 0 {
             tracing::warn!(
                 "no template resources in {}",
@@ -67,6 +77,7 @@ impl Plan {
             noop: settings.noop,
             sync_only: settings.sync_only,
             keep_stage_file: settings.keep_stage_file,
+            command_env: CommandEnv::passing(&settings.command_env),
         };
         // The global store is opened even if no resource reads it, so that unusable settings
         // are reported the same way whatever the confdir holds.

@@ -19,9 +19,10 @@ use std::path::Path;
 use md5::{Digest, Md5};
 use similar::TextDiff;
 
-use crate::command::{self, CommandError};
+use crate::command::{self, CommandEnv, CommandError, Placeholder, ShellCommand};
 use crate::resource::Resource;
 use crate::secrets;
+use crate::stage;
 
 /// Permission bits of a new destination when the resource sets no `mode`.
 const DEFAULT_MODE: u32 = 0o644;
@@ -35,6 +36,8 @@ pub struct Options {
     pub sync_only: bool,
     /// Keep the stage file when its check fails.
     pub keep_stage_file: bool,
+    /// The credentials of reconfd's environment that commands get after all.
+    pub command_env: CommandEnv,
 }
 
 /// What reconciling one resource did.
@@ -221,7 +224,7 @@ pub async fn reconcile_batch(
         }
     }
     if !options.sync_only {
-        reload_batch(items, &mut steps).await;
+        reload_batch(items, &mut steps, options.command_env).await;
     }
     items
         .iter()
@@ -328,10 +331,12 @@ async fn prepare(
         .map_err(|e| io_error("cannot stage the new content", e))?;
     let stage_path = staged.path().display().to_string();
     if let (Some(check), false) = (&resource.check_cmd, options.sync_only) {
-        let command = substitute(check, "src", &stage_path);
-        if let Err(source) = command::run(&command, resource.check_timeout).await {
+        let command = ShellCommand::new(check).bind(Placeholder::Src, staged.path().as_os_str());
+        if let Err(source) =
+            command::run(&command, resource.check_timeout, options.command_env).await
+        {
             if options.keep_stage_file {
-                match staged.into_temp_path().keep() {
+                match stage::keep(staged) {
                     Ok(kept) => tracing::info!("Keeping stage file {}", kept.display()),
                     Err(e) => tracing::warn!("could not keep stage file {stage_path}: {e}"),
                 }
@@ -374,14 +379,15 @@ fn swap(resource: &Resource, staged: Staged) -> Result<Option<Actual>, Reconcile
 
 /// Runs each distinct reload command of the swapped items once. When one fails, the items
 /// with `rollback` get their previous file back and the command runs again on them.
-async fn reload_batch(items: &[Item<'_>], steps: &mut [Step]) {
+async fn reload_batch(items: &[Item<'_>], steps: &mut [Step], env: CommandEnv) {
     // Commands in the order their first item comes, with the items they reload.
-    let mut commands: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut commands: Vec<(ShellCommand, Vec<usize>)> = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let (Step::Swapped(_), Some(reload)) = (&steps[index], &item.resource.reload_cmd) else {
             continue;
         };
-        let command = substitute(reload, "dest", &item.resource.dest.display().to_string());
+        let command =
+            ShellCommand::new(reload).bind(Placeholder::Dest, item.resource.dest.as_os_str());
         match commands
             .iter_mut()
             .find(|(existing, _)| *existing == command)
@@ -401,7 +407,7 @@ async fn reload_batch(items: &[Item<'_>], steps: &mut [Step]) {
             .map(|index| items[*index].resource.dest.display().to_string())
             .collect();
         let dests = dests.join(", ");
-        let source = match command::run(&command, timeout).await {
+        let source = match command::run(&command, timeout, env).await {
             Ok(output) if output.is_empty() => {
                 tracing::info!("Reloaded for {dests}");
                 continue;
@@ -434,7 +440,7 @@ async fn reload_batch(items: &[Item<'_>], steps: &mut [Step]) {
         let second = if restored.is_empty() {
             None
         } else {
-            Some(match command::run(&command, timeout).await {
+            Some(match command::run(&command, timeout, env).await {
                 Ok(_) => Rollback::Reloaded,
                 Err(e) => Rollback::ReloadFailed(Box::new(e)),
             })
@@ -562,8 +568,7 @@ fn backup(dest: &Path, actual: &Actual) -> Result<(), String> {
     name.push(".bak");
     let path = std::path::PathBuf::from(name);
     let write = || -> std::io::Result<()> {
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        let mut staged = tempfile::Builder::new().prefix(".bak.").tempfile_in(dir)?;
+        let mut staged = stage::create(dest)?;
         staged.write_all(&actual.content)?;
         staged
             .as_file()
@@ -692,14 +697,7 @@ fn stage(
     wanted: &Wanted,
     resource: &Resource,
 ) -> std::io::Result<tempfile::NamedTempFile> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut staged = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .tempfile_in(dir)?;
+    let mut staged = stage::create(dest)?;
     staged.write_all(content)?;
     // Owner and mode first, so that the flush makes them durable with the content.
     set_owner(staged.as_file(), wanted, resource)?;
@@ -744,44 +742,6 @@ fn write_in_place(dest: &Path, content: &[u8], wanted: &Wanted) -> std::io::Resu
     file.write_all(content)?;
     file.set_permissions(std::fs::Permissions::from_mode(wanted.mode))?;
     file.sync_all()
-}
-
-/// `command` with confd's `{{.name}}` (also written `{{ .name }}`, `{{name}}` or
-/// `{{ name }}`) replaced by `value`, quoted for `sh` when it holds anything but plain path
-/// characters. Other `{{ ... }}` text is left alone.
-fn substitute(command: &str, name: &str, value: &str) -> String {
-    let mut result = String::with_capacity(command.len() + value.len());
-    let mut rest = command;
-    while let Some(open) = rest.find("{{") {
-        let Some(close) = rest[open + 2..].find("}}") else {
-            break;
-        };
-        let inner = rest[open + 2..open + 2 + close].trim();
-        result.push_str(&rest[..open]);
-        if inner.strip_prefix('.').unwrap_or(inner) == name {
-            result.push_str(&shell_quote(value));
-        } else {
-            result.push_str(&rest[open..open + 2 + close + 2]);
-        }
-        rest = &rest[open + 2 + close + 2..];
-    }
-    result.push_str(rest);
-    result
-}
-
-/// `value` as one `sh` word: unchanged when it only has characters that need no quoting (so a
-/// command that quotes `{{.src}}` itself keeps working for ordinary paths), single-quoted
-/// otherwise.
-fn shell_quote(value: &str) -> String {
-    let plain = !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%,=".contains(&b));
-    if plain {
-        value.to_string()
-    } else {
-        format!("'{}'", value.replace('\'', "'\\''"))
-    }
 }
 
 /// Sets the wanted owner. An owner the resource asks for must be set; an owner merely kept
@@ -944,7 +904,14 @@ mod tests {
             .expect_err("check fails");
         let names = entries(dir.path());
         assert_eq!(names.len(), 1, "{names:?}");
-        assert!(names[0].starts_with(".app.conf."), "{names:?}");
+        assert!(
+            names[0].starts_with(".app.conf.reconfd-") && names[0].ends_with(".rejected"),
+            "{names:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(&names[0])).expect("kept"),
+            "bad\n"
+        );
     }
 
     #[tokio::test]
@@ -1197,26 +1164,6 @@ mod tests {
     #[test]
     fn md5_matches_md5sum() {
         assert_eq!(md5_hex(b"hello\n"), "b1946ac92492d2347c6235b4d2611184");
-    }
-
-    #[test]
-    fn placeholders_in_every_confd_spelling_are_replaced_and_quoted() {
-        for command in [
-            "check {{.src}}",
-            "check {{ .src }}",
-            "check {{src}}",
-            "check {{ src }}",
-        ] {
-            assert_eq!(
-                substitute(command, "src", "/etc/app.conf"),
-                "check /etc/app.conf"
-            );
-        }
-        assert_eq!(
-            substitute("check {{.src}} {{ other }}", "src", "/my dir/it's"),
-            "check '/my dir/it'\\''s' {{ other }}"
-        );
-        assert_eq!(substitute("no close {{.src", "src", "x"), "no close {{.src");
     }
 
     #[tokio::test]

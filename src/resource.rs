@@ -4,6 +4,7 @@
 //! key prefixes it reads, and how the destination is checked, owned and reloaded. Unknown keys
 //! are errors naming the file, line and key, so a typo such as `dset` cannot pass silently.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -168,10 +169,66 @@ pub fn load_all(
         .filter(|path| path.extension().is_some_and(|ext| ext == "toml") && path.is_file())
         .collect();
     files.sort();
-    Ok(files
+    let mut loaded: Vec<_> = files
         .iter()
         .map(|file| load(file, &confdir.join("templates"), global_prefix))
-        .collect())
+        .collect();
+    refuse_shared_destinations(&files, &mut loaded);
+    Ok(loaded)
+}
+
+/// Refuses every file with a destination that a resource of another file writes too. Each
+/// would find the other's content on every run and write its own again (and reload), so
+/// neither is kept: which of them is right is for the user to say.
+fn refuse_shared_destinations(
+    files: &[PathBuf],
+    loaded: &mut [Result<Vec<Resource>, ResourceError>],
+) {
+    // Each destination, as written and as it is on disk, with the files that write it.
+    let mut writers: BTreeMap<PathBuf, (PathBuf, BTreeSet<usize>)> = BTreeMap::new();
+    for (index, resources) in loaded.iter().enumerate() {
+        for resource in resources.iter().flatten() {
+            writers
+                .entry(same_file(&resource.dest))
+                .or_insert_with(|| (resource.dest.clone(), BTreeSet::new()))
+                .1
+                .insert(index);
+        }
+    }
+    for (dest, indices) in writers.values().filter(|(_, indices)| indices.len() > 1) {
+        for &index in indices {
+            if loaded[index].is_err() {
+                // Refused already for another destination it shares.
+                continue;
+            }
+            let others: Vec<String> = indices
+                .iter()
+                .filter(|other| **other != index)
+                .map(|other| files[*other].display().to_string())
+                .collect();
+            loaded[index] = Err(ResourceError {
+                file: files[index].display().to_string(),
+                message: format!(
+                    "{} is also the destination of {}: both are refused, as each would \
+                     rewrite it (and reload) on every run",
+                    dest.display(),
+                    others.join(", ")
+                ),
+            });
+        }
+    }
+}
+
+/// `dest` with its directory resolved (symbolic links, `..`, a relative confdir), so that two
+/// spellings of one file compare equal; as written when the directory does not exist yet.
+fn same_file(dest: &Path) -> PathBuf {
+    let resolved = dest
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .and_then(|dir| std::fs::canonicalize(dir).ok())
+        .zip(dest.file_name())
+        .map(|(dir, name)| dir.join(name));
+    resolved.unwrap_or_else(|| dest.to_path_buf())
 }
 
 /// Reads one resource file. Relative `src` paths are under `template_dir`; relative `dest`
@@ -770,6 +827,39 @@ mod tests {
             (r.uid, r.gid, r.mode),
             (Some(4294967294), Some(0), Some(0o7777))
         );
+    }
+
+    #[test]
+    fn files_sharing_a_destination_through_a_link_are_all_refused_and_others_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("conf.d")).expect("conf.d");
+        std::fs::create_dir(dir.path().join("real")).expect("mkdir");
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link"))
+            .expect("symlink");
+        for (name, dest) in [
+            ("a", "real/app.conf"),
+            ("b", "link/app.conf"),
+            ("c", "real/other.conf"),
+        ] {
+            std::fs::write(
+                dir.path().join(format!("conf.d/{name}.toml")),
+                format!("[template]\nsrc = \"t\"\ndest = \"{dest}\"\nkeys = [\"/a\"]\n"),
+            )
+            .expect("write resource");
+        }
+        let loaded = load_all(dir.path(), "").expect("conf.d is readable");
+        let a = loaded[0].as_ref().expect_err("a shares app.conf");
+        assert!(a.file.ends_with("conf.d/a.toml"), "{a}");
+        assert!(
+            a.message
+                .contains("real/app.conf is also the destination of"),
+            "{a}"
+        );
+        assert!(a.message.contains("conf.d/b.toml"), "{a}");
+        let b = loaded[1].as_ref().expect_err("b shares app.conf");
+        assert!(b.file.ends_with("conf.d/b.toml"), "{b}");
+        assert!(b.message.contains("conf.d/a.toml"), "{b}");
+        assert!(loaded[2].is_ok(), "{:?}", loaded[2]);
     }
 
     #[test]

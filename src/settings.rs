@@ -115,6 +115,8 @@ pub struct Settings {
     pub min_keys: Option<usize>,
     /// Roll back failed reloads for every resource.
     pub rollback: bool,
+    /// Credentials of reconfd's environment that commands get after all.
+    pub command_env: Vec<String>,
     /// Where to serve metrics and the status page.
     pub listen: Option<SocketAddr>,
 }
@@ -196,6 +198,7 @@ impl Settings {
             log_level,
             log_format: given.log_format.unwrap_or_default(),
             rollback: given.rollback,
+            command_env: given.command_env,
             wait,
             min_keys: given.min_keys,
             render_timeout,

@@ -180,6 +180,65 @@ fn broken_resources_are_named_and_the_valid_one_still_renders() {
     assert_eq!(fixture.list("out"), [".keep", "app.conf"]);
 }
 
+/// Two resources in two files that write one destination would each find the other's content
+/// on every run, rewrite it and reload: both are refused, each naming the other file, however
+/// the destination is spelled; the other resources go on.
+#[test]
+fn resources_of_two_files_with_one_destination_are_both_refused() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    fixture.template("other.tmpl", "other\n");
+    fixture.resource(
+        "first",
+        "src = \"other.tmpl\"\ndest = \"out/shared.conf\"\nkeys = [\"/app\"]\n",
+    );
+    fixture.resource(
+        "second",
+        "src = \"app.tmpl\"\ndest = \"out/../out/shared.conf\"\nkeys = [\"/app\"]\n",
+    );
+    let run = fixture.run(ONETIME_FILE);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let refusal = |file: &str, other: &str| {
+        run.stderr.lines().any(|line| {
+            line.contains(&format!("conf.d/{file}.toml: "))
+                && line.contains("shared.conf is also the destination of")
+                && line.contains(&format!("conf.d/{other}.toml"))
+        })
+    };
+    assert!(refusal("first", "second"), "{run:?}");
+    assert!(refusal("second", "first"), "{run:?}");
+    assert_eq!(fixture.read("out/app.conf"), "server web1 10.0.0.1:80\n");
+    assert_eq!(fixture.list("out"), [".keep", "app.conf"]);
+    assert_eq!(reload_count(&fixture), 1, "the other resource reloaded");
+}
+
+/// 4294967295 is chown's "leave unchanged": an owner that could never be set would rewrite
+/// the file on every run. It is refused with the file and line; the other resources go on.
+#[test]
+fn an_owner_id_out_of_range_is_refused_with_file_and_line() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    for (name, key) in [("by_uid", "uid"), ("by_gid", "gid")] {
+        fixture.resource(
+            name,
+            &format!(
+                "src = \"app.tmpl\"\ndest = \"out/{name}.conf\"\nkeys = [\"/app\"]\n\
+                 {key} = 4294967295\n"
+            ),
+        );
+    }
+    let run = fixture.run(ONETIME_FILE);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    for (name, key) in [("by_uid", "uid"), ("by_gid", "gid")] {
+        assert!(
+            run.stderr.contains(&format!(
+                "{name}.toml:5:7: `{key}` = 4294967295: a number, at least 0 and at most \
+                 4294967294"
+            )),
+            "{run:?}"
+        );
+    }
+    assert_eq!(fixture.list("out"), [".keep", "app.conf"]);
+}
+
 /// A wait past its limit is refused when the resource is read, naming the file, the key and
 /// the limit, instead of a panic; the other resources still render.
 #[test]

@@ -220,3 +220,111 @@ fn a_resource_with_several_templates_swaps_all_then_reloads_once_or_swaps_none()
         .collect();
     assert!(stray.is_empty(), "no stage files left: {stray:?}");
 }
+
+/// The file names in `out` that start as a stage file of `out/app.json` does.
+fn stage_files(fixture: &Fixture) -> Vec<String> {
+    fixture
+        .list("out")
+        .into_iter()
+        .filter(|name| name.starts_with(".app.json.reconfd-"))
+        .collect()
+}
+
+#[test]
+fn stage_files_left_by_a_killed_run_are_removed_at_start_and_nothing_else() {
+    // The check records its process ID and blocks until killed, holding the stage file.
+    let fixture = fixture(
+        "8080",
+        "check_cmd = \"echo $$ > check.pid; exec sleep 1000\"\n",
+    );
+    let mut daemon = fixture.spawn(ONETIME);
+    let check_pid = || {
+        std::fs::read_to_string(fixture.path("check.pid"))
+            .ok()
+            .filter(|text| text.ends_with('\n'))
+            .and_then(|text| text.trim().parse::<i32>().ok())
+    };
+    assert!(
+        common::wait_for(std::time::Duration::from_secs(30), || check_pid().is_some()),
+        "the check runs\n{}",
+        daemon.log()
+    );
+    daemon.child.kill().expect("SIGKILL");
+    daemon.child.wait().expect("wait");
+    // The check runs in a process group of its own, which SIGKILL did not reach.
+    let group = nix::unistd::Pid::from_raw(check_pid().expect("pid"));
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).expect("killpg");
+    let leftovers = stage_files(&fixture);
+    assert_eq!(leftovers.len(), 1, "the killed run left its stage file");
+
+    // Files of the user's that look alike, and a file kept after a failed check, stay.
+    let alike = [
+        ".app.json.reconfd-notes",
+        ".app.json.reconfd-Ab12Cd.orig",
+        ".app.json.reconfd-Ab12Cd.rejected",
+        ".app.json.Ab12Cd",
+        "app.json.reconfd-Ab12Cd",
+        ".other.json.reconfd-Ab12Cd",
+    ];
+    for name in alike {
+        fixture.write(&format!("out/{name}"), "mine\n");
+    }
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"out/app.json\"\nkeys = [\"/app\"]\n",
+    );
+    let run = fixture.run(ONETIME);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "removed {}, a stage file left by a run that was interrupted",
+            fixture.path(&format!("out/{}", leftovers[0])).display()
+        )),
+        "{run:?}"
+    );
+    let mut expected: Vec<String> = alike.iter().map(|name| name.to_string()).collect();
+    expected.extend([".keep".to_string(), "app.json".to_string()]);
+    expected.sort();
+    assert_eq!(fixture.list("out"), expected);
+    for name in alike {
+        assert_eq!(fixture.read(&format!("out/{name}")), "mine\n");
+    }
+}
+
+#[test]
+fn a_destination_name_as_long_as_the_file_system_takes_is_staged_checked_and_kept() {
+    let long = format!("{}.json", "é".repeat(122));
+    let fixture = Fixture::new();
+    fixture.template("app.tmpl", "{{ getv(key=\"/app/port\") }}\n");
+    fixture.resource(
+        "app",
+        &format!(
+            "src = \"app.tmpl\"\ndest = \"out/{long}\"\nkeys = [\"/app\"]\n\
+             check_cmd = \"grep -qv 9999 {{{{.src}}}}\"\n"
+        ),
+    );
+    fixture.write("out/.keep", "");
+    fixture.write("data.yaml", "app:\n  port: \"8080\"\n");
+    let run = fixture.run(ONETIME);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read(&format!("out/{long}")), "8080\n");
+
+    fixture.write("data.yaml", "app:\n  port: \"9999\"\n");
+    let run = fixture.run(&[ONETIME, &["--keep-stage-file"]].concat());
+    assert_eq!(run.code, Some(1), "the check refuses 9999: {run:?}");
+    assert!(!run.stderr.contains("too long"), "{run:?}");
+    let kept: Vec<String> = fixture
+        .list("out")
+        .into_iter()
+        .filter(|name| name.ends_with(".rejected"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{run:?}");
+    assert!(kept[0].len() <= 255, "{}", kept[0]);
+    assert!(
+        kept[0].starts_with(".éé") && kept[0].contains(".reconfd-"),
+        "{}",
+        kept[0]
+    );
+    assert_eq!(fixture.read(&format!("out/{}", kept[0])), "9999\n");
+    assert_eq!(fixture.read(&format!("out/{long}")), "8080\n");
+}

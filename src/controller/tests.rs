@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::*;
+use crate::command::CommandEnv;
 use crate::store::Change;
 use crate::store::memory::{self, NextWatch};
 
@@ -106,6 +107,7 @@ fn start(
                 noop: false,
                 sync_only: false,
                 keep_stage_file: false,
+                command_env: CommandEnv::default(),
             },
             interval,
             polling,
