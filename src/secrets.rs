@@ -31,10 +31,10 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use crate::store::nodes::redact;
 
 /// What a secret shows as.
-pub const MASK: &str = "***";
+pub(crate) const MASK: &str = "***";
 
 /// The shortest value masked, in characters.
-pub const MIN_SECRET_CHARS: usize = 4;
+pub(crate) const MIN_SECRET_CHARS: usize = 4;
 
 /// Values a store no longer holds stay masked, up to as many as it holds (and at least this
 /// many): the previous file, a backup or a rollback's message may still show them.
