@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 use crate::limits;
 use crate::reconcile::OutputFormat;
+use crate::secrets;
+use crate::settings::{self, keys_of};
 use crate::store::backend::{Backend, StoreFields};
 use crate::store::consul::SERVICES_ROOT;
 use crate::wait::Wait;
@@ -588,21 +590,25 @@ fn group_id(name: &str) -> Result<u32, String> {
     }
 }
 
-/// Turns a TOML error into one line: `file:line:column: message`.
+/// Turns a TOML error into one line: `file:line:column: message`, quoting the line with any
+/// credential of a `[backend]` table masked (see [`secrets::with_settings_line`]).
 fn toml_error(file: &Path, text: &str, error: &toml::de::Error) -> ResourceError {
-    let place = error
-        .span()
-        .map(|span| {
-            // A span starts on a character boundary; the fallback only guards the slicing.
-            let before = text.get(..span.start).unwrap_or(text);
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!(":{line}:{column}")
-        })
-        .unwrap_or_default();
+    let mut message = error.message().trim_end().replace('\n', " ");
+    let mut place = String::new();
+    if let Some(span) = error.span() {
+        // A span starts on a character boundary; the fallback only guards the slicing.
+        let before = text.get(..span.start).unwrap_or(text);
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - line_start + 1;
+        place = format!(":{line}:{column}");
+        message = secrets::with_settings_line(&message, text, line_start, |key| {
+            keys_of::<TemplateTable>().contains(&key) || settings::readable_key(key)
+        });
+    }
     ResourceError {
         file: format!("{}{place}", file.display()),
-        message: error.message().trim_end().to_string(),
+        message,
     }
 }
 
@@ -871,6 +877,30 @@ mod tests {
         );
         assert_eq!(join_key_path(&["/a/", "/b//c/"]), "/a/b/c");
         assert_eq!(join_key_path(&["", "a"]), "a");
+    }
+
+    #[test]
+    fn errors_in_a_backend_table_show_the_line_without_credentials() {
+        let base = "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\n";
+        for (line, shown) in [
+            ("password = 12345678", "password = ***"),
+            ("password = \"Pw-PLUGH", "password = ***"),
+            ("pasword = \"Pw-PLUGH\"", "pasword = ***"),
+            ("kv_version = 300", "kv_version = 300"),
+        ] {
+            let err = load_text(
+                &format!("{base}[backend]\nbackend = \"vault\"\n{line}\n"),
+                "",
+            )
+            .expect_err(line);
+            let message = err.to_string();
+            assert!(message.contains("app.toml:7:"), "{message}");
+            assert!(message.ends_with(&format!(", in `{shown}`")), "{message}");
+            assert!(
+                !message.contains("PLUGH") && !message.contains("12345678"),
+                "{message}"
+            );
+        }
     }
 
     #[test]

@@ -31,10 +31,10 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use crate::store::nodes::redact;
 
 /// What a secret shows as.
-pub const MASK: &str = "***";
+pub(crate) const MASK: &str = "***";
 
 /// The shortest value masked, in characters.
-pub const MIN_SECRET_CHARS: usize = 4;
+pub(crate) const MIN_SECRET_CHARS: usize = 4;
 
 /// Values a store no longer holds stay masked, up to as many as it holds (and at least this
 /// many): the previous file, a backup or a rollback's message may still show them.
@@ -109,6 +109,52 @@ fn redact_urls(text: &str) -> Cow<'_, str> {
     }
     redacted.push_str(rest);
     Cow::Owned(redacted)
+}
+
+/// `message`, an error about the line of the TOML `text` that starts at `line_start`, naming
+/// the line's key and quoting the line when it is `key = value`. The value shows only when
+/// `readable(key)`, for a known setting that holds no credential; for any other key (a
+/// password, a token, or a key not known, which may be a credential misspelt) it shows as
+/// [`MASK`], and is masked in `message` as well, which may quote it (``invalid type: integer
+/// `12345678` ``). A line of another form, which may be part of a multi-line value, is not
+/// quoted.
+pub(crate) fn with_settings_line(
+    message: &str,
+    text: &str,
+    line_start: usize,
+    readable: impl Fn(&str) -> bool,
+) -> String {
+    let line = text
+        .get(line_start..)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_default();
+    let Some((key, value)) = line
+        .split_once('=')
+        .map(|(key, value)| (key.trim(), value.trim()))
+        .filter(|(key, _)| {
+            !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+    else {
+        return message.to_string();
+    };
+    let mut message = message.to_string();
+    let shown = if readable(key) {
+        value
+    } else {
+        for form in [value, value.trim_matches(['"', '\''])] {
+            if !form.is_empty() {
+                message = message.replace(form, MASK);
+            }
+        }
+        MASK
+    };
+    if !message.contains(&format!("`{key}`")) {
+        message = format!("`{key}`: {message}");
+    }
+    format!("{message}, in `{key} = {shown}`")
 }
 
 /// Standard error, for log lines, with each line masked before it is written.
@@ -322,6 +368,40 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"error": "bad ***", "n": 1, "list": ["***"]})
+        );
+    }
+
+    #[test]
+    fn a_settings_line_shows_its_value_only_for_readable_keys() {
+        let text = "backend = \"etcd\"\npassword = 12345678\ninterval = \"abc\"\n\
+                    passwd = \"Pw-PLUGH\"\n  more-PLUGH\n";
+        let readable = |key: &str| ["backend", "interval"].contains(&key);
+        let line = |number: usize| {
+            text.split_inclusive('\n')
+                .take(number - 1)
+                .map(str::len)
+                .sum::<usize>()
+        };
+        assert_eq!(
+            with_settings_line(
+                "invalid type: integer `12345678`, expected a string",
+                text,
+                line(2),
+                readable
+            ),
+            "`password`: invalid type: integer `***`, expected a string, in `password = ***`"
+        );
+        assert_eq!(
+            with_settings_line("invalid type: string \"abc\"", text, line(3), readable),
+            "`interval`: invalid type: string \"abc\", in `interval = \"abc\"`"
+        );
+        assert_eq!(
+            with_settings_line("unknown field `passwd`", text, line(4), readable),
+            "unknown field `passwd`, in `passwd = ***`"
+        );
+        assert_eq!(
+            with_settings_line("invalid string", text, line(5), readable),
+            "invalid string"
         );
     }
 

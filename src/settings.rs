@@ -25,6 +25,7 @@ use toml::de::{DeTable, Deserializer};
 
 use crate::cli::{Cli, LogFormat};
 use crate::limits;
+use crate::secrets;
 use crate::store::backend::{Backend, StoreFields};
 use crate::wait::Wait;
 
@@ -377,8 +378,18 @@ fn read_settings_file(path: &Path, is_default: bool) -> Result<Cli, SettingsErro
     Ok(settings)
 }
 
+/// True for a settings-file or `[backend]` key that is known and holds no credential, whose
+/// value an error may quote.
+pub(crate) fn readable_key(key: &str) -> bool {
+    let known = keys_of::<Cli>().contains(&key) || keys_of::<StoreFields>().contains(&key);
+    known
+        && !StoreFields::credential_keys()
+            .iter()
+            .any(|credential| credential == key)
+}
+
 /// The keys `T`'s derived `Deserialize` reads, which it hands to `deserialize_struct`.
-fn keys_of<T: DeserializeOwned>() -> &'static [&'static str] {
+pub(crate) fn keys_of<T: DeserializeOwned>() -> &'static [&'static str] {
     struct KeyCatcher(&'static [&'static str]);
     impl<'de> serde::Deserializer<'de> for &mut KeyCatcher {
         type Error = serde::de::value::Error;
@@ -409,9 +420,10 @@ fn keys_of<T: DeserializeOwned>() -> &'static [&'static str] {
     catcher.0
 }
 
-/// The settings-file error `message` at `span` of `text`, placed as `file:line:column` and
-/// naming the key of its line. The parser's own rendering is not used: it quotes the offending
-/// line, which may hold a password.
+/// The settings-file error `message` at `span` of `text`, placed as `file:line:column`,
+/// naming the key of its line and quoting the line with any credential masked (see
+/// [`secrets::with_settings_line`]). The parser's own rendering is not used: it quotes the
+/// offending line as it is, which may hold a password.
 fn file_error(path: &Path, text: &str, message: &str, span: Option<Range<usize>>) -> SettingsError {
     let mut message = message.trim_end().replace('\n', " ");
     let mut place = String::new();
@@ -421,22 +433,7 @@ fn file_error(path: &Path, text: &str, message: &str, span: Option<Range<usize>>
         let line = before.matches('\n').count() + 1;
         let column = before.len() - line_start + 1;
         place = format!(":{line}:{column}");
-        // Name the key of the line at fault, as the other settings errors do.
-        let key = text
-            .get(line_start..)
-            .and_then(|rest| rest.split_once('='))
-            .map(|(key, _)| key.trim())
-            .filter(|key| {
-                !key.is_empty()
-                    && key
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            });
-        if let Some(key) = key
-            && !message.contains(&format!("`{key}`"))
-        {
-            message = format!("`{key}`: {message}");
-        }
+        message = secrets::with_settings_line(&message, text, line_start, readable_key);
     }
     SettingsError::Parse {
         path: PathBuf::from(format!("{}{place}", path.display())),
@@ -598,7 +595,7 @@ mod tests {
     }
 
     #[test]
-    fn settings_file_errors_name_line_column_and_key_but_not_the_line() {
+    fn settings_file_errors_name_line_column_and_key_and_show_the_line_without_credentials() {
         let (_dir, path) = write_settings("backend = \"env\"\ninterval = \"abc\"\n");
         let err = settings(&["--config-file", &path]).expect_err("not a number");
         assert!(
@@ -606,10 +603,26 @@ mod tests {
                 .starts_with(&format!("{path}:2:12: `interval`: ")),
             "{err}"
         );
-        let (_dir, path) = write_settings("backend = \"env\"\npassword = \"ReaderPw-PLUGH\n");
-        let err = settings(&["--config-file", &path]).expect_err("no closing quote");
-        assert!(err.to_string().starts_with(&format!("{path}:2:")), "{err}");
-        assert!(!err.to_string().contains("PLUGH"), "{err}");
+        assert!(
+            err.to_string().ends_with(", in `interval = \"abc\"`"),
+            "{err}"
+        );
+        for (line, shown) in [
+            ("password = \"ReaderPw-PLUGH", "password = ***"),
+            ("password = 12345678", "password = ***"),
+            ("auth_token = [\"Tok-PLUGH\"]", "auth_token = ***"),
+            ("passwrd = \"Misspelt-PLUGH\"", "passwrd = ***"),
+        ] {
+            let (_dir, path) = write_settings(&format!("backend = \"env\"\n{line}\n"));
+            let err = settings(&["--config-file", &path]).expect_err(line);
+            let message = err.to_string();
+            assert!(message.starts_with(&format!("{path}:2:")), "{message}");
+            assert!(message.ends_with(&format!(", in `{shown}`")), "{message}");
+            assert!(
+                !message.contains("PLUGH") && !message.contains("12345678"),
+                "{message}"
+            );
+        }
         let (_dir, path) = write_settings("srv_domain = \"x\"\nintervall = 5\n");
         let err = settings(&["--config-file", &path]).expect_err("misspelt");
         assert!(
@@ -669,7 +682,10 @@ mod tests {
         let err = settings(&["--config-file", &path]).expect_err("not a u8");
         assert_eq!(
             err.to_string(),
-            format!("{path}:2:14: `kv_version`: invalid value: integer `300`, expected u8")
+            format!(
+                "{path}:2:14: `kv_version`: invalid value: integer `300`, expected u8, in \
+                 `kv_version = 300`"
+            )
         );
         let (_dir, path) = write_settings("backend = \"env\"\n\nclient_cakey = \"ca.pem\"\n");
         let message = settings(&["--config-file", &path])

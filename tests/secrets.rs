@@ -321,3 +321,19 @@ fn a_password_in_a_node_address_is_masked_in_the_log_status_and_errors() {
     assert!(run.stderr.contains("reader:***@127.0.0.1:0"), "{run:?}");
     assert!(!run.stderr.contains("NodePw-XYZZY"), "{run:?}");
 }
+
+#[test]
+fn an_error_in_the_settings_file_shows_the_line_with_the_password_masked() {
+    let fixture = Fixture::new();
+    for line in ["password = \"ReaderPw-PLUGH", "password = 12345678"] {
+        fixture.write("reconfd.toml", &format!("backend = \"etcd\"\n{line}\n"));
+        let run = fixture.run(&["--onetime"]);
+        assert_eq!(run.code, Some(2), "{run:?}");
+        assert!(run.stderr.contains("reconfd.toml:2:"), "{run:?}");
+        assert!(run.stderr.contains("in `password = ***`"), "{run:?}");
+        assert!(
+            !run.stderr.contains("PLUGH") && !run.stderr.contains("12345678"),
+            "{run:?}"
+        );
+    }
+}

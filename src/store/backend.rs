@@ -272,6 +272,16 @@ impl Backend {
 }
 
 impl StoreFields {
+    /// The fields that hold credentials (passwords, tokens, secret IDs): those whose variables'
+    /// values `--help` hides. Their names are also their keys.
+    pub(crate) fn credential_keys() -> Vec<String> {
+        StoreFields::augment_args(clap::Command::new("store"))
+            .get_arguments()
+            .filter(|arg| arg.is_hide_env_values_set())
+            .map(|arg| arg.get_id().to_string())
+            .collect()
+    }
+
     /// Checks the fields and fills in defaults (`file` when no store is named).
     pub fn resolve(&self) -> Result<Backend, String> {
         let name = self.backend.as_deref().unwrap_or("file");
@@ -501,6 +511,14 @@ mod tests {
             backend: Some(backend.to_string()),
             ..StoreFields::default()
         }
+    }
+
+    #[test]
+    fn the_credential_keys_are_those_whose_values_help_hides() {
+        assert_eq!(
+            StoreFields::credential_keys(),
+            ["password", "auth_token", "secret_id"]
+        );
     }
 
     #[test]
