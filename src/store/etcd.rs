@@ -5,6 +5,7 @@
 //! answered last and fail over to the next one when a node cannot be reached, has no leader,
 //! or answers with something that is not etcd's.
 
+mod proto;
 mod watch;
 
 use std::collections::BTreeMap;
