@@ -1,8 +1,11 @@
-//! The command line. Every flag can also come from an environment variable `RECONFD_<NAME>`
-//! and from the settings file; [`crate::settings`] merges them (flag > env > file > default).
+//! The settings, each declared once: a field's `#[arg]` gives its flag and its `RECONFD_*`
+//! variable, its doc comment the help, and its serde name the settings-file key (confd.toml's:
+//! the flag's name here, the field's name for the store's settings in [`StoreFields`]).
+//! [`crate::settings`] reads the settings file into the same struct and lets clap lay the flags
+//! and variables given over it (flag > env > file > default).
 //!
-//! Fields are `Option`s (or plain `bool`s whose origin is read from the argument matches) so
-//! that an unset flag can fall through to the settings file.
+//! Fields are `Option`s, plain `bool`s or lists, so that a setting left out stays unset and a
+//! default can be told from a value given.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,14 +13,17 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
+use crate::store::backend::StoreFields;
+
 /// reconfd: render configuration files from key/value stores and swap them in safely.
 ///
 /// Reads template resources (confd's `conf.d/*.toml`) from the confdir, renders each template
 /// from the keys it names, and replaces the destination only when the rendered bytes, mode or
 /// owner differ, after an optional check command; then runs the reload command.
-#[derive(Debug, Parser)]
+#[derive(Debug, Default, Parser, Deserialize)]
 #[command(name = "reconfd", version, about, max_term_width = 100)]
-pub struct Cli {
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct Cli {
     /// Directory holding `conf.d/` (template resources) and `templates/`. [default: /etc/reconfd]
     #[arg(long, env = "RECONFD_CONFDIR", value_name = "DIR")]
     pub confdir: Option<PathBuf>,
@@ -25,105 +31,16 @@ pub struct Cli {
     /// Settings file in confd's `confd.toml` format. A missing default file is fine; a missing
     /// file named here is an error. [default: CONFDIR/reconfd.toml]
     #[arg(long, env = "RECONFD_CONFIG_FILE", value_name = "FILE")]
+    #[serde(skip)] // It names the settings file, so it cannot be one of its keys.
     pub config_file: Option<PathBuf>,
 
-    /// The store to read keys from: `file`, `env`, `etcd`, `redis`, `zookeeper`, `nats`,
-    /// `consul` or `vault`. [default: file]
-    #[arg(long, env = "RECONFD_BACKEND", value_name = "NAME")]
-    pub backend: Option<String>,
+    /// The store's settings, which a resource's `[backend]` table may also give.
+    #[command(flatten)]
+    #[serde(skip)] // The settings file holds them among its other keys: see `crate::settings`.
+    pub store: StoreFields,
 
-    /// Address of a store node, such as `http://127.0.0.1:2379`; repeat for a cluster (tried
-    /// in order, failing over to the next). Unused by the `file` and `env` stores.
-    /// [default for etcd: http://127.0.0.1:2379]
-    #[arg(
-        long = "node",
-        env = "RECONFD_NODE",
-        value_name = "URL",
-        value_delimiter = ','
-    )]
-    pub nodes: Vec<String>,
-
-    /// Scheme for `--node` addresses given without one: `http` or `https`.
-    /// [default: https when a --client-* option is set, else http]
-    #[arg(long, env = "RECONFD_SCHEME", value_name = "SCHEME")]
-    pub scheme: Option<String>,
-
-    /// User name for the store's authentication (etcd).
-    #[arg(long, env = "RECONFD_USERNAME", value_name = "NAME")]
-    pub username: Option<String>,
-
-    /// Password for `--username`. Prefer RECONFD_PASSWORD or the settings file to keep it out
-    /// of the process list.
-    #[arg(
-        long,
-        env = "RECONFD_PASSWORD",
-        value_name = "PASSWORD",
-        hide_env_values = true
-    )]
-    pub password: Option<String>,
-
-    /// PEM client certificate for TLS client authentication to the store.
-    #[arg(long, env = "RECONFD_CLIENT_CERT", value_name = "FILE")]
-    pub client_cert: Option<PathBuf>,
-
-    /// PEM private key of `--client-cert`.
-    #[arg(long, env = "RECONFD_CLIENT_KEY", value_name = "FILE")]
-    pub client_key: Option<PathBuf>,
-
-    /// PEM CA certificates that sign the store nodes' certificates. [default: the system's]
-    #[arg(long, env = "RECONFD_CLIENT_CA_KEYS", value_name = "FILE")]
-    pub client_ca_keys: Option<PathBuf>,
-
-    /// Accept any TLS certificate from the store nodes. For testing only.
-    #[arg(long, env = "RECONFD_CLIENT_INSECURE")]
-    pub client_insecure: bool,
-
-    /// Token for the store: Consul's ACL token (else CONSUL_HTTP_TOKEN), Vault's token (else
-    /// VAULT_TOKEN), or a NATS token.
-    #[arg(
-        long,
-        env = "RECONFD_AUTH_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub auth_token: Option<String>,
-
-    /// Vault: how to log in, `token` or `app-role`. [default: app-role when --role-id is set]
-    #[arg(long, env = "RECONFD_AUTH_TYPE", value_name = "TYPE")]
-    pub auth_type: Option<String>,
-
-    /// Vault AppRole: the role ID.
-    #[arg(long, env = "RECONFD_ROLE_ID", value_name = "ID")]
-    pub role_id: Option<String>,
-
-    /// Vault AppRole: the secret ID.
-    #[arg(
-        long,
-        env = "RECONFD_SECRET_ID",
-        value_name = "ID",
-        hide_env_values = true
-    )]
-    pub secret_id: Option<String>,
-
-    /// Vault: the KV secrets engine version, 1 or 2. [default: detected from the mount]
-    #[arg(long, env = "RECONFD_KV_VERSION", value_name = "VERSION")]
-    pub kv_version: Option<u8>,
-
-    /// Redis: the separator in key names that stands for `/` (confd's option), e.g. `:` for
-    /// keys such as `proxy:frontend:web1`. [default: /]
-    #[arg(long, env = "RECONFD_SEPARATOR", value_name = "TEXT")]
-    pub separator: Option<String>,
-
-    /// NATS: the JetStream key/value bucket. [default: reconfd]
-    #[arg(long, env = "RECONFD_NATS_BUCKET", value_name = "BUCKET")]
-    pub nats_bucket: Option<String>,
-
-    /// Consul: the datacenter to read from. [default: the agent's]
-    #[arg(long, env = "RECONFD_DATACENTER", value_name = "NAME")]
-    pub datacenter: Option<String>,
-
-    /// Prefix joined in front of every resource's keys (and in front of the resource's own
-    /// `prefix`), as confd's --prefix.
+    /// Key prefix of every resource, in place of the resource's own `prefix`, as confd's
+    /// --prefix.
     #[arg(long, env = "RECONFD_PREFIX", value_name = "PATH")]
     pub prefix: Option<String>,
 
@@ -189,20 +106,6 @@ pub struct Cli {
     /// overrides it. [default: 256MiB]
     #[arg(long, env = "RECONFD_RENDER_MAX_SIZE", value_name = "SIZE")]
     pub render_max_size: Option<String>,
-
-    /// File store: a YAML, JSON or TOML file, or a directory of them; repeatable.
-    #[arg(
-        long = "file",
-        env = "RECONFD_FILE",
-        value_name = "PATH",
-        value_delimiter = ','
-    )]
-    pub files: Vec<PathBuf>,
-
-    /// File store: glob on file names read from `--file` directories.
-    /// [default: *.yaml, *.yml, *.json, *.toml]
-    #[arg(long, env = "RECONFD_FILTER", value_name = "GLOB")]
-    pub filter: Option<String>,
 }
 
 /// How log lines are written.

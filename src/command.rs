@@ -37,7 +37,8 @@ pub enum CommandError {
         command: String,
         /// How it exited.
         status: std::process::ExitStatus,
-        /// Its standard output and error, prefixed with `: ` when not empty.
+        /// Its standard output and error on one line (line breaks written `\n`), prefixed
+        /// with `: ` when not empty.
         output: String,
     },
 }
@@ -124,10 +125,11 @@ pub async fn run(command: &str, limit: Duration) -> Result<String, CommandError>
         Err(CommandError::Failed {
             command: command.to_string(),
             status,
+            // One line, so that the log record of the failure stays one record.
             output: if text.is_empty() {
                 String::new()
             } else {
-                format!(": {text}")
+                format!(": {}", text.replace("\r\n", "\n").replace('\n', "\\n"))
             },
         })
     }
@@ -182,6 +184,14 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("exit status: 3"), "{message}");
         assert!(message.contains("bad line 3"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn multi_line_output_is_one_line_so_the_log_record_stays_one() {
+        let err = run("printf 'first\\nsecond\\n'; exit 1", Duration::from_secs(5))
+            .await
+            .expect_err("fails");
+        assert!(err.to_string().ends_with(": first\\nsecond"), "{err}");
     }
 
     #[tokio::test]

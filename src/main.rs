@@ -6,12 +6,15 @@ use std::process::ExitCode;
 use reconfd::cli::LogFormat;
 use reconfd::process;
 use reconfd::settings::Settings;
+use reconfd::store::tls;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::reload;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 fn main() -> ExitCode {
     one_malloc_arena();
+    // Before any store is set up, once for the process.
+    tls::install_provider();
     // Logging starts at `info` so that settings warnings are seen, and switches to the
     // configured level once the settings are known.
     // The line format is known only with the settings too, so the output layer is swapped

@@ -99,6 +99,7 @@ struct MultiResourceFile {
 struct TemplateTable {
     src: String,
     dest: PathBuf,
+    #[serde(default)]
     keys: Vec<String>,
     #[serde(default)]
     prefix: String,
@@ -142,7 +143,14 @@ pub fn load_all(
     let resource_dir = confdir.join("conf.d");
     let entries = std::fs::read_dir(&resource_dir).map_err(|e| ResourceError {
         file: resource_dir.display().to_string(),
-        message: format!("cannot read the resource directory: {e}"),
+        message: if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "cannot read the resource directory: {e}; --confdir (or RECONFD_CONFDIR) names \
+                 the directory that holds conf.d/ and templates/"
+            )
+        } else {
+            format!("cannot read the resource directory: {e}")
+        },
     })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
@@ -230,11 +238,22 @@ fn resolve(
     if table.dest.as_os_str().is_empty() {
         return Err(fail("`dest` in [template] is empty".to_string()));
     }
-    if table.keys.is_empty() {
-        return Err(fail("`keys` in [template] names no key".to_string()));
-    }
     let confdir = template_dir.parent().unwrap_or(Path::new("."));
-    let prefix = join_key_path(&["/", global_prefix, &table.prefix]);
+    // As confd does, a global prefix replaces the resource's own.
+    let own_prefix = join_key_path(&["/", &table.prefix]);
+    let prefix = if global_prefix.is_empty() || join_key_path(&["/", global_prefix]) == "/" {
+        own_prefix
+    } else {
+        let global = join_key_path(&["/", global_prefix]);
+        if own_prefix != "/" && own_prefix != global {
+            tracing::info!(
+                "{}: the global prefix {global} replaces the resource's prefix {own_prefix}, as \
+                 in confd",
+                file.display()
+            );
+        }
+        global
+    };
     let keys = table
         .keys
         .iter()
@@ -512,25 +531,40 @@ mod tests {
     }
 
     #[test]
-    fn reads_confd_resource_and_joins_prefixes() {
+    fn reads_confd_resource_and_joins_its_prefix() {
         let r = load_text(
             "[template]\nsrc = \"app.tmpl\"\ndest = \"/etc/app.conf\"\nprefix = \"myapp\"\n\
              keys = [\"/frontend/\", \"db\"]\nmode = \"0640\"\nuid = 0\n\
              check_cmd = \"true {{.src}}\"\nreload_cmd_timeout = \"5s\"\n",
-            "/production",
+            "",
         )
         .expect("valid resource");
-        assert_eq!(r.prefix, "/production/myapp");
-        assert_eq!(
-            r.keys,
-            ["/production/myapp/frontend", "/production/myapp/db"]
-        );
+        assert_eq!(r.prefix, "/myapp");
+        assert_eq!(r.keys, ["/myapp/frontend", "/myapp/db"]);
         assert_eq!(r.mode, Some(0o640));
         assert_eq!(r.uid, Some(0));
         assert!(r.src.ends_with("templates/app.tmpl"));
         assert_eq!(r.dest, PathBuf::from("/etc/app.conf"));
         assert_eq!(r.reload_timeout, Duration::from_secs(5));
         assert_eq!(r.check_timeout, DEFAULT_COMMAND_TIMEOUT);
+    }
+
+    #[test]
+    fn a_global_prefix_replaces_the_resources_own_as_in_confd() {
+        let text = "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nprefix = \"myapp\"\n\
+                    keys = [\"/db\"]\n";
+        let r = load_text(text, "production").expect("valid resource");
+        assert_eq!(r.prefix, "/production");
+        assert_eq!(r.keys, ["/production/db"]);
+        let r = load_text(text, "/").expect("valid resource");
+        assert_eq!(r.keys, ["/myapp/db"], "a root prefix is no prefix");
+    }
+
+    #[test]
+    fn a_resource_without_keys_reads_nothing() {
+        let r =
+            load_text("[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\n", "").expect("valid resource");
+        assert!(r.keys.is_empty());
     }
 
     #[test]
@@ -740,5 +774,12 @@ mod tests {
         )
         .expect_err("typo");
         assert!(err.to_string().contains("app.toml:7:1"), "{err}");
+        let err = load_text(
+            &format!("{base}[backend]\nbackend = \"env\"\ninterval = 5\n"),
+            "",
+        )
+        .expect_err("not a store's setting");
+        assert!(err.to_string().contains("app.toml:7:1"), "{err}");
+        assert!(err.to_string().contains("`interval`"), "{err}");
     }
 }

@@ -1,21 +1,31 @@
 //! Settings: the command line, `RECONFD_*` environment variables and the settings file, merged
 //! with precedence flag > environment > file > default.
 //!
+//! Every setting is declared once, as a field of `Cli` or of [`StoreFields`]. The settings
+//! file is read into a `Cli`, and clap lays the flags and variables given over it; the
+//! defaults are applied and the values checked here, and a value refused names the flag,
+//! variable or key it came from.
+//!
 //! The settings file uses confd's `confd.toml` keys, so an existing confd.toml works. confd
 //! keys for stores reconfd does not offer yet are accepted with a warning; any other unknown
 //! key is an error that names the file and the key.
 
+use std::fmt::Debug;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use clap::{Arg, ArgMatches, Command, CommandFactory, FromArgMatches};
 use serde::Deserialize;
+use serde::de::{DeserializeOwned, Visitor};
+use toml::Spanned;
+use toml::de::{DeTable, Deserializer};
 
 use crate::cli::{Cli, LogFormat};
 use crate::limits;
-use crate::store::backend::{Backend, StoreFields, one_or_many};
+use crate::store::backend::{Backend, StoreFields};
 use crate::wait::Wait;
 
 const DEFAULT_CONFDIR: &str = "/etc/reconfd";
@@ -105,210 +115,101 @@ pub struct Settings {
     pub listen: Option<SocketAddr>,
 }
 
-/// The settings file, with confd.toml's key names.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SettingsFile {
-    confdir: Option<PathBuf>,
-    backend: Option<String>,
-    nodes: Option<Vec<String>>,
-    prefix: Option<String>,
-    interval: Option<u64>,
-    watch: Option<bool>,
-    onetime: Option<bool>,
-    noop: Option<bool>,
-    #[serde(rename = "sync-only")]
-    sync_only: Option<bool>,
-    #[serde(rename = "keep-stage-file")]
-    keep_stage_file: Option<bool>,
-    #[serde(rename = "log-level")]
-    log_level: Option<String>,
-    #[serde(rename = "log-format")]
-    log_format: Option<LogFormat>,
-    wait: Option<String>,
-    #[serde(rename = "render-timeout")]
-    render_timeout: Option<String>,
-    #[serde(rename = "render-max-size")]
-    render_max_size: Option<String>,
-    rollback: Option<bool>,
-    listen: Option<SocketAddr>,
-    #[serde(default, deserialize_with = "one_or_many")]
-    file: Vec<PathBuf>,
-    filter: Option<String>,
-    scheme: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-    client_cert: Option<PathBuf>,
-    client_key: Option<PathBuf>,
-    client_cakeys: Option<PathBuf>,
-    client_insecure: Option<bool>,
-    auth_token: Option<String>,
-    auth_type: Option<String>,
-    role_id: Option<String>,
-    secret_id: Option<String>,
-    kv_version: Option<u8>,
-    separator: Option<String>,
-    nats_bucket: Option<String>,
-    datacenter: Option<String>,
-}
-
 impl Settings {
     /// Parses the process's command line and environment, reads the settings file, and merges
     /// them. Command-line syntax errors exit through clap (status 2).
     pub fn from_command_line() -> Result<Settings, SettingsError> {
-        let matches = Cli::command().get_matches();
-        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        Settings::merge(cli, &matches)
+        Settings::merge(&Cli::command().get_matches())
     }
 
-    fn merge(cli: Cli, matches: &ArgMatches) -> Result<Settings, SettingsError> {
-        let default_config_file = cli.config_file.is_none();
-        let confdir_for_file = cli
-            .confdir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFDIR));
-        let config_file = cli
-            .config_file
-            .clone()
-            .unwrap_or_else(|| confdir_for_file.join("reconfd.toml"));
-        let file = read_settings_file(&config_file, default_config_file)?;
+    fn merge(matches: &ArgMatches) -> Result<Settings, SettingsError> {
+        let cli = Cli::from_arg_matches(matches).unwrap_or_else(|e| e.exit());
+        let config_file = cli.config_file.clone().unwrap_or_else(|| {
+            cli.confdir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFDIR))
+                .join("reconfd.toml")
+        });
+        let mut given = read_settings_file(&config_file, cli.config_file.is_none())?;
+        // Clap lays only what was given over the file: a flag or variable beats the file.
+        given
+            .update_from_arg_matches(&without_defaults(matches))
+            .unwrap_or_else(|e| e.exit());
+        let origins = Origins {
+            matches,
+            command: Cli::command(),
+            config_file: &config_file,
+        };
 
-        // A boolean flag counts only when it was given on the command line or in the
-        // environment; otherwise the settings file decides.
-        let flag =
-            |id: &str, cli_value: bool, file_value: Option<bool>| match matches.value_source(id) {
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable) => cli_value,
-                _ => file_value.unwrap_or(false),
-            };
-        let onetime = flag("onetime", cli.onetime, file.onetime);
-        let watch = flag("watch", cli.watch, file.watch);
-        let noop = flag("noop", cli.noop, file.noop);
-        let sync_only = flag("sync_only", cli.sync_only, file.sync_only);
-        let keep_stage_file = flag("keep_stage_file", cli.keep_stage_file, file.keep_stage_file);
-        let rollback = flag("rollback", cli.rollback, file.rollback);
-        let confdir = cli
-            .confdir
-            .or(file.confdir)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFDIR));
-        let interval = match (cli.interval, file.interval) {
-            (Some(seconds), _) => {
-                let origin = Origin::of(matches, "interval", "--interval", "RECONFD_INTERVAL");
-                interval(seconds).map_err(|e| origin.invalid(&seconds.to_string(), &e))?
-            }
-            (None, Some(seconds)) => interval(seconds).map_err(|e| {
-                Origin::File(&config_file, "interval").invalid(&seconds.to_string(), &e)
-            })?,
-            (None, None) => Duration::from_secs(DEFAULT_INTERVAL_SECONDS),
-        };
-        let store = StoreFields {
-            backend: cli.backend.or(file.backend),
-            nodes: if cli.nodes.is_empty() {
-                file.nodes.unwrap_or_default()
-            } else {
-                cli.nodes
-            },
-            scheme: cli.scheme.or(file.scheme),
-            username: cli.username.or(file.username),
-            password: cli.password.or(file.password),
-            client_cert: cli.client_cert.or(file.client_cert),
-            client_key: cli.client_key.or(file.client_key),
-            client_cakeys: cli.client_ca_keys.or(file.client_cakeys),
-            client_insecure: flag("client_insecure", cli.client_insecure, file.client_insecure),
-            file: if cli.files.is_empty() {
-                file.file
-            } else {
-                cli.files
-            },
-            filter: cli.filter.or(file.filter),
-            auth_token: cli.auth_token.or(file.auth_token),
-            auth_type: cli.auth_type.or(file.auth_type),
-            role_id: cli.role_id.or(file.role_id),
-            secret_id: cli.secret_id.or(file.secret_id),
-            kv_version: cli.kv_version.or(file.kv_version),
-            separator: cli.separator.or(file.separator),
-            nats_bucket: cli.nats_bucket.or(file.nats_bucket),
-            datacenter: cli.datacenter.or(file.datacenter),
-        };
+        let interval = origins
+            .read("interval", given.interval, |seconds| interval(*seconds))?
+            .unwrap_or(Duration::from_secs(DEFAULT_INTERVAL_SECONDS));
+        let store = &given.store;
+        origins.read("backend", store.backend.as_ref(), |name| {
+            crate::store::backend::known_store(name)
+        })?;
         let backend = if store.backend.is_none() && store.file.is_empty() {
             None
         } else {
             Some(store.resolve().map_err(SettingsError::Invalid)?)
         };
-        let log_level = cli
-            .log_level
-            .or(file.log_level)
+        let log_level = origins
+            .read("log_level", given.log_level, |level| {
+                normalize_log_level(level)
+            })?
             .unwrap_or_else(|| "info".to_string());
-        let log_level = normalize_log_level(&log_level)?;
-        let wait = match (cli.wait, file.wait) {
-            (Some(text), _) => Some(text.parse::<Wait>().map_err(|e| {
-                Origin::of(matches, "wait", "--wait", "RECONFD_WAIT")
-                    .invalid(&format!("{text:?}"), &e)
-            })?),
-            (None, Some(text)) => Some(text.parse::<Wait>().map_err(|e| {
-                Origin::File(&config_file, "wait").invalid(&format!("{text:?}"), &e)
-            })?),
-            (None, None) => None,
-        };
-        let render_timeout = match (cli.render_timeout, file.render_timeout) {
-            (Some(text), _) => Some(limits::RENDER_TIMEOUT.parse(&text).map_err(|e| {
-                Origin::of(
-                    matches,
-                    "render_timeout",
-                    "--render-timeout",
-                    "RECONFD_RENDER_TIMEOUT",
-                )
-                .invalid(&format!("{text:?}"), &e)
-            })?),
-            (None, Some(text)) => Some(limits::RENDER_TIMEOUT.parse(&text).map_err(|e| {
-                Origin::File(&config_file, "render-timeout").invalid(&format!("{text:?}"), &e)
-            })?),
-            (None, None) => None,
-        };
+        let wait = origins.read("wait", given.wait, |text| text.parse::<Wait>())?;
+        let render_timeout = origins.read("render_timeout", given.render_timeout, |text| {
+            limits::RENDER_TIMEOUT.parse(text)
+        })?;
         if render_timeout.is_some_and(|timeout| timeout.is_zero()) {
             return Err(SettingsError::Invalid(
                 "--render-timeout: more than zero, or every render would fail".to_string(),
             ));
         }
-        let render_max_size = match (cli.render_max_size, file.render_max_size) {
-            (Some(text), _) => Some(limits::parse_size(&text).map_err(|e| {
-                Origin::of(
-                    matches,
-                    "render_max_size",
-                    "--render-max-size",
-                    "RECONFD_RENDER_MAX_SIZE",
-                )
-                .invalid(&format!("{text:?}"), &e)
-            })?),
-            (None, Some(text)) => Some(limits::parse_size(&text).map_err(|e| {
-                Origin::File(&config_file, "render-max-size").invalid(&format!("{text:?}"), &e)
-            })?),
-            (None, None) => None,
-        };
-        let mode = if onetime {
+        let render_max_size = origins.read("render_max_size", given.render_max_size, |text| {
+            limits::parse_size(text)
+        })?;
+        let mode = if given.onetime {
             RunMode::Onetime
-        } else if watch {
+        } else if given.watch {
             RunMode::Watch
         } else {
             RunMode::Poll
         };
         Ok(Settings {
-            confdir,
+            confdir: given
+                .confdir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFDIR)),
             backend,
-            prefix: cli.prefix.or(file.prefix).unwrap_or_default(),
+            prefix: given.prefix.unwrap_or_default(),
             interval,
             mode,
-            noop,
-            sync_only,
-            keep_stage_file,
+            noop: given.noop,
+            sync_only: given.sync_only,
+            keep_stage_file: given.keep_stage_file,
             log_level,
-            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
-            rollback,
+            log_format: given.log_format.unwrap_or_default(),
+            rollback: given.rollback,
             wait,
             render_timeout,
             render_max_size,
-            listen: cli.listen.or(file.listen),
+            listen: given.listen,
         })
     }
+}
+
+/// `matches` without the values clap supplies for what was not given (`false` for a switch),
+/// so that laying them over the settings file's keeps the file's.
+fn without_defaults(matches: &ArgMatches) -> ArgMatches {
+    let mut given = matches.clone();
+    for id in matches.ids() {
+        if matches.value_source(id.as_str()) == Some(ValueSource::DefaultValue) {
+            // `id` comes from these matches, so clearing it cannot fail.
+            let _ = given.try_clear_id(id.as_str());
+        }
+    }
+    given
 }
 
 /// `seconds` as the interval: at least a second (none would poll without pause) and at most
@@ -328,58 +229,72 @@ fn interval(seconds: u64) -> Result<Duration, String> {
         })
 }
 
-/// Where a value came from, so that a message names it as the user wrote it.
-enum Origin<'a> {
-    /// A command-line flag, such as `--interval`.
-    Flag(&'static str),
-    /// An environment variable, such as `RECONFD_INTERVAL`.
-    Env(&'static str),
-    /// A key of the settings file.
-    File(&'a Path, &'static str),
+/// Where each value came from, so that a message names it as the user wrote it.
+struct Origins<'a> {
+    /// The command line and environment, which tell where each value given came from.
+    matches: &'a ArgMatches,
+    /// The flags' definitions, which give their names and variables.
+    command: Command,
+    /// The settings file, where every other value came from.
+    config_file: &'a Path,
 }
 
-impl Origin<'_> {
-    /// The origin of the value of argument `id`, which clap read from the command line or
-    /// from the environment.
-    fn of(matches: &ArgMatches, id: &str, flag: &'static str, env: &'static str) -> Self {
-        match matches.value_source(id) {
-            Some(ValueSource::EnvVariable) => Origin::Env(env),
-            _ => Origin::Flag(flag),
-        }
+impl Origins<'_> {
+    /// `value` of setting `id`, if any, read by `read`; a value it refuses names the flag,
+    /// variable or settings-file key it came from.
+    fn read<T: Debug, U>(
+        &self,
+        id: &str,
+        value: Option<T>,
+        read: impl FnOnce(&T) -> Result<U, String>,
+    ) -> Result<Option<U>, SettingsError> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        read(&value)
+            .map(Some)
+            .map_err(|problem| self.invalid(id, &format!("{value:?}"), &problem))
     }
 
-    /// The error for `value` from here, which is wrong because of `problem`.
-    fn invalid(&self, value: &str, problem: &str) -> SettingsError {
-        match self {
-            Origin::Flag(flag) => SettingsError::Invalid(format!("{flag} {value}: {problem}")),
-            Origin::Env(variable) => {
-                SettingsError::Invalid(format!("{variable}={value}: {problem}"))
+    /// The error for `value` of setting `id`, which is wrong because of `problem`.
+    fn invalid(&self, id: &str, value: &str, problem: &str) -> SettingsError {
+        let arg = self.command.get_arguments().find(|arg| arg.get_id() == id);
+        // The settings read here are `Cli`'s own, whose settings-file keys are their flags'
+        // names (both kebab-case).
+        let name = arg.and_then(Arg::get_long).unwrap_or(id);
+        match self.matches.value_source(id) {
+            Some(ValueSource::CommandLine) => {
+                SettingsError::Invalid(format!("--{name} {value}: {problem}"))
             }
-            Origin::File(path, key) => SettingsError::Parse {
-                path: path.to_path_buf(),
-                message: format!("`{key}` = {value}: {problem}"),
+            Some(ValueSource::EnvVariable) => {
+                let variable = arg.and_then(Arg::get_env).unwrap_or_default();
+                SettingsError::Invalid(format!("{}={value}: {problem}", variable.to_string_lossy()))
+            }
+            _ => SettingsError::Parse {
+                path: self.config_file.to_path_buf(),
+                message: format!("`{name}` = {value}: {problem}"),
             },
         }
     }
 }
 
 /// Maps confd's level names (which include `panic` and `fatal`) onto tracing's.
-fn normalize_log_level(level: &str) -> Result<String, SettingsError> {
+fn normalize_log_level(level: &str) -> Result<String, String> {
     match level.to_ascii_lowercase().as_str() {
         "trace" | "debug" | "info" | "error" => Ok(level.to_ascii_lowercase()),
         "warn" | "warning" => Ok("warn".to_string()),
         "panic" | "fatal" => Ok("error".to_string()),
-        _ => Err(SettingsError::Invalid(format!(
-            "--log-level {level:?} is not a level (error, warn, info, debug, trace)"
-        ))),
+        _ => Err("not a level (error, warn, info, debug, trace)".to_string()),
     }
 }
 
-fn read_settings_file(path: &Path, is_default: bool) -> Result<SettingsFile, SettingsError> {
+/// The settings file at `path`, read into the struct of the command line's settings; nothing
+/// when the default file is missing.
+fn read_settings_file(path: &Path, is_default: bool) -> Result<Cli, SettingsError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if is_default && e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(SettingsFile::default());
+            return Ok(Cli::default());
         }
         Err(source) => {
             return Err(SettingsError::Read {
@@ -419,43 +334,111 @@ fn read_settings_file(path: &Path, is_default: bool) -> Result<SettingsFile, Set
             path.display()
         );
     }
-    toml::from_str(&kept).map_err(|e: toml::de::Error| {
-        // The parser's own rendering quotes the offending line, which may hold a password:
-        // the place and the message are enough.
-        let mut message = e.message().trim_end().replace('\n', " ");
-        let mut place = String::new();
-        if let Some(span) = e.span() {
-            let before = kept.get(..span.start).unwrap_or(&kept);
-            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - line_start + 1;
-            place = format!(":{line}:{column}");
-            // Name the key of the line at fault, as the other settings errors do.
-            let key = kept
-                .get(line_start..)
-                .and_then(|rest| rest.split_once('='))
-                .map(|(key, _)| key.trim())
-                .filter(|key| {
-                    !key.is_empty()
-                        && key
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                });
-            if let Some(key) = key
-                && !message.contains(&format!("`{key}`"))
-            {
-                message = format!("`{key}`: {message}");
-            }
+    let error = |e: toml::de::Error| file_error(path, &kept, e.message(), e.span());
+    let table = DeTable::parse(&kept).map_err(error)?;
+    // The store's keys are read as a resource's `[backend]` table is read, the others as
+    // `Cli`'s: each from its part of the parsed table, whose spans keep every error's place.
+    let span = table.span();
+    let store_keys = keys_of::<StoreFields>();
+    let (store, others): (DeTable, DeTable) = table
+        .into_inner()
+        .into_iter()
+        .partition(|(key, _)| store_keys.contains(&key.get_ref().as_ref()));
+    let other_keys = keys_of::<Cli>();
+    if let Some((key, _)) = others
+        .iter()
+        .find(|(key, _)| !other_keys.contains(&key.get_ref().as_ref()))
+    {
+        let expected: Vec<String> = other_keys
+            .iter()
+            .chain(store_keys)
+            .map(|key| format!("`{key}`"))
+            .collect();
+        let message = format!(
+            "unknown field `{}`, expected one of {}",
+            key.get_ref(),
+            expected.join(", ")
+        );
+        return Err(file_error(path, &kept, &message, Some(key.span())));
+    }
+    let mut settings =
+        Cli::deserialize(Deserializer::from(Spanned::new(span.clone(), others))).map_err(error)?;
+    settings.store =
+        StoreFields::deserialize(Deserializer::from(Spanned::new(span, store))).map_err(error)?;
+    Ok(settings)
+}
+
+/// The keys `T`'s derived `Deserialize` reads, which it hands to `deserialize_struct`.
+fn keys_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    struct KeyCatcher(&'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for &mut KeyCatcher {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("only a struct's keys are caught"))
         }
-        SettingsError::Parse {
-            path: PathBuf::from(format!("{}{place}", path.display())),
-            message,
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            keys: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = keys;
+            self.deserialize_any(visitor)
         }
-    })
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let mut catcher = KeyCatcher(&[]);
+    // The deserializer fails on purpose once it has the keys.
+    let _ = T::deserialize(&mut catcher);
+    catcher.0
+}
+
+/// The settings-file error `message` at `span` of `text`, placed as `file:line:column` and
+/// naming the key of its line. The parser's own rendering is not used: it quotes the offending
+/// line, which may hold a password.
+fn file_error(path: &Path, text: &str, message: &str, span: Option<Range<usize>>) -> SettingsError {
+    let mut message = message.trim_end().replace('\n', " ");
+    let mut place = String::new();
+    if let Some(span) = span {
+        let before = text.get(..span.start).unwrap_or(text);
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - line_start + 1;
+        place = format!(":{line}:{column}");
+        // Name the key of the line at fault, as the other settings errors do.
+        let key = text
+            .get(line_start..)
+            .and_then(|rest| rest.split_once('='))
+            .map(|(key, _)| key.trim())
+            .filter(|key| {
+                !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
+        if let Some(key) = key
+            && !message.contains(&format!("`{key}`"))
+        {
+            message = format!("`{key}`: {message}");
+        }
+    }
+    SettingsError::Parse {
+        path: PathBuf::from(format!("{}{place}", path.display())),
+        message,
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn settings(args: &[&str]) -> Result<Settings, SettingsError> {
@@ -464,8 +447,7 @@ mod tests {
         let matches = Cli::command()
             .try_get_matches_from(argv)
             .expect("arguments parse");
-        let cli = Cli::from_arg_matches(&matches).expect("arguments map onto Cli");
-        Settings::merge(cli, &matches)
+        Settings::merge(&matches)
     }
 
     fn write_settings(text: &str) -> (tempfile::TempDir, String) {
@@ -645,5 +627,103 @@ mod tests {
                 filter: None
             })
         );
+    }
+
+    #[test]
+    fn switches_and_lists_of_the_file_hold_unless_a_flag_gives_them() {
+        let (_dir, path) = write_settings(
+            "backend = \"etcd\"\nnodes = [\"10.0.0.1:2379\"]\nclient_insecure = true\n\
+             noop = true\nrollback = true\n",
+        );
+        let s = settings(&["--config-file", &path]).expect("settings");
+        assert!(s.noop && s.rollback, "switches from the file");
+        let Some(Backend::Etcd(options)) = s.backend else {
+            panic!("etcd: {:?}", s.backend);
+        };
+        assert_eq!(
+            options.nodes,
+            ["https://10.0.0.1:2379"],
+            "TLS from the file"
+        );
+        let s = settings(&["--config-file", &path, "--node", "10.0.0.2:2379", "--noop"])
+            .expect("settings");
+        let Some(Backend::Etcd(options)) = s.backend else {
+            panic!("etcd: {:?}", s.backend);
+        };
+        assert_eq!(options.nodes, ["https://10.0.0.2:2379"], "the flag's list");
+        assert!(s.noop && s.rollback);
+    }
+
+    #[test]
+    fn store_keys_of_the_file_are_checked_in_place_and_unknown_keys_list_all_keys() {
+        let (_dir, path) = write_settings("backend = \"vault\"\nkv_version = 300\n");
+        let err = settings(&["--config-file", &path]).expect_err("not a u8");
+        assert_eq!(
+            err.to_string(),
+            format!("{path}:2:14: `kv_version`: invalid value: integer `300`, expected u8")
+        );
+        let (_dir, path) = write_settings("backend = \"env\"\n\nclient_cakey = \"ca.pem\"\n");
+        let message = settings(&["--config-file", &path])
+            .expect_err("misspelt")
+            .to_string();
+        assert!(
+            message.starts_with(&format!(
+                "{path}:3:1: unknown field `client_cakey`, expected one of `confdir`, "
+            )),
+            "{message}"
+        );
+        for key in ["`render-max-size`", "`client_cakeys`", "`filter`"] {
+            assert!(message.contains(key), "{message}");
+        }
+        assert!(!message.contains("`config_file`"), "{message}");
+    }
+
+    #[test]
+    fn render_limits_name_the_flag_or_key_they_came_from() {
+        let (_dir, path) = write_settings("backend = \"env\"\nrender-timeout = \"2h\"\n");
+        let err = settings(&["--config-file", &path]).expect_err("too long");
+        assert_eq!(
+            err.to_string(),
+            format!("{path}: `render-timeout` = \"2h\": at most 1h")
+        );
+        let s = settings(&["--config-file", &path, "--render-timeout", "5s"]).expect("flag wins");
+        assert_eq!(s.render_timeout, Some(Duration::from_secs(5)));
+        let err = settings(&["--backend", "env", "--render-max-size", "9GiB"]).expect_err("large");
+        assert_eq!(err.to_string(), "--render-max-size \"9GiB\": at most 4GiB");
+        let (_dir, path) = write_settings("backend = \"env\"\nrender-max-size = \"5GiB\"\n");
+        let err = settings(&["--config-file", &path]).expect_err("too large");
+        assert_eq!(
+            err.to_string(),
+            format!("{path}: `render-max-size` = \"5GiB\": at most 4GiB")
+        );
+    }
+
+    /// README's table of settings names the keys the settings file accepts, and no other.
+    #[test]
+    fn the_readme_lists_every_settings_file_key() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let listed: BTreeSet<String> = readme
+            .lines()
+            .filter(|line| line.starts_with("| `--"))
+            .flat_map(|line| {
+                // The first cell may hold an escaped `\|` (`--scheme http\|https`).
+                let row = line.replace("\\|", "/");
+                let keys = row.split('|').nth(2).unwrap_or_default();
+                let keys: Vec<String> = keys
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_string)
+                    .collect();
+                keys
+            })
+            .collect();
+        let accepted: BTreeSet<String> = keys_of::<Cli>()
+            .iter()
+            .chain(keys_of::<StoreFields>())
+            .map(|key| key.to_string())
+            .collect();
+        assert_eq!(listed, accepted);
     }
 }

@@ -112,6 +112,15 @@ fn haproxy_follows_the_backends_registered_in_etcd() {
         "the rejected config is reported\n{}",
         daemon.log()
     );
+    let log = daemon.log();
+    let failure = log
+        .lines()
+        .find(|line| line.contains("check failed"))
+        .unwrap_or_default();
+    assert!(
+        failure.contains("[ALERT]") && failure.contains("not-an-address"),
+        "the one log line of the failure carries HAProxy's own message\n{log}"
+    );
     assert_eq!(fixture.read("run/haproxy.cfg"), before);
     assert_eq!(answers(port, 4), set(&["web2"]));
     assert_eq!(daemon.terminate(), Some(0));

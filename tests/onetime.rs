@@ -256,31 +256,6 @@ fn overlong_durations_in_flags_environment_and_settings_exit_2_naming_them() {
 }
 
 #[test]
-fn prefix_is_joined_and_stripped_as_in_confd() {
-    let fixture = Fixture::new();
-    fixture.template("db.tmpl", "host={{ getv(key=\"/db/host\") }}\n");
-    fixture.resource(
-        "db",
-        "src = \"db.tmpl\"\ndest = \"db.conf\"\nprefix = \"myapp\"\nkeys = [\"/db\"]\n",
-    );
-    fixture.write(
-        "data.json",
-        r#"{"production": {"myapp": {"db": {"host": "db1.internal"}}}, "staging": {"myapp": {"db": {"host": "wrong"}}}}"#,
-    );
-    let run = fixture.run(&[
-        "--onetime",
-        "--backend",
-        "file",
-        "--file",
-        "data.json",
-        "--prefix",
-        "/production",
-    ]);
-    assert_eq!(run.code, Some(0), "{run:?}");
-    assert_eq!(fixture.read("db.conf"), "host=db1.internal\n");
-}
-
-#[test]
 fn env_store_maps_variables_like_confd() {
     let fixture = Fixture::new();
     fixture.template(
@@ -322,6 +297,58 @@ fn settings_file_and_environment_feed_the_flags() {
     );
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(fixture.read("out/app.conf"), "server web1 10.0.0.1:80\n");
+}
+
+/// A flag beats its variable, which beats the settings file: for a value (`prefix`), a switch
+/// (`noop`) and a list (`file`).
+#[test]
+fn flags_beat_variables_which_beat_the_settings_file() {
+    let fixture = Fixture::new();
+    fixture.template("db.tmpl", "host={{ getv(key=\"/db/host\") }}\n");
+    fixture.resource(
+        "db",
+        "src = \"db.tmpl\"\ndest = \"db.conf\"\nkeys = [\"/db\"]\n",
+    );
+    fixture.write(
+        "data.json",
+        r#"{"file": {"db": {"host": "file"}}, "env": {"db": {"host": "env"}}, "flag": {"db": {"host": "flag"}}}"#,
+    );
+    fixture.write(
+        "reconfd.toml",
+        "onetime = true\nfile = \"missing.json\"\nprefix = \"/file\"\nnoop = true\n",
+    );
+    let run_with = |args: &[&str], env: &[(&str, &str)]| {
+        Run::from(
+            fixture
+                .command(args)
+                .env("RECONFD_FILE", "data.json")
+                .envs(env.iter().copied())
+                .output()
+                .expect("run"),
+        )
+    };
+    let run = run_with(&[], &[]);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "the variable's file, not the file's: {run:?}"
+    );
+    assert!(!fixture.path("db.conf").exists(), "noop from the file");
+    let run = run_with(&[], &[("RECONFD_NOOP", "false")]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("db.conf"), "host=file\n");
+    let run = run_with(
+        &[],
+        &[("RECONFD_NOOP", "false"), ("RECONFD_PREFIX", "/env")],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("db.conf"), "host=env\n");
+    let run = run_with(
+        &["--prefix", "/flag"],
+        &[("RECONFD_NOOP", "false"), ("RECONFD_PREFIX", "/env")],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("db.conf"), "host=flag\n");
 }
 
 #[test]
@@ -485,6 +512,97 @@ fn json_logs_are_one_object_per_line() {
             && line["message"]
                 .as_str()
                 .is_some_and(|message| message.contains("out of sync"))),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn a_global_prefix_replaces_the_resources_own_as_confd_does() {
+    let fixture = Fixture::new();
+    fixture.template("db.tmpl", "host {{ getv(key=\"/db/host\") }}\n");
+    fixture.resource(
+        "db",
+        "src = \"db.tmpl\"\ndest = \"db.conf\"\nprefix = \"myapp\"\nkeys = [\"/db\"]\n",
+    );
+    fixture.write(
+        "data.yaml",
+        "myapp:\n  db:\n    host: own\nproduction:\n  db:\n    host: global\n",
+    );
+    let run = fixture.run(ONETIME_FILE);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("db.conf"), "host own\n");
+
+    let mut with_prefix = ONETIME_FILE.to_vec();
+    with_prefix.extend(["--prefix", "/production"]);
+    let run = fixture.run(&with_prefix);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("db.conf"), "host global\n");
+    assert!(
+        run.stderr
+            .contains("the global prefix /production replaces the resource's prefix /myapp"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn a_resource_without_keys_renders_without_asking_the_store() {
+    let fixture = Fixture::new();
+    fixture.template(
+        "motd.tmpl",
+        "{% for i in seq(first=1, last=3) %}{{ i }}{% endfor %}\n",
+    );
+    fixture.resource("motd", "src = \"motd.tmpl\"\ndest = \"motd\"\n");
+    // Nothing listens on the discard port: a store that were asked would fail the run.
+    let run = fixture.run(&["--onetime", "--backend", "redis", "--node", "127.0.0.1:9"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("motd"), "123\n");
+}
+
+#[test]
+fn an_unknown_store_is_named_where_it_was_given() {
+    let fixture = Fixture::new();
+    fixture.write("reconfd.toml", "backend = \"etcdd\"\n");
+    let run = fixture.run(&["--onetime", "--backend", "etcdd"]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("--backend \"etcdd\": not a known store (known: file, env, etcd"),
+        "{run:?}"
+    );
+    let output = fixture
+        .command(&["--onetime"])
+        .env("RECONFD_BACKEND", "etcdd")
+        .output()
+        .expect("run reconfd");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("RECONFD_BACKEND=\"etcdd\": not a known store"),
+        "{stderr}"
+    );
+    let run = fixture.run(&["--onetime"]);
+    assert!(
+        run.stderr
+            .contains("reconfd.toml: `backend` = \"etcdd\": not a known store"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn a_missing_confdir_points_at_the_flag() {
+    let fixture = Fixture::new();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_reconfd"))
+        .args(["--onetime", "--confdir", "nowhere"])
+        .current_dir(fixture.root())
+        .output()
+        .expect("run reconfd");
+    let run = common::Run::from(output);
+    assert_eq!(run.code, Some(2), "unusable settings: {run:?}");
+    assert!(
+        run.stderr
+            .contains("nowhere/conf.d: cannot read the resource directory")
+            && run
+                .stderr
+                .contains("--confdir (or RECONFD_CONFDIR) names the directory"),
         "{run:?}"
     );
 }

@@ -4,6 +4,8 @@
 # haproxy, python3 and curl (Debian package names).
 set -euo pipefail
 cd "$(dirname "$0")"
+# Debian installs haproxy and etcd under /usr/sbin, which is not on a normal user's PATH.
+export PATH="$PATH:/usr/sbin:/sbin"
 export ETCDCTL_API=3
 etcd_url=http://127.0.0.1:22379
 etcdctl=(etcdctl --endpoints "$etcd_url")
@@ -32,7 +34,9 @@ pids+=($!)
 until "${etcdctl[@]}" endpoint health >/dev/null 2>&1; do sleep 0.2; done
 
 "${etcdctl[@]}" put /proxy/port 8080 >/dev/null
-cargo build -q --release --manifest-path ../../Cargo.toml
+echo "== building reconfd (cargo build --release; the first build takes several minutes)"
+cargo build --release --manifest-path ../../Cargo.toml
+echo "== reconfd --watch --backend etcd --node $etcd_url"
 "${CARGO_TARGET_DIR:-../../target}/release/reconfd" --watch --confdir . --backend etcd --node "$etcd_url" &
 pids+=($!)
 

@@ -169,7 +169,7 @@ impl Controller {
         if self.prepared.is_empty() {
             return 0;
         }
-        match self.store.fetch(&self.prefixes).await {
+        match self.read_store().await {
             Ok(snapshot) => self.snapshot = Arc::new(snapshot),
             Err(e) => {
                 tracing::error!(
@@ -256,7 +256,8 @@ impl Controller {
             None => tokio::time::interval_at(start, self.options.interval),
         };
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut watching = !self.options.polling;
+        // Resources that name no key (confd allows them) give the store nothing to watch.
+        let mut watching = !self.options.polling && !self.prefixes.is_empty();
         let mut opened_before = false;
         loop {
             let stream = if watching {
@@ -518,10 +519,20 @@ impl Controller {
             .collect()
     }
 
+    /// Everything under the group's prefixes. A group whose resources name no key reads
+    /// nothing: its snapshot is empty and the store is never asked. (`&mut`: the store client
+    /// is `Send` but not `Sync`.)
+    async fn read_store(&mut self) -> Result<Snapshot, StoreError> {
+        if self.prefixes.is_empty() {
+            return Ok(Snapshot::default());
+        }
+        self.store.fetch(&self.prefixes).await
+    }
+
     /// Fetches everything again and syncs every resource. Returns false when the store could
     /// not be read (the files on disk are left as they are).
     async fn resync(&mut self, shutdown: &mut Shutdown) -> bool {
-        match self.store.fetch(&self.prefixes).await {
+        match self.read_store().await {
             Ok(snapshot) => {
                 self.outage.ended();
                 self.status

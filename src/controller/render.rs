@@ -299,9 +299,13 @@ async fn render(
     running.store(true, Ordering::Release);
     let thread_bounds = bounds.clone();
     let thread_member = Arc::clone(&member);
-    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    // The render thread wakes this task directly: one thread wake-up each way is all a
+    // render costs beyond its own work.
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let hold = hold_clock();
     let job: Job = Box::new(move || {
         let _running = Running(running);
+        let _hold = hold;
         // The caller stopped waiting only if it gave up on the render.
         let _ = reply.send(thread_member.renderer.render_bounded(view, &thread_bounds));
     });
@@ -320,38 +324,26 @@ async fn render(
             };
         }
     };
-    // The answer is awaited on the blocking pool: the waiting thread touches next to no
-    // memory, and tokio's paused clock (in tests) stands still while a render runs, as it
-    // does for any blocking task.
-    let thread = tokio::task::spawn_blocking(move || answer.recv());
     let deadline = tokio::time::Instant::now() + limits.timeout;
-    let mut thread = std::pin::pin!(thread);
+    let mut answer = std::pin::pin!(answer);
     let finished = tokio::select! {
-        finished = &mut thread => Ok(finished),
+        finished = &mut answer => Ok(finished),
         () = tokio::time::sleep(ROUND_GRACE.min(limits.timeout)) => {
             // A slow render no longer holds back the next one, which gets a thread of its own.
             drop(permit);
-            tokio::time::timeout_at(deadline, thread).await
+            tokio::time::timeout_at(deadline, answer).await
         }
     };
     if finished.is_ok() {
         busy.release(&worker);
     }
     let content = match finished {
-        Ok(Ok(Ok(Ok(text)))) => Ok(text),
-        Ok(Ok(Ok(Err(e)))) => Err(failure(e.to_string(), e.may_pass)),
-        Ok(Ok(Err(_))) => Err(failure(
+        Ok(Ok(Ok(text))) => Ok(text),
+        Ok(Ok(Err(e))) => Err(failure(e.to_string(), e.may_pass)),
+        Ok(Err(_)) => Err(failure(
             format!(
                 "{}: rendering failed unexpectedly (it panicked); please report this",
                 resource.src.display(),
-            ),
-            false,
-        )),
-        Ok(Err(e)) => Err(failure(
-            format!(
-                "{}: rendering failed unexpectedly ({}); please report this",
-                resource.src.display(),
-                panic_message(e)
             ),
             false,
         )),
@@ -372,11 +364,27 @@ async fn render(
     }
 }
 
-/// What a task that did not finish left behind: its panic message, where there is one.
-fn panic_message(error: tokio::task::JoinError) -> String {
-    if error.is_panic() {
-        super::panic_text(error.into_panic().as_ref())
-    } else {
-        error.to_string()
+/// Keeps tokio's paused clock (controller tests) standing still while a render runs, as it
+/// does while any blocking task runs: a blocking task that lasts until this is dropped with
+/// the render. Without it the clock would jump past [`ROUND_GRACE`] the moment the runtime
+/// waits for a render, and every render would look slow. Outside tests the clock is real and
+/// this holds nothing.
+struct ClockHold {
+    #[cfg(test)]
+    _blocking_task: std::sync::mpsc::Sender<()>,
+}
+
+#[cfg(test)]
+fn hold_clock() -> ClockHold {
+    let (hold, held) = std::sync::mpsc::channel::<()>();
+    // Ends when the render drops `hold`.
+    drop(tokio::task::spawn_blocking(move || held.recv()));
+    ClockHold {
+        _blocking_task: hold,
     }
+}
+
+#[cfg(not(test))]
+fn hold_clock() -> ClockHold {
+    ClockHold {}
 }

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use clap::Args;
 use serde::Deserialize;
 
 use super::Store;
@@ -11,9 +12,10 @@ use super::consul::{ConsulOptions, ConsulStore};
 use super::env::EnvStore;
 use super::etcd::{EtcdOptions, EtcdStore};
 use super::file::FileStore;
-use super::http::TlsOptions;
 use super::nats::{NatsOptions, NatsStore};
+use super::nodes::redact;
 use super::redis::{RedisOptions, RedisStore};
+use super::tls::TlsOptions;
 use super::vault::{VaultAuth, VaultOptions, VaultStore};
 use super::zookeeper::{ZookeeperOptions, ZookeeperStore};
 
@@ -31,55 +33,118 @@ const DEFAULT_NATS_BUCKET: &str = "reconfd";
 /// The stores reconfd knows, for messages.
 const KNOWN: &str = "file, env, etcd, redis, zookeeper, nats, consul, vault";
 
-/// A store's settings with confd's names, as given: every field optional.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+/// Checks that `name` names a store reconfd knows.
+pub(crate) fn known_store(name: &str) -> Result<(), String> {
+    if KNOWN.split(", ").any(|known| known == name) {
+        Ok(())
+    } else {
+        Err(format!("not a known store (known: {KNOWN})"))
+    }
+}
+
+/// A store's settings, as given: every field optional. Each field is a setting's one
+/// declaration: its `#[arg]` gives the flag and the `RECONFD_*` variable, its doc comment the
+/// help, and its name the key (confd's) in the settings file and in a resource's `[backend]`
+/// table.
+#[derive(Clone, Debug, Default, Args, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFields {
-    /// The store's name, such as `etcd`.
+    /// The store to read keys from: `file`, `env`, `etcd`, `redis`, `zookeeper`, `nats`,
+    /// `consul` or `vault`. [default: file]
+    #[arg(long, env = "RECONFD_BACKEND", value_name = "NAME")]
     pub backend: Option<String>,
-    /// Node addresses, tried in order.
+    /// Address of a store node, such as `http://127.0.0.1:2379`; repeat for a cluster (tried
+    /// in order, failing over to the next). Unused by the `file` and `env` stores.
+    /// [default for etcd: http://127.0.0.1:2379]
+    #[arg(
+        long = "node",
+        env = "RECONFD_NODE",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
     #[serde(default)]
     pub nodes: Vec<String>,
-    /// Scheme for nodes given without one.
+    /// Scheme for `--node` addresses given without one: `http` or `https`.
+    /// [default: https when a --client-* option is set, else http]
+    #[arg(long, env = "RECONFD_SCHEME", value_name = "SCHEME")]
     pub scheme: Option<String>,
-    /// User name for the store's authentication.
+    /// User name for the store's authentication (etcd).
+    #[arg(long, env = "RECONFD_USERNAME", value_name = "NAME")]
     pub username: Option<String>,
-    /// Password for `username`.
+    /// Password for `--username`. Prefer RECONFD_PASSWORD or the settings file to keep it out
+    /// of the process list.
+    #[arg(
+        long,
+        env = "RECONFD_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
     pub password: Option<String>,
-    /// PEM client certificate.
+    /// PEM client certificate for TLS client authentication to the store.
+    #[arg(long, env = "RECONFD_CLIENT_CERT", value_name = "FILE")]
     pub client_cert: Option<PathBuf>,
-    /// PEM key of `client_cert`.
+    /// PEM private key of `--client-cert`.
+    #[arg(long, env = "RECONFD_CLIENT_KEY", value_name = "FILE")]
     pub client_key: Option<PathBuf>,
-    /// PEM CA certificates of the nodes.
+    /// PEM CA certificates that sign the store nodes' certificates. [default: the system's]
+    #[arg(
+        long = "client-ca-keys",
+        env = "RECONFD_CLIENT_CA_KEYS",
+        value_name = "FILE"
+    )]
     pub client_cakeys: Option<PathBuf>,
-    /// Accept any server certificate.
+    /// Accept any TLS certificate from the store nodes. For testing only.
+    #[arg(long, env = "RECONFD_CLIENT_INSECURE")]
     #[serde(default)]
     pub client_insecure: bool,
-    /// File store: files and directories.
+    /// Token for the store: Consul's ACL token (else CONSUL_HTTP_TOKEN), Vault's token (else
+    /// VAULT_TOKEN), or a NATS token.
+    #[arg(
+        long,
+        env = "RECONFD_AUTH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub auth_token: Option<String>,
+    /// Vault: how to log in, `token` or `app-role`. [default: app-role when --role-id is set]
+    #[arg(long, env = "RECONFD_AUTH_TYPE", value_name = "TYPE")]
+    pub auth_type: Option<String>,
+    /// Vault AppRole: the role ID.
+    #[arg(long, env = "RECONFD_ROLE_ID", value_name = "ID")]
+    pub role_id: Option<String>,
+    /// Vault AppRole: the secret ID.
+    #[arg(
+        long,
+        env = "RECONFD_SECRET_ID",
+        value_name = "ID",
+        hide_env_values = true
+    )]
+    pub secret_id: Option<String>,
+    /// Vault: the KV secrets engine version, 1 or 2. [default: detected from the mount]
+    #[arg(long, env = "RECONFD_KV_VERSION", value_name = "VERSION")]
+    pub kv_version: Option<u8>,
+    /// Redis: the separator in key names that stands for `/` (confd's option), e.g. `:` for
+    /// keys such as `proxy:frontend:web1`. [default: /]
+    #[arg(long, env = "RECONFD_SEPARATOR", value_name = "TEXT")]
+    pub separator: Option<String>,
+    /// NATS: the JetStream key/value bucket. [default: reconfd]
+    #[arg(long, env = "RECONFD_NATS_BUCKET", value_name = "BUCKET")]
+    pub nats_bucket: Option<String>,
+    /// Consul: the datacenter to read from. [default: the agent's]
+    #[arg(long, env = "RECONFD_DATACENTER", value_name = "NAME")]
+    pub datacenter: Option<String>,
+    /// File store: a YAML, JSON or TOML file, or a directory of them; repeatable.
+    #[arg(long, env = "RECONFD_FILE", value_name = "PATH", value_delimiter = ',')]
     #[serde(default, deserialize_with = "one_or_many")]
     pub file: Vec<PathBuf>,
-    /// File store: glob on file names inside directories.
+    /// File store: glob on file names read from `--file` directories.
+    /// [default: *.yaml, *.yml, *.json, *.toml]
+    #[arg(long, env = "RECONFD_FILTER", value_name = "GLOB")]
     pub filter: Option<String>,
-    /// Consul's ACL token, Vault's token or a NATS token.
-    pub auth_token: Option<String>,
-    /// Vault: `token` or `app-role`.
-    pub auth_type: Option<String>,
-    /// Vault AppRole role ID.
-    pub role_id: Option<String>,
-    /// Vault AppRole secret ID.
-    pub secret_id: Option<String>,
-    /// Vault KV engine version, 1 or 2.
-    pub kv_version: Option<u8>,
-    /// Redis: the key separator standing for `/`.
-    pub separator: Option<String>,
-    /// NATS: the key/value bucket.
-    pub nats_bucket: Option<String>,
-    /// Consul: the datacenter.
-    pub datacenter: Option<String>,
 }
 
 /// A list, or a single value as older confd.toml files write `file = "data.yaml"`.
-pub fn one_or_many<'de, D: serde::Deserializer<'de>>(
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<PathBuf>, D::Error> {
     #[derive(Deserialize)]
@@ -158,25 +223,8 @@ impl Backend {
         if places.is_empty() {
             return kind.to_string();
         }
-        let places: Vec<String> = places.iter().map(|place| without_password(place)).collect();
+        let places: Vec<String> = places.iter().map(|place| redact(place)).collect();
         format!("{kind} {}", places.join(","))
-    }
-}
-
-/// `place` with the password of a URL's user information masked.
-fn without_password(place: &str) -> String {
-    match reqwest::Url::parse(place) {
-        Ok(mut url) if url.password().is_some() => {
-            // Setting a password on a URL that has one cannot fail.
-            let _ = url.set_password(Some("***"));
-            let masked = url.to_string();
-            // The URL parser adds a `/` path to a bare host.
-            match masked.strip_suffix('/') {
-                Some(bare) if !place.ends_with('/') => bare.to_string(),
-                _ => masked,
-            }
-        }
-        _ => place.to_string(),
     }
 }
 
@@ -258,7 +306,7 @@ impl StoreFields {
             }),
             other => {
                 return Err(format!(
-                    "backend {other:?} is not a known store (known: {KNOWN})"
+                    "`backend` = {other:?}: not a known store (known: {KNOWN})"
                 ));
             }
         };

@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,10 +26,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::http::{self, TlsOptions, error_chain};
-use super::{
-    Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchEvent, WatchStream, under_any,
-};
+use super::http::{self, error_chain};
+use super::nodes::{Node, Nodes};
+use super::tls::TlsOptions;
+use super::watch::{self, WatchSender};
+use super::{Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any};
 
 /// Where the service catalog appears among the keys.
 pub const SERVICES_ROOT: &str = "/_consul/services";
@@ -43,9 +43,6 @@ const BLOCKING_TIMEOUT: Duration = Duration::from_secs(5 * 60 + 30);
 
 /// Limit for a plain query.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Watch events buffered for the daemon.
-const WATCH_CAPACITY: usize = 256;
 
 /// How to reach Consul.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -68,22 +65,11 @@ pub struct ConsulStore {
 impl ConsulStore {
     /// A store for `options`; no connection is made yet.
     pub fn new(options: &ConsulOptions) -> Result<ConsulStore, StoreError> {
-        if options.nodes.is_empty() {
-            return Err(StoreError::invalid("consul: no node given"));
-        }
-        let https = options
-            .nodes
-            .iter()
-            .any(|node| node.starts_with("https://"));
+        let nodes = http::nodes("consul", &options.nodes)?;
         Ok(ConsulStore {
             client: Arc::new(Client {
-                http: http::client("consul", &options.tls, https)?,
-                nodes: options
-                    .nodes
-                    .iter()
-                    .map(|node| node.trim_end_matches('/').to_string())
-                    .collect(),
-                preferred: AtomicUsize::new(0),
+                http: http::client("consul", &options.tls, &nodes)?,
+                nodes,
                 token: options.token.clone(),
                 datacenter: options.datacenter.clone(),
             }),
@@ -114,7 +100,7 @@ impl Store for ConsulStore {
         prefixes: &[String],
         snapshot: &Snapshot,
     ) -> Result<Option<WatchStream>, StoreError> {
-        let (events, stream) = mpsc::channel(WATCH_CAPACITY);
+        let (events, stream) = watch::channel();
         let sources = sources(prefixes);
         let (answered, mut first_answers) = mpsc::channel(sources.len().max(1));
         let mut loops = JoinSet::new();
@@ -230,7 +216,7 @@ impl Source {
         client: Arc<Client>,
         prefixes: Vec<String>,
         known: KeyMap,
-        events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+        events: WatchSender,
         answered: mpsc::Sender<()>,
     ) -> Result<(), StoreError> {
         match self {
@@ -249,7 +235,7 @@ async fn follow_kv(
     prefix: &str,
     prefixes: &[String],
     mut known: KeyMap,
-    events: &mpsc::Sender<Result<WatchEvent, StoreError>>,
+    events: &WatchSender,
     answered: mpsc::Sender<()>,
 ) -> Result<(), StoreError> {
     let mut answered = Some(answered);
@@ -278,7 +264,7 @@ async fn follow_catalog(
     name_prefix: String,
     prefixes: Vec<String>,
     known: KeyMap,
-    events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+    events: WatchSender,
     answered: mpsc::Sender<()>,
 ) -> Result<(), StoreError> {
     let mut answered = Some(answered);
@@ -325,7 +311,7 @@ async fn follow_service(
     name: String,
     prefixes: Vec<String>,
     mut known: KeyMap,
-    events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+    events: WatchSender,
 ) -> Result<(), StoreError> {
     let mut index = None;
     loop {
@@ -363,11 +349,7 @@ fn next_index(previous: Option<u64>, returned: u64) -> u64 {
 
 /// Sends the differences between `before` and `after`; false when the daemon stopped
 /// listening.
-async fn report(
-    events: &mpsc::Sender<Result<WatchEvent, StoreError>>,
-    before: &KeyMap,
-    after: &KeyMap,
-) -> bool {
+async fn report(events: &WatchSender, before: &KeyMap, after: &KeyMap) -> bool {
     let mut changes: Vec<Change> = after
         .iter()
         .filter(|(key, value)| before.get(*key) != Some(*value))
@@ -382,34 +364,15 @@ async fn report(
             .filter(|key| !after.contains_key(*key))
             .map(|key| Change::Delete { key: key.clone() }),
     );
-    if changes.is_empty() {
-        return true;
-    }
-    events
-        .send(Ok(WatchEvent::Changes {
-            revision: None,
-            changes,
-        }))
-        .await
-        .is_ok()
+    events.changes(None, changes).await
 }
 
 /// The HTTP client and the agents, shared by the store and its watch tasks.
 struct Client {
     http: reqwest::Client,
-    nodes: Vec<String>,
-    /// Index of the agent to ask first: the last one that answered.
-    preferred: AtomicUsize,
+    nodes: Nodes<Node>,
     token: Option<String>,
     datacenter: Option<String>,
-}
-
-/// Why a query failed, as far as failover cares.
-enum QueryError {
-    /// The agent could not be reached or could not answer: try the next one.
-    Unreachable(String),
-    /// The agent refused the query (ACL, bad datacenter): every agent would.
-    Refused(StoreError),
 }
 
 impl Client {
@@ -483,34 +446,22 @@ impl Client {
         query: &[(&str, &str)],
         index: Option<u64>,
     ) -> Result<(Option<Vec<u8>>, u64), StoreError> {
-        let mut failures = Vec::new();
-        let first = self.preferred.load(Ordering::Relaxed);
-        for offset in 0..self.nodes.len() {
-            let position = (first + offset) % self.nodes.len();
-            let node = &self.nodes[position];
-            match self.get_from(node, path, query, index).await {
-                Ok(answer) => {
-                    self.preferred.store(position, Ordering::Relaxed);
-                    return Ok(answer);
-                }
-                Err(QueryError::Unreachable(message)) => failures.push(message),
-                Err(QueryError::Refused(error)) => return Err(error),
-            }
-        }
-        Err(StoreError::unreachable(format!(
-            "no consul agent answered ({})",
-            failures.join("; ")
-        )))
+        self.nodes
+            .ask(|_, node| self.get_from(node, path, query, index))
+            .await
     }
 
     async fn get_from(
         &self,
-        node: &str,
+        node: &Node,
         path: &str,
         query: &[(&str, &str)],
         index: Option<u64>,
-    ) -> Result<(Option<Vec<u8>>, u64), QueryError> {
-        let mut request = self.http.get(format!("{node}{path}")).query(query);
+    ) -> Result<(Option<Vec<u8>>, u64), StoreError> {
+        let mut request = self
+            .http
+            .get(format!("{}{path}", node.address()))
+            .query(query);
         if let Some(datacenter) = &self.datacenter {
             request = request.query(&[("dc", datacenter)]);
         }
@@ -527,7 +478,7 @@ impl Client {
             request = request.header("X-Consul-Token", token);
         }
         let unreachable = |e: reqwest::Error| {
-            QueryError::Unreachable(format!("{node}{path}: {}", error_chain(&e)))
+            StoreError::unreachable(format!("{node}{path}: {}", error_chain(&e)))
         };
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
@@ -545,10 +496,7 @@ impl Client {
         }
         let text = String::from_utf8_lossy(&body).trim().to_string();
         let message = format!("{node}{path}: HTTP {status}: {text}");
-        match answer_kind(status, &text) {
-            StoreErrorKind::Unreachable => Err(QueryError::Unreachable(message)),
-            kind => Err(QueryError::Refused(StoreError::new(kind, message))),
-        }
+        Err(StoreError::new(answer_kind(status, &text), message))
     }
 }
 

@@ -3,7 +3,7 @@
 //! A fetch reads every prefix at one revision, in pages, so the snapshot is consistent and no
 //! response is giant; the watch is in the `watch` module. Requests go to the node that
 //! answered last and fail over to the next one when a node cannot be reached, has no leader,
-//! or answers with something that is not etcd's.
+//! or answers with something that is not etcd's (the [`Nodes`] policy).
 
 mod proto;
 // Used by the etcd store once it moves to gRPC.
@@ -11,9 +11,8 @@ mod proto;
 mod rpc;
 mod watch;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,7 +22,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::http::{self, TlsOptions, error_chain};
+use super::http::{self, error_chain};
+use super::nodes::{Node, NodeFailure, Nodes};
+use super::progress::Progress;
+use super::tls::TlsOptions;
 use super::{KeyMap, Snapshot, Store, StoreError, WatchStream};
 
 /// Keys per range request: a page stays well under a megabyte of JSON.
@@ -112,6 +114,16 @@ enum EtcdError {
     Auth(String),
 }
 
+impl NodeFailure for EtcdError {
+    fn is_unreachable(&self) -> bool {
+        matches!(self, EtcdError::Unreachable(_))
+    }
+
+    fn every_node(message: String) -> EtcdError {
+        EtcdError::Unreachable(message)
+    }
+}
+
 impl EtcdError {
     fn into_store(self) -> StoreError {
         match self {
@@ -127,15 +139,13 @@ impl EtcdError {
 /// The HTTP client and the cluster's nodes, shared by the store and its watch task.
 struct Client {
     http: reqwest::Client,
-    nodes: Vec<String>,
-    /// Index of the node to try first: the last one that answered.
-    preferred: AtomicUsize,
+    nodes: Nodes<Node>,
     credentials: Option<(String, String)>,
     /// The current authentication token; cleared when etcd rejects it.
     token: Mutex<Option<String>>,
     /// For each watched prefix, the revision up to which its watcher delivered every change:
     /// a new watch of the prefix starts right after it.
-    progress: Mutex<BTreeMap<String, i64>>,
+    progress: Mutex<Progress>,
     /// Set once the user was told that etcd refuses a watch over the range covering every
     /// prefix, so transactions are gathered by waiting (said once, not at every reconnect).
     split_watch_told: AtomicBool,
@@ -144,29 +154,17 @@ struct Client {
 impl Client {
     fn new(options: &EtcdOptions) -> Result<Client, StoreError> {
         let invalid = |message: String| StoreError::invalid(format!("etcd: {message}"));
-        if options.nodes.is_empty() {
-            return Err(invalid("no node given".to_string()));
-        }
+        let nodes = http::nodes("etcd", &options.nodes)?;
         let credentials = match (&options.username, &options.password) {
             (Some(user), Some(password)) => Some((user.clone(), password.clone())),
             (Some(_), None) => return Err(invalid("--username needs --password".to_string())),
             (None, Some(_)) => return Err(invalid("--password needs --username".to_string())),
             (None, None) => None,
         };
-        let https = options
-            .nodes
-            .iter()
-            .any(|node| node.starts_with("https://"));
-        let http = http::client("etcd", &options.tls, https)?;
-        let nodes = options
-            .nodes
-            .iter()
-            .map(|node| node.trim_end_matches('/').to_string())
-            .collect();
+        let http = http::client("etcd", &options.tls, &nodes)?;
         Ok(Client {
             http,
             nodes,
-            preferred: AtomicUsize::new(0),
             credentials,
             token: Mutex::new(None),
             progress: Mutex::default(),
@@ -289,19 +287,10 @@ impl Client {
         path: &str,
         request: &serde_json::Value,
     ) -> Result<T, EtcdError> {
-        let body = request.to_string();
-        let mut failures = Vec::new();
-        for (index, node) in self.nodes_from_preferred() {
-            match self.call_node(node, path, &body).await {
-                Ok(answer) => {
-                    self.preferred.store(index, Ordering::Relaxed);
-                    return Ok(answer);
-                }
-                Err(EtcdError::Unreachable(message)) => failures.push(message),
-                Err(other) => return Err(other),
-            }
-        }
-        Err(no_node_answered(&failures))
+        let body = &request.to_string();
+        self.nodes
+            .ask(move |_, node| self.call_node(node, path, body))
+            .await
     }
 
     /// Sends a unary request to one node and parses the answer. A node that stops answering
@@ -309,7 +298,7 @@ impl Client {
     /// unreachable, so the next node is tried.
     async fn call_node<T: DeserializeOwned>(
         &self,
-        node: &str,
+        node: &Node,
         path: &str,
         body: &str,
     ) -> Result<T, EtcdError> {
@@ -324,28 +313,11 @@ impl Client {
             .map_err(|e| EtcdError::Unreachable(format!("{node}{path}: not etcd's answer: {e}")))
     }
 
-    /// Makes the node after `node` the preferred one.
-    fn avoid(&self, node: &str) {
-        if let Some(index) = self.nodes.iter().position(|known| known == node) {
-            self.preferred
-                .store((index + 1) % self.nodes.len(), Ordering::Relaxed);
-        }
-    }
-
-    /// The nodes with their indexes, from the preferred one on.
-    fn nodes_from_preferred(&self) -> impl Iterator<Item = (usize, &String)> {
-        let first = self.preferred.load(Ordering::Relaxed);
-        (0..self.nodes.len()).map(move |offset| {
-            let index = (first + offset) % self.nodes.len();
-            (index, &self.nodes[index])
-        })
-    }
-
     /// Posts to one node, authenticating first when needed and once more when etcd rejects
     /// the token (tokens expire).
     async fn send_to(
         &self,
-        node: &str,
+        node: &Node,
         path: &str,
         body: &str,
         timeout: Option<Duration>,
@@ -358,7 +330,7 @@ impl Client {
             };
             let mut request = self
                 .http
-                .post(format!("{node}{path}"))
+                .post(format!("{}{path}", node.address()))
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.to_string());
             if let Some(timeout) = timeout {
@@ -414,7 +386,7 @@ impl Client {
     }
 
     /// The current token, authenticating on `node` when there is none.
-    async fn token(&self, node: &str) -> Result<String, EtcdError> {
+    async fn token(&self, node: &Node) -> Result<String, EtcdError> {
         if let Some(token) = self.current_token() {
             return Ok(token);
         }
@@ -423,7 +395,7 @@ impl Client {
         };
         let response = self
             .http
-            .post(format!("{node}/v3/auth/authenticate"))
+            .post(format!("{}/v3/auth/authenticate", node.address()))
             .timeout(REQUEST_TIMEOUT)
             .json(&json!({"name": user, "password": password}))
             .send()
@@ -453,11 +425,11 @@ impl Client {
     fn forget_token(&self) {
         *self.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
-}
 
-/// The error when every node failed, with each node's reason.
-fn no_node_answered(failures: &[String]) -> EtcdError {
-    EtcdError::Unreachable(format!("no etcd node answered ({})", failures.join("; ")))
+    /// What the watches delivered, for each prefix.
+    fn progress(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// What a range request asks for.

@@ -25,7 +25,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use walkdir::WalkDir;
 
-use super::{KeyMap, Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
+use super::watch::{self, WatchSender};
+use super::{KeyMap, Snapshot, Store, StoreError, WatchStream, under_any};
 
 /// File name globs read from directories when no filter is given.
 const DEFAULT_FILTER: &[&str] = &["*.yaml", "*.yml", "*.json", "*.toml"];
@@ -36,10 +37,6 @@ const QUIET: Duration = Duration::from_millis(100);
 
 /// Longest a watch waits after the first change before reading, however busy the files are.
 const MAX_DELAY: Duration = Duration::from_secs(1);
-
-/// Watch events buffered for the daemon. Each one is a complete snapshot, so a small buffer
-/// suffices: the daemon applies whatever is queued in one go.
-const WATCH_CAPACITY: usize = 4;
 
 /// Reads keys from YAML, JSON and TOML files and directories.
 pub struct FileStore {
@@ -82,7 +79,8 @@ impl Store for FileStore {
     }
 
     /// Watches every path and, once changes settle, reads all files again and reports the
-    /// result as a [`WatchEvent::Replace`], or the error that kept the files from being read.
+    /// result as a [`WatchEvent::Replace`](super::WatchEvent::Replace), or the error that kept
+    /// the files from being read.
     async fn watch(
         &self,
         prefixes: &[String],
@@ -118,7 +116,7 @@ impl Store for FileStore {
                 .watch(&path, mode)
                 .map_err(|e| file_error(&path, format!("cannot watch: {e}")))?;
         }
-        let (events, stream) = mpsc::channel(WATCH_CAPACITY);
+        let (events, stream) = watch::channel();
         tokio::spawn(follow(
             watcher,
             wake_rx,
@@ -136,7 +134,7 @@ impl Store for FileStore {
 async fn follow(
     watcher: RecommendedWatcher,
     mut wake: mpsc::Receiver<()>,
-    events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+    events: WatchSender,
     files: DataFiles,
     prefixes: Vec<String>,
     mut last: Snapshot,
@@ -152,15 +150,15 @@ async fn follow(
             () = events.closed() => return,
         }
         settle(&mut wake).await;
-        let event = match files.read(&prefixes) {
+        let listening = match files.read(&prefixes) {
             Ok(snapshot) if snapshot == last => continue,
             Ok(snapshot) => {
                 last = snapshot.clone();
-                Ok(WatchEvent::Replace(snapshot))
+                events.replace(snapshot).await
             }
-            Err(e) => Err(e),
+            Err(e) => events.fail(e).await,
         };
-        if events.send(event).await.is_err() {
+        if !listening {
             return;
         }
     }
@@ -510,7 +508,7 @@ fn file_error(path: &Path, message: impl std::fmt::Display) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreErrorKind;
+    use crate::store::{StoreErrorKind, WatchEvent};
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);

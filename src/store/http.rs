@@ -1,9 +1,11 @@
-//! The HTTP client the network stores share: short connect timeouts, TCP keepalive for
-//! long-lived watch connections, and TLS from the `--client-*` settings.
+//! The HTTP client the network stores share (short connect timeouts, TCP keepalive for
+//! long-lived watch connections, TLS from the `--client-*` settings), and their nodes as base
+//! URLs.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::nodes::{Node, Nodes};
+use super::tls::{Tls, TlsOptions};
 use super::{StoreError, StoreErrorKind};
 
 /// Limit for connecting to a node, so that a dead node costs little before the next is tried.
@@ -18,82 +20,45 @@ const KEEPALIVE: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
 
-/// TLS settings for a store's nodes, as confd names them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct TlsOptions {
-    /// PEM client certificate for TLS client authentication.
-    pub client_cert: Option<PathBuf>,
-    /// PEM private key of `client_cert`.
-    pub client_key: Option<PathBuf>,
-    /// PEM CA certificates that sign the nodes' certificates; without it the system's CAs.
-    pub client_ca_keys: Option<PathBuf>,
-    /// Accept any server certificate. For testing only.
-    pub client_insecure: bool,
+/// The nodes of `store` at the base URLs `urls`, without a trailing `/` so that API paths
+/// append to them.
+pub(crate) fn nodes(store: &'static str, urls: &[String]) -> Result<Nodes<Node>, StoreError> {
+    Nodes::new(
+        store,
+        urls.iter()
+            .map(|url| Node::new(url.trim_end_matches('/')))
+            .collect(),
+    )
 }
 
-impl TlsOptions {
-    /// True when any TLS setting is given, so nodes without a scheme default to `https`.
-    pub fn is_set(&self) -> bool {
-        self.client_cert.is_some()
-            || self.client_key.is_some()
-            || self.client_ca_keys.is_some()
-            || self.client_insecure
-    }
-}
-
-/// An HTTP/1.1 client for `store` (named in errors) with `tls` applied. Without `https`
-/// nodes the system's CA certificates are not loaded: they cost start-up time and memory on
-/// every host of a fleet for nothing.
-pub fn client(store: &str, tls: &TlsOptions, https: bool) -> Result<reqwest::Client, StoreError> {
-    let invalid = |message: String| StoreError::invalid(format!("{store}: {message}"));
-    // reqwest is built without a compiled-in crypto provider, so that ring is the only one;
-    // it must be installed before the first client is built. A second install fails
-    // harmlessly.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder()
+/// An HTTP/1.1 client for `store` (named in errors) and its `nodes`, with `tls` applied. The
+/// system's CA certificates are loaded only for `https` nodes.
+pub(crate) fn client(
+    store: &str,
+    tls: &TlsOptions,
+    nodes: &Nodes<Node>,
+) -> Result<reqwest::Client, StoreError> {
+    let https = nodes
+        .iter()
+        .any(|node| node.address().starts_with("https://"));
+    let mut config = Tls::read(store, tls)?.client_config(store, https)?;
+    // reqwest offers HTTP/1.1 only (`http1_only`), so the TLS handshake offers it alone too.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_keepalive(KEEPALIVE)
         .tcp_keepalive_interval(KEEPALIVE_INTERVAL)
         .tcp_keepalive_retries(KEEPALIVE_RETRIES)
         .no_proxy()
-        .http1_only();
-    if let Some(path) = &tls.client_ca_keys {
-        let certificates = reqwest::Certificate::from_pem_bundle(&read(store, path)?)
-            .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
-        builder = builder.tls_certs_only(certificates);
-    } else if !https {
-        builder = builder.tls_certs_only([]);
-    }
-    match (&tls.client_cert, &tls.client_key) {
-        (Some(cert), Some(key)) => {
-            let mut pem = read(store, cert)?;
-            pem.push(b'\n');
-            pem.extend(read(store, key)?);
-            let identity = reqwest::Identity::from_pem(&pem)
-                .map_err(|e| invalid(format!("{} / {}: {e}", cert.display(), key.display())))?;
-            builder = builder.identity(identity);
-        }
-        (None, None) => {}
-        _ => {
-            return Err(invalid(
-                "--client-cert and --client-key go together".to_string(),
-            ));
-        }
-    }
-    if tls.client_insecure {
-        builder = builder.tls_danger_accept_invalid_certs(true);
-    }
-    builder.build().map_err(|e| {
-        invalid(format!(
-            "cannot set up the HTTP client: {}",
-            error_chain(&e)
-        ))
-    })
-}
-
-fn read(store: &str, path: &Path) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path)
-        .map_err(|e| StoreError::invalid(format!("{store}: {}: {e}", path.display())))
+        .http1_only()
+        .tls_backend_preconfigured(config)
+        .build()
+        .map_err(|e| {
+            StoreError::invalid(format!(
+                "{store}: cannot set up the HTTP client: {}",
+                error_chain(&e)
+            ))
+        })
 }
 
 /// The kind of failure an HTTP error status stands for, whatever the store: 401 and 403 are

@@ -14,8 +14,12 @@ pub mod http;
 #[cfg(test)]
 pub(crate) mod memory;
 pub mod nats;
+pub(crate) mod nodes;
+pub(crate) mod progress;
 pub mod redis;
+pub mod tls;
 pub mod vault;
+pub(crate) mod watch;
 pub mod zookeeper;
 
 use std::collections::BTreeMap;

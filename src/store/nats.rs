@@ -13,7 +13,7 @@
 //! revision while writers go on: the snapshot holds every change up to its revision (the
 //! stream's end when the fetch began) and perhaps later ones. The watch follows the same parts
 //! of the bucket from right after the revisions already delivered (kept per prefix in
-//! [`Client::progress`]) or the snapshot's, whichever is later, so a new watch never misses a
+//! [`Client::delivered`]) or the snapshot's, whichever is later, so a new watch never misses a
 //! change; what it delivers again of a snapshot's later values changes nothing. When the
 //! connection or a consumer breaks, the watch ends and the daemon opens a new one once the
 //! client has reconnected. A watch of a bucket that was created again (its revisions start
@@ -26,9 +26,8 @@
 //! this one; the daemon's full resync every `--interval` catches up with them.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::AckPolicy;
@@ -37,21 +36,19 @@ use async_nats::jetstream::consumer::pull::{
     Config as PullConfig, MessagesError, Stream as Messages,
 };
 use async_nats::jetstream::kv;
-use async_nats::rustls;
 use async_nats::{ConnectOptions, Event, ServerAddr};
 use async_trait::async_trait;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::{OnceCell, mpsc, watch};
+use tokio::sync::{OnceCell, watch};
 
-use super::http::TlsOptions;
+use super::nodes::redact;
+use super::progress::Progress;
+use super::tls::{Tls, TlsOptions};
+use super::watch::{self as watch_stream, WatchSender};
 use super::{
-    Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchEvent, WatchStream,
-    under_any, under_prefix,
+    Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any,
+    under_prefix,
 };
-
-/// Watch events buffered for the daemon. The daemon drains whatever is queued before it
-/// renders, so the buffer only needs to absorb a burst.
-const WATCH_CAPACITY: usize = 256;
 
 /// How long a read waits for the next entry. Entries of a read arrive back to back and the
 /// server sends a heartbeat every 5 s when idle; a read silent for longer is stuck (a consumer
@@ -138,20 +135,6 @@ pub fn nats_key(key: &str) -> String {
     key.strip_prefix('/').unwrap_or(key).replace('/', ".")
 }
 
-/// TLS as the connection needs it.
-enum Tls {
-    /// Plain connections, unless a `tls://` URL or the server asks for TLS.
-    Off,
-    /// TLS with the system's CA certificates or the given ones, and a client certificate if
-    /// given; async-nats reads the files as it connects.
-    Verified {
-        ca: Option<PathBuf>,
-        identity: Option<(PathBuf, PathBuf)>,
-    },
-    /// TLS accepting any server certificate.
-    Insecure(Box<rustls::ClientConfig>),
-}
-
 /// The connection settings, the connection once made, and what the watches delivered.
 struct Client {
     servers: Vec<ServerAddr>,
@@ -160,11 +143,13 @@ struct Client {
     bucket: String,
     credentials: Option<(String, String)>,
     token: Option<String>,
-    tls: Tls,
+    /// The TLS configuration when a server URL is `tls://` or TLS settings are given; without
+    /// it connections are plain unless a server asks for TLS, which async-nats then sets up
+    /// with the system's CAs.
+    tls: Option<rustls::ClientConfig>,
     connection: OnceCell<Connection>,
-    /// For each watched prefix, the revision up to which its watch delivered every change,
-    /// and which stream those revisions belong to.
-    progress: Mutex<Progress>,
+    /// What the watches delivered.
+    delivered: Mutex<Delivered>,
     /// The violations the server reported on the connection.
     refusals: Arc<Mutex<Refusals>>,
 }
@@ -180,11 +165,11 @@ struct Refusals {
 
 /// The revisions the watches delivered, per prefix, in one incarnation of the bucket's stream.
 #[derive(Default)]
-struct Progress {
+struct Delivered {
     /// The stream's creation time: a bucket deleted and created again starts its revisions
     /// over.
     stream: Option<String>,
-    delivered: BTreeMap<String, u64>,
+    progress: Progress,
 }
 
 /// A connected client. async-nats reconnects it by itself after a lost connection.
@@ -236,7 +221,11 @@ impl Client {
             ));
         }
         let tls_url = servers.iter().any(ServerAddr::tls_required);
-        let tls = tls(&options.tls, tls_url).map_err(invalid)?;
+        let tls = if tls_url || options.tls.is_set() {
+            Some(Tls::read("nats", &options.tls)?.client_config("nats", true)?)
+        } else {
+            None
+        };
         Ok(Client {
             server_names: options
                 .nodes
@@ -250,7 +239,7 @@ impl Client {
             token: options.token.clone(),
             tls,
             connection: OnceCell::new(),
-            progress: Mutex::default(),
+            delivered: Mutex::default(),
             refusals: Arc::default(),
         })
     }
@@ -316,22 +305,8 @@ impl Client {
         if let Some(token) = &self.token {
             options = options.token(token.clone());
         }
-        match &self.tls {
-            Tls::Off => {}
-            Tls::Verified { ca, identity } => {
-                options = options.require_tls(true);
-                if let Some(ca) = ca {
-                    options = options.add_root_certificates(ca.clone());
-                }
-                if let Some((cert, key)) = identity {
-                    options = options.add_client_certificate(cert.clone(), key.clone());
-                }
-            }
-            Tls::Insecure(config) => {
-                options = options
-                    .require_tls(true)
-                    .tls_client_config(config.as_ref().clone());
-            }
+        if let Some(config) = &self.tls {
+            options = options.require_tls(true).tls_client_config(config.clone());
         }
         let client = options.connect(self.servers.clone()).await.map_err(|e| {
             StoreError::new(
@@ -505,11 +480,16 @@ impl Client {
     /// Remembers which incarnation of the bucket's stream the revisions belong to; what the
     /// watches delivered from an earlier one says nothing about this one.
     fn note_stream(&self, created: &str) {
-        let mut progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-        if progress.stream.as_deref() != Some(created) {
-            progress.stream = Some(created.to_string());
-            progress.delivered.clear();
+        let mut delivered = self.delivered();
+        if delivered.stream.as_deref() != Some(created) {
+            delivered.stream = Some(created.to_string());
+            delivered.progress = Progress::default();
         }
+    }
+
+    /// What the watches delivered.
+    fn delivered(&self) -> MutexGuard<'_, Delivered> {
+        self.delivered.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -562,130 +542,6 @@ fn is_refusal(error: &async_nats::ServerError) -> bool {
             text.contains("permissions violation") || text.contains("authorization violation")
         }
         _ => false,
-    }
-}
-
-/// The TLS settings for `options`; `tls_url` when a server URL is `tls://`.
-fn tls(options: &TlsOptions, tls_url: bool) -> Result<Tls, String> {
-    let readable = |path: &PathBuf| {
-        std::fs::File::open(path)
-            .map(drop)
-            .map_err(|e| format!("{}: {e}", path.display()))
-    };
-    let identity = match (&options.client_cert, &options.client_key) {
-        (Some(cert), Some(key)) => {
-            readable(cert)?;
-            readable(key)?;
-            Some((cert.clone(), key.clone()))
-        }
-        (None, None) => None,
-        _ => return Err("--client-cert and --client-key go together".to_string()),
-    };
-    if let Some(ca) = &options.client_ca_keys {
-        readable(ca)?;
-    }
-    if options.client_insecure {
-        return insecure_config(identity.as_ref()).map(|config| Tls::Insecure(Box::new(config)));
-    }
-    if tls_url || options.is_set() {
-        return Ok(Tls::Verified {
-            ca: options.client_ca_keys.clone(),
-            identity,
-        });
-    }
-    Ok(Tls::Off)
-}
-
-/// A TLS client configuration that accepts any server certificate, presenting `identity`.
-fn insecure_config(identity: Option<&(PathBuf, PathBuf)>) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    // rustls picks the process-wide crypto provider; ring is the only one built in, and it
-    // must be installed before the first configuration is built. A second install fails
-    // harmlessly.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("cannot set up TLS: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)));
-    match identity {
-        None => Ok(builder.with_no_client_auth()),
-        Some((cert_path, key_path)) => {
-            let certificates = CertificateDer::pem_file_iter(cert_path)
-                .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("{}: {e}", cert_path.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key_path)
-                .map_err(|e| format!("{}: {e}", key_path.display()))?;
-            builder
-                .with_client_auth_cert(certificates, key)
-                .map_err(|e| format!("{} / {}: {e}", cert_path.display(), key_path.display()))
-        }
-    }
-}
-
-/// Accepts any server certificate (`--client-insecure`), still checking that the server holds
-/// the certificate's key.
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `node` with its password, if it has one, replaced.
-fn redact(node: &str) -> String {
-    match node.parse::<ServerAddr>() {
-        Ok(address) if address.password().is_some() => {
-            let mut url = address.into_inner();
-            // Only a URL without a host refuses a password, and a server URL has one.
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        _ => node.to_string(),
     }
 }
 
@@ -844,20 +700,15 @@ async fn start_watch(
     let info = bucket.stream.cached_info();
     let created = info.created.to_string();
     let last = info.state.last_sequence;
-    let (stream, delivered) = {
-        let progress = client.progress.lock().unwrap_or_else(|e| e.into_inner());
-        (progress.stream.clone(), progress.delivered.clone())
+    let (stream, progress) = {
+        let delivered = client.delivered();
+        (delivered.stream.clone(), delivered.progress.clone())
     };
-    let read = snapshot
-        .revision
-        .and_then(|revision| u64::try_from(revision).ok());
     let start = |prefix: &String| {
-        delivered
-            .get(prefix)
-            .copied()
-            .max(read)
-            .unwrap_or(last)
-            .saturating_add(1)
+        progress
+            .start(prefix, snapshot.revision)
+            .and_then(|start| u64::try_from(start).ok())
+            .unwrap_or(last.saturating_add(1))
     };
     let watched: Vec<Watched> = filters(prefixes)
         .into_iter()
@@ -888,14 +739,11 @@ async fn start_watch(
         let snapshot = client.fetch(connection, &bucket, prefixes).await?;
         // The daemon takes this snapshot as its own: the next watch starts right after it.
         client
+            .delivered()
             .progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .delivered
-            .clear();
-        let (events, stream) = mpsc::channel(1);
-        // The channel is new and has room for this one event.
-        let _ = events.try_send(Ok(WatchEvent::Replace(snapshot)));
+            .restart(prefixes, snapshot.revision);
+        // The stream ends after the read, and the daemon watches again from it.
+        let (_, stream) = watch_stream::channel_replacing(snapshot);
         return Ok(stream);
     }
     client.note_stream(&created);
@@ -922,7 +770,7 @@ async fn start_watch(
         client.bucket,
         earliest.unwrap_or(last + 1)
     );
-    let (events, stream) = mpsc::channel(WATCH_CAPACITY);
+    let (events, stream) = watch_stream::channel();
     tokio::spawn(follow(
         client,
         created,
@@ -956,7 +804,7 @@ async fn follow(
     mut consumers: impl Stream<Item = (usize, Result<async_nats::jetstream::Message, MessagesError>)>
     + Unpin,
     mut endings: Endings,
-    events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+    events: WatchSender,
 ) {
     let ended = loop {
         let (index, message) = tokio::select! {
@@ -1009,11 +857,8 @@ async fn follow(
             });
         let purge = is_purge(message.headers.as_ref());
         if wanted {
-            let event = WatchEvent::Changes {
-                revision: Some(as_revision(entry.revision)),
-                changes: vec![entry.change],
-            };
-            if events.send(Ok(event)).await.is_err() {
+            let (revision, changes) = (Some(as_revision(entry.revision)), vec![entry.change]);
+            if !events.changes(revision, changes).await {
                 return;
             }
         }
@@ -1032,11 +877,7 @@ async fn follow(
             };
             match read.await {
                 Ok(snapshot) => {
-                    if events
-                        .send(Ok(WatchEvent::Replace(snapshot)))
-                        .await
-                        .is_err()
-                    {
+                    if !events.replace(snapshot).await {
                         return;
                     }
                 }
@@ -1050,13 +891,11 @@ async fn follow(
 /// Records that the watch of `prefixes` delivered everything up to `revision` of the stream
 /// created at `stream`, unless a later read found the bucket created again meanwhile.
 fn record_progress(client: &Client, stream: &str, prefixes: &[String], revision: u64) {
-    let mut progress = client.progress.lock().unwrap_or_else(|e| e.into_inner());
-    if progress.stream.as_deref() != Some(stream) {
-        return;
-    }
-    for prefix in prefixes {
-        let seen = progress.delivered.entry(prefix.clone()).or_insert(revision);
-        *seen = (*seen).max(revision);
+    let mut delivered = client.delivered();
+    if delivered.stream.as_deref() == Some(stream) {
+        delivered
+            .progress
+            .advance_all(prefixes, as_revision(revision));
     }
 }
 
@@ -1235,10 +1074,18 @@ mod tests {
 
     #[test]
     fn passwords_are_not_shown() {
+        let client = Client::new(&NatsOptions {
+            nodes: vec![
+                "nats://me:secret@127.0.0.1:4222".to_string(),
+                "nats://127.0.0.1:4223".to_string(),
+            ],
+            bucket: "app".to_string(),
+            ..NatsOptions::default()
+        })
+        .expect("valid options");
         assert_eq!(
-            redact("nats://me:secret@127.0.0.1:4222"),
-            "nats://me:***@127.0.0.1:4222"
+            client.server_names,
+            "nats://me:***@127.0.0.1:4222, nats://127.0.0.1:4223"
         );
-        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
     }
 }

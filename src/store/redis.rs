@@ -12,10 +12,13 @@
 //! `notify-keyspace-events` to hold [`REQUIRED_EVENTS`]; the watch adds the missing flags, and
 //! where `CONFIG` is refused (ACLs, managed Redis) the daemon polls instead.
 //!
-//! Nodes are alternatives tried in order; the one that answered last is tried first.
+//! Nodes are alternatives, chosen by the [`Nodes`] policy: the one that answered last is tried
+//! first, and the next one when it cannot be reached.
+//!
+//! [`WatchEvent::Replace`]: super::WatchEvent::Replace
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,13 +30,12 @@ use redis::{
     AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, RedisError,
     TlsCertificates, Value,
 };
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::http::TlsOptions;
-use super::{
-    Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchEvent, WatchStream, under_any,
-};
+use super::nodes::{Nodes, redact};
+use super::tls::{Tls, TlsOptions};
+use super::watch::{self, Probes, WatchSender};
+use super::{Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any};
 
 /// Limit for connecting to a node (and logging in), so that a dead node costs little before
 /// the next is tried.
@@ -51,17 +53,6 @@ const MGET_CHUNK: usize = 1000;
 
 /// Notified keys read again in one pipeline; a burst beyond it is read in several.
 const MAX_BATCH: usize = 1000;
-
-/// Watch events buffered for the daemon. The daemon drains whatever is queued before it
-/// renders, so the buffer only needs to absorb a burst.
-const WATCH_CAPACITY: usize = 256;
-
-/// How often the notification connection is pinged: a node that vanished without closing the
-/// connection would otherwise hold the watch silently.
-const PING_INTERVAL: Duration = Duration::from_secs(20);
-
-/// How long the ping waits; Redis answers it in well under a millisecond.
-const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `notify-keyspace-events` flags a watch needs: keyspace channels (`K`) for generic
 /// commands such as `DEL` and `RENAME` (`g`), string (`$`) and hash (`h`) commands, expired
@@ -129,6 +120,8 @@ impl Store for RedisStore {
     ///
     /// The fields of each hash are tracked from that read on rather than from `snapshot`: the
     /// read is what the daemon holds once it has applied the first event.
+    ///
+    /// [`WatchEvent::Replace`]: super::WatchEvent::Replace
     async fn watch(
         &self,
         prefixes: &[String],
@@ -179,12 +172,10 @@ impl Store for RedisStore {
             prefixes.len(),
             node.name
         );
-        let (events, stream) = mpsc::channel(WATCH_CAPACITY);
-        // The channel is new and has room for this one event.
-        let _ = events.try_send(Ok(WatchEvent::Replace(Snapshot {
+        let (events, stream) = watch::channel_replacing(Snapshot {
             entries: read.entries,
             revision: None,
-        })));
+        });
         let follower = Follower {
             client: Arc::clone(client),
             connected,
@@ -258,9 +249,7 @@ impl Failure {
 
 /// The nodes and the connection in use, shared by the store and its watch task.
 struct Client {
-    nodes: Vec<Node>,
-    /// Index of the node to try first: the last one that answered.
-    preferred: AtomicUsize,
+    nodes: Nodes<Node>,
     /// The connection to the node that answered last, kept between requests.
     connection: Mutex<Option<Connected>>,
     separator: String,
@@ -270,24 +259,18 @@ struct Client {
 
 impl Client {
     fn new(options: &RedisOptions) -> Result<Client, StoreError> {
-        if options.nodes.is_empty() {
-            return Err(StoreError::invalid("redis: no node given"));
-        }
         if options.separator.is_empty() {
             return Err(StoreError::invalid("redis: the separator is empty"));
         }
-        // redis is built without a compiled-in crypto provider choice; ring must be installed
-        // before the first TLS connection. A second install fails harmlessly.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let certificates = tls_certificates(&options.tls)?;
+        let tls = Tls::read("redis", &options.tls)?;
+        let certificates = tls_certificates(&tls);
         let nodes = options
             .nodes
             .iter()
-            .map(|url| Node::new(url, options, certificates.as_ref()))
+            .map(|url| Node::new(url, options, &tls, certificates.as_ref()))
             .collect::<Result<Vec<Node>, StoreError>>()?;
         Ok(Client {
-            nodes,
-            preferred: AtomicUsize::new(0),
+            nodes: Nodes::new("redis", nodes)?,
             connection: Mutex::default(),
             separator: options.separator.clone(),
             warned: AtomicBool::new(false),
@@ -329,40 +312,26 @@ impl Client {
         )
     }
 
-    /// The current connection, or a new one to the first node that accepts it, from the
-    /// preferred node on.
+    /// The current connection, or a new one to the node the [`Nodes`] policy finds.
     async fn connect(&self) -> Result<Connected, StoreError> {
         if let Some(connected) = self.current() {
             return Ok(connected);
         }
-        let config = AsyncConnectionConfig::new()
+        let config = &AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(REQUEST_TIMEOUT));
-        let first = self.preferred.load(Ordering::Relaxed);
-        let mut failures = Vec::new();
-        for offset in 0..self.nodes.len() {
-            let index = (first + offset) % self.nodes.len();
-            let node = &self.nodes[index];
-            match node
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-            {
-                Ok(connection) => {
-                    self.preferred.store(index, Ordering::Relaxed);
-                    let connected = Connected { index, connection };
-                    *self.connection.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(connected.clone());
-                    return Ok(connected);
-                }
-                Err(e) => failures.push((error_kind(&e), format!("{}: {e}", node.name))),
-            }
-        }
-        let messages: Vec<&str> = failures.iter().map(|(_, text)| text.as_str()).collect();
-        Err(StoreError::new(
-            most_telling(failures.iter().map(|(kind, _)| *kind)),
-            format!("no redis node answered ({})", messages.join("; ")),
-        ))
+        let connected = self
+            .nodes
+            .ask(|index, node| async move {
+                node.client
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await
+                    .map(|connection| Connected { index, connection })
+                    .map_err(|e| StoreError::new(error_kind(&e), format!("{}: {e}", node.name)))
+            })
+            .await?;
+        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(connected.clone());
+        Ok(connected)
     }
 
     fn current(&self) -> Option<Connected> {
@@ -382,12 +351,13 @@ impl Node {
     fn new(
         url: &str,
         options: &RedisOptions,
+        tls: &Tls,
         certificates: Option<&TlsCertificates>,
     ) -> Result<Node, StoreError> {
-        let name = without_credentials(url);
+        let name = redact(url);
         let invalid = |message: String| StoreError::invalid(format!("redis: {name}: {message}"));
         let mut url = url.to_string();
-        if options.tls.client_insecure && url.starts_with("rediss://") && !url.contains('#') {
+        if tls.insecure() && url.starts_with("rediss://") && !url.contains('#') {
             url.push_str("#insecure");
         }
         let info = url
@@ -423,32 +393,21 @@ impl Node {
     }
 }
 
-/// The CA and client certificates of the TLS options, `None` when none is given.
-fn tls_certificates(tls: &TlsOptions) -> Result<Option<TlsCertificates>, StoreError> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| StoreError::invalid(format!("redis: {}: {e}", path.display())))
-    };
-    let client_tls = match (&tls.client_cert, &tls.client_key) {
-        (Some(cert), Some(key)) => Some(ClientTlsConfig {
-            client_cert: read(cert)?,
-            client_key: read(key)?,
-        }),
-        (None, None) => None,
-        _ => {
-            return Err(StoreError::invalid(
-                "redis: --client-cert and --client-key go together",
-            ));
-        }
-    };
-    let root_cert = tls.client_ca_keys.as_deref().map(read).transpose()?;
+/// The CA and client certificates of `tls` as Redis's client takes them, `None` when none is
+/// given: Redis's client builds its TLS configuration itself, from the files' PEM.
+fn tls_certificates(tls: &Tls) -> Option<TlsCertificates> {
+    let client_tls = tls.identity_pem().map(|(cert, key)| ClientTlsConfig {
+        client_cert: cert.to_vec(),
+        client_key: key.to_vec(),
+    });
+    let root_cert = tls.ca_pem().map(<[u8]>::to_vec);
     if client_tls.is_none() && root_cert.is_none() {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(TlsCertificates {
+    Some(TlsCertificates {
         client_tls,
         root_cert,
-    }))
+    })
 }
 
 /// The kind of failure a Redis error stands for. Credentials the server refuses fail the
@@ -476,33 +435,6 @@ fn error_kind(error: &RedisError) -> StoreErrorKind {
         ErrorKind::InvalidClientConfig => StoreErrorKind::Invalid,
         // Connections that fail or break, timeouts, and answers that are not Redis's.
         _ => StoreErrorKind::Unreachable,
-    }
-}
-
-/// The kind of a failure of every node, from the kinds of each node's failure: a refusal of
-/// the credentials, else of the request, else unreachable. The nodes of one deployment share
-/// their credentials and data, so what one of them refused the others would refuse too once
-/// they are back.
-fn most_telling(kinds: impl Iterator<Item = StoreErrorKind>) -> StoreErrorKind {
-    kinds
-        .max_by_key(|kind| match kind {
-            StoreErrorKind::Auth => 3,
-            StoreErrorKind::Rejected | StoreErrorKind::Invalid => 2,
-            StoreErrorKind::File => 1,
-            StoreErrorKind::Unreachable => 0,
-        })
-        .unwrap_or(StoreErrorKind::Unreachable)
-}
-
-/// `url` without the user name and password, for messages.
-fn without_credentials(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_string(),
     }
 }
 
@@ -795,7 +727,7 @@ struct Follower {
     /// For each hash under the prefixes, by Redis key name, the reconfd keys of its fields:
     /// what to delete when a field or the hash goes.
     hashes: HashMap<Vec<u8>, BTreeSet<String>>,
-    events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+    events: WatchSender,
 }
 
 impl Follower {
@@ -804,8 +736,7 @@ impl Follower {
     /// everything again.
     async fn run(mut self, mut sink: PubSubSink, mut messages: PubSubStream) {
         let node = self.client.nodes[self.connected.index].name.clone();
-        let mut ping =
-            tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        let mut probes = Probes::new();
         let ended = loop {
             tokio::select! {
                 message = messages.next() => match message {
@@ -816,8 +747,8 @@ impl Follower {
                     },
                     None => break format!("{node}: the notification connection closed"),
                 },
-                _ = ping.tick() => {
-                    if let Err(reason) = ping_node(&mut sink, &node).await {
+                () = probes.due() => {
+                    if let Err(reason) = Probes::check(&node, sink.ping::<Value>()).await {
                         break reason;
                     }
                 }
@@ -867,14 +798,7 @@ impl Follower {
             self.changes_of(name, held, &mut changes);
         }
         changes.retain(|change| under_any(change.key(), &self.prefixes));
-        if changes.is_empty() {
-            return Ok(true);
-        }
-        let event = WatchEvent::Changes {
-            revision: None,
-            changes,
-        };
-        Ok(self.events.send(Ok(event)).await.is_ok())
+        Ok(self.events.changes(None, changes).await)
     }
 
     /// The changes that bring the daemon's keys of the Redis key `name` to what it holds now.
@@ -911,17 +835,6 @@ impl Follower {
         if !kept.is_empty() {
             self.hashes.insert(name, kept);
         }
-    }
-}
-
-/// Pings the notification connection to `node`; an error when it does not answer.
-async fn ping_node(sink: &mut PubSubSink, node: &str) -> Result<(), String> {
-    match tokio::time::timeout(PING_TIMEOUT, sink.ping::<Value>()).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("{node}: PING: {e}")),
-        Err(_) => Err(format!(
-            "{node} did not answer a PING within {PING_TIMEOUT:?}"
-        )),
     }
 }
 
@@ -1014,15 +927,6 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_by_one_node_tells_more_than_another_node_down() {
-        use StoreErrorKind::{Auth, Rejected, Unreachable};
-        assert_eq!(most_telling([Unreachable, Auth].into_iter()), Auth);
-        assert_eq!(most_telling([Rejected, Unreachable].into_iter()), Rejected);
-        assert_eq!(most_telling([Rejected, Auth].into_iter()), Auth);
-        assert_eq!(most_telling([Unreachable].into_iter()), Unreachable);
-    }
-
-    #[test]
     fn keys_map_to_redis_names_and_back() {
         assert_eq!(
             redis_key("/proxy/frontend/web1", "/"),
@@ -1064,18 +968,23 @@ mod tests {
     }
 
     #[test]
-    fn credentials_are_left_out_of_node_names() {
+    fn passwords_are_left_out_of_node_names() {
+        let client = Client::new(&RedisOptions {
+            nodes: vec![
+                "redis://user:secret@10.0.0.1:6379/2".to_string(),
+                "rediss://:p@ss@host:6380".to_string(),
+            ],
+            separator: "/".to_string(),
+            ..RedisOptions::default()
+        })
+        .expect("valid options");
+        let names: Vec<&str> = client.nodes.iter().map(|node| node.name.as_str()).collect();
         assert_eq!(
-            without_credentials("redis://user:secret@10.0.0.1:6379/2"),
-            "redis://10.0.0.1:6379/2"
-        );
-        assert_eq!(
-            without_credentials("rediss://:p@ss@host:6380"),
-            "rediss://host:6380"
-        );
-        assert_eq!(
-            without_credentials("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
+            names,
+            [
+                "redis://user:***@10.0.0.1:6379/2",
+                "rediss://:***@host:6380"
+            ]
         );
     }
 }

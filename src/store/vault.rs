@@ -20,7 +20,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, TlsOptions, error_chain};
+use super::http::{self, error_chain};
+use super::nodes::{Node, Nodes};
+use super::tls::TlsOptions;
 use super::{KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any};
 
 /// Limit for one request.
@@ -62,7 +64,7 @@ pub enum VaultAuth {
 /// Reads secrets from Vault's KV secrets engine.
 pub struct VaultStore {
     http: reqwest::Client,
-    nodes: Vec<String>,
+    nodes: Nodes<Node>,
     auth: VaultAuth,
     kv_version: Option<u8>,
     /// The token in use and what is known of its lifetime.
@@ -84,20 +86,10 @@ struct Session {
 impl VaultStore {
     /// A store for `options`; no request is made yet.
     pub fn new(options: &VaultOptions) -> Result<VaultStore, StoreError> {
-        if options.nodes.is_empty() {
-            return Err(StoreError::invalid("vault: no node given"));
-        }
-        let https = options
-            .nodes
-            .iter()
-            .any(|node| node.starts_with("https://"));
+        let nodes = http::nodes("vault", &options.nodes)?;
         Ok(VaultStore {
-            http: http::client("vault", &options.tls, https)?,
-            nodes: options
-                .nodes
-                .iter()
-                .map(|node| node.trim_end_matches('/').to_string())
-                .collect(),
+            http: http::client("vault", &options.tls, &nodes)?,
+            nodes,
             auth: options.auth.clone(),
             kv_version: options.kv_version,
             session: tokio::sync::Mutex::new(None),
@@ -385,48 +377,50 @@ impl VaultStore {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Result<(reqwest::StatusCode, Value), StoreError> {
-        let mut failures = Vec::new();
-        for node in &self.nodes {
-            let method = reqwest::Method::from_bytes(method.as_bytes())
-                .map_err(|e| StoreError::invalid(format!("vault: {e}")))?;
-            let mut request = self
-                .http
-                .request(method, format!("{node}{path}"))
-                .timeout(REQUEST_TIMEOUT);
-            if let Some(token) = token {
-                request = request.header("X-Vault-Token", token);
-            }
-            if let Some(body) = &body {
-                request = request.json(body);
-            }
-            let response = match request.send().await {
-                Ok(response) => response,
-                Err(e) => {
-                    failures.push(format!("{node}: {}", error_chain(&e)));
-                    continue;
-                }
-            };
-            let status = response.status();
-            let answer: Value = response.json().await.unwrap_or(Value::Null);
-            if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
-                return Ok((status, answer));
-            }
-            let errors: VaultErrors = serde_json::from_value(answer).unwrap_or_default();
-            let message = format!(
-                "{node}{}: HTTP {status}: {}",
-                path_only(path),
-                errors.errors.join("; ")
-            );
-            match answer_kind(path, status) {
-                // A sealed or standby node, or one that is failing: the next may serve.
-                StoreErrorKind::Unreachable => failures.push(message),
-                kind => return Err(StoreError::new(kind, message)),
-            }
+        let method = &reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| StoreError::invalid(format!("vault: {e}")))?;
+        let body = body.as_ref();
+        self.nodes
+            .ask(|_, node| self.request_node(node, method, path, token, body))
+            .await
+    }
+
+    /// Sends a request to `node`. A sealed or standby node, or one that is failing, is
+    /// unreachable: the next may serve.
+    async fn request_node(
+        &self,
+        node: &Node,
+        method: &reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(reqwest::StatusCode, Value), StoreError> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", node.address()))
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(token) = token {
+            request = request.header("X-Vault-Token", token);
         }
-        Err(StoreError::unreachable(format!(
-            "no vault node answered ({})",
-            failures.join("; ")
-        )))
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| StoreError::unreachable(format!("{node}: {}", error_chain(&e))))?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
+            return Ok((status, answer));
+        }
+        let errors: VaultErrors = serde_json::from_value(answer).unwrap_or_default();
+        let message = format!(
+            "{node}{}: HTTP {status}: {}",
+            path_only(path),
+            errors.errors.join("; ")
+        );
+        Err(StoreError::new(answer_kind(path, status), message))
     }
 }
 

@@ -34,12 +34,11 @@ use async_trait::async_trait;
 use futures_util::FutureExt;
 use futures_util::future::join_all;
 use futures_util::stream::{self, BoxStream, FuturesUnordered, StreamExt};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::Mutex;
 use zookeeper_client as zk;
 
-use super::{
-    Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchEvent, WatchStream, under_any,
-};
+use super::watch::{self, WatchSender};
+use super::{Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any};
 
 /// Asked of the servers for each session: a server that does not hear from reconfd for this
 /// long ends its session.
@@ -51,9 +50,6 @@ const BATCH: usize = 500;
 
 /// Multi-read requests in flight at once, so the server always has the next one to answer.
 const IN_FLIGHT: usize = 4;
-
-/// Watch events buffered for the daemon, which applies everything queued in one go.
-const WATCH_CAPACITY: usize = 64;
 
 /// How to reach ZooKeeper.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -129,7 +125,8 @@ impl Store for ZookeeperStore {
     }
 
     /// Sets a persistent recursive watch on the parent of each prefix, reads every key, and
-    /// reports a [`WatchEvent::Replace`] first when that differs from `snapshot`.
+    /// reports a [`WatchEvent::Replace`](super::WatchEvent::Replace) first when that differs
+    /// from `snapshot`.
     async fn watch(
         &self,
         prefixes: &[String],
@@ -156,15 +153,14 @@ impl Store for ZookeeperStore {
             self.servers,
             prefixes.join(", ")
         );
-        let (events, stream) = mpsc::channel(WATCH_CAPACITY);
-        if entries != snapshot.entries {
-            let replace = WatchEvent::Replace(Snapshot {
+        let (events, stream) = if entries == snapshot.entries {
+            watch::channel()
+        } else {
+            watch::channel_replacing(Snapshot {
                 entries,
                 revision: None,
-            });
-            // The receiver is still here, so the send cannot fail.
-            let _ = events.send(Ok(replace)).await;
-        }
+            })
+        };
         let follower = Follower {
             client: client.clone(),
             servers: self.servers.clone(),
@@ -558,7 +554,7 @@ struct Follower {
     client: zk::Client,
     servers: String,
     prefixes: Vec<String>,
-    events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+    events: WatchSender,
 }
 
 impl Follower {
@@ -619,11 +615,7 @@ impl Follower {
         let changes = Reader::new(&self.client, &self.servers)
             .current(paths)
             .await?;
-        let event = WatchEvent::Changes {
-            revision: None,
-            changes,
-        };
-        Ok(self.events.send(Ok(event)).await.is_ok())
+        Ok(self.events.changes(None, changes).await)
     }
 }
 

@@ -274,7 +274,7 @@ pub struct TemplateError {
 }
 
 impl TemplateError {
-    fn from_tera(template: &str, error: &tera::Error) -> TemplateError {
+    fn from_tera(template: &str, error: &tera::Error, source: Option<&str>) -> TemplateError {
         match error.kind() {
             ErrorKind::SyntaxError(report) | ErrorKind::RenderingError(report) => {
                 let span = report.span();
@@ -283,9 +283,10 @@ impl TemplateError {
                 } else {
                     report.filename()
                 };
+                let at = source.and_then(|source| source.get(span.range.clone()));
                 TemplateError {
                     location: format!("{file}:{}:{}", span.start_line, span.start_col + 1),
-                    message: report.message().to_string(),
+                    message: explained(report.message(), at),
                     may_pass: false,
                 }
             }
@@ -295,6 +296,22 @@ impl TemplateError {
                 may_pass: false,
             },
         }
+    }
+}
+
+/// Tera's `message` for a fault at the source text `at`, with what it names and, for the
+/// habits a confd template brings, how to write it in Tera.
+fn explained(message: &str, at: Option<&str>) -> String {
+    match (message, at) {
+        ("Unknown tag", Some(tag)) => format!(
+            "unknown tag `{tag}` (tags are Tera's: if, for, set, include, macro, ...; confd's \
+             functions are called inside {{{{ }}}})"
+        ),
+        (message, _) if message.starts_with("Found string but expected identifier") => format!(
+            "{message} Function arguments are passed by name: write `getv(key=\"/a/b\")`, \
+             not `getv(\"/a/b\")`."
+        ),
+        (message, _) => message.to_string(),
     }
 }
 
@@ -331,7 +348,7 @@ impl Renderer {
         helpers::register(&mut tera);
         dns::register(&mut tera, resolver);
         tera.add_raw_template(name, source)
-            .map_err(|e| TemplateError::from_tera(name, &e))?;
+            .map_err(|e| TemplateError::from_tera(name, &e, Some(source)))?;
         Ok(Renderer {
             tera,
             name: name.to_string(),
@@ -375,7 +392,7 @@ impl Renderer {
             });
         }
         if let Err(e) = rendered {
-            let mut error = TemplateError::from_tera(&self.name, &e);
+            let mut error = TemplateError::from_tera(&self.name, &e, None);
             error.may_pass = scope.may_pass();
             return Err(error);
         }
@@ -443,6 +460,29 @@ mod tests {
             .err()
             .expect("syntax error");
         assert!(err.location.starts_with("t/app.tmpl:2:"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_tag_is_named() {
+        let err = Renderer::from_source("t.tmpl", "a\n{% range $x %}\n", Resolver::System)
+            .err()
+            .expect("unknown tag");
+        assert!(
+            err.to_string()
+                .starts_with("t.tmpl:2:4: unknown tag `range`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_positional_argument_gets_a_hint_to_name_it() {
+        let err = Renderer::from_source("t.tmpl", "{{ getv(\"/x\") }}", Resolver::System)
+            .err()
+            .expect("positional argument");
+        assert!(
+            err.to_string().contains("write `getv(key=\"/a/b\")`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub struct Etcd {
 /// A blocking HTTP client for tests. reqwest is built without a default crypto provider, so
 /// ring is installed first.
 pub fn http_client() -> reqwest::blocking::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    reconfd::store::tls::install_provider();
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .no_proxy()
@@ -62,7 +62,7 @@ pub fn http_client() -> reqwest::blocking::Client {
 
 /// A client that trusts the test CA and presents the test client certificate.
 fn tls_client(certificates: &Certificates) -> reqwest::blocking::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    reconfd::store::tls::install_provider();
     let read = |path: &PathBuf| std::fs::read(path).expect("certificate file");
     let mut identity = read(&certificates.client_cert);
     identity.extend(read(&certificates.client_key));

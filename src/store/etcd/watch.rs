@@ -2,12 +2,12 @@
 //! covers every prefix.
 //!
 //! Nothing is missed and nothing is replayed: the watch starts right after the revision up to
-//! which a prefix's changes were delivered (kept in [`Client::progress`] for each prefix), or
-//! right after the snapshot's read revision when that is later, and changes a prefix was
-//! already given are dropped. A watch refused because etcd compacted that revision, or because
-//! etcd is behind it (restored from a backup, rebuilt empty), becomes a full read, reported as
-//! a replacement; that read becomes the only progress, and the same stream goes on with the
-//! changes right after it.
+//! which a prefix's changes were delivered (kept in [`Client::progress`]), or right after the
+//! snapshot's read revision when that is later, and changes a prefix was already given are
+//! dropped. A watch refused because etcd compacted that revision, or because etcd is behind it
+//! (restored from a backup, rebuilt empty), becomes a full read, reported as a replacement;
+//! that read becomes the only progress, and the same stream goes on with the changes right
+//! after it.
 //!
 //! A transaction is delivered whole, as one event. etcd puts every event of one revision that a
 //! watcher matches into one message (a watcher catching up gets many revisions in a message,
@@ -29,7 +29,7 @@
 //!
 //! A watch ends, and the daemon opens a new one (on the next node if need be), when its stream
 //! breaks, when etcd cancels it (a member losing its leader does, as the request asks), or when
-//! the node stops answering the probe sent every [`PROBE_INTERVAL`].
+//! the node stops answering the liveness [`Probes`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -39,31 +39,21 @@ use std::time::Duration;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{
     BASE64, Client, EtcdError, GatewayError, Header, KeyValue, Order, REQUEST_TIMEOUT,
-    RangeResponse, error_chain, int64, no_node_answered, prefix_range, range_request,
+    RangeResponse, error_chain, int64, prefix_range, range_request,
 };
-use crate::store::{Change, Snapshot, StoreError, WatchEvent, WatchStream};
-
-/// Watch events buffered for the daemon. The daemon drains whatever is queued before it
-/// renders, so the buffer only needs to absorb a burst.
-const WATCH_CAPACITY: usize = 256;
+use crate::store::nodes::Node;
+use crate::store::watch::{self, Probes, WatchSender};
+use crate::store::{Change, Snapshot, WatchStream};
 
 /// With a watcher per prefix (etcd refused the watch over the range covering them all), how
 /// long changes wait for the other watchers' share of their revision. etcd sends the shares
 /// back to back, yet under load one can come later still: this bounds the wait, it does not
 /// make the merge exact. Only that fallback pays it, so it errs on the long side.
 const SPLIT_MERGE_WINDOW: Duration = Duration::from_millis(100);
-
-/// How often the watched node is asked whether it still answers: a node that accepts
-/// connections but no longer serves (stopped, wedged) would otherwise hold the watch silently.
-const PROBE_INTERVAL: Duration = Duration::from_secs(20);
-
-/// How long the probe waits; etcd answers it in about a millisecond.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens the watch of `prefixes` on the first node that accepts it. When etcd cannot serve the
 /// changes since the revisions seen (compacted, or restored behind them), the stream starts
@@ -74,14 +64,11 @@ pub(super) async fn start(
     snapshot: &Snapshot,
 ) -> Result<WatchStream, EtcdError> {
     let starts = start_revisions(&client, prefixes, snapshot);
-    let (events, stream) = mpsc::channel(WATCH_CAPACITY);
-    let connection = match open_on_any_node(&client, prefixes, &starts).await? {
-        Opened::Watching(connection) => Some(*connection),
+    let ((events, stream), connection) = match open_on_any_node(&client, prefixes, &starts).await? {
+        Opened::Watching(connection) => (watch::channel(), Some(*connection)),
         Opened::Stale(reason) => {
             let (snapshot, connection) = read_again(&client, prefixes, &reason).await?;
-            // The channel is new and has room for this one event.
-            let _ = events.try_send(Ok(WatchEvent::Replace(snapshot)));
-            connection
+            (watch::channel_replacing(snapshot), connection)
         }
     };
     // Without a connection the stream ends after the read, and the daemon watches again.
@@ -91,66 +78,72 @@ pub(super) async fn start(
     Ok(stream)
 }
 
-/// Sends the watch request for `prefixes` from `starts` to each node in turn, from the
-/// preferred one, until one accepts it or says it cannot serve those revisions. A node that
-/// refuses the one watcher over the range covering every prefix is asked for one watcher per
-/// prefix at once.
+/// Sends the watch request for `prefixes` from `starts` to each node in turn, as
+/// [`Nodes::ask`](crate::store::nodes::Nodes::ask) does, until one accepts it or says it
+/// cannot serve those revisions. A node that refuses the one watcher over the range covering
+/// every prefix is asked for one watcher per prefix at once.
 async fn open_on_any_node(
     client: &Client,
     prefixes: &[String],
     starts: &[Option<i64>],
 ) -> Result<Opened, EtcdError> {
-    let mut failures = Vec::new();
-    let nodes: Vec<(usize, String)> = client
-        .nodes_from_preferred()
-        .map(|(index, node)| (index, node.clone()))
-        .collect();
-    for (index, node) in nodes {
-        let node = node.as_str();
-        let mut answer = open_in_time(client, node, Request::covering(prefixes, starts)).await;
-        if matches!(answer, Ok(Answer::NotPermitted)) {
-            if !client.split_watch_told.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    "etcd: {node} refuses to watch the range covering every prefix (permission \
-                     denied); watching each prefix on its own, so the parts of a transaction \
-                     over several prefixes are gathered by waiting {SPLIT_MERGE_WINDOW:?} and \
-                     a render may see only part of one under load. Allowing the user to read \
-                     from {:?} to the end of {:?} makes this exact",
-                    prefixes.first().map_or("", String::as_str),
-                    prefixes.last().map_or("", String::as_str),
-                );
-            }
-            answer = open_in_time(client, node, Request::split(prefixes, starts)).await;
+    client
+        .nodes
+        .ask(|index, node| open_on(client, index, node, prefixes, starts))
+        .await
+}
+
+/// Sends the watch request for `prefixes` from `starts` to `node`, the one at `index`.
+async fn open_on(
+    client: &Client,
+    index: usize,
+    node: &Node,
+    prefixes: &[String],
+    starts: &[Option<i64>],
+) -> Result<Opened, EtcdError> {
+    let mut answer = open_in_time(client, index, node, Request::covering(prefixes, starts)).await;
+    if matches!(answer, Ok(Answer::NotPermitted)) {
+        if !client.split_watch_told.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "etcd: {node} refuses to watch the range covering every prefix (permission \
+                 denied); watching each prefix on its own, so the parts of a transaction \
+                 over several prefixes are gathered by waiting {SPLIT_MERGE_WINDOW:?} and \
+                 a render may see only part of one under load. Allowing the user to read \
+                 from {:?} to the end of {:?} makes this exact",
+                prefixes.first().map_or("", String::as_str),
+                prefixes.last().map_or("", String::as_str),
+            );
         }
-        // Only a watch over several prefixes is refused so, and a split one never is.
-        let opened = answer.and_then(|answer| match answer {
-            Answer::Opened(opened) => Ok(opened),
-            Answer::NotPermitted => Err(EtcdError::Rejected(format!(
+        answer = open_in_time(client, index, node, Request::split(prefixes, starts)).await;
+    }
+    // Only a watch over several prefixes is refused so, and a split one never is.
+    let opened = match answer? {
+        Answer::Opened(opened) => opened,
+        Answer::NotPermitted => {
+            return Err(EtcdError::Rejected(format!(
                 "{node}: permission denied to watch {}",
                 prefixes.join(", ")
-            ))),
-        });
-        match opened {
-            Ok(Opened::Watching(connection)) => {
-                client.preferred.store(index, Ordering::Relaxed);
-                tracing::debug!(
-                    "etcd: watching {} prefixes on {node} with {} watchers",
-                    prefixes.len(),
-                    connection.watchers
-                );
-                return Ok(Opened::Watching(connection));
-            }
-            Ok(stale @ Opened::Stale(_)) => return Ok(stale),
-            Err(EtcdError::Unreachable(message)) => failures.push(message),
-            Err(other) => return Err(other),
+            )));
         }
+    };
+    if let Opened::Watching(connection) = &opened {
+        tracing::debug!(
+            "etcd: watching {} prefixes on {node} with {} watchers",
+            prefixes.len(),
+            connection.watchers
+        );
     }
-    Err(no_node_answered(&failures))
+    Ok(opened)
 }
 
 /// [`open`] within the request time limit.
-async fn open_in_time(client: &Client, node: &str, request: Request) -> Result<Answer, EtcdError> {
-    tokio::time::timeout(REQUEST_TIMEOUT, open(client, node, request))
+async fn open_in_time(
+    client: &Client,
+    index: usize,
+    node: &Node,
+    request: Request,
+) -> Result<Answer, EtcdError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, open(client, index, node, request))
         .await
         .unwrap_or_else(|_| {
             Err(EtcdError::Unreachable(format!(
@@ -173,7 +166,7 @@ async fn read_again(
 ) -> Result<(Snapshot, Option<Connection>), EtcdError> {
     tracing::info!("etcd: {reason}; reading every key again");
     let snapshot = client.fetch(prefixes).await?;
-    restart_progress(client, prefixes, snapshot.revision);
+    client.progress().restart(prefixes, snapshot.revision);
     let starts = start_revisions(client, prefixes, &snapshot);
     let connection = match open_on_any_node(client, prefixes, &starts).await {
         Ok(Opened::Watching(connection)) => {
@@ -203,16 +196,10 @@ async fn read_again(
 /// the snapshot's read when that is later. `None` (start now) only for a snapshot without a
 /// revision and a prefix never watched, which a fetch from etcd never gives.
 fn start_revisions(client: &Client, prefixes: &[String], snapshot: &Snapshot) -> Vec<Option<i64>> {
-    let progress = client.progress.lock().unwrap_or_else(|e| e.into_inner());
+    let progress = client.progress();
     prefixes
         .iter()
-        .map(|prefix| {
-            progress
-                .get(prefix)
-                .copied()
-                .max(snapshot.revision)
-                .map(|seen| seen + 1)
-        })
+        .map(|prefix| progress.start(prefix, snapshot.revision))
         .collect()
 }
 
@@ -347,8 +334,14 @@ enum Answer {
     NotPermitted,
 }
 
-/// Sends the watch request to `node` and waits until etcd confirms every watcher.
-async fn open(client: &Client, node: &str, request: Request) -> Result<Answer, EtcdError> {
+/// Sends the watch request to `node`, the one at `index`, and waits until etcd confirms every
+/// watcher.
+async fn open(
+    client: &Client,
+    index: usize,
+    node: &Node,
+    request: Request,
+) -> Result<Answer, EtcdError> {
     let response = client
         .send_to(node, "/v3/watch", &request.body, None)
         .await?;
@@ -360,7 +353,8 @@ async fn open(client: &Client, node: &str, request: Request) -> Result<Answer, E
     // Splitting the covering watch only helps when it covers more than one prefix.
     let may_split = matches!(&layout, Layout::Covering(wanted) if wanted.len() > 1);
     let mut connection = Connection {
-        node: node.to_string(),
+        index,
+        node: node.clone(),
         response,
         buffer: Vec::new(),
         early: VecDeque::new(),
@@ -405,7 +399,11 @@ async fn open(client: &Client, node: &str, request: Request) -> Result<Answer, E
 /// What a cancelled watcher means: a full read after a compaction (`Ok`, with the reason), a
 /// new login and another node after an authentication failure or a lost leader, an error
 /// otherwise.
-fn cancellation(client: &Client, node: &str, message: &WatchResponse) -> Result<String, EtcdError> {
+fn cancellation(
+    client: &Client,
+    node: &Node,
+    message: &WatchResponse,
+) -> Result<String, EtcdError> {
     if message.compact_revision > 0 {
         return Ok(format!(
             "revision {} was compacted",
@@ -474,36 +472,20 @@ impl Held {
         &mut self,
         client: &Client,
         prefixes: &[String],
-        events: &mpsc::Sender<Result<WatchEvent, StoreError>>,
+        events: &WatchSender,
     ) -> bool {
         self.due = None;
         for (revision, (changes, watchers)) in std::mem::take(&mut self.revisions) {
-            if !send(events, revision, changes).await {
+            if !events.changes(Some(revision), changes).await {
                 return false;
             }
+            let mut progress = client.progress();
             for watcher in watchers {
-                record_progress(client, &prefixes[watcher], revision);
+                progress.advance(&prefixes[watcher], revision);
             }
         }
         true
     }
-}
-
-/// Queues the `changes` of `revision` for the daemon, if there are any. False when the daemon
-/// stopped listening.
-async fn send(
-    events: &mpsc::Sender<Result<WatchEvent, StoreError>>,
-    revision: i64,
-    changes: Vec<Change>,
-) -> bool {
-    if changes.is_empty() {
-        return true;
-    }
-    let event = WatchEvent::Changes {
-        revision: Some(revision),
-        changes,
-    };
-    events.send(Ok(event)).await.is_ok()
 }
 
 /// Turns a watch stream's messages into watch events until the stream ends or the daemon
@@ -513,10 +495,10 @@ async fn follow(
     client: Arc<Client>,
     mut connection: Connection,
     prefixes: Vec<String>,
-    events: mpsc::Sender<Result<WatchEvent, StoreError>>,
+    events: WatchSender,
 ) {
     let mut held = Held::default();
-    let mut probe = tokio::time::interval_at(Instant::now() + PROBE_INTERVAL, PROBE_INTERVAL);
+    let mut probes = Probes::new();
     let ended = loop {
         let due = held.due;
         let message = tokio::select! {
@@ -527,7 +509,7 @@ async fn follow(
                 }
                 continue;
             }
-            _ = probe.tick() => {
+            () = probes.due() => {
                 if !held.deliver(&client, &prefixes, &events).await {
                     return;
                 }
@@ -536,7 +518,7 @@ async fn follow(
                     Err(reason) => {
                         // The next watch starts on another node rather than waiting for this
                         // one to time out again.
-                        client.avoid(&connection.node);
+                        client.nodes.avoid(connection.index);
                         break reason;
                     }
                 }
@@ -559,11 +541,7 @@ async fn follow(
             match cancellation(&client, &connection.node, &message) {
                 Ok(reason) => match read_again(&client, &prefixes, &reason).await {
                     Ok((snapshot, reopened)) => {
-                        if events
-                            .send(Ok(WatchEvent::Replace(snapshot)))
-                            .await
-                            .is_err()
-                        {
+                        if !events.replace(snapshot).await {
                             return;
                         }
                         match reopened {
@@ -575,7 +553,7 @@ async fn follow(
                         }
                     }
                     Err(error) => {
-                        let _ = events.send(Err(error.into_store())).await;
+                        events.fail(error.into_store()).await;
                         return;
                     }
                 },
@@ -600,9 +578,9 @@ async fn follow(
             }
             let revision = message.header.revision;
             if covering {
-                record_progress_of_all(&client, &prefixes, revision);
+                client.progress().advance_all(&prefixes, revision);
             } else {
-                record_progress(&client, &prefixes[watcher], revision);
+                client.progress().advance(&prefixes[watcher], revision);
             }
             continue;
         }
@@ -611,45 +589,17 @@ async fn follow(
         });
         for (revision, changes) in runs {
             if covering {
-                if !send(&events, revision, changes).await {
+                if !events.changes(Some(revision), changes).await {
                     return;
                 }
                 // A revision with nothing under the prefixes was delivered too, trivially.
-                record_progress_of_all(&client, &prefixes, revision);
+                client.progress().advance_all(&prefixes, revision);
             } else {
                 held.add(revision, changes, watcher);
             }
         }
     };
     tracing::info!("etcd: {ended}; watching again");
-}
-
-/// Records that `prefix`'s changes up to `revision` were delivered. Within one etcd history
-/// revisions only grow, so a late notification never moves the start back.
-fn record_progress(client: &Client, prefix: &str, revision: i64) {
-    let mut progress = client.progress.lock().unwrap_or_else(|e| e.into_inner());
-    let seen = progress.entry(prefix.to_string()).or_insert(revision);
-    *seen = (*seen).max(revision);
-}
-
-/// Records that every prefix's changes up to `revision` were delivered: the watcher over the
-/// range covering them all went past it.
-fn record_progress_of_all(client: &Client, prefixes: &[String], revision: i64) {
-    for prefix in prefixes {
-        record_progress(client, prefix, revision);
-    }
-}
-
-/// Makes a full read at `revision` the only progress: every prefix read starts right after it,
-/// even when that is behind what was delivered before (etcd restored or rebuilt). Prefixes
-/// not read are forgotten, as what was delivered for them may belong to a history etcd no
-/// longer has.
-fn restart_progress(client: &Client, prefixes: &[String], revision: Option<i64>) {
-    let mut progress = client.progress.lock().unwrap_or_else(|e| e.into_inner());
-    progress.clear();
-    if let Some(revision) = revision {
-        progress.extend(prefixes.iter().map(|prefix| (prefix.clone(), revision)));
-    }
 }
 
 /// A watcher's events grouped by the revision that made them, in order, keeping those whose
@@ -684,25 +634,22 @@ fn by_revision(events: &[Event], wanted: impl Fn(&[u8], i64) -> bool) -> Vec<(i6
     runs
 }
 
-/// Asks `node` for the number of keys under `prefix`, within the request time limit.
-async fn probe_node(client: &Client, node: &str, prefix: &str) -> Result<(), String> {
+/// Asks `node` for the number of keys under `prefix`: the watch's liveness probe.
+async fn probe_node(client: &Client, node: &Node, prefix: &str) -> Result<(), String> {
     let (key, range_end) = prefix_range(prefix);
     let request = range_request(&key, &range_end, 0, Order::CountOnly).to_string();
-    match tokio::time::timeout(
-        PROBE_TIMEOUT,
+    Probes::check(
+        node,
         client.call_node::<RangeResponse>(node, "/v3/kv/range", &request),
     )
     .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(format!("{node} stopped answering: {error}")),
-        Err(_) => Err(format!("{node} did not answer within {PROBE_TIMEOUT:?}")),
-    }
 }
 
 /// The response of a watch request, read message by message.
 struct Connection {
-    node: String,
+    /// The node's index in [`Client::nodes`].
+    index: usize,
+    node: Node,
     response: reqwest::Response,
     /// Bytes received but not yet a whole message.
     buffer: Vec<u8>,
@@ -758,7 +705,9 @@ impl Connection {
                 // next watch starts again before it.
                 return match serde_json::from_slice::<WatchMessage>(&line) {
                     Ok(WatchMessage::Result(message)) => Ok(message),
-                    Ok(WatchMessage::Error(error)) => Err(Ended::Refused(error, self.node.clone())),
+                    Ok(WatchMessage::Error(error)) => {
+                        Err(Ended::Refused(error, self.node.to_string()))
+                    }
                     Err(e) => Err(Ended::Stream(format!(
                         "{}: unreadable watch message: {e}",
                         self.node
@@ -821,6 +770,7 @@ struct Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::WatchEvent;
 
     fn parse(line: &str) -> WatchResponse {
         match serde_json::from_str(line).expect("parses") {
@@ -955,7 +905,7 @@ mod tests {
             }
         }
         assert!(held.due.is_some());
-        let (events, mut stream) = mpsc::channel(8);
+        let (events, mut stream) = watch::channel();
         assert!(held.deliver(&client, &prefixes, &events).await);
         assert!(held.due.is_none() && held.revisions.is_empty());
         for (revision, value) in [(2, "1"), (3, "2")] {
@@ -987,8 +937,8 @@ mod tests {
         })
         .expect("client");
         let prefixes = ["/a".to_string(), "/b".to_string()];
-        record_progress(&client, "/a", 612);
-        record_progress(&client, "/gone", 700);
+        client.progress().advance("/a", 612);
+        client.progress().advance("/gone", 700);
         let old = Snapshot {
             revision: Some(500),
             ..Snapshot::default()
@@ -1002,7 +952,7 @@ mod tests {
             revision: Some(3),
             ..Snapshot::default()
         };
-        restart_progress(&client, &prefixes, read.revision);
+        client.progress().restart(&prefixes, read.revision);
         assert_eq!(
             start_revisions(&client, &prefixes, &read),
             [Some(4), Some(4)]
@@ -1012,8 +962,8 @@ mod tests {
             [Some(4)]
         );
         // Within the new history, progress grows again.
-        record_progress(&client, "/a", 9);
-        record_progress(&client, "/a", 5);
+        client.progress().advance("/a", 9);
+        client.progress().advance("/a", 5);
         assert_eq!(
             start_revisions(&client, &prefixes, &read),
             [Some(10), Some(4)]
