@@ -8,15 +8,13 @@
 //! the current one. Nothing here fails over: that is the store's policy, across node clients.
 
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
@@ -28,15 +26,15 @@ use tonic::{Code, Status};
 
 use super::proto::etcdserverpb::auth_client::AuthClient;
 use super::proto::etcdserverpb::kv_client::KvClient;
-use super::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use super::proto::etcdserverpb::watch_client::WatchClient;
 use super::proto::etcdserverpb::watch_request::RequestUnion;
 use super::proto::etcdserverpb::{
-    AuthenticateRequest, RangeRequest, RangeResponse, StatusRequest, WatchCreateRequest,
-    WatchProgressRequest, WatchRequest, WatchResponse,
+    AuthenticateRequest, RangeRequest, RangeResponse, WatchCreateRequest, WatchRequest,
+    WatchResponse,
 };
 use super::proto::mvccpb;
 use crate::store::http::error_chain;
+use crate::store::nodes::redact;
 use crate::store::{StoreError, StoreErrorKind};
 
 /// etcd's own client accepts answers of up to 2 GiB (`math.MaxInt32`); tonic's default of 4 MiB
@@ -66,9 +64,9 @@ pub(crate) struct ConnectOptions {
     pub(crate) connect_timeout: Duration,
     /// Limit for one unary call, authentication included, and for a watcher to be created.
     pub(crate) request_timeout: Duration,
-    /// TLS for `https` nodes; without it, the system's CA certificates and no client
-    /// certificate.
-    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS for `https` nodes: the configuration [`Tls`](crate::store::tls::Tls) builds from the
+    /// `--client-*` settings.
+    pub(crate) tls: Arc<rustls::ClientConfig>,
     /// User and password for etcd's authentication.
     pub(crate) credentials: Option<Credentials>,
 }
@@ -141,6 +139,7 @@ impl KeyRange {
 }
 
 /// Keys read at one revision.
+#[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct RangeRead {
     /// The keys with their values and revisions, in key order.
@@ -159,6 +158,7 @@ pub(crate) struct RangeCount {
 }
 
 /// What a member says of itself.
+#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct MemberStatus {
     /// The store's revision on this member.
@@ -189,7 +189,8 @@ impl NodeClient {
         node: &str,
         options: &ConnectOptions,
     ) -> Result<NodeClient, StoreError> {
-        let invalid = |message: String| StoreError::invalid(format!("etcd: {node}: {message}"));
+        let invalid =
+            |message: String| StoreError::invalid(format!("etcd: {}: {message}", redact(node)));
         let endpoint = Endpoint::from_shared(node.to_string())
             .map_err(|e| invalid(error_chain(&e)))?
             .connect_timeout(options.connect_timeout)
@@ -199,12 +200,8 @@ impl NodeClient {
         let connected = match endpoint.uri().scheme_str() {
             Some("http") => endpoint.connect().await,
             Some("https") => {
-                let tls = match &options.tls {
-                    Some(tls) => Arc::clone(tls),
-                    None => Arc::new(client_tls_config(None, None)?),
-                };
                 endpoint
-                    .connect_with_connector(TlsConnector::new(&tls))
+                    .connect_with_connector(TlsConnector::new(&options.tls))
                     .await
             }
             _ => {
@@ -213,10 +210,11 @@ impl NodeClient {
                 ));
             }
         };
-        let channel = connected
-            .map_err(|e| StoreError::unreachable(format!("etcd: {node}: {}", error_chain(&e))))?;
+        let channel = connected.map_err(|e| {
+            StoreError::unreachable(format!("etcd: {}: {}", redact(node), error_chain(&e)))
+        })?;
         Ok(NodeClient {
-            node: node.to_string(),
+            node: redact(node),
             channel,
             request_timeout: options.request_timeout,
             credentials: options.credentials.clone(),
@@ -225,7 +223,8 @@ impl NodeClient {
     }
 
     /// Every key of `range` at `revision` (0: the current one), in pages of `page_size` keys (0:
-    /// all in one answer).
+    /// all in one answer). The store takes the pages one by one instead.
+    #[cfg(test)]
     pub(crate) async fn range(
         &self,
         range: &KeyRange,
@@ -280,8 +279,12 @@ impl NodeClient {
         })
     }
 
-    /// The member's revision and version.
+    /// The member's revision and version. The store probes a node by counting instead, which
+    /// also proves that it may still read.
+    #[cfg(test)]
     pub(crate) async fn status(&self) -> Result<MemberStatus, StoreError> {
+        use super::proto::etcdserverpb::StatusRequest;
+        use super::proto::etcdserverpb::maintenance_client::MaintenanceClient;
         let answer = self
             .unary("status", StatusRequest {}, |channel, request| async move {
                 MaintenanceClient::new(channel).status(request).await
@@ -344,6 +347,7 @@ impl NodeClient {
             if created.created && !created.canceled {
                 return Ok(Watcher {
                     node: self.node.clone(),
+                    created_revision: created.header.as_ref().map_or(0, |header| header.revision),
                     requests,
                     responses,
                 });
@@ -534,6 +538,13 @@ fn pinned_revision(asked: i64, answer: &RangeResponse) -> i64 {
 /// stream.
 pub(crate) struct Watcher {
     node: String,
+    created_revision: i64,
+    /// Held while the watcher lives, so that the request stream stays open; the store sends
+    /// nothing on it, as etcd 3.4 answers progress requests out of order.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "held to keep the request stream open")
+    )]
     requests: mpsc::Sender<WatchRequest>,
     responses: tonic::Streaming<WatchResponse>,
 }
@@ -565,6 +576,11 @@ pub(crate) enum WatchMessage {
 }
 
 impl Watcher {
+    /// The store's revision when etcd created the watcher; 0 when the answer did not say.
+    pub(crate) fn created_revision(&self) -> i64 {
+        self.created_revision
+    }
+
     /// The next message, or `None` when etcd ended the stream without an error.
     pub(crate) async fn next(&mut self) -> Result<Option<WatchMessage>, StoreError> {
         let answer = self.responses.message().await.map_err(|status| {
@@ -597,60 +613,16 @@ impl Watcher {
 
     /// Asks etcd for the revision the stream has reached; the answer comes as a
     /// [`WatchMessage::Progress`]. etcd 3.4's gRPC proxy leaves the request unanswered.
+    #[cfg(test)]
     pub(crate) async fn request_progress(&self) -> Result<(), StoreError> {
         let request = WatchRequest {
-            request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
+            request_union: Some(RequestUnion::ProgressRequest(
+                super::proto::etcdserverpb::WatchProgressRequest {},
+            )),
         };
         self.requests.send(request).await.map_err(|_| {
             StoreError::unreachable(format!("etcd: {}: the watch stream is closed", self.node))
         })
-    }
-}
-
-/// A client TLS config from PEM files: the CA certificates that sign the nodes' certificates
-/// (without them, the system's) and a client certificate with its key.
-pub(crate) fn client_tls_config(
-    ca: Option<&Path>,
-    client: Option<(&Path, &Path)>,
-) -> Result<rustls::ClientConfig, StoreError> {
-    let invalid = |path: &Path, message: String| {
-        StoreError::invalid(format!("etcd: {}: {message}", path.display()))
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        Some(path) => {
-            for certificate in
-                CertificateDer::pem_file_iter(path).map_err(|e| invalid(path, e.to_string()))?
-            {
-                let certificate = certificate.map_err(|e| invalid(path, e.to_string()))?;
-                roots
-                    .add(certificate)
-                    .map_err(|e| invalid(path, e.to_string()))?;
-            }
-        }
-        None => {
-            // Unreadable system certificates are skipped: the nodes' may be among the rest.
-            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| StoreError::invalid(format!("etcd: TLS: {e}")))?
-    .with_root_certificates(roots);
-    match client {
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| invalid(cert, e.to_string()))?;
-            let key_der =
-                PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(key, e.to_string()))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| invalid(cert, e.to_string()))
-        }
-        None => Ok(builder.with_no_client_auth()),
     }
 }
 

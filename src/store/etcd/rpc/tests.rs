@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use super::*;
@@ -15,9 +15,19 @@ use crate::store::etcd::proto::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest,
 };
 use crate::store::etcd::proto::{authpb, mvccpb};
+use crate::store::tls::{Tls, TlsOptions};
 
 /// Longest wait for a server to come up: generous, as a loaded machine starts etcd slowly.
 const STARTUP: Duration = Duration::from_secs(30);
+
+/// The store's TLS configuration for `options` (none: plain TCP only).
+fn tls_config(options: Option<TlsOptions>) -> Arc<rustls::ClientConfig> {
+    let options = options.unwrap_or_default();
+    let config = Tls::read("etcd", &options)
+        .and_then(|tls| tls.client_config("etcd", false))
+        .expect("TLS config");
+    Arc::new(config)
+}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -247,15 +257,12 @@ impl Server {
     }
 
     fn options(&self) -> ConnectOptions {
-        let tls = self.certificates.as_ref().map(|certificates| {
-            Arc::new(
-                client_tls_config(
-                    Some(&certificates.ca),
-                    Some((&certificates.client_cert, &certificates.client_key)),
-                )
-                .expect("TLS config"),
-            )
-        });
+        let tls = tls_config(self.certificates.as_ref().map(|certificates| TlsOptions {
+            client_ca_keys: Some(certificates.ca.clone()),
+            client_cert: Some(certificates.client_cert.clone()),
+            client_key: Some(certificates.client_key.clone()),
+            client_insecure: false,
+        }));
         ConnectOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(20),
@@ -870,9 +877,10 @@ async fn tls_with_a_client_certificate() {
 
     let certificates = etcd.certificates.as_ref().expect("TLS");
     let without_client_certificate = ConnectOptions {
-        tls: Some(Arc::new(
-            client_tls_config(Some(&certificates.ca), None).expect("TLS config"),
-        )),
+        tls: tls_config(Some(TlsOptions {
+            client_ca_keys: Some(certificates.ca.clone()),
+            ..TlsOptions::default()
+        })),
         ..etcd.options()
     };
     let refused = match NodeClient::connect(&etcd.url(), &without_client_certificate).await {
@@ -956,7 +964,7 @@ async fn etcd_cpu_seconds(http: &reqwest::Client, etcd: &Server) -> f64 {
         .expect("process_cpu_seconds_total")
 }
 
-/// Reads `range` through etcd's HTTP/JSON gateway as the store does today: pages of
+/// Reads `range` through etcd's HTTP/JSON gateway as the store did before it spoke gRPC: pages of
 /// `page_size` keys (0: one page) at the first page's revision, JSON parsed and keys and values
 /// decoded from base64. Returns the keys read and the bytes of JSON received.
 async fn gateway_range(
