@@ -1,11 +1,14 @@
 //! The etcd store against real etcd servers started on loopback ports: onetime reads across
 //! pages, watch mode with puts, deletes and bursts, an etcd restart, failover in a
 //! three-member cluster, compaction past the watched revision, transactions over two
-//! prefixes (live, caught up after a reconnect, and for a user who may read only the
-//! prefixes), authentication with token renewal, and TLS with client certificates.
+//! prefixes (live, caught up after a reconnect, for a user who may read only the prefixes,
+//! and 2,000 of them with the destination read all along), authentication with token
+//! renewal, and TLS with client certificates.
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::etcd::Etcd;
@@ -817,5 +820,67 @@ fn wait_collapses_fifty_quick_changes_into_one_reload() {
             .is_ok_and(|text| text.ends_with("server web0 10.0.0.50:80\n--\n")),
         "the reload saw the final file"
     );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// Checks that every line of `text` holds the same value for `a` and `b`; `what` names the
+/// lines in the failure. Returns how many lines there were.
+fn count_whole_states(text: &str, what: &str) -> usize {
+    for line in text.lines() {
+        let values: Vec<&str> = line.split(' ').map(|part| &part[2..]).collect();
+        assert_eq!(values[0], values[1], "a torn {what}: {line}");
+    }
+    text.lines().count()
+}
+
+#[test]
+fn two_thousand_transactions_are_never_staged_or_read_torn() {
+    const TRANSACTIONS: usize = 2000;
+    let etcd = Etcd::start();
+    etcd.put_all(&[("/a/x", "0"), ("/b/x", "0")]);
+    let fixture = two_prefix_fixture();
+    // The check sees every version staged, before it may replace the destination.
+    let staged = fixture.path("staged");
+    fixture.resource(
+        "ab",
+        &format!(
+            "src = \"ab.tmpl\"\ndest = \"ab.conf\"\nkeys = [\"/a\", \"/b\"]\n\
+             check_cmd = \"cat {{{{.src}}}} >> {}\"\n",
+            staged.display()
+        ),
+    );
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    wait_for_file(&fixture, &daemon, "ab.conf", "a=0 b=0\n", "initial render");
+
+    // A reader reads the destination as fast as it can until the writes are over.
+    let destination = fixture.path("ab.conf");
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = std::thread::spawn({
+        let done = Arc::clone(&done);
+        move || {
+            let mut reads = 0;
+            while !done.load(Ordering::Relaxed) {
+                let text = std::fs::read_to_string(&destination).expect("the destination");
+                reads += count_whole_states(&text, "read");
+            }
+            reads
+        }
+    });
+    for n in 1..=TRANSACTIONS {
+        let n = n.to_string();
+        etcd.put_all(&[("/a/x", &n), ("/b/x", &n)]);
+    }
+    let last = format!("a={TRANSACTIONS} b={TRANSACTIONS}\n");
+    let arrived = wait_for(Duration::from_secs(60), || {
+        std::fs::read_to_string(fixture.path("ab.conf")).is_ok_and(|text| text == last)
+    });
+    done.store(true, Ordering::Relaxed);
+    let reads = reader.join().expect("no torn read");
+    assert!(arrived, "the last transaction\n{}", daemon.log());
+    let staged = std::fs::read_to_string(&staged).expect("staged versions");
+    let versions = count_whole_states(&staged, "staged version");
+    assert!(staged.ends_with(&last), "{staged}");
+    assert!(versions >= 2 && reads >= 1);
     assert_eq!(daemon.terminate(), Some(0));
 }
