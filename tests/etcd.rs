@@ -884,3 +884,51 @@ fn two_thousand_transactions_are_never_staged_or_read_torn() {
     assert!(versions >= 2 && reads >= 1);
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+#[test]
+fn a_daemon_over_ten_prefixes_sees_a_change_after_every_start() {
+    const PREFIXES: usize = 10;
+    let etcd = Etcd::start();
+    let fixture = Fixture::new();
+    fixture.template("one.tmpl", "{{ getv(key=\"/x\", default=\"-\") }}\n");
+    for prefix in 0..PREFIXES {
+        fixture.resource(
+            &format!("p{prefix}"),
+            &format!(
+                "src = \"one.tmpl\"\ndest = \"p{prefix}.conf\"\nprefix = \"/p{prefix}\"\n\
+                 keys = [\"/x\"]\n"
+            ),
+        );
+    }
+    let set_all = |value: &str| {
+        let keys: Vec<String> = (0..PREFIXES)
+            .map(|prefix| format!("/p{prefix}/x"))
+            .collect();
+        let pairs: Vec<(&str, &str)> = keys.iter().map(|key| (key.as_str(), value)).collect();
+        etcd.put_all(&pairs);
+    };
+    let nodes = etcd.endpoints();
+    for start in 0..20 {
+        let before = format!("before {start}");
+        set_all(&before);
+        let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+        for prefix in 0..PREFIXES {
+            let file = format!("p{prefix}.conf");
+            wait_for_file(
+                &fixture,
+                &daemon,
+                &file,
+                &format!("{before}\n"),
+                "first render",
+            );
+        }
+        // Made while the watch may still be opening: it starts right after the first read.
+        let after = format!("after {start}");
+        set_all(&after);
+        for prefix in 0..PREFIXES {
+            let file = format!("p{prefix}.conf");
+            wait_for_file(&fixture, &daemon, &file, &format!("{after}\n"), "watched");
+        }
+        assert_eq!(daemon.terminate(), Some(0));
+    }
+}
