@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::etcd::Etcd;
+use common::etcd::{Etcd, GrpcProxy};
 use common::{Daemon, Fixture, expect_content, reloads, settled_reloads, wait_for};
 
 /// A confdir with one resource rendering `/app/servers/*` into `app.conf`; its reload
@@ -931,4 +931,40 @@ fn a_daemon_over_ten_prefixes_sees_a_change_after_every_start() {
         }
         assert_eq!(daemon.terminate(), Some(0));
     }
+}
+
+#[test]
+fn etcds_grpc_proxy_serves_onetime_runs_and_watches_across_its_restart() {
+    let etcd = Etcd::start();
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    let mut proxy = GrpcProxy::start(&etcd);
+    let fixture = fixture();
+    let nodes = vec![proxy.endpoint()];
+    let run = fixture.run(&args(&nodes, &["--onetime"]));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("app.conf"), "server web1 10.0.0.1:80\n");
+
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    etcd.put("/app/servers/web2", "10.0.0.2:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "watched through the proxy",
+    );
+    proxy.restart();
+    etcd.put("/app/servers/web3", "10.0.0.3:80");
+    etcd.delete("/app/servers/web1");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web2 10.0.0.2:80\nserver web3 10.0.0.3:80\n",
+        "watched again after the proxy's restart",
+    );
+    let log = daemon.log();
+    assert!(
+        !log.contains("reading every key again"),
+        "the watch resumed, nothing was read again\n{log}"
+    );
+    assert_eq!(daemon.terminate(), Some(0), "{}", proxy.log());
 }
