@@ -1,7 +1,7 @@
 //! A thin typed client for etcd's gRPC API on one node: ranges read in pages at one revision,
-//! counts, one watcher per watch stream with progress requests, the member's status, and
-//! authentication by user and password with a token that is renewed when etcd stops accepting
-//! it.
+//! counts, one watcher per watch stream, and authentication by user and password with a token
+//! that is renewed when etcd stops accepting it. Whole-range reads, progress requests and the
+//! member's status serve the tests, which pin down etcd's behaviour with them.
 //!
 //! Every failure is a [`StoreError`] of the kind that paces the daemon's retries; a read at a
 //! compacted revision is told apart ([`RpcError::Compacted`]) so that a reader can start over at
