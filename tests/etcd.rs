@@ -1,14 +1,17 @@
 //! The etcd store against real etcd servers started on loopback ports: onetime reads across
 //! pages, watch mode with puts, deletes and bursts, an etcd restart, failover in a
 //! three-member cluster, compaction past the watched revision, transactions over two
-//! prefixes (live, caught up after a reconnect, and for a user who may read only the
-//! prefixes), authentication with token renewal, and TLS with client certificates.
+//! prefixes (live, caught up after a reconnect, for a user who may read only the prefixes,
+//! and 2,000 of them with the destination read all along), authentication with token
+//! renewal, and TLS with client certificates.
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::etcd::Etcd;
+use common::etcd::{Etcd, GrpcProxy};
 use common::{Daemon, Fixture, expect_content, reloads, settled_reloads, wait_for};
 
 /// A confdir with one resource rendering `/app/servers/*` into `app.conf`; its reload
@@ -818,4 +821,150 @@ fn wait_collapses_fifty_quick_changes_into_one_reload() {
         "the reload saw the final file"
     );
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// Checks that every line of `text` holds the same value for `a` and `b`; `what` names the
+/// lines in the failure. Returns how many lines there were.
+fn count_whole_states(text: &str, what: &str) -> usize {
+    for line in text.lines() {
+        let values: Vec<&str> = line.split(' ').map(|part| &part[2..]).collect();
+        assert_eq!(values[0], values[1], "a torn {what}: {line}");
+    }
+    text.lines().count()
+}
+
+#[test]
+fn two_thousand_transactions_are_never_staged_or_read_torn() {
+    const TRANSACTIONS: usize = 2000;
+    let etcd = Etcd::start();
+    etcd.put_all(&[("/a/x", "0"), ("/b/x", "0")]);
+    let fixture = two_prefix_fixture();
+    // The check sees every version staged, before it may replace the destination.
+    let staged = fixture.path("staged");
+    fixture.resource(
+        "ab",
+        &format!(
+            "src = \"ab.tmpl\"\ndest = \"ab.conf\"\nkeys = [\"/a\", \"/b\"]\n\
+             check_cmd = \"cat {{{{.src}}}} >> {}\"\n",
+            staged.display()
+        ),
+    );
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    wait_for_file(&fixture, &daemon, "ab.conf", "a=0 b=0\n", "initial render");
+
+    // A reader reads the destination as fast as it can until the writes are over.
+    let destination = fixture.path("ab.conf");
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = std::thread::spawn({
+        let done = Arc::clone(&done);
+        move || {
+            let mut reads = 0;
+            while !done.load(Ordering::Relaxed) {
+                let text = std::fs::read_to_string(&destination).expect("the destination");
+                reads += count_whole_states(&text, "read");
+            }
+            reads
+        }
+    });
+    for n in 1..=TRANSACTIONS {
+        let n = n.to_string();
+        etcd.put_all(&[("/a/x", &n), ("/b/x", &n)]);
+    }
+    let last = format!("a={TRANSACTIONS} b={TRANSACTIONS}\n");
+    let arrived = wait_for(Duration::from_secs(60), || {
+        std::fs::read_to_string(fixture.path("ab.conf")).is_ok_and(|text| text == last)
+    });
+    done.store(true, Ordering::Relaxed);
+    let reads = reader.join().expect("no torn read");
+    assert!(arrived, "the last transaction\n{}", daemon.log());
+    let staged = std::fs::read_to_string(&staged).expect("staged versions");
+    let versions = count_whole_states(&staged, "staged version");
+    assert!(staged.ends_with(&last), "{staged}");
+    assert!(versions >= 2 && reads >= 1);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_daemon_over_ten_prefixes_sees_a_change_after_every_start() {
+    const PREFIXES: usize = 10;
+    let etcd = Etcd::start();
+    let fixture = Fixture::new();
+    fixture.template("one.tmpl", "{{ getv(key=\"/x\", default=\"-\") }}\n");
+    for prefix in 0..PREFIXES {
+        fixture.resource(
+            &format!("p{prefix}"),
+            &format!(
+                "src = \"one.tmpl\"\ndest = \"p{prefix}.conf\"\nprefix = \"/p{prefix}\"\n\
+                 keys = [\"/x\"]\n"
+            ),
+        );
+    }
+    let set_all = |value: &str| {
+        let keys: Vec<String> = (0..PREFIXES)
+            .map(|prefix| format!("/p{prefix}/x"))
+            .collect();
+        let pairs: Vec<(&str, &str)> = keys.iter().map(|key| (key.as_str(), value)).collect();
+        etcd.put_all(&pairs);
+    };
+    let nodes = etcd.endpoints();
+    for start in 0..20 {
+        let before = format!("before {start}");
+        set_all(&before);
+        let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+        for prefix in 0..PREFIXES {
+            let file = format!("p{prefix}.conf");
+            wait_for_file(
+                &fixture,
+                &daemon,
+                &file,
+                &format!("{before}\n"),
+                "first render",
+            );
+        }
+        // Made while the watch may still be opening: it starts right after the first read.
+        let after = format!("after {start}");
+        set_all(&after);
+        for prefix in 0..PREFIXES {
+            let file = format!("p{prefix}.conf");
+            wait_for_file(&fixture, &daemon, &file, &format!("{after}\n"), "watched");
+        }
+        assert_eq!(daemon.terminate(), Some(0));
+    }
+}
+
+#[test]
+fn etcds_grpc_proxy_serves_onetime_runs_and_watches_across_its_restart() {
+    let etcd = Etcd::start();
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    let mut proxy = GrpcProxy::start(&etcd);
+    let fixture = fixture();
+    let nodes = vec![proxy.endpoint()];
+    let run = fixture.run(&args(&nodes, &["--onetime"]));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("app.conf"), "server web1 10.0.0.1:80\n");
+
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    etcd.put("/app/servers/web2", "10.0.0.2:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "watched through the proxy",
+    );
+    proxy.restart();
+    etcd.put("/app/servers/web3", "10.0.0.3:80");
+    etcd.delete("/app/servers/web1");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web2 10.0.0.2:80\nserver web3 10.0.0.3:80\n",
+        "watched again after the proxy's restart",
+    );
+    let log = daemon.log();
+    assert!(
+        !log.contains("reading every key again"),
+        "the watch resumed, nothing was read again\n{log}"
+    );
+    assert_eq!(daemon.terminate(), Some(0), "{}", proxy.log());
 }

@@ -1,4 +1,4 @@
-//! The HTTP client the network stores share (short connect timeouts, TCP keepalive for
+//! The HTTP client of Consul and Vault (short connect timeouts, TCP keepalive for
 //! long-lived watch connections, TLS from the `--client-*` settings), and their nodes as base
 //! URLs.
 

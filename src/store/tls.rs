@@ -3,8 +3,8 @@
 //!
 //! The files are read and parsed when the store is set up, so that a missing or broken file is
 //! a settings error naming it rather than a failure at every connection. Every client that
-//! takes a rustls configuration gets the same one (reqwest for etcd's gateway, Consul and
-//! Vault; async-nats; a gRPC channel would too); Redis's client, which builds its own, gets the
+//! takes a rustls configuration gets the same one (reqwest for Consul and Vault, etcd's gRPC
+//! channels, async-nats); Redis's client, which builds its own, gets the
 //! files' PEM.
 
 use std::path::{Path, PathBuf};

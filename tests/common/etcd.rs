@@ -1,5 +1,5 @@
 //! Real etcd servers (Debian's `etcd-server`) on free loopback ports in a temp dir, stopped
-//! when dropped, and a small client for their HTTP/JSON gateway.
+//! when dropped, a small client for their HTTP/JSON gateway, and etcd's gRPC proxy.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -507,4 +507,88 @@ fn revision(answer: &Value) -> i64 {
         .as_str()
         .and_then(|text| text.parse().ok())
         .expect("a revision in the answer")
+}
+
+/// etcd's gRPC proxy (`etcd grpc-proxy start`) in front of an etcd, on a loopback port of its
+/// own, with its data directory in a temp dir; stopped when dropped.
+pub struct GrpcProxy {
+    dir: tempfile::TempDir,
+    port: u16,
+    /// The client URLs of the etcd members behind it.
+    upstream: Vec<String>,
+    process: Option<Child>,
+    http: reqwest::blocking::Client,
+}
+
+impl GrpcProxy {
+    /// A proxy in front of `etcd` (which serves plain HTTP), running and healthy.
+    pub fn start(etcd: &Etcd) -> GrpcProxy {
+        let mut proxy = GrpcProxy {
+            dir: tempfile::tempdir().expect("temp dir"),
+            port: free_port(),
+            upstream: etcd.endpoints(),
+            process: None,
+            http: http_client(),
+        };
+        proxy.launch();
+        proxy
+    }
+
+    /// The proxy's URL, for `--node`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the proxy, as a crash would, and starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// What the proxy logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("proxy.log"))
+            .expect("proxy log");
+        let process = Command::new("etcd")
+            .args(["grpc-proxy", "start"])
+            .arg(format!("--endpoints={}", self.upstream.join(",")))
+            .arg(format!("--listen-addr=127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd's gRPC proxy");
+        self.process = Some(process);
+        let url = format!("{}/health", self.endpoint());
+        let healthy = wait_for(Duration::from_secs(20), || {
+            self.http
+                .get(&url)
+                .send()
+                .and_then(|response| response.json::<Value>())
+                .is_ok_and(|health| health["health"] == "true")
+        });
+        assert!(healthy, "the gRPC proxy did not come up\n{}", self.log());
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+impl Drop for GrpcProxy {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -1,59 +1,52 @@
-//! The etcd watch: one long-lived `/v3/watch` request, with one watcher over the range that
-//! covers every prefix.
+//! The etcd watch: one gRPC watch stream, with one watcher over the range that covers every
+//! prefix.
 //!
 //! Nothing is missed and nothing is replayed: the watch starts right after the revision up to
 //! which a prefix's changes were delivered (kept in [`Client::progress`]), or right after the
 //! snapshot's read revision when that is later, and changes a prefix was already given are
-//! dropped. A watch refused because etcd compacted that revision, or because etcd is behind it
-//! (restored from a backup, rebuilt empty), becomes a full read, reported as a replacement;
-//! that read becomes the only progress, and the same stream goes on with the changes right
-//! after it.
+//! dropped. A watch that etcd cannot serve because it compacted that revision, or because it is
+//! behind it (restored from a backup, rebuilt empty), becomes a full read, reported as a
+//! replacement; that read becomes the only progress, and the watch goes on with the changes
+//! right after it.
 //!
-//! A transaction is delivered whole, as one event. etcd puts every event of one revision that a
-//! watcher matches into one message (a watcher catching up gets many revisions in a message,
-//! but never part of one, as fragments are not asked for), but each watcher gets messages of
-//! its own. With a watcher per prefix, a transaction over two prefixes arrives as two messages
-//! and nothing on the stream says when the last share has come: a progress request cannot be
-//! sent on a running watch, because the gateway speaks HTTP/1.1 and answers nothing before the
-//! request body has ended, and etcd 3.4.23 answers one apart from the queued events, so the
-//! answer can overtake them (etcd issue 15220); while catching up, one watcher even sends many
-//! revisions before the next one sends its share of the first. Hence one watcher over the range
+//! A transaction is delivered whole, as one event, with no waiting. etcd puts every event of
+//! one revision that a watcher matches into one message (a watcher catching up gets many
+//! revisions in a message, but never part of one), so each message's events are delivered
+//! grouped by revision. A watcher per prefix would get its own messages, and nothing says when
+//! the last watcher's share of a revision has come (etcd 3.4 answers a progress request apart
+//! from the queued events, and its gRPC proxy not at all). Hence one watcher over the range
 //! from the first prefix to the end of the last, whose events under no prefix are dropped here.
-//! The price: changes to keys between the prefixes travel to reconfd (in a catch-up too) only
-//! to be dropped.
+//! The price: changes to keys between the prefixes travel to reconfd only to be dropped.
 //!
 //! etcd checks a watch's permission over its whole range, so a user who may read the prefixes
 //! but not all that lies between them is refused that watch. Each prefix then gets a watcher of
-//! its own, and changes are held for [`SPLIT_MERGE_WINDOW`] to gather the shares of their
-//! revisions: a bound that a late share can miss under load, not a guarantee; this is logged.
+//! its own, and a change seen by any of them is not applied as such: every prefix is read
+//! again at one revision and the read replaces the snapshot, so a transaction is still seen
+//! whole, at the cost of a read per change; this is logged once.
 //!
-//! A watch ends, and the daemon opens a new one (on the next node if need be), when its stream
-//! breaks, when etcd cancels it (a member losing its leader does, as the request asks), or when
-//! the node stops answering the liveness [`Probes`].
+//! A watch whose watchers are not all created within [`OPEN_DEADLINE`] is given up, logged,
+//! and opened again (on the next node if there is one). A watch ends, and the daemon opens a
+//! new one, when its stream breaks, when etcd cancels it (a member losing its leader does, as
+//! the request asks), or when the node stops answering the liveness [`Probes`].
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use base64::Engine;
-use serde::Deserialize;
-use serde_json::json;
-use tokio::time::Instant;
+use futures_util::StreamExt;
+use futures_util::stream::{self, BoxStream, SelectAll};
 
-use super::{
-    BASE64, Client, EtcdError, GatewayError, Header, KeyValue, Order, REQUEST_TIMEOUT,
-    RangeResponse, error_chain, int64, prefix_range, range_request,
-};
+use super::proto::mvccpb;
+use super::rpc::{KeyRange, NodeClient, WatchMessage, Watcher};
+use super::{Client, Member, REQUEST_TIMEOUT, decode};
 use crate::store::nodes::Node;
 use crate::store::watch::{self, Probes, WatchSender};
-use crate::store::{Change, Snapshot, WatchStream};
+use crate::store::{Change, Snapshot, StoreError, StoreErrorKind, WatchStream};
 
-/// With a watcher per prefix (etcd refused the watch over the range covering them all), how
-/// long changes wait for the other watchers' share of their revision. etcd sends the shares
-/// back to back, yet under load one can come later still: this bounds the wait, it does not
-/// make the merge exact. Only that fallback pays it, so it errs on the long side.
-const SPLIT_MERGE_WINDOW: Duration = Duration::from_millis(100);
+/// How long opening a watch may take, every watcher created: as long as one request may. A
+/// node that has not set the watch up by then is unlikely to, and waiting longer would hold
+/// changes back.
+const OPEN_DEADLINE: Duration = REQUEST_TIMEOUT;
 
 /// Opens the watch of `prefixes` on the first node that accepts it. When etcd cannot serve the
 /// changes since the revisions seen (compacted, or restored behind them), the stream starts
@@ -62,7 +55,13 @@ pub(super) async fn start(
     client: Arc<Client>,
     prefixes: &[String],
     snapshot: &Snapshot,
-) -> Result<WatchStream, EtcdError> {
+) -> Result<WatchStream, StoreError> {
+    if prefixes.is_empty() {
+        // Nothing to watch: the stream stays open, and quiet, while the daemon holds it.
+        let (events, stream) = watch::channel();
+        tokio::spawn(async move { events.closed().await });
+        return Ok(stream);
+    }
     let starts = start_revisions(&client, prefixes, snapshot);
     let ((events, stream), connection) = match open_on_any_node(&client, prefixes, &starts).await? {
         Opened::Watching(connection) => (watch::channel(), Some(*connection)),
@@ -78,54 +77,48 @@ pub(super) async fn start(
     Ok(stream)
 }
 
-/// Sends the watch request for `prefixes` from `starts` to each node in turn, as
+/// Opens the watch of `prefixes` from `starts` on each node in turn, as
 /// [`Nodes::ask`](crate::store::nodes::Nodes::ask) does, until one accepts it or says it
-/// cannot serve those revisions. A node that refuses the one watcher over the range covering
-/// every prefix is asked for one watcher per prefix at once.
+/// cannot serve those revisions.
 async fn open_on_any_node(
     client: &Client,
     prefixes: &[String],
     starts: &[Option<i64>],
-) -> Result<Opened, EtcdError> {
+) -> Result<Opened, StoreError> {
     client
         .nodes
-        .ask(|index, node| open_on(client, index, node, prefixes, starts))
+        .ask(|index, member| open_on(client, index, member, prefixes, starts))
         .await
 }
 
-/// Sends the watch request for `prefixes` from `starts` to `node`, the one at `index`.
+/// Opens the watch of `prefixes` from `starts` on `member`, the one at `index`: one watcher
+/// over the range covering every prefix, or one per prefix when the user may not watch that
+/// range.
 async fn open_on(
     client: &Client,
     index: usize,
-    node: &Node,
+    member: &Member,
     prefixes: &[String],
     starts: &[Option<i64>],
-) -> Result<Opened, EtcdError> {
-    let mut answer = open_in_time(client, index, node, Request::covering(prefixes, starts)).await;
-    if matches!(answer, Ok(Answer::NotPermitted)) {
+) -> Result<Opened, StoreError> {
+    let node_client = member.client(&client.connect).await?;
+    let node = &member.node;
+    let mut opened =
+        open_in_time(&node_client, index, node, Plan::covering(prefixes, starts)).await;
+    if prefixes.len() > 1 && opened.as_ref().is_err_and(is_permission_denied) {
         if !client.split_watch_told.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "etcd: {node} refuses to watch the range covering every prefix (permission \
-                 denied); watching each prefix on its own, so the parts of a transaction \
-                 over several prefixes are gathered by waiting {SPLIT_MERGE_WINDOW:?} and \
-                 a render may see only part of one under load. Allowing the user to read \
-                 from {:?} to the end of {:?} makes this exact",
+                 denied); watching each prefix on its own, and reading every prefix again at \
+                 each change so that a transaction over several prefixes is still seen whole. \
+                 Allowing the user to read from {:?} to the end of {:?} saves those reads",
                 prefixes.first().map_or("", String::as_str),
                 prefixes.last().map_or("", String::as_str),
             );
         }
-        answer = open_in_time(client, index, node, Request::split(prefixes, starts)).await;
+        opened = open_in_time(&node_client, index, node, Plan::split(prefixes, starts)).await;
     }
-    // Only a watch over several prefixes is refused so, and a split one never is.
-    let opened = match answer? {
-        Answer::Opened(opened) => opened,
-        Answer::NotPermitted => {
-            return Err(EtcdError::Rejected(format!(
-                "{node}: permission denied to watch {}",
-                prefixes.join(", ")
-            )));
-        }
-    };
+    let opened = opened?;
     if let Opened::Watching(connection) = &opened {
         tracing::debug!(
             "etcd: watching {} prefixes on {node} with {} watchers",
@@ -136,20 +129,75 @@ async fn open_on(
     Ok(opened)
 }
 
-/// [`open`] within the request time limit.
+/// True for etcd's refusal of a watcher because the user may not read all of its range.
+fn is_permission_denied(error: &StoreError) -> bool {
+    error.kind() == StoreErrorKind::Auth && error.to_string().contains("permission denied")
+}
+
+/// [`open`] within [`OPEN_DEADLINE`]; a watch not set up by then is torn down (its watchers
+/// dropped) and reported as a node out of reach, so that it is opened again.
 async fn open_in_time(
-    client: &Client,
+    node_client: &Arc<NodeClient>,
     index: usize,
     node: &Node,
-    request: Request,
-) -> Result<Answer, EtcdError> {
-    tokio::time::timeout(REQUEST_TIMEOUT, open(client, index, node, request))
-        .await
-        .unwrap_or_else(|_| {
-            Err(EtcdError::Unreachable(format!(
-                "{node}: the watch was not set up within {REQUEST_TIMEOUT:?}"
+    plan: Plan,
+) -> Result<Opened, StoreError> {
+    match tokio::time::timeout(OPEN_DEADLINE, open(node_client, index, node, plan)).await {
+        Ok(opened) => opened,
+        Err(_) => {
+            tracing::warn!(
+                "etcd: {node}: the watch was not set up within {OPEN_DEADLINE:?}; opening it again"
+            );
+            Err(StoreError::unreachable(format!(
+                "etcd: {node}: the watch was not set up within {OPEN_DEADLINE:?}"
             )))
-        })
+        }
+    }
+}
+
+/// Creates the watchers of `plan` on `node`, the one at `index`, each on a stream of its own,
+/// and checks that etcd has reached the revisions already delivered.
+async fn open(
+    node_client: &Arc<NodeClient>,
+    index: usize,
+    node: &Node,
+    plan: Plan,
+) -> Result<Opened, StoreError> {
+    let watchers = futures_util::future::try_join_all(
+        plan.watchers
+            .iter()
+            .map(|planned| node_client.watch(&planned.range, planned.start.unwrap_or(0), true)),
+    )
+    .await?;
+    for (watcher, planned) in watchers.iter().zip(&plan.watchers) {
+        // etcd's gRPC proxy may leave the revision out (0): nothing to compare then.
+        let created = watcher.created_revision();
+        if let Some(latest) = planned.latest_start
+            && created > 0
+            && created + 1 < latest
+        {
+            return Ok(Opened::Stale(format!(
+                "{node} is at revision {created} but changes up to {} were seen (was etcd \
+                 restored?)",
+                latest - 1
+            )));
+        }
+    }
+    let watcher_count = watchers.len();
+    let messages = stream::select_all(
+        watchers
+            .into_iter()
+            .enumerate()
+            .map(|(number, watcher)| messages(number, watcher)),
+    );
+    Ok(Opened::Watching(Box::new(Connection {
+        index,
+        node: node.clone(),
+        client: Arc::clone(node_client),
+        messages,
+        layout: plan.layout,
+        watchers: watcher_count,
+    })))
 }
 
 /// Reads every key again because of `reason`, and opens the watch right after that read.
@@ -163,7 +211,7 @@ async fn read_again(
     client: &Client,
     prefixes: &[String],
     reason: &str,
-) -> Result<(Snapshot, Option<Connection>), EtcdError> {
+) -> Result<(Snapshot, Option<Connection>), StoreError> {
     tracing::info!("etcd: {reason}; reading every key again");
     let snapshot = client.fetch(prefixes).await?;
     client.progress().restart(prefixes, snapshot.revision);
@@ -203,317 +251,163 @@ fn start_revisions(client: &Client, prefixes: &[String], snapshot: &Snapshot) ->
         .collect()
 }
 
-fn create_request(key: &[u8], range_end: &[u8], start: Option<i64>) -> String {
-    let mut request = json!({
-        "key": BASE64.encode(key),
-        "range_end": BASE64.encode(range_end),
-        "progress_notify": true,
-    });
-    if let Some(start) = start {
-        request["start_revision"] = json!(start.to_string());
-    }
-    json!({ "create_request": request }).to_string()
-}
-
-/// The body of one watch request and what its watchers are.
-struct Request {
+/// The watchers to create and how their events map to the prefixes.
+struct Plan {
     layout: Layout,
-    /// One create request a line.
-    body: String,
-    /// For each watcher, the latest start among its prefixes: etcd must have reached the
-    /// revision before it, which changes were delivered up to.
-    latest_starts: Vec<Option<i64>>,
+    watchers: Vec<PlannedWatcher>,
 }
 
-impl Request {
+/// One watcher to create.
+struct PlannedWatcher {
+    range: KeyRange,
+    /// The revision its changes start at; `None`: changes after the current one.
+    start: Option<i64>,
+    /// The latest start among its prefixes: etcd must have reached the revision before it,
+    /// which changes were delivered up to.
+    latest_start: Option<i64>,
+}
+
+impl Plan {
     /// One watcher over the range from the first prefix to the end of the last, from the
-    /// earliest start; none for no prefix.
-    fn covering(prefixes: &[String], starts: &[Option<i64>]) -> Request {
+    /// earliest start. `prefixes` is not empty.
+    fn covering(prefixes: &[String], starts: &[Option<i64>]) -> Plan {
         let wanted: Vec<Wanted> = prefixes
             .iter()
             .zip(starts)
-            .map(|(prefix, start)| {
-                let (key, end) = prefix_range(prefix);
-                Wanted {
-                    key,
-                    end,
-                    from: *start,
-                }
+            .map(|(prefix, start)| Wanted {
+                range: KeyRange::prefix(prefix.as_bytes()),
+                from: *start,
             })
             .collect();
-        let Some((key, end)) = covering_range(&wanted) else {
-            return Request {
-                layout: Layout::Covering(wanted),
-                body: String::new(),
-                latest_starts: Vec::new(),
-            };
-        };
-        let earliest = starts.iter().flatten().min().copied();
-        let latest = starts.iter().flatten().max().copied();
-        Request {
+        let watchers = covering_range(&wanted)
+            .map(|range| PlannedWatcher {
+                range,
+                start: starts.iter().flatten().min().copied(),
+                latest_start: starts.iter().flatten().max().copied(),
+            })
+            .into_iter()
+            .collect();
+        Plan {
             layout: Layout::Covering(wanted),
-            body: create_request(&key, &end, earliest) + "\n",
-            latest_starts: vec![latest],
+            watchers,
         }
     }
 
     /// One watcher per prefix, each from its own start.
-    fn split(prefixes: &[String], starts: &[Option<i64>]) -> Request {
-        let body = prefixes
+    fn split(prefixes: &[String], starts: &[Option<i64>]) -> Plan {
+        let watchers = prefixes
             .iter()
             .zip(starts)
-            .map(|(prefix, start)| {
-                let (key, end) = prefix_range(prefix);
-                create_request(&key, &end, *start) + "\n"
+            .map(|(prefix, start)| PlannedWatcher {
+                range: KeyRange::prefix(prefix.as_bytes()),
+                start: *start,
+                latest_start: *start,
             })
             .collect();
-        Request {
+        Plan {
             layout: Layout::Split,
-            body,
-            latest_starts: starts.to_vec(),
+            watchers,
         }
     }
 }
 
 /// The smallest key range holding every one of `prefixes`; `None` for no prefix.
-fn covering_range(prefixes: &[Wanted]) -> Option<(Vec<u8>, Vec<u8>)> {
-    let key = prefixes.iter().map(|prefix| &prefix.key).min()?.clone();
+fn covering_range(prefixes: &[Wanted]) -> Option<KeyRange> {
+    let key = prefixes
+        .iter()
+        .map(|prefix| &prefix.range.key)
+        .min()?
+        .clone();
     // etcd spells "up to the last key" as the range end "\0", which sorts first.
-    let end = if prefixes.iter().any(|prefix| prefix.end == [0]) {
+    let range_end = if prefixes.iter().any(|prefix| prefix.range.range_end == [0]) {
         vec![0]
     } else {
-        prefixes.iter().map(|prefix| &prefix.end).max()?.clone()
+        prefixes
+            .iter()
+            .map(|prefix| &prefix.range.range_end)
+            .max()?
+            .clone()
     };
-    Some((key, end))
+    Some(KeyRange { key, range_end })
 }
 
-/// How the watchers of a watch request map to the prefixes.
+/// How the watchers of a watch map to the prefixes.
 enum Layout {
     /// One watcher over the range covering every prefix. A revision's events come in one
     /// message and are delivered at once, less those under no prefix or already delivered.
     Covering(Vec<Wanted>),
-    /// One watcher per prefix, in the order of the prefixes. A revision's shares come in
-    /// separate messages and are gathered for [`SPLIT_MERGE_WINDOW`].
+    /// One watcher per prefix, in the order of the prefixes. A change makes every prefix be
+    /// read again.
     Split,
 }
 
 /// A watched prefix as etcd's key range, and the revision its changes are wanted from
 /// (`None`: whatever the watch sends).
 struct Wanted {
-    key: Vec<u8>,
-    end: Vec<u8>,
+    range: KeyRange,
     from: Option<i64>,
 }
 
-impl Layout {
-    /// Whether the change of `key` at `revision` is delivered: it is under a prefix that was
-    /// not delivered up to that revision yet.
-    fn wants(&self, key: &[u8], revision: i64) -> bool {
-        match self {
-            Layout::Covering(wanted) => wanted.iter().any(|prefix| {
-                key >= prefix.key.as_slice()
-                    && (prefix.end == [0] || key < prefix.end.as_slice())
-                    && prefix.from.is_none_or(|from| revision >= from)
-            }),
-            // Each watcher covers one prefix from where that prefix stopped.
-            Layout::Split => true,
-        }
-    }
+/// Whether the change of `key` at `revision` is delivered: it is under one of `wanted` that
+/// was not delivered up to that revision yet.
+fn wants(wanted: &[Wanted], key: &[u8], revision: i64) -> bool {
+    wanted.iter().any(|prefix| {
+        key >= prefix.range.key.as_slice()
+            && (prefix.range.range_end == [0] || key < prefix.range.range_end.as_slice())
+            && prefix.from.is_none_or(|from| revision >= from)
+    })
 }
 
-/// A watch request that etcd accepted, or why it has to be preceded by a full read.
+/// A watch etcd accepted, or why it has to be preceded by a full read.
 enum Opened {
     Watching(Box<Connection>),
     Stale(String),
 }
 
-/// What a node answered to one watch request: what any watch can be answered, or that the
-/// user may not watch the range covering several prefixes.
-enum Answer {
-    Opened(Opened),
-    NotPermitted,
+/// What one watcher reported, with its number: a message, the end of its stream (`None`), or
+/// why it failed.
+type Report = (usize, Result<Option<WatchMessage>, StoreError>);
+
+/// The messages of watcher `number`, ending after its stream ended or failed.
+fn messages(number: usize, watcher: Watcher) -> BoxStream<'static, Report> {
+    stream::unfold(Some(watcher), move |watcher| async move {
+        let mut watcher = watcher?;
+        let message = watcher.next().await;
+        let going_on = matches!(message, Ok(Some(_)));
+        Some(((number, message), going_on.then_some(watcher)))
+    })
+    .boxed()
 }
 
-/// Sends the watch request to `node`, the one at `index`, and waits until etcd confirms every
-/// watcher.
-async fn open(
-    client: &Client,
+/// The watchers of one watch, on one node, and what their messages mean.
+struct Connection {
+    /// The node's index in [`Client::nodes`].
     index: usize,
-    node: &Node,
-    request: Request,
-) -> Result<Answer, EtcdError> {
-    let response = client
-        .send_to(node, "/v3/watch", &request.body, None)
-        .await?;
-    let Request {
-        layout,
-        latest_starts,
-        ..
-    } = request;
-    // Splitting the covering watch only helps when it covers more than one prefix.
-    let may_split = matches!(&layout, Layout::Covering(wanted) if wanted.len() > 1);
-    let mut connection = Connection {
-        index,
-        node: node.clone(),
-        response,
-        buffer: Vec::new(),
-        early: VecDeque::new(),
-        layout,
-        watchers: latest_starts.len(),
-    };
-    let mut created = 0;
-    while created < latest_starts.len() {
-        let message = connection
-            .read()
-            .await
-            .map_err(|ended| ended.into_error(client))?;
-        if message.canceled {
-            if may_split && is_permission_denied(&message.cancel_reason) {
-                return Ok(Answer::NotPermitted);
-            }
-            return cancellation(client, node, &message)
-                .map(|reason| Answer::Opened(Opened::Stale(reason)));
-        }
-        if !message.created {
-            // A watcher created first may already be catching up while the next is set up.
-            connection.early.push_back(message);
-            continue;
-        }
-        created += 1;
-        let start = usize::try_from(message.watch_id)
-            .ok()
-            .and_then(|index| latest_starts.get(index).copied().flatten());
-        if let Some(start) = start
-            && message.header.revision + 1 < start
-        {
-            return Ok(Answer::Opened(Opened::Stale(format!(
-                "{node} is at revision {} but changes up to {} were seen (was etcd restored?)",
-                message.header.revision,
-                start - 1
-            ))));
-        }
-    }
-    Ok(Answer::Opened(Opened::Watching(Box::new(connection))))
+    node: Node,
+    client: Arc<NodeClient>,
+    /// Every watcher's messages as they come.
+    messages: SelectAll<BoxStream<'static, Report>>,
+    layout: Layout,
+    watchers: usize,
 }
 
-/// What a cancelled watcher means: a full read after a compaction (`Ok`, with the reason), a
-/// new login and another node after an authentication failure or a lost leader, an error
-/// otherwise.
-fn cancellation(
-    client: &Client,
-    node: &Node,
-    message: &WatchResponse,
-) -> Result<String, EtcdError> {
-    if message.compact_revision > 0 {
-        return Ok(format!(
-            "revision {} was compacted",
-            message.compact_revision
-        ));
-    }
-    let reason = &message.cancel_reason;
-    if reason.contains("permission denied") {
-        return Err(EtcdError::Auth(format!(
-            "{node}: the watch was refused: {reason}"
-        )));
-    }
-    // An expired token: the next attempt logs in again.
-    if is_authentication_failure(reason) {
-        client.forget_token();
-        return Err(EtcdError::Unreachable(format!(
-            "{node}: the watch was refused: {reason}"
-        )));
-    }
-    if reason.contains("no leader") {
-        return Err(EtcdError::Unreachable(format!("{node}: {reason}")));
-    }
-    Err(EtcdError::Rejected(format!(
-        "{node}: etcd cancelled the watch: {reason}"
-    )))
-}
-
-fn is_authentication_failure(reason: &str) -> bool {
-    [
-        "Unauthenticated",
-        "invalid auth token",
-        "permission denied",
-        "user name is empty",
-    ]
-    .iter()
-    .any(|sign| reason.contains(sign))
-}
-
-fn is_permission_denied(reason: &str) -> bool {
-    reason.contains("PermissionDenied") || reason.contains("permission denied")
-}
-
-/// With a watcher per prefix, changes received but not delivered yet, by revision, with the
-/// watchers they came from.
-#[derive(Default)]
-struct Held {
-    revisions: BTreeMap<i64, (Vec<Change>, BTreeSet<usize>)>,
-    /// When to deliver them: [`SPLIT_MERGE_WINDOW`] after the first of them arrived, whatever
-    /// came meanwhile, since a message of a later revision does not mean that every share of
-    /// an earlier one is in (a catching-up watcher sends many revisions at once).
-    due: Option<Instant>,
-}
-
-impl Held {
-    fn add(&mut self, revision: i64, changes: Vec<Change>, watcher: usize) {
-        let (held, watchers) = self.revisions.entry(revision).or_default();
-        held.extend(changes);
-        watchers.insert(watcher);
-        self.due
-            .get_or_insert_with(|| Instant::now() + SPLIT_MERGE_WINDOW);
-    }
-
-    /// Queues what is held for the daemon, oldest revision first, and records it as
-    /// delivered. False when the daemon stopped listening.
-    async fn deliver(
-        &mut self,
-        client: &Client,
-        prefixes: &[String],
-        events: &WatchSender,
-    ) -> bool {
-        self.due = None;
-        for (revision, (changes, watchers)) in std::mem::take(&mut self.revisions) {
-            if !events.changes(Some(revision), changes).await {
-                return false;
-            }
-            let mut progress = client.progress();
-            for watcher in watchers {
-                progress.advance(&prefixes[watcher], revision);
-            }
-        }
-        true
-    }
-}
-
-/// Turns a watch stream's messages into watch events until the stream ends or the daemon
-/// stops listening. Changes are recorded as delivered (the next watch starts after them) only
-/// once they are queued for the daemon, which applies everything queued.
+/// Turns a watch's messages into watch events until a stream ends or the daemon stops
+/// listening. Changes are recorded as delivered (the next watch starts after them) only once
+/// they are queued for the daemon, which applies everything queued.
 async fn follow(
     client: Arc<Client>,
     mut connection: Connection,
     prefixes: Vec<String>,
     events: WatchSender,
 ) {
-    let mut held = Held::default();
     let mut probes = Probes::new();
+    let probed = KeyRange::prefix(prefixes[0].as_bytes());
     let ended = loop {
-        let due = held.due;
-        let message = tokio::select! {
-            message = connection.read() => message,
-            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                if !held.deliver(&client, &prefixes, &events).await {
-                    return;
-                }
-                continue;
-            }
+        let report = tokio::select! {
+            report = connection.messages.next() => report,
             () = probes.due() => {
-                if !held.deliver(&client, &prefixes, &events).await {
-                    return;
-                }
-                match probe_node(&client, &connection.node, &prefixes[0]).await {
+                let probe = connection.client.count(&probed, 0);
+                match Probes::check(&connection.node, probe).await {
                     Ok(()) => continue,
                     Err(reason) => {
                         // The next watch starts on another node rather than waiting for this
@@ -525,104 +419,118 @@ async fn follow(
             }
             () = events.closed() => return,
         };
-        let message = match message {
-            Ok(message) => message,
-            Err(ended) => {
-                if !held.deliver(&client, &prefixes, &events).await {
-                    return;
-                }
-                break ended.into_error(&client).to_string();
+        let (watcher, message) = match report {
+            Some((watcher, Ok(Some(message)))) => (watcher, message),
+            Some((_, Ok(None))) | None => {
+                break format!("etcd: {}: the watch stream ended", connection.node);
             }
+            Some((_, Err(error))) => break error.to_string(),
         };
-        if message.canceled {
-            if !held.deliver(&client, &prefixes, &events).await {
-                return;
-            }
-            match cancellation(&client, &connection.node, &message) {
-                Ok(reason) => match read_again(&client, &prefixes, &reason).await {
+        match message {
+            WatchMessage::Compacted { compact_revision } => {
+                let reason = format!("revision {compact_revision} was compacted");
+                match read_again(&client, &prefixes, &reason).await {
                     Ok((snapshot, reopened)) => {
                         if !events.replace(snapshot).await {
                             return;
                         }
                         match reopened {
-                            Some(reopened) => {
-                                connection = reopened;
-                                continue;
-                            }
+                            Some(reopened) => connection = reopened,
                             None => return,
                         }
                     }
                     Err(error) => {
-                        events.fail(error.into_store()).await;
+                        events.fail(error).await;
                         return;
                     }
-                },
-                Err(error) => break error.to_string(),
-            }
-        }
-        let Some(watcher) = usize::try_from(message.watch_id)
-            .ok()
-            .filter(|index| *index < connection.watchers)
-        else {
-            continue;
-        };
-        if message.created {
-            continue;
-        }
-        let covering = matches!(connection.layout, Layout::Covering(_));
-        if message.events.is_empty() {
-            // A progress notification: the watcher has delivered everything in its range up
-            // to the header's revision, once what is held has been sent.
-            if !held.deliver(&client, &prefixes, &events).await {
-                return;
-            }
-            let revision = message.header.revision;
-            if covering {
-                client.progress().advance_all(&prefixes, revision);
-            } else {
-                client.progress().advance(&prefixes[watcher], revision);
-            }
-            continue;
-        }
-        let runs = by_revision(&message.events, |key, revision| {
-            connection.layout.wants(key, revision)
-        });
-        for (revision, changes) in runs {
-            if covering {
-                if !events.changes(Some(revision), changes).await {
-                    return;
                 }
-                // A revision with nothing under the prefixes was delivered too, trivially.
-                client.progress().advance_all(&prefixes, revision);
-            } else {
-                held.add(revision, changes, watcher);
             }
+            // No progress request is ever sent, so this is etcd's periodic notification,
+            // which it sends only to a watcher that has delivered everything up to it.
+            WatchMessage::Progress { revision } => match connection.layout {
+                Layout::Covering(_) => client.progress().advance_all(&prefixes, revision),
+                Layout::Split => client.progress().advance(&prefixes[watcher], revision),
+            },
+            WatchMessage::Events {
+                revision,
+                events: changes,
+            } => match &connection.layout {
+                Layout::Covering(wanted) => {
+                    let runs = by_revision(&changes, |key, revision| wants(wanted, key, revision));
+                    for (revision, changes) in runs {
+                        if !events.changes(Some(revision), changes).await {
+                            return;
+                        }
+                        // A revision with nothing under the prefixes was delivered too,
+                        // trivially.
+                        client.progress().advance_all(&prefixes, revision);
+                    }
+                }
+                Layout::Split => {
+                    // The message's revision is at least its last event's: a message whose
+                    // changes the last read may already hold is read for once more, harmlessly.
+                    let unseen = client
+                        .progress()
+                        .start(&prefixes[watcher], None)
+                        .is_none_or(|start| revision >= start);
+                    if unseen && !read_everything(&client, &prefixes, &events).await {
+                        break format!(
+                            "etcd: {}: a change came but every key could not be read",
+                            connection.node
+                        );
+                    }
+                }
+            },
         }
     };
     tracing::info!("etcd: {ended}; watching again");
 }
 
+/// With a watcher per prefix, reads every prefix at one revision and queues the read as a
+/// replacement, which holds every part of the transactions up to it. False when the read
+/// failed or the daemon stopped listening.
+async fn read_everything(client: &Client, prefixes: &[String], events: &WatchSender) -> bool {
+    let snapshot = match client.fetch(prefixes).await {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            tracing::info!("etcd: {error}");
+            return false;
+        }
+    };
+    let revision = snapshot.revision;
+    if !events.replace(snapshot).await {
+        return false;
+    }
+    if let Some(revision) = revision {
+        client.progress().advance_all(prefixes, revision);
+    }
+    true
+}
+
 /// A watcher's events grouped by the revision that made them, in order, keeping those whose
 /// key and revision `wanted` accepts; a revision none of whose events is kept stays, empty.
 /// Events of a key that is not UTF-8 are left out.
-fn by_revision(events: &[Event], wanted: impl Fn(&[u8], i64) -> bool) -> Vec<(i64, Vec<Change>)> {
+fn by_revision(
+    events: &[mvccpb::Event],
+    wanted: impl Fn(&[u8], i64) -> bool,
+) -> Vec<(i64, Vec<Change>)> {
     let mut runs: Vec<(i64, Vec<Change>)> = Vec::new();
     for event in events {
-        let revision = event.kv.mod_revision;
+        let Some(kv) = &event.kv else {
+            continue;
+        };
+        let revision = kv.mod_revision;
         if runs.last().is_none_or(|(last, _)| *last != revision) {
             runs.push((revision, Vec::new()));
         }
         // The key alone decides, so a value under no prefix is never decoded.
-        let wanted = BASE64
-            .decode(&event.kv.key)
-            .is_ok_and(|key| wanted(&key, revision));
-        if !wanted {
+        if !wanted(&kv.key, revision) {
             continue;
         }
-        let Some((key, value)) = event.kv.decode() else {
+        let Some((key, value)) = decode(kv) else {
             continue;
         };
-        let change = if event.kind == "DELETE" {
+        let change = if event.r#type == mvccpb::event::EventType::Delete as i32 {
             Change::Delete { key }
         } else {
             Change::Put { key, value }
@@ -634,308 +542,127 @@ fn by_revision(events: &[Event], wanted: impl Fn(&[u8], i64) -> bool) -> Vec<(i6
     runs
 }
 
-/// Asks `node` for the number of keys under `prefix`: the watch's liveness probe.
-async fn probe_node(client: &Client, node: &Node, prefix: &str) -> Result<(), String> {
-    let (key, range_end) = prefix_range(prefix);
-    let request = range_request(&key, &range_end, 0, Order::CountOnly).to_string();
-    Probes::check(
-        node,
-        client.call_node::<RangeResponse>(node, "/v3/kv/range", &request),
-    )
-    .await
-}
-
-/// The response of a watch request, read message by message.
-struct Connection {
-    /// The node's index in [`Client::nodes`].
-    index: usize,
-    node: Node,
-    response: reqwest::Response,
-    /// Bytes received but not yet a whole message.
-    buffer: Vec<u8>,
-    /// Messages read while the watch was being set up, handed out first.
-    early: VecDeque<WatchResponse>,
-    /// How the watchers map to the prefixes.
-    layout: Layout,
-    /// How many watchers there are; their ids are 0 and up.
-    watchers: usize,
-}
-
-/// Why a watch stream gave no further message.
-enum Ended {
-    /// The stream ended, broke, or carried something unreadable.
-    Stream(String),
-    /// etcd reported an error in the stream.
-    Refused(GatewayError, String),
-}
-
-impl Ended {
-    fn into_error(self, client: &Client) -> EtcdError {
-        match self {
-            Ended::Stream(reason) => EtcdError::Unreachable(reason),
-            Ended::Refused(error, node) => {
-                let text = error.text(reqwest::StatusCode::OK);
-                let message = format!("{node}: the watch failed: {text}");
-                if text.contains("permission denied") {
-                    return EtcdError::Auth(message);
-                }
-                if is_authentication_failure(&text) {
-                    client.forget_token();
-                }
-                EtcdError::Unreachable(message)
-            }
-        }
-    }
-}
-
-impl Connection {
-    /// The next message. Cancel-safe: bytes are only taken from the response in the poll that
-    /// returns them, and a whole line only leaves the buffer when it is returned.
-    async fn read(&mut self) -> Result<WatchResponse, Ended> {
-        if let Some(message) = self.early.pop_front() {
-            return Ok(message);
-        }
-        loop {
-            if let Some(end) = self.buffer.iter().position(|byte| *byte == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                // A message that cannot be read could hold a change: the stream ends, and the
-                // next watch starts again before it.
-                return match serde_json::from_slice::<WatchMessage>(&line) {
-                    Ok(WatchMessage::Result(message)) => Ok(message),
-                    Ok(WatchMessage::Error(error)) => {
-                        Err(Ended::Refused(error, self.node.to_string()))
-                    }
-                    Err(e) => Err(Ended::Stream(format!(
-                        "{}: unreadable watch message: {e}",
-                        self.node
-                    ))),
-                };
-            }
-            match self.response.chunk().await {
-                Ok(Some(bytes)) => self.buffer.extend_from_slice(&bytes),
-                Ok(None) => {
-                    return Err(Ended::Stream(format!(
-                        "{}: the watch stream ended",
-                        self.node
-                    )));
-                }
-                Err(e) => {
-                    return Err(Ended::Stream(format!(
-                        "{}: the watch stream broke: {}",
-                        self.node,
-                        error_chain(&e)
-                    )));
-                }
-            }
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum WatchMessage {
-    Result(WatchResponse),
-    Error(GatewayError),
-}
-
-#[derive(Debug, Deserialize)]
-struct WatchResponse {
-    #[serde(default)]
-    header: Header,
-    #[serde(default, deserialize_with = "int64")]
-    watch_id: i64,
-    #[serde(default)]
-    created: bool,
-    #[serde(default)]
-    canceled: bool,
-    #[serde(default, deserialize_with = "int64")]
-    compact_revision: i64,
-    #[serde(default)]
-    cancel_reason: String,
-    #[serde(default)]
-    events: Vec<Event>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Event {
-    /// `PUT` is the default and is left out of the JSON.
-    #[serde(default, rename = "type")]
-    kind: String,
-    kv: KeyValue,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::WatchEvent;
-
-    fn parse(line: &str) -> WatchResponse {
-        match serde_json::from_str(line).expect("parses") {
-            WatchMessage::Result(result) => result,
-            WatchMessage::Error(error) => panic!("an error: {error:?}"),
-        }
-    }
-
-    #[test]
-    fn watch_messages_parse_as_the_gateway_writes_them() {
-        let result = parse(
-            r#"{"result":{"header":{"revision":"4"},"events":[{"type":"DELETE","kv":{"key":"L2EvMQ==","mod_revision":"4"}},{"kv":{"key":"L2EvMg==","mod_revision":"4","value":"dg=="}}]}}"#,
-        );
-        assert_eq!(result.watch_id, 0, "watch id 0 is left out");
-        assert_eq!(
-            by_revision(&result.events, |_, _| true),
-            [(
-                4,
-                vec![
-                    Change::Delete { key: "/a/1".into() },
-                    Change::Put {
-                        key: "/a/2".into(),
-                        value: "v".into()
-                    }
-                ]
-            )]
-        );
-        let error = r#"{"error":{"grpc_code":16,"http_code":401,"message":"etcdserver: invalid auth token","http_status":"Unauthorized","code":16}}"#;
-        assert!(matches!(
-            serde_json::from_str::<WatchMessage>(error),
-            Ok(WatchMessage::Error(GatewayError { code: 16, .. }))
-        ));
-    }
-
-    #[test]
-    fn catching_up_events_are_split_by_revision() {
-        let result = parse(
-            r#"{"result":{"watch_id":"1","events":[{"kv":{"key":"L2EvMQ==","mod_revision":"7","value":"MQ=="}},{"kv":{"key":"L2EvMQ==","mod_revision":"9","value":"Mg=="}},{"kv":{"key":"L2EvMg==","mod_revision":"9","value":"Mw=="}}]}}"#,
-        );
-        let runs = by_revision(&result.events, |_, _| true);
-        assert_eq!(runs.len(), 2);
-        assert_eq!((runs[0].0, runs[0].1.len()), (7, 1));
-        assert_eq!((runs[1].0, runs[1].1.len()), (9, 2));
-    }
 
     fn prefixes(list: &[&str]) -> Vec<String> {
         list.iter().map(|prefix| prefix.to_string()).collect()
     }
 
-    fn create_of(body: &str) -> serde_json::Value {
-        let line: serde_json::Value = serde_json::from_str(body.trim_end()).expect("JSON");
-        line["create_request"].clone()
+    fn event(
+        kind: mvccpb::event::EventType,
+        key: &str,
+        value: &str,
+        revision: i64,
+    ) -> mvccpb::Event {
+        mvccpb::Event {
+            r#type: kind as i32,
+            kv: Some(mvccpb::KeyValue {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+                mod_revision: revision,
+                ..mvccpb::KeyValue::default()
+            }),
+            ..mvccpb::Event::default()
+        }
+    }
+
+    fn put(key: &str, value: &str, revision: i64) -> mvccpb::Event {
+        event(mvccpb::event::EventType::Put, key, value, revision)
+    }
+
+    fn client() -> Client {
+        Client::new(&crate::store::etcd::EtcdOptions {
+            nodes: vec!["http://127.0.0.1:2379".into()],
+            ..Default::default()
+        })
+        .expect("client")
+    }
+
+    #[test]
+    fn catching_up_events_are_split_by_revision() {
+        let events = [
+            put("/a/1", "1", 7),
+            put("/a/1", "2", 9),
+            put("/a/2", "3", 9),
+        ];
+        let runs = by_revision(&events, |_, _| true);
+        assert_eq!(runs.len(), 2);
+        assert_eq!((runs[0].0, runs[0].1.len()), (7, 1));
+        assert_eq!((runs[1].0, runs[1].1.len()), (9, 2));
     }
 
     #[test]
     fn one_watcher_covers_every_prefix_from_the_earliest_start() {
-        let request = Request::covering(&prefixes(&["/a/", "/c/"]), &[Some(9), Some(4)]);
-        assert_eq!(request.body.lines().count(), 1);
-        let create = create_of(&request.body);
-        assert_eq!(create["key"], BASE64.encode("/a/"));
-        assert_eq!(create["range_end"], BASE64.encode("/c0"));
-        assert_eq!(create["start_revision"], "4");
+        let plan = Plan::covering(&prefixes(&["/a/", "/c/"]), &[Some(9), Some(4)]);
+        assert_eq!(plan.watchers.len(), 1);
+        let watcher = &plan.watchers[0];
+        assert_eq!(watcher.range.key, b"/a/");
+        assert_eq!(watcher.range.range_end, b"/c0");
+        assert_eq!(watcher.start, Some(4));
         // etcd must have reached what /a was given.
-        assert_eq!(request.latest_starts, [Some(9)]);
+        assert_eq!(watcher.latest_start, Some(9));
 
         // A prefix reaching the last key makes the range reach it too.
-        let everything = Request::covering(&prefixes(&["", "/a/"]), &[None, None]);
-        let create = create_of(&everything.body);
-        assert_eq!(create["key"], BASE64.encode([0]));
-        assert_eq!(create["range_end"], BASE64.encode([0]));
-        assert_eq!(create.get("start_revision"), None);
+        let everything = Plan::covering(&prefixes(&["", "/a/"]), &[None, None]);
+        let watcher = &everything.watchers[0];
+        assert_eq!(
+            (
+                watcher.range.key.as_slice(),
+                watcher.range.range_end.as_slice()
+            ),
+            (&[0u8][..], &[0u8][..])
+        );
+        assert_eq!(watcher.start, None);
 
-        let nothing = Request::covering(&[], &[]);
-        assert!(nothing.body.is_empty() && nothing.latest_starts.is_empty());
-
-        let split = Request::split(&prefixes(&["/a/", "/c/"]), &[Some(9), Some(4)]);
-        assert_eq!(split.body.lines().count(), 2);
-        assert_eq!(split.latest_starts, [Some(9), Some(4)]);
+        let split = Plan::split(&prefixes(&["/a/", "/c/"]), &[Some(9), Some(4)]);
+        let starts: Vec<_> = split.watchers.iter().map(|watcher| watcher.start).collect();
+        assert_eq!(starts, [Some(9), Some(4)]);
     }
 
     #[test]
     fn the_covering_watcher_keeps_only_changes_under_a_prefix_not_yet_given() {
-        let request = Request::covering(&prefixes(&["/a/", "/c/"]), &[Some(9), Some(4)]);
+        let plan = Plan::covering(&prefixes(&["/a/", "/c/"]), &[Some(9), Some(4)]);
+        let Layout::Covering(wanted) = &plan.layout else {
+            panic!("one covering watcher");
+        };
         // Revision 5: /a was given it already, /b is no prefix, /c was not given it. Revision
         // 10: all of it is new, the /b part is still no prefix's. Revision 11: only /b.
-        let result = parse(
-            r#"{"result":{"events":[{"kv":{"key":"L2EveA==","mod_revision":"5","value":"MQ=="}},{"kv":{"key":"L2IveA==","mod_revision":"5","value":"MQ=="}},{"kv":{"key":"L2MveA==","mod_revision":"5","value":"MQ=="}},{"type":"DELETE","kv":{"key":"L2EveA==","mod_revision":"10"}},{"kv":{"key":"L2IveA==","mod_revision":"10","value":"Mg=="}},{"kv":{"key":"L2MveA==","mod_revision":"10","value":"Mg=="}},{"kv":{"key":"L2IveA==","mod_revision":"11","value":"Mw=="}}]}}"#,
-        );
-        let runs = by_revision(&result.events, |key, revision| {
-            request.layout.wants(key, revision)
-        });
-        let put = |key: &str, value: &str| Change::Put {
+        let events = [
+            put("/a/x", "1", 5),
+            put("/b/x", "1", 5),
+            put("/c/x", "1", 5),
+            event(mvccpb::event::EventType::Delete, "/a/x", "", 10),
+            put("/b/x", "2", 10),
+            put("/c/x", "2", 10),
+            put("/b/x", "3", 11),
+        ];
+        let runs = by_revision(&events, |key, revision| wants(wanted, key, revision));
+        let change = |key: &str, value: &str| Change::Put {
             key: key.into(),
             value: value.into(),
         };
         assert_eq!(
             runs,
             [
-                (5, vec![put("/c/x", "1")]),
+                (5, vec![change("/c/x", "1")]),
                 (
                     10,
-                    vec![Change::Delete { key: "/a/x".into() }, put("/c/x", "2")]
+                    vec![Change::Delete { key: "/a/x".into() }, change("/c/x", "2")]
                 ),
                 (11, vec![]),
             ]
         );
         // Keys next to a prefix are not under it.
-        assert!(!request.layout.wants(b"/a", 20));
-        assert!(!request.layout.wants(b"/c0", 20));
-        assert!(request.layout.wants(b"/c/", 20));
-    }
-
-    #[tokio::test]
-    async fn split_watchers_catching_up_are_merged_by_revision() {
-        let client = Client::new(&crate::store::etcd::EtcdOptions {
-            nodes: vec!["http://127.0.0.1:2379".into()],
-            ..Default::default()
-        })
-        .expect("client");
-        let prefixes = prefixes(&["/a", "/b"]);
-        // Each watcher catching up sends its share of revisions 2 and 3 in one message.
-        let a = parse(
-            r#"{"result":{"events":[{"kv":{"key":"L2EveA==","mod_revision":"2","value":"MQ=="}},{"kv":{"key":"L2EveA==","mod_revision":"3","value":"Mg=="}}]}}"#,
-        );
-        let b = parse(
-            r#"{"result":{"watch_id":"1","events":[{"kv":{"key":"L2IveA==","mod_revision":"2","value":"MQ=="}},{"kv":{"key":"L2IveA==","mod_revision":"3","value":"Mg=="}}]}}"#,
-        );
-        let mut held = Held::default();
-        for (watcher, message) in [(0, a), (1, b)] {
-            for (revision, changes) in by_revision(&message.events, |_, _| true) {
-                held.add(revision, changes, watcher);
-            }
-        }
-        assert!(held.due.is_some());
-        let (events, mut stream) = watch::channel();
-        assert!(held.deliver(&client, &prefixes, &events).await);
-        assert!(held.due.is_none() && held.revisions.is_empty());
-        for (revision, value) in [(2, "1"), (3, "2")] {
-            let put = |key: &str| Change::Put {
-                key: key.into(),
-                value: value.into(),
-            };
-            let event = stream.recv().await.expect("an event").expect("changes");
-            assert_eq!(
-                event,
-                WatchEvent::Changes {
-                    revision: Some(revision),
-                    changes: vec![put("/a/x"), put("/b/x")],
-                }
-            );
-        }
-        let snapshot = Snapshot::default();
-        assert_eq!(
-            start_revisions(&client, &prefixes, &snapshot),
-            [Some(4), Some(4)]
-        );
+        assert!(!wants(wanted, b"/a", 20));
+        assert!(!wants(wanted, b"/c0", 20));
+        assert!(wants(wanted, b"/c/", 20));
     }
 
     #[test]
     fn a_full_read_behind_the_progress_is_where_the_next_watch_starts() {
-        let client = Client::new(&crate::store::etcd::EtcdOptions {
-            nodes: vec!["http://127.0.0.1:2379".into()],
-            ..Default::default()
-        })
-        .expect("client");
+        let client = client();
         let prefixes = ["/a".to_string(), "/b".to_string()];
         client.progress().advance("/a", 612);
         client.progress().advance("/gone", 700);
@@ -971,11 +698,15 @@ mod tests {
     }
 
     #[test]
-    fn an_authentication_cancel_is_recognised() {
-        let cancelled = parse(
-            r#"{"result":{"watch_id":"-1","created":true,"canceled":true,"cancel_reason":"rpc error: code = Unauthenticated desc = etcdserver: invalid auth token"}}"#,
-        );
-        assert!(is_authentication_failure(&cancelled.cancel_reason));
-        assert!(!is_authentication_failure("etcdserver: no leader"));
+    fn a_refused_range_is_told_from_refused_credentials() {
+        assert!(is_permission_denied(&StoreError::auth(
+            "etcd: n: watch: etcdserver: permission denied"
+        )));
+        assert!(!is_permission_denied(&StoreError::auth(
+            "etcd: n: etcd refused user `u`: authentication failed"
+        )));
+        assert!(!is_permission_denied(&StoreError::rejected(
+            "permission denied"
+        )));
     }
 }
