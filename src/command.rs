@@ -116,8 +116,8 @@ impl CommandEnv {
             match CREDENTIALS.iter().position(|credential| credential == name) {
                 Some(index) => passed |= 1 << index,
                 None => tracing::warn!(
-                    "--command-env {name}: commands get {name} anyway; only these are withheld \
-                     unless named: {}",
+                    "command-env names {name}, which commands get anyway; only these are \
+                     withheld unless named: {}",
                     CREDENTIALS.join(", ")
                 ),
             }
