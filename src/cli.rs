@@ -53,7 +53,8 @@ pub(crate) struct Cli {
     #[arg(long, env = "RECONFD_WATCH")]
     pub watch: bool,
 
-    /// Run every resource once and exit: 0 in sync or updated, 1 if any resource failed.
+    /// Run every resource once and exit: 0 in sync or updated, 1 if any resource failed or
+    /// SIGTERM or SIGINT interrupted the run (killing the command running then).
     #[arg(long, env = "RECONFD_ONETIME")]
     pub onetime: bool,
 

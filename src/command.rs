@@ -117,8 +117,8 @@ impl CommandEnv {
             match CREDENTIALS.iter().position(|credential| credential == name) {
                 Some(index) => passed |= 1 << index,
                 None => tracing::warn!(
-                    "--command-env {name}: commands get {name} anyway; only these are withheld \
-                     unless named: {}",
+                    "command-env names {name}, which commands get anyway; only these are \
+                     withheld unless named: {}",
                     CREDENTIALS.join(", ")
                 ),
             }
@@ -341,6 +341,13 @@ pub(crate) async fn run(
             command: command.to_string(),
             source: source.into(),
         })?;
+    let mut group = RunningGroup {
+        leader: child
+            .id()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .map(Pid::from_raw),
+        command,
+    };
     let output = Arc::new(Mutex::new(Output::default()));
     let readers = tokio::spawn(collect_output(
         child.stdout.take(),
@@ -349,10 +356,7 @@ pub(crate) async fn run(
     ));
     let status = match tokio::time::timeout(limit, child.wait()).await {
         Err(_) => {
-            if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
-                // The group may already be gone; there is nothing more to do then.
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+            group.kill();
             let _ = child.wait().await;
             readers.abort();
             return Err(CommandError::TimedOut {
@@ -369,6 +373,9 @@ pub(crate) async fn run(
         }
         Ok(Ok(status)) => status,
     };
+    // What the command left running in the background (a service started with `&`) is not
+    // reconfd's to stop.
+    group.exited();
     if tokio::time::timeout(OUTPUT_GRACE, readers).await.is_err() {
         // The reader stays with the background process, keeping at most OUTPUT_LIMIT bytes:
         // closing the pipe instead would kill a service that later writes to it (SIGPIPE).
@@ -399,6 +406,42 @@ pub(crate) async fn run(
                 format!(": {}", text.replace("\r\n", "\n").replace('\n', "\\n"))
             },
         })
+    }
+}
+
+/// The process group of a running command. Dropped before the command exited, it kills the
+/// group: a run that is given up (reconfd interrupted in `--onetime`) must not leave the
+/// command, or what it started, running on without reconfd.
+struct RunningGroup<'a> {
+    /// The shell, whose process ID is the group's; `None` once the group is not to be killed.
+    leader: Option<Pid>,
+    command: &'a ShellCommand,
+}
+
+impl RunningGroup<'_> {
+    /// Kills the whole group now.
+    fn kill(&mut self) {
+        if let Some(leader) = self.leader.take() {
+            // The group may already be gone; there is nothing more to do then.
+            let _ = killpg(leader, Signal::SIGKILL);
+        }
+    }
+
+    /// The shell has exited: the group is left as it is.
+    fn exited(&mut self) {
+        self.leader = None;
+    }
+}
+
+impl Drop for RunningGroup<'_> {
+    fn drop(&mut self) {
+        if self.leader.is_some() {
+            tracing::warn!(
+                "`{}` was still running: killed with its process group",
+                self.command
+            );
+            self.kill();
+        }
     }
 }
 

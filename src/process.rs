@@ -2,7 +2,8 @@
 //! status server, sd_notify, and the one place where the outcome becomes an exit status.
 //!
 //! `--onetime` runs every controller once and exits 0 when every resource is in sync or
-//! updated, 1 when any failed, 2 for unusable settings. Otherwise the controllers run until
+//! updated, 1 when any failed or when SIGTERM or SIGINT interrupted it (killing the command
+//! running then), 2 for unusable settings. Otherwise the controllers run until
 //! SIGTERM or SIGINT; SIGHUP checks the settings, conf.d and templates again and, when all of
 //! it is usable, replaces the running controllers with a new generation.
 
@@ -110,16 +111,8 @@ async fn onetime(plan: Plan, signals: &mut Signals) -> ExitCode {
                 }
                 None => break,
             },
-            // Interrupted, a onetime run stops at its next step; a stage file being checked
-            // is removed as it is dropped, and no destination is half-written.
-            _ = signals.terminate.recv() => {
-                tracing::error!("interrupted");
-                return ExitCode::FAILURE;
-            }
-            _ = signals.interrupt.recv() => {
-                tracing::error!("interrupted");
-                return ExitCode::FAILURE;
-            }
+            _ = signals.terminate.recv() => return interrupted(tasks, "SIGTERM").await,
+            _ = signals.interrupt.recv() => return interrupted(tasks, "SIGINT").await,
         }
     }
     if failures == 0 {
@@ -127,6 +120,16 @@ async fn onetime(plan: Plan, signals: &mut Signals) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Ends an interrupted onetime run: every controller stops where it is. A check or reload
+/// command still running is killed with its process group (commands run in groups of their
+/// own, which the signal did not reach), a stage file being checked is removed, and no
+/// destination is half-written.
+async fn interrupted(mut tasks: JoinSet<usize>, signal: &str) -> ExitCode {
+    tracing::error!("interrupted by {signal}");
+    tasks.shutdown().await;
+    ExitCode::FAILURE
 }
 
 /// The controllers of one set of settings, running until stopped.

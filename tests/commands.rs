@@ -173,7 +173,7 @@ fn a_credential_named_by_the_settings_is_passed_on_and_only_that_one() {
     assert!(!env.contains("VAULT_TOKEN="), "{env}");
     assert!(
         run.stderr
-            .contains("--command-env NOT_A_CREDENTIAL: commands get NOT_A_CREDENTIAL anyway"),
+            .contains("command-env names NOT_A_CREDENTIAL, which commands get anyway"),
         "{run:?}"
     );
 }

@@ -341,10 +341,14 @@ async fn render(
     let (reply, answer) = tokio::sync::oneshot::channel();
     let hold = hold_clock();
     let job: Job = Box::new(move || {
-        let _running = Running(running);
+        let running = Running(running);
         let _hold = hold;
+        let rendered = thread_member.renderer.render_bounded(view, &thread_bounds);
+        // Marked ended before the answer goes: the round that the answer lets start next must
+        // not find this render still running.
+        drop(running);
         // The caller stopped waiting only if it gave up on the render.
-        let _ = reply.send(thread_member.renderer.render_bounded(view, &thread_bounds));
+        let _ = reply.send(rendered);
     });
     let resource = &member.resource;
     let failure = |message: String, may_pass: bool| RenderFailure {
