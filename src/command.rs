@@ -328,9 +328,15 @@ pub(crate) async fn run(
     for name in env.withheld() {
         shell.env_remove(name);
     }
+    let script = match crate::descriptors::starting_soft_limit() {
+        // The shell sets it for itself and what it starts; a shell without `ulimit -n`
+        // runs the command anyway.
+        Some(soft) => format!("ulimit -S -n {soft} 2>/dev/null\n{}", command.text()),
+        None => command.text().to_string(),
+    };
     let mut child = shell
         .arg("-c")
-        .arg(command.text())
+        .arg(script)
         .envs(command.variables.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

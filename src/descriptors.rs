@@ -6,7 +6,19 @@
 //! of its commands should not fail at a limit the system lets it raise. So it raises the soft
 //! limit to the hard one at start, as the Go runtime does for confd.
 
+use std::sync::OnceLock;
+
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// The soft limit reconfd started with, where it raised it: what its commands get back.
+static STARTING_SOFT_LIMIT: OnceLock<u64> = OnceLock::new();
+
+/// The soft limit to give back to a command, when reconfd raised its own: a service a reload
+/// command starts (`haproxy -D`) gets the limit it would have had without reconfd, as Go
+/// gives it back to confd's commands.
+pub(crate) fn starting_soft_limit() -> Option<u64> {
+    STARTING_SOFT_LIMIT.get().copied()
+}
 
 /// The soft limit assumed when the limits cannot be read: Linux's usual default.
 const USUAL_SOFT_LIMIT: u64 = 1024;
@@ -26,6 +38,7 @@ pub(crate) fn raise_open_files_limit() -> u64 {
     }
     match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
         Ok(()) => {
+            let _ = STARTING_SOFT_LIMIT.set(soft);
             tracing::debug!("limit on open files raised from {soft} to {hard}");
             hard
         }

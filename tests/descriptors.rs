@@ -66,6 +66,32 @@ fn the_soft_limit_is_raised_to_the_hard_limit() {
 }
 
 #[test]
+fn commands_get_the_soft_limit_reconfd_started_with() {
+    let fixture = fixture("80");
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\n\
+         reload_cmd = \"ulimit -S -n > reload-limit\"\n",
+    );
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("limits");
+    let hard = hard.min(4096);
+    let daemon = spawn_with_limit(
+        &fixture,
+        &["--watch", "--backend", "file", "--file", "data.yaml"],
+        64,
+        hard,
+    );
+    expect_file(
+        &fixture,
+        &daemon,
+        "reload-limit",
+        "64\n",
+        "the reload's limit",
+    );
+    assert_eq!(open_files_limits(daemon.child.id()), (hard, hard));
+}
+
+#[test]
 fn idle_connections_to_listen_leave_descriptors_for_the_store_and_the_files() {
     let fixture = fixture("80");
     let address = format!("127.0.0.1:{}", common::etcd::free_port());
