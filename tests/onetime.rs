@@ -665,3 +665,28 @@ fn a_missing_confdir_points_at_the_flag() {
         "{run:?}"
     );
 }
+
+#[test]
+fn unquoted_yes_no_on_off_are_booleans_as_in_confd() {
+    let fixture = Fixture::new();
+    fixture.template(
+        "flags.tmpl",
+        "{% for kv in gets(key=\"/v/*\") %}{{ kv.key | base }}={{ kv.value }}\n{% endfor %}",
+    );
+    fixture.resource(
+        "flags",
+        "src = \"flags.tmpl\"\ndest = \"flags.conf\"\nkeys = [\"/v\"]\n",
+    );
+    fixture.write(
+        "data.yaml",
+        "v:\n  word_yes: yes\n  word_off: Off\n  letter_n: n\n  quoted_yes: 'yes'\n  \
+         quoted_on: \"on\"\n  sentence: say yes\n",
+    );
+    let run = fixture.run(ONETIME_FILE);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        fixture.read("flags.conf"),
+        "letter_n=false\nquoted_on=on\nquoted_yes=yes\nsentence=say yes\nword_off=false\n\
+         word_yes=true\n"
+    );
+}

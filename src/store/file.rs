@@ -1,9 +1,10 @@
 //! The file store: YAML, JSON and TOML files, flattened into keys as confd's file backend does.
 //!
 //! Nested maps become `/a/b/c`, list items `/a/0`, `/a/1`; scalars become strings the way Go
-//! prints them (so a confd data file renders the same here); nulls produce no key. Directories
-//! are read recursively, files in sorted order, hidden files and directories left out, and when
-//! two files define the same key the later one wins.
+//! prints them (so a confd data file renders the same here); nulls produce no key; YAML's
+//! unquoted `yes`, `no`, `on`, `off` are booleans, as in confd's YAML 1.1 reader (see
+//! `yaml11`). Directories are read recursively, files in sorted order, hidden files and
+//! directories left out, and when two files define the same key the later one wins.
 //!
 //! A Kubernetes ConfigMap mount works both as a directory and as a single file in it: its
 //! data lives in a hidden `..<timestamp>` directory behind a `..data` symlink, which the walk
@@ -11,6 +12,8 @@
 //!
 //! The store reads every file again on each fetch and on each change a watch sees: data files
 //! are small, and reading them whole is what keeps the result exactly equal to a fresh fetch.
+
+mod yaml11;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -368,8 +371,20 @@ fn read_file(path: &Path) -> Result<Vec<(String, String)>, StoreError> {
             from_toml(toml::Value::Table(table))
         }
         _ => {
-            let mut tree = serde_yaml_ng::from_str::<Value>(&text)
-                .map_err(|e| file_error(path, yaml_message(&e)))?;
+            let parse = || {
+                serde_yaml_ng::from_str::<Value>(&text)
+                    .map_err(|e| file_error(path, yaml_message(&e)))
+            };
+            let mut tree = parse()?;
+            if let Err(disagreement) = yaml11::resolve_booleans(&text, &mut tree) {
+                // Only a parser bug or a corner of YAML where the two parsers differ gets
+                // here. The file still reads as it would with YAML 1.2 rather than failing.
+                tracing::warn!(
+                    "file store: {}: {disagreement}; its yes/no/on/off words are read as strings",
+                    path.display()
+                );
+                tree = parse()?;
+            }
             // Go's YAML decoder, which confd uses, applies `<<` merge keys.
             tree.apply_merge()
                 .map_err(|e| file_error(path, yaml_message(&e)))?;
@@ -604,6 +619,65 @@ mod tests {
                 ("/whole", "3"),
             ])
         );
+    }
+
+    #[test]
+    fn unquoted_yaml_1_1_boolean_words_are_booleans_as_in_confd() {
+        let entries = parse(
+            "data.yaml",
+            "v:\n  word_yes: yes\n  word_no: NO\n  word_on: On\n  letter_y: y\n  quoted_off: 'off'\n  \
+             quoted_n: \"n\"\n  tagged: !!str yes\n  list: [on, 'on', Off]\n  yes: key\n",
+        )
+        .expect("parse");
+        assert_eq!(
+            entries,
+            keys(&[
+                ("/v/letter_y", "true"),
+                ("/v/list/0", "true"),
+                ("/v/list/1", "on"),
+                ("/v/list/2", "false"),
+                ("/v/quoted_n", "n"),
+                ("/v/quoted_off", "off"),
+                ("/v/tagged", "yes"),
+                // go-yaml v2 reads a plain `yes` key as the boolean true too; confd's flattening
+                // panics on it (it asserts every key is a string), reconfd spells it.
+                ("/v/true", "key"),
+                ("/v/word_no", "false"),
+                ("/v/word_on", "true"),
+                ("/v/word_yes", "true"),
+            ])
+        );
+    }
+
+    #[test]
+    fn boolean_words_merged_from_an_anchor_are_booleans() {
+        let entries = parse(
+            "data.yaml",
+            "base: &base\n  tls: on\nweb:\n  <<: *base\n  debug: off\n",
+        )
+        .expect("parse");
+        assert_eq!(
+            entries,
+            keys(&[
+                ("/base/tls", "true"),
+                ("/web/debug", "false"),
+                ("/web/tls", "true")
+            ])
+        );
+    }
+
+    #[test]
+    fn a_file_whose_yaml_1_1_reading_fails_is_read_as_yaml_1_2() {
+        // serde_yaml_ng (libyaml) takes a comment right after a quoted scalar, which YAML and
+        // the second parser do not: the file is read, its words stay strings.
+        let entries = parse("data.yaml", "a: \"x\"#note\nb: yes\n").expect("parse");
+        assert_eq!(entries, keys(&[("/a", "x"), ("/b", "yes")]));
+    }
+
+    #[test]
+    fn json_strings_that_spell_boolean_words_stay_strings() {
+        let entries = parse("data.json", r#"{"a": "yes", "b": "off"}"#).expect("parse");
+        assert_eq!(entries, keys(&[("/a", "yes"), ("/b", "off")]));
     }
 
     #[test]
