@@ -17,6 +17,9 @@ pub mod nats;
 pub(crate) mod nodes;
 pub(crate) mod progress;
 pub mod redis;
+#[cfg(test)]
+#[path = "../../tests/common/certificates.rs"]
+pub(crate) mod test_certificates;
 pub mod tls;
 pub mod vault;
 pub(crate) mod watch;

@@ -268,15 +268,13 @@ impl ServerCertVerifier for AnyCertificate {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use rustls::server::WebPkiClientVerifier;
     use rustls::{ClientConnection, ServerConfig, ServerConnection};
 
     use super::*;
+    use crate::store::test_certificates::make_certificates;
 
-    /// A CA, and a server (`localhost`) and a client certificate it signed, made by the
-    /// `openssl` command in a temp dir, as the etcd test fixture makes them.
+    /// A CA, and a server (`localhost`) and a client certificate it signed, in a temp dir.
     struct Files {
         dir: tempfile::TempDir,
     }
@@ -284,76 +282,7 @@ mod tests {
     impl Files {
         fn new() -> Files {
             let dir = tempfile::tempdir().expect("temp dir");
-            let openssl = |args: &[&str]| {
-                let output = Command::new("openssl")
-                    .args(args)
-                    .current_dir(dir.path())
-                    .output()
-                    .expect("openssl (installed by scripts/test.sh)");
-                assert!(
-                    output.status.success(),
-                    "openssl {args:?}: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            };
-            let new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-            openssl(
-                &[
-                    &[
-                        "req",
-                        "-x509",
-                        "-nodes",
-                        "-days",
-                        "2",
-                        "-subj",
-                        "/CN=test CA",
-                    ][..],
-                    &new_key,
-                    &["-keyout", "ca.key", "-out", "ca.pem"],
-                ]
-                .concat(),
-            );
-            let extensions = [
-                (
-                    "server",
-                    "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n",
-                ),
-                ("client", "extendedKeyUsage=clientAuth\n"),
-            ];
-            for (name, extension) in extensions {
-                let (key, csr, pem, ext) = (
-                    format!("{name}.key"),
-                    format!("{name}.csr"),
-                    format!("{name}.pem"),
-                    format!("{name}.ext"),
-                );
-                std::fs::write(dir.path().join(&ext), extension).expect("extensions");
-                openssl(
-                    &[
-                        &["req", "-nodes", "-subj", &format!("/CN={name}")][..],
-                        &new_key,
-                        &["-keyout", &key, "-out", &csr],
-                    ]
-                    .concat(),
-                );
-                openssl(&[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &csr,
-                    "-CA",
-                    "ca.pem",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-extfile",
-                    &ext,
-                    "-out",
-                    &pem,
-                ]);
-            }
+            make_certificates(dir.path());
             Files { dir }
         }
 

@@ -10,6 +10,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
+pub use super::certificates::Certificates;
+use super::certificates::make_certificates;
 use super::wait_for;
 
 /// One etcd member: its ports, data directory and process while it runs.
@@ -20,21 +22,6 @@ struct Member {
     process: Option<Child>,
     /// Stopped with SIGSTOP: the helper's own requests go to another member.
     frozen: bool,
-}
-
-/// Certificates for an etcd that serves TLS and requires client certificates, made with the
-/// `openssl` command in the cluster's temp dir.
-pub struct Certificates {
-    /// The CA that signed both certificates.
-    pub ca: PathBuf,
-    /// The server's certificate, for 127.0.0.1.
-    pub server_cert: PathBuf,
-    /// The server's key.
-    pub server_key: PathBuf,
-    /// A client certificate the server accepts.
-    pub client_cert: PathBuf,
-    /// The client certificate's key.
-    pub client_key: PathBuf,
 }
 
 /// An etcd cluster of one or more members on loopback.
@@ -73,85 +60,6 @@ fn tls_client(certificates: &Certificates) -> reqwest::blocking::Client {
         .identity(reqwest::Identity::from_pem(&identity).expect("client identity"))
         .build()
         .expect("HTTP client")
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
-fn make_certificates(dir: &std::path::Path) -> Certificates {
-    let path = |name: &str| dir.join(name);
-    let openssl = |args: &[&str]| {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (installed by scripts/test.sh)");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=reconfd test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    std::fs::write(
-        path("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
-    )
-    .expect("extensions");
-    std::fs::write(path("client.ext"), "extendedKeyUsage=clientAuth\n").expect("extensions");
-    for (name, extensions) in [("server", "server.ext"), ("client", "client.ext")] {
-        let key = format!("{name}.key");
-        let csr = format!("{name}.csr");
-        let pem = format!("{name}.pem");
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            extensions,
-            "-out",
-            &pem,
-        ]);
-    }
-    Certificates {
-        ca: path("ca.pem"),
-        server_cert: path("server.pem"),
-        server_key: path("server.key"),
-        client_cert: path("client.pem"),
-        client_key: path("client.key"),
-    }
 }
 
 /// A port nothing listens on right now.

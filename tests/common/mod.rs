@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod certificates;
 pub mod consul;
 pub mod etcd;
 pub mod http;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 
 use super::*;
@@ -15,6 +15,7 @@ use crate::store::etcd::proto::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest,
 };
 use crate::store::etcd::proto::{authpb, mvccpb};
+use crate::store::test_certificates::{Certificates, make_certificates};
 use crate::store::tls::{Tls, TlsOptions};
 
 /// Longest wait for a server to come up: generous, as a loaded machine starts etcd slowly.
@@ -34,89 +35,6 @@ fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .expect("a free loopback port")
         .port()
-}
-
-/// Files for an etcd that serves TLS and requires a client certificate.
-struct Certificates {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with `openssl` in
-/// `dir`.
-fn make_certificates(dir: &Path) -> Certificates {
-    let openssl = |args: &[&str]| {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (installed by scripts/test.sh)");
-        assert!(output.status.success(), "openssl {args:?}: {output:?}");
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write");
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("write");
-    for name in ["server", "client"] {
-        let (key, csr, pem, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-            "-out",
-            &pem,
-        ]);
-    }
-    Certificates {
-        ca: dir.join("ca.pem"),
-        server_cert: dir.join("server.pem"),
-        server_key: dir.join("server.key"),
-        client_cert: dir.join("client.pem"),
-        client_key: dir.join("client.key"),
-    }
 }
 
 /// A single-member etcd, or etcd's gRPC proxy in front of one.
