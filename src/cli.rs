@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::store::backend::StoreFields;
@@ -126,6 +126,32 @@ pub(crate) struct Cli {
     /// A resource's own `min_keys` overrides it. [default: 0, off]
     #[arg(long, env = "RECONFD_MIN_KEYS", value_name = "COUNT")]
     pub min_keys: Option<usize>,
+
+    /// What to do instead of running the resources; without one, reconfd runs them as confd
+    /// does (as a daemon, or once with --onetime).
+    #[command(subcommand)]
+    #[serde(skip)] // A subcommand is named on the command line only.
+    pub command: Option<Subcommands>,
+}
+
+/// The subcommands. Every option above may also follow a subcommand's name.
+#[derive(Debug, Subcommand)]
+pub enum Subcommands {
+    /// Print a completion script for a shell, generated from these options: `reconfd
+    /// completions bash > /usr/share/bash-completion/completions/reconfd`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), generated from these options: `reconfd man | man -l -`.
+    Man,
+}
+
+/// The command-line definition: [`Cli`] with every option accepted before or after a
+/// subcommand's name.
+pub fn command() -> clap::Command {
+    Cli::command().mut_args(|arg| arg.global(true))
 }
 
 /// How log lines are written.

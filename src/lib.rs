@@ -14,6 +14,7 @@ mod command;
 mod controller;
 mod descriptors;
 mod limits;
+pub mod manual;
 mod notify;
 mod plan;
 pub mod process;

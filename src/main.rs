@@ -3,11 +3,12 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use reconfd::cli::LogFormat;
-use reconfd::process;
+use clap::FromArgMatches;
+use reconfd::cli::{self, LogFormat, Subcommands};
 use reconfd::secrets::{self, MaskedStderr};
 use reconfd::settings::Settings;
 use reconfd::store::tls;
+use reconfd::{manual, process};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::reload;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -27,7 +28,17 @@ fn main() -> ExitCode {
         .with(filter)
         .init();
 
-    let settings = match Settings::from_command_line() {
+    let matches = cli::command().get_matches();
+    // What is printed from the command-line definition needs no settings: a broken settings
+    // file must not stand in the way of `reconfd man`.
+    if matches.subcommand_name().is_some() {
+        match Subcommands::from_arg_matches(&matches) {
+            Ok(Subcommands::Completions { shell }) => return manual::print_completions(shell),
+            Ok(Subcommands::Man) => return manual::print_man_page(),
+            Err(e) => e.exit(),
+        }
+    }
+    let settings = match Settings::merge(&matches) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("reconfd: {}", secrets::mask(&e.to_string()));

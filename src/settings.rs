@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{Arg, ArgMatches, Command, CommandFactory, FromArgMatches};
+use clap::{Arg, ArgMatches, Command, FromArgMatches};
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, Visitor};
 use toml::Spanned;
@@ -126,10 +126,12 @@ impl Settings {
     /// Parses the process's command line and environment, reads the settings file, and merges
     /// them. Command-line syntax errors exit through clap (status 2).
     pub fn from_command_line() -> Result<Settings, SettingsError> {
-        Settings::merge(&Cli::command().get_matches())
+        Settings::merge(&crate::cli::command().get_matches())
     }
 
-    fn merge(matches: &ArgMatches) -> Result<Settings, SettingsError> {
+    /// Reads the settings file named by `matches` (the command line and environment, parsed
+    /// by [`crate::cli::command`]) and merges them.
+    pub fn merge(matches: &ArgMatches) -> Result<Settings, SettingsError> {
         let cli = Cli::from_arg_matches(matches).unwrap_or_else(|e| e.exit());
         let config_file = cli.config_file.clone().unwrap_or_else(|| {
             cli.confdir
@@ -144,7 +146,7 @@ impl Settings {
             .unwrap_or_else(|e| e.exit());
         let origins = Origins {
             matches,
-            command: Cli::command(),
+            command: crate::cli::command(),
             config_file: &config_file,
         };
 
@@ -450,7 +452,7 @@ mod tests {
     fn settings(args: &[&str]) -> Result<Settings, SettingsError> {
         let mut argv = vec!["reconfd"];
         argv.extend_from_slice(args);
-        let matches = Cli::command()
+        let matches = crate::cli::command()
             .try_get_matches_from(argv)
             .expect("arguments parse");
         Settings::merge(&matches)
@@ -585,7 +587,7 @@ mod tests {
 
     #[test]
     fn unusable_listen_addresses_name_the_flag_or_key() {
-        let err = Cli::command()
+        let err = crate::cli::command()
             .try_get_matches_from(["reconfd", "--listen", "localhost"])
             .expect_err("not an address");
         assert!(err.to_string().contains("--listen"), "{err}");
