@@ -4,7 +4,8 @@
 //! Run with `cargo bench --bench etcd`; BENCHMARKS.md records the figures. Scenarios:
 //!
 //! - change → file written, for a template over 100 keys and over 10,000 keys: the time from
-//!   sending the put to the rename of the destination (seen with inotify);
+//!   sending the put to the rename of the destination (seen with inotify); the 100-key one also
+//!   with the daemon's resources over two and over ten prefixes, which one watch covers;
 //! - 20 resources over the same 10,000 keys: the time until all 20 files are written, range
 //!   requests per change (etcd's `etcd_mvcc_range_total`), and reconfd's peak RSS;
 //! - an idle watching daemon: RSS and CPU time over 10 s;
@@ -15,7 +16,7 @@ mod common;
 mod harness;
 
 use common::etcd::Etcd;
-use harness::{change_to_file, idle, keys, onetime, put_latency, report};
+use harness::{change_to_file, change_to_file_among, idle, keys, onetime, put_latency, report};
 
 /// Changes measured per latency scenario.
 const SMALL_CHANGES: usize = 300;
@@ -26,7 +27,10 @@ const FANOUT_RESOURCES: usize = 20;
 fn main() {
     harness::measure::serve_if_asked();
     let etcd = Etcd::start();
-    for prefix_and_count in [("/bench/small", 100), ("/proxy/frontend", 10_000)] {
+    let others: Vec<String> = (1..10).map(|i| format!("/bench/other{i}")).collect();
+    let mut prefixes_and_counts = vec![("/bench/small", 100), ("/proxy/frontend", 10_000)];
+    prefixes_and_counts.extend(others.iter().map(|prefix| (prefix.as_str(), 100)));
+    for prefix_and_count in prefixes_and_counts {
         let (prefix, count) = prefix_and_count;
         let pairs = keys(prefix, count);
         let pairs: Vec<(&str, &str)> = pairs
@@ -50,6 +54,16 @@ fn main() {
 
     let small = change_to_file(&args, &put, Some(&ranges), "/bench/small", 1, SMALL_CHANGES);
     report("change → file, 100-key template", &small.latencies);
+
+    for count in [2, 10] {
+        let mut prefixes = vec!["/bench/small"];
+        prefixes.extend(others.iter().take(count - 1).map(String::as_str));
+        let run = change_to_file_among(&args, &put, None, &prefixes, count, SMALL_CHANGES);
+        report(
+            &format!("change → file, 100-key template, resources over {count} prefixes"),
+            &run.latencies,
+        );
+    }
 
     let large = change_to_file(
         &args,

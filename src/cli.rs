@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::store::backend::StoreFields;
@@ -126,15 +126,12 @@ pub(crate) struct Cli {
     /// A resource's own `min_keys` overrides it. [default: 0, off]
     #[arg(long, env = "RECONFD_MIN_KEYS", value_name = "COUNT")]
     pub min_keys: Option<usize>,
-
-    /// What to do instead of running the resources; without one, reconfd runs them as confd
-    /// does (as a daemon, or once with --onetime).
-    #[command(subcommand)]
-    #[serde(skip)] // A subcommand is named on the command line only.
-    pub command: Option<Subcommands>,
 }
 
-/// The subcommands. Every option above may also follow a subcommand's name.
+/// What to do instead of running the resources; without one, reconfd runs them as confd does
+/// (as a daemon, or once with --onetime). Every option of [`Cli`] may also follow a
+/// subcommand's name. They are no field of `Cli`, which is also what the settings file is read
+/// into: a subcommand is the command line's alone.
 #[derive(Debug, Subcommand)]
 pub enum Subcommands {
     /// Print a completion script for a shell, generated from these options: `reconfd
@@ -148,10 +145,18 @@ pub enum Subcommands {
     Man,
 }
 
-/// The command-line definition: [`Cli`] with every option accepted before or after a
-/// subcommand's name.
+/// The command-line definition: [`Cli`] and [`Subcommands`], every option accepted before or
+/// after a subcommand's name.
 pub fn command() -> clap::Command {
-    Cli::command().mut_args(|arg| arg.global(true))
+    Subcommands::augment_subcommands(Cli::command()).mut_args(|arg| arg.global(true))
+}
+
+/// The subcommand `matches` (parsed by [`command`]) name, if any.
+pub fn subcommand(matches: &ArgMatches) -> Result<Option<Subcommands>, clap::Error> {
+    match matches.subcommand_name() {
+        Some(_) => Subcommands::from_arg_matches(matches).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// How log lines are written.

@@ -8,7 +8,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -126,14 +126,33 @@ impl CommandEnv {
         CommandEnv { passed }
     }
 
-    /// The credentials commands do not get.
+    /// The credentials commands do not get, of those in reconfd's environment.
     fn withheld(self) -> impl Iterator<Item = &'static str> {
+        self.withheld_among(credentials_present())
+    }
+
+    /// The credentials commands do not get, of those whose bits are set in `present`.
+    fn withheld_among(self, present: u64) -> impl Iterator<Item = &'static str> {
         CREDENTIALS
             .iter()
             .enumerate()
-            .filter(move |(index, _)| self.passed & (1 << index) == 0)
+            .filter(move |(index, _)| present & !self.passed & (1 << index) != 0)
             .map(|(_, name)| *name)
     }
+}
+
+/// Bit `i` set when `CREDENTIALS[i]` is in reconfd's environment, which reconfd never changes.
+/// Removing only those matters: any change to a command's environment makes the standard
+/// library copy the whole environment at each spawn, a cost every reload would pay.
+fn credentials_present() -> u64 {
+    static PRESENT: OnceLock<u64> = OnceLock::new();
+    *PRESENT.get_or_init(|| {
+        CREDENTIALS
+            .iter()
+            .enumerate()
+            .filter(|(_, name)| std::env::var_os(name).is_some())
+            .fold(0, |bits, (index, _)| bits | 1 << index)
+    })
 }
 
 /// A value that a command names with a placeholder.
@@ -737,10 +756,26 @@ mod tests {
     #[test]
     fn only_the_named_credentials_are_passed_on() {
         let env = CommandEnv::passing(&["VAULT_TOKEN".to_string(), "HOME".to_string()]);
-        let withheld: Vec<&str> = env.withheld().collect();
+        let all = u64::MAX;
+        let withheld: Vec<&str> = env.withheld_among(all).collect();
         assert!(!withheld.contains(&"VAULT_TOKEN"), "{withheld:?}");
         assert!(withheld.contains(&"RECONFD_PASSWORD"), "{withheld:?}");
         assert_eq!(withheld.len(), CREDENTIALS.len() - 1);
-        assert_eq!(CommandEnv::default().withheld().count(), CREDENTIALS.len());
+        assert_eq!(
+            CommandEnv::default().withheld_among(all).count(),
+            CREDENTIALS.len()
+        );
+    }
+
+    #[test]
+    fn credentials_absent_from_the_environment_need_no_removing() {
+        let password = CREDENTIALS
+            .iter()
+            .position(|name| *name == "RECONFD_PASSWORD")
+            .unwrap();
+        let withheld: Vec<&str> = CommandEnv::default()
+            .withheld_among(1 << password)
+            .collect();
+        assert_eq!(withheld, ["RECONFD_PASSWORD"]);
     }
 }

@@ -3,7 +3,6 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::FromArgMatches;
 use reconfd::cli::{self, LogFormat, Subcommands};
 use reconfd::secrets::{self, MaskedStderr};
 use reconfd::settings::Settings;
@@ -31,12 +30,11 @@ fn main() -> ExitCode {
     let matches = cli::command().get_matches();
     // What is printed from the command-line definition needs no settings: a broken settings
     // file must not stand in the way of `reconfd man`.
-    if matches.subcommand_name().is_some() {
-        match Subcommands::from_arg_matches(&matches) {
-            Ok(Subcommands::Completions { shell }) => return manual::print_completions(shell),
-            Ok(Subcommands::Man) => return manual::print_man_page(),
-            Err(e) => e.exit(),
-        }
+    match cli::subcommand(&matches) {
+        Ok(Some(Subcommands::Completions { shell })) => return manual::print_completions(shell),
+        Ok(Some(Subcommands::Man)) => return manual::print_man_page(),
+        Ok(None) => {}
+        Err(e) => e.exit(),
     }
     let settings = match Settings::merge(&matches) {
         Ok(settings) => settings,

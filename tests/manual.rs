@@ -62,3 +62,13 @@ fn options_may_follow_a_subcommand() {
     let run = Fixture::new().run(&["completions", "bash", "--log-level", "debug"]);
     assert_eq!(run.code, Some(0), "{run:?}");
 }
+
+#[test]
+fn without_a_subcommand_reconfd_runs_its_resources() {
+    let fixture = Fixture::new();
+    fixture.template("motd.tmpl", "hello\n");
+    fixture.resource("motd", "src = \"motd.tmpl\"\ndest = \"motd\"\n");
+    let run = fixture.run(&["--onetime", "--backend", "env"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("motd"), "hello\n");
+}

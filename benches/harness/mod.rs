@@ -65,10 +65,26 @@ pub fn change_to_file(
     resources: usize,
     changes: usize,
 ) -> ChangeRun {
+    change_to_file_among(store_args, put, ranges, &[prefix], resources, changes)
+}
+
+/// [`change_to_file`] with resource `i` rendering the keys under `prefixes[i % len]`, so that
+/// one daemon watches every prefix; the changes go to `prefixes[0]`, and the destinations of
+/// the resources over it are the ones waited for.
+pub fn change_to_file_among(
+    store_args: &[&str],
+    put: &dyn Fn(&str, &str),
+    ranges: Option<&dyn Fn() -> f64>,
+    prefixes: &[&str],
+    resources: usize,
+    changes: usize,
+) -> ChangeRun {
+    let prefix = prefixes[0];
     let fixture = Fixture::new();
     fixture.template("servers.tmpl", TEMPLATE);
     std::fs::create_dir_all(fixture.path("out")).expect("out dir");
     for index in 0..resources {
+        let prefix = prefixes[index % prefixes.len()];
         fixture.resource(
             &format!("r{index:02}"),
             &format!(
@@ -77,7 +93,11 @@ pub fn change_to_file(
             ),
         );
     }
+    let every_destination: BTreeSet<PathBuf> = (0..resources)
+        .map(|index| fixture.path(&format!("out/r{index:02}.conf")))
+        .collect();
     let destinations: BTreeSet<PathBuf> = (0..resources)
+        .step_by(prefixes.len())
         .map(|index| fixture.path(&format!("out/r{index:02}.conf")))
         .collect();
     let (events, renames) = mpsc::channel();
@@ -96,7 +116,7 @@ pub fn change_to_file(
     let mut args = vec!["--watch", "--log-level", "warn"];
     args.extend_from_slice(store_args);
     let daemon = fixture.spawn(&args);
-    let all_written = || destinations.iter().all(|path| path.exists());
+    let all_written = || every_destination.iter().all(|path| path.exists());
     assert!(
         wait_for(Duration::from_secs(60), all_written),
         "initial render\n{}",
@@ -218,7 +238,12 @@ pub fn status_kib(daemon: &Daemon, field: &str) -> f64 {
 
 /// User plus system CPU time of the daemon, in clock ticks (10 ms).
 pub fn cpu_ticks(daemon: &Daemon) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", daemon.child.id())).expect("stat");
+    process_cpu_ticks(daemon.child.id())
+}
+
+/// User plus system CPU time of process `pid`, in clock ticks (10 ms).
+pub fn process_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     // Fields after the command name (which is in parentheses and may hold spaces).
     let fields: Vec<&str> = stat
         .rsplit_once(')')

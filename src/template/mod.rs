@@ -241,8 +241,10 @@ struct BoundedOutput<'a> {
     exceeded: bool,
 }
 
-impl Write for BoundedOutput<'_> {
-    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+impl BoundedOutput<'_> {
+    /// Appends `buffer` whole, or fails when the render was stopped or the limit is passed.
+    #[inline]
+    fn take(&mut self, buffer: &[u8]) -> std::io::Result<()> {
         if self.bounds.cancel.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("the render was stopped"));
         }
@@ -252,7 +254,20 @@ impl Write for BoundedOutput<'_> {
             return Err(std::io::Error::other("the output is too large"));
         }
         self.bytes.extend_from_slice(buffer);
-        Ok(buffer.len())
+        Ok(())
+    }
+}
+
+impl Write for BoundedOutput<'_> {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        self.take(buffer).map(|()| buffer.len())
+    }
+
+    // Tera writes a render as many small pieces with `write_all`; taking each whole, rather
+    // than through the default loop over `write`, keeps this as cheap as writing to a `Vec`.
+    #[inline]
+    fn write_all(&mut self, buffer: &[u8]) -> std::io::Result<()> {
+        self.take(buffer)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

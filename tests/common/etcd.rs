@@ -453,6 +453,11 @@ impl GrpcProxy {
         self.launch();
     }
 
+    /// The proxy's process id while it runs, to read its CPU time.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
+    }
+
     /// What the proxy logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
