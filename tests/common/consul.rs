@@ -22,8 +22,9 @@
 //!   `GET /v1/health/service/<name>` with each instance's `Node`, `Service` and `Checks` (with
 //!   `CheckID`, `Name`, `Status`, `Output`, `ServiceID`, `ServiceName`), `?passing` keeping the
 //!   instances whose checks all pass; filtered by `service:read`.
-//! - ACL errors (<https://developer.hashicorp.com/consul/docs/security/acl/troubleshoot>): an
-//!   unknown token is 403 `ACL not found`; a denied single read 403 `Permission denied`.
+//! - ACLs (<https://developer.hashicorp.com/consul/docs/security/acl>): `key_prefix` and
+//!   `service_prefix` rules with `read`; default deny, so the anonymous token reads nothing;
+//!   an unknown token is 403 `ACL not found`; a denied single read 403 `Permission denied`.
 //! - An unknown `dc` is 500 `No path to datacenter`.
 
 use std::collections::BTreeMap;
