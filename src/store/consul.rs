@@ -414,27 +414,7 @@ impl Client {
             Some(body) => parse(&path, &body)?,
             None => Vec::new(),
         };
-        let mut keys = KeyMap::new();
-        for entry in entries {
-            // A folder is a key ending in `/`, not a key in its own right. A key holding the
-            // empty string comes with a null value and is a key like any other.
-            if entry.key.ends_with('/') {
-                continue;
-            }
-            let value = match entry.value {
-                Some(encoded) => BASE64.decode(encoded).map_err(|e| {
-                    StoreError::unreachable(format!(
-                        "consul {path}: key `{}` holds a value that is not base64: {e}",
-                        entry.key
-                    ))
-                })?,
-                None => Vec::new(),
-            };
-            keys.insert(
-                format!("/{}", entry.key),
-                String::from_utf8_lossy(&value).into_owned(),
-            );
-        }
+        let keys = kv_keys(&path, entries)?;
         Ok((keys, next))
     }
 
@@ -574,6 +554,32 @@ fn answer_kind(status: reqwest::StatusCode, text: &str) -> StoreErrorKind {
     } else {
         http::status_kind(status)
     }
+}
+
+/// The KV entries of an answer to `path` as keys. A folder is a key ending in `/`, not a key
+/// in its own right; a key holding the empty string comes with a null value and is a key like
+/// any other.
+fn kv_keys(path: &str, entries: Vec<KvEntry>) -> Result<KeyMap, StoreError> {
+    let mut keys = KeyMap::new();
+    for entry in entries {
+        if entry.key.ends_with('/') {
+            continue;
+        }
+        let value = match entry.value {
+            Some(encoded) => BASE64.decode(encoded).map_err(|e| {
+                StoreError::unreachable(format!(
+                    "consul {path}: key `{}` holds a value that is not base64: {e}",
+                    entry.key
+                ))
+            })?,
+            None => Vec::new(),
+        };
+        keys.insert(
+            format!("/{}", entry.key),
+            String::from_utf8_lossy(&value).into_owned(),
+        );
+    }
+    Ok(keys)
 }
 
 /// A key as a URL path, each segment percent-encoded.
@@ -758,6 +764,27 @@ mod tests {
         assert_eq!(next_index(None, 0), 1);
         assert_eq!(next_index(Some(10), 12), 12);
         assert_eq!(next_index(Some(10), 3), 0);
+    }
+
+    #[test]
+    fn an_empty_value_is_a_key_and_a_folder_is_not() {
+        let entries: Vec<KvEntry> = serde_json::from_str(
+            r#"[{"Key":"app/","Value":null},{"Key":"app/empty","Value":null},
+                {"Key":"app/port","Value":"ODA="}]"#,
+        )
+        .expect("parses");
+        let keys = kv_keys("/v1/kv/app", entries).expect("keys");
+        assert_eq!(
+            keys.into_iter().collect::<Vec<_>>(),
+            [
+                ("/app/empty".to_string(), String::new()),
+                ("/app/port".to_string(), "80".to_string())
+            ]
+        );
+        let bad: Vec<KvEntry> =
+            serde_json::from_str(r#"[{"Key":"app/x","Value":"%%"}]"#).expect("parses");
+        let error = kv_keys("/v1/kv/app", bad).expect_err("not base64");
+        assert!(error.to_string().contains("app/x"), "{error}");
     }
 
     #[test]
