@@ -1,7 +1,10 @@
 //! The Vault store, against the in-repo stand-in of `tests/common/vault.rs`: Vault cannot be
 //! installed on this machine, so these tests run against a server that follows Vault's
-//! documented HTTP API (KV versions 1 and 2, token lookup and renewal, AppRole login) instead
-//! of a real Vault. A token or an AppRole login Vault refuses is logged as a refusal.
+//! documented HTTP API (KV versions 1 and 2 with `data/` and `metadata/` apart, deleted and
+//! destroyed versions, nested mounts found with `sys/internal/ui/mounts`, policies enforced per
+//! path and capability, token lookup and renewal, AppRole login) instead of a real Vault; the
+//! last test checks the stand-in itself against those documented shapes. A token or an
+//! AppRole login Vault refuses is logged as a refusal.
 
 mod common;
 
@@ -10,7 +13,7 @@ use std::time::Duration;
 
 use common::etcd::Etcd;
 use common::vault::Vault;
-use common::{Fixture, Run, wait_for};
+use common::{Fixture, Run, expect_file, wait_for};
 use serde_json::json;
 
 /// A resource rendering the database secret `/secret/app/db` into `db.conf`.
@@ -110,6 +113,8 @@ fn kv1_is_detected_and_the_token_can_come_from_vault_token() {
     );
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(fixture.read("app.conf"), "legacy k3y\n");
+    // The version came from asking Vault about the mount, not from a default.
+    assert_eq!(vault.preflights(), ["kv/app"]);
 }
 
 #[test]
@@ -279,4 +284,243 @@ fn a_refused_token_or_login_is_logged_as_such_and_a_token_vault_learns_is_used()
         "{log}"
     );
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// The policy a least-privilege token usually has for `keys = ["/secret/app"]`: read the
+/// secrets below `app`, list the directories below it, nothing at the mount's root.
+#[test]
+fn a_least_privilege_policy_reads_what_the_keys_name_and_no_more() {
+    let vault = Vault::start();
+    vault.add_token_with_policy(
+        "s.app",
+        &[
+            ("secret/data/app/*", &["read"]),
+            ("secret/metadata/app/*", &["list"]),
+        ],
+    );
+    vault.add_token_with_policy("s.list-only", &[("secret/metadata/app/*", &["list"])]);
+    vault.put(
+        "secret",
+        "app/db",
+        json!({"user": "app", "password": "hunter2"}),
+    );
+    vault.put(
+        "secret",
+        "other/db",
+        json!({"user": "other", "password": "x"}),
+    );
+    let fixture = fixture();
+    let url = vault.url();
+    let run = fixture.run(&vault_args(&url, &["--onetime", "--auth-token", "s.app"]));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("db.conf"), "user=app\npassword=hunter2\n");
+
+    // A secret the policy lists but may not read is a refusal, not a missing key.
+    let run = fixture.run(&vault_args(
+        &url,
+        &["--onetime", "--auth-token", "s.list-only"],
+    ));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("vault store refused the credentials"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("/v1/secret/data/app/db"), "{run:?}");
+
+    // A key naming one secret works with `read` on that secret alone.
+    vault.add_token_with_policy("s.db", &[("secret/data/app/db", &["read"])]);
+    let one = Fixture::new();
+    one.template("db.tmpl", "{{ getv(key=\"/secret/app/db/user\") }}\n");
+    one.resource(
+        "db",
+        "src = \"db.tmpl\"\ndest = \"db.conf\"\nkeys = [\"/secret/app/db\"]\n",
+    );
+    let run = one.run(&vault_args(&url, &["--onetime", "--auth-token", "s.db"]));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(one.read("db.conf"), "app\n");
+}
+
+/// A nested KV 2 mount and a KV 1 mount in one resource, each found by asking Vault; a key in
+/// a mount that is not KV is an error naming it.
+#[test]
+fn nested_and_kv1_mounts_are_found_and_a_mount_that_is_not_kv_is_named() {
+    let vault = Vault::start();
+    vault.add_token("s.root", None);
+    vault.put("team/kv", "app/db", json!({"password": "nested"}));
+    vault.put("kv", "app/db", json!({"password": "legacy"}));
+    let fixture = Fixture::new();
+    fixture.template(
+        "app.tmpl",
+        "{{ getv(key=\"/team/kv/app/db/password\") }} {{ getv(key=\"/kv/app/db/password\") }}\n",
+    );
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/team/kv/app\", \"/kv/app\"]\n",
+    );
+    let url = vault.url();
+    let run = fixture.run(&vault_args(&url, &["--onetime", "--auth-token", "s.root"]));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("app.conf"), "nested legacy\n");
+    let mut asked = vault.preflights();
+    asked.sort();
+    assert_eq!(asked, ["kv/app", "team/kv/app"]);
+
+    let pki = Fixture::new();
+    pki.template("cert.tmpl", "{{ getv(key=\"/pki/cert\") }}\n");
+    pki.resource(
+        "cert",
+        "src = \"cert.tmpl\"\ndest = \"cert.pem\"\nkeys = [\"/pki/cert\"]\n",
+    );
+    let run = pki.run(&vault_args(&url, &["--onetime", "--auth-token", "s.root"]));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("a `pki` secrets engine, not KV"),
+        "{run:?}"
+    );
+}
+
+/// A KV 2 secret whose latest version is deleted or destroyed, or whose metadata is deleted,
+/// leaves the rendered file; an undeleted one comes back.
+#[test]
+fn deleted_and_destroyed_versions_leave_the_render() {
+    let vault = Vault::start();
+    vault.add_token("s.root", None);
+    for name in ["a", "b", "c"] {
+        vault.put("secret", &format!("app/{name}"), json!({"value": "v1"}));
+        vault.put("secret", &format!("app/{name}"), json!({"value": "v2"}));
+    }
+    let fixture = Fixture::new();
+    fixture.template(
+        "app.tmpl",
+        "{% for kv in gets(key=\"/secret/app/*\") %}{{ kv.key | base }}={{ kv.value }}\n{% endfor %}",
+    );
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/secret/app\"]\n",
+    );
+    let url = vault.url();
+    let daemon = fixture.spawn(&vault_args(
+        &url,
+        &["--interval", "1", "--auth-token", "s.root"],
+    ));
+    let all = "a=v2\nb=v2\nc=v2\n";
+    expect_file(&fixture, &daemon, "app.conf", all, "every secret");
+    vault.delete("secret", "app/a");
+    expect_file(
+        &fixture,
+        &daemon,
+        "app.conf",
+        "b=v2\nc=v2\n",
+        "soft-deleted",
+    );
+    vault.undelete("secret", "app/a");
+    expect_file(&fixture, &daemon, "app.conf", all, "undeleted");
+    vault.destroy("secret", "app/b");
+    expect_file(&fixture, &daemon, "app.conf", "a=v2\nc=v2\n", "destroyed");
+    vault.delete_metadata("secret", "app/c");
+    expect_file(&fixture, &daemon, "app.conf", "a=v2\n", "metadata deleted");
+    assert!(!daemon.log().contains("ERROR"), "{}", daemon.log());
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// The stand-in itself answers as Vault's HTTP API documents.
+#[test]
+fn the_stand_in_answers_as_vault_documents() {
+    let vault = Vault::start();
+    vault.add_token("s.root", None);
+    vault.add_token_with_policy(
+        "s.app",
+        &[
+            ("secret/data/app/*", &["read"]),
+            ("secret/metadata/app/*", &["list"]),
+            ("secret/data/app/private", &["deny"]),
+            ("team/kv/data/+/db", &["read"]),
+        ],
+    );
+    vault.put("secret", "app/db", json!({"password": "v1"}));
+    vault.put("secret", "app/db", json!({"password": "v2"}));
+    vault.put("secret", "app/private", json!({"value": "p"}));
+    vault.put("team/kv", "x/db", json!({"value": "t"}));
+    let client = common::etcd::http_client();
+    let url = vault.url();
+    let get = |path: &str, token: &str| {
+        let response = client
+            .get(format!("{url}/v1/{path}"))
+            .header("X-Vault-Token", token)
+            .send()
+            .expect("answers");
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().unwrap_or(serde_json::Value::Null);
+        (status, body)
+    };
+
+    // data/ and metadata/ are apart: data has no LIST, metadata no secret.
+    let (status, _) = get("secret/data/app/?list=true", "s.root");
+    assert_eq!(status, 405);
+    let (status, body) = get("secret/metadata/app/?list=true", "s.root");
+    assert_eq!(
+        (status, body["data"]["keys"].clone()),
+        (200, json!(["db", "private"]))
+    );
+    let (status, body) = get("secret/metadata/app/db", "s.root");
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["current_version"], 2);
+    assert!(!body.to_string().contains("v2\""), "no secret data: {body}");
+    let (_, body) = get("secret/data/app/db", "s.root");
+    assert_eq!(body["data"]["data"], json!({"password": "v2"}));
+    assert_eq!(body["data"]["metadata"]["version"], 2);
+
+    // Policies, per path and capability: the mount's root is not listed, a denied path is
+    // refused, `+` stands for one segment.
+    let (status, body) = get("secret/metadata/?list=true", "s.app");
+    assert_eq!(
+        (status, body["errors"][0].clone()),
+        (403, json!("permission denied"))
+    );
+    assert_eq!(get("secret/metadata/app/?list=true", "s.app").0, 200);
+    assert_eq!(get("secret/data/app/db", "s.app").0, 200);
+    assert_eq!(get("secret/data/app", "s.app").0, 403);
+    assert_eq!(get("secret/data/app/private", "s.app").0, 403);
+    assert_eq!(get("secret/data/app/?list=true", "s.app").0, 403);
+    assert_eq!(get("team/kv/data/x/db", "s.app").0, 200);
+    assert_eq!(get("team/kv/data/x/y/db", "s.app").0, 403);
+
+    // The mount holding a path, nested ones too, for a token with access in that mount.
+    let (status, body) = get("sys/internal/ui/mounts/team/kv/x/db", "s.app");
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["path"], "team/kv/");
+    assert_eq!(body["data"]["options"]["version"], "2");
+    let (_, body) = get("sys/internal/ui/mounts/kv/app", "s.root");
+    assert_eq!(body["data"]["options"]["version"], "1");
+    assert_eq!(get("sys/internal/ui/mounts/kv/app", "s.app").0, 403);
+    assert_eq!(get("sys/internal/ui/mounts/nowhere/app", "s.root").0, 403);
+    let (_, body) = get("sys/internal/ui/mounts/pki/cert", "s.root");
+    assert_eq!(body["data"]["type"], "pki");
+
+    // A deleted or destroyed latest version: 404 with its metadata; gone metadata: plain 404.
+    vault.delete("secret", "app/db");
+    let (status, body) = get("secret/data/app/db", "s.root");
+    assert_eq!(status, 404);
+    assert!(body["data"]["data"].is_null(), "{body}");
+    assert_ne!(body["data"]["metadata"]["deletion_time"], "");
+    vault.undelete("secret", "app/db");
+    assert_eq!(get("secret/data/app/db", "s.root").0, 200);
+    vault.destroy("secret", "app/db");
+    let (status, body) = get("secret/data/app/db", "s.root");
+    assert_eq!(
+        (status, body["data"]["metadata"]["destroyed"].clone()),
+        (404, json!(true))
+    );
+    let (_, body) = get("secret/metadata/app/?list=true", "s.root");
+    assert_eq!(
+        body["data"]["keys"],
+        json!(["db", "private"]),
+        "still listed"
+    );
+    vault.delete_metadata("secret", "app/db");
+    let (status, body) = get("secret/data/app/db", "s.root");
+    assert_eq!(
+        (status, body["data"].clone()),
+        (404, serde_json::Value::Null)
+    );
 }

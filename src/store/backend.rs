@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::Store;
-use super::consul::{ConsulOptions, ConsulStore};
+use super::consul::{ConsulOptions, ConsulStore, TokenSource};
 use super::env::EnvStore;
 use super::etcd::{EtcdOptions, EtcdStore};
 use super::file::FileStore;
@@ -338,6 +338,13 @@ impl StoreFields {
                     .auth_token
                     .clone()
                     .or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok()),
+                token_source: if self.auth_token.is_some() {
+                    TokenSource::Settings
+                } else if std::env::var_os("CONSUL_HTTP_TOKEN").is_some() {
+                    TokenSource::Environment
+                } else {
+                    TokenSource::Anonymous
+                },
                 datacenter: self.datacenter.clone(),
                 tls: self.tls(),
             }),

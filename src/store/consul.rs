@@ -41,6 +41,9 @@ const BLOCKING_WAIT: &str = "5m";
 /// Limit for a blocking query: the wait, Consul's jitter, and a margin.
 const BLOCKING_TIMEOUT: Duration = Duration::from_secs(5 * 60 + 30);
 
+/// The header by which Consul tells that its ACLs left entries out of an answer.
+const FILTERED_HEADER: &str = "X-Consul-Results-Filtered-By-ACLs";
+
 /// Limit for a plain query.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -51,10 +54,35 @@ pub struct ConsulOptions {
     pub nodes: Vec<String>,
     /// ACL token.
     pub token: Option<String>,
+    /// Where the token came from, named when the ACLs refuse or filter an answer.
+    pub token_source: TokenSource,
     /// Datacenter to read from; the agent's own when `None`.
     pub datacenter: Option<String>,
     /// TLS settings.
     pub tls: TlsOptions,
+}
+
+/// Where the ACL token came from: an answer the ACLs refused or filtered names it, since the
+/// fix is to that token's policy (or to giving a token at all).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TokenSource {
+    /// No token: Consul answers with its anonymous token's rights.
+    #[default]
+    Anonymous,
+    /// `--auth-token`, `RECONFD_AUTH_TOKEN` or `auth_token` in the settings.
+    Settings,
+    /// Consul's own `CONSUL_HTTP_TOKEN`.
+    Environment,
+}
+
+impl std::fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenSource::Anonymous => "no token was given, so Consul used its anonymous token",
+            TokenSource::Settings => "the token of auth_token (--auth-token, RECONFD_AUTH_TOKEN)",
+            TokenSource::Environment => "the token of CONSUL_HTTP_TOKEN",
+        })
+    }
 }
 
 /// Reads Consul's KV store and service catalog.
@@ -71,6 +99,7 @@ impl ConsulStore {
                 http: http::client("consul", &options.tls, &nodes)?,
                 nodes,
                 token: options.token.clone(),
+                token_source: options.token_source,
                 datacenter: options.datacenter.clone(),
             }),
         })
@@ -372,6 +401,7 @@ struct Client {
     http: reqwest::Client,
     nodes: Nodes<Node>,
     token: Option<String>,
+    token_source: TokenSource,
     datacenter: Option<String>,
 }
 
@@ -384,17 +414,7 @@ impl Client {
             Some(body) => parse(&path, &body)?,
             None => Vec::new(),
         };
-        let keys = entries
-            .into_iter()
-            .filter_map(|entry| {
-                // A "folder" key (ending in /) holds no value.
-                let value = BASE64.decode(entry.value?).ok()?;
-                Some((
-                    format!("/{}", entry.key),
-                    String::from_utf8_lossy(&value).into_owned(),
-                ))
-            })
-            .collect();
+        let keys = kv_keys(&path, entries)?;
         Ok((keys, next))
     }
 
@@ -487,7 +507,20 @@ impl Client {
             .get("X-Consul-Index")
             .and_then(|value| value.to_str().ok()?.parse().ok())
             .unwrap_or(0);
+        let filtered = response
+            .headers()
+            .get(FILTERED_HEADER)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"true"));
         let body = response.bytes().await.map_err(unreachable)?;
+        // What the ACLs left out would read as keys deleted or servers gone: the files would
+        // lose them. Only the whole answer is data.
+        if filtered {
+            return Err(StoreError::auth(format!(
+                "{node}{path}: the ACLs hid part of the answer ({FILTERED_HEADER}: true); {} \
+                 and its policy may not read all of it",
+                self.token_source
+            )));
+        }
         if status.is_success() {
             return Ok((Some(body.to_vec()), next));
         }
@@ -495,8 +528,16 @@ impl Client {
             return Ok((None, next));
         }
         let text = String::from_utf8_lossy(&body).trim().to_string();
-        let message = format!("{node}{path}: HTTP {status}: {text}");
-        Err(StoreError::new(answer_kind(status, &text), message))
+        let kind = answer_kind(status, &text);
+        let message = if kind == StoreErrorKind::Auth {
+            format!(
+                "{node}{path}: HTTP {status}: {text} (the ACLs refused it; {})",
+                self.token_source
+            )
+        } else {
+            format!("{node}{path}: HTTP {status}: {text}")
+        };
+        Err(StoreError::new(kind, message))
     }
 }
 
@@ -513,6 +554,32 @@ fn answer_kind(status: reqwest::StatusCode, text: &str) -> StoreErrorKind {
     } else {
         http::status_kind(status)
     }
+}
+
+/// The KV entries of an answer to `path` as keys. A folder is a key ending in `/`, not a key
+/// in its own right; a key holding the empty string comes with a null value and is a key like
+/// any other.
+fn kv_keys(path: &str, entries: Vec<KvEntry>) -> Result<KeyMap, StoreError> {
+    let mut keys = KeyMap::new();
+    for entry in entries {
+        if entry.key.ends_with('/') {
+            continue;
+        }
+        let value = match entry.value {
+            Some(encoded) => BASE64.decode(encoded).map_err(|e| {
+                StoreError::unreachable(format!(
+                    "consul {path}: key `{}` holds a value that is not base64: {e}",
+                    entry.key
+                ))
+            })?,
+            None => Vec::new(),
+        };
+        keys.insert(
+            format!("/{}", entry.key),
+            String::from_utf8_lossy(&value).into_owned(),
+        );
+    }
+    Ok(keys)
 }
 
 /// A key as a URL path, each segment percent-encoded.
@@ -697,6 +764,27 @@ mod tests {
         assert_eq!(next_index(None, 0), 1);
         assert_eq!(next_index(Some(10), 12), 12);
         assert_eq!(next_index(Some(10), 3), 0);
+    }
+
+    #[test]
+    fn an_empty_value_is_a_key_and_a_folder_is_not() {
+        let entries: Vec<KvEntry> = serde_json::from_str(
+            r#"[{"Key":"app/","Value":null},{"Key":"app/empty","Value":null},
+                {"Key":"app/port","Value":"ODA="}]"#,
+        )
+        .expect("parses");
+        let keys = kv_keys("/v1/kv/app", entries).expect("keys");
+        assert_eq!(
+            keys.into_iter().collect::<Vec<_>>(),
+            [
+                ("/app/empty".to_string(), String::new()),
+                ("/app/port".to_string(), "80".to_string())
+            ]
+        );
+        let bad: Vec<KvEntry> =
+            serde_json::from_str(r#"[{"Key":"app/x","Value":"%%"}]"#).expect("parses");
+        let error = kv_keys("/v1/kv/app", bad).expect_err("not base64");
+        assert!(error.to_string().contains("app/x"), "{error}");
     }
 
     #[test]

@@ -4,8 +4,12 @@
 //! secrets at and below `app` in the mount `secret`. As in confd, a secret whose only field is
 //! `value` is one key (`/secret/app/db` = the value); any other secret is its fields
 //! (`/secret/app/db/password`, nested objects further down) and, for `gets`-style use, the
-//! whole secret as JSON at its own path. The engine's version is detected per mount (Vault's
-//! `sys/internal/ui/mounts` endpoint, which any token may ask) unless `--kv-version` sets it.
+//! whole secret as JSON at its own path. A key covers the secret at its path and those below it,
+//! which is all a least-privilege policy (`read` on `secret/data/app/*`, `list` on
+//! `secret/metadata/app/*`) lets a token see. The mount (nested ones too, such as `team/kv/`)
+//! and its engine's version are asked of Vault's `sys/internal/ui/mounts/<path>`, as Vault's CLI
+//! does, which any token with a capability in the mount may ask; `--kv-version` sets the
+//! version instead.
 //!
 //! Vault has no change feed that reconfd can follow, so the daemon polls it at `--interval`.
 //! The token is renewed when half its time is up; an AppRole login is made again when the
@@ -69,8 +73,9 @@ pub struct VaultStore {
     kv_version: Option<u8>,
     /// The token in use and what is known of its lifetime.
     session: tokio::sync::Mutex<Option<Session>>,
-    /// KV versions found for mounts, so each mount is asked once.
-    versions: Mutex<BTreeMap<String, u8>>,
+    /// The mounts found (with their trailing `/`) and their KV versions, so each mount is
+    /// asked once.
+    mounts: Mutex<BTreeMap<String, u8>>,
 }
 
 /// A token and its lifetime.
@@ -93,7 +98,7 @@ impl VaultStore {
             auth: options.auth.clone(),
             kv_version: options.kv_version,
             session: tokio::sync::Mutex::new(None),
-            versions: Mutex::default(),
+            mounts: Mutex::default(),
         })
     }
 }
@@ -132,48 +137,56 @@ impl Store for VaultStore {
 }
 
 impl VaultStore {
-    /// Every secret under `prefixes`, as keys.
+    /// Every secret under `prefixes`, as keys. Each key is read as the secret at its path and
+    /// the secrets below it, and nothing else: listing the directory holding it (to find
+    /// `app2` beside `app`) needs `list` on a path a least-privilege policy does not grant.
     async fn read_all(&self, token: &str, prefixes: &[String]) -> Result<Snapshot, StoreError> {
+        let mut entries = KeyMap::new();
         // Listing finds every secret first; reading them, one request each, goes on several
         // at a time.
-        let mut secrets: Vec<(String, String, u8, String)> = Vec::new();
+        let mut secrets: Vec<(String, Place, String)> = Vec::new();
         for prefix in prefixes {
-            let (mount, path) = split_mount(prefix)?;
-            let version = self.kv_version(token, mount).await?;
-            // Walk from the directory holding the prefix, so `/secret/app` also finds
-            // `/secret/app2`, as a plain prefix does for every other store.
-            let directory = match path.rfind('/') {
-                Some(end) => &path[..=end],
-                None => "",
+            let place = self.place(token, prefix).await?;
+            let own_path = place.path.trim_end_matches('/');
+            let directory = if own_path.is_empty() {
+                String::new()
+            } else {
+                format!("{own_path}/")
             };
-            let mut pending = vec![directory.to_string()];
-            while let Some(directory) = pending.pop() {
-                for name in self.list(token, mount, version, &directory).await? {
+            let listed = self.list(token, &place, &directory).await;
+            let own = if own_path.is_empty() || place.path.ends_with('/') {
+                Ok(Read::Missing)
+            } else {
+                self.read(token, &place, own_path).await
+            };
+            let (names, own) = settle(prefix, listed, own)?;
+            if let Read::Found(data) = own {
+                flatten_secret(&place.key(own_path), &data, &mut entries);
+            }
+            let mut pending = vec![(directory, names)];
+            while let Some((directory, names)) = pending.pop() {
+                for name in names {
                     let child = format!("{directory}{name}");
-                    let key = format!("/{mount}/{}", child.trim_end_matches('/'));
-                    if !key.starts_with(prefix.trim_end_matches('/')) && !prefix.starts_with(&key) {
-                        continue;
-                    }
                     if name.ends_with('/') {
-                        pending.push(child);
+                        let below = self.list(token, &place, &child).await?;
+                        pending.push((child, below.unwrap_or_default()));
                     } else {
-                        secrets.push((key, mount.to_string(), version, child));
+                        secrets.push((place.key(&child), place.clone(), child));
                     }
                 }
             }
         }
-        let read: Vec<(String, Option<Value>)> = futures_util::stream::iter(secrets)
-            .map(|(key, mount, version, secret)| async move {
-                self.read(token, &mount, version, &secret)
+        let read: Vec<(String, Read)> = futures_util::stream::iter(secrets)
+            .map(|(key, place, secret)| async move {
+                self.read(token, &place, &secret)
                     .await
-                    .map(|data| (key, data))
+                    .map(|read| (key, read))
             })
             .buffer_unordered(READS_AT_ONCE)
             .try_collect()
             .await?;
-        let mut entries = KeyMap::new();
-        for (key, data) in read {
-            if let Some(data) = data {
+        for (key, read) in read {
+            if let Read::Found(data) = read {
                 flatten_secret(&key, &data, &mut entries);
             }
         }
@@ -266,90 +279,156 @@ impl VaultStore {
         Ok(renewed)
     }
 
-    /// The KV version of `mount`: set, or asked of Vault once.
-    async fn kv_version(&self, token: &str, mount: &str) -> Result<u8, StoreError> {
-        if let Some(version) = self.kv_version {
-            return Ok(version);
+    /// Where the secrets of `prefix` live: its mount (nested ones too, such as `team/kv/`),
+    /// the mount's KV version, and the path below it. The mount is asked of Vault's
+    /// `sys/internal/ui/mounts/<path>`, as Vault's own CLI does: any token with a capability on
+    /// some path of the mount may ask, so a least-privilege policy needs nothing more. Each
+    /// mount is asked once.
+    async fn place(&self, token: &str, prefix: &str) -> Result<Place, StoreError> {
+        let path = prefix.trim_start_matches('/');
+        if path.is_empty() {
+            return Err(StoreError::invalid(format!(
+                "vault: key `{prefix}` names no secrets engine mount (such as /secret/app)"
+            )));
         }
-        if let Some(version) = self
-            .versions
+        let known = self
+            .mounts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(mount)
-        {
-            return Ok(*version);
-        }
-        let path = format!("/v1/sys/internal/ui/mounts/{mount}");
-        let answer = self.call("GET", &path, Some(token), None).await?;
-        let version = match answer["data"]["options"]["version"].as_str() {
-            Some("2") => 2,
-            _ => 1,
+            .iter()
+            .filter(|(mount, _)| format!("{}/", path.trim_end_matches('/')).starts_with(*mount))
+            .max_by_key(|(mount, _)| mount.len())
+            .map(|(mount, version)| (mount.clone(), *version));
+        let (mount, version) = match known {
+            Some(found) => found,
+            None => {
+                let found = self.ask_mount(token, prefix, path).await?;
+                self.mounts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(found.0.clone(), found.1);
+                found
+            }
         };
-        self.versions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(mount.to_string(), version);
-        Ok(version)
+        Ok(Place {
+            path: path.strip_prefix(&mount).unwrap_or("").to_string(),
+            mount: mount.trim_end_matches('/').to_string(),
+            version,
+        })
     }
 
-    /// The entries of a directory (`name` or `name/` for a subdirectory); none when it does
-    /// not exist.
+    /// The mount holding `path` (with its trailing `/`) and its KV version, as Vault tells.
+    async fn ask_mount(
+        &self,
+        token: &str,
+        prefix: &str,
+        path: &str,
+    ) -> Result<(String, u8), StoreError> {
+        let url = format!("/v1/sys/internal/ui/mounts/{path}");
+        let answer = match self.request("GET", &url, Some(token), None).await? {
+            (reqwest::StatusCode::NOT_FOUND, _) => {
+                // A Vault without the endpoint (before 1.0): the mount is the first segment,
+                // and only --kv-version can tell its version.
+                let Some(version) = self.kv_version else {
+                    return Err(StoreError::rejected(format!(
+                        "vault {url}: not found, so the mount of key `{prefix}` and its KV \
+                         version are unknown; set kv_version (--kv-version)"
+                    )));
+                };
+                let first = path.split('/').next().unwrap_or(path);
+                return Ok((format!("{first}/"), version));
+            }
+            (_, answer) => answer,
+        };
+        let data = &answer["data"];
+        let mount = data["path"].as_str().unwrap_or_default();
+        if mount.is_empty() || !format!("{}/", path.trim_end_matches('/')).starts_with(mount) {
+            return Err(StoreError::rejected(format!(
+                "vault {url}: the answer names no mount holding key `{prefix}`"
+            )));
+        }
+        // `generic` is the KV engine's name before Vault 0.8.
+        let kind = data["type"].as_str().unwrap_or_default();
+        if kind != "kv" && kind != "generic" {
+            return Err(StoreError::invalid(format!(
+                "vault: key `{prefix}` is in mount `{mount}`, a `{kind}` secrets engine, not KV"
+            )));
+        }
+        let version = self
+            .kv_version
+            .unwrap_or(match data["options"]["version"].as_str() {
+                Some("2") => 2,
+                _ => 1,
+            });
+        Ok((mount.to_string(), version))
+    }
+
+    /// The entries of a directory (empty or ending in `/`) of `place`'s mount; `None` when
+    /// it does not exist.
     async fn list(
         &self,
         token: &str,
-        mount: &str,
-        version: u8,
+        place: &Place,
         directory: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        let path = match version {
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let mount = &place.mount;
+        let path = match place.version {
             2 => format!("/v1/{mount}/metadata/{directory}?list=true"),
             _ => format!("/v1/{mount}/{directory}?list=true"),
         };
-        match self.call_optional("GET", &path, token).await? {
-            Some(answer) => Ok(answer["data"]["keys"]
-                .as_array()
-                .map(|keys| {
-                    keys.iter()
-                        .filter_map(|key| key.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default()),
-            None => Ok(Vec::new()),
-        }
+        Ok(self
+            .call_optional("GET", &path, token)
+            .await?
+            .map(|(_, answer)| {
+                answer["data"]["keys"]
+                    .as_array()
+                    .map(|keys| {
+                        keys.iter()
+                            .filter_map(|key| key.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }))
     }
 
-    /// A secret's fields; `None` when it does not exist (or was deleted).
-    async fn read(
-        &self,
-        token: &str,
-        mount: &str,
-        version: u8,
-        secret: &str,
-    ) -> Result<Option<Value>, StoreError> {
-        let path = match version {
+    /// A secret of `place`'s mount. On KV 2, a secret whose latest version was deleted or
+    /// destroyed is answered 404 with that version's metadata: it is gone from the keys.
+    async fn read(&self, token: &str, place: &Place, secret: &str) -> Result<Read, StoreError> {
+        let mount = &place.mount;
+        let path = match place.version {
             2 => format!("/v1/{mount}/data/{secret}"),
             _ => format!("/v1/{mount}/{secret}"),
         };
-        let Some(answer) = self.call_optional("GET", &path, token).await? else {
-            return Ok(None);
+        let answer = match self.call_optional("GET", &path, token).await? {
+            Some((_, answer)) => answer,
+            None => return Ok(Read::Missing),
         };
-        let data = match version {
-            2 => answer["data"]["data"].clone(),
-            _ => answer["data"].clone(),
+        let data = match place.version {
+            2 => &answer["data"]["data"],
+            _ => &answer["data"],
         };
-        Ok((!data.is_null()).then_some(data))
+        if !data.is_null() {
+            return Ok(Read::Found(data.clone()));
+        }
+        // Found with no data: a KV 2 version deleted or destroyed.
+        Ok(Read::Gone)
     }
 
-    /// Like [`VaultStore::call`], with Vault's 404 for a missing path as `None`.
+    /// Like [`VaultStore::call`], with Vault's 404 for a missing path as `None`, except a
+    /// KV 2 version deleted or destroyed: its 404 still tells its metadata, and is answered
+    /// with the status.
     async fn call_optional(
         &self,
         method: &str,
         path: &str,
         token: &str,
-    ) -> Result<Option<Value>, StoreError> {
+    ) -> Result<Option<(reqwest::StatusCode, Value)>, StoreError> {
         match self.request(method, path, Some(token), None).await? {
+            (reqwest::StatusCode::NOT_FOUND, answer) if answer["data"]["metadata"].is_object() => {
+                Ok(Some((reqwest::StatusCode::NOT_FOUND, answer)))
+            }
             (reqwest::StatusCode::NOT_FOUND, _) => Ok(None),
-            (_, answer) => Ok(Some(answer)),
+            (status, answer) => Ok(Some((status, answer))),
         }
     }
 
@@ -469,15 +548,56 @@ fn session_from_auth(answer: &Value) -> Result<Session, StoreError> {
     })
 }
 
-/// `/mount/path/...` as (mount, path below it).
-fn split_mount(prefix: &str) -> Result<(&str, &str), StoreError> {
-    let trimmed = prefix.trim_start_matches('/');
-    match trimmed.split_once('/') {
-        Some((mount, path)) if !mount.is_empty() => Ok((mount, path)),
-        None if !trimmed.is_empty() => Ok((trimmed, "")),
-        _ => Err(StoreError::invalid(format!(
-            "vault: key `{prefix}` names no secrets engine mount (such as /secret/app)"
-        ))),
+/// Where a key's secrets live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Place {
+    /// The mount, without its trailing `/`: `secret`, `team/kv`.
+    mount: String,
+    /// The mount's KV version.
+    version: u8,
+    /// The key's path below the mount; empty for the whole mount.
+    path: String,
+}
+
+impl Place {
+    /// The reconfd key of the secret at `path` in this mount.
+    fn key(&self, path: &str) -> String {
+        format!("/{}/{path}", self.mount)
+    }
+}
+
+/// A secret as read.
+#[derive(Debug, PartialEq)]
+enum Read {
+    /// Its fields.
+    Found(Value),
+    /// It exists, but its latest KV 2 version is deleted or destroyed: no keys.
+    Gone,
+    /// There is none.
+    Missing,
+}
+
+/// What a key names, from the listing of the directory at its path and the read of the secret
+/// at its path: the names to walk and the secret. A least-privilege policy grants one of the
+/// two (`list` on `app/*` but not `read` on `app`, or `read` on the one secret but no `list`),
+/// so the other's refusal is left out when the answer of the one shows what the key names: a
+/// directory with entries, or a secret. Any other refusal is the answer.
+fn settle(
+    prefix: &str,
+    listed: Result<Option<Vec<String>>, StoreError>,
+    own: Result<Read, StoreError>,
+) -> Result<(Vec<String>, Read), StoreError> {
+    let refused = |e: &StoreError| e.kind() == StoreErrorKind::Auth;
+    match (listed, own) {
+        (Err(e), Ok(own)) if refused(&e) && own != Read::Missing => {
+            tracing::debug!("vault: key `{prefix}` names a secret; its directory: {e}");
+            Ok((Vec::new(), own))
+        }
+        (Ok(Some(names)), Err(e)) if refused(&e) && !names.is_empty() => {
+            tracing::debug!("vault: key `{prefix}` names a directory; the secret at it: {e}");
+            Ok((names, Read::Missing))
+        }
+        (listed, own) => Ok((listed?.unwrap_or_default(), own?)),
     }
 }
 
@@ -589,13 +709,39 @@ mod tests {
     }
 
     #[test]
-    fn keys_name_their_mount() {
+    fn a_refusal_is_left_out_only_when_the_other_answer_shows_what_the_key_names() {
+        fn refused<T>() -> Result<T, StoreError> {
+            Err(StoreError::auth("permission denied"))
+        }
+        let names = || Ok(Some(vec!["db".to_string()]));
+        let secret = || Ok(Read::Found(json!({"value": "v"})));
+        let (listed, own) = settle("/secret/app", names(), refused()).expect("a directory");
+        assert_eq!((listed, own), (vec!["db".to_string()], Read::Missing));
+        let (listed, own) = settle("/secret/app/db", refused(), secret()).expect("a secret");
         assert_eq!(
-            split_mount("/secret/app/db").expect("valid"),
-            ("secret", "app/db")
+            (listed, own),
+            (Vec::new(), Read::Found(json!({"value": "v"})))
         );
-        assert_eq!(split_mount("/secret").expect("valid"), ("secret", ""));
-        assert!(split_mount("/").is_err());
+        let (_, own) = settle("/secret/app/db", refused(), Ok(Read::Gone)).expect("deleted");
+        assert_eq!(own, Read::Gone);
+        type Listed = Result<Option<Vec<String>>, StoreError>;
+        let cases: [(Listed, Result<Read, StoreError>); 4] = [
+            (refused(), refused()),
+            (refused(), Ok(Read::Missing)),
+            (Ok(None), refused()),
+            (Ok(Some(Vec::new())), refused()),
+        ];
+        for (listed, own) in cases {
+            let error = settle("/secret/app", listed, own).expect_err("nothing shows the key");
+            assert_eq!(error.kind(), StoreErrorKind::Auth);
+        }
+        let unreachable = settle(
+            "/secret/app",
+            names(),
+            Err(StoreError::unreachable("sealed")),
+        )
+        .expect_err("not a refusal");
+        assert_eq!(unreachable.kind(), StoreErrorKind::Unreachable);
     }
 
     #[test]

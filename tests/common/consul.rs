@@ -1,11 +1,31 @@
 //! A stand-in for a Consul agent, because Consul cannot be installed on this machine (it is not
-//! packaged for Debian). It follows Consul's documented HTTP API for what reconfd uses: the KV
-//! store (`GET /v1/kv/<key>?recurse` answering 404 for an empty prefix, values in base64, `PUT`,
-//! `DELETE`), blocking queries (`index` and `wait` parameters, the `X-Consul-Index` header),
-//! `GET /v1/catalog/services`, `GET /v1/health/service/<name>` with each instance's node,
-//! service and checks, ACL tokens (`X-Consul-Token`, 403 "ACL not found") and the `dc`
-//! parameter. Its index is one counter for all data, which the API allows: a blocking query
-//! may return without a change to what it asked for.
+//! packaged for Debian). It follows Consul's documented HTTP API for what reconfd uses; each
+//! behaviour names the page of the documentation it follows:
+//!
+//! - API structure (<https://developer.hashicorp.com/consul/api-docs/api-structure>): the token
+//!   in `X-Consul-Token`, the anonymous token's rights when none is given; JSON answers with
+//!   `Content-Type: application/json`; `X-Consul-KnownLeader`, `X-Consul-LastContact` and
+//!   `X-Consul-Index` on every read; `X-Consul-Results-Filtered-By-ACLs: true` when the ACLs
+//!   left entries out of an answer; errors as plain text.
+//! - KV store (<https://developer.hashicorp.com/consul/api-docs/kv>): `GET /v1/kv/<key>` and
+//!   `?recurse` (the root prefix is `/v1/kv/?recurse`), 404 when nothing matches, values in
+//!   base64 and `null` for a key holding the empty string, folders as keys ending in `/`;
+//!   `key:read` needed, a recursive read filtered by the ACLs, a single key refused with 403.
+//! - Blocking queries (<https://developer.hashicorp.com/consul/api-docs/features/blocking>):
+//!   `index` and `wait`, an index per endpoint (the highest index of what the query covers,
+//!   deletes included as tombstones), which goes backwards when the agent comes back from a
+//!   snapshot older than what a client saw.
+//! - Catalog (<https://developer.hashicorp.com/consul/api-docs/catalog#list-services>):
+//!   `GET /v1/catalog/services`, service names and their tags, the `consul` service every
+//!   cluster lists; `service:read` needed per service, the rest filtered.
+//! - Health (<https://developer.hashicorp.com/consul/api-docs/health#list-service-instances-for-service>):
+//!   `GET /v1/health/service/<name>` with each instance's `Node`, `Service` and `Checks` (with
+//!   `CheckID`, `Name`, `Status`, `Output`, `ServiceID`, `ServiceName`), `?passing` keeping the
+//!   instances whose checks all pass; filtered by `service:read`.
+//! - ACLs (<https://developer.hashicorp.com/consul/docs/security/acl>): `key_prefix` and
+//!   `service_prefix` rules with `read`; default deny, so the anonymous token reads nothing;
+//!   an unknown token is 403 `ACL not found`; a denied single read 403 `Permission denied`.
+//! - An unknown `dc` is 500 `No path to datacenter`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -14,7 +34,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
@@ -22,6 +42,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
+
+/// The node the agent's own server runs on, which the `consul` service lists.
+const SERVER_NODE: &str = "consul-server-1";
 
 /// An instance registered in the stand-in's catalog.
 #[derive(Clone)]
@@ -35,30 +58,108 @@ struct Instance {
     passing: bool,
 }
 
+/// A KV entry and the index of its last change.
+struct Entry {
+    value: String,
+    create_index: u64,
+    modify_index: u64,
+}
+
+/// What a token may read: key and service name prefixes, as `key_prefix` and
+/// `service_prefix` rules with `policy = "read"` give.
+#[derive(Clone, Default)]
+struct Rules {
+    keys: Vec<String>,
+    services: Vec<String>,
+}
+
+impl Rules {
+    fn everything() -> Rules {
+        Rules {
+            keys: vec![String::new()],
+            services: vec![String::new()],
+        }
+    }
+
+    fn reads_key(&self, key: &str) -> bool {
+        self.keys
+            .iter()
+            .any(|prefix| key.starts_with(prefix.as_str()))
+    }
+
+    fn reads_service(&self, name: &str) -> bool {
+        self.services
+            .iter()
+            .any(|prefix| name.starts_with(prefix.as_str()))
+    }
+}
+
 #[derive(Default)]
 struct Data {
+    /// The Raft index: the index of the latest change.
     index: u64,
-    kv: BTreeMap<String, String>,
+    kv: BTreeMap<String, Entry>,
+    /// Deleted keys and the index of their deletion, so that a list's index moves on when a
+    /// key leaves it.
+    tombstones: BTreeMap<String, u64>,
+    /// The index at which the list of services last changed.
+    services_index: u64,
     instances: BTreeMap<String, Instance>,
+    /// The index at which each service's instances last changed, kept after the last one
+    /// leaves.
+    service_index: BTreeMap<String, u64>,
+    /// ACL tokens and their rules; `None` when ACLs are off.
+    tokens: Option<BTreeMap<String, Rules>>,
+}
+
+impl Data {
+    /// The index of a recursive KV read of `prefix`: its highest entry or tombstone.
+    fn kv_index(&self, prefix: &str, recurse: bool) -> u64 {
+        let covers = |key: &str| {
+            if recurse {
+                key.starts_with(prefix)
+            } else {
+                key == prefix
+            }
+        };
+        let entries = self
+            .kv
+            .iter()
+            .filter(|(key, _)| covers(key))
+            .map(|(_, entry)| entry.modify_index);
+        let tombstones = self
+            .tombstones
+            .iter()
+            .filter(|(key, _)| covers(key))
+            .map(|(_, index)| *index);
+        // A prefix that never held anything answers with the KV table's index.
+        entries.chain(tombstones).max().unwrap_or_else(|| {
+            self.kv
+                .values()
+                .map(|entry| entry.modify_index)
+                .chain(self.tombstones.values().copied())
+                .max()
+                .unwrap_or(1)
+        })
+    }
 }
 
 struct Shared {
     data: Mutex<Data>,
     changed: watch::Sender<u64>,
-    /// The token every request must carry, if any.
-    token: Mutex<Option<String>>,
     /// Blocking queries waiting for a change.
     blocked: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
-    /// Applies a change and wakes the blocking queries.
-    fn change(&self, apply: impl FnOnce(&mut Data)) {
+    /// Applies a change at the next index and wakes the blocking queries.
+    fn change(&self, apply: impl FnOnce(&mut Data, u64)) {
         let index = {
             let mut data = self.data.lock().expect("lock");
-            apply(&mut data);
             data.index += 1;
-            data.index
+            let index = data.index;
+            apply(&mut data, index);
+            index
         };
         self.changed.send_replace(index);
     }
@@ -72,15 +173,32 @@ pub struct Consul {
 }
 
 impl Consul {
-    /// Starts an agent on a free loopback port; with `token`, every request must carry it.
+    /// Starts an agent on a free loopback port. With `token`, ACLs are on: that token reads
+    /// everything, and a request without a token gets the anonymous token, which reads
+    /// nothing. The catalog holds the `consul` service, as every cluster's does.
     pub fn start(token: Option<&str>) -> Consul {
+        let mut data = Data {
+            index: 1,
+            ..Data::default()
+        };
+        data.instances.insert(
+            "consul".to_string(),
+            Instance {
+                service: "consul".to_string(),
+                node: SERVER_NODE.to_string(),
+                node_address: "127.0.0.1".to_string(),
+                address: String::new(),
+                port: 8300,
+                tags: Vec::new(),
+                passing: true,
+            },
+        );
+        data.services_index = 1;
+        data.service_index.insert("consul".to_string(), 1);
+        data.tokens = token.map(|token| BTreeMap::from([(token.to_string(), Rules::everything())]));
         let shared = Arc::new(Shared {
-            data: Mutex::new(Data {
-                index: 1,
-                ..Data::default()
-            }),
+            data: Mutex::new(data),
             changed: watch::channel(1).0,
-            token: Mutex::new(token.map(str::to_string)),
             blocked: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut consul = Consul {
@@ -110,7 +228,8 @@ impl Consul {
                     .send(listener.local_addr().expect("address").port())
                     .expect("report the port");
                 let router = Router::new()
-                    .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+                    .route("/v1/kv/", get(kv_get_root))
+                    .route("/v1/kv/{*key}", get(kv_get))
                     .route("/v1/catalog/services", get(catalog_services))
                     .route("/v1/health/service/{name}", get(health_service))
                     .with_state(shared);
@@ -126,10 +245,25 @@ impl Consul {
         self.stop = Some(stop);
     }
 
-    /// Makes every request from now on carry `token` (none: no token needed), as if the ACL
-    /// tokens were changed. Queries already admitted answer as before.
+    /// Makes `token` the one token that reads everything (none: ACLs off), as if the tokens
+    /// were changed. Queries already admitted answer as before.
     pub fn set_token(&self, token: Option<&str>) {
-        *self.shared.token.lock().expect("lock") = token.map(str::to_string);
+        let mut data = self.shared.data.lock().expect("lock");
+        data.tokens = token.map(|token| BTreeMap::from([(token.to_string(), Rules::everything())]));
+    }
+
+    /// Adds a token that may read the keys starting with one of `keys` and the services whose
+    /// names start with one of `services` (ACLs must be on).
+    pub fn add_token(&self, token: &str, keys: &[&str], services: &[&str]) {
+        let rules = Rules {
+            keys: keys.iter().map(|key| key.to_string()).collect(),
+            services: services.iter().map(|name| name.to_string()).collect(),
+        };
+        let mut data = self.shared.data.lock().expect("lock");
+        data.tokens
+            .as_mut()
+            .expect("ACLs are on")
+            .insert(token.to_string(), rules);
     }
 
     /// How many blocking queries are waiting for a change: a watch is following the agent.
@@ -147,27 +281,64 @@ impl Consul {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        // Let the port be released before anyone connects again.
-        std::thread::sleep(Duration::from_millis(100));
+        // The listener closes with the runtime on the server's thread: wait until the port
+        // refuses connections before anyone binds it again.
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            std::thread::yield_now();
+        }
     }
 
-    /// Starts the agent again on the same port, with the same data.
+    /// Starts the agent again on the same port, its data restored from a snapshot: the same
+    /// keys and services, at lower indexes than before (the tombstones are gone), so an index
+    /// a client holds can be past the agent's.
     pub fn restart(&mut self) {
         self.stop();
+        {
+            let mut data = self.shared.data.lock().expect("lock");
+            let mut index = 1;
+            for entry in data.kv.values_mut() {
+                index += 1;
+                entry.create_index = index;
+                entry.modify_index = index;
+            }
+            data.tombstones.clear();
+            index += 1;
+            data.services_index = index;
+            for service_index in data.service_index.values_mut() {
+                *service_index = index;
+            }
+            data.index = index;
+        }
         self.serve();
+    }
+
+    /// The agent's Raft index: the index of its latest change.
+    pub fn index(&self) -> u64 {
+        self.shared.data.lock().expect("lock").index
     }
 
     /// Sets a KV key.
     pub fn put(&self, key: &str, value: &str) {
-        self.shared.change(|data| {
-            data.kv.insert(key.to_string(), value.to_string());
+        self.shared.change(|data, index| {
+            let create_index = data.kv.get(key).map_or(index, |entry| entry.create_index);
+            data.tombstones.remove(key);
+            data.kv.insert(
+                key.to_string(),
+                Entry {
+                    value: value.to_string(),
+                    create_index,
+                    modify_index: index,
+                },
+            );
         });
     }
 
     /// Deletes a KV key.
     pub fn delete(&self, key: &str) {
-        self.shared.change(|data| {
-            data.kv.remove(key);
+        self.shared.change(|data, index| {
+            if data.kv.remove(key).is_some() {
+                data.tombstones.insert(key.to_string(), index);
+            }
         });
     }
 
@@ -182,24 +353,43 @@ impl Consul {
             tags: vec!["http".to_string()],
             passing: true,
         };
-        self.shared.change(|data| {
+        self.shared.change(|data, index| {
+            if !data
+                .instances
+                .values()
+                .any(|known| known.service == service)
+            {
+                data.services_index = index;
+            }
+            data.service_index.insert(service.to_string(), index);
             data.instances.insert(id.to_string(), instance);
         });
     }
 
     /// Makes instance `id`'s check pass or fail.
     pub fn set_passing(&self, id: &str, passing: bool) {
-        self.shared.change(|data| {
+        self.shared.change(|data, index| {
             if let Some(instance) = data.instances.get_mut(id) {
                 instance.passing = passing;
+                let service = instance.service.clone();
+                data.service_index.insert(service, index);
             }
         });
     }
 
     /// Removes instance `id` from the catalog.
     pub fn deregister(&self, id: &str) {
-        self.shared.change(|data| {
-            data.instances.remove(id);
+        self.shared.change(|data, index| {
+            if let Some(instance) = data.instances.remove(id) {
+                data.service_index.insert(instance.service.clone(), index);
+                if !data
+                    .instances
+                    .values()
+                    .any(|known| known.service == instance.service)
+                {
+                    data.services_index = index;
+                }
+            }
         });
     }
 }
@@ -218,42 +408,104 @@ struct Params {
     wait: Option<String>,
     dc: Option<String>,
     recurse: Option<String>,
+    passing: Option<String>,
 }
 
-/// Checks the token and datacenter, then holds a blocking query until the index passes the
-/// one asked for or the wait runs out. Returns the response to give instead, if any.
-async fn admit(shared: &Shared, headers: &HeaderMap, params: &Params) -> Option<Response> {
-    let token = shared.token.lock().expect("lock").clone();
-    if let Some(token) = token
-        && headers.get("X-Consul-Token").and_then(|v| v.to_str().ok()) != Some(token.as_str())
-    {
-        return Some((StatusCode::FORBIDDEN, "ACL not found").into_response());
-    }
-    if params.dc.as_deref().is_some_and(|dc| dc != "dc1") {
-        return Some((StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter").into_response());
-    }
-    if let Some(index) = params.index {
-        let wait = params
-            .wait
-            .as_deref()
-            .and_then(|wait| humantime::parse_duration(wait).ok())
-            .unwrap_or(Duration::from_secs(300));
-        let mut changed = shared.changed.subscribe();
-        shared.blocked.fetch_add(1, Ordering::SeqCst);
-        let _ = tokio::time::timeout(wait, changed.wait_for(|current| *current > index)).await;
-        shared.blocked.fetch_sub(1, Ordering::SeqCst);
-    }
-    None
-}
-
-fn with_index(shared: &Shared, status: StatusCode, body: Value) -> Response {
-    let index = shared.data.lock().expect("lock").index;
+/// A plain-text error, as Consul writes them.
+fn error(status: StatusCode, text: &str) -> Response {
     (
         status,
-        [("X-Consul-Index", index.to_string())],
-        body.to_string(),
+        [(header::CONTENT_TYPE, "text/plain")],
+        text.to_string(),
     )
         .into_response()
+}
+
+/// Checks the token and the datacenter; returns the token's rules, or the error to answer
+/// instead.
+fn admit(
+    shared: &Shared,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<Rules, (StatusCode, &'static str)> {
+    let data = shared.data.lock().expect("lock");
+    let rules = match &data.tokens {
+        None => Rules::everything(),
+        Some(tokens) => match headers.get("X-Consul-Token").and_then(|v| v.to_str().ok()) {
+            // The anonymous token, which may read nothing here.
+            None => Rules::default(),
+            Some(token) => match tokens.get(token) {
+                Some(rules) => rules.clone(),
+                None => return Err((StatusCode::FORBIDDEN, "ACL not found")),
+            },
+        },
+    };
+    if params.dc.as_deref().is_some_and(|dc| dc != "dc1") {
+        return Err((StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter"));
+    }
+    Ok(rules)
+}
+
+/// Holds a blocking query until the index of what it reads, as `index_of` tells, passes the
+/// one asked for, or the wait runs out (five minutes unless `wait` says otherwise).
+async fn block(shared: &Shared, params: &Params, index_of: impl Fn(&Data) -> u64) {
+    let Some(asked) = params.index else {
+        return;
+    };
+    let wait = params
+        .wait
+        .as_deref()
+        .and_then(|wait| humantime::parse_duration(wait).ok())
+        .unwrap_or(Duration::from_secs(300));
+    let mut changed = shared.changed.subscribe();
+    shared.blocked.fetch_add(1, Ordering::SeqCst);
+    let passed = |_: &u64| index_of(&shared.data.lock().expect("lock")) > asked;
+    let _ = tokio::time::timeout(wait, changed.wait_for(passed)).await;
+    shared.blocked.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// A JSON answer with the headers of a read: its index, a known leader, and whether the ACLs
+/// filtered it.
+fn answer(status: StatusCode, index: u64, filtered: bool, body: Value) -> Response {
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (
+                header::HeaderName::from_static("x-consul-index"),
+                index.to_string(),
+            ),
+            (
+                header::HeaderName::from_static("x-consul-knownleader"),
+                "true".to_string(),
+            ),
+            (
+                header::HeaderName::from_static("x-consul-lastcontact"),
+                "0".to_string(),
+            ),
+        ],
+        if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        },
+    )
+        .into_response();
+    if filtered {
+        response.headers_mut().insert(
+            "X-Consul-Results-Filtered-By-ACLs",
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+async fn kv_get_root(
+    state: State<Arc<Shared>>,
+    params: Query<Params>,
+    headers: HeaderMap,
+) -> Response {
+    kv_get(state, Path(String::new()), params, headers).await
 }
 
 async fn kv_get(
@@ -262,50 +514,51 @@ async fn kv_get(
     Query(params): Query<Params>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = admit(&shared, &headers, &params).await {
-        return refused;
-    }
-    let entries: Vec<Value> = {
-        let data = shared.data.lock().expect("lock");
-        data.kv
-            .iter()
-            .filter(|(name, _)| {
-                if params.recurse.is_some() {
-                    name.starts_with(&key)
-                } else {
-                    **name == key
-                }
-            })
-            .map(|(name, value)| {
-                json!({
-                    "Key": name, "Value": BASE64.encode(value), "Flags": 0,
-                    "CreateIndex": 1, "ModifyIndex": data.index, "LockIndex": 0,
-                })
-            })
-            .collect()
+    let rules = match admit(&shared, &headers, &params) {
+        Ok(rules) => rules,
+        Err((status, text)) => return error(status, text),
     };
-    if entries.is_empty() {
-        return with_index(&shared, StatusCode::NOT_FOUND, Value::Null);
+    let recurse = params.recurse.is_some();
+    if !recurse && !rules.reads_key(&key) {
+        return error(
+            StatusCode::FORBIDDEN,
+            &format!("Permission denied: token lacks permission 'key:read' on \"{key}\""),
+        );
     }
-    with_index(&shared, StatusCode::OK, Value::Array(entries))
-}
-
-async fn kv_put(
-    State(shared): State<Arc<Shared>>,
-    Path(key): Path<String>,
-    body: String,
-) -> Response {
-    shared.change(|data| {
-        data.kv.insert(key, body);
-    });
-    with_index(&shared, StatusCode::OK, Value::Bool(true))
-}
-
-async fn kv_delete(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
-    shared.change(|data| {
-        data.kv.remove(&key);
-    });
-    with_index(&shared, StatusCode::OK, Value::Bool(true))
+    block(&shared, &params, |data| data.kv_index(&key, recurse)).await;
+    let data = shared.data.lock().expect("lock");
+    let mut filtered = false;
+    let entries: Vec<Value> = data
+        .kv
+        .iter()
+        .filter(|(name, _)| {
+            if recurse {
+                name.starts_with(&key)
+            } else {
+                **name == key
+            }
+        })
+        .filter(|(name, _)| {
+            let readable = rules.reads_key(name);
+            filtered |= !readable;
+            readable
+        })
+        .map(|(name, entry)| {
+            json!({
+                "Key": name,
+                // An empty value is null, not "".
+                "Value": (!entry.value.is_empty()).then(|| BASE64.encode(&entry.value)),
+                "Flags": 0,
+                "CreateIndex": entry.create_index, "ModifyIndex": entry.modify_index,
+                "LockIndex": 0,
+            })
+        })
+        .collect();
+    let index = data.kv_index(&key, recurse);
+    if entries.is_empty() {
+        return answer(StatusCode::NOT_FOUND, index, filtered, Value::Null);
+    }
+    answer(StatusCode::OK, index, filtered, Value::Array(entries))
 }
 
 async fn catalog_services(
@@ -313,23 +566,32 @@ async fn catalog_services(
     Query(params): Query<Params>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = admit(&shared, &headers, &params).await {
-        return refused;
-    }
-    let services: BTreeMap<String, Vec<String>> = {
-        let data = shared.data.lock().expect("lock");
-        let mut services: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for instance in data.instances.values() {
-            let tags = services.entry(instance.service.clone()).or_default();
-            for tag in &instance.tags {
-                if !tags.contains(tag) {
-                    tags.push(tag.clone());
-                }
+    let rules = match admit(&shared, &headers, &params) {
+        Ok(rules) => rules,
+        Err((status, text)) => return error(status, text),
+    };
+    block(&shared, &params, |data| data.services_index).await;
+    let data = shared.data.lock().expect("lock");
+    let mut services: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut filtered = false;
+    for instance in data.instances.values() {
+        if !rules.reads_service(&instance.service) {
+            filtered = true;
+            continue;
+        }
+        let tags = services.entry(instance.service.clone()).or_default();
+        for tag in &instance.tags {
+            if !tags.contains(tag) {
+                tags.push(tag.clone());
             }
         }
-        services
-    };
-    with_index(&shared, StatusCode::OK, json!(services))
+    }
+    answer(
+        StatusCode::OK,
+        data.services_index,
+        filtered,
+        json!(services),
+    )
 }
 
 async fn health_service(
@@ -338,29 +600,53 @@ async fn health_service(
     Query(params): Query<Params>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = admit(&shared, &headers, &params).await {
-        return refused;
-    }
-    let entries: Vec<Value> = {
-        let data = shared.data.lock().expect("lock");
-        data.instances
-            .iter()
-            .filter(|(_, instance)| instance.service == name)
-            .map(|(id, instance)| {
-                json!({
-                    "Node": {"ID": "", "Node": instance.node, "Address": instance.node_address,
-                             "Datacenter": "dc1"},
-                    "Service": {"ID": id, "Service": instance.service, "Tags": instance.tags,
-                                "Address": instance.address, "Port": instance.port,
-                                "Meta": {"version": "1"}},
-                    "Checks": [
-                        {"Node": instance.node, "CheckID": "serfHealth", "Status": "passing"},
-                        {"Node": instance.node, "CheckID": format!("service:{id}"),
-                         "Status": if instance.passing { "passing" } else { "critical" }},
-                    ],
-                })
-            })
-            .collect()
+    let rules = match admit(&shared, &headers, &params) {
+        Ok(rules) => rules,
+        Err((status, text)) => return error(status, text),
     };
-    with_index(&shared, StatusCode::OK, Value::Array(entries))
+    let index_of = |data: &Data| data.service_index.get(&name).copied().unwrap_or(data.index);
+    block(&shared, &params, index_of).await;
+    let data = shared.data.lock().expect("lock");
+    let readable = rules.reads_service(&name);
+    let mut filtered = false;
+    let entries: Vec<Value> = data
+        .instances
+        .iter()
+        .filter(|(_, instance)| instance.service == name)
+        .filter(|_| {
+            filtered |= !readable;
+            readable
+        })
+        .filter(|(_, instance)| params.passing.is_none() || instance.passing)
+        .map(|(id, instance)| {
+            let status = if instance.passing {
+                "passing"
+            } else {
+                "critical"
+            };
+            json!({
+                "Node": {"ID": "", "Node": instance.node, "Address": instance.node_address,
+                         "Datacenter": "dc1"},
+                "Service": {"ID": id, "Service": instance.service, "Tags": instance.tags,
+                            "Address": instance.address, "Port": instance.port,
+                            "Meta": {"version": "1"}},
+                "Checks": [
+                    {"Node": instance.node, "CheckID": "serfHealth",
+                     "Name": "Serf Health Status", "Status": "passing",
+                     "Output": "Agent alive and reachable", "ServiceID": "",
+                     "ServiceName": ""},
+                    {"Node": instance.node, "CheckID": format!("service:{id}"),
+                     "Name": format!("Service '{}' check", instance.service), "Status": status,
+                     "Output": format!("HTTP GET: {status}"), "ServiceID": id,
+                     "ServiceName": instance.service},
+                ],
+            })
+        })
+        .collect();
+    answer(
+        StatusCode::OK,
+        index_of(&data),
+        filtered,
+        Value::Array(entries),
+    )
 }
