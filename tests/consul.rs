@@ -98,7 +98,13 @@ fn watch_follows_kv_changes_and_an_agent_restart() {
 
     // A change made while the agent is down is picked up once it is back.
     consul.stop();
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon
+            .log()
+            .contains("consul store unavailable")),
+        "the agent's absence noticed\n{}",
+        daemon.log()
+    );
     consul.put("app/servers/web3", "10.0.0.3:80");
     consul.restart();
     expect_file(

@@ -149,6 +149,29 @@ fn a_reload_that_times_out_is_rolled_back_too() {
 }
 
 #[test]
+fn a_check_that_outlives_its_timeout_is_killed_and_the_destination_kept() {
+    let check = "check_cmd = 'if grep -q 9999 {{.src}}; then sleep 1000; fi'\n\
+                 check_cmd_timeout = \"1s\"\n";
+    let fixture = fixture("8080", check);
+    assert_eq!(run(&fixture).code, Some(0));
+    set_port(&fixture, "9999");
+    let failed = run(&fixture);
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    assert!(
+        failed
+            .stderr
+            .contains("did not finish within 1s and was killed"),
+        "{failed:?}"
+    );
+    assert_eq!(fixture.read("out/app.json"), "{\"port\": 8080}\n");
+    assert_eq!(
+        fixture.list("out"),
+        [".keep", "app.json"],
+        "no stage file left"
+    );
+}
+
+#[test]
 fn rollback_removes_a_destination_that_did_not_exist_before() {
     let fixture = fixture("9999", &format!("rollback = true\n{COUNTING_RELOAD}"));
     let failed = run(&fixture);

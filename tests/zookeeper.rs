@@ -201,11 +201,17 @@ fn a_change_after_a_zookeeper_restart_is_rendered() {
 }
 
 #[test]
-fn a_change_made_while_zookeeper_is_down_long_is_rendered() {
-    let mut zookeeper = Zookeeper::start();
+fn a_change_made_while_reconfd_is_cut_off_from_zookeeper_is_rendered() {
+    let zookeeper = Zookeeper::start();
     zookeeper.put("/app/servers/web1", "10.0.0.1:80");
+    let proxy = common::proxy::Proxy::start(
+        zookeeper
+            .node()
+            .parse()
+            .expect("the node is an IP address and a port"),
+    );
     let fixture = fixture();
-    let node = zookeeper.node();
+    let node = proxy.address.to_string();
     let daemon = fixture.spawn(&args(&node, &["--watch"]));
     expect_content(
         &fixture,
@@ -214,17 +220,24 @@ fn a_change_made_while_zookeeper_is_down_long_is_rendered() {
         "initial render",
     );
 
-    // Down for longer than the session's life: reconfd's session ends, and its next watch
-    // opens a new one and reads everything.
-    zookeeper.stop();
-    std::thread::sleep(Duration::from_secs(16));
-    zookeeper.launch();
+    // Cut off: the session's connection is closed and no new one gets through.
+    proxy.refuse(true);
+    proxy.cut();
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            let log = daemon.log();
+            log.contains("the connection was lost") || log.contains("store unavailable")
+        }),
+        "the cut noticed\n{}",
+        daemon.log()
+    );
     zookeeper.put("/app/servers/web2", "10.0.0.2:80");
+    proxy.refuse(false);
     expect_content(
         &fixture,
         &daemon,
         "/app/servers/web1=10.0.0.1:80\n/app/servers/web2=10.0.0.2:80\n",
-        "change after the outage rendered",
+        "change made while cut off rendered",
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
