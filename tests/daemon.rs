@@ -1,5 +1,5 @@
-//! The long-running modes of the real binary: `--watch` on the file store and `--interval`
-//! polling.
+//! The long-running modes of the real binary: `--watch` on the file store, `--interval`
+//! polling, and the global `--wait`.
 
 mod common;
 

@@ -3,7 +3,8 @@
 //! three-member cluster, compaction past the watched revision, transactions over two
 //! prefixes (live, caught up after a reconnect, for a user who may read only the prefixes,
 //! and 2,000 of them with the destination read all along), authentication with token
-//! renewal, and TLS with client certificates.
+//! renewal, TLS with client certificates and with a server certificate from an untrusted CA,
+//! `--scheme`, and SIGHUP keeping the store's snapshot.
 
 mod common;
 

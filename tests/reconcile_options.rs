@@ -1,5 +1,5 @@
-//! The `[template]` options `backup`, `rollback`, `create_dest_dirs` and `output_format`,
-//! driven through the real binary with `--onetime` and the file store.
+//! The `[template]` options `backup`, `rollback`, `create_dest_dirs`, `output_format` and
+//! `check_cmd_timeout`, driven through the real binary with `--onetime` and the file store.
 
 mod common;
 

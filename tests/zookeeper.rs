@@ -1,7 +1,7 @@
 //! The ZooKeeper store against a real standalone ZooKeeper started on a loopback port: a onetime
 //! read of a small tree (only znodes without children are keys), watch mode following creates,
-//! data changes, deletes and a burst of creates, ZooKeeper restarted under a watching reconfd
-//! (quickly, and after its session expired), a ZooKeeper that is not up yet when reconfd
+//! data changes, deletes and a burst of creates, ZooKeeper restarted under a watching reconfd,
+//! a change made while reconfd is cut off from ZooKeeper, a ZooKeeper that is not up yet when reconfd
 //! starts, and a znode reconfd may not read.
 
 mod common;
