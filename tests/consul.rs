@@ -105,7 +105,7 @@ fn watch_follows_kv_changes_and_an_agent_restart() {
         wait_for(Duration::from_secs(30), || daemon
             .log()
             .contains("consul store unavailable")),
-        "the watch noticed\n{}",
+        "the agent's absence noticed\n{}",
         daemon.log()
     );
     consul.put("app/servers/web3", "10.0.0.3:80");

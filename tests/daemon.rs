@@ -1,11 +1,11 @@
-//! The long-running modes of the real binary: `--watch` on the file store and `--interval`
-//! polling.
+//! The long-running modes of the real binary: `--watch` on the file store, `--interval`
+//! polling, and the global `--wait`.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Daemon, Fixture, wait_for};
+use common::{Daemon, Fixture, reload_views, reloads_until, wait_for};
 
 fn fixture() -> Fixture {
     let fixture = Fixture::new();
@@ -17,7 +17,7 @@ fn fixture() -> Fixture {
         "app",
         &format!(
             "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\n\
-             reload_cmd = \"echo reloaded >> {}\"\n",
+             reload_cmd = \"(cat app.conf; echo --) >> {}\"\n",
             fixture.path("reloads").display()
         ),
     );
@@ -25,10 +25,20 @@ fn fixture() -> Fixture {
     fixture
 }
 
-fn reloads(fixture: &Fixture) -> usize {
-    std::fs::read_to_string(fixture.path("reloads"))
-        .map(|text| text.lines().count())
-        .unwrap_or(0)
+/// Replaces the data file `data/app.yaml` as an editor saves: a new file renamed over it, so
+/// no reader ever sees it half written.
+fn save(fixture: &Fixture, content: &str) {
+    fixture.write("data/.app.yaml.swp", content);
+    std::fs::rename(
+        fixture.path("data/.app.yaml.swp"),
+        fixture.path("data/app.yaml"),
+    )
+    .expect("rename");
+}
+
+/// How many times the daemon's log says `text`.
+fn logged(daemon: &Daemon, text: &str) -> usize {
+    daemon.log().matches(text).count()
 }
 
 fn has_content(fixture: &Fixture, expected: &str) -> bool {
@@ -55,16 +65,10 @@ fn watch_on_the_file_store_follows_edits() {
         "initial render",
     );
 
-    // An editor-style save: write a new file, rename it over the old one.
-    fixture.write(
-        "data/.app.yaml.swp",
+    save(
+        &fixture,
         "app:\n  servers:\n    web1: 10.0.0.1:80\n    web2: 10.0.0.2:80\n",
     );
-    std::fs::rename(
-        fixture.path("data/.app.yaml.swp"),
-        fixture.path("data/app.yaml"),
-    )
-    .expect("rename");
     expect_content(
         &fixture,
         &daemon,
@@ -73,7 +77,7 @@ fn watch_on_the_file_store_follows_edits() {
     );
 
     // A broken edit keeps the last good file; the fix after it is applied.
-    fixture.write("data/app.yaml", "app: [broken\n");
+    save(&fixture, "app: [broken\n");
     assert!(
         wait_for(Duration::from_secs(10), || daemon
             .log()
@@ -85,52 +89,94 @@ fn watch_on_the_file_store_follows_edits() {
         &fixture,
         "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n"
     ));
-    fixture.write("data/app.yaml", "app:\n  servers:\n    web2: 10.0.0.2:80\n");
+    save(&fixture, "app:\n  servers:\n    web2: 10.0.0.2:80\n");
     expect_content(
         &fixture,
         &daemon,
         "server web2 10.0.0.2:80\n",
         "deleted key's line is gone",
     );
-    // The reload runs after the rename that shows the new content.
-    wait_for(Duration::from_secs(10), || reloads(&fixture) >= 3);
-    assert_eq!(reloads(&fixture), 3, "one reload per applied change");
+    // The reload runs after the rename that shows the new content; a later change, once
+    // reloaded, shows every reload before it.
+    save(&fixture, "app:\n  servers:\n    web3: 10.0.0.3:80\n");
+    let views = reloads_until(&fixture, &daemon, "server web3 10.0.0.3:80\n");
+    assert_eq!(
+        views,
+        [
+            "server web1 10.0.0.1:80\n",
+            "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+            "server web2 10.0.0.2:80\n",
+            "server web3 10.0.0.3:80\n",
+        ],
+        "one reload per applied change, none for the broken one"
+    );
     assert_eq!(daemon.terminate(), Some(0));
 }
 
 #[test]
 fn interval_polling_picks_up_changes_and_exits_cleanly_on_sigterm() {
     let fixture = fixture();
-    let daemon = fixture.spawn(&["--interval", "1", "--backend", "file", "--file", "data"]);
+    let daemon = fixture.spawn(&[
+        "--interval",
+        "1",
+        "--backend",
+        "file",
+        "--file",
+        "data",
+        "--log-level",
+        "debug",
+    ]);
     expect_content(
         &fixture,
         &daemon,
         "server web1 10.0.0.1:80\n",
         "initial render",
     );
-    fixture.write("data/app.yaml", "app:\n  servers:\n    web3: 10.0.0.3:80\n");
+    save(&fixture, "app:\n  servers:\n    web3: 10.0.0.3:80\n");
     expect_content(
         &fixture,
         &daemon,
         "server web3 10.0.0.3:80\n",
         "next poll picks it up",
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(reloads(&fixture), 2, "no reload while in sync");
+    // Two later polls find the file in sync, each after the previous poll's reload.
+    let in_sync = logged(&daemon, "app.conf in sync");
+    assert!(
+        wait_for(Duration::from_secs(30), || logged(
+            &daemon,
+            "app.conf in sync"
+        ) >= in_sync + 2),
+        "later polls\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        reload_views(&fixture),
+        ["server web1 10.0.0.1:80\n", "server web3 10.0.0.3:80\n"],
+        "no reload while in sync"
+    );
     assert_eq!(daemon.terminate(), Some(0));
 }
 
 #[test]
 fn polling_keeps_the_last_good_file_through_failing_cycles() {
     let fixture = fixture();
-    let daemon = fixture.spawn(&["--interval", "1", "--backend", "file", "--file", "data"]);
+    let daemon = fixture.spawn(&[
+        "--interval",
+        "1",
+        "--backend",
+        "file",
+        "--file",
+        "data",
+        "--log-level",
+        "debug",
+    ]);
     expect_content(
         &fixture,
         &daemon,
         "server web1 10.0.0.1:80\n",
         "initial render",
     );
-    fixture.write("data/app.yaml", "app:\n  servers: [unclosed\n");
+    save(&fixture, "app:\n  servers: [unclosed\n");
     assert!(
         wait_for(Duration::from_secs(10), || daemon
             .log()
@@ -138,18 +184,79 @@ fn polling_keeps_the_last_good_file_through_failing_cycles() {
         "the failing cycle names the file and line\n{}",
         daemon.log()
     );
-    std::thread::sleep(Duration::from_millis(2500));
+    // Two more failing cycles.
+    assert!(
+        wait_for(Duration::from_secs(30), || logged(&daemon, "still failing")
+            >= 2),
+        "later cycles fail too\n{}",
+        daemon.log()
+    );
     assert!(
         has_content(&fixture, "server web1 10.0.0.1:80\n"),
         "last good file kept through the failing cycles"
     );
-    assert_eq!(reloads(&fixture), 1, "no reload while the data is broken");
-    fixture.write("data/app.yaml", "app:\n  servers:\n    web4: 10.0.0.4:80\n");
+    assert_eq!(
+        reload_views(&fixture),
+        ["server web1 10.0.0.1:80\n"],
+        "no reload while the data is broken"
+    );
+    save(&fixture, "app:\n  servers:\n    web4: 10.0.0.4:80\n");
     expect_content(
         &fixture,
         &daemon,
         "server web4 10.0.0.4:80\n",
         "a later cycle recovers",
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn the_global_wait_holds_back_the_resources_without_a_wait_of_their_own() {
+    let fixture = fixture();
+    fixture.resource(
+        "prompt",
+        "src = \"app.tmpl\"\ndest = \"prompt.conf\"\nkeys = [\"/app\"]\nwait = \"100ms:200ms\"\n",
+    );
+    let daemon = fixture.spawn(&[
+        "--watch",
+        "--backend",
+        "file",
+        "--file",
+        "data",
+        "--wait",
+        "1h",
+    ]);
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "the first sync waits for nothing",
+    );
+    common::expect_file(
+        &fixture,
+        &daemon,
+        "prompt.conf",
+        "server web1 10.0.0.1:80\n",
+        "the first sync waits for nothing",
+    );
+    save(
+        &fixture,
+        "app:\n  servers:\n    web1: 10.0.0.1:80\n    web2: 10.0.0.2:80\n",
+    );
+    // The resource with its own short wait renders the change once that has passed; the
+    // other, under the global wait of an hour, not yet.
+    common::expect_file(
+        &fixture,
+        &daemon,
+        "prompt.conf",
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "the resource's own wait wins",
+    );
+    assert_eq!(
+        fixture.read("app.conf"),
+        "server web1 10.0.0.1:80\n",
+        "held by --wait\n{}",
+        daemon.log()
     );
     assert_eq!(daemon.terminate(), Some(0));
 }

@@ -5,12 +5,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::nats::{ADMIN, BUCKET, NO_JETSTREAM, Nats};
-use common::{Fixture, expect_content, expect_file, reloads, settled_reloads, wait_for};
+use common::{Fixture, expect_content, expect_file, reloads, reloads_until, wait_for};
 use reconfd::store::nats::{NatsOptions, NatsStore};
 use reconfd::store::{Change, Snapshot, Store, StoreErrorKind, WatchEvent, WatchStream};
 
@@ -66,7 +66,11 @@ fn onetime_reads_every_key_and_skips_deleted_ones() {
     assert_eq!(rendered.lines().count(), 4_998, "every key but two");
     assert!(rendered.starts_with("server w00000 10.0.0.0\nserver w00001 changed\nserver w00004 "));
     assert!(rendered.ends_with("server w04999 10.0.19.135\n"));
-    assert_eq!(settled_reloads(&fixture, 1), 1);
+    assert_eq!(
+        reloads(&fixture),
+        1,
+        "the run has ended: every reload is logged"
+    );
 }
 
 #[test]
@@ -82,7 +86,6 @@ fn watch_follows_puts_and_deletes() {
         "server web1 10.0.0.1:80\n",
         "initial render",
     );
-    assert_eq!(settled_reloads(&fixture, 1), 1);
 
     nats.put("/app/servers/web2", "10.0.0.2:80");
     expect_content(
@@ -106,11 +109,17 @@ fn watch_follows_puts_and_deletes() {
         "server web3 10.0.0.3:80\n",
         "purge picked up",
     );
-    // A key outside the resource's prefix renders nothing.
-    let before = settled_reloads(&fixture, 4);
+    let before = reloads_until(&fixture, &daemon, "server web3 10.0.0.3:80\n").len();
+    // A key outside the resource's prefix renders nothing: a later change's reload comes
+    // right after the last one.
     nats.put("/elsewhere/x", "1");
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(reloads(&fixture), before, "{}", daemon.log());
+    nats.put("/app/servers/web4", "10.0.0.4:80");
+    let views = reloads_until(
+        &fixture,
+        &daemon,
+        "server web3 10.0.0.3:80\nserver web4 10.0.0.4:80\n",
+    );
+    assert_eq!(views.len(), before + 1, "{views:#?}\n{}", daemon.log());
     assert_eq!(daemon.terminate(), Some(0));
 }
 
@@ -136,7 +145,12 @@ fn a_restarted_server_neither_loses_nor_replays_changes() {
         "server web1 10.0.0.1:80\nserver web2 10.0.1.20:80\n",
         "changes before the restart",
     );
-    let before = settled_reloads(&fixture, 2);
+    let before = reloads_until(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.1.20:80\n",
+    )
+    .len();
 
     nats.restart();
     assert!(
@@ -153,11 +167,18 @@ fn a_restarted_server_neither_loses_nor_replays_changes() {
         "server web1 10.0.0.1:80\nserver web2 10.0.1.20:80\nserver web3 10.0.0.3:80\n",
         "change after the restart",
     );
+    // A later change, once reloaded, shows every reload since the restart.
+    nats.put("/app/servers/web4", "10.0.0.4:80");
+    let views = reloads_until(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.1.20:80\nserver web3 10.0.0.3:80\n\
+         server web4 10.0.0.4:80\n",
+    );
     assert_eq!(
-        settled_reloads(&fixture, before + 1),
-        before + 1,
-        "one reload, for the one new change\n{}\n{}",
-        fixture.read("reloads"),
+        views.len(),
+        before + 2,
+        "one reload for each new change, none for a replayed one\n{views:#?}\n{}",
         daemon.log()
     );
     assert_eq!(daemon.terminate(), Some(0));
@@ -426,14 +447,25 @@ fn a_read_during_writes_holds_every_change_to_its_revision_and_watches_resume_ex
             (read + 12, "again".to_string())
         ]
     );
-    let unexpected: BTreeSet<i64> = runtime.block_on(async {
-        let mut more = BTreeSet::new();
-        while let Ok(Some(Ok(WatchEvent::Changes { revision, .. }))) =
-            tokio::time::timeout(Duration::from_millis(300), second.recv()).await
-        {
-            more.extend(revision);
+    // A later change, once delivered, shows everything the watch had before it.
+    nats.put("/svc/a/x", "end");
+    let mut more = Vec::new();
+    while !more.iter().any(|(_, value)| value == "end") {
+        let event = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), second.recv()).await })
+            .expect("an event within 10 s")
+            .expect("the watch goes on")
+            .expect("no error");
+        match event {
+            WatchEvent::Changes { revision, changes } => {
+                for change in changes {
+                    if let Change::Put { value, .. } = change {
+                        more.push((revision.expect("a revision"), value));
+                    }
+                }
+            }
+            WatchEvent::Replace(_) => panic!("a full read"),
         }
-        more
-    });
-    assert!(unexpected.is_empty(), "nothing else: {unexpected:?}");
+    }
+    assert_eq!(more, [(read + 13, "end".to_string())], "nothing else");
 }

@@ -1,5 +1,5 @@
-//! The `[template]` options `backup`, `rollback`, `create_dest_dirs` and `output_format`,
-//! driven through the real binary with `--onetime` and the file store.
+//! The `[template]` options `backup`, `rollback`, `create_dest_dirs`, `output_format` and
+//! `check_cmd_timeout`, driven through the real binary with `--onetime` and the file store.
 
 mod common;
 
@@ -146,6 +146,29 @@ fn a_reload_that_times_out_is_rolled_back_too() {
     assert!(failed.stderr.contains("killed"), "{failed:?}");
     assert!(failed.stderr.contains("put back"), "{failed:?}");
     assert_eq!(fixture.read("out/app.json"), "{\"port\": 8080}\n");
+}
+
+#[test]
+fn a_check_that_outlives_its_timeout_is_killed_and_the_destination_kept() {
+    let check = "check_cmd = 'if grep -q 9999 {{.src}}; then sleep 1000; fi'\n\
+                 check_cmd_timeout = \"1s\"\n";
+    let fixture = fixture("8080", check);
+    assert_eq!(run(&fixture).code, Some(0));
+    set_port(&fixture, "9999");
+    let failed = run(&fixture);
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    assert!(
+        failed
+            .stderr
+            .contains("did not finish within 1s and was killed"),
+        "{failed:?}"
+    );
+    assert_eq!(fixture.read("out/app.json"), "{\"port\": 8080}\n");
+    assert_eq!(
+        fixture.list("out"),
+        [".keep", "app.json"],
+        "no stage file left"
+    );
 }
 
 #[test]

@@ -94,19 +94,46 @@ fn systemd_hears_ready_after_the_first_sync_watchdog_pings_and_stopping() {
 
 #[test]
 fn sigterm_during_a_slow_reload_waits_for_it_and_exits_zero() {
-    // Commands run in the daemon's working directory, the fixture's root.
-    let fixture = fixture("echo started >> marks; sleep 2; echo finished >> marks");
-    let daemon = fixture.spawn(&["--watch", "--backend", "file", "--file", "data"]);
+    // Commands run in the daemon's working directory, the fixture's root. The reload goes on
+    // until the test lets it finish.
+    let fixture = fixture(
+        "echo started >> marks; while [ ! -e release ]; do sleep 0.05; done; \
+         echo finished >> marks",
+    );
+    let mut daemon = fixture.spawn(&["--watch", "--backend", "file", "--file", "data"]);
     assert!(
         wait_for(Duration::from_secs(10), || fixture.path("marks").exists()),
         "the first sync starts the reload\n{}",
         daemon.log()
     );
-    let started = Instant::now();
-    assert_eq!(daemon.terminate(), Some(0), "exit 0 after the reload");
+    let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "waited for the reload"
+        wait_for(Duration::from_secs(10), || daemon
+            .log()
+            .contains("stopping")),
+        "SIGTERM heard\n{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.child.try_wait().expect("wait").is_none(),
+        "still running while the reload runs\n{}",
+        daemon.log()
+    );
+    fixture.write("release", "");
+    let mut status = None;
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            status = daemon.child.try_wait().expect("wait");
+            status.is_some()
+        }),
+        "exits once the reload ends\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit 0 after the reload"
     );
     assert_eq!(fixture.read("marks"), "started\nfinished\n");
 }

@@ -146,7 +146,16 @@ fn app_role_tokens_are_renewed_and_logged_in_again() {
         "{}",
         daemon.log()
     );
-    std::thread::sleep(Duration::from_secs(7));
+    // Renewed, then past the maximum lifetime and logged in again.
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            let (logins, renewals) = vault.logins_and_renewals();
+            logins >= 2 && renewals >= 1
+        }),
+        "{:?}\n{}",
+        vault.logins_and_renewals(),
+        daemon.log()
+    );
     vault.put("secret", "app/db", json!({"user": "app", "password": "v2"}));
     assert!(
         wait_for(Duration::from_secs(10), || fixture.read("db.conf")

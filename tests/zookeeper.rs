@@ -1,7 +1,7 @@
 //! The ZooKeeper store against a real standalone ZooKeeper started on a loopback port: a onetime
 //! read of a small tree (only znodes without children are keys), watch mode following creates,
-//! data changes, deletes and a burst of creates, ZooKeeper restarted under a watching reconfd
-//! (quickly, and after its session expired), a ZooKeeper that is not up yet when reconfd
+//! data changes, deletes and a burst of creates, ZooKeeper restarted under a watching reconfd,
+//! a change made while reconfd is cut off from ZooKeeper, a ZooKeeper that is not up yet when reconfd
 //! starts, and a znode reconfd may not read.
 
 mod common;
@@ -201,11 +201,17 @@ fn a_change_after_a_zookeeper_restart_is_rendered() {
 }
 
 #[test]
-fn a_change_made_while_zookeeper_is_down_long_is_rendered() {
-    let mut zookeeper = Zookeeper::start();
+fn a_change_made_while_reconfd_is_cut_off_from_zookeeper_is_rendered() {
+    let zookeeper = Zookeeper::start();
     zookeeper.put("/app/servers/web1", "10.0.0.1:80");
+    let proxy = common::proxy::Proxy::start(
+        zookeeper
+            .node()
+            .parse()
+            .expect("the node is an IP address and a port"),
+    );
     let fixture = fixture();
-    let node = zookeeper.node();
+    let node = proxy.address.to_string();
     let daemon = fixture.spawn(&args(&node, &["--watch"]));
     expect_content(
         &fixture,
@@ -214,17 +220,24 @@ fn a_change_made_while_zookeeper_is_down_long_is_rendered() {
         "initial render",
     );
 
-    // Down for longer than the session's life: reconfd's session ends, and its next watch
-    // opens a new one and reads everything.
-    zookeeper.stop();
-    std::thread::sleep(Duration::from_secs(16));
-    zookeeper.launch();
+    // Cut off: the session's connection is closed and no new one gets through.
+    proxy.refuse(true);
+    proxy.cut();
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            let log = daemon.log();
+            log.contains("the connection was lost") || log.contains("store unavailable")
+        }),
+        "the cut noticed\n{}",
+        daemon.log()
+    );
     zookeeper.put("/app/servers/web2", "10.0.0.2:80");
+    proxy.refuse(false);
     expect_content(
         &fixture,
         &daemon,
         "/app/servers/web1=10.0.0.1:80\n/app/servers/web2=10.0.0.2:80\n",
-        "change after the outage rendered",
+        "change made while cut off rendered",
     );
     assert_eq!(daemon.terminate(), Some(0));
 }

@@ -100,6 +100,14 @@ impl Tls {
                 ));
             }
         };
+        if options.client_insecure {
+            // The connection is then open to anyone on the path posing as the store: the
+            // operator must see that it is so, not only have set it once.
+            tracing::warn!(
+                "{store}: --client-insecure: any server certificate is accepted, so anyone on \
+                 the network path can pose as the store"
+            );
+        }
         Ok(Tls {
             ca,
             identity,

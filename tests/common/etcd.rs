@@ -159,8 +159,10 @@ impl Etcd {
             .args(["--initial-cluster-token", "reconfd-test"])
             // Tests load thousands of keys in one transaction.
             .args(["--max-txn-ops", "20000", "--max-request-bytes", "10485760"])
-            // Short-lived authentication tokens, so that renewal is exercised.
+            // Short-lived authentication tokens, so that renewal is exercised; zap's log says
+            // when each one is dropped.
             .args(["--auth-token-ttl", "1"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

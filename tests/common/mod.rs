@@ -238,12 +238,32 @@ pub fn reloads(fixture: &Fixture) -> usize {
         .unwrap_or(0)
 }
 
-/// Waits for the reload that follows a rendered file, then for any stray one, and returns the
-/// count.
-pub fn settled_reloads(fixture: &Fixture, at_least: usize) -> usize {
-    wait_for(Duration::from_secs(10), || reloads(fixture) >= at_least);
-    std::thread::sleep(Duration::from_millis(300));
-    reloads(fixture)
+/// What each reload saw, in order, as recorded by a reload command that appends `app.conf`
+/// and a `--` line to the fixture's `reloads` file.
+pub fn reload_views(fixture: &Fixture) -> Vec<String> {
+    std::fs::read_to_string(fixture.path("reloads"))
+        .unwrap_or_default()
+        .split_terminator("--\n")
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits up to 30 s for the latest reload to have seen `last`, then returns what every reload
+/// saw. When `last` comes from a change made after the ones under test, the daemon has dealt
+/// with those before it, so no reload they cause can still be on its way.
+pub fn reloads_until(fixture: &Fixture, daemon: &Daemon, last: &str) -> Vec<String> {
+    let seen = wait_for(Duration::from_secs(30), || {
+        reload_views(fixture)
+            .last()
+            .is_some_and(|view| view == last)
+    });
+    let views = reload_views(fixture);
+    assert!(
+        seen,
+        "no reload saw {last:?}\n--- reloads\n{views:#?}\n--- log\n{}",
+        daemon.log()
+    );
+    views
 }
 
 /// GETs `url` (a daemon's `--listen` address) and returns the status code and the body.

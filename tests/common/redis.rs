@@ -164,15 +164,9 @@ impl Redis {
         self.must::<()>(::redis::cmd("SET").arg(key).arg(value));
     }
 
-    /// SET `key` `value` expiring after `milliseconds`.
-    pub fn set_expiring(&self, key: &str, value: &str, milliseconds: u64) {
-        self.must::<()>(
-            ::redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("PX")
-                .arg(milliseconds),
-        );
+    /// PEXPIRE `key` `milliseconds`: the key expires that long from now.
+    pub fn expire(&self, key: &str, milliseconds: u64) {
+        self.must::<()>(::redis::cmd("PEXPIRE").arg(key).arg(milliseconds));
     }
 
     /// MSET of all `pairs`, in chunks.
