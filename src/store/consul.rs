@@ -30,7 +30,12 @@ use super::http::{self, error_chain};
 use super::nodes::{Node, Nodes};
 use super::tls::TlsOptions;
 use super::watch::{self, WatchSender};
-use super::{Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any};
+use super::{
+    Change, Snapshot, Store, StoreError, StoreErrorKind, Value, WatchStream, under_any, value,
+};
+
+/// Keys and their values as one source of the store reads them: what a watch compares.
+type Values = BTreeMap<String, Value>;
 
 /// Where the service catalog appears among the keys.
 pub const SERVICES_ROOT: &str = "/_consul/services";
@@ -84,15 +89,14 @@ impl Store for ConsulStore {
     }
 
     async fn fetch(&self, prefixes: &[String]) -> Result<Snapshot, StoreError> {
-        let mut entries = KeyMap::new();
+        let mut values = Values::new();
         for source in sources(prefixes) {
-            entries.extend(source.read_now(&self.client).await?);
+            values.extend(source.read_now(&self.client).await?);
         }
-        entries.retain(|key, _| under_any(key, prefixes));
-        Ok(Snapshot {
-            entries,
-            revision: None,
-        })
+        Ok(values
+            .into_iter()
+            .filter(|(key, _)| under_any(key, prefixes))
+            .collect())
     }
 
     async fn watch(
@@ -177,35 +181,33 @@ fn sources(prefixes: &[String]) -> Vec<Source> {
 
 impl Source {
     /// Reads the source's keys once, without blocking.
-    async fn read_now(&self, client: &Client) -> Result<KeyMap, StoreError> {
+    async fn read_now(&self, client: &Client) -> Result<Values, StoreError> {
         match self {
             Source::Kv(prefix) => Ok(client.kv(prefix, None).await?.0),
             Source::Catalog(name_prefix) => {
                 let (names, _) = client.service_names(name_prefix, None).await?;
-                let mut entries = KeyMap::new();
+                let mut values = Values::new();
                 for name in names {
-                    entries.extend(client.service(&name, None).await?.0);
+                    values.extend(client.service(&name, None).await?.0);
                 }
-                Ok(entries)
+                Ok(values)
             }
         }
     }
 
     /// The keys of `snapshot` this source reports on, to compare its first answer with.
-    fn known(&self, snapshot: &Snapshot, prefixes: &[String]) -> KeyMap {
+    fn known(&self, snapshot: &Snapshot, prefixes: &[String]) -> Values {
         let root = match self {
             Source::Kv(prefix) => format!("/{prefix}"),
             Source::Catalog(name_prefix) => format!("{SERVICES_ROOT}/{name_prefix}"),
         };
         snapshot
-            .entries
-            .range(root.clone()..)
-            .take_while(|(key, _)| key.starts_with(&root))
+            .values_under(&root)
             .filter(|(key, _)| {
                 under_any(key, prefixes)
                     && (matches!(self, Source::Catalog(_)) || !key.starts_with(SERVICES_ROOT))
             })
-            .map(|(key, value)| (key.clone(), value.clone()))
+            .map(|(key, value)| (key.to_string(), value))
             .collect()
     }
 
@@ -215,7 +217,7 @@ impl Source {
         self,
         client: Arc<Client>,
         prefixes: Vec<String>,
-        known: KeyMap,
+        known: Values,
         events: WatchSender,
         answered: mpsc::Sender<()>,
     ) -> Result<(), StoreError> {
@@ -234,7 +236,7 @@ async fn follow_kv(
     client: &Client,
     prefix: &str,
     prefixes: &[String],
-    mut known: KeyMap,
+    mut known: Values,
     events: &WatchSender,
     answered: mpsc::Sender<()>,
 ) -> Result<(), StoreError> {
@@ -263,7 +265,7 @@ async fn follow_catalog(
     client: Arc<Client>,
     name_prefix: String,
     prefixes: Vec<String>,
-    known: KeyMap,
+    known: Values,
     events: WatchSender,
     answered: mpsc::Sender<()>,
 ) -> Result<(), StoreError> {
@@ -310,7 +312,7 @@ async fn follow_service(
     client: Arc<Client>,
     name: String,
     prefixes: Vec<String>,
-    mut known: KeyMap,
+    mut known: Values,
     events: WatchSender,
 ) -> Result<(), StoreError> {
     let mut index = None;
@@ -329,7 +331,7 @@ fn service_root(name: &str) -> String {
     format!("{SERVICES_ROOT}/{name}/")
 }
 
-fn known_under(known: &KeyMap, root: &str) -> KeyMap {
+fn known_under(known: &Values, root: &str) -> Values {
     known
         .range(root.to_string()..)
         .take_while(|(key, _)| key.starts_with(root))
@@ -349,14 +351,11 @@ fn next_index(previous: Option<u64>, returned: u64) -> u64 {
 
 /// Sends the differences between `before` and `after`; false when the daemon stopped
 /// listening.
-async fn report(events: &WatchSender, before: &KeyMap, after: &KeyMap) -> bool {
+async fn report(events: &WatchSender, before: &Values, after: &Values) -> bool {
     let mut changes: Vec<Change> = after
         .iter()
         .filter(|(key, value)| before.get(*key) != Some(*value))
-        .map(|(key, value)| Change::Put {
-            key: key.clone(),
-            value: value.clone(),
-        })
+        .map(|(key, value)| Change::put(key.clone(), value.clone()))
         .collect();
     changes.extend(
         before
@@ -377,7 +376,7 @@ struct Client {
 
 impl Client {
     /// The KV keys under `prefix`, as reconfd keys, and the index to block on next.
-    async fn kv(&self, prefix: &str, index: Option<u64>) -> Result<(KeyMap, u64), StoreError> {
+    async fn kv(&self, prefix: &str, index: Option<u64>) -> Result<(Values, u64), StoreError> {
         let path = format!("/v1/kv/{}", encode_path(prefix));
         let (body, next) = self.get(&path, &[("recurse", "")], index).await?;
         let entries: Vec<KvEntry> = match body {
@@ -388,11 +387,8 @@ impl Client {
             .into_iter()
             .filter_map(|entry| {
                 // A "folder" key (ending in /) holds no value.
-                let value = BASE64.decode(entry.value?).ok()?;
-                Some((
-                    format!("/{}", entry.key),
-                    String::from_utf8_lossy(&value).into_owned(),
-                ))
+                let bytes = BASE64.decode(entry.value?).ok()?;
+                Some((format!("/{}", entry.key), value(bytes)))
             })
             .collect();
         Ok((keys, next))
@@ -420,7 +416,7 @@ impl Client {
     }
 
     /// Every instance of service `name`, healthy or not, as keys.
-    async fn service(&self, name: &str, index: Option<u64>) -> Result<(KeyMap, u64), StoreError> {
+    async fn service(&self, name: &str, index: Option<u64>) -> Result<(Values, u64), StoreError> {
         let path = format!("/v1/health/service/{}", encode_path(name));
         let (body, next) = self.get(&path, &[], index).await?;
         let entries: Vec<HealthEntry> = match body {
@@ -432,7 +428,7 @@ impl Client {
             .filter_map(|entry| {
                 let instance = Instance::from(entry);
                 let key = format!("{}{}/{}", service_root(name), instance.node, instance.id);
-                Some((key, serde_json::to_string(&instance).ok()?))
+                Some((key, Ok(serde_json::to_string(&instance).ok()?)))
             })
             .collect();
         Ok((keys, next))

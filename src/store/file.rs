@@ -304,7 +304,7 @@ impl DataFiles {
                 .into_iter()
                 .map(|(key, (value, _))| (key, value))
                 .collect::<KeyMap>(),
-            revision: None,
+            ..Snapshot::default()
         })
     }
 
@@ -357,26 +357,30 @@ impl DataFiles {
 
 /// Parses one file by its extension and flattens it into (key, value) pairs.
 fn read_file(path: &Path) -> Result<Vec<(String, String)>, StoreError> {
-    let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|e| file_error(path, e.to_string()))?;
+    let text = super::text(&bytes).map_err(|fault| {
+        let (line, column) = fault.line_column(&bytes);
+        file_error(path, format!("line {line} column {column}: {fault}"))
+    })?;
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let tree = match extension {
         // JSON is read into a YAML value so that all three formats flatten alike; it is a
         // self-describing format, so nothing is lost.
-        "json" => serde_json::from_str::<Value>(&text)
+        "json" => serde_json::from_str::<Value>(text)
             .map_err(|e| file_error(path, located(e.line(), e.column(), &e.to_string())))?,
         "toml" => {
             let table = text
                 .parse::<toml::Table>()
-                .map_err(|e| file_error(path, toml_message(&text, &e)))?;
+                .map_err(|e| file_error(path, toml_message(text, &e)))?;
             from_toml(toml::Value::Table(table))
         }
         _ => {
             let parse = || {
-                serde_yaml_ng::from_str::<Value>(&text)
+                serde_yaml_ng::from_str::<Value>(text)
                     .map_err(|e| file_error(path, yaml_message(&e)))
             };
             let mut tree = parse()?;
-            if let Err(disagreement) = yaml11::resolve_booleans(&text, &mut tree) {
+            if let Err(disagreement) = yaml11::resolve_booleans(text, &mut tree) {
                 // Only a parser bug or a corner of YAML where the two parsers differ gets
                 // here. The file still reads as it would with YAML 1.2 rather than failing.
                 tracing::warn!(
@@ -947,7 +951,7 @@ mod tests {
         std::fs::rename(dir.path().join(".app.yaml.swp"), &path).expect("rename");
         let expected = Snapshot {
             entries: keys(&[("/app/name", "two")]),
-            revision: None,
+            ..Snapshot::default()
         };
         assert_eq!(
             next_event(&mut stream).await.expect("read"),
@@ -988,7 +992,7 @@ mod tests {
         write(dir.path(), "nested/b.yaml", "app:\n  b: 2\n");
         let expected = Snapshot {
             entries: keys(&[("/app/a", "1"), ("/app/b", "2")]),
-            revision: None,
+            ..Snapshot::default()
         };
         assert_eq!(
             next_event(&mut stream).await.expect("read"),
@@ -1018,7 +1022,7 @@ mod tests {
         std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("rename");
         let expected = Snapshot {
             entries: keys(&[("/app/name", "two")]),
-            revision: None,
+            ..Snapshot::default()
         };
         assert_eq!(
             next_event(&mut stream).await.expect("read"),

@@ -180,7 +180,7 @@ impl VaultStore {
         entries.retain(|key, _| under_any(key, prefixes));
         Ok(Snapshot {
             entries,
-            revision: None,
+            ..Snapshot::default()
         })
     }
 
@@ -410,10 +410,27 @@ impl VaultStore {
             .await
             .map_err(|e| StoreError::unreachable(format!("{node}: {}", error_chain(&e))))?;
         let status = response.status();
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| StoreError::unreachable(format!("{node}: {}", error_chain(&e))))?;
+        let parsed = if body.is_empty() {
+            Ok(Value::Null)
+        } else {
+            serde_json::from_slice::<Value>(&body)
+        };
         if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
+            // An answer that is not JSON (not UTF-8, cut short, a proxy's page) is not
+            // Vault's: taken as empty, its secrets would vanish from the files.
+            let answer = parsed.map_err(|e| {
+                StoreError::unreachable(format!(
+                    "{node}{}: HTTP {status}: the answer is not JSON: {e}",
+                    path_only(path)
+                ))
+            })?;
             return Ok((status, answer));
         }
+        let answer = parsed.unwrap_or(Value::Null);
         let errors: VaultErrors = serde_json::from_value(answer).unwrap_or_default();
         let message = format!(
             "{node}{}: HTTP {status}: {}",

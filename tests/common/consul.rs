@@ -38,7 +38,9 @@ struct Instance {
 #[derive(Default)]
 struct Data {
     index: u64,
-    kv: BTreeMap<String, String>,
+    /// Values as bytes: Consul stores a PUT's body as it is ("the payload is arbitrary",
+    /// https://developer.hashicorp.com/consul/api-docs/kv#create-update-key).
+    kv: BTreeMap<String, Vec<u8>>,
     instances: BTreeMap<String, Instance>,
 }
 
@@ -158,9 +160,9 @@ impl Consul {
     }
 
     /// Sets a KV key.
-    pub fn put(&self, key: &str, value: &str) {
+    pub fn put(&self, key: &str, value: impl AsRef<[u8]>) {
         self.shared.change(|data| {
-            data.kv.insert(key.to_string(), value.to_string());
+            data.kv.insert(key.to_string(), value.as_ref().to_vec());
         });
     }
 
@@ -293,10 +295,10 @@ async fn kv_get(
 async fn kv_put(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
-    body: String,
+    body: axum::body::Bytes,
 ) -> Response {
     shared.change(|data| {
-        data.kv.insert(key, body);
+        data.kv.insert(key, body.to_vec());
     });
     with_index(&shared, StatusCode::OK, Value::Bool(true))
 }

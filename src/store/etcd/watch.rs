@@ -533,7 +533,7 @@ fn by_revision(
         let change = if event.r#type == mvccpb::event::EventType::Delete as i32 {
             Change::Delete { key }
         } else {
-            Change::Put { key, value }
+            Change::put(key, value)
         };
         if let Some((_, changes)) = runs.last_mut() {
             changes.push(change);
