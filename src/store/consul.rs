@@ -713,3 +713,74 @@ mod tests {
         assert!(!instance.passing, "one failing check makes it unhealthy");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::arbitrary;
+
+    /// The names in Consul's KV and health answers.
+    const NAMES: &[&str] = &[
+        "Key",
+        "Value",
+        "Flags",
+        "Node",
+        "Address",
+        "Service",
+        "ID",
+        "Service",
+        "Port",
+        "Tags",
+        "Checks",
+        "Status",
+        "ServiceID",
+    ];
+
+    proptest! {
+        #[test]
+        fn answers_parse_or_fail_naming_the_path(
+            answer in prop_oneof![
+                arbitrary::json(NAMES).prop_map(|json| json.to_string().into_bytes()),
+                prop::collection::vec(any::<u8>(), 0..48),
+            ]
+        ) {
+            let path = "/v1/kv/app";
+            match parse::<Vec<KvEntry>>(path, &answer) {
+                Ok(entries) => {
+                    for entry in entries {
+                        if let Some(Ok(bytes)) = entry.value.map(|text| BASE64.decode(text)) {
+                            let _ = value(bytes);
+                        }
+                    }
+                }
+                Err(e) => prop_assert!(e.to_string().starts_with("consul /v1/kv/app: "), "{e}"),
+            }
+            let path = "/v1/health/service/web";
+            match parse::<Vec<HealthEntry>>(path, &answer) {
+                Ok(entries) => {
+                    for entry in entries {
+                        let instance = Instance::from(entry);
+                        prop_assert!(serde_json::to_string(&instance).is_ok());
+                    }
+                }
+                Err(e) => prop_assert!(e.to_string().contains(path), "{e}"),
+            }
+            if let Err(e) = parse::<BTreeMap<String, Vec<String>>>("/v1/catalog/services", &answer) {
+                prop_assert!(e.to_string().contains("/v1/catalog/services"), "{e}");
+            }
+        }
+
+        #[test]
+        fn any_prefixes_make_sources_without_panic(
+            prefixes in prop::collection::vec("(/_consul/services)?[/a-z_]{0,8}", 0..5)
+        ) {
+            for source in sources(&prefixes) {
+                if let Source::Kv(prefix) = source {
+                    let _ = encode_path(&prefix);
+                }
+            }
+        }
+    }
+}

@@ -1030,3 +1030,121 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::arbitrary;
+
+    /// Reads `text` as a data file with `extension`: no panic, every key absolute, and an
+    /// error names the file (JSON's and TOML's with the line).
+    fn check(extension: &str, text: &[u8]) -> Result<(), TestCaseError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(format!("data.{extension}"));
+        std::fs::write(&path, text).expect("write data file");
+        match read_file(&path) {
+            Ok(pairs) => prop_assert!(pairs.iter().all(|(key, _)| key.starts_with('/'))),
+            Err(e) => {
+                let message = e.to_string();
+                prop_assert!(
+                    message.starts_with(&format!("{}: ", path.display())),
+                    "{message}"
+                );
+                if extension != "yaml" {
+                    prop_assert!(message.contains("line "), "{message}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// YAML whose scalars are YAML 1.1 words, numbers, quotes and arbitrary text, in maps,
+    /// lists and flow collections.
+    fn yaml() -> impl Strategy<Value = String> {
+        let scalar = prop_oneof![
+            prop::sample::select(
+                &[
+                    "yes",
+                    "No",
+                    "on",
+                    "OFF",
+                    "y",
+                    "~",
+                    "null",
+                    "true",
+                    "1e400",
+                    "0x1F",
+                    "-.inf",
+                    ".nan",
+                    "0o17",
+                    "'q'",
+                    "\"d\"",
+                    "!!str yes",
+                    "&a x",
+                    "*a",
+                    "[]",
+                    "{}",
+                    "|",
+                    ">-",
+                    "- ",
+                    "? ",
+                    ": ",
+                    "#c",
+                    "\"x\"#c",
+                ][..]
+            )
+            .prop_map(str::to_string),
+            any::<i64>().prop_map(|number| number.to_string()),
+            any::<f64>().prop_map(|number| number.to_string()),
+            "[ -~]{0,12}",
+        ];
+        let line = (
+            0usize..4,
+            prop::option::of(scalar.clone()),
+            scalar,
+            any::<bool>(),
+        )
+            .prop_map(|(indent, key, value, item)| {
+                let key = key.map(|key| format!("{key}: ")).unwrap_or_default();
+                let item = if item { "- " } else { "" };
+                format!("{}{item}{key}{value}\n", "  ".repeat(indent))
+            });
+        prop::collection::vec(line, 0..10).prop_map(|lines| lines.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn yaml_files_flatten_or_fail_naming_the_file(text in yaml()) {
+            check("yaml", text.as_bytes())?;
+        }
+
+        #[test]
+        fn json_files_flatten_or_fail_naming_the_file(
+            document in arbitrary::json(&["a", "b", "0"]),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let text = document.to_string();
+            check("json", text.as_bytes())?;
+            // Cut short: not JSON any more, or still JSON of another shape.
+            let cut = cut.index(text.len() + 1);
+            check("json", &text.as_bytes()[..cut])?;
+        }
+
+        #[test]
+        fn toml_files_flatten_or_fail_naming_the_file(
+            text in arbitrary::toml_text(&["a", "b", "a.b", "\"\"", "0"], &["", "[t]", "[[l]]"])
+        ) {
+            check("toml", text.as_bytes())?;
+        }
+
+        #[test]
+        fn any_bytes_flatten_or_fail_naming_the_file(
+            extension in prop::sample::select(&["yaml", "json", "toml"][..]),
+            text in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            check(extension, &text)?;
+        }
+    }
+}

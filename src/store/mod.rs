@@ -410,3 +410,57 @@ mod tests {
         assert_eq!(snapshot.count_under(&prefixes(&["/app"]), 0), 0);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn bytes_are_text_exactly_when_utf8_and_else_name_the_first_bad_byte(
+            bytes in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..32),
+                any::<String>().prop_map(String::into_bytes),
+            ]
+        ) {
+            match (value(bytes.clone()), std::str::from_utf8(&bytes)) {
+                (Ok(text), Ok(expected)) => prop_assert_eq!(text, expected),
+                (Err(fault), Err(e)) => {
+                    prop_assert_eq!(fault.offset, e.valid_up_to());
+                    prop_assert_eq!(fault.byte, bytes[fault.offset]);
+                    prop_assert_eq!(text(&bytes), Err(fault));
+                    let (line, column) = fault.line_column(&bytes);
+                    prop_assert!(line >= 1 && column >= 1 && column <= fault.offset + 1);
+                    let offset = format!("offset {}", fault.offset);
+                    prop_assert!(fault.to_string().contains(&offset));
+                }
+                (got, expected) => prop_assert!(false, "{got:?} for {expected:?}"),
+            }
+        }
+
+        #[test]
+        fn a_key_is_text_or_not_utf8_never_both(
+            changes in prop::collection::vec(
+                (0u8..4, prop::collection::vec(any::<u8>(), 0..4), any::<bool>()),
+                0..24,
+            )
+        ) {
+            let mut snapshot = Snapshot::default();
+            for (key, bytes, delete) in changes {
+                let key = format!("/k{key}");
+                snapshot.apply(if delete {
+                    Change::Delete { key }
+                } else {
+                    Change::put(key, value(bytes))
+                });
+            }
+            for key in snapshot.not_utf8.keys() {
+                prop_assert!(!snapshot.entries.contains_key(key));
+            }
+            let under: Vec<(&str, Value)> = snapshot.values_under("/k").collect();
+            prop_assert_eq!(under.len(), snapshot.entries.len() + snapshot.not_utf8.len());
+        }
+    }
+}

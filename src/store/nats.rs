@@ -1081,3 +1081,30 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn every_prefix_has_one_part_of_the_bucket(
+            prefixes in prop::collection::vec(
+                prop_oneof!["(/[a-z.*> ]{0,4}){0,4}", any::<String>()],
+                0..6,
+            )
+        ) {
+            let filters = filters(&prefixes);
+            for prefix in &prefixes {
+                let holding = filters
+                    .iter()
+                    .filter(|filter| filter.prefixes.contains(prefix))
+                    .count();
+                prop_assert!(holding >= 1, "{prefix:?} in {} filters", holding);
+                let _ = reconfd_key(&nats_key(prefix));
+            }
+        }
+    }
+}

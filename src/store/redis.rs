@@ -979,3 +979,42 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn names_map_to_keys_and_back(
+            key in "(/[a-z:*?\\[\\]\\\\]{1,3}){1,4}",
+            separator in prop::sample::select(&["/", ":", "::", "."][..]),
+        ) {
+            let name = redis_key(&key, separator);
+            let back = reconfd_key(&name, separator);
+            prop_assert!(back.starts_with('/'));
+            // A key holding the separator's characters reads back otherwise, as in confd.
+            if separator == "/" || !separator.chars().any(|c| key.contains(c)) {
+                prop_assert_eq!(back.trim_end_matches('/'), key.trim_end_matches('/'));
+            }
+            let escaped = escape_glob(&name);
+            prop_assert!(escaped.len() >= name.len());
+        }
+
+        #[test]
+        fn hash_fields_of_any_bytes_are_keys_or_left_out(
+            fields in prop::collection::btree_map(
+                prop::collection::vec(any::<u8>(), 0..6),
+                prop::collection::vec(any::<u8>(), 0..6),
+                0..8,
+            )
+        ) {
+            let named = fields.keys().filter(|field| std::str::from_utf8(field).is_ok()).count();
+            let entries = hash_entries("/h", fields, &["/".to_string()]);
+            prop_assert_eq!(entries.len(), named);
+            prop_assert!(entries.iter().all(|(key, _)| key.starts_with("/h/")));
+        }
+    }
+}

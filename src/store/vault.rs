@@ -629,3 +629,39 @@ mod tests {
         assert!(session.expires.is_some());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::arbitrary;
+
+    proptest! {
+        #[test]
+        fn secrets_flatten_under_their_own_key(
+            data in arbitrary::json(&["value", "data", "metadata", "password"])
+        ) {
+            let mut entries = KeyMap::new();
+            flatten_secret("/secret/app", &data, &mut entries);
+            prop_assert!(entries.keys().all(|key| key.starts_with("/secret/app")));
+        }
+
+        #[test]
+        fn login_answers_give_a_session_or_say_why(
+            answer in arbitrary::json(&["auth", "client_token", "lease_duration", "renewable"])
+        ) {
+            if let Err(e) = session_from_auth(&answer) {
+                prop_assert!(e.to_string().starts_with("vault: "), "{e}");
+            }
+        }
+
+        #[test]
+        fn prefixes_name_a_mount_or_are_refused_naming_the_key(prefix in any::<String>()) {
+            match split_mount(&prefix) {
+                Ok((mount, _)) => prop_assert!(!mount.is_empty()),
+                Err(e) => prop_assert!(e.to_string().contains(&format!("`{prefix}`")), "{e}"),
+            }
+        }
+    }
+}

@@ -918,3 +918,57 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Paths and prefixes, well formed or not.
+    fn path() -> impl Strategy<Value = String> {
+        prop_oneof!["(/[a-z]{0,3}){0,4}/?", any::<String>()]
+    }
+
+    proptest! {
+        #[test]
+        fn reads_and_watches_start_within_the_tree(
+            prefixes in prop::collection::vec(path(), 0..6),
+            events in prop::collection::vec(path(), 0..6),
+        ) {
+            for (parent, _) in starts(&prefixes) {
+                prop_assert!(parent.starts_with('/'));
+            }
+            let roots = watch_roots(&prefixes);
+            for root in &roots {
+                prop_assert!(roots.iter().filter(|other| contains(other, root)).count() == 1);
+            }
+            let touched = touched(
+                events.iter().map(|path| (zk::EventType::NodeDeleted, path.as_str())),
+                &prefixes,
+            );
+            prop_assert!(touched.iter().all(|path| is_key(path, &prefixes)));
+            for path in &events {
+                if let Some(parent) = parent_path(path) {
+                    prop_assert!(parent.len() < path.len());
+                }
+            }
+        }
+
+        #[test]
+        fn node_data_of_any_bytes_is_a_value(
+            data in prop::collection::vec(any::<u8>(), 0..16),
+            children in any::<i32>(),
+        ) {
+            let change = change("/a".to_string(), Answer::Node { data: data.clone(), children });
+            match (change, children) {
+                (Change::Delete { .. }, children) => prop_assert!(children != 0),
+                (Change::Put { value, .. }, 0) => prop_assert_eq!(value.into_bytes(), data),
+                (Change::NotUtf8 { fault, .. }, 0) => {
+                    prop_assert_eq!(data[fault.offset], fault.byte);
+                }
+                (other, children) => prop_assert!(false, "{other:?} with {children} children"),
+            }
+        }
+    }
+}
