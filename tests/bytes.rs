@@ -132,32 +132,29 @@ fn etcd_a_value_that_is_not_utf8_fails_its_resource_until_mended() {
     assert_eq!(fixture.read("svc.conf"), "/svc/a=mended\n/svc/z=fine\n");
 }
 
+/// SETs or HSETs raw bytes on `url`, which the helper's text-only commands cannot.
+fn redis_raw(url: &str, command: &[&[u8]]) {
+    runtime().block_on(async {
+        let client = redis::Client::open(url).expect("redis client");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection");
+        let mut cmd = redis::cmd(std::str::from_utf8(command[0]).expect("command name"));
+        for arg in &command[1..] {
+            cmd.arg(*arg);
+        }
+        let _: redis::Value = cmd.query_async(&mut connection).await.expect("command");
+    });
+}
+
 #[test]
 fn redis_strings_and_hash_fields_that_are_not_utf8_fail_their_resource() {
     let redis = Redis::start();
     redis.set("/other/b", "b");
     let url = redis.url();
-    runtime().block_on(async {
-        let client = redis::Client::open(url.as_str()).expect("redis client");
-        let mut connection = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis connection");
-        let () = redis::cmd("SET")
-            .arg("/svc/a")
-            .arg(BAD)
-            .query_async(&mut connection)
-            .await
-            .expect("SET");
-        let () = redis::cmd("HSET")
-            .arg("/svc/h")
-            .arg("f")
-            .arg(BAD)
-            .query_async(&mut connection)
-            .await
-            .map(|_: i64| ())
-            .expect("HSET");
-    });
+    redis_raw(&url, &[b"SET", b"/svc/a", BAD]);
+    redis_raw(&url, &[b"HSET", b"/svc/h", b"f", BAD]);
     let fixture = fixture();
     let run = fixture.run(&["--onetime", "--backend", "redis", "--node", &url]);
     expect_onetime_fails_on(&fixture, &run, "/svc/a");
@@ -167,6 +164,42 @@ fn redis_strings_and_hash_fields_that_are_not_utf8_fail_their_resource() {
     std::fs::remove_file(fixture.path("other.conf")).expect("remove other.conf");
     let run = fixture.run(&["--onetime", "--backend", "redis", "--node", &url]);
     expect_onetime_fails_on(&fixture, &run, "/svc/h/f");
+}
+
+#[test]
+fn redis_a_watched_value_that_turns_to_bytes_not_utf8_fails_its_resource_until_mended() {
+    let redis = Redis::start();
+    redis.set_all(&[("/svc/a", "fine"), ("/other/b", "b")]);
+    let fixture = fixture();
+    let url = redis.url();
+    let daemon = fixture.spawn(&["--watch", "--backend", "redis", "--node", &url]);
+    expect_file(&fixture, &daemon, "svc.conf", "/svc/a=fine\n", "first sync");
+    // Until now reported as the key deleted, which rendered the file without it.
+    redis_raw(&url, &[b"SET", b"/svc/a", BAD]);
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon
+            .log()
+            .contains(&fault("/svc/a"))),
+        "{}",
+        daemon.log()
+    );
+    redis.set("/other/b", "c");
+    expect_file(
+        &fixture,
+        &daemon,
+        "other.conf",
+        "b=c\n",
+        "the other resource goes on",
+    );
+    assert_eq!(fixture.read("svc.conf"), "/svc/a=fine\n");
+    redis.set("/svc/a", "mended");
+    expect_file(
+        &fixture,
+        &daemon,
+        "svc.conf",
+        "/svc/a=mended\n",
+        "a valid value mends it",
+    );
 }
 
 #[test]
