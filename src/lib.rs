@@ -9,6 +9,8 @@
 //! user gives is checked against [`limits`] when it is read, and every text written out passes
 //! through [`secrets`].
 
+#[cfg(test)]
+mod arbitrary;
 pub mod cli;
 mod command;
 mod controller;

@@ -147,3 +147,37 @@ mod tests {
         assert!(later(now, Duration::MAX) > now);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::arbitrary;
+
+    proptest! {
+        #[test]
+        fn durations_parse_within_the_limit_or_say_why(text in arbitrary::duration()) {
+            for limit in [DURATION, COMMAND_TIMEOUT, RENDER_TIMEOUT] {
+                match limit.parse(&text) {
+                    Ok(duration) => prop_assert!(duration <= limit.max()),
+                    Err(message) => prop_assert!(!message.is_empty()),
+                }
+            }
+        }
+
+        #[test]
+        fn sizes_parse_within_the_limit_or_say_why(text in arbitrary::size()) {
+            match parse_size(&text) {
+                Ok(bytes) => prop_assert!((1..=RENDER_SIZE).contains(&bytes)),
+                Err(message) => prop_assert!(!message.is_empty()),
+            }
+        }
+
+        #[test]
+        fn later_never_panics(seconds in any::<u64>(), nanos in 0u32..1_000_000_000) {
+            let now = Instant::now();
+            prop_assert!(later(now, Duration::new(seconds, nanos)) >= now);
+        }
+    }
+}

@@ -952,3 +952,66 @@ mod tests {
         assert!(err.to_string().contains("`interval`"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::arbitrary;
+    use crate::settings::keys_of;
+
+    /// The keys a resource file may hold, in `[template]` and `[backend]`.
+    fn resource_keys() -> &'static [&'static str] {
+        let keys: Vec<&'static str> = keys_of::<TemplateTable>()
+            .iter()
+            .chain(keys_of::<crate::store::backend::StoreFields>())
+            .copied()
+            .collect();
+        keys.leak()
+    }
+
+    /// Loads `text` as `conf.d/app.toml`: no panic, and an error names the file, with
+    /// `:line:column` when the text is not TOML at all.
+    fn check(text: &str) -> Result<(), TestCaseError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("app.toml");
+        std::fs::write(&file, text).expect("write resource");
+        if let Err(e) = load(&file, &dir.path().join("templates"), "/global") {
+            let message = e.to_string();
+            let name = file.display().to_string();
+            prop_assert!(message.starts_with(&name), "{message}");
+            if text.parse::<toml::Table>().is_err() {
+                let place = message[name.len()..].split(' ').next().unwrap_or_default();
+                let mut parts = place.trim_end_matches(':').split(':').skip(1);
+                prop_assert!(
+                    parts
+                        .next()
+                        .is_some_and(|line| line.parse::<usize>().is_ok())
+                        && parts
+                            .next()
+                            .is_some_and(|column| column.parse::<usize>().is_ok()),
+                    "{message}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn resource_files_of_known_keys_load_or_fail_naming_the_file(
+            text in arbitrary::toml_text(
+                resource_keys(),
+                &["[template]", "[[template]]", "[backend]", ""],
+            )
+        ) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn any_text_loads_or_fails_naming_the_file(text in any::<String>()) {
+            check(&text)?;
+        }
+    }
+}

@@ -754,3 +754,64 @@ mod tests {
         assert_eq!(listed, accepted);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::arbitrary;
+
+    /// Every key a settings file may hold.
+    fn settings_keys() -> &'static [&'static str] {
+        let keys: Vec<&'static str> = keys_of::<Cli>()
+            .iter()
+            .chain(keys_of::<StoreFields>())
+            .chain(CONFD_KEYS_NOT_USED_YET)
+            .copied()
+            .collect();
+        keys.leak()
+    }
+
+    /// Reads `text` as a settings file, then merges it as `--config-file` would: no panic,
+    /// and an error of the file names it, with `:line:column` when it has a place.
+    fn check(text: &str) -> Result<(), TestCaseError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("reconfd.toml");
+        std::fs::write(&path, text).expect("write settings");
+        let name = path.display().to_string();
+        match read_settings_file(&path, false) {
+            Err(e @ SettingsError::Parse { .. }) => {
+                let message = e.to_string();
+                prop_assert!(message.starts_with(&name), "{message}");
+                if text.parse::<toml::Table>().is_err() {
+                    prop_assert!(message[name.len()..].starts_with(':'), "{message}");
+                }
+            }
+            Err(e) => prop_assert!(false, "not a file error: {e}"),
+            Ok(_) => {
+                let matches = crate::cli::command()
+                    .try_get_matches_from(["reconfd", "--config-file", &name, "--file", "a.yaml"])
+                    .expect("arguments parse");
+                if let Err(e) = Settings::merge(&matches) {
+                    prop_assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn settings_files_of_known_keys_read_or_fail_naming_the_file(
+            text in arbitrary::toml_text(settings_keys(), &["", "[backend]", "[x]"])
+        ) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn any_text_reads_or_fails_naming_the_file(text in any::<String>()) {
+            check(&text)?;
+        }
+    }
+}

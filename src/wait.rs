@@ -208,3 +208,30 @@ mod tests {
         assert_eq!(settling.next_due(), None);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::arbitrary;
+
+    proptest! {
+        #[test]
+        fn waits_parse_in_order_and_within_the_limit_or_say_why(
+            text in prop_oneof![
+                (arbitrary::duration(), arbitrary::duration())
+                    .prop_map(|(min, max)| format!("{min}:{max}")),
+                arbitrary::duration(),
+            ]
+        ) {
+            match text.parse::<Wait>() {
+                Ok(wait) => {
+                    prop_assert!(wait.min <= wait.max);
+                    prop_assert!(wait.max <= limits::DURATION.max());
+                }
+                Err(message) => prop_assert!(!message.is_empty()),
+            }
+        }
+    }
+}

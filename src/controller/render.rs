@@ -9,7 +9,10 @@
 //! (renders allocate heavily, and two on one allocator mostly wait for each other); a render
 //! still running after [`ROUND_GRACE`] lets the next one start beside it.
 //!
-//! A resource whose `min_keys` the snapshot does not meet is not rendered at all.
+//! A resource whose `min_keys` the snapshot does not meet is not rendered at all, nor is one
+//! that sees a key whose value is not UTF-8: it fails naming the key, as no template can be
+//! given that value unchanged, and dropping or mending it would write a configuration the
+//! store does not hold.
 //!
 //! A round renders its resources concurrently and is committed as one batch. Renders still
 //! running [`ROUND_GRACE`] after the round began do not hold the others back: the round
@@ -144,6 +147,22 @@ impl Renders {
                 done.push(Rendered {
                     index,
                     content: Err(NotRendered::TooFewKeys(too_few)),
+                    time: Duration::ZERO,
+                });
+                continue;
+            }
+            if let Some((key, fault)) = snapshot.first_not_utf8(&member.resource.keys) {
+                done.push(Rendered {
+                    index,
+                    content: Err(NotRendered::Failed(RenderFailure {
+                        message: format!(
+                            "{}: key {key}: value is {fault}; {} is left as it is",
+                            member.resource.file.display(),
+                            member.resource.dest.display()
+                        ),
+                        // Only a new value mends it, and that comes as a change of the key.
+                        may_pass: false,
+                    })),
                     time: Duration::ZERO,
                 });
                 continue;

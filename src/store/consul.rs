@@ -30,7 +30,10 @@ use super::http::{self, error_chain};
 use super::nodes::{Node, Nodes};
 use super::tls::TlsOptions;
 use super::watch::{self, WatchSender};
-use super::{Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any};
+use super::{Change, Snapshot, Store, StoreError, StoreErrorKind, Value, WatchStream, under_any};
+
+/// Keys and their values as one source of the store reads them: what a watch compares.
+type Values = BTreeMap<String, Value>;
 
 /// Where the service catalog appears among the keys.
 pub const SERVICES_ROOT: &str = "/_consul/services";
@@ -113,15 +116,14 @@ impl Store for ConsulStore {
     }
 
     async fn fetch(&self, prefixes: &[String]) -> Result<Snapshot, StoreError> {
-        let mut entries = KeyMap::new();
+        let mut values = Values::new();
         for source in sources(prefixes) {
-            entries.extend(source.read_now(&self.client).await?);
+            values.extend(source.read_now(&self.client).await?);
         }
-        entries.retain(|key, _| under_any(key, prefixes));
-        Ok(Snapshot {
-            entries,
-            revision: None,
-        })
+        Ok(values
+            .into_iter()
+            .filter(|(key, _)| under_any(key, prefixes))
+            .collect())
     }
 
     async fn watch(
@@ -206,35 +208,33 @@ fn sources(prefixes: &[String]) -> Vec<Source> {
 
 impl Source {
     /// Reads the source's keys once, without blocking.
-    async fn read_now(&self, client: &Client) -> Result<KeyMap, StoreError> {
+    async fn read_now(&self, client: &Client) -> Result<Values, StoreError> {
         match self {
             Source::Kv(prefix) => Ok(client.kv(prefix, None).await?.0),
             Source::Catalog(name_prefix) => {
                 let (names, _) = client.service_names(name_prefix, None).await?;
-                let mut entries = KeyMap::new();
+                let mut values = Values::new();
                 for name in names {
-                    entries.extend(client.service(&name, None).await?.0);
+                    values.extend(client.service(&name, None).await?.0);
                 }
-                Ok(entries)
+                Ok(values)
             }
         }
     }
 
     /// The keys of `snapshot` this source reports on, to compare its first answer with.
-    fn known(&self, snapshot: &Snapshot, prefixes: &[String]) -> KeyMap {
+    fn known(&self, snapshot: &Snapshot, prefixes: &[String]) -> Values {
         let root = match self {
             Source::Kv(prefix) => format!("/{prefix}"),
             Source::Catalog(name_prefix) => format!("{SERVICES_ROOT}/{name_prefix}"),
         };
         snapshot
-            .entries
-            .range(root.clone()..)
-            .take_while(|(key, _)| key.starts_with(&root))
+            .values_under(&root)
             .filter(|(key, _)| {
                 under_any(key, prefixes)
                     && (matches!(self, Source::Catalog(_)) || !key.starts_with(SERVICES_ROOT))
             })
-            .map(|(key, value)| (key.clone(), value.clone()))
+            .map(|(key, value)| (key.to_string(), value))
             .collect()
     }
 
@@ -244,7 +244,7 @@ impl Source {
         self,
         client: Arc<Client>,
         prefixes: Vec<String>,
-        known: KeyMap,
+        known: Values,
         events: WatchSender,
         answered: mpsc::Sender<()>,
     ) -> Result<(), StoreError> {
@@ -263,7 +263,7 @@ async fn follow_kv(
     client: &Client,
     prefix: &str,
     prefixes: &[String],
-    mut known: KeyMap,
+    mut known: Values,
     events: &WatchSender,
     answered: mpsc::Sender<()>,
 ) -> Result<(), StoreError> {
@@ -292,7 +292,7 @@ async fn follow_catalog(
     client: Arc<Client>,
     name_prefix: String,
     prefixes: Vec<String>,
-    known: KeyMap,
+    known: Values,
     events: WatchSender,
     answered: mpsc::Sender<()>,
 ) -> Result<(), StoreError> {
@@ -339,7 +339,7 @@ async fn follow_service(
     client: Arc<Client>,
     name: String,
     prefixes: Vec<String>,
-    mut known: KeyMap,
+    mut known: Values,
     events: WatchSender,
 ) -> Result<(), StoreError> {
     let mut index = None;
@@ -358,7 +358,7 @@ fn service_root(name: &str) -> String {
     format!("{SERVICES_ROOT}/{name}/")
 }
 
-fn known_under(known: &KeyMap, root: &str) -> KeyMap {
+fn known_under(known: &Values, root: &str) -> Values {
     known
         .range(root.to_string()..)
         .take_while(|(key, _)| key.starts_with(root))
@@ -378,14 +378,11 @@ fn next_index(previous: Option<u64>, returned: u64) -> u64 {
 
 /// Sends the differences between `before` and `after`; false when the daemon stopped
 /// listening.
-async fn report(events: &WatchSender, before: &KeyMap, after: &KeyMap) -> bool {
+async fn report(events: &WatchSender, before: &Values, after: &Values) -> bool {
     let mut changes: Vec<Change> = after
         .iter()
         .filter(|(key, value)| before.get(*key) != Some(*value))
-        .map(|(key, value)| Change::Put {
-            key: key.clone(),
-            value: value.clone(),
-        })
+        .map(|(key, value)| Change::put(key.clone(), value.clone()))
         .collect();
     changes.extend(
         before
@@ -407,7 +404,7 @@ struct Client {
 
 impl Client {
     /// The KV keys under `prefix`, as reconfd keys, and the index to block on next.
-    async fn kv(&self, prefix: &str, index: Option<u64>) -> Result<(KeyMap, u64), StoreError> {
+    async fn kv(&self, prefix: &str, index: Option<u64>) -> Result<(Values, u64), StoreError> {
         let path = format!("/v1/kv/{}", encode_path(prefix));
         let (body, next) = self.get(&path, &[("recurse", "")], index).await?;
         let entries: Vec<KvEntry> = match body {
@@ -440,7 +437,7 @@ impl Client {
     }
 
     /// Every instance of service `name`, healthy or not, as keys.
-    async fn service(&self, name: &str, index: Option<u64>) -> Result<(KeyMap, u64), StoreError> {
+    async fn service(&self, name: &str, index: Option<u64>) -> Result<(Values, u64), StoreError> {
         let path = format!("/v1/health/service/{}", encode_path(name));
         let (body, next) = self.get(&path, &[], index).await?;
         let entries: Vec<HealthEntry> = match body {
@@ -452,7 +449,7 @@ impl Client {
             .filter_map(|entry| {
                 let instance = Instance::from(entry);
                 let key = format!("{}{}/{}", service_root(name), instance.node, instance.id);
-                Some((key, serde_json::to_string(&instance).ok()?))
+                Some((key, Ok(serde_json::to_string(&instance).ok()?)))
             })
             .collect();
         Ok((keys, next))
@@ -559,8 +556,8 @@ fn answer_kind(status: reqwest::StatusCode, text: &str) -> StoreErrorKind {
 /// The KV entries of an answer to `path` as keys. A folder is a key ending in `/`, not a key
 /// in its own right; a key holding the empty string comes with a null value and is a key like
 /// any other.
-fn kv_keys(path: &str, entries: Vec<KvEntry>) -> Result<KeyMap, StoreError> {
-    let mut keys = KeyMap::new();
+fn kv_keys(path: &str, entries: Vec<KvEntry>) -> Result<Values, StoreError> {
+    let mut keys = Values::new();
     for entry in entries {
         if entry.key.ends_with('/') {
             continue;
@@ -574,10 +571,7 @@ fn kv_keys(path: &str, entries: Vec<KvEntry>) -> Result<KeyMap, StoreError> {
             })?,
             None => Vec::new(),
         };
-        keys.insert(
-            format!("/{}", entry.key),
-            String::from_utf8_lossy(&value).into_owned(),
-        );
+        keys.insert(format!("/{}", entry.key), super::value(value));
     }
     Ok(keys)
 }
@@ -777,8 +771,8 @@ mod tests {
         assert_eq!(
             keys.into_iter().collect::<Vec<_>>(),
             [
-                ("/app/empty".to_string(), String::new()),
-                ("/app/port".to_string(), "80".to_string())
+                ("/app/empty".to_string(), Ok(String::new())),
+                ("/app/port".to_string(), Ok("80".to_string()))
             ]
         );
         let bad: Vec<KvEntry> =
@@ -803,5 +797,76 @@ mod tests {
         let instance = Instance::from(entry);
         assert_eq!(instance.address, "10.0.0.1");
         assert!(!instance.passing, "one failing check makes it unhealthy");
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::arbitrary;
+
+    /// The names in Consul's KV and health answers.
+    const NAMES: &[&str] = &[
+        "Key",
+        "Value",
+        "Flags",
+        "Node",
+        "Address",
+        "Service",
+        "ID",
+        "Service",
+        "Port",
+        "Tags",
+        "Checks",
+        "Status",
+        "ServiceID",
+    ];
+
+    proptest! {
+        #[test]
+        fn answers_parse_or_fail_naming_the_path(
+            answer in prop_oneof![
+                arbitrary::json(NAMES).prop_map(|json| json.to_string().into_bytes()),
+                prop::collection::vec(any::<u8>(), 0..48),
+            ]
+        ) {
+            let path = "/v1/kv/app";
+            match parse::<Vec<KvEntry>>(path, &answer) {
+                Ok(entries) => {
+                    for entry in entries {
+                        if let Some(Ok(bytes)) = entry.value.map(|text| BASE64.decode(text)) {
+                            let _ = super::super::value(bytes);
+                        }
+                    }
+                }
+                Err(e) => prop_assert!(e.to_string().starts_with("consul /v1/kv/app: "), "{e}"),
+            }
+            let path = "/v1/health/service/web";
+            match parse::<Vec<HealthEntry>>(path, &answer) {
+                Ok(entries) => {
+                    for entry in entries {
+                        let instance = Instance::from(entry);
+                        prop_assert!(serde_json::to_string(&instance).is_ok());
+                    }
+                }
+                Err(e) => prop_assert!(e.to_string().contains(path), "{e}"),
+            }
+            if let Err(e) = parse::<BTreeMap<String, Vec<String>>>("/v1/catalog/services", &answer) {
+                prop_assert!(e.to_string().contains("/v1/catalog/services"), "{e}");
+            }
+        }
+
+        #[test]
+        fn any_prefixes_make_sources_without_panic(
+            prefixes in prop::collection::vec("(/_consul/services)?[/a-z_]{0,8}", 0..5)
+        ) {
+            for source in sources(&prefixes) {
+                if let Source::Kv(prefix) = source {
+                    let _ = encode_path(&prefix);
+                }
+            }
+        }
     }
 }

@@ -6,9 +6,11 @@
 //! with it becomes a key by lower-casing, turning `_` into `/` and adding a leading `/`
 //! (`PROXY_FRONTEND_WEB1` → `/proxy/frontend/web1`).
 
+use std::os::unix::ffi::OsStringExt;
+
 use async_trait::async_trait;
 
-use super::{KeyMap, Snapshot, Store, StoreError, WatchStream};
+use super::{Snapshot, Store, StoreError, Value, WatchStream, value};
 
 /// Reads keys from the environment of the reconfd process.
 pub struct EnvStore;
@@ -20,15 +22,11 @@ impl Store for EnvStore {
     }
 
     async fn fetch(&self, prefixes: &[String]) -> Result<Snapshot, StoreError> {
-        // Names or values that are not UTF-8 cannot be keys or template values; confd's
-        // backend never sees them either.
-        let vars = std::env::vars_os().filter_map(|(name, value)| {
-            Some((name.into_string().ok()?, value.into_string().ok()?))
-        });
-        Ok(Snapshot {
-            entries: select(vars, prefixes),
-            revision: None,
-        })
+        // A name that is not UTF-8 cannot be a key; a value that is not is kept as such, so
+        // the resources that see it fail naming it.
+        let vars = std::env::vars_os()
+            .filter_map(|(name, bytes)| Some((name.into_string().ok()?, value(bytes.into_vec()))));
+        Ok(select(vars, prefixes))
     }
 
     /// The environment of a running process does not change, so there is nothing to watch;
@@ -43,7 +41,7 @@ impl Store for EnvStore {
 }
 
 /// The keys `vars` (name, value) yield under any of `prefixes`.
-fn select(vars: impl Iterator<Item = (String, String)>, prefixes: &[String]) -> KeyMap {
+fn select(vars: impl Iterator<Item = (String, Value)>, prefixes: &[String]) -> Snapshot {
     let name_prefixes: Vec<String> = prefixes.iter().map(|p| name_prefix(p)).collect();
     vars.filter(|(name, _)| name_prefixes.iter().any(|p| name.starts_with(p.as_str())))
         .map(|(name, value)| (key_for(&name), value))
@@ -65,10 +63,12 @@ fn key_for(name: &str) -> String {
 mod tests {
     use super::*;
 
-    fn vars(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+    use crate::store::{KeyMap, NotUtf8};
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, Value)> {
         pairs
             .iter()
-            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .map(|(name, value)| (name.to_string(), Ok(value.to_string())))
             .collect::<Vec<_>>()
             .into_iter()
     }
@@ -111,7 +111,21 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        assert_eq!(selected, expected);
+        assert_eq!(selected.entries, expected);
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_kept_as_such() {
+        let vars = [("APP_BAD".to_string(), value(b"ok\xffno".to_vec()))];
+        let selected = select(vars.into_iter(), &prefixes(&["/app"]));
+        assert!(selected.entries.is_empty());
+        assert_eq!(
+            selected.not_utf8.get("/app/bad"),
+            Some(&NotUtf8 {
+                byte: 0xff,
+                offset: 2
+            })
+        );
     }
 
     #[test]
@@ -120,12 +134,15 @@ mod tests {
             vars(&[("APP_X", "1"), ("APPLE", "2"), ("MAP", "3")]),
             &prefixes(&["/app"]),
         );
-        assert_eq!(selected.keys().collect::<Vec<_>>(), ["/app/x", "/apple"]);
+        assert_eq!(
+            selected.entries.keys().collect::<Vec<_>>(),
+            ["/app/x", "/apple"]
+        );
     }
 
     #[test]
     fn no_prefixes_select_nothing() {
-        assert!(select(vars(&[("APP_X", "1")]), &[]).is_empty());
+        assert!(select(vars(&[("APP_X", "1")]), &[]).entries.is_empty());
     }
 
     #[tokio::test]

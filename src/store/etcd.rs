@@ -19,7 +19,7 @@ use self::rpc::{ConnectOptions, Credentials, KeyRange, NodeClient, RpcError};
 use super::nodes::{Node, NodeFailure, Nodes};
 use super::progress::Progress;
 use super::tls::{Tls, TlsOptions};
-use super::{KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchStream};
+use super::{Snapshot, Store, StoreError, StoreErrorKind, Value, WatchStream, value};
 
 /// Keys per range request: a page of typical keys and values stays around a megabyte.
 const PAGE_SIZE: i64 = 5000;
@@ -188,20 +188,20 @@ impl Client {
     /// shown concurrent pages to gain anything.
     async fn fetch_from(&self, member: &Member, prefixes: &[String]) -> Result<Snapshot, RpcError> {
         let client = member.client(&self.connect).await?;
-        let mut entries = KeyMap::new();
+        let mut read = Snapshot::default();
         let mut revision = 0;
         for prefix in prefixes {
             let mut pages =
                 client.range_pages(&KeyRange::prefix(prefix.as_bytes()), revision, PAGE_SIZE);
             while let Some(page) = pages.next().await? {
-                entries.extend(page.iter().filter_map(decode));
+                for (key, value) in page.iter().filter_map(decode) {
+                    read.insert(key, value);
+                }
             }
             revision = pages.revision();
         }
-        Ok(Snapshot {
-            entries,
-            revision: Some(revision),
-        })
+        read.revision = Some(revision);
+        Ok(read)
     }
 
     /// What the watches delivered, for each prefix.
@@ -210,9 +210,9 @@ impl Client {
     }
 }
 
-/// A key and its value as text. A key that is not UTF-8 cannot be named by a template and is
-/// skipped; a value that is not UTF-8 is kept with replacement characters.
-fn decode(kv: &proto::mvccpb::KeyValue) -> Option<(String, String)> {
+/// A key and its value. A key that is not UTF-8 cannot be named by a template and is skipped;
+/// a value that is not UTF-8 is kept as such, so the resources that see it fail naming it.
+fn decode(kv: &proto::mvccpb::KeyValue) -> Option<(String, Value)> {
     let key = String::from_utf8(kv.key.clone()).ok()?;
-    Some((key, String::from_utf8_lossy(&kv.value).into_owned()))
+    Some((key, value(kv.value.clone())))
 }

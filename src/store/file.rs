@@ -304,7 +304,7 @@ impl DataFiles {
                 .into_iter()
                 .map(|(key, (value, _))| (key, value))
                 .collect::<KeyMap>(),
-            revision: None,
+            ..Snapshot::default()
         })
     }
 
@@ -357,26 +357,30 @@ impl DataFiles {
 
 /// Parses one file by its extension and flattens it into (key, value) pairs.
 fn read_file(path: &Path) -> Result<Vec<(String, String)>, StoreError> {
-    let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|e| file_error(path, e.to_string()))?;
+    let text = super::text(&bytes).map_err(|fault| {
+        let (line, column) = fault.line_column(&bytes);
+        file_error(path, format!("line {line} column {column}: {fault}"))
+    })?;
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let tree = match extension {
         // JSON is read into a YAML value so that all three formats flatten alike; it is a
         // self-describing format, so nothing is lost.
-        "json" => serde_json::from_str::<Value>(&text)
+        "json" => serde_json::from_str::<Value>(text)
             .map_err(|e| file_error(path, located(e.line(), e.column(), &e.to_string())))?,
         "toml" => {
             let table = text
                 .parse::<toml::Table>()
-                .map_err(|e| file_error(path, toml_message(&text, &e)))?;
+                .map_err(|e| file_error(path, toml_message(text, &e)))?;
             from_toml(toml::Value::Table(table))
         }
         _ => {
             let parse = || {
-                serde_yaml_ng::from_str::<Value>(&text)
+                serde_yaml_ng::from_str::<Value>(text)
                     .map_err(|e| file_error(path, yaml_message(&e)))
             };
             let mut tree = parse()?;
-            if let Err(disagreement) = yaml11::resolve_booleans(&text, &mut tree) {
+            if let Err(disagreement) = yaml11::resolve_booleans(text, &mut tree) {
                 // Only a parser bug or a corner of YAML where the two parsers differ gets
                 // here. The file still reads as it would with YAML 1.2 rather than failing.
                 tracing::warn!(
@@ -947,7 +951,7 @@ mod tests {
         std::fs::rename(dir.path().join(".app.yaml.swp"), &path).expect("rename");
         let expected = Snapshot {
             entries: keys(&[("/app/name", "two")]),
-            revision: None,
+            ..Snapshot::default()
         };
         assert_eq!(
             next_event(&mut stream).await.expect("read"),
@@ -988,7 +992,7 @@ mod tests {
         write(dir.path(), "nested/b.yaml", "app:\n  b: 2\n");
         let expected = Snapshot {
             entries: keys(&[("/app/a", "1"), ("/app/b", "2")]),
-            revision: None,
+            ..Snapshot::default()
         };
         assert_eq!(
             next_event(&mut stream).await.expect("read"),
@@ -1018,11 +1022,129 @@ mod tests {
         std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("rename");
         let expected = Snapshot {
             entries: keys(&[("/app/name", "two")]),
-            revision: None,
+            ..Snapshot::default()
         };
         assert_eq!(
             next_event(&mut stream).await.expect("read"),
             WatchEvent::Replace(expected)
         );
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::arbitrary;
+
+    /// Reads `text` as a data file with `extension`: no panic, every key absolute, and an
+    /// error names the file (JSON's and TOML's with the line).
+    fn check(extension: &str, text: &[u8]) -> Result<(), TestCaseError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(format!("data.{extension}"));
+        std::fs::write(&path, text).expect("write data file");
+        match read_file(&path) {
+            Ok(pairs) => prop_assert!(pairs.iter().all(|(key, _)| key.starts_with('/'))),
+            Err(e) => {
+                let message = e.to_string();
+                prop_assert!(
+                    message.starts_with(&format!("{}: ", path.display())),
+                    "{message}"
+                );
+                if extension != "yaml" {
+                    prop_assert!(message.contains("line "), "{message}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// YAML whose scalars are YAML 1.1 words, numbers, quotes and arbitrary text, in maps,
+    /// lists and flow collections.
+    fn yaml() -> impl Strategy<Value = String> {
+        let scalar = prop_oneof![
+            prop::sample::select(
+                &[
+                    "yes",
+                    "No",
+                    "on",
+                    "OFF",
+                    "y",
+                    "~",
+                    "null",
+                    "true",
+                    "1e400",
+                    "0x1F",
+                    "-.inf",
+                    ".nan",
+                    "0o17",
+                    "'q'",
+                    "\"d\"",
+                    "!!str yes",
+                    "&a x",
+                    "*a",
+                    "[]",
+                    "{}",
+                    "|",
+                    ">-",
+                    "- ",
+                    "? ",
+                    ": ",
+                    "#c",
+                    "\"x\"#c",
+                ][..]
+            )
+            .prop_map(str::to_string),
+            any::<i64>().prop_map(|number| number.to_string()),
+            any::<f64>().prop_map(|number| number.to_string()),
+            "[ -~]{0,12}",
+        ];
+        let line = (
+            0usize..4,
+            prop::option::of(scalar.clone()),
+            scalar,
+            any::<bool>(),
+        )
+            .prop_map(|(indent, key, value, item)| {
+                let key = key.map(|key| format!("{key}: ")).unwrap_or_default();
+                let item = if item { "- " } else { "" };
+                format!("{}{item}{key}{value}\n", "  ".repeat(indent))
+            });
+        prop::collection::vec(line, 0..10).prop_map(|lines| lines.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn yaml_files_flatten_or_fail_naming_the_file(text in yaml()) {
+            check("yaml", text.as_bytes())?;
+        }
+
+        #[test]
+        fn json_files_flatten_or_fail_naming_the_file(
+            document in arbitrary::json(&["a", "b", "0"]),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let text = document.to_string();
+            check("json", text.as_bytes())?;
+            // Cut short: not JSON any more, or still JSON of another shape.
+            let cut = cut.index(text.len() + 1);
+            check("json", &text.as_bytes()[..cut])?;
+        }
+
+        #[test]
+        fn toml_files_flatten_or_fail_naming_the_file(
+            text in arbitrary::toml_text(&["a", "b", "a.b", "\"\"", "0"], &["", "[t]", "[[l]]"])
+        ) {
+            check("toml", text.as_bytes())?;
+        }
+
+        #[test]
+        fn any_bytes_flatten_or_fail_naming_the_file(
+            extension in prop::sample::select(&["yaml", "json", "toml"][..]),
+            text in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            check(extension, &text)?;
+        }
     }
 }

@@ -78,6 +78,7 @@ pub(crate) fn store(entries: &[(&str, &str)]) -> (MemoryStore, Script) {
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
             revision: Some(1),
+            ..Snapshot::default()
         },
         revision: 1,
         ..State::default()

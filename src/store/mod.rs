@@ -34,11 +34,75 @@ use tokio::sync::mpsc;
 /// Keys (absolute, `/`-separated paths) and their values, sorted by key.
 pub type KeyMap = BTreeMap<String, String>;
 
+/// A value whose bytes are not UTF-8, so no template can be given it: where its first invalid
+/// byte is. The key is kept with this in place of a value, so that the resources that see the
+/// key fail naming it instead of reading it changed (replacement characters) or gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotUtf8 {
+    /// The first byte that is not part of a UTF-8 sequence.
+    pub byte: u8,
+    /// Its offset in the value, from 0.
+    pub offset: usize,
+}
+
+impl std::fmt::Display for NotUtf8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "not valid UTF-8 (byte {:#04x} at offset {})",
+            self.byte, self.offset
+        )
+    }
+}
+
+impl NotUtf8 {
+    /// The line of `bytes` (from 1) and its column in bytes (from 1) where they stop being
+    /// UTF-8.
+    pub fn line_column(&self, bytes: &[u8]) -> (usize, usize) {
+        let before = &bytes[..self.offset.min(bytes.len())];
+        let line = before.iter().filter(|byte| **byte == b'\n').count() + 1;
+        let column = before.len()
+            - before
+                .iter()
+                .rposition(|byte| *byte == b'\n')
+                .map_or(0, |i| i + 1)
+            + 1;
+        (line, column)
+    }
+
+    /// Where `bytes` stop being UTF-8, as `error` found.
+    fn at(bytes: &[u8], error: std::str::Utf8Error) -> NotUtf8 {
+        let offset = error.valid_up_to();
+        NotUtf8 {
+            // An error's offset is that of a byte of the value: `valid_up_to` is below the
+            // length whenever there is an error at all.
+            byte: bytes.get(offset).copied().unwrap_or_default(),
+            offset,
+        }
+    }
+}
+
+/// A value as a store holds it: its text, or where its bytes stop being UTF-8.
+pub type Value = Result<String, NotUtf8>;
+
+/// The value whose bytes are `bytes`: every store that holds bytes turns them into a value
+/// here, so none replaces or drops what is not UTF-8 on its own.
+pub fn value(bytes: Vec<u8>) -> Value {
+    String::from_utf8(bytes).map_err(|e| NotUtf8::at(e.as_bytes(), e.utf8_error()))
+}
+
+/// The text of `bytes`, or where they stop being UTF-8: [`value`] for borrowed bytes.
+pub fn text(bytes: &[u8]) -> Result<&str, NotUtf8> {
+    std::str::from_utf8(bytes).map_err(|e| NotUtf8::at(bytes, e))
+}
+
 /// A consistent view of a store's keys under a set of prefixes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// The keys and values.
     pub entries: KeyMap,
+    /// The keys whose values are not UTF-8 (never also in `entries`).
+    pub not_utf8: BTreeMap<String, NotUtf8>,
     /// The store's revision this snapshot was read at, where the store has one (etcd): it
     /// holds every change up to it. Watch changes applied later do not move it.
     pub revision: Option<i64>,
@@ -72,12 +136,69 @@ impl Snapshot {
     pub fn apply(&mut self, change: Change) {
         match change {
             Change::Put { key, value } => {
+                self.not_utf8.remove(&key);
                 self.entries.insert(key, value);
+            }
+            Change::NotUtf8 { key, fault } => {
+                self.entries.remove(&key);
+                self.not_utf8.insert(key, fault);
             }
             Change::Delete { key } => {
                 self.entries.remove(&key);
+                self.not_utf8.remove(&key);
             }
         }
+    }
+
+    /// Sets `key` to `value`.
+    pub fn insert(&mut self, key: String, value: Value) {
+        self.apply(Change::put(key, value));
+    }
+
+    /// Adds every key of `other`, its values replacing these.
+    pub fn merge(&mut self, other: Snapshot) {
+        for (key, fault) in other.not_utf8 {
+            self.apply(Change::NotUtf8 { key, fault });
+        }
+        for (key, value) in other.entries {
+            self.apply(Change::Put { key, value });
+        }
+    }
+
+    /// Every key starting with `root` and its value, in key order.
+    pub fn values_under<'s>(&'s self, root: &'s str) -> impl Iterator<Item = (&'s str, Value)> {
+        let texts = self
+            .entries
+            .range::<str, _>((Bound::Included(root), Bound::Unbounded))
+            .take_while(move |(key, _)| key.starts_with(root))
+            .map(|(key, value)| (key.as_str(), Ok(value.clone())));
+        let faults = self
+            .not_utf8
+            .range::<str, _>((Bound::Included(root), Bound::Unbounded))
+            .take_while(move |(key, _)| key.starts_with(root))
+            .map(|(key, fault)| (key.as_str(), Err(*fault)));
+        texts.chain(faults)
+    }
+
+    /// The first key under any of `prefixes` whose value is not UTF-8, and where.
+    pub fn first_not_utf8(&self, prefixes: &[String]) -> Option<(&str, NotUtf8)> {
+        if self.not_utf8.is_empty() {
+            return None;
+        }
+        self.not_utf8
+            .iter()
+            .find(|(key, _)| under_any(key, prefixes))
+            .map(|(key, fault)| (key.as_str(), *fault))
+    }
+}
+
+impl FromIterator<(String, Value)> for Snapshot {
+    fn from_iter<I: IntoIterator<Item = (String, Value)>>(values: I) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for (key, value) in values {
+            snapshot.insert(key, value);
+        }
+        snapshot
     }
 }
 
@@ -91,6 +212,13 @@ pub enum Change {
         /// New value.
         value: String,
     },
+    /// The key was created or its value replaced by one that is not UTF-8.
+    NotUtf8 {
+        /// Absolute key.
+        key: String,
+        /// Where the value stops being UTF-8.
+        fault: NotUtf8,
+    },
     /// The key was removed.
     Delete {
         /// Absolute key.
@@ -99,10 +227,18 @@ pub enum Change {
 }
 
 impl Change {
+    /// `key` created or set to `value`.
+    pub fn put(key: String, value: Value) -> Change {
+        match value {
+            Ok(value) => Change::Put { key, value },
+            Err(fault) => Change::NotUtf8 { key, fault },
+        }
+    }
+
     /// The key this change touches.
     pub fn key(&self) -> &str {
         match self {
-            Change::Put { key, .. } | Change::Delete { key } => key,
+            Change::Put { key, .. } | Change::NotUtf8 { key, .. } | Change::Delete { key } => key,
         }
     }
 }
@@ -261,7 +397,7 @@ mod tests {
                 .into_iter()
                 .map(|key| (key.to_string(), "v".to_string()))
                 .collect(),
-            revision: None,
+            ..Snapshot::default()
         };
         let prefixes = |all: &[&str]| all.iter().map(|p| p.to_string()).collect::<Vec<_>>();
         assert_eq!(snapshot.count_under(&prefixes(&["/app"]), 10), 3);
@@ -272,5 +408,59 @@ mod tests {
         assert_eq!(snapshot.count_under(&prefixes(&["/app/", "/db"]), 2), 2);
         assert_eq!(snapshot.count_under(&prefixes(&["/none"]), 10), 0);
         assert_eq!(snapshot.count_under(&prefixes(&["/app"]), 0), 0);
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn bytes_are_text_exactly_when_utf8_and_else_name_the_first_bad_byte(
+            bytes in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..32),
+                any::<String>().prop_map(String::into_bytes),
+            ]
+        ) {
+            match (value(bytes.clone()), std::str::from_utf8(&bytes)) {
+                (Ok(text), Ok(expected)) => prop_assert_eq!(text, expected),
+                (Err(fault), Err(e)) => {
+                    prop_assert_eq!(fault.offset, e.valid_up_to());
+                    prop_assert_eq!(fault.byte, bytes[fault.offset]);
+                    prop_assert_eq!(text(&bytes), Err(fault));
+                    let (line, column) = fault.line_column(&bytes);
+                    prop_assert!(line >= 1 && column >= 1 && column <= fault.offset + 1);
+                    let offset = format!("offset {}", fault.offset);
+                    prop_assert!(fault.to_string().contains(&offset));
+                }
+                (got, expected) => prop_assert!(false, "{got:?} for {expected:?}"),
+            }
+        }
+
+        #[test]
+        fn a_key_is_text_or_not_utf8_never_both(
+            changes in prop::collection::vec(
+                (0u8..4, prop::collection::vec(any::<u8>(), 0..4), any::<bool>()),
+                0..24,
+            )
+        ) {
+            let mut snapshot = Snapshot::default();
+            for (key, bytes, delete) in changes {
+                let key = format!("/k{key}");
+                snapshot.apply(if delete {
+                    Change::Delete { key }
+                } else {
+                    Change::put(key, value(bytes))
+                });
+            }
+            for key in snapshot.not_utf8.keys() {
+                prop_assert!(!snapshot.entries.contains_key(key));
+            }
+            let under: Vec<(&str, Value)> = snapshot.values_under("/k").collect();
+            prop_assert_eq!(under.len(), snapshot.entries.len() + snapshot.not_utf8.len());
+        }
     }
 }

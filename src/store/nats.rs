@@ -46,8 +46,8 @@ use super::progress::Progress;
 use super::tls::{Tls, TlsOptions};
 use super::watch::{self as watch_stream, WatchSender};
 use super::{
-    Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any,
-    under_prefix,
+    Change, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any, under_prefix,
+    value,
 };
 
 /// How long a read waits for the next entry. Entries of a read arrive back to back and the
@@ -354,18 +354,20 @@ impl Client {
         let revision = info.state.last_sequence;
         let reads =
             futures_util::future::try_join_all(filters(prefixes).iter().map(|filter| async move {
-                let mut entries = KeyMap::new();
-                self.read(connection, bucket, filter, &mut entries).await?;
-                Ok::<_, NatsError>(entries)
+                let mut keys = Snapshot::default();
+                self.read(connection, bucket, filter, &mut keys).await?;
+                Ok::<_, NatsError>(keys)
             }))
             .await?;
-        Ok(Snapshot {
-            entries: reads.into_iter().flatten().collect(),
-            revision: Some(as_revision(revision)),
-        })
+        let mut keys = Snapshot::default();
+        for read in reads {
+            keys.merge(read);
+        }
+        keys.revision = Some(as_revision(revision));
+        Ok(keys)
     }
 
-    /// Applies the last entry of every key in `filter`'s part of the bucket to `entries`.
+    /// Applies the last entry of every key in `filter`'s part of the bucket to `keys`.
     ///
     /// The read ends once it has applied as many entries as the consumer had to deliver when
     /// it was created (one per key), rather than when the server reports nothing more
@@ -375,7 +377,7 @@ impl Client {
         connection: &Connection,
         bucket: &kv::Store,
         filter: &Filter,
-        entries: &mut KeyMap,
+        keys: &mut Snapshot,
     ) -> Result<(), NatsError> {
         let mut disconnects = connection.disconnects.clone();
         disconnects.mark_unchanged();
@@ -409,14 +411,7 @@ impl Client {
             last = entry.revision;
             remaining -= 1;
             if under_any(entry.change.key(), &filter.prefixes) {
-                match entry.change {
-                    Change::Put { key, value } => {
-                        entries.insert(key, value);
-                    }
-                    Change::Delete { key } => {
-                        entries.remove(&key);
-                    }
-                }
+                keys.apply(entry.change);
             }
             if entry.pending == 0 {
                 break;
@@ -627,10 +622,7 @@ impl Entry {
         let change = if is_removal(message.headers.as_ref()) {
             Change::Delete { key }
         } else {
-            Change::Put {
-                key,
-                value: String::from_utf8_lossy(&message.payload).into_owned(),
-            }
+            Change::put(key, value(message.payload.to_vec()))
         };
         Some(Entry {
             revision: info.stream_sequence,
@@ -1087,5 +1079,32 @@ mod tests {
             client.server_names,
             "nats://me:***@127.0.0.1:4222, nats://127.0.0.1:4223"
         );
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn every_prefix_has_one_part_of_the_bucket(
+            prefixes in prop::collection::vec(
+                prop_oneof!["(/[a-z.*> ]{0,4}){0,4}", any::<String>()],
+                0..6,
+            )
+        ) {
+            let filters = filters(&prefixes);
+            for prefix in &prefixes {
+                let holding = filters
+                    .iter()
+                    .filter(|filter| filter.prefixes.contains(prefix))
+                    .count();
+                prop_assert!(holding >= 1, "{prefix:?} in {} filters", holding);
+                let _ = reconfd_key(&nats_key(prefix));
+            }
+        }
     }
 }

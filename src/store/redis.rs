@@ -35,7 +35,10 @@ use tokio::task::JoinSet;
 use super::nodes::{Nodes, redact};
 use super::tls::{Tls, TlsOptions};
 use super::watch::{self, Probes, WatchSender};
-use super::{Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any};
+use super::{
+    Change, Snapshot, Store, StoreError, StoreErrorKind, Value as KeyValue, WatchStream, under_any,
+    value,
+};
 
 /// Limit for connecting to a node (and logging in), so that a dead node costs little before
 /// the next is tried.
@@ -108,10 +111,7 @@ impl Store for RedisStore {
                     read_all(&mut connection, prefixes, separator).await
                 })
                 .await?;
-        Ok(Snapshot {
-            entries: read.entries,
-            revision: None,
-        })
+        Ok(read.keys)
     }
 
     /// Subscribes to the prefixes' keyspace notifications, then reads every key: the stream's
@@ -172,10 +172,7 @@ impl Store for RedisStore {
             prefixes.len(),
             node.name
         );
-        let (events, stream) = watch::channel_replacing(Snapshot {
-            entries: read.entries,
-            revision: None,
-        });
+        let (events, stream) = watch::channel_replacing(read.keys);
         let follower = Follower {
             client: Arc::clone(client),
             connected,
@@ -474,7 +471,7 @@ fn escape_glob(text: &str) -> String {
 
 /// What a full read found.
 struct Read {
-    entries: KeyMap,
+    keys: Snapshot,
     /// For each hash, by Redis key name, the reconfd keys of its fields.
     hashes: HashMap<Vec<u8>, BTreeSet<String>>,
 }
@@ -529,7 +526,7 @@ async fn read_all(
     }
 
     let mut read = Read {
-        entries: KeyMap::new(),
+        keys: Snapshot::default(),
         hashes: HashMap::new(),
     };
     let mut others = Vec::new();
@@ -555,26 +552,27 @@ async fn read_all(
     Ok(read)
 }
 
-/// Adds what the Redis key `name` holds to `read`, keeping what lies under `prefixes`. Names,
-/// fields and values that are not UTF-8 are left out.
+/// Adds what the Redis key `name` holds to `read`, keeping what lies under `prefixes`. Names
+/// and fields that are not UTF-8 cannot be named by a template and are left out; values that
+/// are not UTF-8 are kept as such, so the resources that see them fail naming them.
 fn record(read: &mut Read, name: Vec<u8>, held: Held, prefixes: &[String], separator: &str) {
     let Ok(text) = std::str::from_utf8(&name) else {
         return;
     };
     let key = reconfd_key(text, separator);
     match held {
-        Held::Text(value) => {
-            if let Ok(value) = String::from_utf8(value)
-                && under_any(&key, prefixes)
-            {
-                read.entries.insert(key, value);
+        Held::Text(bytes) => {
+            if under_any(&key, prefixes) {
+                read.keys.insert(key, value(bytes));
             }
         }
         Held::Hash(fields) => {
             let fields = hash_entries(&key, fields, prefixes);
             read.hashes
                 .insert(name, fields.iter().map(|(key, _)| key.clone()).collect());
-            read.entries.extend(fields);
+            for (key, value) in fields {
+                read.keys.insert(key, value);
+            }
         }
         Held::Nothing => {}
     }
@@ -585,14 +583,13 @@ fn hash_entries(
     key: &str,
     fields: BTreeMap<Vec<u8>, Vec<u8>>,
     prefixes: &[String],
-) -> Vec<(String, String)> {
+) -> Vec<(String, KeyValue)> {
     fields
         .into_iter()
-        .filter_map(|(field, value)| {
+        .filter_map(|(field, bytes)| {
             let field = String::from_utf8(field).ok()?;
-            let value = String::from_utf8(value).ok()?;
             let key = format!("{key}/{field}");
-            under_any(&key, prefixes).then_some((key, value))
+            under_any(&key, prefixes).then(|| (key, value(bytes)))
         })
         .collect()
 }
@@ -810,19 +807,13 @@ impl Follower {
         let old_fields = self.hashes.remove(&name).unwrap_or_default();
         let mut kept = BTreeSet::new();
         match held {
-            Held::Text(value) => match String::from_utf8(value) {
-                Ok(value) => changes.push(Change::Put {
-                    key: key.clone(),
-                    value,
-                }),
-                Err(_) => changes.push(Change::Delete { key: key.clone() }),
-            },
+            Held::Text(bytes) => changes.push(Change::put(key.clone(), value(bytes))),
             Held::Hash(fields) => {
                 // The key may have held a string before.
                 changes.push(Change::Delete { key: key.clone() });
                 for (field, value) in hash_entries(&key, fields, &self.prefixes) {
                     kept.insert(field.clone());
-                    changes.push(Change::Put { key: field, value });
+                    changes.push(Change::put(field, value));
                 }
             }
             Held::Nothing => changes.push(Change::Delete { key }),
@@ -986,5 +977,44 @@ mod tests {
                 "rediss://:***@host:6380"
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn names_map_to_keys_and_back(
+            key in "(/[a-z:*?\\[\\]\\\\]{1,3}){1,4}",
+            separator in prop::sample::select(&["/", ":", "::", "."][..]),
+        ) {
+            let name = redis_key(&key, separator);
+            let back = reconfd_key(&name, separator);
+            prop_assert!(back.starts_with('/'));
+            // A key holding the separator's characters reads back otherwise, as in confd.
+            if separator == "/" || !separator.chars().any(|c| key.contains(c)) {
+                prop_assert_eq!(back.trim_end_matches('/'), key.trim_end_matches('/'));
+            }
+            let escaped = escape_glob(&name);
+            prop_assert!(escaped.len() >= name.len());
+        }
+
+        #[test]
+        fn hash_fields_of_any_bytes_are_keys_or_left_out(
+            fields in prop::collection::btree_map(
+                prop::collection::vec(any::<u8>(), 0..6),
+                prop::collection::vec(any::<u8>(), 0..6),
+                0..8,
+            )
+        ) {
+            let named = fields.keys().filter(|field| std::str::from_utf8(field).is_ok()).count();
+            let entries = hash_entries("/h", fields, &["/".to_string()]);
+            prop_assert_eq!(entries.len(), named);
+            prop_assert!(entries.iter().all(|(key, _)| key.starts_with("/h/")));
+        }
     }
 }

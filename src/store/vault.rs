@@ -193,7 +193,7 @@ impl VaultStore {
         entries.retain(|key, _| under_any(key, prefixes));
         Ok(Snapshot {
             entries,
-            revision: None,
+            ..Snapshot::default()
         })
     }
 
@@ -489,10 +489,27 @@ impl VaultStore {
             .await
             .map_err(|e| StoreError::unreachable(format!("{node}: {}", error_chain(&e))))?;
         let status = response.status();
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| StoreError::unreachable(format!("{node}: {}", error_chain(&e))))?;
+        let parsed = if body.is_empty() {
+            Ok(Value::Null)
+        } else {
+            serde_json::from_slice::<Value>(&body)
+        };
         if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
+            // An answer that is not JSON (not UTF-8, cut short, a proxy's page) is not
+            // Vault's: taken as empty, its secrets would vanish from the files.
+            let answer = parsed.map_err(|e| {
+                StoreError::unreachable(format!(
+                    "{node}{}: HTTP {status}: the answer is not JSON: {e}",
+                    path_only(path)
+                ))
+            })?;
             return Ok((status, answer));
         }
+        let answer = parsed.unwrap_or(Value::Null);
         let errors: VaultErrors = serde_json::from_value(answer).unwrap_or_default();
         let message = format!(
             "{node}{}: HTTP {status}: {}",
@@ -567,7 +584,7 @@ impl Place {
 }
 
 /// A secret as read.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Read {
     /// Its fields.
     Found(Value),
@@ -756,5 +773,52 @@ mod tests {
         }}))
         .expect("a session");
         assert!(session.expires.is_some());
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::arbitrary;
+
+    proptest! {
+        #[test]
+        fn secrets_flatten_under_their_own_key(
+            data in arbitrary::json(&["value", "data", "metadata", "password"])
+        ) {
+            let mut entries = KeyMap::new();
+            flatten_secret("/secret/app", &data, &mut entries);
+            prop_assert!(entries.keys().all(|key| key.starts_with("/secret/app")));
+        }
+
+        #[test]
+        fn login_answers_give_a_session_or_say_why(
+            answer in arbitrary::json(&["auth", "client_token", "lease_duration", "renewable"])
+        ) {
+            if let Err(e) = session_from_auth(&answer) {
+                prop_assert!(e.to_string().starts_with("vault: "), "{e}");
+            }
+        }
+
+        #[test]
+        fn a_refusal_is_never_read_as_an_empty_key(
+            listed in prop::option::of(prop::collection::vec("[a-z]{0,3}", 0..3)),
+            list_refused in any::<bool>(),
+            own in 0..3u8,
+            read_refused in any::<bool>(),
+        ) {
+            let refusal = || StoreError::auth("vault: permission denied");
+            let listed = if list_refused { Err(refusal()) } else { Ok(listed) };
+            let own = if read_refused {
+                Err(refusal())
+            } else {
+                Ok([Read::Missing, Read::Gone, Read::Found(Value::Null)][own as usize].clone())
+            };
+            let both_refused = list_refused && read_refused;
+            let settled = settle("/secret/app", listed, own);
+            prop_assert!(!both_refused || settled.is_err(), "{settled:?}");
+        }
     }
 }

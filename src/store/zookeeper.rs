@@ -38,7 +38,7 @@ use tokio::sync::Mutex;
 use zookeeper_client as zk;
 
 use super::watch::{self, WatchSender};
-use super::{Change, KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any};
+use super::{Change, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any, value};
 
 /// Asked of the servers for each session: a server that does not hear from reconfd for this
 /// long ends its session.
@@ -117,11 +117,7 @@ impl Store for ZookeeperStore {
 
     async fn fetch(&self, prefixes: &[String]) -> Result<Snapshot, StoreError> {
         let client = self.client().await?;
-        let entries = Reader::new(&client, &self.servers).keys(prefixes).await?;
-        Ok(Snapshot {
-            entries,
-            revision: None,
-        })
+        Reader::new(&client, &self.servers).keys(prefixes).await
     }
 
     /// Sets a persistent recursive watch on the parent of each prefix, reads every key, and
@@ -147,19 +143,16 @@ impl Store for ZookeeperStore {
         .await
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
-        let entries = reader.keys(prefixes).await?;
+        let read = reader.keys(prefixes).await?;
         tracing::debug!(
             "zookeeper {}: watching {} under {roots:?}",
             self.servers,
             prefixes.join(", ")
         );
-        let (events, stream) = if entries == snapshot.entries {
+        let (events, stream) = if read == *snapshot {
             watch::channel()
         } else {
-            watch::channel_replacing(Snapshot {
-                entries,
-                revision: None,
-            })
+            watch::channel_replacing(read)
         };
         let follower = Follower {
             client: client.clone(),
@@ -263,11 +256,6 @@ fn parent_path(path: &str) -> Option<&str> {
     }
 }
 
-/// A znode's data as a value: UTF-8, lossily.
-fn text(data: Vec<u8>) -> String {
-    String::from_utf8(data).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
 /// The znodes whose key `events` may have changed: the znode of each event, and for a create
 /// or a delete its parent, which may have gained its first child or lost its last. Only those
 /// that can be keys under `prefixes` are kept.
@@ -299,10 +287,7 @@ fn touched<'e>(
 /// The change that reports what a znode read as `answer` is now as a key.
 fn change(key: String, answer: Answer) -> Change {
     match answer {
-        Answer::Node { data, children: 0 } => Change::Put {
-            key,
-            value: text(data),
-        },
+        Answer::Node { data, children: 0 } => Change::put(key, value(data)),
         _ => Change::Delete { key },
     }
 }
@@ -346,7 +331,7 @@ enum Answer {
 /// Reading every key under some prefixes, one level of the tree at a time.
 struct Walk<'p> {
     prefixes: &'p [String],
-    keys: KeyMap,
+    keys: Snapshot,
 }
 
 impl<'p> Walk<'p> {
@@ -358,7 +343,7 @@ impl<'p> Walk<'p> {
             .collect();
         let walk = Walk {
             prefixes,
-            keys: KeyMap::new(),
+            keys: Snapshot::default(),
         };
         (walk, reads)
     }
@@ -369,7 +354,7 @@ impl<'p> Walk<'p> {
             (Read::Node(path), Answer::Node { children: 1.., .. }) => vec![Read::Children(path)],
             (Read::Node(path), Answer::Node { data, .. }) => {
                 if is_key(&path, self.prefixes) {
-                    self.keys.insert(path, text(data));
+                    self.keys.insert(path, value(data));
                 }
                 Vec::new()
             }
@@ -401,7 +386,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Every key under `prefixes`.
-    async fn keys(&self, prefixes: &[String]) -> Result<KeyMap, StoreError> {
+    async fn keys(&self, prefixes: &[String]) -> Result<Snapshot, StoreError> {
         let (mut walk, reads) = Walk::new(prefixes);
         self.run(reads, |read, answer| walk.answered(read, answer))
             .await?;
@@ -622,6 +607,7 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::KeyMap;
 
     #[test]
     fn errors_map_to_kinds() {
@@ -731,7 +717,7 @@ mod tests {
                 let answer = self.answer(&read);
                 queue.extend(walk.answered(read, answer));
             }
-            walk.keys
+            walk.keys.entries
         }
 
         /// What a watch reports for `events` on this tree, applied to `keys`.
@@ -747,7 +733,7 @@ mod tests {
             );
             let mut snapshot = Snapshot {
                 entries: std::mem::take(keys),
-                revision: None,
+                ..Snapshot::default()
             };
             for path in paths {
                 let answer = self.answer(&Read::Node(path.clone()));
@@ -915,6 +901,74 @@ mod tests {
         assert_eq!(child_path("/a", "b"), "/a/b");
         assert!(contains("/a", "/a/b") && contains("/a", "/a") && contains("/", "/x"));
         assert!(!contains("/a", "/ab"));
-        assert_eq!(text(vec![b'o', 0xff, b'k']), "o\u{fffd}k");
+    }
+
+    #[test]
+    fn data_that_is_not_utf8_is_reported_as_such() {
+        let data = vec![b'o', 0xff, b'k'];
+        assert_eq!(
+            change("/a".into(), Answer::Node { data, children: 0 }),
+            Change::NotUtf8 {
+                key: "/a".into(),
+                fault: crate::store::NotUtf8 {
+                    byte: 0xff,
+                    offset: 1
+                }
+            }
+        );
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Paths and prefixes, well formed or not.
+    fn path() -> impl Strategy<Value = String> {
+        prop_oneof!["(/[a-z]{0,3}){0,4}/?", any::<String>()]
+    }
+
+    proptest! {
+        #[test]
+        fn reads_and_watches_start_within_the_tree(
+            prefixes in prop::collection::vec(path(), 0..6),
+            events in prop::collection::vec(path(), 0..6),
+        ) {
+            for (parent, _) in starts(&prefixes) {
+                prop_assert!(parent.starts_with('/'));
+            }
+            let roots = watch_roots(&prefixes);
+            for root in &roots {
+                prop_assert!(roots.iter().filter(|other| contains(other, root)).count() == 1);
+            }
+            let touched = touched(
+                events.iter().map(|path| (zk::EventType::NodeDeleted, path.as_str())),
+                &prefixes,
+            );
+            prop_assert!(touched.iter().all(|path| is_key(path, &prefixes)));
+            for path in &events {
+                if let Some(parent) = parent_path(path) {
+                    prop_assert!(parent.len() < path.len());
+                }
+            }
+        }
+
+        #[test]
+        fn node_data_of_any_bytes_is_a_value(
+            data in prop::collection::vec(any::<u8>(), 0..16),
+            children in any::<i32>(),
+        ) {
+            let change = change("/a".to_string(), Answer::Node { data: data.clone(), children });
+            match (change, children) {
+                (Change::Delete { .. }, children) => prop_assert!(children != 0),
+                (Change::Put { value, .. }, 0) => prop_assert_eq!(value.into_bytes(), data),
+                (Change::NotUtf8 { fault, .. }, 0) => {
+                    prop_assert_eq!(data[fault.offset], fault.byte);
+                }
+                (other, children) => prop_assert!(false, "{other:?} with {children} children"),
+            }
+        }
     }
 }

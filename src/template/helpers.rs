@@ -465,3 +465,101 @@ mod tests {
         assert_eq!(out(&source), "true false");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use crate::template::tests::render;
+
+    /// Renders `source` with `/a` and `/b` holding `a` and `b`: no panic, and an error names
+    /// the template and, when Tera gives one, the line and column.
+    fn check(source: &str, a: &str, b: &str) -> Result<(), TestCaseError> {
+        if let Err(e) = render(source, &[("/a", a), ("/b", b)]) {
+            prop_assert!(e.location.starts_with("test.tmpl:1:"), "{e}");
+            prop_assert!(!e.message.is_empty(), "{e}");
+        }
+        Ok(())
+    }
+
+    /// Text that exercises the helpers: arbitrary, paths, JSON, numbers and booleans.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[/a-z.]{0,12}",
+            crate::arbitrary::json(&["key", "value"]).prop_map(|json| json.to_string()),
+            any::<i64>().prop_map(|number| number.to_string()),
+            "[-+]?[0-9]{1,25}",
+            prop::sample::select(&["true", "F", "1", "TRUE", "yes", "%Y-%m-%d", "%Q", "%"][..])
+                .prop_map(str::to_string),
+        ]
+    }
+
+    /// Every filter and function of the helpers, fed `/a` and `/b`.
+    const CALLS: &[&str] = &[
+        "{{ getv(key=\"/a\") | base }}",
+        "{{ getv(key=\"/a\") | dir }}",
+        "{{ getv(key=\"/a\") | json }}",
+        "{{ getv(key=\"/a\") | jsonArray }}",
+        "{{ getv(key=\"/a\") | jsonArray | sortKVByLength }}",
+        "{{ getv(key=\"/a\") | jsonArray | sortByLength }}",
+        "{{ getv(key=\"/a\") | json_encode }}",
+        "{{ getv(key=\"/a\") | base64Encode | base64Decode }}",
+        "{{ getv(key=\"/a\") | base64Decode }}",
+        "{{ getv(key=\"/a\") | toUpper }}{{ getv(key=\"/a\") | toLower }}",
+        "{{ getv(key=\"/a\") | trimSuffix(suffix=getv(key=\"/b\")) }}",
+        "{{ getv(key=\"/a\") | contains(substr=getv(key=\"/b\")) }}",
+        "{{ getv(key=\"/a\") | atoi }}",
+        "{{ getv(key=\"/a\") | parseBool }}",
+        "{{ getenv(key=getv(key=\"/a\"), default=getv(key=\"/b\")) }}",
+        "{{ datetime(format=getv(key=\"/a\")) }}",
+        "{{ fileExists(path=getv(key=\"/a\")) }}",
+        "{{ map(x=getv(key=\"/a\"), y=getv(key=\"/b\")) }}",
+        "{{ getv(key=getv(key=\"/a\"), default=\"-\") }}",
+        "{{ gets(key=getv(key=\"/a\")) | length }}",
+        "{{ getvs(key=getv(key=\"/a\")) | length }}",
+        "{{ ls(key=getv(key=\"/a\")) | length }}{{ lsdir(key=getv(key=\"/a\")) | length }}",
+        "{{ exists(key=getv(key=\"/a\")) }}",
+    ];
+
+    proptest! {
+        #[test]
+        fn string_arguments_never_panic(
+            call in prop::sample::select(CALLS),
+            a in text(),
+            b in text(),
+        ) {
+            check(call, &a, &b)?;
+        }
+
+        #[test]
+        fn number_arguments_never_panic(
+            name in prop::sample::select(&["add", "sub", "mul", "div", "mod"][..]),
+            a in any::<i64>(),
+            b in prop_oneof![any::<i64>(), Just(0), Just(-1)],
+        ) {
+            check(&format!("{{{{ {name}(a={a}, b={b}) }}}}"), "", "")?;
+        }
+
+        #[test]
+        fn sequences_never_panic(
+            first in prop_oneof![any::<i64>(), -5i64..5],
+            last in prop_oneof![any::<i64>(), -5i64..5],
+        ) {
+            check(&format!("{{{{ seq(first={first}, last={last}) | length }}}}"), "", "")?;
+        }
+
+        #[test]
+        fn ranges_never_panic(
+            start in prop_oneof![any::<i64>(), -5i64..5],
+            end in prop_oneof![any::<i64>(), -5i64..5],
+            step in prop_oneof![any::<i64>(), -3i64..3],
+        ) {
+            check(
+                &format!("{{{{ range(start={start}, end={end}, step_by={step}) | length }}}}"),
+                "",
+                "",
+            )?;
+        }
+    }
+}

@@ -432,7 +432,7 @@ mod tests {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
-                revision: None,
+                ..Snapshot::default()
             }),
             prefix: prefix.to_string(),
             keys: keys.iter().map(|k| k.to_string()).collect(),

@@ -60,7 +60,9 @@ struct Instance {
 
 /// A KV entry and the index of its last change.
 struct Entry {
-    value: String,
+    /// As bytes: Consul stores a PUT's body as it is ("the payload is arbitrary",
+    /// https://developer.hashicorp.com/consul/api-docs/kv#create-update-key).
+    value: Vec<u8>,
     create_index: u64,
     modify_index: u64,
 }
@@ -318,14 +320,14 @@ impl Consul {
     }
 
     /// Sets a KV key.
-    pub fn put(&self, key: &str, value: &str) {
+    pub fn put(&self, key: &str, value: impl AsRef<[u8]>) {
         self.shared.change(|data, index| {
             let create_index = data.kv.get(key).map_or(index, |entry| entry.create_index);
             data.tombstones.remove(key);
             data.kv.insert(
                 key.to_string(),
                 Entry {
-                    value: value.to_string(),
+                    value: value.as_ref().to_vec(),
                     create_index,
                     modify_index: index,
                 },

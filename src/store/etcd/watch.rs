@@ -533,7 +533,7 @@ fn by_revision(
         let change = if event.r#type == mvccpb::event::EventType::Delete as i32 {
             Change::Delete { key }
         } else {
-            Change::Put { key, value }
+            Change::put(key, value)
         };
         if let Some((_, changes)) = runs.last_mut() {
             changes.push(change);
@@ -708,5 +708,71 @@ mod tests {
         assert!(!is_permission_denied(&StoreError::rejected(
             "permission denied"
         )));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Keys over a small alphabet with the bytes where ranges turn over (0x00, 0xfe, 0xff).
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop::sample::select(&[b'/', b'a', 0x00, 0xfe, 0xff][..]),
+            0..5,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn a_prefix_range_holds_exactly_the_keys_starting_with_it(
+            prefix in key(),
+            other in key(),
+        ) {
+            let wanted = [Wanted { range: KeyRange::prefix(&prefix), from: None }];
+            let mut under = prefix.clone();
+            under.extend_from_slice(&other);
+            // etcd has no empty key.
+            prop_assume!(!under.is_empty());
+            prop_assert!(wants(&wanted, &under, 1));
+            if !prefix.is_empty() {
+                prop_assert_eq!(wants(&wanted, &other, 1), other.starts_with(&prefix));
+            }
+            let covering = covering_range(&wanted).expect("one prefix");
+            let all = [Wanted { range: covering, from: None }];
+            prop_assert!(wants(&all, &under, 1));
+        }
+
+        #[test]
+        fn events_of_any_bytes_become_changes_or_are_left_out(
+            events in prop::collection::vec((key(), key(), any::<bool>(), 1i64..4), 0..12)
+        ) {
+            let events: Vec<mvccpb::Event> = events
+                .into_iter()
+                .map(|(key, value, delete, revision)| mvccpb::Event {
+                    r#type: if delete {
+                        mvccpb::event::EventType::Delete as i32
+                    } else {
+                        mvccpb::event::EventType::Put as i32
+                    },
+                    kv: Some(mvccpb::KeyValue {
+                        key,
+                        value,
+                        mod_revision: revision,
+                        ..mvccpb::KeyValue::default()
+                    }),
+                    ..mvccpb::Event::default()
+                })
+                .collect();
+            let runs = by_revision(&events, |_, _| true);
+            let named = events
+                .iter()
+                .filter_map(|event| event.kv.as_ref())
+                .filter(|kv| std::str::from_utf8(&kv.key).is_ok())
+                .count();
+            prop_assert_eq!(runs.iter().map(|(_, changes)| changes.len()).sum::<usize>(), named);
+        }
     }
 }
