@@ -92,6 +92,27 @@ fn the_service_starts_on_the_rendered_files_hears_of_swaps_and_signals_and_gives
         daemon.log()
     );
 
+    // SIGHUP is reconfd's: it reads its settings again and does not pass the signal on; the
+    // new generation of controllers signals the service in turn.
+    kill(pid_of(&daemon), Signal::SIGHUP).expect("SIGHUP");
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon
+            .log()
+            .contains("SIGHUP: new settings applied")),
+        "{}",
+        daemon.log()
+    );
+    fixture.write("data.yaml", "app:\n  value: \"3\"\n");
+    assert!(
+        holds(
+            &fixture,
+            "reloads",
+            "reload_cmd\nreload_cmd\nvalue=2\nreload_cmd\nvalue=3\n"
+        ),
+        "SIGHUP after the swap of the new generation, and no other\n{}",
+        daemon.log()
+    );
+
     let log_before = daemon.log();
     assert_eq!(daemon.terminate(), Some(7), "{log_before}");
 }

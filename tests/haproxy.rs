@@ -196,6 +196,11 @@ fn haproxy_runs_under_reconfd_in_master_worker_mode_and_follows_etcd() {
         assert!(is_the_master(), "{what}: the master is the same process");
     };
 
+    assert!(
+        wait_for(Duration::from_secs(30), || !workers().is_empty()),
+        "HAProxy's master starts a worker\n{}",
+        daemon.log()
+    );
     let first_workers = workers();
     etcd.put("/proxy/frontend/web1", &web1.address.to_string());
     reaches(&["web1"], "web1 registered");
