@@ -185,37 +185,30 @@ impl std::str::FromStr for ExecTable {
     }
 }
 
-impl ExecTable {
-    /// Reads `exec = "command"` or an `[exec]` table.
-    fn command_or_table<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ExecTable, D::Error> {
-        struct CommandOrTable;
-        impl<'de> Visitor<'de> for CommandOrTable {
-            type Value = ExecTable;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a command or an [exec] table")
-            }
-
-            fn visit_str<E: de::Error>(self, command: &str) -> Result<ExecTable, E> {
-                Ok(ExecTable {
-                    command: Some(command.to_string()),
-                    ..ExecTable::default()
-                })
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ExecTable, A::Error> {
-                ExecTable::deserialize(de::value::MapAccessDeserializer::new(map))
-            }
-        }
-        deserializer.deserialize_any(CommandOrTable)
-    }
-}
-
 /// `Cli::exec` as the settings file gives it: a command or a table.
 fn command_or_table<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<ExecTable>, D::Error> {
-    ExecTable::command_or_table(deserializer).map(Some)
+    struct CommandOrTable;
+    impl<'de> Visitor<'de> for CommandOrTable {
+        type Value = ExecTable;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a command or an [exec] table")
+        }
+
+        fn visit_str<E: de::Error>(self, command: &str) -> Result<ExecTable, E> {
+            Ok(ExecTable {
+                command: Some(command.to_string()),
+                ..ExecTable::default()
+            })
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ExecTable, A::Error> {
+            ExecTable::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    deserializer.deserialize_any(CommandOrTable).map(Some)
 }
 
 /// A signal of the `[exec]` table, by name (`SIGUSR2`, `USR2`, `usr2`).
