@@ -9,9 +9,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use nix::sys::signal::Signal;
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::store::backend::StoreFields;
 
@@ -57,6 +60,15 @@ pub(crate) struct Cli {
     /// SIGTERM or SIGINT interrupted the run (killing the command running then).
     #[arg(long, env = "RECONFD_ONETIME")]
     pub onetime: bool,
+
+    /// Exec mode: once every resource has been synced, run this command (through `sh`, as
+    /// `exec COMMAND`) as reconfd's child; send it SIGHUP when a sync swaps a file, forward
+    /// SIGTERM and SIGINT to it, and exit with its status. The settings file may give an
+    /// `[exec]` table with `command`, `reload_signal`, `kill_signal`, `kill_timeout` and
+    /// `splay` (docs/exec.md). Not with --onetime. [default: off]
+    #[arg(long, env = "RECONFD_EXEC", value_name = "COMMAND")]
+    #[serde(deserialize_with = "command_or_table")]
+    pub exec: Option<ExecTable>,
 
     /// Render and compare only; print a unified diff of what would change. Nothing is written
     /// and no command runs.
@@ -168,4 +180,81 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// The `exec` setting: a command (`--exec`, `RECONFD_EXEC`, `exec = "..."`), or an `[exec]`
+/// table of the settings file with the signals and times as well. Its signals and durations
+/// are checked as the file is read, so that an error names their line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecTable {
+    /// The service's command line.
+    pub command: Option<String>,
+    /// Sent to the service after a sync that swapped a file.
+    #[serde(default, deserialize_with = "signal")]
+    pub reload_signal: Option<Signal>,
+    /// Sent to the service when reconfd is told to stop.
+    #[serde(default, deserialize_with = "signal")]
+    pub kill_signal: Option<Signal>,
+    /// How long the service may take to exit after `kill_signal`, before SIGKILL.
+    #[serde(default, deserialize_with = "delay")]
+    pub kill_timeout: Option<Duration>,
+    /// The longest random delay before a reload signal.
+    #[serde(default, deserialize_with = "delay")]
+    pub splay: Option<Duration>,
+}
+
+impl std::str::FromStr for ExecTable {
+    type Err = std::convert::Infallible;
+
+    /// The command of `--exec` and `RECONFD_EXEC`.
+    fn from_str(command: &str) -> Result<ExecTable, Self::Err> {
+        Ok(ExecTable {
+            command: Some(command.to_string()),
+            ..ExecTable::default()
+        })
+    }
+}
+
+/// `Cli::exec` as the settings file gives it: a command or a table.
+fn command_or_table<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<ExecTable>, D::Error> {
+    struct CommandOrTable;
+    impl<'de> Visitor<'de> for CommandOrTable {
+        type Value = ExecTable;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a command or an [exec] table")
+        }
+
+        fn visit_str<E: de::Error>(self, command: &str) -> Result<ExecTable, E> {
+            Ok(ExecTable {
+                command: Some(command.to_string()),
+                ..ExecTable::default()
+            })
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ExecTable, A::Error> {
+            ExecTable::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    deserializer.deserialize_any(CommandOrTable).map(Some)
+}
+
+/// A signal of the `[exec]` table, by name (`SIGUSR2`, `USR2`, `usr2`).
+fn signal<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Signal>, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    crate::exec::signal_named(&name)
+        .map(Some)
+        .map_err(de::Error::custom)
+}
+
+/// A duration of the `[exec]` table (`"30s"`), at most [`crate::limits::EXEC_DELAY`].
+fn delay<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    crate::limits::EXEC_DELAY
+        .parse(&text)
+        .map(Some)
+        .map_err(de::Error::custom)
 }

@@ -16,6 +16,8 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout, Command};
 
+use crate::reaper;
+
 /// Why a command did not succeed. Cloneable, as a reload run once for several resources
 /// fails for each of them.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -336,13 +338,10 @@ impl Quoting {
     }
 }
 
-/// Runs `command` with `sh -c`, in reconfd's environment without the credentials `env`
-/// withholds, and returns its combined output when it exits with status 0.
-pub(crate) async fn run(
-    command: &ShellCommand,
-    limit: Duration,
-    env: CommandEnv,
-) -> Result<String, CommandError> {
+/// `sh -c script` in a process group of its own, in reconfd's environment without the
+/// credentials `env` withholds, and with the open files limit reconfd started with: how every
+/// command reconfd starts runs, the exec mode's service included.
+pub(crate) fn shell(script: &str, env: CommandEnv) -> Command {
     let mut shell = Command::new("/bin/sh");
     for name in env.withheld() {
         shell.env_remove(name);
@@ -350,22 +349,30 @@ pub(crate) async fn run(
     let script = match crate::descriptors::starting_soft_limit() {
         // The shell sets it for itself and what it starts; a shell without `ulimit -n`
         // runs the command anyway.
-        Some(soft) => format!("ulimit -S -n {soft} 2>/dev/null\n{}", command.text()),
-        None => command.text().to_string(),
+        Some(soft) => format!("ulimit -S -n {soft} 2>/dev/null\n{script}"),
+        None => script.to_string(),
     };
-    let mut child = shell
-        .arg("-c")
-        .arg(script)
+    shell.arg("-c").arg(script).process_group(0);
+    shell
+}
+
+/// Runs `command` with `sh -c`, in reconfd's environment without the credentials `env`
+/// withholds, and returns its combined output when it exits with status 0.
+pub(crate) async fn run(
+    command: &ShellCommand,
+    limit: Duration,
+    env: CommandEnv,
+) -> Result<String, CommandError> {
+    let mut shell = shell(command.text(), env);
+    shell
         .envs(command.variables.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|source| CommandError::Spawn {
-            command: command.to_string(),
-            source: source.into(),
-        })?;
+        .stderr(Stdio::piped());
+    let mut child = reaper::spawn(&mut shell).map_err(|source| CommandError::Spawn {
+        command: command.to_string(),
+        source: source.into(),
+    })?;
     let mut group = RunningGroup {
         leader: child
             .id()
@@ -374,11 +381,8 @@ pub(crate) async fn run(
         command,
     };
     let output = Arc::new(Mutex::new(Output::default()));
-    let readers = tokio::spawn(collect_output(
-        child.stdout.take(),
-        child.stderr.take(),
-        Arc::clone(&output),
-    ));
+    let (stdout, stderr) = child.take_output();
+    let readers = tokio::spawn(collect_output(stdout, stderr, Arc::clone(&output)));
     let status = match tokio::time::timeout(limit, child.wait()).await {
         Err(_) => {
             group.kill();

@@ -5,7 +5,8 @@
 //! is rendered by [`template`], and is brought in line with the file on disk by [`reconcile`]
 //! (compare, stage, check, swap, reload; commands run through [`command`]). A controller per
 //! store runs that once, on a timer, or on every change the store reports; [`process`] runs
-//! the controllers, handles signals and tells systemd through [`notify`]. Every duration a
+//! the controllers, handles signals and tells systemd through [`notify`]; in exec mode it runs
+//! the service as its child ([`exec`]) and reaps orphans ([`reaper`]). Every duration a
 //! user gives is checked against [`limits`] when it is read, and every text written out passes
 //! through [`secrets`].
 
@@ -15,11 +16,13 @@ pub mod cli;
 mod command;
 mod controller;
 mod descriptors;
+mod exec;
 mod limits;
 pub mod manual;
 mod notify;
 mod plan;
 pub mod process;
+mod reaper;
 pub mod reconcile;
 mod report;
 mod resource;

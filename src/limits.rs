@@ -35,6 +35,13 @@ pub const RENDER_TIMEOUT: Limit = Limit {
     text: "1h",
 };
 
+/// `kill_timeout` and `splay` of exec mode: a service that needs more than an hour to stop is
+/// stuck, and a reload signal held back for more than an hour leaves it on a stale file.
+pub const EXEC_DELAY: Limit = Limit {
+    max: Duration::from_secs(60 * 60),
+    text: "1h",
+};
+
 /// The largest `render_max_size`: a rendered configuration file is held in memory whole.
 pub const RENDER_SIZE: u64 = 4 * 1024 * 1024 * 1024;
 
@@ -109,7 +116,7 @@ mod tests {
 
     #[test]
     fn the_text_of_each_limit_reads_as_its_duration() {
-        for limit in [DURATION, COMMAND_TIMEOUT, RENDER_TIMEOUT] {
+        for limit in [DURATION, COMMAND_TIMEOUT, RENDER_TIMEOUT, EXEC_DELAY] {
             assert_eq!(humantime::parse_duration(limit.text()), Ok(limit.max()));
         }
     }

@@ -39,6 +39,8 @@ pub(crate) struct Plan {
     pub(crate) controllers: Vec<Controller>,
     /// Resource files that could not be loaded (logged).
     pub(crate) failures: usize,
+    /// The credentials commands get after all, which the exec mode's service gets too.
+    pub(crate) command_env: CommandEnv,
 }
 
 impl Plan {
@@ -164,6 +166,7 @@ impl Plan {
         Ok(Plan {
             controllers,
             failures,
+            command_env: options.command_env,
         })
     }
 }

@@ -6,6 +6,11 @@
 //! running then), 2 for unusable settings. Otherwise the controllers run until
 //! SIGTERM or SIGINT; SIGHUP checks the settings, conf.d and templates again and, when all of
 //! it is usable, replaces the running controllers with a new generation.
+//!
+//! In exec mode ([`crate::exec`]) the service starts after the first full sync; SIGTERM and
+//! SIGINT stop it, and reconfd exits with its status, as it does when the service exits on
+//! its own. As PID 1, or in exec mode (which makes it the child subreaper), reconfd reaps the
+//! orphans that come to it ([`crate::reaper`]).
 
 use std::process::ExitCode;
 
@@ -15,12 +20,15 @@ use tokio::task::JoinSet;
 
 use crate::controller::{Controller, Shutdown};
 use crate::descriptors;
+use crate::exec::{self, Service, Swaps};
 use crate::notify;
 use crate::plan::{self, Plan, PlanError, plural};
+use crate::reaper;
 use crate::settings::{RunMode, Settings};
 use crate::status::{self, Status};
 
-/// Runs reconfd with `settings` until done (onetime) or until SIGINT/SIGTERM.
+/// Runs reconfd with `settings` until done (onetime), until SIGINT/SIGTERM, or in exec mode
+/// until the service exits.
 pub async fn run(settings: Settings) -> ExitCode {
     let mut signals = match Signals::listen() {
         Ok(signals) => signals,
@@ -30,6 +38,14 @@ pub async fn run(settings: Settings) -> ExitCode {
         }
     };
     let open_files = descriptors::raise_open_files_limit();
+    // Orphans come to a container's PID 1, and to the subreaper that exec mode makes reconfd.
+    let init = nix::unistd::getpid().as_raw() == 1;
+    if (init || settings.exec.is_some())
+        && let Err(e) = reaper::start(settings.exec.is_some())
+    {
+        tracing::error!("cannot reap orphans: {e}");
+        return ExitCode::FAILURE;
+    }
     let status = Status::new();
     if let Some(address) = settings.listen {
         match tokio::net::TcpListener::bind(address).await {
@@ -50,32 +66,75 @@ pub async fn run(settings: Settings) -> ExitCode {
     if settings.mode == RunMode::Onetime {
         return onetime(plan, &mut signals).await;
     }
-    let mut generation = Generation::start(plan, &status);
+    let mut service = match settings.exec.clone() {
+        Some(exec) => match Service::new(exec, plan.command_env) {
+            Ok(service) => Some(service),
+            Err(e) => {
+                tracing::error!("exec: cannot listen for the signals to pass on: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let swaps = service.as_ref().map(Service::swaps);
+    let mut generation = Generation::start(plan, &status, swaps.clone());
     notify::start_watchdog();
-    loop {
+    // `Some` when the process ends for a reason of its own, not because it was told to stop.
+    let ended = loop {
         tokio::select! {
             () = generation.first_synced() => {
                 let summary = generation.summary();
                 tracing::info!("first sync done: {summary}");
                 status.set_ready();
                 notify::ready(&summary);
+                if let Some(service) = service.as_mut().filter(|service| !service.started())
+                    && let Err(e) = service.start()
+                {
+                    tracing::error!("{e}");
+                    break Some(ExitCode::FAILURE);
+                }
             }
-            _ = signals.terminate.recv() => break,
-            _ = signals.interrupt.recv() => break,
+            exited = service_exited(&mut service) => {
+                // Waited for: its process ID may now be another process's.
+                service = None;
+                break Some(match exited {
+                    Ok(exit) => {
+                        tracing::info!("exec: the service {}; stopping", exec::describe(exit));
+                        ExitCode::from(exec::exit_code(exit))
+                    }
+                    Err(e) => {
+                        tracing::error!("exec: cannot wait for the service: {e}");
+                        ExitCode::FAILURE
+                    }
+                });
+            }
+            _ = signals.terminate.recv() => break None,
+            _ = signals.interrupt.recv() => break None,
             _ = signals.hangup.recv() => {
                 tracing::info!("SIGHUP: reading the settings, conf.d and templates again");
                 notify::reloading();
                 match plan::validate(&settings) {
                     Ok(new_settings) => {
+                        if new_settings.exec != settings.exec {
+                            tracing::warn!(
+                                "SIGHUP: the exec settings changed; the service keeps running \
+                                 as it was started until reconfd starts again"
+                            );
+                        }
                         let previous = generation.stop().await;
                         match Plan::build(&new_settings, previous, &status) {
                             Ok(plan) => {
-                                generation = Generation::start(plan, &status);
+                                generation = Generation::start(plan, &status, swaps.clone());
                                 tracing::info!("SIGHUP: new settings applied");
                             }
                             // Validation succeeded a moment ago; only a store client that
                             // cannot be built now fails here.
-                            Err(PlanError::Unusable) => return ExitCode::FAILURE,
+                            Err(PlanError::Unusable) => {
+                                if let Some(service) = service {
+                                    service.stop().await;
+                                }
+                                return ExitCode::FAILURE;
+                            }
                         }
                     }
                     Err(reason) => {
@@ -85,13 +144,42 @@ pub async fn run(settings: Settings) -> ExitCode {
                 }
             }
         }
-    }
+    };
     // The controllers finish the swap or reload in progress and then end; a render in
-    // progress is abandoned.
+    // progress is abandoned. The service is stopped meanwhile.
     tracing::info!("stopping");
     notify::stopping();
-    generation.stop().await;
-    ExitCode::SUCCESS
+    let service_stopped = async {
+        match service {
+            Some(service) => service.stop().await,
+            None => None,
+        }
+    };
+    let (stopped, _) = tokio::join!(service_stopped, generation.stop());
+    if let Some(code) = ended {
+        return code;
+    }
+    match stopped {
+        Some(Ok(exit)) => {
+            tracing::info!("exec: the service {}", exec::describe(exit));
+            ExitCode::from(exec::exit_code(exit))
+        }
+        Some(Err(e)) => {
+            tracing::error!("exec: cannot wait for the service: {e}");
+            ExitCode::FAILURE
+        }
+        None => ExitCode::SUCCESS,
+    }
+}
+
+/// How the exec mode's service exited; never without one.
+async fn service_exited(
+    service: &mut Option<Service>,
+) -> std::io::Result<std::process::ExitStatus> {
+    match service {
+        Some(service) => service.exited().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs every controller once; the exit status says whether every resource is in sync.
@@ -148,8 +236,8 @@ struct Generation {
 
 impl Generation {
     /// Starts every controller of `plan`, each under a supervisor that restarts it after a
-    /// panic.
-    fn start(plan: Plan, status: &Status) -> Generation {
+    /// panic; `swaps`, in exec mode, hears of each sync that swapped a file.
+    fn start(plan: Plan, status: &Status, swaps: Option<Swaps>) -> Generation {
         let (stop, stopped) = watch::channel(false);
         let (synced, first_syncs) = mpsc::unbounded_channel();
         let stores = plan.controllers.len();
@@ -161,7 +249,12 @@ impl Generation {
         let mut tasks = JoinSet::new();
         for controller in plan.controllers {
             let shutdown = Shutdown::new(stopped.clone());
-            tasks.spawn(controller.supervise(shutdown, synced.clone(), status.clone()));
+            tasks.spawn(controller.supervise(
+                shutdown,
+                synced.clone(),
+                swaps.clone(),
+                status.clone(),
+            ));
         }
         notify::status(&format!(
             "reading {stores} {}",

@@ -112,6 +112,23 @@ pub enum ReconcileError {
     },
 }
 
+impl ReconcileError {
+    /// Whether the destination holds the new file all the same: its reload failed, and no
+    /// rollback put the previous one back.
+    pub fn swapped(&self) -> bool {
+        match self {
+            ReconcileError::Reload { .. } => true,
+            ReconcileError::RolledBack { rollback, .. } => {
+                matches!(rollback, Rollback::NotRestored(_))
+            }
+            ReconcileError::Io { .. }
+            | ReconcileError::Check { .. }
+            | ReconcileError::Held { .. }
+            | ReconcileError::Format { .. } => false,
+        }
+    }
+}
+
 /// What a rollback after a failed reload achieved.
 #[derive(Clone, Debug)]
 pub enum Rollback {

@@ -23,7 +23,8 @@ use serde::de::{DeserializeOwned, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, Deserializer};
 
-use crate::cli::{Cli, LogFormat};
+use crate::cli::{Cli, ExecTable, LogFormat};
+use crate::exec::{self, Exec};
 use crate::limits;
 use crate::secrets;
 use crate::store::backend::{Backend, StoreFields};
@@ -120,6 +121,8 @@ pub struct Settings {
     pub command_env: Vec<String>,
     /// Where to serve metrics and the status page.
     pub listen: Option<SocketAddr>,
+    /// Exec mode: the service reconfd runs as its child.
+    pub exec: Option<Exec>,
 }
 
 impl Settings {
@@ -140,10 +143,18 @@ impl Settings {
                 .join("reconfd.toml")
         });
         let mut given = read_settings_file(&config_file, cli.config_file.is_none())?;
+        let exec_of_file = given.exec.clone();
         // Clap lays only what was given over the file: a flag or variable beats the file.
         given
             .update_from_arg_matches(&without_defaults(matches))
             .unwrap_or_else(|e| e.exit());
+        // `--exec` gives the command only: the file's `[exec]` table keeps the rest.
+        if let (Some(file), Some(given)) = (exec_of_file, given.exec.as_mut()) {
+            *given = ExecTable {
+                command: given.command.take(),
+                ..file
+            };
+        }
         let origins = Origins {
             matches,
             command: crate::cli::command(),
@@ -179,6 +190,18 @@ impl Settings {
         let render_max_size = origins.read("render_max_size", given.render_max_size, |text| {
             limits::parse_size(text)
         })?;
+        let exec = match given.exec {
+            Some(table) => Some(origins.exec(table)?),
+            None => None,
+        };
+        if exec.is_some() && given.onetime {
+            return Err(SettingsError::Invalid(format!(
+                "{} cannot be used with {}: --onetime exits once the files are synced, and \
+                 exec mode runs a service until it stops",
+                origins.name("exec"),
+                origins.name("onetime")
+            )));
+        }
         let mode = if given.onetime {
             RunMode::Onetime
         } else if given.watch {
@@ -207,6 +230,7 @@ impl Settings {
             render_timeout,
             render_max_size,
             listen: given.listen,
+            exec,
         })
     }
 }
@@ -266,6 +290,47 @@ impl Origins<'_> {
         read(&value)
             .map(Some)
             .map_err(|problem| self.invalid(id, &format!("{value:?}"), &problem))
+    }
+
+    /// Where setting `id` came from, as the user wrote it: `--exec`, `RECONFD_EXEC`, or
+    /// `` `exec` in FILE ``.
+    fn name(&self, id: &str) -> String {
+        let arg = self.command.get_arguments().find(|arg| arg.get_id() == id);
+        let name = arg.and_then(Arg::get_long).unwrap_or(id);
+        match self.matches.value_source(id) {
+            Some(ValueSource::CommandLine) => format!("--{name}"),
+            Some(ValueSource::EnvVariable) => arg
+                .and_then(Arg::get_env)
+                .map(|variable| variable.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("--{name}")),
+            _ => format!("`{name}` in {}", self.config_file.display()),
+        }
+    }
+
+    /// The exec mode's settings from `table`, with the defaults; a table without a command
+    /// (and no `--exec` to give one) or an empty command is refused.
+    fn exec(&self, table: ExecTable) -> Result<Exec, SettingsError> {
+        let command = match table.command {
+            Some(command) if !command.trim().is_empty() => command,
+            Some(command) => {
+                return Err(self.invalid("exec", &format!("{command:?}"), "an empty command"));
+            }
+            None => {
+                return Err(SettingsError::Parse {
+                    path: self.config_file.to_path_buf(),
+                    message: "`exec`: the table names no `command`, and neither --exec nor \
+                              RECONFD_EXEC gives one"
+                        .to_string(),
+                });
+            }
+        };
+        Ok(Exec {
+            command,
+            reload_signal: table.reload_signal.unwrap_or(exec::DEFAULT_RELOAD_SIGNAL),
+            kill_signal: table.kill_signal.unwrap_or(exec::DEFAULT_KILL_SIGNAL),
+            kill_timeout: table.kill_timeout.unwrap_or(exec::DEFAULT_KILL_TIMEOUT),
+            splay: table.splay.unwrap_or_default(),
+        })
     }
 
     /// The error for `value` of setting `id`, which is wrong because of `problem`.
@@ -383,7 +448,9 @@ fn read_settings_file(path: &Path, is_default: bool) -> Result<Cli, SettingsErro
 /// True for a settings-file or `[backend]` key that is known and holds no credential, whose
 /// value an error may quote.
 pub(crate) fn readable_key(key: &str) -> bool {
-    let known = keys_of::<Cli>().contains(&key) || keys_of::<StoreFields>().contains(&key);
+    let known = keys_of::<Cli>().contains(&key)
+        || keys_of::<StoreFields>().contains(&key)
+        || keys_of::<ExecTable>().contains(&key);
     known
         && !StoreFields::credential_keys()
             .iter()
@@ -446,6 +513,8 @@ fn file_error(path: &Path, text: &str, message: &str, span: Option<Range<usize>>
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+
+    use nix::sys::signal::Signal;
 
     use super::*;
 
@@ -722,6 +791,115 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!("{path}: `render-max-size` = \"5GiB\": at most 4GiB")
+        );
+    }
+
+    #[test]
+    fn exec_is_a_command_or_a_table_whose_command_the_flag_gives() {
+        let s = settings(&["--backend", "env"]).expect("settings");
+        assert_eq!(s.exec, None, "off by default");
+        let s = settings(&[
+            "--backend",
+            "env",
+            "--exec",
+            "haproxy -W -db -f run/haproxy.cfg",
+        ])
+        .expect("settings");
+        assert_eq!(
+            s.exec,
+            Some(Exec {
+                command: "haproxy -W -db -f run/haproxy.cfg".to_string(),
+                reload_signal: Signal::SIGHUP,
+                kill_signal: Signal::SIGTERM,
+                kill_timeout: Duration::from_secs(30),
+                splay: Duration::ZERO,
+            })
+        );
+        let (_dir, path) = write_settings("backend = \"env\"\nexec = \"nginx\"\n");
+        let s = settings(&["--config-file", &path]).expect("settings");
+        assert_eq!(s.exec.map(|exec| exec.command).as_deref(), Some("nginx"));
+
+        let (_dir, path) = write_settings(
+            "backend = \"env\"\n[exec]\ncommand = \"haproxy\"\nreload_signal = \"usr2\"\n\
+             kill_signal = \"SIGUSR1\"\nkill_timeout = \"1m\"\nsplay = \"5s\"\n",
+        );
+        let table = Exec {
+            command: "haproxy".to_string(),
+            reload_signal: Signal::SIGUSR2,
+            kill_signal: Signal::SIGUSR1,
+            kill_timeout: Duration::from_secs(60),
+            splay: Duration::from_secs(5),
+        };
+        let s = settings(&["--config-file", &path]).expect("settings");
+        assert_eq!(s.exec.as_ref(), Some(&table));
+        let s = settings(&["--config-file", &path, "--exec", "haproxy -W"]).expect("settings");
+        assert_eq!(
+            s.exec,
+            Some(Exec {
+                command: "haproxy -W".to_string(),
+                ..table
+            }),
+            "the flag gives the command, the table the rest"
+        );
+    }
+
+    #[test]
+    fn unusable_exec_settings_name_the_flag_or_key_and_line() {
+        for (table, expected) in [
+            (
+                "reload_signal = \"SIGFOO\"",
+                ":3:17: `reload_signal`: `SIGFOO` is not a signal name such as \"SIGHUP\", in \
+                 `reload_signal = \"SIGFOO\"`",
+            ),
+            (
+                "kill_timeout = \"2h\"",
+                ":3:16: `kill_timeout`: at most 1h, in `kill_timeout = \"2h\"`",
+            ),
+            (
+                "kil_signal = \"SIGINT\"",
+                ":3:1: unknown field `kil_signal`, expected one of",
+            ),
+        ] {
+            let (_dir, path) = write_settings(&format!(
+                "backend = \"env\"\n[exec]\n{table}\ncommand = \"haproxy\"\n"
+            ));
+            let err = settings(&["--config-file", &path]).expect_err(table);
+            assert!(
+                err.to_string().starts_with(&format!("{path}{expected}")),
+                "{err}"
+            );
+        }
+        let (_dir, path) = write_settings("backend = \"env\"\n[exec]\nsplay = \"1s\"\n");
+        let err = settings(&["--config-file", &path]).expect_err("no command");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{path}: `exec`: the table names no `command`, and neither --exec nor \
+                 RECONFD_EXEC gives one"
+            )
+        );
+        assert!(settings(&["--config-file", &path, "--exec", "haproxy"]).is_ok());
+        let err = settings(&["--backend", "env", "--exec", " "]).expect_err("empty");
+        assert_eq!(err.to_string(), "--exec \" \": an empty command");
+    }
+
+    #[test]
+    fn exec_with_onetime_is_refused_naming_where_each_came_from() {
+        let err =
+            settings(&["--backend", "env", "--exec", "haproxy", "--onetime"]).expect_err("refused");
+        assert!(
+            err.to_string()
+                .starts_with("--exec cannot be used with --onetime: "),
+            "{err}"
+        );
+        let (_dir, path) =
+            write_settings("backend = \"env\"\nonetime = true\n[exec]\ncommand = \"x\"\n");
+        let err = settings(&["--config-file", &path]).expect_err("refused");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "`exec` in {path} cannot be used with `onetime` in {path}: "
+            )),
+            "{err}"
         );
     }
 

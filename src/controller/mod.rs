@@ -35,6 +35,7 @@ pub(crate) use render::{NotRendered, RenderFailure, RenderLimits, Rendered, TooF
 use render::{ROUND_GRACE, Renders};
 use retry::{Backoff, Retries, StoreBackoff};
 
+use crate::exec::Swaps;
 use crate::notify;
 use crate::reconcile::{self, Options, Outcome, ReconcileError};
 use crate::report::{self, Guards, Outage};
@@ -102,6 +103,8 @@ pub(crate) struct Controller {
     status: Status,
     /// Told once, after the first full sync.
     first_sync: Option<mpsc::UnboundedSender<()>>,
+    /// Told after each sync that swapped a file, in exec mode.
+    swaps: Option<Swaps>,
     /// The snapshot is current (handed over on SIGHUP): the first sync renders from it and
     /// the watch resumes where the previous one stopped, without reading the store again.
     warm: bool,
@@ -143,6 +146,7 @@ impl Controller {
             snapshot: Arc::new(Snapshot::default()),
             status,
             first_sync: None,
+            swaps: None,
         }
     }
 
@@ -210,15 +214,19 @@ impl Controller {
         }
     }
 
-    /// Runs the controller until `shutdown`, starting it over after a panic. Returns the
-    /// controller, whose store client a SIGHUP may hand to the next generation.
+    /// Runs the controller until `shutdown`, starting it over after a panic; `first_sync` is
+    /// told after the first full sync, `swaps` (in exec mode) after each sync that swapped a
+    /// file. Returns the controller, whose store client a SIGHUP may hand to the next
+    /// generation.
     pub(crate) async fn supervise(
         mut self,
         mut shutdown: Shutdown,
         first_sync: mpsc::UnboundedSender<()>,
+        swaps: Option<Swaps>,
         status: Status,
     ) -> Controller {
         self.first_sync = Some(first_sync);
+        self.swaps = swaps;
         let mut backoff = Backoff::store();
         loop {
             let run = AssertUnwindSafe(self.run(&mut shutdown))
@@ -613,9 +621,18 @@ impl Controller {
                 })
             })
             .collect();
-        let mut results = reconcile::reconcile_batch(&items, &failed_files, self.options.reconcile)
-            .await
-            .into_iter();
+        let results =
+            reconcile::reconcile_batch(&items, &failed_files, self.options.reconcile).await;
+        // The reload commands of the batch have run: the service hears of it after them.
+        if let Some(swaps) = &self.swaps
+            && results.iter().any(|result| match result {
+                Ok(outcome) => *outcome == Outcome::Updated,
+                Err(e) => e.swapped(),
+            })
+        {
+            swaps.swapped();
+        }
+        let mut results = results.into_iter();
         let mut failures = 0;
         for r in &rendered {
             let resource = &self.prepared[r.index].resource;

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::*;
 use crate::command::CommandEnv;
+use crate::exec::Swaps;
 use crate::store::Change;
 use crate::store::memory::{self, NextWatch};
 
@@ -81,6 +82,8 @@ struct Running {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Controller>,
     first_sync: mpsc::UnboundedReceiver<()>,
+    /// Told of each sync that swapped a file, as the exec mode's service is.
+    swaps: Swaps,
     status: Status,
 }
 
@@ -116,11 +119,18 @@ fn start(
     );
     let (stop, stopped) = watch::channel(false);
     let (synced, first_sync) = mpsc::unbounded_channel();
-    let task = tokio::spawn(controller.supervise(Shutdown::new(stopped), synced, status.clone()));
+    let swaps = Swaps::default();
+    let task = tokio::spawn(controller.supervise(
+        Shutdown::new(stopped),
+        synced,
+        Some(swaps.clone()),
+        status.clone(),
+    ));
     Running {
         stop,
         task,
         first_sync,
+        swaps,
         status,
     }
 }
@@ -174,6 +184,28 @@ async fn a_burst_of_changes_gives_one_render_with_the_final_value() {
         2,
         "the first sync and one render for the burst"
     );
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_a_sync_that_swapped_a_file_tells_the_service() {
+    let confdir = Confdir::new();
+    let app = confdir.resource("app", VALUE, &["/app"], "");
+    let (store, script) = memory::store(&[("/app/value", "0"), ("/app/other", "x")]);
+    let mut running = start(store, vec![app], Duration::from_secs(600), false);
+    running.first_sync.recv().await.expect("first sync");
+    script.wait_for_watches(1).await;
+    assert!(running.swaps.take(), "the first sync wrote the file");
+    assert!(!running.swaps.take(), "once");
+    // A change the rendered file does not show syncs nothing.
+    script.put("/app/other", "y").await;
+    while renders(&running.status, "app", "in_sync") == 0 {
+        tick().await;
+    }
+    assert!(!running.swaps.take(), "nothing was swapped");
+    script.put("/app/value", "1").await;
+    wait_for_file(&confdir.out("app"), "1").await;
+    assert!(running.swaps.take(), "the new file was swapped in");
     running.stop().await;
 }
 

@@ -275,3 +275,26 @@ pub fn get(url: &str) -> (u16, String) {
     let code = response.status().as_u16();
     (code, response.text().expect("body"))
 }
+
+/// Process `pid`'s state letter (`R`, `S`, `Z` for a zombie, ...) and parent, from
+/// `/proc/<pid>/stat`; `None` once it is gone (reaped).
+pub fn process_state(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: the fields after it are plain.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let mut fields = after_name.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((state, parent))
+}
+
+/// The processes whose parent is `pid`, from `/proc`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut children: Vec<i32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| process_state(*child).is_some_and(|(_, parent)| parent == pid))
+        .collect();
+    children.sort();
+    children
+}
