@@ -9,6 +9,7 @@
 //! user gives is checked against [`limits`] when it is read, and every text written out passes
 //! through [`secrets`].
 
+pub mod check;
 pub mod cli;
 mod command;
 mod controller;
@@ -19,6 +20,7 @@ mod notify;
 mod plan;
 pub mod process;
 pub mod reconcile;
+pub mod render;
 mod report;
 mod resource;
 pub mod secrets;

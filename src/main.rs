@@ -8,7 +8,7 @@ use reconfd::cli::{self, LogFormat, Subcommands};
 use reconfd::secrets::{self, MaskedStderr};
 use reconfd::settings::Settings;
 use reconfd::store::tls;
-use reconfd::{manual, process};
+use reconfd::{check, manual, process, render};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::reload;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -31,13 +31,16 @@ fn main() -> ExitCode {
     let matches = cli::command().get_matches();
     // What is printed from the command-line definition needs no settings: a broken settings
     // file must not stand in the way of `reconfd man`.
-    if matches.subcommand_name().is_some() {
-        match Subcommands::from_arg_matches(&matches) {
-            Ok(Subcommands::Completions { shell }) => return manual::print_completions(shell),
-            Ok(Subcommands::Man) => return manual::print_man_page(),
-            Err(e) => e.exit(),
-        }
-    }
+    let subcommand = match matches
+        .subcommand_name()
+        .map(|_| Subcommands::from_arg_matches(&matches))
+    {
+        Some(Ok(Subcommands::Completions { shell })) => return manual::print_completions(shell),
+        Some(Ok(Subcommands::Man)) => return manual::print_man_page(),
+        Some(Ok(subcommand)) => Some(subcommand),
+        Some(Err(e)) => e.exit(),
+        None => None,
+    };
     let settings = match Settings::merge(&matches) {
         Ok(settings) => settings,
         Err(e) => {
@@ -66,7 +69,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(process::run(settings));
+    let code = runtime.block_on(async {
+        match subcommand {
+            Some(Subcommands::Check { data }) => check::run(&settings, data.as_deref()).await,
+            Some(Subcommands::Render { resource, data }) => {
+                render::run(&settings, &resource, data.as_deref()).await
+            }
+            _ => process::run(settings).await,
+        }
+    });
     // A render stopped at its time limit may still hold a thread of the blocking pool until
     // its template reaches a point where it can stop; the process does not wait for it.
     runtime.shutdown_background();

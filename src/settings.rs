@@ -23,7 +23,7 @@ use serde::de::{DeserializeOwned, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, Deserializer};
 
-use crate::cli::{Cli, LogFormat};
+use crate::cli::{Cli, LogFormat, Subcommands};
 use crate::limits;
 use crate::secrets;
 use crate::store::backend::{Backend, StoreFields};
@@ -98,6 +98,8 @@ pub struct Settings {
     pub mode: RunMode,
     /// Compare and show diffs only.
     pub noop: bool,
+    /// `--onetime --noop` exits 3 when a destination would change.
+    pub exit_code: bool,
     /// Write files but run no commands.
     pub sync_only: bool,
     /// Keep stage files of failed checks.
@@ -141,9 +143,14 @@ impl Settings {
         });
         let mut given = read_settings_file(&config_file, cli.config_file.is_none())?;
         // Clap lays only what was given over the file: a flag or variable beats the file.
+        // The subcommand is no setting, but clap's update of an optional subcommand fails when
+        // the struct holds none and the command line names none; any value in its place lets
+        // the update leave it, or replace it with the one named.
+        given.command = Some(Subcommands::Man);
         given
             .update_from_arg_matches(&without_defaults(matches))
             .unwrap_or_else(|e| e.exit());
+        given.command = None;
         let origins = Origins {
             matches,
             command: crate::cli::command(),
@@ -179,6 +186,13 @@ impl Settings {
         let render_max_size = origins.read("render_max_size", given.render_max_size, |text| {
             limits::parse_size(text)
         })?;
+        if given.exit_code && !(given.onetime && given.noop) {
+            return Err(SettingsError::Invalid(
+                "--exit-code: only a run with --onetime and --noop has the exit status 3; give \
+                 both"
+                    .to_string(),
+            ));
+        }
         let mode = if given.onetime {
             RunMode::Onetime
         } else if given.watch {
@@ -196,6 +210,7 @@ impl Settings {
             interval,
             mode,
             noop: given.noop,
+            exit_code: given.exit_code,
             sync_only: given.sync_only,
             keep_stage_file: given.keep_stage_file,
             log_level,
