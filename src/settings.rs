@@ -516,6 +516,15 @@ mod tests {
     }
 
     #[test]
+    fn options_given_after_a_subcommand_are_settings_too() {
+        let s = settings(&["check", "--confdir", "/srv/conf", "--prefix", "/p"]).expect("valid");
+        assert_eq!(s.confdir, PathBuf::from("/srv/conf"));
+        assert_eq!(s.prefix, "/p");
+        let s = settings(&["--confdir", "/srv/conf", "--onetime"]).expect("no subcommand");
+        assert_eq!(s.mode, RunMode::Onetime);
+    }
+
+    #[test]
     fn missing_named_settings_file_is_an_error() {
         let err = settings(&["--config-file", "/nonexistent/reconfd.toml"]).expect_err("missing");
         assert!(err.to_string().contains("/nonexistent/reconfd.toml"));

@@ -186,3 +186,21 @@ fn the_documented_example_renders_as_described() {
         fixture.read("api.cfg")
     );
 }
+
+#[test]
+fn a_missing_base_is_named_with_file_and_line() {
+    let fixture = shared();
+    fixture.template("b.tmpl", "\n\n{% extends \"parts/nobase.tmpl\" %}");
+    let check = fixture.run(&["check"]);
+    assert_eq!(check.code, Some(1), "{check:?}");
+    let line = check
+        .stdout
+        .lines()
+        .find(|line| line.contains("nobase.tmpl"))
+        .unwrap_or_default();
+    assert!(line.contains("templates/b.tmpl:3:13"), "{check:?}");
+    assert!(
+        check.stdout.contains("1 problem in 1 file"),
+        "a still passes: {check:?}"
+    );
+}
