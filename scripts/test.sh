@@ -12,7 +12,8 @@ for tool in cargo rustfmt cargo-clippy; do
   }
 done
 
-packages=(haproxy etcd-server openssl redis-server zookeeper nats-server chromium)
+# systemd brings systemd-analyze, with which tests/package.rs verifies the packaged unit.
+packages=(haproxy etcd-server openssl redis-server zookeeper nats-server chromium systemd)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

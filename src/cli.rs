@@ -75,6 +75,12 @@ pub(crate) struct Cli {
     #[arg(long, env = "RECONFD_NOOP")]
     pub noop: bool,
 
+    /// With --onetime --noop: exit 3 when any destination would change (0 when all are in
+    /// sync, 1 when a resource failed, 2 for unusable settings), so a pipeline can gate on
+    /// drift.
+    #[arg(long, env = "RECONFD_EXIT_CODE")]
+    pub exit_code: bool,
+
     /// Write destination files but run no check or reload command.
     #[arg(long, env = "RECONFD_SYNC_ONLY")]
     pub sync_only: bool,
@@ -155,6 +161,24 @@ pub enum Subcommands {
     },
     /// Print the manual page (roff), generated from these options: `reconfd man | man -l -`.
     Man,
+    /// Load the settings and every resource and template without reading any store; print
+    /// each problem with its file:line:column, then a summary. Exit 0 when all is well, 1 when
+    /// a resource has a problem, 2 when the settings are unusable.
+    Check {
+        /// Also render every resource from this data file (YAML, JSON or TOML, read as the
+        /// file store reads it) and report what fails, such as a key the data lacks.
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+    },
+    /// Print the rendered content of one resource to standard output: no destination is
+    /// touched and no command runs. Exit 1, with the located error, when the render fails.
+    Render {
+        /// The resource: its conf.d file name, with or without `.toml`, or its path.
+        resource: PathBuf,
+        /// Render from this data file (YAML, JSON or TOML) instead of reading the store once.
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+    },
 }
 
 /// The command-line definition: [`Cli`] and [`Subcommands`], every option accepted before or

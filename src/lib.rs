@@ -12,6 +12,7 @@
 
 #[cfg(test)]
 mod arbitrary;
+pub mod check;
 pub mod cli;
 mod command;
 mod controller;
@@ -24,6 +25,7 @@ mod plan;
 pub mod process;
 mod reaper;
 pub mod reconcile;
+pub mod render;
 mod report;
 mod resource;
 pub mod secrets;

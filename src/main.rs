@@ -7,7 +7,7 @@ use reconfd::cli::{self, LogFormat, Subcommands};
 use reconfd::secrets::{self, MaskedStderr};
 use reconfd::settings::Settings;
 use reconfd::store::tls;
-use reconfd::{manual, process};
+use reconfd::{check, manual, process, render};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::reload;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -30,12 +30,12 @@ fn main() -> ExitCode {
     let matches = cli::command().get_matches();
     // What is printed from the command-line definition needs no settings: a broken settings
     // file must not stand in the way of `reconfd man`.
-    match cli::subcommand(&matches) {
+    let subcommand = match cli::subcommand(&matches) {
         Ok(Some(Subcommands::Completions { shell })) => return manual::print_completions(shell),
         Ok(Some(Subcommands::Man)) => return manual::print_man_page(),
-        Ok(None) => {}
+        Ok(subcommand) => subcommand,
         Err(e) => e.exit(),
-    }
+    };
     let settings = match Settings::merge(&matches) {
         Ok(settings) => settings,
         Err(e) => {
@@ -64,7 +64,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(process::run(settings));
+    let code = runtime.block_on(async {
+        match subcommand {
+            Some(Subcommands::Check { data }) => check::run(&settings, data.as_deref()).await,
+            Some(Subcommands::Render { resource, data }) => {
+                render::run(&settings, &resource, data.as_deref()).await
+            }
+            _ => process::run(settings).await,
+        }
+    });
     // A render stopped at its time limit may still hold a thread of the blocking pool until
     // its template reaches a point where it can stop; the process does not wait for it.
     runtime.shutdown_background();

@@ -19,7 +19,7 @@ use crate::settings::{RunMode, Settings};
 use crate::stage;
 use crate::status::Status;
 use crate::store::backend::{self, Backend};
-use crate::template::Renderer;
+use crate::template::{Library, Renderer, Resolver};
 
 /// Mode of a file rendered from a store of secrets whose resource sets none.
 const SECRET_MODE: u32 = 0o600;
@@ -228,12 +228,13 @@ fn by_store(
     groups
 }
 
-/// Loads every resource and parses its template once. Bad resources are logged and counted;
-/// the others go on.
+/// Loads every resource and parses its template once, with the shared parts it uses. Bad
+/// resources are logged and counted; the others go on.
 fn prepare_resources(
     loaded: Vec<Result<Vec<Resource>, ResourceError>>,
     settings: &Settings,
 ) -> (Vec<Prepared>, usize) {
+    let library = Library::read(&settings.confdir.join("templates"));
     let mut prepared = Vec::new();
     let mut failures = 0;
     for loaded in loaded {
@@ -249,27 +250,17 @@ fn prepare_resources(
         let renderers: Result<Vec<Renderer>, String> = resources
             .iter()
             .map(|resource| {
-                Renderer::from_file(&resource.src)
+                library
+                    .renderer(&resource.src, Resolver::System)
                     .map_err(|e| format!("{}: {e}", resource.file.display()))
             })
             .collect();
         match renderers {
             Ok(renderers) => prepared.extend(resources.into_iter().zip(renderers).map(
-                |(resource, renderer)| {
-                    Prepared {
-                        limits: RenderLimits {
-                            timeout: resource
-                                .render_timeout
-                                .or(settings.render_timeout)
-                                .unwrap_or(DEFAULT_RENDER_TIMEOUT),
-                            max_size: resource
-                                .render_max_size
-                                .or(settings.render_max_size)
-                                .unwrap_or(DEFAULT_RENDER_MAX_SIZE),
-                        },
-                        resource,
-                        renderer,
-                    }
+                |(resource, renderer)| Prepared {
+                    limits: render_limits(&resource, settings),
+                    resource,
+                    renderer,
                 },
             )),
             Err(message) => {
@@ -279,6 +270,20 @@ fn prepare_resources(
         }
     }
     (prepared, failures)
+}
+
+/// The render limits of `resource`: its own, or the settings', or the defaults.
+pub(crate) fn render_limits(resource: &Resource, settings: &Settings) -> RenderLimits {
+    RenderLimits {
+        timeout: resource
+            .render_timeout
+            .or(settings.render_timeout)
+            .unwrap_or(DEFAULT_RENDER_TIMEOUT),
+        max_size: resource
+            .render_max_size
+            .or(settings.render_max_size)
+            .unwrap_or(DEFAULT_RENDER_MAX_SIZE),
+    }
 }
 
 /// The fewest prefixes that cover all of `keys`: a key under another one adds nothing to a

@@ -3,7 +3,8 @@
 //!
 //! `--onetime` runs every controller once and exits 0 when every resource is in sync or
 //! updated, 1 when any failed or when SIGTERM or SIGINT interrupted it (killing the command
-//! running then), 2 for unusable settings. Otherwise the controllers run until
+//! running then), 2 for unusable settings; with `--noop --exit-code`, 3 when all went well but
+//! a destination would change. Otherwise the controllers run until
 //! SIGTERM or SIGINT; SIGHUP checks the settings, conf.d and templates again and, when all of
 //! it is usable, replaces the running controllers with a new generation.
 //!
@@ -18,7 +19,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::controller::{Controller, Shutdown};
+use crate::controller::{Controller, Shutdown, Tally};
 use crate::descriptors;
 use crate::exec::{self, Service, Swaps};
 use crate::notify;
@@ -64,7 +65,7 @@ pub async fn run(settings: Settings) -> ExitCode {
         Err(PlanError::Unusable) => return ExitCode::from(2),
     };
     if settings.mode == RunMode::Onetime {
-        return onetime(plan, &mut signals).await;
+        return onetime(plan, settings.exit_code, &mut signals).await;
     }
     let mut service = match settings.exec.clone() {
         Some(exec) => match Service::new(exec, plan.command_env) {
@@ -182,9 +183,11 @@ async fn service_exited(
     }
 }
 
-/// Runs every controller once; the exit status says whether every resource is in sync.
-async fn onetime(plan: Plan, signals: &mut Signals) -> ExitCode {
+/// Runs every controller once; the exit status says whether every resource is in sync, and
+/// with `drift_code` (`--exit-code`), 3 when a destination would change.
+async fn onetime(plan: Plan, drift_code: bool, signals: &mut Signals) -> ExitCode {
     let mut failures = plan.failures;
+    let mut would_change = 0;
     let mut tasks = JoinSet::new();
     for mut controller in plan.controllers {
         tasks.spawn(async move { controller.onetime().await });
@@ -192,7 +195,10 @@ async fn onetime(plan: Plan, signals: &mut Signals) -> ExitCode {
     loop {
         tokio::select! {
             finished = tasks.join_next() => match finished {
-                Some(Ok(controller_failures)) => failures += controller_failures,
+                Some(Ok(Tally { failed, would_change: changes })) => {
+                    failures += failed;
+                    would_change += changes;
+                }
                 Some(Err(e)) => {
                     tracing::error!("a store's run ended abnormally: {e}");
                     failures += 1;
@@ -203,10 +209,16 @@ async fn onetime(plan: Plan, signals: &mut Signals) -> ExitCode {
             _ = signals.interrupt.recv() => return interrupted(tasks, "SIGINT").await,
         }
     }
-    if failures == 0 {
-        ExitCode::SUCCESS
-    } else {
+    if failures > 0 {
         ExitCode::FAILURE
+    } else if drift_code && would_change > 0 {
+        tracing::info!(
+            "{would_change} {} would change",
+            plural(would_change, "destination", "destinations")
+        );
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -214,7 +226,7 @@ async fn onetime(plan: Plan, signals: &mut Signals) -> ExitCode {
 /// command still running is killed with its process group (commands run in groups of their
 /// own, which the signal did not reach), a stage file being checked is removed, and no
 /// destination is half-written.
-async fn interrupted(mut tasks: JoinSet<usize>, signal: &str) -> ExitCode {
+async fn interrupted(mut tasks: JoinSet<Tally>, signal: &str) -> ExitCode {
     tracing::error!("interrupted by {signal}");
     tasks.shutdown().await;
     ExitCode::FAILURE

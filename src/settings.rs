@@ -99,6 +99,8 @@ pub struct Settings {
     pub mode: RunMode,
     /// Compare and show diffs only.
     pub noop: bool,
+    /// `--onetime --noop` exits 3 when a destination would change.
+    pub exit_code: bool,
     /// Write files but run no commands.
     pub sync_only: bool,
     /// Keep stage files of failed checks.
@@ -202,6 +204,13 @@ impl Settings {
                 origins.name("onetime")
             )));
         }
+        if given.exit_code && !(given.onetime && given.noop) {
+            return Err(SettingsError::Invalid(
+                "--exit-code: only a run with --onetime and --noop has the exit status 3; give \
+                 both"
+                    .to_string(),
+            ));
+        }
         let mode = if given.onetime {
             RunMode::Onetime
         } else if given.watch {
@@ -219,6 +228,7 @@ impl Settings {
             interval,
             mode,
             noop: given.noop,
+            exit_code: given.exit_code,
             sync_only: given.sync_only,
             keep_stage_file: given.keep_stage_file,
             log_level,
@@ -567,6 +577,15 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains(&path), "{message}");
         assert!(message.contains("backnd"), "{message}");
+    }
+
+    #[test]
+    fn options_given_after_a_subcommand_are_settings_too() {
+        let s = settings(&["check", "--confdir", "/srv/conf", "--prefix", "/p"]).expect("valid");
+        assert_eq!(s.confdir, PathBuf::from("/srv/conf"));
+        assert_eq!(s.prefix, "/p");
+        let s = settings(&["--confdir", "/srv/conf", "--onetime"]).expect("no subcommand");
+        assert_eq!(s.mode, RunMode::Onetime);
     }
 
     #[test]

@@ -185,10 +185,11 @@ impl Controller {
         self.prepared.iter().map(|member| &member.resource)
     }
 
-    /// One fetch, every resource once. Returns the number of failed resources.
-    pub(crate) async fn onetime(&mut self) -> usize {
+    /// One fetch, every resource once. Returns how many resources failed and how many
+    /// would change (in noop mode).
+    pub(crate) async fn onetime(&mut self) -> Tally {
         if self.prepared.is_empty() {
-            return 0;
+            return Tally::default();
         }
         match self.read_store().await {
             Ok(snapshot) => self.snapshot = Arc::new(snapshot),
@@ -198,7 +199,7 @@ impl Controller {
                     self.store.name(),
                     report::failing(e.kind())
                 );
-                return self.prepared.len();
+                return Tally::failed(self.prepared.len());
             }
         }
         let (_, never_stopped) = watch::channel(false);
@@ -210,7 +211,7 @@ impl Controller {
             .await
         {
             Some(rendered) => self.commit(rendered).await,
-            None => self.prepared.len(),
+            None => Tally::failed(self.prepared.len()),
         }
     }
 
@@ -445,10 +446,10 @@ impl Controller {
         }
     }
 
-    /// Renders and reconciles every resource as one batch. Returns how many failed.
-    async fn sync_all(&mut self, shutdown: &mut Shutdown) -> usize {
+    /// Renders and reconciles every resource as one batch.
+    async fn sync_all(&mut self, shutdown: &mut Shutdown) {
         let all = (0..self.prepared.len()).collect();
-        match self
+        if let Some(rendered) = self
             .renders
             .round(
                 all,
@@ -459,8 +460,7 @@ impl Controller {
             )
             .await
         {
-            Some(rendered) => self.commit(rendered).await,
-            None => 0,
+            self.commit(rendered).await;
         }
     }
 
@@ -602,8 +602,8 @@ impl Controller {
 
     /// Reconciles the `rendered` resources as one batch (see [`reconcile::reconcile_batch`]),
     /// reports every result and schedules the retries of failures that may pass. Returns how
-    /// many failed.
-    async fn commit(&mut self, rendered: Vec<Rendered>) -> usize {
+    /// many failed and how many would change.
+    async fn commit(&mut self, rendered: Vec<Rendered>) -> Tally {
         // Before anything is reported or run: a command's output, a render's error or a diff
         // may show the newest values.
         self.update_secrets();
@@ -633,7 +633,7 @@ impl Controller {
             swaps.swapped();
         }
         let mut results = results.into_iter();
-        let mut failures = 0;
+        let mut tally = Tally::default();
         for r in &rendered {
             let resource = &self.prepared[r.index].resource;
             let too_few = match &r.content {
@@ -655,8 +655,10 @@ impl Controller {
                 Err(report::Failure::Render(failure)) => failure.may_pass,
                 Err(report::Failure::Reconcile(e)) => may_pass(e),
             };
-            if outcome.is_err() {
-                failures += 1;
+            match &outcome {
+                Err(_) => tally.failed += 1,
+                Ok(Outcome::WouldUpdate) => tally.would_change += 1,
+                Ok(_) => {}
             }
             let next_attempt = if may_pass {
                 Some(self.retries.failed(r.index, now()))
@@ -673,7 +675,25 @@ impl Controller {
                 next_attempt,
             );
         }
-        failures
+        tally
+    }
+}
+
+/// What one run of every resource came to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Tally {
+    /// Resources that failed.
+    pub(crate) failed: usize,
+    /// Resources whose destination would change (in noop mode).
+    pub(crate) would_change: usize,
+}
+
+impl Tally {
+    fn failed(failed: usize) -> Tally {
+        Tally {
+            failed,
+            would_change: 0,
+        }
     }
 }
 

@@ -10,19 +10,22 @@
 
 mod dns;
 mod helpers;
+mod library;
 mod services;
 mod store_functions;
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tera::{Context, ErrorKind, Tera, Value};
 
 pub use dns::Resolver;
+pub use library::Library;
 
 use crate::store::{Snapshot, under_any};
 
@@ -289,7 +292,32 @@ pub struct TemplateError {
 }
 
 impl TemplateError {
-    fn from_tera(template: &str, error: &tera::Error, source: Option<&str>) -> TemplateError {
+    /// `error` of Tera as raised for the template `template`; `files` are the sources by Tera
+    /// name, `root` the directory their relative names are under.
+    fn from_tera(
+        template: &str,
+        error: &tera::Error,
+        files: &BTreeMap<String, String>,
+        root: Option<&Path>,
+    ) -> TemplateError {
+        let path = |name: &str| match root {
+            Some(root) if !Path::new(name).is_absolute() => root.join(name).display().to_string(),
+            _ => name.to_string(),
+        };
+        // Where `from` names the file `to` in an include, extends or import tag.
+        let reference = |from: &str, to: &str| {
+            let source = files.get(from)?;
+            let (_, offset) = library::scan(source)
+                .files
+                .into_iter()
+                .find(|(name, _)| name == to)?;
+            Some(format!("{}:{}", path(from), line_column(source, offset)))
+        };
+        let plain = |location: String, message: String| TemplateError {
+            location,
+            message,
+            may_pass: false,
+        };
         match error.kind() {
             ErrorKind::SyntaxError(report) | ErrorKind::RenderingError(report) => {
                 let span = report.span();
@@ -298,20 +326,75 @@ impl TemplateError {
                 } else {
                     report.filename()
                 };
-                let at = source.and_then(|source| source.get(span.range.clone()));
-                TemplateError {
-                    location: format!("{file}:{}:{}", span.start_line, span.start_col + 1),
-                    message: explained(report.message(), at),
-                    may_pass: false,
-                }
+                let at = files
+                    .get(file)
+                    .and_then(|source| source.get(span.range.clone()));
+                plain(
+                    format!("{}:{}:{}", path(file), span.start_line, span.start_col + 1),
+                    explained(report.message(), at),
+                )
             }
-            other => TemplateError {
-                location: template.to_string(),
-                message: other.to_string(),
-                may_pass: false,
+            ErrorKind::CircularInclude { tpl, include_chain } => {
+                // The chain runs from the template rendered to the include closing the cycle.
+                let closing = match include_chain.as_slice() {
+                    [.., from, to] => reference(from, to),
+                    _ => None,
+                };
+                let start = include_chain
+                    .iter()
+                    .position(|name| Some(name) == include_chain.last())
+                    .unwrap_or(0);
+                plain(
+                    closing.unwrap_or_else(|| path(tpl)),
+                    format!(
+                        "the includes form a cycle: {}",
+                        include_chain[start..].join(" -> ")
+                    ),
+                )
+            }
+            ErrorKind::MissingParent { current, parent } => plain(
+                reference(current, parent).unwrap_or_else(|| path(current)),
+                format!("`{parent}` is extended but is no file of the templates directory"),
+            ),
+            ErrorKind::Msg(message) => match located_reports(message, &path) {
+                Some((location, message)) => plain(location, message),
+                None => plain(path(template), message.clone()),
             },
+            other => plain(path(template), other.to_string()),
         }
     }
+}
+
+/// Tera's reports of missing filters, functions, components and templates, each a block
+/// `error: MESSAGE\n --> NAME:LINE:COLUMN ...`, as the first one's location and a message that
+/// gives the others on lines of their own, each with its location.
+fn located_reports(text: &str, path: &dyn Fn(&str) -> String) -> Option<(String, String)> {
+    let mut found = text.split("\n\n").filter_map(|report| {
+        let message = report.strip_prefix("error: ")?.lines().next()?;
+        let at = report
+            .lines()
+            .find_map(|line| line.trim_start().strip_prefix("--> "))?;
+        // The name may hold colons itself: line and column are the last two fields.
+        let mut fields = at.rsplitn(3, ':');
+        let (column, line, name) = (fields.next()?, fields.next()?, fields.next()?);
+        Some((
+            format!("{}:{line}:{column}", path(name)),
+            explained(message, None),
+        ))
+    });
+    let (location, mut message) = found.next()?;
+    for (other_location, other_message) in found {
+        message.push_str(&format!("\n{other_location}: {other_message}"));
+    }
+    Some((location, message))
+}
+
+/// `line:column` (both from 1) of the byte `offset` of `source`.
+fn line_column(source: &str, offset: usize) -> String {
+    let before = &source[..offset.min(source.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
+    format!("{line}:{column}")
 }
 
 /// Tera's `message` for a fault at the source text `at`, with what it names and, for the
@@ -330,30 +413,50 @@ fn explained(message: &str, at: Option<&str>) -> String {
     }
 }
 
-/// One template, parsed once, with confd's functions registered.
+/// One template, parsed once with the shared parts it uses, with confd's functions
+/// registered.
 pub struct Renderer {
     tera: Tera,
-    /// The template's name in `tera`: its path, so that errors name the file.
+    /// The template's name in `tera`: its path relative to `root`, or its own path.
     name: String,
+    /// The templates directory, which errors put in front of relative names.
+    root: Option<PathBuf>,
 }
 
 impl Renderer {
-    /// Reads and parses the template at `path`, resolving names with the system's DNS
-    /// configuration.
+    /// Reads and parses the template at `path` with the parts of its directory, resolving
+    /// names with the system's DNS configuration.
+    #[cfg(test)]
     pub fn from_file(path: &Path) -> Result<Renderer, TemplateError> {
-        let name = path.display().to_string();
-        let source = std::fs::read_to_string(path).map_err(|e| TemplateError {
-            location: name.clone(),
-            message: format!("cannot read the template: {e}"),
-            may_pass: false,
-        })?;
-        Renderer::from_source(&name, &source, Resolver::System)
+        Library::read(path.parent().unwrap_or(Path::new("."))).renderer(path, Resolver::System)
     }
 
     /// Parses `source` as the template called `name` (the name errors report).
+    #[cfg(test)]
     pub fn from_source(
         name: &str,
         source: &str,
+        resolver: Resolver,
+    ) -> Result<Renderer, TemplateError> {
+        let files = BTreeMap::from([(name.to_string(), source.to_string())]);
+        Renderer::build(None, name, &files, resolver)
+    }
+
+    /// Parses the template `name` among `files` (Tera names, relative to `root`, and their
+    /// sources), which hold it and the parts it uses.
+    fn from_parts(
+        root: &Path,
+        name: &str,
+        files: BTreeMap<String, String>,
+        resolver: Resolver,
+    ) -> Result<Renderer, TemplateError> {
+        Renderer::build(Some(root), name, &files, resolver)
+    }
+
+    fn build(
+        root: Option<&Path>,
+        name: &str,
+        files: &BTreeMap<String, String>,
         resolver: Resolver,
     ) -> Result<Renderer, TemplateError> {
         let mut tera = Tera::new();
@@ -362,12 +465,23 @@ impl Renderer {
         services::register(&mut tera);
         helpers::register(&mut tera);
         dns::register(&mut tera, resolver);
-        tera.add_raw_template(name, source)
-            .map_err(|e| TemplateError::from_tera(name, &e, Some(source)))?;
+        tera.add_raw_templates(files)
+            .map_err(|e| TemplateError::from_tera(name, &e, files, root))?;
         Ok(Renderer {
             tera,
             name: name.to_string(),
+            root: root.map(Path::to_path_buf),
         })
+    }
+
+    /// The template's path, for messages.
+    fn path(&self) -> String {
+        match &self.root {
+            Some(root) if !Path::new(&self.name).is_absolute() => {
+                root.join(&self.name).display().to_string()
+            }
+            _ => self.name.clone(),
+        }
     }
 
     /// Renders the template against `view`, with no limit.
@@ -398,7 +512,7 @@ impl Renderer {
             .render_to(&self.name, &Context::new(), &mut output);
         if output.exceeded {
             return Err(TemplateError {
-                location: self.name.clone(),
+                location: self.path(),
                 message: format!(
                     "the output grew past {}, the limit (`render_max_size`)",
                     bytesize::ByteSize::b(bounds.max_size).display().iec()
@@ -407,13 +521,14 @@ impl Renderer {
             });
         }
         if let Err(e) = rendered {
-            let mut error = TemplateError::from_tera(&self.name, &e, None);
+            let mut error =
+                TemplateError::from_tera(&self.name, &e, &BTreeMap::new(), self.root.as_deref());
             error.may_pass = scope.may_pass();
             return Err(error);
         }
         // Tera writes whole UTF-8 strings only.
         String::from_utf8(output.bytes).map_err(|e| TemplateError {
-            location: self.name.clone(),
+            location: self.path(),
             message: format!("the output is not UTF-8: {e}"),
             may_pass: false,
         })

@@ -1,0 +1,157 @@
+//! `reconfd render RESOURCE`: one resource's rendered content on standard output, from a data
+//! file or from one read of its store, with no destination touched and no command run; and the
+//! one-off render that `reconfd check --data` shares with it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+
+use crate::controller::RenderLimits;
+use crate::plan::{covering_prefixes, render_limits};
+use crate::resource::{self, Resource};
+use crate::secrets;
+use crate::settings::Settings;
+use crate::store::backend;
+use crate::store::file::FileStore;
+use crate::store::{Snapshot, Store};
+use crate::template::{Library, RenderBounds, Renderer, Resolver, TemplateError, View};
+
+/// Prints the rendered content of `name` (a conf.d file name, with or without `.toml`, or a
+/// path), from the data file `data` or else from the store it reads. Exit status 1 when it
+/// cannot be loaded or rendered, 2 when there is nothing to read its keys from.
+pub async fn run(settings: &Settings, name: &Path, data: Option<&Path>) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("reconfd: {}", secrets::mask(&message));
+        ExitCode::FAILURE
+    };
+    let file = resource_file(&settings.confdir, name);
+    let templates = settings.confdir.join("templates");
+    let resources = match resource::load(&file, &templates, &settings.prefix) {
+        Ok(resources) => resources,
+        Err(e) => return fail(e.to_string()),
+    };
+    let library = Library::read(&templates);
+    let mut output = String::new();
+    for resource in &resources {
+        let renderer = match library.renderer(&resource.src, Resolver::System) {
+            Ok(renderer) => renderer,
+            Err(e) => return fail(format!("{}: {e}", resource.file.display())),
+        };
+        let snapshot = match data {
+            Some(data) => read_data(data).await,
+            None => match resource.backend.as_ref().or(settings.backend.as_ref()) {
+                Some(store) => read_store(store, resource).await,
+                None => {
+                    eprintln!(
+                        "reconfd: {}: no store to read from: give --data FILE, or --backend \
+                         (and --file for the file store), or a [backend] table",
+                        resource.file.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+        };
+        let snapshot = match snapshot {
+            Ok(snapshot) => snapshot,
+            Err(message) => return fail(format!("{}: {message}", resource.file.display())),
+        };
+        match render_once(
+            &renderer,
+            resource,
+            snapshot,
+            render_limits(resource, settings),
+        ) {
+            Ok(content) => output.push_str(&content),
+            Err(e) => return fail(format!("{}: {e}", resource.file.display())),
+        }
+    }
+    // Printed only once every template of the file rendered, so a failure prints no part.
+    print!("{output}");
+    ExitCode::SUCCESS
+}
+
+/// The resource file `name` stands for: `conf.d/NAME` or `conf.d/NAME.toml` for a bare name,
+/// the path itself otherwise.
+fn resource_file(confdir: &Path, name: &Path) -> PathBuf {
+    if name.components().count() == 1 {
+        let dir = confdir.join("conf.d");
+        let exact = dir.join(name);
+        if exact.is_file() {
+            return exact;
+        }
+        let mut with_extension = exact.into_os_string();
+        with_extension.push(".toml");
+        let with_extension = PathBuf::from(with_extension);
+        if with_extension.is_file() || !name.is_file() {
+            return with_extension;
+        }
+    }
+    name.to_path_buf()
+}
+
+/// Every key of the data file at `path`, read as the file store reads it.
+pub(crate) async fn read_data(path: &Path) -> Result<Arc<Snapshot>, String> {
+    let store = FileStore::new(vec![path.to_path_buf()], None).map_err(|e| e.to_string())?;
+    let snapshot = store
+        .fetch(&["/".to_string()])
+        .await
+        .map_err(|e| format!("--data: {e}"))?;
+    Ok(Arc::new(snapshot))
+}
+
+/// One read of the keys of `resource` from `store`.
+async fn read_store(
+    store: &backend::Backend,
+    resource: &Resource,
+) -> Result<Arc<Snapshot>, String> {
+    let prefixes = covering_prefixes(resource.keys.iter());
+    if prefixes.is_empty() {
+        return Ok(Arc::default());
+    }
+    let store = backend::open(store)?;
+    let snapshot = store
+        .fetch(&prefixes)
+        .await
+        .map_err(|e| format!("{} store: {e}", store.name()))?;
+    Ok(Arc::new(snapshot))
+}
+
+/// Renders `resource` from `snapshot` within `limits`, on a thread of its own so that a
+/// template past its time limit is told to stop.
+pub(crate) fn render_once(
+    renderer: &Renderer,
+    resource: &Resource,
+    snapshot: Arc<Snapshot>,
+    limits: RenderLimits,
+) -> Result<String, TemplateError> {
+    let view = View {
+        snapshot,
+        prefix: resource.prefix.clone(),
+        keys: resource.keys.clone(),
+        shared: Arc::default(),
+    };
+    let bounds = RenderBounds {
+        max_size: limits.max_size,
+        cancel: Arc::default(),
+    };
+    std::thread::scope(|scope| {
+        let (done, result) = mpsc::channel();
+        let bounds_of_render = &bounds;
+        scope.spawn(move || {
+            // The receiver is gone only after a timeout, which has its own answer.
+            let _ = done.send(renderer.render_bounded(view, bounds_of_render));
+        });
+        result.recv_timeout(limits.timeout).unwrap_or_else(|_| {
+            bounds.cancel.store(true, Ordering::Relaxed);
+            Err(TemplateError {
+                location: resource.src.display().to_string(),
+                message: format!(
+                    "the render took longer than {}, the limit (`render_timeout`)",
+                    humantime::format_duration(limits.timeout)
+                ),
+                may_pass: false,
+            })
+        })
+    })
+}

@@ -1,0 +1,150 @@
+//! `reconfd check` loads the settings, resources and templates without reading any store and
+//! prints every problem with its place, then a summary; `--data` adds a render of each
+//! resource from a data file.
+
+mod common;
+
+use common::{Fixture, Run};
+
+/// A confdir with two sound resources, `a` and `b`.
+fn sound() -> Fixture {
+    let fixture = Fixture::new();
+    for name in ["a", "b"] {
+        fixture.resource(
+            name,
+            &format!("src = \"{name}.tmpl\"\ndest = \"{name}.conf\"\nkeys = [\"/app\"]\n"),
+        );
+        fixture.template(
+            &format!("{name}.tmpl"),
+            "port {{ getv(key=\"/app/port\") }}\n",
+        );
+    }
+    fixture
+}
+
+/// The lines of standard output that name `needle`.
+fn lines_with<'a>(run: &'a Run, needle: &str) -> Vec<&'a str> {
+    run.stdout.lines().filter(|l| l.contains(needle)).collect()
+}
+
+#[test]
+fn a_sound_confdir_passes_without_any_store() {
+    let fixture = sound();
+    // The store named is out of reach: check never asks it.
+    let run = fixture.run(&["check", "--backend", "etcd", "--node", "127.0.0.1:1"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        run.stdout.trim(),
+        "reconfd check: 2 resources in 2 files: no problems",
+        "{run:?}"
+    );
+    assert!(!fixture.path("a.conf").exists(), "nothing is written");
+}
+
+#[test]
+fn every_problem_is_printed_with_file_line_and_column() {
+    let fixture = sound();
+    fixture.resource("typo", "src = \"a.tmpl\"\ndset = \"typo.conf\"\n");
+    fixture.resource(
+        "mode",
+        "src = \"a.tmpl\"\ndest = \"m.conf\"\nmode = \"0999\"\n",
+    );
+    fixture.resource(
+        "duration",
+        "src = \"a.tmpl\"\ndest = \"d.conf\"\ncheck_cmd = \"true\"\ncheck_cmd_timeout = \"soon\"\n",
+    );
+    fixture.resource("nosrc", "src = \"missing.tmpl\"\ndest = \"n.conf\"\n");
+    fixture.resource("dup1", "src = \"a.tmpl\"\ndest = \"same.conf\"\n");
+    fixture.resource("dup2", "src = \"b.tmpl\"\ndest = \"same.conf\"\n");
+    fixture.resource("syntax", "src = \"syntax.tmpl\"\ndest = \"s.conf\"\n");
+    fixture.template("syntax.tmpl", "line one\n{% if %}\n");
+    fixture.resource("unknown", "src = \"unknown.tmpl\"\ndest = \"u.conf\"\n");
+    fixture.template(
+        "unknown.tmpl",
+        "one\n  {{ nosuch(key=\"/x\") }}\n{{ \"a\" | nofilter }}\n",
+    );
+    fixture.resource(
+        "positional",
+        "src = \"positional.tmpl\"\ndest = \"p.conf\"\n",
+    );
+    fixture.template("positional.tmpl", "{{ getv(\"/x\") }}\n");
+
+    let run = fixture.run(&["check"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let expect = |needle: &str, located: &str, what: &str| {
+        let lines = lines_with(&run, needle);
+        assert!(
+            lines.iter().any(|line| line.contains(located)),
+            "{what}: no line with {needle} at {located}\n{}",
+            run.stdout
+        );
+    };
+    expect("dset", "typo.toml:3:1", "an unknown key");
+    expect("mode", "mode.toml:4:8", "an invalid mode");
+    expect(
+        "check_cmd_timeout",
+        "duration.toml:5:",
+        "an invalid duration",
+    );
+    expect("missing.tmpl", "missing.tmpl", "a src that does not exist");
+    expect("same.conf", "dup1.toml", "a shared destination");
+    expect("same.conf", "dup2.toml", "a shared destination, both files");
+    expect("(resource", "syntax.tmpl:2:", "a syntax error");
+    expect("nosuch", "unknown.tmpl:2:6", "an unknown function");
+    expect("nofilter", "unknown.tmpl:3:", "an unknown filter");
+    expect(
+        "getv(key=",
+        "positional.tmpl:1:",
+        "an argument passed by position",
+    );
+    // The files refused whole hold no resource to count.
+    assert_eq!(
+        run.stdout.lines().last(),
+        Some("reconfd check: 6 resources in 11 files: 10 problems in 9 files"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn unusable_settings_exit_2() {
+    let fixture = sound();
+    let run = fixture.run(&["check", "--log-level", "loud"]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    let run = fixture.run(&["check", "--confdir", "/nonexistent/reconfd"]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stdout.contains("conf.d"), "{run:?}");
+}
+
+#[test]
+fn data_renders_every_resource_and_names_a_key_the_data_lacks() {
+    let fixture = sound();
+    fixture.resource(
+        "db",
+        "src = \"db.tmpl\"\ndest = \"db.conf\"\nkeys = [\"/db\"]\n",
+    );
+    fixture.template("db.tmpl", "host {{ getv(key=\"/db/host\") }}\n");
+    fixture.write("full.yaml", "app:\n  port: 80\ndb:\n  host: db1\n");
+    fixture.write("partial.yaml", "app:\n  port: 80\n");
+
+    let run = fixture.run(&["check", "--data", "full.yaml"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("3 resources in 3 files, rendered from full.yaml: no problems"),
+        "{run:?}"
+    );
+
+    let run = fixture.run(&["check", "--data", "partial.yaml"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let lines = lines_with(&run, "/db/host");
+    assert!(
+        lines.iter().any(|line| line.contains("db.tmpl:1:")),
+        "the missing key is named with its place\n{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("1 problem in 1 file"), "{run:?}");
+    assert!(!fixture.path("db.conf").exists(), "nothing is written");
+
+    let run = fixture.run(&["check", "--data", "absent.yaml"]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+}
