@@ -146,6 +146,15 @@ pub enum Subcommands {
     },
     /// Print the manual page (roff), generated from these options: `reconfd man | man -l -`.
     Man,
+    /// Turn a confd configuration directory into a reconfd one: `conf.d/*.toml` copied,
+    /// every template translated from Go's text/template into Tera. What cannot be translated
+    /// is marked in the output and listed as file:line; the command then exits 1.
+    Convert {
+        /// The confd directory, holding `conf.d/` and `templates/`.
+        from: std::path::PathBuf,
+        /// The directory to write the reconfd configuration to.
+        to: std::path::PathBuf,
+    },
 }
 
 /// The command-line definition: [`Cli`] with every option accepted before or after a

@@ -12,6 +12,7 @@
 pub mod cli;
 mod command;
 mod controller;
+pub mod convert;
 mod descriptors;
 mod limits;
 pub mod manual;

@@ -8,7 +8,7 @@ use reconfd::cli::{self, LogFormat, Subcommands};
 use reconfd::secrets::{self, MaskedStderr};
 use reconfd::settings::Settings;
 use reconfd::store::tls;
-use reconfd::{manual, process};
+use reconfd::{convert, manual, process};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::reload;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         match Subcommands::from_arg_matches(&matches) {
             Ok(Subcommands::Completions { shell }) => return manual::print_completions(shell),
             Ok(Subcommands::Man) => return manual::print_man_page(),
+            Ok(Subcommands::Convert { from, to }) => return convert::run(&from, &to),
             Err(e) => e.exit(),
         }
     }

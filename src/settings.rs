@@ -23,7 +23,7 @@ use serde::de::{DeserializeOwned, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, Deserializer};
 
-use crate::cli::{Cli, LogFormat};
+use crate::cli::{Cli, LogFormat, Subcommands};
 use crate::limits;
 use crate::secrets;
 use crate::store::backend::{Backend, StoreFields};
@@ -140,10 +140,15 @@ impl Settings {
                 .join("reconfd.toml")
         });
         let mut given = read_settings_file(&config_file, cli.config_file.is_none())?;
+        // clap's update fills an empty subcommand field from the matches and so demands a
+        // subcommand; with one in place it updates it, which without a subcommand named does
+        // nothing. The subcommand is the command line's alone.
+        given.command = Some(Subcommands::Man);
         // Clap lays only what was given over the file: a flag or variable beats the file.
         given
             .update_from_arg_matches(&without_defaults(matches))
             .unwrap_or_else(|e| e.exit());
+        given.command = cli.command;
         let origins = Origins {
             matches,
             command: crate::cli::command(),

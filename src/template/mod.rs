@@ -9,6 +9,7 @@
 //! Errors name the template file, line and column, and for a missing key the key.
 
 mod dns;
+mod golang;
 mod helpers;
 mod services;
 mod store_functions;
@@ -346,6 +347,7 @@ impl Renderer {
         store_functions::register(&mut tera);
         services::register(&mut tera);
         helpers::register(&mut tera);
+        golang::register(&mut tera);
         dns::register(&mut tera, resolver);
         tera.add_raw_template(name, source)
             .map_err(|e| TemplateError::from_tera(name, &e, Some(source)))?;
