@@ -521,6 +521,11 @@ impl Emitter<'_> {
 
     fn command(&mut self, args: &[Arg], piped: Option<Expr>) -> Result<Expr, Fail> {
         match &args[0] {
+            Arg::Ident(name) if name == "datetime" => Err(
+                "datetime is Go's time.Time, printed and formatted (`.Format \"2006-01-02\"`) \
+                 as Go does; write datetime(format=\"%Y-%m-%d\") by hand"
+                    .to_string(),
+            ),
             Arg::Ident(name) => {
                 let mut operands = Vec::new();
                 for arg in &args[1..] {
@@ -886,11 +891,6 @@ fn call(name: &str, args: Vec<Expr>) -> Result<Expr, Fail> {
         "not" => {
             arity(1, 1)?;
             Expr::compound(format!("not {}", t(0)), Ty::Bool)
-        }
-        "datetime" => {
-            return Err(
-                "datetime returns Go's time.Time; write datetime(format=...) by hand".to_string(),
-            );
         }
         _ => return Err(format!("function {name} has no translation")),
     })
