@@ -201,6 +201,114 @@ fn copy_resource(from: &Path, to: &Path, relative: &Path, problems: &mut Vec<Pro
 mod tests {
     use super::*;
 
+    /// What reconfd writes from the translation of the Go template `source` over `entries`.
+    fn rendered(source: &str, entries: &[(&str, &str)]) -> String {
+        let (tera, untranslated) = translate(source).unwrap();
+        assert!(untranslated.is_empty(), "{source}: {untranslated:?}");
+        crate::template::tests::render(&tera, entries)
+            .unwrap_or_else(|e| panic!("{source}\n{tera}\n{e}"))
+    }
+
+    const SERVERS: &[(&str, &str)] = &[("/s/1", "a"), ("/s/2", "b"), ("/h", "web"), ("/p", "80")];
+
+    /// Each Go construct, rendered by reconfd, against what Go's text/template writes.
+    #[test]
+    fn translated_constructs_render_as_go_does() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{{if eq (getv "/h") "x" "web"}}A{{else if not (exists "/b")}}B{{else}}C{{end}}"#,
+                "A",
+            ),
+            (
+                r#"{{if exists "/h"}}{{else if not (exists "/b")}}B{{end}}"#,
+                "",
+            ),
+            (
+                r#"{{if eq (getv "/h") "x"}}A{{else if not (exists "/b")}}B{{end}}"#,
+                "B",
+            ),
+            (r#"{{with getv "/none" ""}}W{{else}}E{{end}}"#, "E"),
+            (r#"{{with $v := getv "/h"}}{{$v}}{{.}}{{end}}"#, "webweb"),
+            (r#"{{range getvs "/none/*"}}x{{else}}empty{{end}}"#, "empty"),
+            (
+                r#"{{printf "%s:%d|%5s|" (getv "/h") (atoi (getv "/p")) "r"}}"#,
+                "web:80|    r|",
+            ),
+            ("a  {{- getv \"/h\" -}}  \n b", "awebb"),
+            ("a {{- /* note */ -}}\n\tb {{/* c */}}", "ab "),
+            (
+                r#"{{define "srv"}}server {{.}};{{end}}{{range getvs "/s/*"}}{{template "srv" .}}{{end}}"#,
+                "server a;server b;",
+            ),
+            (
+                r#"{{$x := "o"}}{{range getvs "/s/*"}}{{$x := .}}{{$x}}{{end}}{{$x}}"#,
+                "abo",
+            ),
+            (
+                r#"{{$n := "0"}}{{range getvs "/s/*"}}{{$n = .}}{{end}}{{$n}}"#,
+                "b",
+            ),
+            (
+                r#"{{range $i, $a := getvs "/s/*"}}{{range $j, $b := getvs "/s/*"}}{{$i}}{{$j}} {{end}}{{end}}"#,
+                "00 01 10 11 ",
+            ),
+            (
+                r#"{{or (getv "/none" "") "dflt"}}|{{and "a" ""}}|"#,
+                "dflt||",
+            ),
+            (r#"{{len "héllo"}} {{len (getvs "/s/*")}}"#, "6 2"),
+            (
+                r#"{{split "a,b" ","}} {{map "k" "v" "n" 1}} {{seq 1 2}}"#,
+                "[a b] map[k:v n:1] [1 2]",
+            ),
+            (r#"{{range gets "/s/*"}}{{.}}{{end}}"#, "{/s/1 a}{/s/2 b}"),
+            (
+                r#"{{ if and (exists "/h") (gt (len (getvs "/s/*")) 1) }}many{{ end }}"#,
+                "many",
+            ),
+            ("{{`a\"b`}} {{\"t\\tx\"}}", "a\"b t\tx"),
+            ("{% x %} {# y #} {{\"{{\"}}", "{% x %} {# y #} {{"),
+            (r#"{{getv "/h" | toUpper | printf "<%s>"}}"#, "<WEB>"),
+            (
+                r#"{{$s := split (getv "/h") "e"}}{{index $s 1}}{{range $s}}.{{.}}{{end}}"#,
+                "b.w.b",
+            ),
+            (
+                r#"{{range $i, $e := split "x y" " "}}{{if $i}},{{end}}{{$e}}{{end}}"#,
+                "x,y",
+            ),
+            (
+                r#"{{range lsdir "/"}}{{.}} {{end}}{{range ls "/s"}}{{.}}{{end}}"#,
+                "s 12",
+            ),
+            (r#"{{add 1 (atoi (getv "/p"))}} {{mod 7 3}}"#, "81 1"),
+            (
+                r#"{{join (getvs "/s/*") ","}} {{replace (getv "/h") "e" "3" -1}}"#,
+                "a,b w3b",
+            ),
+            (r#"{{block "b" (getv "/h")}}[{{.}}]{{end}}"#, "[web]"),
+            (
+                r#"{{range $i := seq 1 3}}{{if eq $i 2}}{{continue}}{{end}}{{$i}}{{end}}"#,
+                "13",
+            ),
+        ];
+        for (go, expected) in cases {
+            assert_eq!(rendered(go, SERVERS), *expected, "{go}");
+        }
+    }
+
+    #[test]
+    fn a_range_over_a_json_map_visits_its_keys_in_order() {
+        let data = [("/j", r#"{"b": 2, "a": "x", "c": [1, "y"]}"#)];
+        assert_eq!(
+            rendered(
+                r#"{{range $k, $v := json (getv "/j")}}{{$k}}={{$v}} {{end}}{{range json (getv "/j")}}{{.}};{{end}}"#,
+                &data
+            ),
+            "a=x b=2 c=[1 y] x;2;[1 y];"
+        );
+    }
+
     #[test]
     fn a_template_go_cannot_parse_is_kept_raw_and_reported() {
         let from = tempfile::tempdir().unwrap();

@@ -408,7 +408,7 @@ impl Renderer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A view over `entries` with the given prefix and resource keys.
@@ -428,7 +428,7 @@ mod tests {
     }
 
     /// Renders `source` against a view of `entries` with no prefix and every key visible.
-    pub(super) fn render(source: &str, entries: &[(&str, &str)]) -> Result<String, TemplateError> {
+    pub(crate) fn render(source: &str, entries: &[(&str, &str)]) -> Result<String, TemplateError> {
         Renderer::from_source("test.tmpl", source, Resolver::System)?.render(view(
             entries,
             "",
