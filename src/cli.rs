@@ -179,6 +179,15 @@ pub enum Subcommands {
         #[arg(long, value_name = "FILE")]
         data: Option<PathBuf>,
     },
+    /// Turn a confd configuration directory into a reconfd one: `conf.d/*.toml` copied,
+    /// every template translated from Go's text/template into Tera. What cannot be translated
+    /// is marked in the output and listed as file:line; the command then exits 1.
+    Convert {
+        /// The confd directory, holding `conf.d/` and `templates/`.
+        from: PathBuf,
+        /// The directory to write the reconfd configuration to.
+        to: PathBuf,
+    },
 }
 
 /// The command-line definition: [`Cli`] and [`Subcommands`], every option accepted before or

@@ -16,6 +16,7 @@ pub mod check;
 pub mod cli;
 mod command;
 mod controller;
+pub mod convert;
 mod descriptors;
 mod exec;
 mod limits;

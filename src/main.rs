@@ -7,7 +7,7 @@ use reconfd::cli::{self, LogFormat, Subcommands};
 use reconfd::secrets::{self, MaskedStderr};
 use reconfd::settings::Settings;
 use reconfd::store::tls;
-use reconfd::{check, manual, process, render};
+use reconfd::{check, convert, manual, process, render};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::reload;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
     let subcommand = match cli::subcommand(&matches) {
         Ok(Some(Subcommands::Completions { shell })) => return manual::print_completions(shell),
         Ok(Some(Subcommands::Man)) => return manual::print_man_page(),
+        Ok(Some(Subcommands::Convert { from, to })) => return convert::run(&from, &to),
         Ok(subcommand) => subcommand,
         Err(e) => e.exit(),
     };

@@ -9,6 +9,7 @@
 //! Errors name the template file, line and column, and for a missing key the key.
 
 mod dns;
+mod golang;
 mod helpers;
 mod library;
 mod services;
@@ -464,6 +465,7 @@ impl Renderer {
         store_functions::register(&mut tera);
         services::register(&mut tera);
         helpers::register(&mut tera);
+        golang::register(&mut tera);
         dns::register(&mut tera, resolver);
         tera.add_raw_templates(files)
             .map_err(|e| TemplateError::from_tera(name, &e, files, root))?;
@@ -536,7 +538,7 @@ impl Renderer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A view over `entries` with the given prefix and resource keys.
@@ -556,7 +558,7 @@ mod tests {
     }
 
     /// Renders `source` against a view of `entries` with no prefix and every key visible.
-    pub(super) fn render(source: &str, entries: &[(&str, &str)]) -> Result<String, TemplateError> {
+    pub(crate) fn render(source: &str, entries: &[(&str, &str)]) -> Result<String, TemplateError> {
         Renderer::from_source("test.tmpl", source, Resolver::System)?.render(view(
             entries,
             "",
