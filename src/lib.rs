@@ -9,6 +9,7 @@
 //! user gives is checked against [`limits`] when it is read, and every text written out passes
 //! through [`secrets`].
 
+pub mod announce;
 pub mod cli;
 mod command;
 mod controller;

@@ -31,10 +31,13 @@ fn main() -> ExitCode {
     let matches = cli::command().get_matches();
     // What is printed from the command-line definition needs no settings: a broken settings
     // file must not stand in the way of `reconfd man`.
+    let mut announcing = false;
     if matches.subcommand_name().is_some() {
         match Subcommands::from_arg_matches(&matches) {
             Ok(Subcommands::Completions { shell }) => return manual::print_completions(shell),
             Ok(Subcommands::Man) => return manual::print_man_page(),
+            // Announcing needs the store's settings, read below.
+            Ok(Subcommands::Announce(_)) => announcing = true,
             Err(e) => e.exit(),
         }
     }
@@ -66,7 +69,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(process::run(settings));
+    let code = if announcing {
+        runtime.block_on(process::announce(settings))
+    } else {
+        runtime.block_on(process::run(settings))
+    };
     // A render stopped at its time limit may still hold a thread of the blocking pool until
     // its template reaches a point where it can stop; the process does not wait for it.
     runtime.shutdown_background();

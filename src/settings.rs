@@ -23,7 +23,8 @@ use serde::de::{DeserializeOwned, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, Deserializer};
 
-use crate::cli::{Cli, LogFormat};
+use crate::announce::Announce;
+use crate::cli::{Cli, LogFormat, Subcommands};
 use crate::limits;
 use crate::secrets;
 use crate::store::backend::{Backend, StoreFields};
@@ -120,6 +121,9 @@ pub struct Settings {
     pub command_env: Vec<String>,
     /// Where to serve metrics and the status page.
     pub listen: Option<SocketAddr>,
+    /// The keys to announce: the `announce` subcommand's one, else the settings file's
+    /// `[[announce]]` tables.
+    pub announcements: Vec<Announce>,
 }
 
 impl Settings {
@@ -179,6 +183,33 @@ impl Settings {
         let render_max_size = origins.read("render_max_size", given.render_max_size, |text| {
             limits::parse_size(text)
         })?;
+        let announcements = match &cli.command {
+            Some(Subcommands::Announce(fields)) => {
+                vec![
+                    Announce::read(fields, |field| format!("--{field}"))
+                        .map_err(SettingsError::Invalid)?,
+                ]
+            }
+            _ => given
+                .announce
+                .iter()
+                .map(|fields| {
+                    Announce::read(fields, |field| {
+                        format!("[[announce]] {}: `{field}` =", fields.key)
+                    })
+                    .map_err(|message| SettingsError::Parse {
+                        path: config_file.clone(),
+                        message,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        if let (Some(first), None) = (announcements.first(), &backend) {
+            return Err(SettingsError::Invalid(format!(
+                "announcing {}: no store named (--backend)",
+                first.announcement.key
+            )));
+        }
         let mode = if given.onetime {
             RunMode::Onetime
         } else if given.watch {
@@ -207,6 +238,7 @@ impl Settings {
             render_timeout,
             render_max_size,
             listen: given.listen,
+            announcements,
         })
     }
 }

@@ -16,7 +16,8 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::Json;
+use axum::routing::{get, put};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
@@ -40,6 +41,7 @@ struct Data {
     index: u64,
     kv: BTreeMap<String, String>,
     instances: BTreeMap<String, Instance>,
+    sessions: Sessions,
 }
 
 struct Shared {
@@ -111,6 +113,9 @@ impl Consul {
                     .expect("report the port");
                 let router = Router::new()
                     .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+                    .route("/v1/session/create", put(session_create))
+                    .route("/v1/session/renew/{id}", put(session_renew))
+                    .route("/v1/session/destroy/{id}", put(session_destroy))
                     .route("/v1/catalog/services", get(catalog_services))
                     .route("/v1/health/service/{name}", get(health_service))
                     .with_state(shared);
@@ -194,6 +199,11 @@ impl Consul {
                 instance.passing = passing;
             }
         });
+    }
+
+    /// How many sessions are live.
+    pub fn sessions(&self) -> usize {
+        self.shared.data.lock().expect("lock").sessions.live.len()
     }
 
     /// Removes instance `id` from the catalog.
@@ -293,8 +303,12 @@ async fn kv_get(
 async fn kv_put(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
+    Query(write): Query<KvWrite>,
     body: String,
 ) -> Response {
+    if let Some(session) = write.acquire {
+        return kv_acquire(&shared, key, &session, body);
+    }
     shared.change(|data| {
         data.kv.insert(key, body);
     });
@@ -363,4 +377,190 @@ async fn health_service(
             .collect()
     };
     with_index(&shared, StatusCode::OK, Value::Array(entries))
+}
+
+// --- Sessions -------------------------------------------------------------------------------
+//
+// Consul's Session HTTP API (https://developer.hashicorp.com/consul/api-docs/session) and the
+// KV store's `acquire` (https://developer.hashicorp.com/consul/api-docs/kv#acquire), as far as
+// announcing uses them: sessions with a TTL (from 10s to 86400s, else an error), renewed with
+// `renew` (404 for a session Consul no longer has), ended by `destroy` or by the TTL running
+// out; when a session ends, the keys it holds are deleted (`Behavior = "delete"`) or released
+// (`"release"`, the default), and its `LockDelay` (15s by default) keeps them from being
+// acquired again for that long (sessions overview, "lock-delay"). Consul may take up to twice
+// the TTL to end a session; the stand-in ends it when the TTL runs out.
+
+/// The sessions and the keys they hold.
+#[derive(Default)]
+struct Sessions {
+    next_id: u64,
+    live: BTreeMap<String, Session>,
+    /// Each held key's session.
+    holders: BTreeMap<String, String>,
+    /// Keys that may not be acquired until the instant given, after their session ended.
+    delayed: BTreeMap<String, tokio::time::Instant>,
+}
+
+struct Session {
+    ttl: Duration,
+    deadline: tokio::time::Instant,
+    delete: bool,
+    lock_delay: Duration,
+}
+
+#[derive(Deserialize)]
+struct KvWrite {
+    acquire: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct SessionRequest {
+    #[serde(rename = "TTL")]
+    ttl: Option<String>,
+    behavior: Option<String>,
+    lock_delay: Option<String>,
+}
+
+fn duration(text: &str) -> Option<Duration> {
+    humantime::parse_duration(text).ok()
+}
+
+async fn session_create(State(shared): State<Arc<Shared>>, body: String) -> Response {
+    let request: SessionRequest = if body.trim().is_empty() {
+        SessionRequest::default()
+    } else {
+        match serde_json::from_str(&body) {
+            Ok(request) => request,
+            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        }
+    };
+    let Some(ttl) = request.ttl.as_deref().and_then(duration) else {
+        return (StatusCode::BAD_REQUEST, "the stand-in needs a TTL").into_response();
+    };
+    if !(Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&ttl) {
+        let message = format!("Invalid Session TTL '{}', must be between [10s=24h0m0s]", ttl.as_nanos());
+        return (StatusCode::INTERNAL_SERVER_ERROR, message).into_response();
+    }
+    let lock_delay = request
+        .lock_delay
+        .as_deref()
+        .map_or(Some(Duration::from_secs(15)), duration)
+        .unwrap_or(Duration::from_secs(15));
+    let id = {
+        let mut data = shared.data.lock().expect("lock");
+        let sessions = &mut data.sessions;
+        sessions.next_id += 1;
+        let id = format!("00000000-0000-0000-0000-{:012}", sessions.next_id);
+        sessions.live.insert(
+            id.clone(),
+            Session {
+                ttl,
+                deadline: tokio::time::Instant::now() + ttl,
+                delete: request.behavior.as_deref() == Some("delete"),
+                lock_delay,
+            },
+        );
+        id
+    };
+    tokio::spawn(expire(Arc::clone(&shared), id.clone()));
+    Json(json!({ "ID": id })).into_response()
+}
+
+/// Ends session `id` once its TTL runs out without a renewal.
+async fn expire(shared: Arc<Shared>, id: String) {
+    loop {
+        let deadline = match shared.data.lock().expect("lock").sessions.live.get(&id) {
+            Some(session) => session.deadline,
+            None => return,
+        };
+        tokio::time::sleep_until(deadline).await;
+        let expired = shared
+            .data
+            .lock()
+            .expect("lock")
+            .sessions
+            .live
+            .get(&id)
+            .is_some_and(|session| session.deadline <= tokio::time::Instant::now());
+        if expired {
+            end_session(&shared, &id);
+            return;
+        }
+    }
+}
+
+/// Ends session `id`: its keys are deleted or released, and held back for its lock delay.
+fn end_session(shared: &Shared, id: &str) -> bool {
+    let mut ended = false;
+    shared.change(|data| {
+        let Some(session) = data.sessions.live.remove(id) else {
+            return;
+        };
+        ended = true;
+        let held: Vec<String> = data
+            .sessions
+            .holders
+            .iter()
+            .filter(|(_, holder)| *holder == id)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in held {
+            data.sessions.holders.remove(&key);
+            if session.delete {
+                data.kv.remove(&key);
+            }
+            if !session.lock_delay.is_zero() {
+                let until = tokio::time::Instant::now() + session.lock_delay;
+                data.sessions.delayed.insert(key, until);
+            }
+        }
+    });
+    ended
+}
+
+async fn session_renew(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let mut data = shared.data.lock().expect("lock");
+    match data.sessions.live.get_mut(&id) {
+        Some(session) => {
+            session.deadline = tokio::time::Instant::now() + session.ttl;
+            Json(json!([{ "ID": id, "TTL": format!("{}s", session.ttl.as_secs()) }])).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, format!("Session id '{id}' not found")).into_response(),
+    }
+}
+
+async fn session_destroy(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    end_session(&shared, &id);
+    Json(Value::Bool(true)).into_response()
+}
+
+/// `PUT /v1/kv/<key>?acquire=<session>`: takes the lock and writes the value when the key is
+/// free (or already the session's) and not within a lock delay; answers `false` otherwise.
+fn kv_acquire(shared: &Shared, key: String, session: &str, body: String) -> Response {
+    {
+        let data = shared.data.lock().expect("lock");
+        if !data.sessions.live.contains_key(session) {
+            let message = format!("invalid session \"{session}\"");
+            return (StatusCode::INTERNAL_SERVER_ERROR, message).into_response();
+        }
+        let held_by_other = data
+            .sessions
+            .holders
+            .get(&key)
+            .is_some_and(|holder| holder != session);
+        let delayed = data
+            .sessions
+            .delayed
+            .get(&key)
+            .is_some_and(|until| *until > tokio::time::Instant::now());
+        if held_by_other || delayed {
+            return with_index(shared, StatusCode::OK, Value::Bool(false));
+        }
+    }
+    shared.change(|data| {
+        data.sessions.holders.insert(key.clone(), session.to_string());
+        data.kv.insert(key, body);
+    });
+    with_index(shared, StatusCode::OK, Value::Bool(true))
 }
