@@ -176,15 +176,20 @@ impl Announcer {
         let retry_every = refresh_every.min(MAX_RETRY);
         // Without a check the key is always wanted; with one, only once it has passed.
         let (passing, mut checked) = watch::channel(self.announce.check.is_none());
-        let checker = self.announce.check.clone().map(|check| {
-            tokio::spawn(run_check(
-                key.clone(),
-                ShellCommand::new(&check),
-                self.announce.check_interval,
-                self.command_env,
-                passing,
-            ))
-        });
+        // Without a check, the sender is kept here, so that the verdict never changes.
+        let (checker, _unchecked) = match self.announce.check.clone() {
+            Some(check) => (
+                Some(tokio::spawn(run_check(
+                    key.clone(),
+                    ShellCommand::new(&check),
+                    self.announce.check_interval,
+                    self.command_env,
+                    passing,
+                ))),
+                None,
+            ),
+            None => (None, Some(passing)),
+        };
         self.report(AnnouncementState::Waiting, None);
         let mut held = false;
         let mut outage: Option<StoreErrorKind> = None;

@@ -135,6 +135,7 @@ pub(crate) struct Cli {
 
     /// What to do instead of running the resources; without one, reconfd runs them as confd
     /// does (as a daemon, or once with --onetime).
+    // The last field, as `Settings::merge` relies on.
     #[command(subcommand)]
     #[serde(skip)] // A subcommand is named on the command line only.
     pub command: Option<Subcommands>,

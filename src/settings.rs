@@ -145,9 +145,16 @@ impl Settings {
         });
         let mut given = read_settings_file(&config_file, cli.config_file.is_none())?;
         // Clap lays only what was given over the file: a flag or variable beats the file.
-        given
-            .update_from_arg_matches(&without_defaults(matches))
-            .unwrap_or_else(|e| e.exit());
+        match given.update_from_arg_matches(&without_defaults(matches)) {
+            Ok(()) => {}
+            // clap's updater asks for a subcommand whenever none is held and none was given,
+            // as for a required one. It updates the fields in their order, and the subcommand
+            // is `Cli`'s last, so every setting is laid over the file's by then.
+            Err(e)
+                if e.kind() == clap::error::ErrorKind::MissingSubcommand
+                    && matches.subcommand_name().is_none() => {}
+            Err(e) => e.exit(),
+        }
         let origins = Origins {
             matches,
             command: crate::cli::command(),

@@ -91,7 +91,10 @@ fn kill(mut daemon: Daemon) {
 /// The scenario every store with short TTLs goes through: both hosts announced; h1's check
 /// fails and passes again; h2 stops with SIGTERM (exit 0) and comes back; h2 is killed.
 /// Returns h1's announcer and the watcher, with the list at `h1:4300`.
-fn follow_checks_sigterm_and_sigkill(store: &[String], ttl: &str) -> (Host, Daemon, Fixture, Daemon) {
+fn follow_checks_sigterm_and_sigkill(
+    store: &[String],
+    ttl: &str,
+) -> (Host, Daemon, Fixture, Daemon) {
     let (watched, watcher) = watcher(store);
     let (h1, h2) = (Host::new("h1"), Host::new("h2"));
     let one = h1.announce(ttl, store, &[]);
@@ -101,7 +104,11 @@ fn follow_checks_sigterm_and_sigkill(store: &[String], ttl: &str) -> (Host, Daem
 
     h1.set_healthy(false);
     expect("h2:4300", "h1 withdrawn while its check fails");
-    assert!(one.log().contains("check failing; withdrawn"), "{}", one.log());
+    assert!(
+        one.log().contains("check failing; withdrawn"),
+        "{}",
+        one.log()
+    );
     h1.set_healthy(true);
     expect("h1:4300,h2:4300", "h1 back once its check passes");
 
@@ -153,13 +160,23 @@ fn etcd_announcements_show_in_status_and_metrics() {
     );
     let metric = |value: &str| {
         wait_for(Duration::from_secs(30), || {
-            get(&format!("http://{listen}/metrics")).1.contains(&format!("{up} {value}"))
+            get(&format!("http://{listen}/metrics"))
+                .1
+                .contains(&format!("{up} {value}"))
         })
     };
-    assert!(metric("1"), "{}", get(&format!("http://{listen}/metrics")).1);
+    assert!(
+        metric("1"),
+        "{}",
+        get(&format!("http://{listen}/metrics")).1
+    );
     h1.set_healthy(false);
     expect_file(&watched, &watcher, "crate.conf", "", "h1 withdrawn");
-    assert!(metric("0"), "{}", get(&format!("http://{listen}/metrics")).1);
+    assert!(
+        metric("0"),
+        "{}",
+        get(&format!("http://{listen}/metrics")).1
+    );
     let (code, status) = get(&format!("http://{listen}/status"));
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
@@ -190,10 +207,22 @@ fn a_daemon_renders_and_announces_from_its_settings_file() {
          ttl = \"2s\"\n",
     );
     let daemon = sidecar.spawn(&["--node", &etcd.endpoint(0)]);
-    expect_file(&sidecar, &daemon, "crate.conf", "h3:4300", "the sidecar renders its own key");
+    expect_file(
+        &sidecar,
+        &daemon,
+        "crate.conf",
+        "h3:4300",
+        "the sidecar renders its own key",
+    );
     expect_file(&watched, &watcher, "crate.conf", "h3:4300", "others see it");
     assert_eq!(daemon.terminate(), Some(0));
-    expect_file(&watched, &watcher, "crate.conf", "", "withdrawn as the sidecar stops");
+    expect_file(
+        &watched,
+        &watcher,
+        "crate.conf",
+        "",
+        "withdrawn as the sidecar stops",
+    );
 }
 
 #[test]
@@ -234,17 +263,34 @@ fn stores_that_cannot_bind_a_key_to_a_lifetime_refuse_to_announce() {
     let fixture = Fixture::new();
     fixture.write("data.yaml", "a: 1\n");
     let run = fixture.run(&[
-        "announce", "--key", "/services/crate/h1", "--value", "h1:4300", "--ttl", "10s",
-        "--backend", "file", "--file", "data.yaml",
+        "announce",
+        "--key",
+        "/services/crate/h1",
+        "--value",
+        "h1:4300",
+        "--ttl",
+        "10s",
+        "--backend",
+        "file",
+        "--file",
+        "data.yaml",
     ]);
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(
-        run.stderr.contains("the file store cannot bind a key to a lifetime"),
+        run.stderr
+            .contains("the file store cannot bind a key to a lifetime"),
         "{run:?}"
     );
     let run = fixture.run(&[
-        "announce", "--key", "/services/crate/h1", "--value", "h1:4300", "--ttl", "2s",
-        "--backend", "consul",
+        "announce",
+        "--key",
+        "/services/crate/h1",
+        "--value",
+        "h1:4300",
+        "--ttl",
+        "2s",
+        "--backend",
+        "consul",
     ]);
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.contains("from 10s to 24h"), "{run:?}");

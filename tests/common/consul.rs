@@ -12,11 +12,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use axum::routing::{get, put};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -439,7 +439,10 @@ async fn session_create(State(shared): State<Arc<Shared>>, body: String) -> Resp
         return (StatusCode::BAD_REQUEST, "the stand-in needs a TTL").into_response();
     };
     if !(Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&ttl) {
-        let message = format!("Invalid Session TTL '{}', must be between [10s=24h0m0s]", ttl.as_nanos());
+        let message = format!(
+            "Invalid Session TTL '{}', must be between [10s=24h0m0s]",
+            ttl.as_nanos()
+        );
         return (StatusCode::INTERNAL_SERVER_ERROR, message).into_response();
     }
     let lock_delay = request
@@ -524,9 +527,14 @@ async fn session_renew(State(shared): State<Arc<Shared>>, Path(id): Path<String>
     match data.sessions.live.get_mut(&id) {
         Some(session) => {
             session.deadline = tokio::time::Instant::now() + session.ttl;
-            Json(json!([{ "ID": id, "TTL": format!("{}s", session.ttl.as_secs()) }])).into_response()
+            Json(json!([{ "ID": id, "TTL": format!("{}s", session.ttl.as_secs()) }]))
+                .into_response()
         }
-        None => (StatusCode::NOT_FOUND, format!("Session id '{id}' not found")).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("Session id '{id}' not found"),
+        )
+            .into_response(),
     }
 }
 
@@ -559,7 +567,9 @@ fn kv_acquire(shared: &Shared, key: String, session: &str, body: String) -> Resp
         }
     }
     shared.change(|data| {
-        data.sessions.holders.insert(key.clone(), session.to_string());
+        data.sessions
+            .holders
+            .insert(key.clone(), session.to_string());
         data.kv.insert(key, body);
     });
     with_index(shared, StatusCode::OK, Value::Bool(true))

@@ -169,10 +169,23 @@ impl Lease for ZookeeperLease {
         }
     }
 
+    /// Deletes the znode; when that fails, the session is given up, so that the server
+    /// ends it (and the znode with it) within the TTL instead of the client keeping it alive.
     async fn withdraw(&mut self) -> Result<(), StoreError> {
         let Some(client) = self.client.clone() else {
             return Ok(());
         };
+        let deleted = self.delete_owned(&client).await;
+        if deleted.is_err() {
+            self.client = None;
+        }
+        deleted
+    }
+}
+
+impl ZookeeperLease {
+    /// Deletes the znode if it is this session's.
+    async fn delete_owned(&self, client: &zk::Client) -> Result<(), StoreError> {
         let key = &self.announcement.key;
         let owned = match client.check_stat(key).await {
             Ok(stat) => stat.filter(|stat| stat.ephemeral_owner == client.session_id().0),
