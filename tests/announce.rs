@@ -88,17 +88,22 @@ fn kill(mut daemon: Daemon) {
     daemon.child.wait().expect("wait");
 }
 
-/// The scenario every store with short TTLs goes through: both hosts announced; h1's check
-/// fails and passes again; h2 stops with SIGTERM (exit 0) and comes back; h2 is killed.
-/// Returns h1's announcer and the watcher, with the list at `h1:4300`.
+/// A TTL longer than the tests' guard timeouts: a key announced with it goes within the test
+/// only if reconfd withdraws it.
+const LONG_TTL: &str = "60s";
+
+/// The scenario every store goes through: both hosts announced; h1's check fails and passes
+/// again; h2 stops with SIGTERM (exit 0) and comes back; h2, announced with `short_ttl`, is
+/// killed and its key goes once the TTL has run out. Returns h1 (with its announcer) and the
+/// watcher, with the list at `h1:4300`.
 fn follow_checks_sigterm_and_sigkill(
     store: &[String],
-    ttl: &str,
+    short_ttl: &str,
 ) -> (Host, Daemon, Fixture, Daemon) {
     let (watched, watcher) = watcher(store);
     let (h1, h2) = (Host::new("h1"), Host::new("h2"));
-    let one = h1.announce(ttl, store, &[]);
-    let two = h2.announce(ttl, store, &[]);
+    let one = h1.announce(LONG_TTL, store, &[]);
+    let two = h2.announce(LONG_TTL, store, &[]);
     let expect = |list: &str, what: &str| expect_file(&watched, &watcher, "crate.conf", list, what);
     expect("h1:4300,h2:4300", "both hosts announced");
 
@@ -114,7 +119,7 @@ fn follow_checks_sigterm_and_sigkill(
 
     assert_eq!(two.terminate(), Some(0), "SIGTERM withdraws and exits 0");
     expect("h1:4300", "h2 withdrawn by SIGTERM");
-    let two = h2.announce(ttl, store, &[]);
+    let two = h2.announce(short_ttl, store, &[]);
     expect("h1:4300,h2:4300", "h2 announced again");
     kill(two);
     expect("h1:4300", "h2 gone once its TTL ran out after SIGKILL");
@@ -142,7 +147,15 @@ fn etcd_announcements_follow_checks_signals_and_a_restart() {
     expect("", "h1 withdrawn after etcd's restart");
     h1.set_healthy(true);
     expect("h1:4300", "h1 announced again after etcd's restart");
-    drop(one);
+
+    // A wiped etcd has forgotten the lease: the announcer registers the key again.
+    etcd.rebuild(0);
+    let registered_again = wait_for(Duration::from_secs(30), || {
+        one.log()
+            .contains("its lifetime in the store had run out; registering it again")
+    });
+    assert!(registered_again, "{}", one.log());
+    expect("h1:4300", "h1 announced in the wiped etcd");
 }
 
 #[test]
@@ -243,19 +256,8 @@ fn zookeeper_announcements_follow_checks_and_signals() {
 fn consul_announcements_follow_checks_and_signals() {
     let consul = Consul::start(None);
     let store = store_args("consul", &consul.url());
-    let (watched, watcher) = watcher(&store);
-    let (h1, h2) = (Host::new("h1"), Host::new("h2"));
-    let _one = h1.announce("10s", &store, &[]);
-    let two = h2.announce("10s", &store, &[]);
-    let expect = |list: &str, what: &str| expect_file(&watched, &watcher, "crate.conf", list, what);
-    expect("h1:4300,h2:4300", "both hosts announced");
-    h1.set_healthy(false);
-    expect("h2:4300", "h1 withdrawn while its check fails");
-    h1.set_healthy(true);
-    expect("h1:4300,h2:4300", "h1 back once its check passes");
-    assert_eq!(two.terminate(), Some(0));
-    expect("h1:4300", "h2 withdrawn by SIGTERM");
-    assert_eq!(consul.sessions(), 1, "h2's session was destroyed");
+    follow_checks_sigterm_and_sigkill(&store, "10s");
+    assert_eq!(consul.sessions(), 1, "only h1's session is left");
 }
 
 #[test]
