@@ -344,3 +344,46 @@ async fn run_check(
         passing.send_replace(passed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(key: &str, ttl: &str, check_interval: Option<&str>) -> AnnounceFields {
+        AnnounceFields {
+            key: key.to_string(),
+            value: "h1:4300".to_string(),
+            ttl: ttl.to_string(),
+            check: Some("true".to_string()),
+            check_interval: check_interval.map(str::to_string),
+        }
+    }
+
+    fn flag(field: &str) -> String {
+        format!("--{field}")
+    }
+
+    #[test]
+    fn announcements_are_read_with_defaults_and_limits_named_by_their_origin() {
+        let read = Announce::read(&fields("/services/crate/h1", "2s", None), flag).expect("valid");
+        assert_eq!(read.announcement.ttl, Duration::from_secs(2));
+        assert_eq!(read.check_interval, DEFAULT_CHECK_INTERVAL);
+        let error = Announce::read(&fields("/services/crate/h1", "500ms", None), flag)
+            .expect_err("too short");
+        assert_eq!(error, "--ttl \"500ms\": at least 1s");
+        let error =
+            Announce::read(&fields("/services/crate/h1", "2d", None), flag).expect_err("too long");
+        assert_eq!(error, "--ttl \"2d\": at most 24h");
+        let error = Announce::read(&fields("/services/crate/h1", "2s", Some("1ms")), |field| {
+            format!("[[announce]] `{field}` =")
+        })
+        .expect_err("too often");
+        assert_eq!(
+            error,
+            "[[announce]] `check-interval` = \"1ms\": at least 100ms"
+        );
+        let error =
+            Announce::read(&fields("services/h1", "2s", None), flag).expect_err("relative key");
+        assert!(error.starts_with("--key \"services/h1\""), "{error}");
+    }
+}
