@@ -230,6 +230,7 @@ impl Announcer {
                     match answer {
                         Ok(true) => {
                             if let Some(kind) = outage.take() {
+                                self.status.store_answered(&self.instance, self.store, None);
                                 tracing::info!(
                                     "{key}: the {} store answers again ({kind} before); \
                                      announced",

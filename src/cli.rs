@@ -163,6 +163,7 @@ pub enum Subcommands {
 /// One announcement: the `announce` subcommand's options, and the keys of an `[[announce]]`
 /// table in the settings file.
 #[derive(Clone, Debug, Args, Deserialize, PartialEq, Eq)]
+#[command(next_help_heading = "Announcement")]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AnnounceFields {
     /// The key to keep, such as `/services/crate/h1`.
