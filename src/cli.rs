@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -144,6 +144,12 @@ pub(crate) struct Cli {
     /// A resource's own `min_keys` overrides it. [default: 0, off]
     #[arg(long, env = "RECONFD_MIN_KEYS", value_name = "COUNT")]
     pub min_keys: Option<usize>,
+
+    /// `[[announce]]` tables: keys the daemon keeps in its store while it runs, beside the
+    /// resources it renders (see docs/announce.md).
+    #[arg(skip)]
+    #[serde(default)]
+    pub announce: Vec<AnnounceFields>,
 }
 
 /// What to do instead of running the resources; without one, reconfd runs them as confd does
@@ -188,6 +194,38 @@ pub enum Subcommands {
         /// The directory to write the reconfd configuration to.
         to: PathBuf,
     },
+    /// Keep a key in the store while this process lives and its check passes, bound to a
+    /// TTL (an etcd lease, a Consul session, a Redis expiry, a ZooKeeper ephemeral znode), so
+    /// that it disappears when the process or its host dies: `reconfd announce --backend etcd
+    /// --key /services/crate/h1 --value h1:4300 --ttl 10s --check 'nc -z h1 4300'`.
+    Announce(AnnounceFields),
+}
+
+/// One announcement: the `announce` subcommand's options, and the keys of an `[[announce]]`
+/// table in the settings file.
+#[derive(Clone, Debug, Args, Deserialize, PartialEq, Eq)]
+#[command(next_help_heading = "Announcement")]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AnnounceFields {
+    /// The key to keep, such as `/services/crate/h1`.
+    #[arg(long, value_name = "KEY")]
+    pub key: String,
+    /// Its value, such as `h1:4300`.
+    #[arg(long, value_name = "VALUE")]
+    pub value: String,
+    /// How long the key outlives this process, such as `10s`: the store removes it this long
+    /// after the last renewal (Consul: from 10s; ZooKeeper: the servers' bounds apply).
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: String,
+    /// A shell command that exits 0 while the announced service is healthy; while it fails,
+    /// the key is removed. [default: none, always announced]
+    #[arg(long, value_name = "CMD")]
+    pub check: Option<String>,
+    /// Time between runs of the check, such as `5s`, which is also its time limit.
+    /// [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(alias = "check_interval")]
+    pub check_interval: Option<String>,
 }
 
 /// The command-line definition: [`Cli`] and [`Subcommands`], every option accepted before or

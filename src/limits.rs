@@ -28,6 +28,13 @@ pub const COMMAND_TIMEOUT: Limit = Limit {
     text: "24h",
 };
 
+/// An announcement's `ttl` and `check_interval`: Consul's longest session TTL, and far beyond
+/// any sensible check interval.
+pub const ANNOUNCE_DURATION: Limit = Limit {
+    max: Duration::from_secs(24 * 60 * 60),
+    text: "24h",
+};
+
 /// `render_timeout`: a render that needs more than an hour is stuck, and its resource's
 /// destination goes without updates all that time.
 pub const RENDER_TIMEOUT: Limit = Limit {

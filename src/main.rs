@@ -71,6 +71,7 @@ fn main() -> ExitCode {
             Some(Subcommands::Render { resource, data }) => {
                 render::run(&settings, &resource, data.as_deref()).await
             }
+            Some(Subcommands::Announce(_)) => process::announce(settings).await,
             _ => process::run(settings).await,
         }
     });

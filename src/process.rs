@@ -19,6 +19,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::announce::Announcers;
+use crate::command::CommandEnv;
 use crate::controller::{Controller, Shutdown, Tally};
 use crate::descriptors;
 use crate::exec::{self, Service, Swaps};
@@ -65,8 +67,16 @@ pub async fn run(settings: Settings) -> ExitCode {
         Err(PlanError::Unusable) => return ExitCode::from(2),
     };
     if settings.mode == RunMode::Onetime {
+        if !settings.announcements.is_empty() {
+            tracing::warn!("--onetime: the [[announce]] tables are not announced");
+        }
         return onetime(plan, settings.exit_code, &mut signals).await;
     }
+    // Announcements are read at start only: a SIGHUP leaves them running as they are, so
+    // that a reload never takes a key away.
+    let Some(announcers) = start_announcers(&settings, &status) else {
+        return ExitCode::from(2);
+    };
     let mut service = match settings.exec.clone() {
         Some(exec) => match Service::new(exec, plan.command_env) {
             Ok(service) => Some(service),
@@ -156,6 +166,10 @@ pub async fn run(settings: Settings) -> ExitCode {
             None => None,
         }
     };
+    // The keys go first: what announces this host must not outlive its leaving.
+    if let Some(announcers) = announcers {
+        announcers.stop().await;
+    }
     let (stopped, _) = tokio::join!(service_stopped, generation.stop());
     if let Some(code) = ended {
         return code;
@@ -180,6 +194,74 @@ async fn service_exited(
     match service {
         Some(service) => service.exited().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Runs `reconfd announce`: keeps `settings`' announcements until SIGTERM or SIGINT, then
+/// withdraws them and exits 0; 2 when they cannot be announced.
+pub async fn announce(settings: Settings) -> ExitCode {
+    let mut signals = match Signals::listen() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!("cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = Status::new();
+    if let Some(address) = settings.listen {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => {
+                tracing::info!("serving metrics and status on http://{address}/");
+                let open_files = descriptors::raise_open_files_limit();
+                tokio::spawn(status::serve(listener, status.clone(), open_files));
+            }
+            Err(e) => {
+                tracing::error!("--listen {address}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(Some(announcers)) = start_announcers(&settings, &status) else {
+        return ExitCode::from(2);
+    };
+    status.set_ready();
+    notify::ready("announcing");
+    notify::start_watchdog();
+    loop {
+        tokio::select! {
+            _ = signals.terminate.recv() => break,
+            _ = signals.interrupt.recv() => break,
+            // Nothing to read again: the announcement is on the command line.
+            _ = signals.hangup.recv() => tracing::info!("SIGHUP: nothing to reload"),
+        }
+    }
+    tracing::info!("stopping");
+    notify::stopping();
+    announcers.stop().await;
+    ExitCode::SUCCESS
+}
+
+/// Starts the announcements of `settings`, if any: `Some(None)` when there are none, `None`
+/// (logged) when they cannot be announced.
+fn start_announcers(settings: &Settings, status: &Status) -> Option<Option<Announcers>> {
+    let Some(backend) = settings
+        .backend
+        .as_ref()
+        .filter(|_| !settings.announcements.is_empty())
+    else {
+        return Some(None);
+    };
+    match Announcers::start(
+        backend,
+        &settings.announcements,
+        CommandEnv::passing(&settings.command_env),
+        status,
+    ) {
+        Ok(announcers) => Some(Some(announcers)),
+        Err(e) => {
+            tracing::error!("{e}");
+            None
+        }
     }
 }
 

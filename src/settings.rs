@@ -23,7 +23,8 @@ use serde::de::{DeserializeOwned, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, Deserializer};
 
-use crate::cli::{Cli, ExecTable, LogFormat};
+use crate::announce::Announce;
+use crate::cli::{Cli, ExecTable, LogFormat, Subcommands};
 use crate::exec::{self, Exec};
 use crate::limits;
 use crate::secrets;
@@ -125,6 +126,9 @@ pub struct Settings {
     pub listen: Option<SocketAddr>,
     /// Exec mode: the service reconfd runs as its child.
     pub exec: Option<Exec>,
+    /// The keys to announce: the `announce` subcommand's one, else the settings file's
+    /// `[[announce]]` tables.
+    pub announcements: Vec<Announce>,
 }
 
 impl Settings {
@@ -211,6 +215,33 @@ impl Settings {
                     .to_string(),
             ));
         }
+        let announcements = match &crate::cli::subcommand(matches).unwrap_or_else(|e| e.exit()) {
+            Some(Subcommands::Announce(fields)) => {
+                vec![
+                    Announce::read(fields, |field| format!("--{field}"))
+                        .map_err(SettingsError::Invalid)?,
+                ]
+            }
+            _ => given
+                .announce
+                .iter()
+                .map(|fields| {
+                    Announce::read(fields, |field| {
+                        format!("[[announce]] {}: `{field}` =", fields.key)
+                    })
+                    .map_err(|message| SettingsError::Parse {
+                        path: config_file.clone(),
+                        message,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        if let (Some(first), None) = (announcements.first(), &backend) {
+            return Err(SettingsError::Invalid(format!(
+                "announcing {}: no store named (--backend)",
+                first.announcement.key
+            )));
+        }
         let mode = if given.onetime {
             RunMode::Onetime
         } else if given.watch {
@@ -241,6 +272,7 @@ impl Settings {
             render_max_size,
             listen: given.listen,
             exec,
+            announcements,
         })
     }
 }
@@ -943,12 +975,15 @@ mod tests {
                 keys
             })
             .collect();
+        // `[[announce]]` tables have no flag; the README names them below the table.
         let accepted: BTreeSet<String> = keys_of::<Cli>()
             .iter()
             .chain(keys_of::<StoreFields>())
+            .filter(|key| **key != "announce")
             .map(|key| key.to_string())
             .collect();
         assert_eq!(listed, accepted);
+        assert!(readme.contains("`[[announce]]`"));
     }
 }
 

@@ -139,6 +139,8 @@ struct StatusState {
     ready: bool,
     resources: BTreeMap<String, ResourceState>,
     stores: BTreeMap<String, StoreState>,
+    /// The announcements, by key.
+    announcements: BTreeMap<String, AnnouncementEntry>,
     /// Store loops that failed unexpectedly and have not completed a full sync since, with
     /// the failure.
     #[serde(skip)]
@@ -172,6 +174,40 @@ struct StoreState {
     loop_failure: Option<String>,
 }
 
+/// Where an announcement stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnnouncementState {
+    /// Waiting for its first check or its first answer from the store.
+    Waiting,
+    /// The key is in the store, bound to its TTL.
+    Up,
+    /// The check fails: the key is withdrawn.
+    CheckFailing,
+    /// The store does not answer or refuses: the key may be gone.
+    StoreFailing,
+    /// Withdrawn as reconfd stops.
+    Withdrawn,
+}
+
+#[derive(Serialize)]
+struct AnnouncementEntry {
+    key: String,
+    /// The store instance it is kept in.
+    store: String,
+    state: AnnouncementState,
+    /// The store's latest failure, while it fails.
+    last_error: Option<String>,
+    /// When the state last changed.
+    since: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnnouncementLabel {
+    key: String,
+    store: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResourceLabel {
     resource: String,
@@ -203,6 +239,7 @@ struct Metrics {
     last_success: Family<ResourceLabel, Gauge<f64, AtomicU64>>,
     guarded: Family<ResourceLabel, Gauge>,
     render_seconds: Histograms,
+    announcement_up: Family<AnnouncementLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -223,6 +260,7 @@ impl Default for Metrics {
             last_success: Family::default(),
             guarded: Family::default(),
             render_seconds: Family::new_with_constructor(render_histogram),
+            announcement_up: Family::default(),
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -274,6 +312,12 @@ impl Default for Metrics {
             "reconfd_render_duration_seconds",
             "Time to render a resource's template",
             metrics.render_seconds.clone(),
+        );
+        registry.register(
+            "reconfd_announcement_up",
+            "1 while the announced key is in the store, 0 while it is not (check failing, store \
+             failing, withdrawn)",
+            metrics.announcement_up.clone(),
         );
         metrics
     }
@@ -503,6 +547,42 @@ impl Status {
         }
     }
 
+    /// Records where the announcement of `key`, kept in store `instance`, stands; `error` is
+    /// the store's failure while it fails.
+    pub fn announcement(
+        &self,
+        key: &str,
+        instance: &str,
+        state: AnnouncementState,
+        error: Option<&str>,
+    ) {
+        self.shared
+            .metrics
+            .announcement_up
+            .get_or_create(&AnnouncementLabel {
+                key: key.to_string(),
+                store: instance.to_string(),
+            })
+            .set(i64::from(state == AnnouncementState::Up));
+        let mut state_now = self.state();
+        let since = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+        let entry = state_now
+            .announcements
+            .entry(key.to_string())
+            .or_insert_with(|| AnnouncementEntry {
+                key: key.to_string(),
+                store: instance.to_string(),
+                state,
+                last_error: None,
+                since: since.clone(),
+            });
+        if entry.state != state {
+            entry.since = since;
+        }
+        entry.state = state;
+        entry.last_error = error.map(str::to_string);
+    }
+
     /// Records that the first full sync is done.
     pub fn set_ready(&self) {
         self.state().ready = true;
@@ -539,6 +619,7 @@ impl Status {
             "ready": state.ready && state.failed_loops.is_empty(),
             "resources": state.resources.values().collect::<Vec<_>>(),
             "stores": state.stores.values().collect::<Vec<_>>(),
+            "announcements": state.announcements.values().collect::<Vec<_>>(),
         });
         secrets::mask_json(&mut json);
         json

@@ -8,15 +8,20 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::Store;
+use super::consul::lease::ConsulLease;
 use super::consul::{ConsulOptions, ConsulStore, TokenSource};
 use super::env::EnvStore;
+use super::etcd::lease::EtcdLease;
 use super::etcd::{EtcdOptions, EtcdStore};
 use super::file::FileStore;
+use super::lease::{Announcement, Lease};
 use super::nats::{NatsOptions, NatsStore};
 use super::nodes::redact;
+use super::redis::lease::RedisLease;
 use super::redis::{RedisOptions, RedisStore};
 use super::tls::TlsOptions;
 use super::vault::{VaultAuth, VaultOptions, VaultStore};
+use super::zookeeper::lease::ZookeeperLease;
 use super::zookeeper::{ZookeeperOptions, ZookeeperStore};
 
 /// Each store's default node: its usual port on the local host, as in confd.
@@ -236,32 +241,41 @@ impl Backend {
             .collect()
     }
 
+    /// The kind of store, as `--backend` names it: `etcd`, `file`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::File { .. } => "file",
+            Backend::Env => "env",
+            Backend::Etcd(_) => "etcd",
+            Backend::Redis(_) => "redis",
+            Backend::Zookeeper(_) => "zookeeper",
+            Backend::Nats(_) => "nats",
+            Backend::Consul(_) => "consul",
+            Backend::Vault(_) => "vault",
+        }
+    }
+
     /// The store instance, as `/status` and `/metrics` name it: its kind and where it is
     /// (`etcd http://10.0.0.1:2379,http://10.0.0.2:2379`, `file data.yaml`), with any
     /// password left out. Two stores of one kind on different clusters are two instances.
     pub fn instance(&self) -> String {
-        let (kind, places): (&str, Vec<String>) = match self {
-            Backend::File { paths, .. } => (
-                "file",
-                paths
-                    .iter()
-                    .map(|path| path.display().to_string())
-                    .collect(),
-            ),
-            Backend::Env => ("env", Vec::new()),
-            Backend::Etcd(options) => ("etcd", options.nodes.clone()),
-            Backend::Redis(options) => ("redis", options.nodes.clone()),
-            Backend::Zookeeper(options) => ("zookeeper", options.nodes.clone()),
-            Backend::Nats(options) => (
-                "nats",
-                options
-                    .nodes
-                    .iter()
-                    .map(|node| format!("{node}/{}", options.bucket))
-                    .collect(),
-            ),
-            Backend::Consul(options) => ("consul", options.nodes.clone()),
-            Backend::Vault(options) => ("vault", options.nodes.clone()),
+        let kind = self.kind();
+        let places: Vec<String> = match self {
+            Backend::File { paths, .. } => paths
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect(),
+            Backend::Env => Vec::new(),
+            Backend::Etcd(options) => options.nodes.clone(),
+            Backend::Redis(options) => options.nodes.clone(),
+            Backend::Zookeeper(options) => options.nodes.clone(),
+            Backend::Nats(options) => options
+                .nodes
+                .iter()
+                .map(|node| format!("{node}/{}", options.bucket))
+                .collect(),
+            Backend::Consul(options) => options.nodes.clone(),
+            Backend::Vault(options) => options.nodes.clone(),
         };
         if places.is_empty() {
             return kind.to_string();
@@ -468,6 +482,33 @@ fn check_port(node: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A [`Lease`] on `backend` for `announcement`. Fails for a store that cannot bind a key to a
+/// lifetime, and for settings the store cannot work with; no network connection is made yet.
+pub fn open_lease(backend: &Backend, announcement: Announcement) -> Result<Box<dyn Lease>, String> {
+    let lease: Box<dyn Lease> = match backend {
+        Backend::Etcd(options) => {
+            Box::new(EtcdLease::new(options, announcement).map_err(|e| e.to_string())?)
+        }
+        Backend::Redis(options) => {
+            Box::new(RedisLease::new(options, announcement).map_err(|e| e.to_string())?)
+        }
+        Backend::Zookeeper(options) => {
+            Box::new(ZookeeperLease::new(options, announcement).map_err(|e| e.to_string())?)
+        }
+        Backend::Consul(options) => {
+            Box::new(ConsulLease::new(options, announcement).map_err(|e| e.to_string())?)
+        }
+        Backend::File { .. } | Backend::Env | Backend::Vault(_) | Backend::Nats(_) => {
+            return Err(format!(
+                "the {} store cannot bind a key to a lifetime, so it cannot announce: use \
+                 etcd, redis, zookeeper or consul",
+                backend.kind()
+            ));
+        }
+    };
+    Ok(lease)
 }
 
 /// A client for `backend`. Fails for settings the store cannot work with; no network

@@ -15,6 +15,8 @@
 //! first queries has answered: an agent out of reach, or a token refused, fails the watch
 //! itself, as it does for the stores that read as they open a watch.
 
+pub mod lease;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,6 +5,7 @@
 //! last and fail over to the next one when a node cannot be reached or has no leader (the
 //! [`Nodes`] policy).
 
+pub mod lease;
 mod proto;
 mod rpc;
 mod watch;

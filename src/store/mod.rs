@@ -11,6 +11,7 @@ pub mod env;
 pub mod etcd;
 pub mod file;
 pub mod http;
+pub mod lease;
 #[cfg(test)]
 pub(crate) mod memory;
 pub mod nats;

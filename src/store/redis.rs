@@ -17,6 +17,8 @@
 //!
 //! [`WatchEvent::Replace`]: super::WatchEvent::Replace
 
+pub mod lease;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

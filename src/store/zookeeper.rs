@@ -27,6 +27,8 @@
 //! ended session does. The daemon's next watch sets the watches on a connected session (a new
 //! one when the old one is still reconnecting) and reads everything again.
 
+pub mod lease;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 

@@ -32,11 +32,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
@@ -112,9 +113,31 @@ struct Data {
     service_index: BTreeMap<String, u64>,
     /// ACL tokens and their rules; `None` when ACLs are off.
     tokens: Option<BTreeMap<String, Rules>>,
+    sessions: Sessions,
 }
 
 impl Data {
+    /// Sets `key` to `value` at Raft index `index`.
+    fn put_kv(&mut self, key: &str, value: Vec<u8>, index: u64) {
+        let create_index = self.kv.get(key).map_or(index, |entry| entry.create_index);
+        self.tombstones.remove(key);
+        self.kv.insert(
+            key.to_string(),
+            Entry {
+                value,
+                create_index,
+                modify_index: index,
+            },
+        );
+    }
+
+    /// Deletes `key` at Raft index `index`, leaving a tombstone.
+    fn delete_kv(&mut self, key: &str, index: u64) {
+        if self.kv.remove(key).is_some() {
+            self.tombstones.insert(key.to_string(), index);
+        }
+    }
+
     /// The index of a recursive KV read of `prefix`: its highest entry or tombstone.
     fn kv_index(&self, prefix: &str, recurse: bool) -> u64 {
         let covers = |key: &str| {
@@ -231,7 +254,10 @@ impl Consul {
                     .expect("report the port");
                 let router = Router::new()
                     .route("/v1/kv/", get(kv_get_root))
-                    .route("/v1/kv/{*key}", get(kv_get))
+                    .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+                    .route("/v1/session/create", put(session_create))
+                    .route("/v1/session/renew/{id}", put(session_renew))
+                    .route("/v1/session/destroy/{id}", put(session_destroy))
                     .route("/v1/catalog/services", get(catalog_services))
                     .route("/v1/health/service/{name}", get(health_service))
                     .with_state(shared);
@@ -321,27 +347,13 @@ impl Consul {
 
     /// Sets a KV key.
     pub fn put(&self, key: &str, value: impl AsRef<[u8]>) {
-        self.shared.change(|data, index| {
-            let create_index = data.kv.get(key).map_or(index, |entry| entry.create_index);
-            data.tombstones.remove(key);
-            data.kv.insert(
-                key.to_string(),
-                Entry {
-                    value: value.as_ref().to_vec(),
-                    create_index,
-                    modify_index: index,
-                },
-            );
-        });
+        self.shared
+            .change(|data, index| data.put_kv(key, value.as_ref().to_vec(), index));
     }
 
     /// Deletes a KV key.
     pub fn delete(&self, key: &str) {
-        self.shared.change(|data, index| {
-            if data.kv.remove(key).is_some() {
-                data.tombstones.insert(key.to_string(), index);
-            }
-        });
+        self.shared.change(|data, index| data.delete_kv(key, index));
     }
 
     /// Registers an instance `id` of `service` on `node`, with a passing check.
@@ -377,6 +389,11 @@ impl Consul {
                 data.service_index.insert(service, index);
             }
         });
+    }
+
+    /// How many sessions are live.
+    pub fn sessions(&self) -> usize {
+        self.shared.data.lock().expect("lock").sessions.live.len()
     }
 
     /// Removes instance `id` from the catalog.
@@ -468,6 +485,12 @@ async fn block(shared: &Shared, params: &Params, index_of: impl Fn(&Data) -> u64
 
 /// A JSON answer with the headers of a read: its index, a known leader, and whether the ACLs
 /// filtered it.
+/// An answer of a write: the current Raft index, nothing filtered.
+fn with_index(shared: &Shared, status: StatusCode, body: Value) -> Response {
+    let index = shared.data.lock().expect("lock").index;
+    answer(status, index, false, body)
+}
+
 fn answer(status: StatusCode, index: u64, filtered: bool, body: Value) -> Response {
     let mut response = (
         status,
@@ -563,6 +586,24 @@ async fn kv_get(
     answer(StatusCode::OK, index, filtered, Value::Array(entries))
 }
 
+async fn kv_put(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    Query(write): Query<KvWrite>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(session) = write.acquire {
+        return kv_acquire(&shared, key, &session, body);
+    }
+    shared.change(|data, index| data.put_kv(&key, body.to_vec(), index));
+    with_index(&shared, StatusCode::OK, Value::Bool(true))
+}
+
+async fn kv_delete(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
+    shared.change(|data, index| data.delete_kv(&key, index));
+    with_index(&shared, StatusCode::OK, Value::Bool(true))
+}
+
 async fn catalog_services(
     State(shared): State<Arc<Shared>>,
     Query(params): Query<Params>,
@@ -651,4 +692,200 @@ async fn health_service(
         filtered,
         Value::Array(entries),
     )
+}
+
+// --- Sessions -------------------------------------------------------------------------------
+//
+// Consul's Session HTTP API (https://developer.hashicorp.com/consul/api-docs/session) and the
+// KV store's `acquire` (https://developer.hashicorp.com/consul/api-docs/kv#acquire), as far as
+// announcing uses them: sessions with a TTL (from 10s to 86400s, else an error), renewed with
+// `renew` (404 for a session Consul no longer has), ended by `destroy` or by the TTL running
+// out; when a session ends, the keys it holds are deleted (`Behavior = "delete"`) or released
+// (`"release"`, the default), and its `LockDelay` (15s by default) keeps them from being
+// acquired again for that long (sessions overview, "lock-delay"). Consul may take up to twice
+// the TTL to end a session; the stand-in ends it when the TTL runs out.
+
+/// The sessions and the keys they hold.
+#[derive(Default)]
+struct Sessions {
+    next_id: u64,
+    live: BTreeMap<String, Session>,
+    /// Each held key's session.
+    holders: BTreeMap<String, String>,
+    /// Keys that may not be acquired until the instant given, after their session ended.
+    delayed: BTreeMap<String, tokio::time::Instant>,
+}
+
+struct Session {
+    ttl: Duration,
+    deadline: tokio::time::Instant,
+    delete: bool,
+    lock_delay: Duration,
+}
+
+#[derive(Deserialize)]
+struct KvWrite {
+    acquire: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct SessionRequest {
+    #[serde(rename = "TTL")]
+    ttl: Option<String>,
+    behavior: Option<String>,
+    lock_delay: Option<String>,
+}
+
+fn duration(text: &str) -> Option<Duration> {
+    humantime::parse_duration(text).ok()
+}
+
+async fn session_create(State(shared): State<Arc<Shared>>, body: String) -> Response {
+    let request: SessionRequest = if body.trim().is_empty() {
+        SessionRequest::default()
+    } else {
+        match serde_json::from_str(&body) {
+            Ok(request) => request,
+            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        }
+    };
+    let Some(ttl) = request.ttl.as_deref().and_then(duration) else {
+        return (StatusCode::BAD_REQUEST, "the stand-in needs a TTL").into_response();
+    };
+    if !(Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&ttl) {
+        let message = format!(
+            "Invalid Session TTL '{}', must be between [10s=24h0m0s]",
+            ttl.as_nanos()
+        );
+        return (StatusCode::INTERNAL_SERVER_ERROR, message).into_response();
+    }
+    let lock_delay = request
+        .lock_delay
+        .as_deref()
+        .map_or(Some(Duration::from_secs(15)), duration)
+        .unwrap_or(Duration::from_secs(15));
+    let id = {
+        let mut data = shared.data.lock().expect("lock");
+        let sessions = &mut data.sessions;
+        sessions.next_id += 1;
+        let id = format!("00000000-0000-0000-0000-{:012}", sessions.next_id);
+        sessions.live.insert(
+            id.clone(),
+            Session {
+                ttl,
+                deadline: tokio::time::Instant::now() + ttl,
+                delete: request.behavior.as_deref() == Some("delete"),
+                lock_delay,
+            },
+        );
+        id
+    };
+    tokio::spawn(expire(Arc::clone(&shared), id.clone()));
+    Json(json!({ "ID": id })).into_response()
+}
+
+/// Ends session `id` once its TTL runs out without a renewal.
+async fn expire(shared: Arc<Shared>, id: String) {
+    loop {
+        let deadline = match shared.data.lock().expect("lock").sessions.live.get(&id) {
+            Some(session) => session.deadline,
+            None => return,
+        };
+        tokio::time::sleep_until(deadline).await;
+        let expired = shared
+            .data
+            .lock()
+            .expect("lock")
+            .sessions
+            .live
+            .get(&id)
+            .is_some_and(|session| session.deadline <= tokio::time::Instant::now());
+        if expired {
+            end_session(&shared, &id);
+            return;
+        }
+    }
+}
+
+/// Ends session `id`: its keys are deleted or released, and held back for its lock delay.
+fn end_session(shared: &Shared, id: &str) -> bool {
+    let mut ended = false;
+    shared.change(|data, index| {
+        let Some(session) = data.sessions.live.remove(id) else {
+            return;
+        };
+        ended = true;
+        let held: Vec<String> = data
+            .sessions
+            .holders
+            .iter()
+            .filter(|(_, holder)| *holder == id)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in held {
+            data.sessions.holders.remove(&key);
+            if session.delete {
+                data.delete_kv(&key, index);
+            }
+            if !session.lock_delay.is_zero() {
+                let until = tokio::time::Instant::now() + session.lock_delay;
+                data.sessions.delayed.insert(key, until);
+            }
+        }
+    });
+    ended
+}
+
+async fn session_renew(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let mut data = shared.data.lock().expect("lock");
+    match data.sessions.live.get_mut(&id) {
+        Some(session) => {
+            session.deadline = tokio::time::Instant::now() + session.ttl;
+            Json(json!([{ "ID": id, "TTL": format!("{}s", session.ttl.as_secs()) }]))
+                .into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("Session id '{id}' not found"),
+        )
+            .into_response(),
+    }
+}
+
+async fn session_destroy(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    end_session(&shared, &id);
+    Json(Value::Bool(true)).into_response()
+}
+
+/// `PUT /v1/kv/<key>?acquire=<session>`: takes the lock and writes the value when the key is
+/// free (or already the session's) and not within a lock delay; answers `false` otherwise.
+fn kv_acquire(shared: &Shared, key: String, session: &str, body: axum::body::Bytes) -> Response {
+    {
+        let data = shared.data.lock().expect("lock");
+        if !data.sessions.live.contains_key(session) {
+            let message = format!("invalid session \"{session}\"");
+            return (StatusCode::INTERNAL_SERVER_ERROR, message).into_response();
+        }
+        let held_by_other = data
+            .sessions
+            .holders
+            .get(&key)
+            .is_some_and(|holder| holder != session);
+        let delayed = data
+            .sessions
+            .delayed
+            .get(&key)
+            .is_some_and(|until| *until > tokio::time::Instant::now());
+        if held_by_other || delayed {
+            return with_index(shared, StatusCode::OK, Value::Bool(false));
+        }
+    }
+    shared.change(|data, index| {
+        data.sessions
+            .holders
+            .insert(key.clone(), session.to_string());
+        data.put_kv(&key, body.to_vec(), index);
+    });
+    with_index(shared, StatusCode::OK, Value::Bool(true))
 }

@@ -26,11 +26,12 @@ use tonic::{Code, Status};
 
 use super::proto::etcdserverpb::auth_client::AuthClient;
 use super::proto::etcdserverpb::kv_client::KvClient;
+use super::proto::etcdserverpb::lease_client::LeaseClient;
 use super::proto::etcdserverpb::watch_client::WatchClient;
 use super::proto::etcdserverpb::watch_request::RequestUnion;
 use super::proto::etcdserverpb::{
-    AuthenticateRequest, RangeRequest, RangeResponse, WatchCreateRequest, WatchRequest,
-    WatchResponse,
+    AuthenticateRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest,
+    RangeRequest, RangeResponse, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use super::proto::mvccpb;
 use crate::store::http::error_chain;
@@ -56,6 +57,9 @@ const TOKEN_KEY: &str = "token";
 /// With this metadata, a member cut off from its cluster's leader refuses the request (and
 /// ends a watch) instead of serving what it last knew.
 const REQUIRE_LEADER_KEY: &str = "hasleader";
+
+/// etcd's message for a lease it does not have (`rpctypes.ErrLeaseNotFound`).
+const LEASE_NOT_FOUND: &str = "requested lease not found";
 
 /// How to reach a node and for how long to wait.
 #[derive(Clone)]
@@ -359,6 +363,79 @@ impl NodeClient {
             }
             return Err(watch_refused(&self.node, &created));
         }
+    }
+
+    /// Grants a lease of `ttl` seconds and returns its ID and the TTL etcd chose (at least
+    /// its minimum, about 1.5 s with the default election timeout).
+    pub(crate) async fn lease_grant(&self, ttl: i64) -> Result<(i64, i64), StoreError> {
+        let answer = self
+            .unary(
+                "lease grant",
+                LeaseGrantRequest { ttl, id: 0 },
+                |channel, request| async move { LeaseClient::new(channel).lease_grant(request).await },
+            )
+            .await?;
+        if !answer.error.is_empty() {
+            return Err(StoreError::rejected(format!(
+                "etcd: {}: lease grant: {}",
+                self.node, answer.error
+            )));
+        }
+        Ok((answer.id, answer.ttl))
+    }
+
+    /// Renews lease `id` once, on a keep-alive stream of one request, and returns its TTL in
+    /// seconds: 0 when etcd no longer has the lease (it expired or was revoked).
+    pub(crate) async fn lease_keep_alive(&self, id: i64) -> Result<i64, StoreError> {
+        let answer = self
+            .unary(
+                "lease keep-alive",
+                LeaseKeepAliveRequest { id },
+                |channel, request| async move {
+                    let mut answers = LeaseClient::new(channel)
+                        .lease_keep_alive(request.map(tokio_stream::once))
+                        .await?
+                        .into_inner();
+                    let answer = answers.message().await?.ok_or_else(|| {
+                        Status::unavailable("the keep-alive stream ended without an answer")
+                    })?;
+                    Ok(tonic::Response::new(answer))
+                },
+            )
+            .await?;
+        Ok(answer.ttl.max(0))
+    }
+
+    /// Revokes lease `id`, which deletes the keys put with it. A lease etcd no longer has is
+    /// gone already, which is what was asked.
+    pub(crate) async fn lease_revoke(&self, id: i64) -> Result<(), StoreError> {
+        let revoked = self
+            .unary(
+                "lease revoke",
+                LeaseRevokeRequest { id },
+                |channel, request| async move { LeaseClient::new(channel).lease_revoke(request).await },
+            )
+            .await;
+        match revoked {
+            Ok(_) => Ok(()),
+            Err(RpcError::Store(error)) if error.to_string().contains(LEASE_NOT_FOUND) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Puts `key` = `value`, bound to lease `lease` (0: none).
+    pub(crate) async fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<(), StoreError> {
+        let request = PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            lease,
+            ..PutRequest::default()
+        };
+        self.unary("put", request, |channel, request| async move {
+            KvClient::new(channel).put(request).await
+        })
+        .await?;
+        Ok(())
     }
 
     async fn range_request(&self, request: RangeRequest) -> Result<RangeResponse, RpcError> {
