@@ -231,12 +231,13 @@ fn kv_version_overrides_the_version_the_mount_reports() {
     assert_eq!(fixture.read("db.conf"), "user=app\n");
     std::fs::remove_file(fixture.path("db.conf")).expect("remove");
 
-    // Read as KV version 1, the version 2 mount has nothing at `secret/app/db`.
+    // Read as KV version 1, the version 2 mount is asked at the KV 1 paths (no `data/` or
+    // `metadata/`), which Vault refuses for a KV 2 mount.
     let run_ = run(&fixture, &args("1"), &[]);
     assert_eq!(run_.code, Some(1), "{run_:?}");
     assert!(
-        run_.stderr.contains("/secret/app/db/user"),
-        "names the key not found: {run_:?}"
+        run_.stderr.contains("/v1/secret/app/") && !run_.stderr.contains("metadata"),
+        "asked at the KV 1 path: {run_:?}"
     );
     assert!(!fixture.path("db.conf").exists());
 }
