@@ -29,11 +29,14 @@ const DEFAULT_NAME_MAX: usize = 255;
 /// A new stage file for `dest` in its directory, created exclusively and readable by its owner
 /// only.
 pub(crate) fn create(dest: &Path) -> std::io::Result<NamedTempFile> {
-    let dir = directory(dest);
+    // tempfile names a file in a relative directory by joining the working directory to it;
+    // made absolute first, `./out` stages as `/srv/.out.reconfd-…`, not `/srv/./.out…`, in
+    // the `{{.src}}` a check command prints.
+    let dir = std::path::absolute(directory(dest))?;
     tempfile::Builder::new()
-        .prefix(&prefix(dest, dir))
+        .prefix(&prefix(dest, &dir))
         .rand_bytes(RANDOM_LEN)
-        .tempfile_in(dir)
+        .tempfile_in(&dir)
 }
 
 /// Keeps a stage file that failed its check, renamed with [`KEPT_SUFFIX`] so that it is not

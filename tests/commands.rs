@@ -177,3 +177,23 @@ fn a_credential_named_by_the_settings_is_passed_on_and_only_that_one() {
         "{run:?}"
     );
 }
+
+#[test]
+fn a_relative_destination_stages_under_a_clean_absolute_path() {
+    let fixture = Fixture::new();
+    fixture.template("a.tmpl", "x\n");
+    fixture.resource(
+        "a",
+        "src = \"a.tmpl\"\ndest = \"./out.txt\"\ncheck_cmd = \"printf %s {{.src}} > src-seen\"\n",
+    );
+    let run = fixture.run(&["--onetime", "--backend", "env"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let seen = fixture.read("src-seen");
+    let root = fixture.root().canonicalize().unwrap();
+    assert!(
+        seen.starts_with(&format!("{}/.out.txt.reconfd-", root.display()))
+            || seen.starts_with(&format!("{}/.out.txt.reconfd-", fixture.root().display())),
+        "{seen}"
+    );
+    assert!(!seen.contains("/./"), "{seen}");
+}
