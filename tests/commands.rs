@@ -184,9 +184,16 @@ fn a_relative_destination_stages_under_a_clean_absolute_path() {
     fixture.template("a.tmpl", "x\n");
     fixture.resource(
         "a",
-        "src = \"a.tmpl\"\ndest = \"./out.txt\"\ncheck_cmd = \"printf %s {{.src}} > src-seen\"\n",
+        "src = \"a.tmpl\"\ndest = \"out.txt\"\ncheck_cmd = \"printf %s {{.src}} > src-seen\"\n",
     );
-    let run = fixture.run(&["--onetime", "--backend", "env"]);
+    // The confdir given relative, as `reconfd --confdir .` run where it lies.
+    let run = common::Run::from(
+        std::process::Command::new(env!("CARGO_BIN_EXE_reconfd"))
+            .args(["--confdir", ".", "--onetime", "--backend", "env"])
+            .current_dir(fixture.root())
+            .output()
+            .expect("run reconfd"),
+    );
     assert_eq!(run.code, Some(0), "{run:?}");
     let seen = fixture.read("src-seen");
     let root = fixture.root().canonicalize().unwrap();
