@@ -223,6 +223,18 @@ fn haproxy_runs_under_reconfd_in_master_worker_mode_and_follows_etcd() {
         workers()
     );
 
+    // HAProxy's master executes itself again on each reload, and a SIGTERM that comes while
+    // it does kills it (status 143): stop it once its last reload has loaded.
+    let reloads = daemon.log().matches("exec: sent SIGUSR2").count();
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon
+            .log()
+            .matches("Loading success.")
+            .count()
+            > reloads),
+        "every reload loaded\n{}",
+        daemon.log()
+    );
     let log = fixture.path("daemon.log");
     let code = daemon.terminate();
     let log = std::fs::read_to_string(log).expect("log");
