@@ -50,17 +50,8 @@ pub async fn run(settings: Settings) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let status = Status::new();
-    if let Some(address) = settings.listen {
-        match tokio::net::TcpListener::bind(address).await {
-            Ok(listener) => {
-                tracing::info!("serving metrics and status on http://{address}/");
-                tokio::spawn(status::serve(listener, status.clone(), open_files));
-            }
-            Err(e) => {
-                tracing::error!("--listen {address}: {e}");
-                return ExitCode::from(2);
-            }
-        }
+    if let Err(code) = serve_status(&settings, &status, open_files).await {
+        return code;
     }
     let plan = match Plan::build(&settings, Vec::new(), &status) {
         Ok(plan) => plan,
@@ -207,19 +198,10 @@ pub async fn announce(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let open_files = descriptors::raise_open_files_limit();
     let status = Status::new();
-    if let Some(address) = settings.listen {
-        match tokio::net::TcpListener::bind(address).await {
-            Ok(listener) => {
-                tracing::info!("serving metrics and status on http://{address}/");
-                let open_files = descriptors::raise_open_files_limit();
-                tokio::spawn(status::serve(listener, status.clone(), open_files));
-            }
-            Err(e) => {
-                tracing::error!("--listen {address}: {e}");
-                return ExitCode::from(2);
-            }
-        }
+    if let Err(code) = serve_status(&settings, &status, open_files).await {
+        return code;
     }
     let Some(Some(announcers)) = start_announcers(&settings, &status) else {
         return ExitCode::from(2);
@@ -239,6 +221,29 @@ pub async fn announce(settings: Settings) -> ExitCode {
     notify::stopping();
     announcers.stop().await;
     ExitCode::SUCCESS
+}
+
+/// Serves metrics, health and the status page on `--listen`, if given; exit status 2 when the
+/// address cannot be bound.
+async fn serve_status(
+    settings: &Settings,
+    status: &Status,
+    open_files: u64,
+) -> Result<(), ExitCode> {
+    let Some(address) = settings.listen else {
+        return Ok(());
+    };
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => {
+            tracing::info!("serving metrics and status on http://{address}/");
+            tokio::spawn(status::serve(listener, status.clone(), open_files));
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("--listen {address}: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 /// Starts the announcements of `settings`, if any: `Some(None)` when there are none, `None`
