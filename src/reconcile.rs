@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::time::Duration;
 
 use md5::{Digest, Md5};
 use similar::TextDiff;
@@ -26,6 +27,12 @@ use crate::stage;
 
 /// Permission bits of a new destination when the resource sets no `mode`.
 const DEFAULT_MODE: u32 = 0o644;
+
+/// How long file work still running when the process stops is waited for.
+pub const FILE_WORK_GRACE: Duration = Duration::from_secs(5);
+
+/// The process's request to stop, as the file work of a batch sees it: `true` once asked.
+pub type StopRequest = tokio::sync::watch::Receiver<bool>;
 
 /// How the pipeline may act.
 #[derive(Clone, Copy, Debug, Default)]
@@ -184,17 +191,6 @@ pub struct Item<'a> {
     pub rendered: &'a str,
 }
 
-/// Brings `resource`'s destination in line with `rendered`: a batch of one.
-pub async fn reconcile(
-    resource: &Resource,
-    rendered: &str,
-    options: Options,
-) -> Result<Outcome, ReconcileError> {
-    let mut results =
-        reconcile_batch(&[Item { resource, rendered }], &BTreeSet::new(), options).await;
-    results.pop().unwrap_or(Ok(Outcome::InSync))
-}
-
 /// Brings a batch of destinations in line, in three steps: every item is compared, staged and
 /// checked; then every staged item is swapped in; then each distinct reload command runs once,
 /// after all the files it reloads are in place. The items of one resource file (its
@@ -205,13 +201,16 @@ pub async fn reconcile_batch(
     items: &[Item<'_>],
     failed_files: &BTreeSet<&Path>,
     options: Options,
+    stop: &StopRequest,
 ) -> Vec<Result<Outcome, ReconcileError>> {
     let mut steps: Vec<Step> = Vec::with_capacity(items.len());
     for item in items {
-        steps.push(match prepare(item.resource, item.rendered, options).await {
-            Ok(step) => step,
-            Err(e) => Step::Failed(e),
-        });
+        steps.push(
+            match prepare(item.resource, item.rendered, options, stop).await {
+                Ok(step) => step,
+                Err(e) => Step::Failed(e),
+            },
+        );
     }
     let mut failed: BTreeSet<&Path> = failed_files.clone();
     failed.extend(
@@ -229,19 +228,9 @@ pub async fn reconcile_batch(
             });
         }
     }
-    for (item, step) in items.iter().zip(steps.iter_mut()) {
-        if !matches!(step, Step::Staged(_)) {
-            continue;
-        }
-        if let Step::Staged(staged) = std::mem::replace(step, Step::Done(Outcome::Updated)) {
-            *step = match swap(item.resource, staged) {
-                Ok(previous) => Step::Swapped(previous),
-                Err(e) => Step::Failed(e),
-            };
-        }
-    }
+    swap_staged(items, &mut steps, stop).await;
     if !options.sync_only {
-        reload_batch(items, &mut steps, options.command_env).await;
+        reload_batch(items, &mut steps, options.command_env, stop).await;
     }
     items
         .iter()
@@ -278,10 +267,104 @@ struct Staged {
     content: Vec<u8>,
 }
 
-/// Compares, validates, stages and checks one destination.
+/// Compares, validates, stages and checks one destination. The file work runs on the
+/// blocking pool: a destination on a hung or slow filesystem (an NFS mount, a disk busy with
+/// writeback) must not stall the thread that serves signals, health and the watches.
 async fn prepare(
     resource: &Resource,
     rendered: &str,
+    options: Options,
+    stop: &StopRequest,
+) -> Result<Step, ReconcileError> {
+    let staged = {
+        let work = {
+            let resource = resource.clone();
+            let rendered = rendered.to_owned();
+            move || compare_and_stage(&resource, rendered, options)
+        };
+        let compared = off_the_runtime(stop, work).await.unwrap_or_else(|| {
+            Err(ReconcileError::Io {
+                dest: resource.dest.display().to_string(),
+                message: abandoned(),
+            })
+        });
+        match compared? {
+            Step::Staged(staged) => staged,
+            done => return Ok(done),
+        }
+    };
+    if let (Some(check), false) = (&resource.check_cmd, options.sync_only) {
+        let command =
+            ShellCommand::new(check).bind(Placeholder::Src, staged.file.path().as_os_str());
+        if let Err(source) =
+            command::run(&command, resource.check_timeout, options.command_env).await
+        {
+            if options.keep_stage_file {
+                let stage_path = staged.file.path().display().to_string();
+                match stage::keep(staged.file) {
+                    Ok(kept) => tracing::info!("Keeping stage file {}", kept.display()),
+                    Err(e) => tracing::warn!("could not keep stage file {stage_path}: {e}"),
+                }
+            }
+            return Err(ReconcileError::Check {
+                dest: resource.dest.display().to_string(),
+                source,
+            });
+        }
+    }
+    Ok(Step::Staged(staged))
+}
+
+/// Runs blocking file work on the blocking pool and waits for it; a panic in it goes on
+/// unwinding here, where the controller catches it as one of its own. Once `stop` is
+/// requested, the work gets [`FILE_WORK_GRACE`] more to finish; after that it is abandoned
+/// (`None`): a hung filesystem cannot be interrupted, but it must not keep the process from
+/// ending.
+async fn off_the_runtime<T: Send + 'static>(
+    stop: &StopRequest,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let task = tokio::task::spawn_blocking(work);
+    tokio::pin!(task);
+    let mut stop = stop.clone();
+    let stop_requested = async {
+        // The sender gone means nobody can ask for a stop any more.
+        if stop.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let joined = tokio::select! {
+        joined = &mut task => joined,
+        () = stop_requested => match tokio::time::timeout(FILE_WORK_GRACE, &mut task).await {
+            Ok(joined) => joined,
+            Err(_) => return None,
+        },
+    };
+    match joined {
+        Ok(value) => Some(value),
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only a runtime shutting down cancels a blocking task, and the process ends
+            // with it.
+            Err(_) => None,
+        },
+    }
+}
+
+/// Why file work abandoned at a stop failed its destination.
+fn abandoned() -> String {
+    format!(
+        "the file operation did not finish within {} of the stop (a hung filesystem?); \
+         abandoned",
+        humantime::format_duration(FILE_WORK_GRACE)
+    )
+}
+
+/// Compares the destination with `rendered`; when it differs, validates the content and
+/// writes it to a stage file beside the destination (or, in noop mode, prints the diff).
+fn compare_and_stage(
+    resource: &Resource,
+    rendered: String,
     options: Options,
 ) -> Result<Step, ReconcileError> {
     let dest = &resource.dest;
@@ -312,7 +395,7 @@ async fn prepare(
     tracing::info!("Target config {dest_name} out of sync");
     if let Some(format) = resource.output_format {
         format
-            .validate(rendered)
+            .validate(&rendered)
             .map_err(|message| ReconcileError::Format {
                 dest: dest_name.clone(),
                 format,
@@ -325,7 +408,7 @@ async fn prepare(
             .as_ref()
             .map(|actual| String::from_utf8_lossy(&actual.content).into_owned())
             .unwrap_or_default();
-        let diff = TextDiff::from_lines(old.as_str(), rendered);
+        let diff = TextDiff::from_lines(old.as_str(), &rendered);
         let mut unified = diff.unified_diff();
         unified.header(&dest_name, &format!("{dest_name} (rendered)"));
         // A secret resource's lines are hidden whole: a template may have turned a secret
@@ -346,30 +429,53 @@ async fn prepare(
     })?;
     let staged = stage(dest, rendered.as_bytes(), &wanted, resource)
         .map_err(|e| io_error("cannot stage the new content", e))?;
-    let stage_path = staged.path().display().to_string();
-    if let (Some(check), false) = (&resource.check_cmd, options.sync_only) {
-        let command = ShellCommand::new(check).bind(Placeholder::Src, staged.path().as_os_str());
-        if let Err(source) =
-            command::run(&command, resource.check_timeout, options.command_env).await
-        {
-            if options.keep_stage_file {
-                match stage::keep(staged) {
-                    Ok(kept) => tracing::info!("Keeping stage file {}", kept.display()),
-                    Err(e) => tracing::warn!("could not keep stage file {stage_path}: {e}"),
-                }
-            }
-            return Err(ReconcileError::Check {
-                dest: dest_name,
-                source,
-            });
-        }
-    }
     Ok(Step::Staged(Staged {
         file: staged,
         previous: actual,
         wanted,
-        content: rendered.as_bytes().to_vec(),
+        content: rendered.into_bytes(),
     }))
+}
+
+/// Swaps every staged item of the batch in, in order, on the blocking pool (see [`prepare`]).
+async fn swap_staged(items: &[Item<'_>], steps: &mut [Step], stop: &StopRequest) {
+    let mut staged: Vec<(usize, Resource, Staged)> = Vec::new();
+    for (index, (item, step)) in items.iter().zip(steps.iter_mut()).enumerate() {
+        if matches!(step, Step::Staged(_))
+            && let Step::Staged(file) = std::mem::replace(step, Step::Done(Outcome::Updated))
+        {
+            staged.push((index, item.resource.clone(), file));
+        }
+    }
+    if staged.is_empty() {
+        return;
+    }
+    let indexes: Vec<usize> = staged.iter().map(|(index, _, _)| *index).collect();
+    let swapped = off_the_runtime(stop, move || {
+        staged
+            .into_iter()
+            .map(|(index, resource, file)| (index, swap(&resource, file)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_else(|| {
+        indexes
+            .into_iter()
+            .map(|index| {
+                let error = ReconcileError::Io {
+                    dest: items[index].resource.dest.display().to_string(),
+                    message: abandoned(),
+                };
+                (index, Err(error))
+            })
+            .collect()
+    });
+    for (index, result) in swapped {
+        steps[index] = match result {
+            Ok(previous) => Step::Swapped(previous),
+            Err(e) => Step::Failed(e),
+        };
+    }
 }
 
 /// Puts a checked stage file in place of the destination; returns the destination as it was.
@@ -396,7 +502,7 @@ fn swap(resource: &Resource, staged: Staged) -> Result<Option<Actual>, Reconcile
 
 /// Runs each distinct reload command of the swapped items once. When one fails, the items
 /// with `rollback` get their previous file back and the command runs again on them.
-async fn reload_batch(items: &[Item<'_>], steps: &mut [Step], env: CommandEnv) {
+async fn reload_batch(items: &[Item<'_>], steps: &mut [Step], env: CommandEnv, stop: &StopRequest) {
     // Commands in the order their first item comes, with the items they reload.
     let mut commands: Vec<(ShellCommand, Vec<usize>)> = Vec::new();
     for (index, item) in items.iter().enumerate() {
@@ -435,24 +541,41 @@ async fn reload_batch(items: &[Item<'_>], steps: &mut [Step], env: CommandEnv) {
             }
             Err(source) => source,
         };
-        // Members whose previous file is back, and those whose restore failed.
-        let mut restored: Vec<usize> = Vec::new();
-        let mut not_restored: Vec<(usize, String)> = Vec::new();
+        // The members with `rollback`, each with the file it had; every member's step is
+        // replaced by its failure below.
+        let mut to_restore: Vec<(usize, Resource, Option<Actual>)> = Vec::new();
         for index in &members {
             let resource = items[*index].resource;
-            let Step::Swapped(previous) = &steps[*index] else {
-                continue;
-            };
-            if !resource.rollback {
-                continue;
-            }
-            let dest_name = resource.dest.display().to_string();
-            tracing::warn!("{dest_name}: the reload failed; putting the previous file back");
-            match restore(&resource.dest, previous.as_ref(), resource) {
-                Ok(()) => restored.push(*index),
-                Err(e) => not_restored.push((*index, e)),
+            if resource.rollback
+                && let Step::Swapped(previous) =
+                    std::mem::replace(&mut steps[*index], Step::Done(Outcome::Updated))
+            {
+                to_restore.push((*index, resource.clone(), previous));
             }
         }
+        // Members whose previous file is back, and those whose restore failed.
+        let restoring: Vec<usize> = to_restore.iter().map(|(index, _, _)| *index).collect();
+        let (restored, not_restored): (Vec<usize>, Vec<(usize, String)>) =
+            off_the_runtime(stop, move || {
+                let mut restored = Vec::new();
+                let mut not_restored = Vec::new();
+                for (index, resource, previous) in to_restore {
+                    let dest_name = resource.dest.display().to_string();
+                    tracing::warn!(
+                        "{dest_name}: the reload failed; putting the previous file back"
+                    );
+                    match restore(&resource.dest, previous.as_ref(), &resource) {
+                        Ok(()) => restored.push(index),
+                        Err(e) => not_restored.push((index, e)),
+                    }
+                }
+                (restored, not_restored)
+            })
+            .await
+            .unwrap_or_else(|| {
+                let not_restored = restoring.into_iter().map(|i| (i, abandoned())).collect();
+                (Vec::new(), not_restored)
+            });
         // Only a restored file gives the second reload a configuration worth loading.
         let second = if restored.is_empty() {
             None
@@ -786,6 +909,18 @@ fn sync_parent_dir(dest: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Brings `resource`'s destination in line with `rendered`: a batch of one, never stopped.
+    async fn reconcile(
+        resource: &Resource,
+        rendered: &str,
+        options: Options,
+    ) -> Result<Outcome, ReconcileError> {
+        let (_stop, never) = tokio::sync::watch::channel(false);
+        let items = [Item { resource, rendered }];
+        let mut results = reconcile_batch(&items, &BTreeSet::new(), options, &never).await;
+        results.pop().unwrap_or(Ok(Outcome::InSync))
+    }
     use std::time::Duration;
 
     fn resource(dir: &Path) -> Resource {

@@ -1,5 +1,5 @@
-//! The controller as a user meets it, through the real binary: a runaway template holds back
-//! nothing else, an output limit, a failed write tried again without new data, and two
+//! The controller as a user meets it, through the real binary: a runaway template or a hung
+//! destination holds back nothing else, an output limit, a failed write tried again without new data, and two
 //! stores of one kind shown as two instances.
 
 mod common;
@@ -105,6 +105,52 @@ fn sigterm_ends_the_daemon_while_a_render_runs_away() {
     );
     assert!(!daemon.log().contains("took longer"), "{}", daemon.log());
     // terminate() fails unless the process exits well before the render's limit.
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_destination_on_a_hung_filesystem_holds_back_neither_health_nor_sigterm_nor_another_store() {
+    let fixture = Fixture::new();
+    fixture.template("app.tmpl", "port {{ getv(key=\"/app/port\") }}\n");
+    fixture.resource(
+        "hung",
+        "src = \"app.tmpl\"\ndest = \"hung.conf\"\nkeys = [\"/app\"]\n",
+    );
+    fixture.resource(
+        "local",
+        "src = \"app.tmpl\"\ndest = \"local.conf\"\nkeys = [\"/app\"]\n\
+         [backend]\nbackend = \"file\"\nfile = [\"local.yaml\"]\n",
+    );
+    // Reading a FIFO nobody writes blocks, as a read from a hung NFS mount does.
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(fixture.path("hung.conf"))
+        .status()
+        .expect("mkfifo");
+    assert!(fifo.success());
+    fixture.write("data.yaml", "app:\n  port: \"80\"\n");
+    fixture.write("local.yaml", "app:\n  port: \"90\"\n");
+    let address = listen_address();
+    let daemon = watch_data(&fixture, &address);
+    expect_file(
+        &fixture,
+        &daemon,
+        "local.conf",
+        "port 90\n",
+        "the resource of another store",
+    );
+    assert_eq!(
+        get(&format!("http://{address}/health")),
+        (200, "ok\n".to_string())
+    );
+    fixture.write("local.yaml", "app:\n  port: \"91\"\n");
+    expect_file(
+        &fixture,
+        &daemon,
+        "local.conf",
+        "port 91\n",
+        "a later change",
+    );
+    // terminate() fails unless the process exits promptly.
     assert_eq!(daemon.terminate(), Some(0));
 }
 

@@ -210,7 +210,7 @@ impl Controller {
             .round(all, &self.prepared, &self.snapshot, None, &mut shutdown)
             .await
         {
-            Some(rendered) => self.commit(rendered).await,
+            Some(rendered) => self.commit(rendered, &shutdown).await,
             None => Tally::failed(self.prepared.len()),
         }
     }
@@ -370,7 +370,7 @@ impl Controller {
                     self.sync_round(due, stream.as_mut(), &mut settling, shutdown).await;
                 }
                 batch = self.renders.next_late() => {
-                    self.commit(batch).await;
+                    self.commit(batch, shutdown).await;
                     let deferred = self.renders.take_deferred();
                     self.sync_round(deferred, stream.as_mut(), &mut settling, shutdown).await;
                 }
@@ -442,7 +442,7 @@ impl Controller {
             )
             .await
         {
-            self.commit(rendered).await;
+            self.commit(rendered, shutdown).await;
         }
     }
 
@@ -460,7 +460,7 @@ impl Controller {
             )
             .await
         {
-            self.commit(rendered).await;
+            self.commit(rendered, shutdown).await;
         }
     }
 
@@ -603,7 +603,7 @@ impl Controller {
     /// Reconciles the `rendered` resources as one batch (see [`reconcile::reconcile_batch`]),
     /// reports every result and schedules the retries of failures that may pass. Returns how
     /// many failed and how many would change.
-    async fn commit(&mut self, rendered: Vec<Rendered>) -> Tally {
+    async fn commit(&mut self, rendered: Vec<Rendered>, shutdown: &Shutdown) -> Tally {
         // Before anything is reported or run: a command's output, a render's error or a diff
         // may show the newest values.
         self.update_secrets();
@@ -621,8 +621,13 @@ impl Controller {
                 })
             })
             .collect();
-        let results =
-            reconcile::reconcile_batch(&items, &failed_files, self.options.reconcile).await;
+        let results = reconcile::reconcile_batch(
+            &items,
+            &failed_files,
+            self.options.reconcile,
+            &shutdown.signalled,
+        )
+        .await;
         // The reload commands of the batch have run: the service hears of it after them.
         if let Some(swaps) = &self.swaps
             && results.iter().any(|result| match result {

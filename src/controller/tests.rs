@@ -135,11 +135,16 @@ fn start(
     }
 }
 
-/// Waits until `path` holds `expected`, moving the paused clock on meanwhile: it does not
-/// move by itself while a render thread runs.
-async fn wait_for_file(path: &Path, expected: &str) {
+/// Waits until `path` holds `expected` and the controller has recorded that sync in its
+/// status (the swap runs on the blocking pool, so the file may show first), moving the paused
+/// clock on meanwhile: it does not move by itself while a render thread runs.
+async fn wait_for_file(status: &Status, path: &Path, expected: &str) {
+    let md5 = crate::reconcile::md5_hex(expected.as_bytes());
     loop {
-        if std::fs::read_to_string(path).is_ok_and(|text| text == expected) {
+        let recorded = status.status_json()["resources"]
+            .as_array()
+            .is_some_and(|resources| resources.iter().any(|r| r["md5"] == md5.as_str()));
+        if recorded && std::fs::read_to_string(path).is_ok_and(|text| text == expected) {
             return;
         }
         tick().await;
@@ -178,7 +183,7 @@ async fn a_burst_of_changes_gives_one_render_with_the_final_value() {
     for value in 1..=100 {
         script.put("/app/value", &value.to_string()).await;
     }
-    wait_for_file(&confdir.out("app"), "100").await;
+    wait_for_file(&running.status, &confdir.out("app"), "100").await;
     assert_eq!(
         renders(&running.status, "app", "updated"),
         2,
@@ -204,7 +209,7 @@ async fn only_a_sync_that_swapped_a_file_tells_the_service() {
     }
     assert!(!running.swaps.take(), "nothing was swapped");
     script.put("/app/value", "1").await;
-    wait_for_file(&confdir.out("app"), "1").await;
+    wait_for_file(&running.status, &confdir.out("app"), "1").await;
     assert!(running.swaps.take(), "the new file was swapped in");
     running.stop().await;
 }
@@ -222,7 +227,7 @@ async fn an_event_older_than_the_resync_is_dropped() {
         script.put_quietly("/app/value", value);
     }
     tokio::time::advance(Duration::from_secs(61)).await;
-    wait_for_file(&confdir.out("app"), "resynced").await;
+    wait_for_file(&running.status, &confdir.out("app"), "resynced").await;
     // A change from before that read, delivered late, must not undo it.
     let stale = Change::Put {
         key: "/app/value".to_string(),
@@ -230,7 +235,7 @@ async fn an_event_older_than_the_resync_is_dropped() {
     };
     script.send(Some(3), vec![stale]).await;
     script.put("/app/value", "newer").await;
-    wait_for_file(&confdir.out("app"), "newer").await;
+    wait_for_file(&running.status, &confdir.out("app"), "newer").await;
     assert_eq!(renders(&running.status, "app", "updated"), 3);
     running.stop().await;
 }
@@ -302,7 +307,7 @@ async fn a_failed_write_is_retried_without_a_new_change() {
     );
     assert!(entry["next_attempt"].is_string(), "{status}");
     std::fs::create_dir(confdir.dir.path().join("out")).expect("mkdir");
-    wait_for_file(&confdir.out("app"), "v1").await;
+    wait_for_file(&running.status, &confdir.out("app"), "v1").await;
     let status = running.status.status_json();
     assert!(status["resources"][0]["next_attempt"].is_null(), "{status}");
     running.stop().await;
@@ -320,7 +325,7 @@ async fn a_template_error_waits_for_new_data_instead_of_retrying() {
     tokio::task::yield_now().await;
     assert_eq!(renders(&running.status, "app", "render_failed"), 1);
     script.put("/app/value", "here").await;
-    wait_for_file(&confdir.out("app"), "here").await;
+    wait_for_file(&running.status, &confdir.out("app"), "here").await;
     running.stop().await;
 }
 
@@ -332,7 +337,7 @@ async fn polling_reads_every_interval() {
     let mut running = start(store, vec![app], Duration::from_secs(30), true);
     running.first_sync.recv().await.expect("first sync");
     script.put_quietly("/app/value", "2");
-    wait_for_file(&confdir.out("app"), "2").await;
+    wait_for_file(&running.status, &confdir.out("app"), "2").await;
     assert_eq!(script.watches(), 0, "polling never watches");
     assert_eq!(script.fetches(), 2);
     running.stop().await;
@@ -352,11 +357,11 @@ async fn a_runaway_render_holds_back_neither_its_round_nor_another_controller() 
     let running = start(store, vec![slow, fast], Duration::from_secs(3600), false);
     let other_running = start(other_store, vec![other], Duration::from_secs(3600), false);
     // Another controller is not held back at all, nor is a resource of the same round.
-    wait_for_file(&confdir.out("other"), "o").await;
-    wait_for_file(&confdir.out("fast"), "1").await;
+    wait_for_file(&other_running.status, &confdir.out("other"), "o").await;
+    wait_for_file(&running.status, &confdir.out("fast"), "1").await;
     script.wait_for_watches(1).await;
     script.put("/app/value", "2").await;
-    wait_for_file(&confdir.out("fast"), "2").await;
+    wait_for_file(&running.status, &confdir.out("fast"), "2").await;
     assert_eq!(confdir.read("slow"), None);
     other_running.stop().await;
     running.stop().await;
@@ -447,7 +452,7 @@ async fn a_panic_in_the_loop_is_caught_reported_and_the_loop_starts_over() {
         .expect_err("not ready while the loop is down");
     assert!(why.contains("memory: scripted panic"), "{why}");
     script.put_quietly("/app/value", "2");
-    wait_for_file(&confdir.out("app"), "2").await;
+    wait_for_file(&running.status, &confdir.out("app"), "2").await;
     assert_eq!(running.status.readiness(), Ok(()));
     running.stop().await;
 }
