@@ -185,7 +185,16 @@ impl Emitter<'_> {
                 .push_str(&format!("{{{{ \"{}\" }}}}", &rest[at..at + 2]));
             rest = &rest[at + 2..];
         }
-        self.out.push_str(rest);
+        // Every tag written next starts with `{`: a text ending in `{` (Go's `{` followed by
+        // `{{-`, whose trim ate the newline between them) would make `{{%` or `{{{`, which
+        // Tera reads as the opening of an expression.
+        match rest.strip_suffix('{') {
+            Some(before) => {
+                self.out.push_str(before);
+                self.out.push_str("{{ \"{\" }}");
+            }
+            None => self.out.push_str(rest),
+        }
     }
 
     fn mark(&mut self, pipe_line: usize, source: &str, reason: String) {
@@ -951,6 +960,16 @@ mod tests {
     #[test]
     fn tera_delimiters_in_text_are_escaped() {
         assert_eq!(tera("a {% b {# c"), r#"a {{ "{%" }} b {{ "{#" }} c"#);
+    }
+
+    #[test]
+    fn a_brace_ending_the_text_before_a_tag_stays_apart_from_it() {
+        // Calico's `protocol static {` followed by `{{- if ...}}`: written plainly, the `{`
+        // and the tag make `{{%`, which Tera refuses to parse.
+        assert_eq!(
+            tera("protocol static {\n{{- if true}}x{{end}}{{/* c */}}{"),
+            r#"protocol static {{ "{" }}{% if true %}x{% endif %}{# c #}{{ "{" }}"#
+        );
     }
 
     #[test]
