@@ -213,7 +213,18 @@ impl Emitter<'_> {
     fn action(&mut self, pipe: &Pipe) {
         let expr = match self.pipe(pipe) {
             Ok(expr) => expr,
-            Err(reason) => return self.mark(pipe.line, &pipe.source, reason),
+            Err(reason) => {
+                self.mark(pipe.line, &pipe.source, reason);
+                // The variable is declared in Go all the same: the actions using it are
+                // translated, so a hand translation of this one line completes them, rather
+                // than each being marked in turn as using an undeclared variable.
+                if let [go_name] = pipe.vars.as_slice()
+                    && !pipe.assign
+                {
+                    self.declare(go_name, Ty::Unknown);
+                }
+                return;
+            }
         };
         if pipe.vars.is_empty() {
             let code = if expr.ty.prints_plainly() {
@@ -982,6 +993,22 @@ mod tests {
             "{out}"
         );
         assert!(out.ends_with("#}y"), "{out}");
+    }
+
+    #[test]
+    fn a_variable_whose_value_is_not_translated_stays_declared() {
+        // yoda-proxy's `{{ $pathName := $path.Key | parent | base }}`: only that action is
+        // marked; the ones using `$pathName` are translated.
+        let (out, problems) =
+            emit(&parse(r#"{{$p := parent "/a/b"}}{{$p}}{{getv (printf "/x/%s" $p)}}"#).unwrap());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].reason.contains("parent"), "{problems:?}");
+        assert!(
+            out.ends_with(
+                r#"#}{{ p | goPrint }}{{ getv(key=goPrintf(format="/x/%s", args=[p])) }}"#
+            ),
+            "{out}"
+        );
     }
 
     #[test]
