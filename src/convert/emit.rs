@@ -681,6 +681,24 @@ fn number_literal(number: &str) -> Result<Expr, Fail> {
 }
 
 /// A function call with its operands (the piped value last), as a Tera expression.
+/// Go's comparison functions stop the template with "incompatible types for comparison" when
+/// given, say, a string and a number, where Tera's operators would just answer false; when both
+/// kinds are known here, the comparison is reported instead of translated into a quiet answer.
+fn incomparable(name: &str, a: &Ty, b: &Ty) -> Result<(), Fail> {
+    let kind = |ty: &Ty| match ty {
+        Ty::Str => Some("a string"),
+        Ty::Int => Some("a number"),
+        Ty::Bool => Some("a boolean"),
+        _ => None,
+    };
+    match (kind(a), kind(b)) {
+        (Some(x), Some(y)) if x != y => Err(format!(
+            "{name} of {x} and {y} is an error in Go (incompatible types for comparison)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn call(name: &str, args: Vec<Expr>) -> Result<Expr, Fail> {
     let arity = |min: usize, max: usize| -> Result<(), Fail> {
         if args.len() < min || args.len() > max {
@@ -869,6 +887,9 @@ fn call(name: &str, args: Vec<Expr>) -> Result<Expr, Fail> {
             if args.len() < 2 {
                 return Err("eq needs two values".to_string());
             }
+            for other in &args[1..] {
+                incomparable(name, &args[0].ty, &other.ty)?;
+            }
             let tests: Vec<String> = args[1..]
                 .iter()
                 .map(|other| format!("{} == {}", t(0), other.term()))
@@ -877,6 +898,7 @@ fn call(name: &str, args: Vec<Expr>) -> Result<Expr, Fail> {
         }
         "ne" | "lt" | "le" | "gt" | "ge" => {
             arity(2, 2)?;
+            incomparable(name, &args[0].ty, &args[1].ty)?;
             let operator = match name {
                 "ne" => "!=",
                 "lt" => "<",
@@ -1008,6 +1030,22 @@ mod tests {
                 r#"#}{{ p | goPrint }}{{ getv(key=goPrintf(format="/x/%s", args=[p])) }}"#
             ),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn comparing_a_string_with_a_number_is_reported_as_go_refuses_it() {
+        // QingCloud's memcached.conf.tmpl: `{{$M := getv "/env/-M"}}{{if eq $M 1}}`, which
+        // confd never renders.
+        let (_, problems) = emit(&parse(r#"{{$M := getv "/m"}}{{if eq $M 1}}-M{{end}}"#).unwrap());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].reason.contains("eq of a string and a number"),
+            "{problems:?}"
+        );
+        assert_eq!(
+            tera(r#"{{if eq (len (getvs "/a/*")) 2}}x{{end}}{{if ne (getv "/b") "1"}}y{{end}}"#),
+            r#"{% if (getvs(key="/a/*") | goLen) == 2 %}x{% endif %}{% if getv(key="/b") != "1" %}y{% endif %}"#
         );
     }
 
