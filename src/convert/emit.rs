@@ -185,7 +185,16 @@ impl Emitter<'_> {
                 .push_str(&format!("{{{{ \"{}\" }}}}", &rest[at..at + 2]));
             rest = &rest[at + 2..];
         }
-        self.out.push_str(rest);
+        // Every tag written next starts with `{`: a text ending in `{` (Go's `{` followed by
+        // `{{-`, whose trim ate the newline between them) would make `{{%` or `{{{`, which
+        // Tera reads as the opening of an expression.
+        match rest.strip_suffix('{') {
+            Some(before) => {
+                self.out.push_str(before);
+                self.out.push_str("{{ \"{\" }}");
+            }
+            None => self.out.push_str(rest),
+        }
     }
 
     fn mark(&mut self, pipe_line: usize, source: &str, reason: String) {
@@ -204,7 +213,18 @@ impl Emitter<'_> {
     fn action(&mut self, pipe: &Pipe) {
         let expr = match self.pipe(pipe) {
             Ok(expr) => expr,
-            Err(reason) => return self.mark(pipe.line, &pipe.source, reason),
+            Err(reason) => {
+                self.mark(pipe.line, &pipe.source, reason);
+                // The variable is declared in Go all the same: the actions using it are
+                // translated, so a hand translation of this one line completes them, rather
+                // than each being marked in turn as using an undeclared variable.
+                if let [go_name] = pipe.vars.as_slice()
+                    && !pipe.assign
+                {
+                    self.declare(go_name, Ty::Unknown);
+                }
+                return;
+            }
         };
         if pipe.vars.is_empty() {
             let code = if expr.ty.prints_plainly() {
@@ -661,6 +681,24 @@ fn number_literal(number: &str) -> Result<Expr, Fail> {
 }
 
 /// A function call with its operands (the piped value last), as a Tera expression.
+/// Go's comparison functions stop the template with "incompatible types for comparison" when
+/// given, say, a string and a number, where Tera's operators would just answer false; when both
+/// kinds are known here, the comparison is reported instead of translated into a quiet answer.
+fn incomparable(name: &str, a: &Ty, b: &Ty) -> Result<(), Fail> {
+    let kind = |ty: &Ty| match ty {
+        Ty::Str => Some("a string"),
+        Ty::Int => Some("a number"),
+        Ty::Bool => Some("a boolean"),
+        _ => None,
+    };
+    match (kind(a), kind(b)) {
+        (Some(x), Some(y)) if x != y => Err(format!(
+            "{name} of {x} and {y} is an error in Go (incompatible types for comparison)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn call(name: &str, args: Vec<Expr>) -> Result<Expr, Fail> {
     let arity = |min: usize, max: usize| -> Result<(), Fail> {
         if args.len() < min || args.len() > max {
@@ -849,6 +887,9 @@ fn call(name: &str, args: Vec<Expr>) -> Result<Expr, Fail> {
             if args.len() < 2 {
                 return Err("eq needs two values".to_string());
             }
+            for other in &args[1..] {
+                incomparable(name, &args[0].ty, &other.ty)?;
+            }
             let tests: Vec<String> = args[1..]
                 .iter()
                 .map(|other| format!("{} == {}", t(0), other.term()))
@@ -857,6 +898,7 @@ fn call(name: &str, args: Vec<Expr>) -> Result<Expr, Fail> {
         }
         "ne" | "lt" | "le" | "gt" | "ge" => {
             arity(2, 2)?;
+            incomparable(name, &args[0].ty, &args[1].ty)?;
             let operator = match name {
                 "ne" => "!=",
                 "lt" => "<",
@@ -954,6 +996,16 @@ mod tests {
     }
 
     #[test]
+    fn a_brace_ending_the_text_before_a_tag_stays_apart_from_it() {
+        // Calico's `protocol static {` followed by `{{- if ...}}`: written plainly, the `{`
+        // and the tag make `{{%`, which Tera refuses to parse.
+        assert_eq!(
+            tera("protocol static {\n{{- if true}}x{{end}}{{/* c */}}{"),
+            r#"protocol static {{ "{" }}{% if true %}x{% endif %}{# c #}{{ "{" }}"#
+        );
+    }
+
+    #[test]
     fn untranslatable_constructs_are_marked_and_listed() {
         let (out, problems) = emit(&parse("x\n{{call .F}}y").unwrap());
         assert_eq!(problems.len(), 1);
@@ -963,6 +1015,38 @@ mod tests {
             "{out}"
         );
         assert!(out.ends_with("#}y"), "{out}");
+    }
+
+    #[test]
+    fn a_variable_whose_value_is_not_translated_stays_declared() {
+        // yoda-proxy's `{{ $pathName := $path.Key | parent | base }}`: only that action is
+        // marked; the ones using `$pathName` are translated.
+        let (out, problems) =
+            emit(&parse(r#"{{$p := parent "/a/b"}}{{$p}}{{getv (printf "/x/%s" $p)}}"#).unwrap());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].reason.contains("parent"), "{problems:?}");
+        assert!(
+            out.ends_with(
+                r#"#}{{ p | goPrint }}{{ getv(key=goPrintf(format="/x/%s", args=[p])) }}"#
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn comparing_a_string_with_a_number_is_reported_as_go_refuses_it() {
+        // QingCloud's memcached.conf.tmpl: `{{$M := getv "/env/-M"}}{{if eq $M 1}}`, which
+        // confd never renders.
+        let (_, problems) = emit(&parse(r#"{{$M := getv "/m"}}{{if eq $M 1}}-M{{end}}"#).unwrap());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].reason.contains("eq of a string and a number"),
+            "{problems:?}"
+        );
+        assert_eq!(
+            tera(r#"{{if eq (len (getvs "/a/*")) 2}}x{{end}}{{if ne (getv "/b") "1"}}y{{end}}"#),
+            r#"{% if (getvs(key="/a/*") | goLen) == 2 %}x{% endif %}{% if getv(key="/b") != "1" %}y{% endif %}"#
+        );
     }
 
     #[test]

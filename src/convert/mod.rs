@@ -268,6 +268,10 @@ mod tests {
             ),
             ("{{`a\"b`}} {{\"t\\tx\"}}", "a\"b t\tx"),
             ("{% x %} {# y #} {{\"{{\"}}", "{% x %} {# y #} {{"),
+            (
+                "static {\n{{- if true}}{{getv \"/h\"}}{{end}} {\n{{- /* c */}}{",
+                "static {web {{",
+            ),
             (r#"{{getv "/h" | toUpper | printf "<%s>"}}"#, "<WEB>"),
             (
                 r#"{{$s := split (getv "/h") "e"}}{{index $s 1}}{{range $s}}.{{.}}{{end}}"#,
