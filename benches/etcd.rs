@@ -5,7 +5,8 @@
 //!
 //! - change → file written, for a template over 100 keys and over 10,000 keys: the time from
 //!   sending the put to the rename of the destination (seen with inotify); the 100-key one also
-//!   with the daemon's resources over two and over ten prefixes, which one watch covers;
+//!   with the daemon's resources over two and over ten prefixes, which one watch covers, and
+//!   with the destination on a tmpfs (`/dev/shm`), which leaves the disk's flushes out;
 //! - 20 resources over the same 10,000 keys: the time until all 20 files are written, range
 //!   requests per change (etcd's `etcd_mvcc_range_total`), and reconfd's peak RSS;
 //! - an idle watching daemon: RSS and CPU time over 10 s;
@@ -55,10 +56,27 @@ fn main() {
     let small = change_to_file(&args, &put, Some(&ranges), "/bench/small", 1, SMALL_CHANGES);
     report("change → file, 100-key template", &small.latencies);
 
+    // The same with the destination on a tmpfs, where fsync and rename cost next to nothing:
+    // what is left is etcd's commit and reconfd's own work.
+    let shm = tempfile::tempdir_in("/dev/shm").expect("a directory on /dev/shm");
+    let in_memory = change_to_file_among(
+        &args,
+        &put,
+        None,
+        &["/bench/small"],
+        1,
+        SMALL_CHANGES,
+        Some(shm.path()),
+    );
+    report(
+        "change → file, 100-key template, destination on tmpfs",
+        &in_memory.latencies,
+    );
+
     for count in [2, 10] {
         let mut prefixes = vec!["/bench/small"];
         prefixes.extend(others.iter().take(count - 1).map(String::as_str));
-        let run = change_to_file_among(&args, &put, None, &prefixes, count, SMALL_CHANGES);
+        let run = change_to_file_among(&args, &put, None, &prefixes, count, SMALL_CHANGES, None);
         report(
             &format!("change → file, 100-key template, resources over {count} prefixes"),
             &run.latencies,

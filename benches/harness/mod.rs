@@ -65,12 +65,14 @@ pub fn change_to_file(
     resources: usize,
     changes: usize,
 ) -> ChangeRun {
-    change_to_file_among(store_args, put, ranges, &[prefix], resources, changes)
+    change_to_file_among(store_args, put, ranges, &[prefix], resources, changes, None)
 }
 
 /// [`change_to_file`] with resource `i` rendering the keys under `prefixes[i % len]`, so that
 /// one daemon watches every prefix; the changes go to `prefixes[0]`, and the destinations of
 /// the resources over it are the ones waited for.
+/// The destinations go to `out` when given (a tmpfs, say, to take the disk's flushes out of
+/// the figure), to the fixture's `out/` otherwise.
 pub fn change_to_file_among(
     store_args: &[&str],
     put: &dyn Fn(&str, &str),
@@ -78,27 +80,30 @@ pub fn change_to_file_among(
     prefixes: &[&str],
     resources: usize,
     changes: usize,
+    out: Option<&Path>,
 ) -> ChangeRun {
     let prefix = prefixes[0];
     let fixture = Fixture::new();
     fixture.template("servers.tmpl", TEMPLATE);
-    std::fs::create_dir_all(fixture.path("out")).expect("out dir");
+    let out = out.map_or_else(|| fixture.path("out"), Path::to_path_buf);
+    std::fs::create_dir_all(&out).expect("out dir");
     for index in 0..resources {
         let prefix = prefixes[index % prefixes.len()];
         fixture.resource(
             &format!("r{index:02}"),
             &format!(
-                "src = \"servers.tmpl\"\ndest = \"out/r{index:02}.conf\"\nprefix = \"{prefix}\"\n\
-                 keys = [\"/\"]\n"
+                "src = \"servers.tmpl\"\ndest = \"{}/r{index:02}.conf\"\nprefix = \"{prefix}\"\n\
+                 keys = [\"/\"]\n",
+                out.display()
             ),
         );
     }
     let every_destination: BTreeSet<PathBuf> = (0..resources)
-        .map(|index| fixture.path(&format!("out/r{index:02}.conf")))
+        .map(|index| out.join(format!("r{index:02}.conf")))
         .collect();
     let destinations: BTreeSet<PathBuf> = (0..resources)
         .step_by(prefixes.len())
-        .map(|index| fixture.path(&format!("out/r{index:02}.conf")))
+        .map(|index| out.join(format!("r{index:02}.conf")))
         .collect();
     let (events, renames) = mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -110,7 +115,7 @@ pub fn change_to_file_among(
     })
     .expect("inotify");
     watcher
-        .watch(&fixture.path("out"), RecursiveMode::NonRecursive)
+        .watch(&out, RecursiveMode::NonRecursive)
         .expect("watch out/");
 
     let mut args = vec!["--watch", "--log-level", "warn"];

@@ -189,18 +189,17 @@ impl Client {
     /// shown concurrent pages to gain anything.
     async fn fetch_from(&self, member: &Member, prefixes: &[String]) -> Result<Snapshot, RpcError> {
         let client = member.client(&self.connect).await?;
-        let mut read = Snapshot::default();
+        let mut pairs = Vec::new();
         let mut revision = 0;
         for prefix in prefixes {
             let mut pages =
                 client.range_pages(&KeyRange::prefix(prefix.as_bytes()), revision, PAGE_SIZE);
             while let Some(page) = pages.next().await? {
-                for (key, value) in page.iter().filter_map(decode) {
-                    read.insert(key, value);
-                }
+                pairs.extend(page.into_iter().filter_map(decode));
             }
             revision = pages.revision();
         }
+        let mut read = Snapshot::from_pairs(pairs);
         read.revision = Some(revision);
         Ok(read)
     }
@@ -213,7 +212,7 @@ impl Client {
 
 /// A key and its value. A key that is not UTF-8 cannot be named by a template and is skipped;
 /// a value that is not UTF-8 is kept as such, so the resources that see it fail naming it.
-fn decode(kv: &proto::mvccpb::KeyValue) -> Option<(String, Value)> {
-    let key = String::from_utf8(kv.key.clone()).ok()?;
-    Some((key, value(kv.value.clone())))
+fn decode(kv: proto::mvccpb::KeyValue) -> Option<(String, Value)> {
+    let key = String::from_utf8(kv.key).ok()?;
+    Some((key, value(kv.value)))
 }

@@ -110,6 +110,26 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The snapshot of a full read's `pairs`, a later pair of a key replacing an earlier one.
+    /// Ranges come sorted by key, which the maps are built from at once, where inserting the
+    /// pairs one by one would search the tree for each (a tenth of a 10,000-key `--onetime`).
+    pub fn from_pairs(pairs: Vec<(String, Value)>) -> Snapshot {
+        let mut entries = Vec::with_capacity(pairs.len());
+        let mut not_utf8 = Vec::new();
+        for (key, value) in pairs {
+            match value {
+                Ok(value) => entries.push((key, value)),
+                Err(fault) => not_utf8.push((key, fault)),
+            }
+        }
+        // Within one revision a key has one value, so no key lands in both maps.
+        Snapshot {
+            entries: entries.into_iter().collect(),
+            not_utf8: not_utf8.into_iter().collect(),
+            revision: None,
+        }
+    }
+
     /// How many keys lie under any of `prefixes` (each key counted once), counting no further
     /// than `enough`.
     pub fn count_under(&self, prefixes: &[String], enough: usize) -> usize {
@@ -409,6 +429,26 @@ mod tests {
         assert_eq!(snapshot.count_under(&prefixes(&["/app/", "/db"]), 2), 2);
         assert_eq!(snapshot.count_under(&prefixes(&["/none"]), 10), 0);
         assert_eq!(snapshot.count_under(&prefixes(&["/app"]), 0), 0);
+    }
+
+    #[test]
+    fn a_full_read_is_the_same_snapshot_as_its_pairs_applied_one_by_one() {
+        // Two overlapping prefixes read the same keys twice; one value is not UTF-8.
+        let pairs = vec![
+            ("/app/a".to_string(), value(b"1".to_vec())),
+            ("/app/b".to_string(), value(vec![b'x', 0xff])),
+            ("/app/c".to_string(), value(b"3".to_vec())),
+            ("/app/a".to_string(), value(b"1".to_vec())),
+            ("/app/b".to_string(), value(vec![b'x', 0xff])),
+        ];
+        let mut applied = Snapshot::default();
+        for (key, value) in pairs.clone() {
+            applied.insert(key, value);
+        }
+        let built = Snapshot::from_pairs(pairs);
+        assert_eq!(built, applied);
+        assert_eq!(built.entries.len(), 2);
+        assert!(built.not_utf8.contains_key("/app/b"));
     }
 }
 

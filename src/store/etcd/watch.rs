@@ -456,7 +456,7 @@ async fn follow(
                 events: changes,
             } => match &connection.layout {
                 Layout::Covering(wanted) => {
-                    let runs = by_revision(&changes, |key, revision| wants(wanted, key, revision));
+                    let runs = by_revision(changes, |key, revision| wants(wanted, key, revision));
                     for (revision, changes) in runs {
                         if !events.changes(Some(revision), changes).await {
                             return;
@@ -511,12 +511,12 @@ async fn read_everything(client: &Client, prefixes: &[String], events: &WatchSen
 /// key and revision `wanted` accepts; a revision none of whose events is kept stays, empty.
 /// Events of a key that is not UTF-8 are left out.
 fn by_revision(
-    events: &[mvccpb::Event],
+    events: Vec<mvccpb::Event>,
     wanted: impl Fn(&[u8], i64) -> bool,
 ) -> Vec<(i64, Vec<Change>)> {
     let mut runs: Vec<(i64, Vec<Change>)> = Vec::new();
     for event in events {
-        let Some(kv) = &event.kv else {
+        let Some(kv) = event.kv else {
             continue;
         };
         let revision = kv.mod_revision;
@@ -587,7 +587,7 @@ mod tests {
             put("/a/1", "2", 9),
             put("/a/2", "3", 9),
         ];
-        let runs = by_revision(&events, |_, _| true);
+        let runs = by_revision(events.to_vec(), |_, _| true);
         assert_eq!(runs.len(), 2);
         assert_eq!((runs[0].0, runs[0].1.len()), (7, 1));
         assert_eq!((runs[1].0, runs[1].1.len()), (9, 2));
@@ -638,7 +638,9 @@ mod tests {
             put("/c/x", "2", 10),
             put("/b/x", "3", 11),
         ];
-        let runs = by_revision(&events, |key, revision| wants(wanted, key, revision));
+        let runs = by_revision(events.to_vec(), |key, revision| {
+            wants(wanted, key, revision)
+        });
         let change = |key: &str, value: &str| Change::Put {
             key: key.into(),
             value: value.into(),
@@ -766,7 +768,7 @@ mod proptests {
                     ..mvccpb::Event::default()
                 })
                 .collect();
-            let runs = by_revision(&events, |_, _| true);
+            let runs = by_revision(events.clone(), |_, _| true);
             let named = events
                 .iter()
                 .filter_map(|event| event.kv.as_ref())
