@@ -203,14 +203,15 @@ pub async fn reconcile_batch(
     options: Options,
     stop: &StopRequest,
 ) -> Vec<Result<Outcome, ReconcileError>> {
-    let mut steps: Vec<Step> = Vec::with_capacity(items.len());
-    for item in items {
-        steps.push(
-            match prepare(item.resource, item.rendered, options, stop).await {
-                Ok(step) => step,
-                Err(e) => Step::Failed(e),
-            },
-        );
+    let mut steps = compare_and_stage_all(items, options, stop).await;
+    if !options.sync_only {
+        for (item, step) in items.iter().zip(steps.iter_mut()) {
+            if let (Step::Staged(_), Some(check)) = (&*step, &item.resource.check_cmd)
+                && let Step::Staged(staged) = std::mem::replace(step, Step::Done(Outcome::Updated))
+            {
+                *step = checked(item.resource, check, staged, options).await;
+            }
+        }
     }
     let mut failed: BTreeSet<&Path> = failed_files.clone();
     failed.extend(
@@ -267,52 +268,58 @@ struct Staged {
     content: Vec<u8>,
 }
 
-/// Compares, validates, stages and checks one destination. The file work runs on the
-/// blocking pool: a destination on a hung or slow filesystem (an NFS mount, a disk busy with
-/// writeback) must not stall the thread that serves signals, health and the watches.
-async fn prepare(
-    resource: &Resource,
-    rendered: &str,
+/// Compares, validates and stages every item of the batch, in order. The file work runs on
+/// the blocking pool, all of the batch in one go: a destination on a hung or slow filesystem
+/// (an NFS mount, a disk busy with writeback) must not stall the thread that serves signals,
+/// health and the watches.
+async fn compare_and_stage_all(
+    items: &[Item<'_>],
     options: Options,
     stop: &StopRequest,
-) -> Result<Step, ReconcileError> {
-    let staged = {
-        let work = {
-            let resource = resource.clone();
-            let rendered = rendered.to_owned();
-            move || compare_and_stage(&resource, rendered, options)
-        };
-        let compared = off_the_runtime(stop, work).await.unwrap_or_else(|| {
-            Err(ReconcileError::Io {
-                dest: resource.dest.display().to_string(),
-                message: abandoned(),
+) -> Vec<Step> {
+    let work: Vec<(Resource, String)> = items
+        .iter()
+        .map(|item| (item.resource.clone(), item.rendered.to_owned()))
+        .collect();
+    let compared = off_the_runtime(stop, move || {
+        work.into_iter()
+            .map(|(resource, rendered)| {
+                compare_and_stage(&resource, rendered, options).unwrap_or_else(Step::Failed)
             })
-        });
-        match compared? {
-            Step::Staged(staged) => staged,
-            done => return Ok(done),
-        }
+            .collect()
+    })
+    .await;
+    compared.unwrap_or_else(|| {
+        items
+            .iter()
+            .map(|item| {
+                Step::Failed(ReconcileError::Io {
+                    dest: item.resource.dest.display().to_string(),
+                    message: abandoned(),
+                })
+            })
+            .collect()
+    })
+}
+
+/// Runs the `check` command of `resource` on its stage file: still staged if it passes.
+async fn checked(resource: &Resource, check: &str, staged: Staged, options: Options) -> Step {
+    let command = ShellCommand::new(check).bind(Placeholder::Src, staged.file.path().as_os_str());
+    let Err(source) = command::run(&command, resource.check_timeout, options.command_env).await
+    else {
+        return Step::Staged(staged);
     };
-    if let (Some(check), false) = (&resource.check_cmd, options.sync_only) {
-        let command =
-            ShellCommand::new(check).bind(Placeholder::Src, staged.file.path().as_os_str());
-        if let Err(source) =
-            command::run(&command, resource.check_timeout, options.command_env).await
-        {
-            if options.keep_stage_file {
-                let stage_path = staged.file.path().display().to_string();
-                match stage::keep(staged.file) {
-                    Ok(kept) => tracing::info!("Keeping stage file {}", kept.display()),
-                    Err(e) => tracing::warn!("could not keep stage file {stage_path}: {e}"),
-                }
-            }
-            return Err(ReconcileError::Check {
-                dest: resource.dest.display().to_string(),
-                source,
-            });
+    if options.keep_stage_file {
+        let stage_path = staged.file.path().display().to_string();
+        match stage::keep(staged.file) {
+            Ok(kept) => tracing::info!("Keeping stage file {}", kept.display()),
+            Err(e) => tracing::warn!("could not keep stage file {stage_path}: {e}"),
         }
     }
-    Ok(Step::Staged(staged))
+    Step::Failed(ReconcileError::Check {
+        dest: resource.dest.display().to_string(),
+        source,
+    })
 }
 
 /// Runs blocking file work on the blocking pool and waits for it; a panic in it goes on
