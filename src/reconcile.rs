@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use md5::{Digest, Md5};
@@ -187,8 +188,9 @@ struct Wanted {
 pub struct Item<'a> {
     /// The resource.
     pub resource: &'a Resource,
-    /// Its rendered content.
-    pub rendered: &'a str,
+    /// Its rendered content, shared rather than copied: a batch of large renders would
+    /// otherwise be held twice.
+    pub rendered: &'a Arc<String>,
 }
 
 /// Brings a batch of destinations in line, in three steps: every item is compared, staged and
@@ -265,7 +267,7 @@ struct Staged {
     file: tempfile::NamedTempFile,
     previous: Option<Actual>,
     wanted: Wanted,
-    content: Vec<u8>,
+    content: Arc<String>,
 }
 
 /// Compares, validates and stages every item of the batch, in order. The file work runs on
@@ -277,9 +279,9 @@ async fn compare_and_stage_all(
     options: Options,
     stop: &StopRequest,
 ) -> Vec<Step> {
-    let work: Vec<(Resource, String)> = items
+    let work: Vec<(Resource, Arc<String>)> = items
         .iter()
-        .map(|item| (item.resource.clone(), item.rendered.to_owned()))
+        .map(|item| (item.resource.clone(), Arc::clone(item.rendered)))
         .collect();
     let compared = off_the_runtime(stop, move || {
         work.into_iter()
@@ -371,7 +373,7 @@ fn abandoned() -> String {
 /// writes it to a stage file beside the destination (or, in noop mode, prints the diff).
 fn compare_and_stage(
     resource: &Resource,
-    rendered: String,
+    rendered: Arc<String>,
     options: Options,
 ) -> Result<Step, ReconcileError> {
     let dest = &resource.dest;
@@ -415,7 +417,7 @@ fn compare_and_stage(
             .as_ref()
             .map(|actual| String::from_utf8_lossy(&actual.content).into_owned())
             .unwrap_or_default();
-        let diff = TextDiff::from_lines(old.as_str(), &rendered);
+        let diff = TextDiff::from_lines(old.as_str(), rendered.as_str());
         let mut unified = diff.unified_diff();
         unified.header(&dest_name, &format!("{dest_name} (rendered)"));
         // A secret resource's lines are hidden whole: a template may have turned a secret
@@ -438,9 +440,11 @@ fn compare_and_stage(
         .map_err(|e| io_error("cannot stage the new content", e))?;
     Ok(Step::Staged(Staged {
         file: staged,
-        previous: actual,
+        // Only a backup or a rollback reads the old content again; until the swap, it would
+        // be held for nothing.
+        previous: actual.filter(|_| resource.backup || resource.rollback),
         wanted,
-        content: rendered.into_bytes(),
+        content: rendered,
     }))
 }
 
@@ -496,7 +500,7 @@ fn swap(resource: &Resource, staged: Staged) -> Result<Option<Actual>, Reconcile
     if let (true, Some(previous)) = (resource.backup, &staged.previous) {
         backup(dest, previous).map_err(io_error)?;
     }
-    put_in_place(dest, staged.file, &staged.content, &staged.wanted).map_err(io_error)?;
+    put_in_place(dest, staged.file, staged.content.as_bytes(), &staged.wanted).map_err(io_error)?;
     if let Err(e) = sync_parent_dir(dest) {
         // The new file is in place; only its survival of a crash is in doubt. Skipping the
         // reload now would leave the service on the old file for good, as the next run finds
@@ -924,7 +928,11 @@ mod tests {
         options: Options,
     ) -> Result<Outcome, ReconcileError> {
         let (_stop, never) = tokio::sync::watch::channel(false);
-        let items = [Item { resource, rendered }];
+        let rendered = Arc::new(rendered.to_string());
+        let items = [Item {
+            resource,
+            rendered: &rendered,
+        }];
         let mut results = reconcile_batch(&items, &BTreeSet::new(), options, &never).await;
         results.pop().unwrap_or(Ok(Outcome::InSync))
     }

@@ -615,7 +615,7 @@ impl Controller {
         let items: Vec<reconcile::Item> = rendered
             .iter()
             .filter_map(|r| {
-                r.content.as_deref().ok().map(|content| reconcile::Item {
+                r.content.as_ref().ok().map(|content| reconcile::Item {
                     resource: &self.prepared[r.index].resource,
                     rendered: content,
                 })

@@ -53,7 +53,7 @@ pub(crate) struct Rendered {
     /// The resource's index in its controller.
     pub(crate) index: usize,
     /// The content, or why there is none.
-    pub(crate) content: Result<String, NotRendered>,
+    pub(crate) content: Result<Arc<String>, NotRendered>,
     /// How long rendering took.
     pub(crate) time: Duration,
 }
@@ -422,7 +422,7 @@ async fn render(
     };
     Rendered {
         index,
-        content: content.map_err(NotRendered::Failed),
+        content: content.map(Arc::new).map_err(NotRendered::Failed),
         time: now() - started,
     }
 }
