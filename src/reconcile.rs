@@ -22,7 +22,7 @@ use md5::{Digest, Md5};
 use similar::TextDiff;
 
 use crate::command::{self, CommandEnv, CommandError, Placeholder, ShellCommand};
-use crate::resource::Resource;
+use crate::resource::{OutputFormat, Resource};
 use crate::secrets;
 use crate::stage;
 
@@ -617,60 +617,6 @@ async fn reload_batch(items: &[Item<'_>], steps: &mut [Step], env: CommandEnv, s
                     source: source.clone(),
                 },
             });
-        }
-    }
-}
-
-/// A format the rendered output must parse as (`output_format`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OutputFormat {
-    /// JSON.
-    Json,
-    /// YAML.
-    Yaml,
-    /// TOML.
-    Toml,
-}
-
-impl std::str::FromStr for OutputFormat {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<OutputFormat, String> {
-        match text {
-            "json" => Ok(OutputFormat::Json),
-            "yaml" => Ok(OutputFormat::Yaml),
-            "toml" => Ok(OutputFormat::Toml),
-            _ => Err(format!(
-                "{text:?} is not one of \"json\", \"yaml\", \"toml\""
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for OutputFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            OutputFormat::Json => "JSON",
-            OutputFormat::Yaml => "YAML",
-            OutputFormat::Toml => "TOML",
-        })
-    }
-}
-
-impl OutputFormat {
-    /// Parses `text`; the error is the parser's message, with line and column.
-    pub fn validate(self, text: &str) -> Result<(), String> {
-        match self {
-            OutputFormat::Json => serde_json::from_str::<serde_json::Value>(text)
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            OutputFormat::Yaml => serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            OutputFormat::Toml => text
-                .parse::<toml::Table>()
-                .map(drop)
-                .map_err(|e| e.to_string().trim_end().replace('\n', " ")),
         }
     }
 }
