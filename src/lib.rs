@@ -10,7 +10,7 @@
 //! user gives is checked against [`limits`] when it is read, and every text written out passes
 //! through [`secrets`].
 
-pub mod announce;
+mod announce;
 #[cfg(test)]
 mod arbitrary;
 pub mod check;
