@@ -30,14 +30,14 @@ use crate::stage;
 const DEFAULT_MODE: u32 = 0o644;
 
 /// How long file work still running when the process stops is waited for.
-pub const FILE_WORK_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const FILE_WORK_GRACE: Duration = Duration::from_secs(5);
 
 /// The process's request to stop, as the file work of a batch sees it: `true` once asked.
-pub type StopRequest = tokio::sync::watch::Receiver<bool>;
+pub(crate) type StopRequest = tokio::sync::watch::Receiver<bool>;
 
 /// How the pipeline may act.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// Compare and print a diff only.
     pub noop: bool,
     /// Write files, run no check or reload command.
@@ -50,7 +50,7 @@ pub struct Options {
 
 /// What reconciling one resource did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Content, mode and owner already matched: nothing was written or run.
     InSync,
     /// The destination was replaced (and reloaded, unless sync-only).
@@ -62,7 +62,7 @@ pub enum Outcome {
 /// Why a destination could not be brought in sync. The destination is unchanged unless the
 /// error says it was updated.
 #[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
+pub(crate) enum ReconcileError {
     /// Reading, staging or renaming failed.
     #[error("{dest}: {message}")]
     Io {
@@ -139,7 +139,7 @@ impl ReconcileError {
 
 /// What a rollback after a failed reload achieved.
 #[derive(Clone, Debug)]
-pub enum Rollback {
+pub(crate) enum Rollback {
     /// The previous file is back and the reload on it succeeded: the service runs the last
     /// good configuration.
     Reloaded,
@@ -185,7 +185,7 @@ struct Wanted {
 
 /// One rendered resource of a batch.
 #[derive(Clone, Copy, Debug)]
-pub struct Item<'a> {
+pub(crate) struct Item<'a> {
     /// The resource.
     pub resource: &'a Resource,
     /// Its rendered content, shared rather than copied: a batch of large renders would
@@ -199,7 +199,7 @@ pub struct Item<'a> {
 /// `[[template]]` tables) are swapped together or not at all: if one fails, or its file is in
 /// `failed_files` (a template that did not render), none of them is swapped. Returns one
 /// result per item, in order.
-pub async fn reconcile_batch(
+pub(crate) async fn reconcile_batch(
     items: &[Item<'_>],
     failed_files: &BTreeSet<&Path>,
     options: Options,
