@@ -10,6 +10,10 @@
 //! user gives is checked against [`limits`] when it is read, and every text written out passes
 //! through [`secrets`].
 
+// The library exists for the binary and its tests; its documentation is for reconfd's
+// developers (`cargo doc --document-private-items`), where links to private items resolve.
+#![allow(rustdoc::private_intra_doc_links)]
+
 mod announce;
 #[cfg(test)]
 mod arbitrary;

@@ -448,7 +448,7 @@ fn compare_and_stage(
     }))
 }
 
-/// Swaps every staged item of the batch in, in order, on the blocking pool (see [`prepare`]).
+/// Swaps every staged item of the batch in, in order, on the blocking pool (see [`compare_and_stage_all`]).
 async fn swap_staged(items: &[Item<'_>], steps: &mut [Step], stop: &StopRequest) {
     let mut staged: Vec<(usize, Resource, Staged)> = Vec::new();
     for (index, (item, step)) in items.iter().zip(steps.iter_mut()).enumerate() {
