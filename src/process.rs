@@ -33,12 +33,8 @@ use crate::status::{self, Status};
 /// Runs reconfd with `settings` until done (onetime), until SIGINT/SIGTERM, or in exec mode
 /// until the service exits.
 pub async fn run(settings: Settings) -> ExitCode {
-    let mut signals = match Signals::listen() {
-        Ok(signals) => signals,
-        Err(e) => {
-            tracing::error!("cannot listen for signals: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(mut signals) = Signals::listen() else {
+        return ExitCode::FAILURE;
     };
     let open_files = descriptors::raise_open_files_limit();
     // Orphans come to a container's PID 1, and to the subreaper that exec mode makes reconfd.
@@ -191,12 +187,8 @@ async fn service_exited(
 /// Runs `reconfd announce`: keeps `settings`' announcements until SIGTERM or SIGINT, then
 /// withdraws them and exits 0; 2 when they cannot be announced.
 pub async fn announce(settings: Settings) -> ExitCode {
-    let mut signals = match Signals::listen() {
-        Ok(signals) => signals,
-        Err(e) => {
-            tracing::error!("cannot listen for signals: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(mut signals) = Signals::listen() else {
+        return ExitCode::FAILURE;
     };
     let open_files = descriptors::raise_open_files_limit();
     let status = Status::new();
@@ -422,11 +414,17 @@ struct Signals {
 }
 
 impl Signals {
-    fn listen() -> std::io::Result<Signals> {
-        Ok(Signals {
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-            hangup: signal(SignalKind::hangup())?,
-        })
+    /// The signals, listened to from now on; `None`, logged, when they cannot be.
+    fn listen() -> Option<Signals> {
+        let listen = || -> std::io::Result<Signals> {
+            Ok(Signals {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+                hangup: signal(SignalKind::hangup())?,
+            })
+        };
+        listen()
+            .inspect_err(|e| tracing::error!("cannot listen for signals: {e}"))
+            .ok()
     }
 }

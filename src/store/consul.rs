@@ -98,15 +98,8 @@ pub struct ConsulStore {
 impl ConsulStore {
     /// A store for `options`; no connection is made yet.
     pub fn new(options: &ConsulOptions) -> Result<ConsulStore, StoreError> {
-        let nodes = http::nodes("consul", &options.nodes)?;
         Ok(ConsulStore {
-            client: Arc::new(Client {
-                http: http::client("consul", &options.tls, &nodes)?,
-                nodes,
-                token: options.token.clone(),
-                token_source: options.token_source,
-                datacenter: options.datacenter.clone(),
-            }),
+            client: Arc::new(Client::new(options)?),
         })
     }
 }
@@ -405,6 +398,18 @@ struct Client {
 }
 
 impl Client {
+    /// The client of `options`' nodes; no connection is made yet.
+    fn new(options: &ConsulOptions) -> Result<Client, StoreError> {
+        let nodes = http::nodes("consul", &options.nodes)?;
+        Ok(Client {
+            http: http::client("consul", &options.tls, &nodes)?,
+            nodes,
+            token: options.token.clone(),
+            token_source: options.token_source,
+            datacenter: options.datacenter.clone(),
+        })
+    }
+
     /// The KV keys under `prefix`, as reconfd keys, and the index to block on next.
     async fn kv(&self, prefix: &str, index: Option<u64>) -> Result<(Values, u64), StoreError> {
         let path = format!("/v1/kv/{}", encode_path(prefix));

@@ -95,17 +95,7 @@ impl ZookeeperStore {
         // A session that lost its connection is given up (it closes once it reconnects, or
         // expires) rather than waited for: a new one is made at once or fails at once, every
         // server tried once, and the daemon retries with its backoff.
-        let client = zk::Client::connector()
-            .with_session_timeout(SESSION_TIMEOUT)
-            .with_fail_eagerly()
-            .connect(&self.servers)
-            .await
-            .map_err(|e| {
-                StoreError::new(
-                    error_kind(&e),
-                    format!("zookeeper {}: cannot connect: {e}", self.servers),
-                )
-            })?;
+        let client = connect(&self.servers, SESSION_TIMEOUT).await?;
         *current = Some(client.clone());
         Ok(client)
     }
@@ -497,6 +487,21 @@ impl<'a> Reader<'a> {
             format!("zookeeper {}: {what}: {cause}", self.servers),
         )
     }
+}
+/// A new session with `servers`, each tried once, that expires `session_timeout` after its
+/// connection is lost.
+async fn connect(servers: &str, session_timeout: Duration) -> Result<zk::Client, StoreError> {
+    zk::Client::connector()
+        .with_session_timeout(session_timeout)
+        .with_fail_eagerly()
+        .connect(servers)
+        .await
+        .map_err(|e| {
+            StoreError::new(
+                error_kind(&e),
+                format!("zookeeper {servers}: cannot connect: {e}"),
+            )
+        })
 }
 
 /// The kind of failure a ZooKeeper error stands for. A znode whose ACL does not let reconfd

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::{Client, ConsulOptions, REQUEST_TIMEOUT, answer_kind, encode_path, parse};
 use crate::store::StoreError;
-use crate::store::http::{self, error_chain};
+use crate::store::http::error_chain;
 use crate::store::lease::{Announcement, Lease, whole_seconds};
 use crate::store::nodes::Node;
 
@@ -53,15 +53,8 @@ impl ConsulLease {
                 announcement.key, announcement.ttl
             )));
         }
-        let nodes = http::nodes("consul", &options.nodes)?;
         Ok(ConsulLease {
-            client: Arc::new(Client {
-                http: http::client("consul", &options.tls, &nodes)?,
-                nodes,
-                token: options.token.clone(),
-                token_source: options.token_source,
-                datacenter: options.datacenter.clone(),
-            }),
+            client: Arc::new(Client::new(options)?),
             announcement,
             session: None,
         })

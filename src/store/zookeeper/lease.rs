@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use zookeeper_client as zk;
 
-use super::{ZookeeperOptions, check_node, error_kind, parent_path};
+use super::{ZookeeperOptions, check_node, connect, error_kind, parent_path};
 use crate::store::StoreError;
 use crate::store::lease::{Announcement, Lease};
 
@@ -69,17 +69,7 @@ impl ZookeeperLease {
             return Ok(client.clone());
         }
         let ttl = self.announcement.ttl;
-        let client = zk::Client::connector()
-            .with_session_timeout(ttl)
-            .with_fail_eagerly()
-            .connect(&self.servers)
-            .await
-            .map_err(|e| {
-                StoreError::new(
-                    error_kind(&e),
-                    format!("zookeeper {}: cannot connect: {e}", self.servers),
-                )
-            })?;
+        let client = connect(&self.servers, ttl).await?;
         if client.session_timeout() != ttl {
             tracing::info!(
                 "zookeeper {}: {}: the servers granted a session timeout of {:?} for a TTL of \
