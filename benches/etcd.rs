@@ -11,13 +11,18 @@
 //!   requests per change (etcd's `etcd_mvcc_range_total`), and reconfd's peak RSS;
 //! - an idle watching daemon: RSS and CPU time over 10 s;
 //! - `--onetime` of the HAProxy template over 10,000 keys: wall time and peak RSS.
+//!
+//! Words after `--` pick scenarios by name: `put`, `small`, `tmpfs`, `prefixes`, `large`,
+//! `fanout`, `idle`, `onetime` (`cargo bench --bench etcd -- fanout`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod harness;
 
 use common::etcd::Etcd;
-use harness::{change_to_file, change_to_file_among, idle, keys, onetime, put_latency, report};
+use harness::{
+    change_to_file, change_to_file_among, idle, keys, onetime, put_latency, report, selected,
+};
 
 /// Changes measured per latency scenario.
 const SMALL_CHANGES: usize = 300;
@@ -48,71 +53,88 @@ fn main() {
     };
     let ranges = || range_requests(&etcd);
 
-    report(
-        "etcd put alone (reference)",
-        &put_latency(&put, SMALL_CHANGES),
-    );
-
-    let small = change_to_file(&args, &put, Some(&ranges), "/bench/small", 1, SMALL_CHANGES);
-    report("change → file, 100-key template", &small.latencies);
-
-    // The same with the destination on a tmpfs, where fsync and rename cost next to nothing:
-    // what is left is etcd's commit and reconfd's own work.
-    let shm = tempfile::tempdir_in("/dev/shm").expect("a directory on /dev/shm");
-    let in_memory = change_to_file_among(
-        &args,
-        &put,
-        None,
-        &["/bench/small"],
-        1,
-        SMALL_CHANGES,
-        Some(shm.path()),
-    );
-    report(
-        "change → file, 100-key template, destination on tmpfs",
-        &in_memory.latencies,
-    );
-
-    for count in [2, 10] {
-        let mut prefixes = vec!["/bench/small"];
-        prefixes.extend(others.iter().take(count - 1).map(String::as_str));
-        let run = change_to_file_among(&args, &put, None, &prefixes, count, SMALL_CHANGES, None);
+    if selected("put") {
         report(
-            &format!("change → file, 100-key template, resources over {count} prefixes"),
-            &run.latencies,
+            "etcd put alone (reference)",
+            &put_latency(&put, SMALL_CHANGES),
         );
     }
 
-    let large = change_to_file(
-        &args,
-        &put,
-        Some(&ranges),
-        "/proxy/frontend",
-        1,
-        LARGE_CHANGES,
-    );
-    report("change → file, 10,000-key template", &large.latencies);
+    if selected("small") {
+        let small = change_to_file(&args, &put, Some(&ranges), "/bench/small", 1, SMALL_CHANGES);
+        report("change → file, 100-key template", &small.latencies);
+    }
 
-    let fanout = change_to_file(
-        &args,
-        &put,
-        Some(&ranges),
-        "/proxy/frontend",
-        FANOUT_RESOURCES,
-        FANOUT_CHANGES,
-    );
-    report(
-        "change → all 20 files, 20 resources over 10,000 keys",
-        &fanout.latencies,
-    );
-    println!(
-        "  range requests per change: {:.2}; reconfd peak RSS {:.1} MiB",
-        fanout.ranges_per_change.unwrap_or(f64::NAN),
-        fanout.peak_rss_mib
-    );
+    if selected("tmpfs") {
+        // The same with the destination on a tmpfs, where fsync and rename cost next to
+        // nothing: what is left is etcd's commit and reconfd's own work.
+        let shm = tempfile::tempdir_in("/dev/shm").expect("a directory on /dev/shm");
+        let in_memory = change_to_file_among(
+            &args,
+            &put,
+            None,
+            &["/bench/small"],
+            1,
+            SMALL_CHANGES,
+            Some(shm.path()),
+        );
+        report(
+            "change → file, 100-key template, destination on tmpfs",
+            &in_memory.latencies,
+        );
+    }
 
-    idle(&args, "/bench/small");
-    onetime(&args, "etcd");
+    if selected("prefixes") {
+        for count in [2, 10] {
+            let mut prefixes = vec!["/bench/small"];
+            prefixes.extend(others.iter().take(count - 1).map(String::as_str));
+            let run =
+                change_to_file_among(&args, &put, None, &prefixes, count, SMALL_CHANGES, None);
+            report(
+                &format!("change → file, 100-key template, resources over {count} prefixes"),
+                &run.latencies,
+            );
+        }
+    }
+
+    if selected("large") {
+        let large = change_to_file(
+            &args,
+            &put,
+            Some(&ranges),
+            "/proxy/frontend",
+            1,
+            LARGE_CHANGES,
+        );
+        report("change → file, 10,000-key template", &large.latencies);
+    }
+
+    if selected("fanout") {
+        let fanout = change_to_file(
+            &args,
+            &put,
+            Some(&ranges),
+            "/proxy/frontend",
+            FANOUT_RESOURCES,
+            FANOUT_CHANGES,
+        );
+        report(
+            "change → all 20 files, 20 resources over 10,000 keys",
+            &fanout.latencies,
+        );
+        println!(
+            "  range requests per change: {:.2}; reconfd peak RSS {:.1} MiB",
+            fanout.ranges_per_change.unwrap_or(f64::NAN),
+            fanout.peak_rss_mib
+        );
+    }
+
+    if selected("idle") {
+        idle(&args, "/bench/small");
+    }
+    if selected("onetime") {
+        onetime(&args, "etcd");
+    }
 }
 
 /// etcd's count of range requests served so far.

@@ -44,6 +44,17 @@ pub fn put_latency(put: &dyn Fn(&str, &str), changes: usize) -> Vec<Duration> {
         .collect()
 }
 
+/// Whether the scenario named `name` runs: every one when the command line names none
+/// (`cargo bench --bench etcd`), else those whose name contains one of the words given
+/// (`cargo bench --bench etcd -- fanout idle`).
+pub fn selected(name: &str) -> bool {
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
+    words.is_empty() || words.iter().any(|word| name.contains(word.as_str()))
+}
+
 /// What a change → file run measured.
 pub struct ChangeRun {
     /// From each put to the last destination replaced.
