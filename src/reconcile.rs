@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,6 +191,16 @@ pub(crate) struct Item<'a> {
     /// Its rendered content, shared rather than copied: a batch of large renders would
     /// otherwise be held twice.
     pub rendered: &'a Arc<String>,
+    /// The md5 of `rendered`, when it was computed already.
+    pub md5: Option<&'a str>,
+}
+
+/// An item of a batch as the blocking pool gets it: owned, as the work may outlive the batch
+/// (abandoned at a stop).
+struct Work {
+    resource: Resource,
+    rendered: Arc<String>,
+    md5: Option<String>,
 }
 
 /// Brings a batch of destinations in line, in three steps: every item is compared, staged and
@@ -199,14 +209,30 @@ pub(crate) struct Item<'a> {
 /// `[[template]]` tables) are swapped together or not at all: if one fails, or its file is in
 /// `failed_files` (a template that did not render), none of them is swapped. Returns one
 /// result per item, in order.
+///
+/// The file work runs on the blocking pool: a destination on a hung or slow filesystem (an
+/// NFS mount, a disk busy with writeback) must not stall the thread that serves signals,
+/// health and the watches. A batch without check commands makes one trip there (compare,
+/// stage and swap); one with checks makes two, as the checks run in between.
 pub(crate) async fn reconcile_batch(
     items: &[Item<'_>],
     failed_files: &BTreeSet<&Path>,
     options: Options,
     stop: &StopRequest,
 ) -> Vec<Result<Outcome, ReconcileError>> {
-    let mut steps = compare_and_stage_all(items, options, stop).await;
-    if !options.sync_only {
+    let work: Vec<Work> = items
+        .iter()
+        .map(|item| Work {
+            resource: item.resource.clone(),
+            rendered: Arc::clone(item.rendered),
+            md5: item.md5.map(str::to_owned),
+        })
+        .collect();
+    let checks = !options.sync_only && items.iter().any(|item| item.resource.check_cmd.is_some());
+    let mut steps = if checks {
+        let mut steps = off_the_runtime(stop, move || stage_batch(&work, options))
+            .await
+            .unwrap_or_else(|| abandoned_steps(items));
         for (item, step) in items.iter().zip(steps.iter_mut()) {
             if let (Step::Staged(_), Some(check)) = (&*step, &item.resource.check_cmd)
                 && let Step::Staged(staged) = std::mem::replace(step, Step::Done(Outcome::Updated))
@@ -214,24 +240,27 @@ pub(crate) async fn reconcile_batch(
                 *step = checked(item.resource, check, staged, options).await;
             }
         }
-    }
-    let mut failed: BTreeSet<&Path> = failed_files.clone();
-    failed.extend(
-        items
-            .iter()
-            .zip(&steps)
-            .filter(|(_, step)| matches!(step, Step::Failed(_)))
-            .map(|(item, _)| item.resource.file.as_path()),
-    );
-    for (item, step) in items.iter().zip(steps.iter_mut()) {
-        if matches!(step, Step::Staged(_)) && failed.contains(item.resource.file.as_path()) {
-            // Dropping the stage file removes it.
-            *step = Step::Failed(ReconcileError::Held {
-                dest: item.resource.dest.display().to_string(),
-            });
-        }
-    }
-    swap_staged(items, &mut steps, stop).await;
+        let resources: Vec<&Resource> = items.iter().map(|item| item.resource).collect();
+        hold_failed_files(&resources, &mut steps, failed_files);
+        swap_staged(items, &mut steps, stop).await;
+        steps
+    } else {
+        let failed_files: BTreeSet<PathBuf> =
+            failed_files.iter().map(|file| file.to_path_buf()).collect();
+        off_the_runtime(stop, move || {
+            let mut steps = stage_batch(&work, options);
+            let resources: Vec<&Resource> = work.iter().map(|item| &item.resource).collect();
+            let failed_files: BTreeSet<&Path> = failed_files.iter().map(PathBuf::as_path).collect();
+            hold_failed_files(&resources, &mut steps, &failed_files);
+            let staged = take_staged(&resources, &mut steps);
+            for (index, result) in swap_all(staged) {
+                steps[index] = swapped_step(result);
+            }
+            steps
+        })
+        .await
+        .unwrap_or_else(|| abandoned_steps(items))
+    };
     if !options.sync_only {
         reload_batch(items, &mut steps, options.command_env, stop).await;
     }
@@ -248,6 +277,27 @@ pub(crate) async fn reconcile_batch(
             }),
         })
         .collect()
+}
+
+/// Holds back (fails, removing its stage file) every staged item whose resource file has an
+/// item that failed or is in `failed_files`: a file's templates swap together or not at all.
+fn hold_failed_files(resources: &[&Resource], steps: &mut [Step], failed_files: &BTreeSet<&Path>) {
+    let mut failed: BTreeSet<&Path> = failed_files.clone();
+    failed.extend(
+        resources
+            .iter()
+            .zip(steps.iter())
+            .filter(|(_, step)| matches!(step, Step::Failed(_)))
+            .map(|(resource, _)| resource.file.as_path()),
+    );
+    for (resource, step) in resources.iter().zip(steps.iter_mut()) {
+        if matches!(step, Step::Staged(_)) && failed.contains(resource.file.as_path()) {
+            // Dropping the stage file removes it.
+            *step = Step::Failed(ReconcileError::Held {
+                dest: resource.dest.display().to_string(),
+            });
+        }
+    }
 }
 
 /// Where an item of a batch is.
@@ -270,38 +320,44 @@ struct Staged {
     content: Arc<String>,
 }
 
-/// Compares, validates and stages every item of the batch, in order. The file work runs on
-/// the blocking pool, all of the batch in one go: a destination on a hung or slow filesystem
-/// (an NFS mount, a disk busy with writeback) must not stall the thread that serves signals,
-/// health and the watches.
-async fn compare_and_stage_all(
-    items: &[Item<'_>],
-    options: Options,
-    stop: &StopRequest,
-) -> Vec<Step> {
-    let work: Vec<(Resource, Arc<String>)> = items
+/// Compares, validates and stages every item of the batch, in order; blocking.
+fn stage_batch(work: &[Work], options: Options) -> Vec<Step> {
+    let mut steps: Vec<Step> = work
         .iter()
-        .map(|item| (item.resource.clone(), Arc::clone(item.rendered)))
+        .map(|item| compare_and_stage(item, options).unwrap_or_else(Step::Failed))
         .collect();
-    let compared = off_the_runtime(stop, move || {
-        work.into_iter()
-            .map(|(resource, rendered)| {
-                compare_and_stage(&resource, rendered, options).unwrap_or_else(Step::Failed)
+    flush_staged(work, &mut steps);
+    steps
+}
+
+/// Every item of a batch whose file work was abandoned at a stop, failed.
+fn abandoned_steps(items: &[Item<'_>]) -> Vec<Step> {
+    items
+        .iter()
+        .map(|item| {
+            Step::Failed(ReconcileError::Io {
+                dest: item.resource.dest.display().to_string(),
+                message: abandoned(),
             })
-            .collect()
-    })
-    .await;
-    compared.unwrap_or_else(|| {
-        items
-            .iter()
-            .map(|item| {
-                Step::Failed(ReconcileError::Io {
-                    dest: item.resource.dest.display().to_string(),
-                    message: abandoned(),
-                })
-            })
-            .collect()
-    })
+        })
+        .collect()
+}
+
+/// Flushes every stage file of the batch to disk. They are all written before the first is
+/// flushed, so the filesystem writes them out together: on ext4, twenty stage files flushed
+/// each right after its write cost twenty journal commits, flushed after all the writes about
+/// two thirds of the time. A stage file that cannot be flushed fails its item (and is removed).
+fn flush_staged(work: &[Work], steps: &mut [Step]) {
+    for (Work { resource, .. }, step) in work.iter().zip(steps.iter_mut()) {
+        if let Step::Staged(staged) = step
+            && let Err(e) = staged.file.as_file().sync_all()
+        {
+            *step = Step::Failed(ReconcileError::Io {
+                dest: resource.dest.display().to_string(),
+                message: format!("cannot stage the new content: {e}"),
+            });
+        }
+    }
 }
 
 /// Runs the `check` command of `resource` on its stage file: still staged if it passes.
@@ -371,11 +427,9 @@ fn abandoned() -> String {
 
 /// Compares the destination with `rendered`; when it differs, validates the content and
 /// writes it to a stage file beside the destination (or, in noop mode, prints the diff).
-fn compare_and_stage(
-    resource: &Resource,
-    rendered: Arc<String>,
-    options: Options,
-) -> Result<Step, ReconcileError> {
+fn compare_and_stage(item: &Work, options: Options) -> Result<Step, ReconcileError> {
+    let resource = &item.resource;
+    let rendered = Arc::clone(&item.rendered);
     let dest = &resource.dest;
     let dest_name = dest.display().to_string();
     let io_error = |what: &str, e: std::io::Error| ReconcileError::Io {
@@ -394,7 +448,7 @@ fn compare_and_stage(
     if in_sync(
         &dest_name,
         actual.as_ref(),
-        rendered.as_bytes(),
+        (rendered.as_bytes(), item.md5.as_deref()),
         &wanted,
         resource.secret,
     ) {
@@ -436,7 +490,8 @@ fn compare_and_stage(
         dest: dest_name.clone(),
         message,
     })?;
-    let staged = stage(dest, rendered.as_bytes(), &wanted, resource)
+    // Flushed with the rest of the batch (`flush_staged`).
+    let staged = write_stage(dest, rendered.as_bytes(), &wanted, resource)
         .map_err(|e| io_error("cannot stage the new content", e))?;
     Ok(Step::Staged(Staged {
         file: staged,
@@ -448,49 +503,77 @@ fn compare_and_stage(
     }))
 }
 
-/// Swaps every staged item of the batch in, in order, on the blocking pool (see [`compare_and_stage_all`]).
+/// Swaps every staged item of the batch in, in order, on the blocking pool; on abandonment
+/// at a stop, each of them fails.
 async fn swap_staged(items: &[Item<'_>], steps: &mut [Step], stop: &StopRequest) {
-    let mut staged: Vec<(usize, Resource, Staged)> = Vec::new();
-    for (index, (item, step)) in items.iter().zip(steps.iter_mut()).enumerate() {
-        if matches!(step, Step::Staged(_))
-            && let Step::Staged(file) = std::mem::replace(step, Step::Done(Outcome::Updated))
-        {
-            staged.push((index, item.resource.clone(), file));
-        }
-    }
+    let resources: Vec<&Resource> = items.iter().map(|item| item.resource).collect();
+    let staged = take_staged(&resources, steps);
     if staged.is_empty() {
         return;
     }
     let indexes: Vec<usize> = staged.iter().map(|(index, _, _)| *index).collect();
-    let swapped = off_the_runtime(stop, move || {
-        staged
-            .into_iter()
-            .map(|(index, resource, file)| (index, swap(&resource, file)))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_else(|| {
-        indexes
-            .into_iter()
-            .map(|index| {
-                let error = ReconcileError::Io {
-                    dest: items[index].resource.dest.display().to_string(),
-                    message: abandoned(),
-                };
-                (index, Err(error))
-            })
-            .collect()
-    });
+    let swapped = off_the_runtime(stop, move || swap_all(staged))
+        .await
+        .unwrap_or_else(|| {
+            indexes
+                .into_iter()
+                .map(|index| {
+                    let error = ReconcileError::Io {
+                        dest: items[index].resource.dest.display().to_string(),
+                        message: abandoned(),
+                    };
+                    (index, Err(error))
+                })
+                .collect()
+        });
     for (index, result) in swapped {
-        steps[index] = match result {
-            Ok(previous) => Step::Swapped(previous),
-            Err(e) => Step::Failed(e),
-        };
+        steps[index] = swapped_step(result);
     }
 }
 
-/// Puts a checked stage file in place of the destination; returns the destination as it was.
-fn swap(resource: &Resource, staged: Staged) -> Result<Option<Actual>, ReconcileError> {
+/// What a swap comes to: the destination as it was before (for a rollback), or the failure.
+type SwapResult = Result<Option<Actual>, ReconcileError>;
+
+/// The staged items of a batch, taken out of `steps` (each left as if swapped) to be swapped.
+fn take_staged(resources: &[&Resource], steps: &mut [Step]) -> Vec<(usize, Resource, Staged)> {
+    let mut staged = Vec::new();
+    for (index, (resource, step)) in resources.iter().zip(steps.iter_mut()).enumerate() {
+        if matches!(step, Step::Staged(_))
+            && let Step::Staged(file) = std::mem::replace(step, Step::Done(Outcome::Updated))
+        {
+            staged.push((index, (*resource).clone(), file));
+        }
+    }
+    staged
+}
+
+/// Swaps `staged` in, in order, then flushes their directories; blocking.
+fn swap_all(staged: Vec<(usize, Resource, Staged)>) -> Vec<(usize, SwapResult)> {
+    let swapped: Vec<(usize, Resource, SwapResult)> = staged
+        .into_iter()
+        .map(|(index, resource, file)| {
+            let result = swap(&resource, file);
+            (index, resource, result)
+        })
+        .collect();
+    flush_swapped(&swapped);
+    swapped
+        .into_iter()
+        .map(|(index, _, result)| (index, result))
+        .collect()
+}
+
+/// The step of an item after its swap.
+fn swapped_step(result: SwapResult) -> Step {
+    match result {
+        Ok(previous) => Step::Swapped(previous),
+        Err(e) => Step::Failed(e),
+    }
+}
+
+/// Puts a checked stage file in place of the destination (its directory is flushed with the
+/// rest of the batch, [`flush_swapped`]); returns the destination as it was.
+fn swap(resource: &Resource, staged: Staged) -> SwapResult {
     let dest = &resource.dest;
     let dest_name = dest.display().to_string();
     let io_error = |message: String| ReconcileError::Io {
@@ -501,14 +584,40 @@ fn swap(resource: &Resource, staged: Staged) -> Result<Option<Actual>, Reconcile
         backup(dest, previous).map_err(io_error)?;
     }
     put_in_place(dest, staged.file, staged.content.as_bytes(), &staged.wanted).map_err(io_error)?;
-    if let Err(e) = sync_parent_dir(dest) {
-        // The new file is in place; only its survival of a crash is in doubt. Skipping the
-        // reload now would leave the service on the old file for good, as the next run finds
-        // the destination in sync.
-        tracing::warn!("{dest_name}: cannot flush the directory after the swap: {e}");
-    }
-    tracing::info!("Target config {dest_name} has been updated");
     Ok(staged.previous)
+}
+
+/// Flushes the directories of the batch's swaps, each once, after all its renames: the
+/// renames of one directory become durable in one flush, before any reload runs.
+fn flush_swapped(swapped: &[(usize, Resource, SwapResult)]) {
+    let mut flushed: Vec<(&Path, Result<(), String>)> = Vec::new();
+    for (_, resource, result) in swapped {
+        if result.is_err() {
+            continue;
+        }
+        let dest = resource.dest.as_path();
+        let dir = parent_dir(dest);
+        let outcome = match flushed.iter().find(|(done, _)| *done == dir) {
+            Some((_, outcome)) => outcome.clone(),
+            None => {
+                let outcome = File::open(dir)
+                    .and_then(|dir| dir.sync_all())
+                    .map_err(|e| e.to_string());
+                flushed.push((dir, outcome.clone()));
+                outcome
+            }
+        };
+        if let Err(e) = outcome {
+            // The new file is in place; only its survival of a crash is in doubt. Skipping
+            // the reload now would leave the service on the old file for good, as the next
+            // run finds the destination in sync.
+            tracing::warn!(
+                "{}: cannot flush the directory after the swap: {e}",
+                dest.display()
+            );
+        }
+        tracing::info!("Target config {} has been updated", dest.display());
+    }
 }
 
 /// Runs each distinct reload command of the swapped items once. When one fails, the items
@@ -739,12 +848,15 @@ fn masked(diff: &str) -> String {
         .collect()
 }
 
-/// Compares content by md5, then mode and owner, logging each difference as confd does; the
-/// checksums of `secret` content are not logged (a checksum of a short secret gives it away).
+/// Compares owner, mode and content, logging each difference as confd does, with the md5 of
+/// either content (`rendered` comes with its md5 when it is known already); the checksums of
+/// `secret` content are not logged (a checksum of a short secret gives it away). The contents
+/// are compared byte for byte: checksums are computed only for the log line, and only when it
+/// is written.
 fn in_sync(
     dest: &str,
     actual: Option<&Actual>,
-    rendered: &[u8],
+    (rendered, rendered_md5): (&[u8], Option<&str>),
     wanted: &Wanted,
     secret: bool,
 ) -> bool {
@@ -769,11 +881,12 @@ fn in_sync(
         );
         same = false;
     }
-    let (have, want) = (md5_hex(&actual.content), md5_hex(rendered));
-    if have != want {
+    if actual.content != rendered {
         if secret {
             tracing::info!("{dest} has other content (secret: checksums not shown)");
-        } else {
+        } else if tracing::enabled!(tracing::Level::INFO) {
+            let want = rendered_md5.map_or_else(|| md5_hex(rendered), str::to_owned);
+            let have = md5_hex(&actual.content);
             tracing::info!("{dest} has md5sum {have} should be {want}");
         }
         same = false;
@@ -786,9 +899,22 @@ pub fn md5_hex(bytes: &[u8]) -> String {
     format!("{:x}", Md5::digest(bytes))
 }
 
-/// Writes the stage file next to the destination: created exclusively, readable by the owner
-/// only until its mode is set, flushed to disk, then given the wanted mode and owner.
+/// Writes the stage file next to the destination and flushes it to disk (see [`write_stage`]).
 fn stage(
+    dest: &Path,
+    content: &[u8],
+    wanted: &Wanted,
+    resource: &Resource,
+) -> std::io::Result<tempfile::NamedTempFile> {
+    let staged = write_stage(dest, content, wanted, resource)?;
+    staged.as_file().sync_all()?;
+    Ok(staged)
+}
+
+/// Writes the stage file next to the destination, not yet flushed: created exclusively,
+/// readable by the owner only until it is given the wanted owner and mode, which come before
+/// the flush so that it makes them durable with the content.
+fn write_stage(
     dest: &Path,
     content: &[u8],
     wanted: &Wanted,
@@ -796,12 +922,10 @@ fn stage(
 ) -> std::io::Result<tempfile::NamedTempFile> {
     let mut staged = stage::create(dest)?;
     staged.write_all(content)?;
-    // Owner and mode first, so that the flush makes them durable with the content.
     set_owner(staged.as_file(), wanted, resource)?;
     staged
         .as_file()
         .set_permissions(std::fs::Permissions::from_mode(wanted.mode))?;
-    staged.as_file().sync_all()?;
     Ok(staged)
 }
 
@@ -859,8 +983,14 @@ fn set_owner(file: &File, wanted: &Wanted, resource: &Resource) -> std::io::Resu
 
 /// Flushes the directory entry of a rename, so the swap survives a crash.
 fn sync_parent_dir(dest: &Path) -> std::io::Result<()> {
-    let dir = dest.parent().filter(|dir| !dir.as_os_str().is_empty());
-    File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
+    File::open(parent_dir(dest))?.sync_all()
+}
+
+/// The directory `dest` is in (`.` for a bare file name).
+fn parent_dir(dest: &Path) -> &Path {
+    dest.parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 #[cfg(test)]
@@ -878,6 +1008,7 @@ mod tests {
         let items = [Item {
             resource,
             rendered: &rendered,
+            md5: None,
         }];
         let mut results = reconcile_batch(&items, &BTreeSet::new(), options, &never).await;
         results.pop().unwrap_or(Ok(Outcome::InSync))

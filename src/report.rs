@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::controller::TooFewKeys;
 use crate::controller::retry::Pace;
-use crate::reconcile::{self, Options, Outcome, ReconcileError};
+use crate::reconcile::{Options, Outcome, ReconcileError};
 use crate::resource::Resource;
 use crate::status::{Status, SyncReport, SyncResult};
 use crate::store::{StoreError, StoreErrorKind};
@@ -68,8 +68,8 @@ pub(crate) fn synced(
         reloaded: commands_ran && resource.reload_cmd.is_some(),
         // A checksum of a short secret gives it away.
         md5: match (&rendered.content, resource.secret || options.noop) {
-            (Ok(content), false) if matches!(result, SyncResult::InSync | SyncResult::Updated) => {
-                Some(reconcile::md5_hex(content.as_bytes()))
+            (Ok(_), false) if matches!(result, SyncResult::InSync | SyncResult::Updated) => {
+                rendered.md5.clone()
             }
             _ => None,
         },

@@ -68,7 +68,13 @@ fn changed_value_rewrites_and_reloads_once() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(fixture.read("out/app.conf"), "server web1 10.0.0.9:8080\n");
     assert_eq!(reload_count(&fixture), 2);
-    assert!(run.stderr.contains("has md5sum"), "{run:?}");
+    let md5 = |text: &str| reconfd::reconcile::md5_hex(text.as_bytes());
+    let difference = format!(
+        "has md5sum {} should be {}",
+        md5("server web1 10.0.0.1:80\n"),
+        md5("server web1 10.0.0.9:8080\n")
+    );
+    assert!(run.stderr.contains(&difference), "{difference}\n{run:?}");
     assert!(run.stderr.contains("has been updated"), "{run:?}");
 }
 

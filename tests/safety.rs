@@ -221,6 +221,47 @@ fn a_resource_with_several_templates_swaps_all_then_reloads_once_or_swaps_none()
     assert!(stray.is_empty(), "no stage files left: {stray:?}");
 }
 
+#[test]
+fn without_check_commands_a_template_that_fails_holds_back_the_others_of_its_file() {
+    // No check command: the batch is compared, staged and swapped in one go, and the rule
+    // holds there too. b is JSON, which "b 99" is not; c fails to render without /app/name.
+    let fixture = two_files("80");
+    fixture.template(
+        "c.tmpl",
+        "{% if getv(key=\"/app/port\") == \"77\" %}{{ getv(key=\"/app/name\") }}{% endif %}c\n",
+    );
+    fixture.write(
+        "conf.d/app.toml",
+        &format!(
+            "[[template]]\nsrc = \"a.tmpl\"\ndest = \"a.conf\"\nkeys = [\"/app\"]\n\
+             reload_cmd = \"{SHOW_BOTH}\"\n\n\
+             [[template]]\nsrc = \"b.tmpl\"\ndest = \"b.conf\"\nkeys = [\"/app\"]\n\
+             output_format = \"yaml\"\nreload_cmd = \"{SHOW_BOTH}\"\n\n\
+             [[template]]\nsrc = \"c.tmpl\"\ndest = \"c.conf\"\nkeys = [\"/app\"]\n"
+        ),
+    );
+    let run = fixture.run(ONETIME);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("reloads"), "a 80\nb 80\n--\n");
+
+    for (port, fault) in [("99: [", "b.conf"), ("77", "/app/name")] {
+        fixture.write("data.yaml", &format!("app:\n  port: \"{port}\"\n"));
+        let run = fixture.run(ONETIME);
+        assert_eq!(run.code, Some(1), "{run:?}");
+        assert!(run.stderr.contains(fault), "{run:?}");
+        assert_eq!(fixture.read("a.conf"), "a 80\n", "a held back ({fault})");
+        assert_eq!(fixture.read("b.conf"), "b 80\n", "b held back ({fault})");
+        assert_eq!(fixture.read("c.conf"), "c\n", "c held back ({fault})");
+        assert_eq!(fixture.read("reloads"), "a 80\nb 80\n--\n", "no reload");
+        let stray: Vec<String> = fixture
+            .list(".")
+            .into_iter()
+            .filter(|name| name.starts_with(".a.conf") || name.starts_with(".c.conf"))
+            .collect();
+        assert!(stray.is_empty(), "no stage files left: {stray:?}");
+    }
+}
+
 /// The file names in `out` that start as a stage file of `out/app.json` does.
 fn stage_files(fixture: &Fixture) -> Vec<String> {
     fixture

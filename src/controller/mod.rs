@@ -618,6 +618,7 @@ impl Controller {
                 r.content.as_ref().ok().map(|content| reconcile::Item {
                     resource: &self.prepared[r.index].resource,
                     rendered: content,
+                    md5: r.md5.as_deref(),
                 })
             })
             .collect();

@@ -31,6 +31,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::Semaphore;
 
 use super::{Prepared, Shutdown, now, sleep_until};
+use crate::reconcile::md5_hex;
 use crate::resource::Resource;
 use crate::store::Snapshot;
 use crate::template::{RenderBounds, SharedResults, View};
@@ -54,6 +55,10 @@ pub(crate) struct Rendered {
     pub(crate) index: usize,
     /// The content, or why there is none.
     pub(crate) content: Result<Arc<String>, NotRendered>,
+    /// The md5 of the content, computed on the render thread once for the comparison with
+    /// the destination and the status; `None` for a secret resource (a checksum of a short
+    /// secret gives it away) or without content.
+    pub(crate) md5: Option<String>,
     /// How long rendering took.
     pub(crate) time: Duration,
 }
@@ -147,6 +152,7 @@ impl Renders {
                 done.push(Rendered {
                     index,
                     content: Err(NotRendered::TooFewKeys(too_few)),
+                    md5: None,
                     time: Duration::ZERO,
                 });
                 continue;
@@ -163,6 +169,7 @@ impl Renders {
                         // Only a new value mends it, and that comes as a change of the key.
                         may_pass: false,
                     })),
+                    md5: None,
                     time: Duration::ZERO,
                 });
                 continue;
@@ -179,6 +186,7 @@ impl Renders {
                         ),
                         may_pass: true,
                     })),
+                    md5: None,
                     time: Duration::ZERO,
                 });
                 continue;
@@ -362,7 +370,14 @@ async fn render(
     let job: Job = Box::new(move || {
         let running = Running(running);
         let _hold = hold;
-        let rendered = thread_member.renderer.render_bounded(view, &thread_bounds);
+        let secret = thread_member.resource.secret;
+        let rendered = thread_member
+            .renderer
+            .render_bounded(view, &thread_bounds)
+            .map(|text| {
+                let md5 = (!secret).then(|| md5_hex(text.as_bytes()));
+                (text, md5)
+            });
         // Marked ended before the answer goes: the round that the answer lets start next must
         // not find this render still running.
         drop(running);
@@ -383,6 +398,7 @@ async fn render(
                     format!("cannot start a render thread: {e}"),
                     true,
                 ))),
+                md5: None,
                 time: Duration::ZERO,
             };
         }
@@ -401,7 +417,7 @@ async fn render(
         busy.release(&worker);
     }
     let content = match finished {
-        Ok(Ok(Ok(text))) => Ok(text),
+        Ok(Ok(Ok(rendered))) => Ok(rendered),
         Ok(Ok(Err(e))) => Err(failure(e.to_string(), e.may_pass)),
         Ok(Err(_)) => Err(failure(
             format!(
@@ -420,10 +436,20 @@ async fn render(
             false,
         )),
     };
-    Rendered {
-        index,
-        content: content.map(Arc::new).map_err(NotRendered::Failed),
-        time: now() - started,
+    let time = now() - started;
+    match content {
+        Ok((text, md5)) => Rendered {
+            index,
+            content: Ok(Arc::new(text)),
+            md5,
+            time,
+        },
+        Err(failure) => Rendered {
+            index,
+            content: Err(NotRendered::Failed(failure)),
+            md5: None,
+            time,
+        },
     }
 }
 
