@@ -10,7 +10,7 @@
 //! files: every item is staged and checked first, then all are swapped, then each distinct
 //! reload command runs once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -228,32 +228,37 @@ pub(crate) async fn reconcile_batch(
             md5: item.md5.map(str::to_owned),
         })
         .collect();
+    let failed_files: BTreeSet<PathBuf> =
+        failed_files.iter().map(|file| file.to_path_buf()).collect();
     let checks = !options.sync_only && items.iter().any(|item| item.resource.check_cmd.is_some());
     let mut steps = if checks {
-        let mut steps = off_the_runtime(stop, move || stage_batch(&work, options))
-            .await
-            .unwrap_or_else(|| abandoned_steps(items));
-        for (item, step) in items.iter().zip(steps.iter_mut()) {
-            if let (Step::Staged(_), Some(check)) = (&*step, &item.resource.check_cmd)
-                && let Step::Staged(staged) = std::mem::replace(step, Step::Done(Outcome::Updated))
-            {
-                *step = checked(item.resource, check, staged, options).await;
+        let staged = off_the_runtime(stop, move || {
+            let steps = stage_batch(&work, options);
+            (work, steps)
+        })
+        .await;
+        match staged {
+            Some((work, mut steps)) => {
+                for (item, step) in items.iter().zip(steps.iter_mut()) {
+                    if let (Step::Staged(_), Some(check)) = (&*step, &item.resource.check_cmd)
+                        && let Step::Staged(staged) =
+                            std::mem::replace(step, Step::Done(Outcome::Updated))
+                    {
+                        *step = checked(item.resource, check, staged, options).await;
+                    }
+                }
+                hold_failed_files(&work, &mut steps, &failed_files);
+                swap_staged(work, &mut steps, stop).await;
+                steps
             }
+            None => abandoned_steps(items),
         }
-        let resources: Vec<&Resource> = items.iter().map(|item| item.resource).collect();
-        hold_failed_files(&resources, &mut steps, failed_files);
-        swap_staged(items, &mut steps, stop).await;
-        steps
     } else {
-        let failed_files: BTreeSet<PathBuf> =
-            failed_files.iter().map(|file| file.to_path_buf()).collect();
         off_the_runtime(stop, move || {
             let mut steps = stage_batch(&work, options);
-            let resources: Vec<&Resource> = work.iter().map(|item| &item.resource).collect();
-            let failed_files: BTreeSet<&Path> = failed_files.iter().map(PathBuf::as_path).collect();
-            hold_failed_files(&resources, &mut steps, &failed_files);
-            let staged = take_staged(&resources, &mut steps);
-            for (index, result) in swap_all(staged) {
+            hold_failed_files(&work, &mut steps, &failed_files);
+            let staged = take_staged(&mut steps);
+            for (index, result) in swap_all(&work, staged) {
                 steps[index] = swapped_step(result);
             }
             steps
@@ -281,16 +286,15 @@ pub(crate) async fn reconcile_batch(
 
 /// Holds back (fails, removing its stage file) every staged item whose resource file has an
 /// item that failed or is in `failed_files`: a file's templates swap together or not at all.
-fn hold_failed_files(resources: &[&Resource], steps: &mut [Step], failed_files: &BTreeSet<&Path>) {
-    let mut failed: BTreeSet<&Path> = failed_files.clone();
+fn hold_failed_files(work: &[Work], steps: &mut [Step], failed_files: &BTreeSet<PathBuf>) {
+    let mut failed: BTreeSet<&Path> = failed_files.iter().map(PathBuf::as_path).collect();
     failed.extend(
-        resources
-            .iter()
+        work.iter()
             .zip(steps.iter())
             .filter(|(_, step)| matches!(step, Step::Failed(_)))
-            .map(|(resource, _)| resource.file.as_path()),
+            .map(|(item, _)| item.resource.file.as_path()),
     );
-    for (resource, step) in resources.iter().zip(steps.iter_mut()) {
+    for (Work { resource, .. }, step) in work.iter().zip(steps.iter_mut()) {
         if matches!(step, Step::Staged(_)) && failed.contains(resource.file.as_path()) {
             // Dropping the stage file removes it.
             *step = Step::Failed(ReconcileError::Held {
@@ -505,21 +509,23 @@ fn compare_and_stage(item: &Work, options: Options) -> Result<Step, ReconcileErr
 
 /// Swaps every staged item of the batch in, in order, on the blocking pool; on abandonment
 /// at a stop, each of them fails.
-async fn swap_staged(items: &[Item<'_>], steps: &mut [Step], stop: &StopRequest) {
-    let resources: Vec<&Resource> = items.iter().map(|item| item.resource).collect();
-    let staged = take_staged(&resources, steps);
+async fn swap_staged(work: Vec<Work>, steps: &mut [Step], stop: &StopRequest) {
+    let staged = take_staged(steps);
     if staged.is_empty() {
         return;
     }
-    let indexes: Vec<usize> = staged.iter().map(|(index, _, _)| *index).collect();
-    let swapped = off_the_runtime(stop, move || swap_all(staged))
+    let dests: Vec<(usize, String)> = staged
+        .iter()
+        .map(|(index, _)| (*index, work[*index].resource.dest.display().to_string()))
+        .collect();
+    let swapped = off_the_runtime(stop, move || swap_all(&work, staged))
         .await
         .unwrap_or_else(|| {
-            indexes
+            dests
                 .into_iter()
-                .map(|index| {
+                .map(|(index, dest)| {
                     let error = ReconcileError::Io {
-                        dest: items[index].resource.dest.display().to_string(),
+                        dest,
                         message: abandoned(),
                     };
                     (index, Err(error))
@@ -534,33 +540,29 @@ async fn swap_staged(items: &[Item<'_>], steps: &mut [Step], stop: &StopRequest)
 /// What a swap comes to: the destination as it was before (for a rollback), or the failure.
 type SwapResult = Result<Option<Actual>, ReconcileError>;
 
-/// The staged items of a batch, taken out of `steps` (each left as if swapped) to be swapped.
-fn take_staged(resources: &[&Resource], steps: &mut [Step]) -> Vec<(usize, Resource, Staged)> {
+/// The staged items of a batch with their indexes, taken out of `steps` (each left as if
+/// swapped) to be swapped.
+fn take_staged(steps: &mut [Step]) -> Vec<(usize, Staged)> {
     let mut staged = Vec::new();
-    for (index, (resource, step)) in resources.iter().zip(steps.iter_mut()).enumerate() {
+    for (index, step) in steps.iter_mut().enumerate() {
         if matches!(step, Step::Staged(_))
             && let Step::Staged(file) = std::mem::replace(step, Step::Done(Outcome::Updated))
         {
-            staged.push((index, (*resource).clone(), file));
+            staged.push((index, file));
         }
     }
     staged
 }
 
-/// Swaps `staged` in, in order, then flushes their directories; blocking.
-fn swap_all(staged: Vec<(usize, Resource, Staged)>) -> Vec<(usize, SwapResult)> {
-    let swapped: Vec<(usize, Resource, SwapResult)> = staged
+/// Swaps `staged` (items of `work` by index) in, in order, then flushes their directories;
+/// blocking.
+fn swap_all(work: &[Work], staged: Vec<(usize, Staged)>) -> Vec<(usize, SwapResult)> {
+    let swapped: Vec<(usize, SwapResult)> = staged
         .into_iter()
-        .map(|(index, resource, file)| {
-            let result = swap(&resource, file);
-            (index, resource, result)
-        })
+        .map(|(index, file)| (index, swap(&work[index].resource, file)))
         .collect();
-    flush_swapped(&swapped);
+    flush_swapped(work, &swapped);
     swapped
-        .into_iter()
-        .map(|(index, _, result)| (index, result))
-        .collect()
 }
 
 /// The step of an item after its swap.
@@ -589,24 +591,18 @@ fn swap(resource: &Resource, staged: Staged) -> SwapResult {
 
 /// Flushes the directories of the batch's swaps, each once, after all its renames: the
 /// renames of one directory become durable in one flush, before any reload runs.
-fn flush_swapped(swapped: &[(usize, Resource, SwapResult)]) {
-    let mut flushed: Vec<(&Path, Result<(), String>)> = Vec::new();
-    for (_, resource, result) in swapped {
+fn flush_swapped(work: &[Work], swapped: &[(usize, SwapResult)]) {
+    let mut flushed: BTreeMap<&Path, Result<(), String>> = BTreeMap::new();
+    for (index, result) in swapped {
         if result.is_err() {
             continue;
         }
-        let dest = resource.dest.as_path();
-        let dir = parent_dir(dest);
-        let outcome = match flushed.iter().find(|(done, _)| *done == dir) {
-            Some((_, outcome)) => outcome.clone(),
-            None => {
-                let outcome = File::open(dir)
-                    .and_then(|dir| dir.sync_all())
-                    .map_err(|e| e.to_string());
-                flushed.push((dir, outcome.clone()));
-                outcome
-            }
-        };
+        let dest = work[*index].resource.dest.as_path();
+        let outcome = flushed.entry(parent_dir(dest)).or_insert_with_key(|dir| {
+            File::open(dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|e| e.to_string())
+        });
         if let Err(e) = outcome {
             // The new file is in place; only its survival of a crash is in doubt. Skipping
             // the reload now would leave the service on the old file for good, as the next

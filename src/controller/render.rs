@@ -436,20 +436,15 @@ async fn render(
             false,
         )),
     };
-    let time = now() - started;
-    match content {
-        Ok((text, md5)) => Rendered {
-            index,
-            content: Ok(Arc::new(text)),
-            md5,
-            time,
-        },
-        Err(failure) => Rendered {
-            index,
-            content: Err(NotRendered::Failed(failure)),
-            md5: None,
-            time,
-        },
+    let (content, md5) = match content {
+        Ok((text, md5)) => (Ok(Arc::new(text)), md5),
+        Err(failure) => (Err(NotRendered::Failed(failure)), None),
+    };
+    Rendered {
+        index,
+        content,
+        md5,
+        time: now() - started,
     }
 }
 

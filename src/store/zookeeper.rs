@@ -488,6 +488,7 @@ impl<'a> Reader<'a> {
         )
     }
 }
+
 /// A new session with `servers`, each tried once, that expires `session_timeout` after its
 /// connection is lost.
 async fn connect(servers: &str, session_timeout: Duration) -> Result<zk::Client, StoreError> {
