@@ -203,6 +203,37 @@ pub fn idle(store_args: &[&str], prefix: &str) {
         cpu_ticks_spent * 10
     );
     assert_eq!(daemon.terminate(), Some(0));
+    hot_functions_found();
+}
+
+/// How much of `scripts/hot-functions.txt` the binary measured has: the list places those
+/// functions first at link time, and a list made for other symbol names (another toolchain,
+/// updated dependencies) no longer does, which shows as memory here.
+fn hot_functions_found() {
+    let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/hot-functions.txt");
+    let Ok(list) = std::fs::read_to_string(list) else {
+        println!("  no hot-function list");
+        return;
+    };
+    let Ok(symbols) = std::process::Command::new("nm")
+        .args(["--defined-only", env!("CARGO_BIN_EXE_reconfd")])
+        .output()
+    else {
+        println!("  hot-function list: not checked (no nm)");
+        return;
+    };
+    let symbols = String::from_utf8_lossy(&symbols.stdout);
+    let defined: BTreeSet<&str> = symbols
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .collect();
+    let wanted: Vec<&str> = list.lines().collect();
+    let found = wanted.iter().filter(|name| defined.contains(*name)).count();
+    println!(
+        "  hot-function list: {found} of its {} names are in this binary (the list holds the \
+         names of two build configurations; a binary has at most its own)",
+        wanted.len()
+    );
 }
 
 /// `--onetime` of the repository's HAProxy template over the 10,000 `/proxy/frontend` keys
