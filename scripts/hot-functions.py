@@ -17,8 +17,9 @@ A name the binary does not have is skipped by the linker, so a stale list costs 
 correctness. Run this after a toolchain or dependency update (the etcd benchmark's idle row
 says how much of the list the binary still has).
 
-Needs: valgrind, etcd, redis-server (scripts/test.sh installs the servers). Takes about ten
-minutes, most of it the two release builds.
+Needs: valgrind, etcd, redis-server, nats-server and ZooKeeper (scripts/test.sh installs the
+servers). Takes about a quarter of an hour, most of it the two release builds. Consul and Vault
+are not in the scenarios: no server for them can be installed here.
 
 Usage: scripts/hot-functions.py
 """
@@ -127,6 +128,102 @@ class Redis:
         self.process.wait()
 
 
+class Nats:
+    """nats-server with JetStream on a free loopback port, holding the key/value bucket
+    `reconfd`, spoken to in NATS's text protocol."""
+
+    BUCKET = "reconfd"
+
+    def __init__(self, directory):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            ["nats-server", "-js", "-a", "127.0.0.1", "-p", str(self.port),
+             "-sd", os.path.join(directory, "nats")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self.connects, "nats-server")
+        self.pending = b""
+        self.socket.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
+        self.inbox = 0
+        # The stream NATS's key/value clients create for a bucket.
+        self.request(f"$JS.API.STREAM.CREATE.KV_{self.BUCKET}", json.dumps({
+            "name": f"KV_{self.BUCKET}", "subjects": [f"$KV.{self.BUCKET}.>"],
+            "max_msgs_per_subject": 1, "storage": "file", "allow_rollup_hdrs": True,
+            "deny_delete": True, "allow_direct": True, "discard": "new", "num_replicas": 1,
+        }).encode())
+
+    def connects(self):
+        try:
+            self.socket = socket.create_connection(("127.0.0.1", self.port))
+            return True
+        except OSError:
+            return False
+
+    def line(self):
+        while b"\r\n" not in self.pending:
+            self.pending += self.socket.recv(65536)
+        line, self.pending = self.pending.split(b"\r\n", 1)
+        return line.decode()
+
+    def request(self, subject, payload):
+        """Publishes `payload` to `subject` and returns the answer's payload."""
+        self.inbox += 1
+        inbox = f"_INBOX.hot.{self.inbox}"
+        self.socket.sendall(f"SUB {inbox} {self.inbox}\r\nPUB {subject} {inbox} "
+                            f"{len(payload)}\r\n".encode() + payload + b"\r\n")
+        while True:
+            words = self.line().split()
+            if words and words[0] == "PING":
+                self.socket.sendall(b"PONG\r\n")
+            elif words and words[0] == "MSG" and words[1] == inbox:
+                size = int(words[-1])
+                while len(self.pending) < size + 2:
+                    self.pending += self.socket.recv(65536)
+                answer, self.pending = self.pending[:size], self.pending[size + 2:]
+                return answer
+
+    def put(self, key, value):
+        nats_key = key.strip("/").replace("/", ".")
+        self.request(f"$KV.{self.BUCKET}.{nats_key}", value.encode())
+
+    def stop(self):
+        self.socket.close()
+        self.process.terminate()
+        self.process.wait()
+
+
+class ZooKeeper:
+    """A ZooKeeper server on a free loopback port (Debian's package), written with zkCli.sh."""
+
+    CLASSPATH = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
+
+    def __init__(self, directory):
+        self.port = free_port()
+        config = os.path.join(directory, "zoo.cfg")
+        with open(config, "w") as file:
+            file.write(f"tickTime=2000\ndataDir={os.path.join(directory, 'zookeeper')}\n"
+                       f"clientPort={self.port}\nclientPortAddress=127.0.0.1\n"
+                       "admin.enableServer=false\n")
+        self.process = subprocess.Popen(
+            ["java", "-Xmx256m", "-XX:+UseSerialGC", "-cp", self.CLASSPATH,
+             "org.apache.zookeeper.server.ZooKeeperServerMain", config],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.cli("ls", "/").returncode == 0, "ZooKeeper")
+
+    def cli(self, *words):
+        return subprocess.run(["/usr/share/zookeeper/bin/zkCli.sh", "-server",
+                               f"127.0.0.1:{self.port}", *words], capture_output=True)
+
+    def create(self, path, value=""):
+        self.cli("create", path, value)
+
+    def set(self, path, value):
+        self.cli("set", path, value)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait()
+
+
 def encode(text):
     return base64.b64encode(text.encode()).decode()
 
@@ -134,8 +231,9 @@ def encode(text):
 class Scenarios:
     """The paths a user's reconfd takes, run with `binary` under callgrind into `out`."""
 
-    def __init__(self, binary, out, work, etcd, redis):
-        self.binary, self.out, self.work, self.etcd, self.redis = binary, out, work, etcd, redis
+    def __init__(self, binary, out, work, servers):
+        self.binary, self.out, self.work = binary, out, work
+        self.etcd, self.redis, self.nats, self.zookeeper = servers
         self.health = f"127.0.0.1:{free_port()}"
 
     def command(self, tag, args):
@@ -218,6 +316,23 @@ class Scenarios:
         ]
         self.daemon("watch-redis", redis, "haproxy.cfg", redis_changes)
 
+        nats = ["--backend", "nats", "--node", f"nats://127.0.0.1:{self.nats.port}"]
+        self.once("onetime-nats", ["--onetime", *nats])
+        nats_changes = [
+            (lambda i=i: self.nats.put("/proxy/frontend/web1", f"10.7.0.{i}:80"), f"10.7.0.{i}:80")
+            for i in range(5)
+        ]
+        self.daemon("watch-nats", nats, "haproxy.cfg", nats_changes)
+
+        zookeeper = ["--backend", "zookeeper", "--node", f"127.0.0.1:{self.zookeeper.port}"]
+        self.once("onetime-zookeeper", ["--onetime", *zookeeper])
+        zookeeper_changes = [
+            (lambda i=i: self.zookeeper.set("/proxy/frontend/web1", f"10.6.0.{i}:80"),
+             f"10.6.0.{i}:80")
+            for i in range(3)
+        ]
+        self.daemon("watch-zookeeper", zookeeper, "haproxy.cfg", zookeeper_changes)
+
         env = dict(os.environ, PROXY_PORT="8081", PROXY_FRONTEND_WEB1="127.0.0.1:9001")
         subprocess.run(self.command("onetime-env", ["--onetime", "--backend", "env"]),
                        cwd=self.work, env=env, check=True)
@@ -282,6 +397,8 @@ def main():
 
         etcd = Etcd(scratch)
         redis = Redis(scratch)
+        nats = Nats(scratch)
+        zookeeper = ZooKeeper(scratch)
         try:
             frontends = [(f"/proxy/frontend/web{i:05}", f"10.0.{i // 256}.{i % 256}:8080")
                          for i in range(10_000)]
@@ -289,11 +406,17 @@ def main():
             etcd.put_all([(f"/bench/small/web{i:05}", f"10.1.0.{i}:8080") for i in range(100)])
             redis.cli("SET", "/proxy/port", "8080")
             redis.cli("SET", "/proxy/frontend/web1", "10.8.0.100:80")
+            nats.put("/proxy/port", "8080")
+            nats.put("/proxy/frontend/web1", "10.7.0.100:80")
+            for path in ["/proxy", "/proxy/frontend"]:
+                zookeeper.create(path)
+            zookeeper.create("/proxy/port", "8080")
+            zookeeper.create("/proxy/frontend/web1", "10.6.0.100:80")
             order, order_set = [], set()
             for kind, binary in binaries.items():
                 out = os.path.join(scratch, f"callgrind-{kind}")
                 os.makedirs(out)
-                Scenarios(binary, out, work, etcd, redis).run()
+                Scenarios(binary, out, work, (etcd, redis, nats, zookeeper)).run()
                 names = link_order(out, binary)
                 print(f"hot-functions: {kind} build: {len(names)} functions", flush=True)
                 # The standard library and crates the features leave alone have the same
@@ -301,8 +424,8 @@ def main():
                 order.extend(name for name in names if name not in order_set)
                 order_set.update(names)
         finally:
-            etcd.stop()
-            redis.stop()
+            for server in (etcd, redis, nats, zookeeper):
+                server.stop()
     with open(LIST, "w") as file:
         file.write("\n".join(order) + "\n")
     print(f"hot-functions: wrote {LIST}")
