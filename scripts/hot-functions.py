@@ -19,7 +19,7 @@ says how much of the list the binary still has).
 
 Needs: valgrind, etcd, redis-server, nats-server and ZooKeeper (scripts/test.sh installs the
 servers). Takes about a quarter of an hour, most of it the two release builds. Consul and Vault
-are not in the scenarios: no server for them can be installed here.
+are not in the scenarios: Debian packages neither server.
 
 Usage: scripts/hot-functions.py
 """
