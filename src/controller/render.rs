@@ -6,8 +6,10 @@
 //! is told to stop (it stops at its next write or function call) and its result, if it ever
 //! comes, is dropped; until its thread has ended the resource is not rendered again, so a
 //! runaway template holds one thread at most. A controller renders one template at a time
-//! (renders allocate heavily, and two on one allocator mostly wait for each other); a render
-//! still running after [`ROUND_GRACE`] lets the next one start beside it.
+//! (renders allocate heavily, and two on one allocator mostly wait for each other), a round's
+//! renders queued together so its thread runs them back to back; a render still running
+//! after [`ROUND_GRACE`] hands the queue to a new thread, so the renders after it start
+//! beside it.
 //!
 //! A resource whose `min_keys` the snapshot does not meet is not rendered at all, nor is one
 //! that sees a key whose value is not UTF-8: it fails naming the key, as no template can be
@@ -16,25 +18,24 @@
 //!
 //! A round renders its resources concurrently and is committed as one batch. Renders still
 //! running [`ROUND_GRACE`] after the round began do not hold the others back: the round
-//! commits without them (and without the other templates of their files), and they are
-//! committed as a batch of their own when they end.
+//! commits without them (and without the other templates of their files), and each file's
+//! are committed as a batch of their own as soon as that file's renders have ended.
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesUnordered;
-use tokio::sync::Semaphore;
+use futures_util::stream::{BoxStream, FuturesUnordered, SelectAll};
+use futures_util::{Stream, StreamExt};
 
 use super::{Prepared, Shutdown, now, sleep_until};
 use crate::reconcile::md5_hex;
 use crate::resource::Resource;
 use crate::store::Snapshot;
-use crate::template::{RenderBounds, SharedResults, View};
+use crate::template::{RenderBounds, SharedResults, TemplateError, View};
 
 /// How long a round waits for its slowest render before committing the others.
 pub(crate) const ROUND_GRACE: Duration = Duration::from_secs(1);
@@ -101,13 +102,13 @@ pub(crate) struct RenderFailure {
 /// The renders of one controller: the threads they may use, the renders still running after
 /// their round was committed, and the resources whose render thread has not ended.
 pub(crate) struct Renders {
-    permits: Arc<Semaphore>,
-    /// The thread that renders, while it is idle.
-    worker: Arc<Mutex<Option<Worker>>>,
+    /// The render threads and their queue.
+    threads: Arc<Threads>,
     /// For each resource: a render thread of it is still running.
     running: Vec<Arc<AtomicBool>>,
-    /// Renders that outlived their round, as batches to commit when they end.
-    late: FuturesUnordered<BoxFuture<'static, Vec<Rendered>>>,
+    /// Renders that outlived their round: a batch for each resource file, to commit as soon
+    /// as that file's renders have ended.
+    late: SelectAll<BoxStream<'static, Vec<Rendered>>>,
     /// Resources in `late`.
     late_indexes: BTreeSet<usize>,
     /// Resources asked for while they were in `late`: rendered again once it ends.
@@ -118,10 +119,9 @@ impl Renders {
     /// Render state for `resources` resources.
     pub(crate) fn new(resources: usize) -> Renders {
         Renders {
-            permits: Arc::new(Semaphore::new(1)),
-            worker: Arc::default(),
+            threads: Threads::new(),
             running: (0..resources).map(|_| Arc::default()).collect(),
-            late: FuturesUnordered::new(),
+            late: SelectAll::new(),
             late_indexes: BTreeSet::new(),
             deferred: BTreeSet::new(),
         }
@@ -202,8 +202,7 @@ impl Renders {
                 index,
                 member,
                 view,
-                Arc::clone(&self.permits),
-                Arc::clone(&self.worker),
+                Arc::clone(&self.threads),
                 Arc::clone(&self.running[index]),
             ));
         }
@@ -223,31 +222,31 @@ impl Renders {
         }
         // The templates of one file are committed together: those whose file still has a
         // render running wait for it.
-        let late_files: BTreeSet<&Path> = waiting
-            .iter()
-            .map(|index| prepared[*index].resource.file.as_path())
-            .collect();
+        let file_of = |index: usize| prepared[index].resource.file.clone();
+        let mut unfinished: BTreeMap<PathBuf, usize> = BTreeMap::new();
+        for index in &waiting {
+            *unfinished.entry(file_of(*index)).or_default() += 1;
+        }
         let (held, now_done): (Vec<Rendered>, Vec<Rendered>) = done
             .into_iter()
-            .partition(|r| late_files.contains(prepared[r.index].resource.file.as_path()));
+            .partition(|r| unfinished.contains_key(&file_of(r.index)));
         self.late_indexes.extend(waiting.iter().copied());
         self.late_indexes
             .extend(held.iter().map(|rendered| rendered.index));
-        self.late.push(Box::pin(async move {
-            let mut batch = held;
-            while let Some(rendered) = pending.next().await {
-                batch.push(rendered);
-            }
-            batch
-        }));
+        let files: BTreeMap<usize, PathBuf> = waiting
+            .iter()
+            .copied()
+            .chain(held.iter().map(|rendered| rendered.index))
+            .map(|index| (index, file_of(index)))
+            .collect();
+        self.late
+            .push(late_batches(pending, held, unfinished, files).boxed());
         Some(now_done)
     }
 
-    /// The next late batch, once its renders have ended; never while there is none.
+    /// The next late batch, once the renders of its resource file have ended; never while
+    /// there is none.
     pub(crate) async fn next_late(&mut self) -> Vec<Rendered> {
-        if self.late.is_empty() {
-            return std::future::pending().await;
-        }
         match self.late.next().await {
             Some(batch) => {
                 for rendered in &batch {
@@ -273,7 +272,48 @@ impl Renders {
     }
 }
 
-/// Marks a resource's render thread as ended when the thread ends, however it ends.
+impl Drop for Renders {
+    fn drop(&mut self) {
+        self.threads.close();
+    }
+}
+
+/// The renders of a round still `pending` after its grace, with the finished ones `held`
+/// for them, as one batch per resource file once all of that file's renders have ended
+/// (`unfinished` counts them; `files` gives each resource's file).
+fn late_batches(
+    pending: FuturesUnordered<impl Future<Output = Rendered> + Send + 'static>,
+    held: Vec<Rendered>,
+    unfinished: BTreeMap<PathBuf, usize>,
+    files: BTreeMap<usize, PathBuf>,
+) -> impl Stream<Item = Vec<Rendered>> + Send + 'static {
+    futures_util::stream::unfold(
+        (pending, held, unfinished, files),
+        |(mut pending, mut held, mut unfinished, files)| async move {
+            loop {
+                let rendered = pending.next().await?;
+                // Every pending render's file is in `files`; one that were not would be a
+                // batch of its own.
+                let Some(file) = files.get(&rendered.index).cloned() else {
+                    return Some((vec![rendered], (pending, held, unfinished, files)));
+                };
+                held.push(rendered);
+                let left = unfinished.entry(file.clone()).or_default();
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    unfinished.remove(&file);
+                    let (batch, rest): (Vec<Rendered>, Vec<Rendered>) = held
+                        .into_iter()
+                        .partition(|r| files.get(&r.index) == Some(&file));
+                    return Some((batch, (pending, rest, unfinished, files)));
+                }
+            }
+        },
+    )
+}
+
+/// Marks a resource's render as ended when its job ends, however it ends, or is dropped
+/// unrun.
 struct Running(Arc<AtomicBool>);
 
 impl Drop for Running {
@@ -291,54 +331,124 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// A job for a render thread.
-type Job = Box<dyn FnOnce() + Send>;
+/// A job for a render thread, given the number of the thread that runs it.
+type Job = Box<dyn FnOnce(u64) + Send>;
 
-/// A thread that runs renders one after another. One long-lived thread per controller keeps
-/// the memory a render touches (its stack, the allocator's per-thread cache) in one place;
-/// a pool thread per render left a little of it behind on every thread the pool kept.
-struct Worker {
-    jobs: std::sync::mpsc::Sender<Job>,
+/// The render threads of one controller and the queue of renders they share. One
+/// long-lived thread, the primary, keeps the memory a render touches (its stack, the
+/// allocator's per-thread cache) in one place; a pool thread per render left a little of it
+/// behind on every thread the pool kept. A round's renders are queued at once, so the thread
+/// runs them back to back instead of sleeping and being woken between them. A render still
+/// running after [`ROUND_GRACE`] makes a new thread the primary, which takes over the queue;
+/// the old one ends once its render does.
+struct Threads {
+    state: Mutex<Queue>,
+    work: Condvar,
 }
 
-impl Worker {
-    fn spawn() -> std::io::Result<Worker> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+/// What the render threads share.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// The thread that waits for more when the queue is empty (0: none started yet).
+    primary: u64,
+    /// The number the next thread gets.
+    last_thread: u64,
+    /// The controller is gone: the threads end.
+    closed: bool,
+}
+
+impl Threads {
+    fn new() -> Arc<Threads> {
+        Arc::new(Threads {
+            state: Mutex::default(),
+            work: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A job's panic is caught outside the lock, so no panic can poison it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `job`, starting the primary thread first if there is none.
+    fn queue(self: &Arc<Self>, job: Job) -> std::io::Result<()> {
+        let mut queue = self.lock();
+        if queue.primary == 0 {
+            queue.primary = self.spawn(&mut queue)?;
+        }
+        queue.jobs.push_back(job);
+        drop(queue);
+        self.work.notify_one();
+        Ok(())
+    }
+
+    /// Makes a new thread the primary in place of `stuck`, whose render has outlived
+    /// [`ROUND_GRACE`], unless that was done already.
+    fn replace(self: &Arc<Self>, stuck: u64) {
+        let mut queue = self.lock();
+        if queue.primary != stuck || queue.closed {
+            return;
+        }
+        match self.spawn(&mut queue) {
+            Ok(thread) => queue.primary = thread,
+            Err(e) => {
+                // The renders queued behind the slow one fail rather than wait for it; the
+                // next render queued tries to start a thread again.
+                tracing::warn!("cannot start another render thread: {e}");
+                queue.primary = 0;
+                let dropped = std::mem::take(&mut queue.jobs);
+                drop(queue);
+                drop(dropped);
+            }
+        }
+    }
+
+    /// Starts a thread serving the queue; returns its number.
+    fn spawn(self: &Arc<Self>, queue: &mut Queue) -> std::io::Result<u64> {
+        let number = queue.last_thread + 1;
+        let threads = Arc::clone(self);
         std::thread::Builder::new()
             .name("reconfd-render".to_string())
-            .spawn(move || {
-                // Ends when its controller lets it go (the sender is dropped).
-                while let Ok(job) = queue.recv() {
-                    // A render that panics drops its reply, which its caller reports; the
-                    // thread goes on with the next one.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            .spawn(move || threads.serve(number))?;
+        queue.last_thread = number;
+        Ok(number)
+    }
+
+    /// Runs queued jobs until the controller is gone or, once the queue is empty, until the
+    /// thread is no longer the primary.
+    fn serve(&self, number: u64) {
+        loop {
+            let job = {
+                let mut queue = self.lock();
+                loop {
+                    if queue.closed {
+                        return;
+                    }
+                    if let Some(job) = queue.jobs.pop_front() {
+                        break job;
+                    }
+                    if queue.primary != number {
+                        return;
+                    }
+                    queue = self.work.wait(queue).unwrap_or_else(|e| e.into_inner());
                 }
-            })?;
-        Ok(Worker { jobs })
+            };
+            // A render that panics drops its reply, which its caller reports; the thread
+            // goes on with the next one.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(number)));
+        }
     }
 
-    /// Hands `job` to the idle worker in `slot`, or to a new one when there is none or it
-    /// has ended. Returns the worker, now busy with the job.
-    fn run(slot: &Mutex<Option<Worker>>, job: Job) -> std::io::Result<Worker> {
-        let idle = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let job = match idle {
-            Some(worker) => match worker.jobs.send(job) {
-                Ok(()) => return Ok(worker),
-                Err(returned) => returned.0,
-            },
-            None => job,
+    /// Ends the threads once their current jobs end; queued jobs are dropped.
+    fn close(&self) {
+        let dropped = {
+            let mut queue = self.lock();
+            queue.closed = true;
+            std::mem::take(&mut queue.jobs)
         };
-        let worker = Worker::spawn()?;
-        // A new thread's queue is open until the worker is dropped.
-        let _ = worker.jobs.send(job);
-        Ok(worker)
-    }
-
-    /// Puts the worker back as the controller's idle one, unless another took its place.
-    fn release(self, slot: &Mutex<Option<Worker>>) {
-        slot.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert(self);
+        drop(dropped);
+        self.work.notify_all();
     }
 }
 
@@ -347,29 +457,31 @@ async fn render(
     index: usize,
     member: Arc<Prepared>,
     view: View,
-    permits: Arc<Semaphore>,
-    worker: Arc<Mutex<Option<Worker>>>,
+    threads: Arc<Threads>,
     running: Arc<AtomicBool>,
 ) -> Rendered {
-    // The semaphore is never closed.
-    let permit = permits.acquire_owned().await.ok();
     let limits = member.limits;
     let bounds = RenderBounds {
         max_size: limits.max_size,
         cancel: Arc::default(),
     };
     let _stop = StopOnDrop(Arc::clone(&bounds.cancel));
-    let started = now();
     running.store(true, Ordering::Release);
+    // Marks the render ended when the job is done or dropped unrun.
+    let running = Running(running);
     let thread_bounds = bounds.clone();
     let thread_member = Arc::clone(&member);
     // The render thread wakes this task directly: one thread wake-up each way is all a
     // render costs beyond its own work.
+    let (started, on_thread) = tokio::sync::oneshot::channel();
     let (reply, answer) = tokio::sync::oneshot::channel();
     let hold = hold_clock();
-    let job: Job = Box::new(move || {
-        let running = Running(running);
+    let job: Job = Box::new(move |thread| {
+        let running = running;
         let _hold = hold;
+        let began = std::time::Instant::now();
+        // Read only when the render is slow, so it wakes no one in the common case.
+        let _ = started.send((thread, began));
         let secret = thread_member.resource.secret;
         let rendered = thread_member
             .renderer
@@ -382,51 +494,39 @@ async fn render(
         // not find this render still running.
         drop(running);
         // The caller stopped waiting only if it gave up on the render.
-        let _ = reply.send(rendered);
+        let _ = reply.send((rendered, began.elapsed()));
     });
     let resource = &member.resource;
     let failure = |message: String, may_pass: bool| RenderFailure {
         message: format!("{}: {message}", resource.file.display()),
         may_pass,
     };
-    let busy = match Worker::run(&worker, job) {
-        Ok(busy) => busy,
-        Err(e) => {
-            return Rendered {
-                index,
-                content: Err(NotRendered::Failed(failure(
-                    format!("cannot start a render thread: {e}"),
-                    true,
-                ))),
-                md5: None,
-                time: Duration::ZERO,
-            };
-        }
-    };
-    let deadline = tokio::time::Instant::now() + limits.timeout;
-    let mut answer = std::pin::pin!(answer);
-    let finished = tokio::select! {
-        finished = &mut answer => Ok(finished),
-        () = tokio::time::sleep(ROUND_GRACE.min(limits.timeout)) => {
-            // A slow render no longer holds back the next one, which gets a thread of its own.
-            drop(permit);
-            tokio::time::timeout_at(deadline, answer).await
-        }
-    };
-    if finished.is_ok() {
-        busy.release(&worker);
+    if let Err(e) = threads.queue(job) {
+        return Rendered {
+            index,
+            content: Err(NotRendered::Failed(failure(
+                format!("cannot start a render thread: {e}"),
+                true,
+            ))),
+            md5: None,
+            time: Duration::ZERO,
+        };
     }
+    let finished = answer_in_time(answer, on_thread, &threads, limits).await;
+    let mut time = Duration::ZERO;
     let content = match finished {
-        Ok(Ok(Ok(rendered))) => Ok(rendered),
-        Ok(Ok(Err(e))) => Err(failure(e.to_string(), e.may_pass)),
-        Ok(Err(_)) => Err(failure(
+        Some(Ok(Ok((rendered, took)))) => {
+            time = took;
+            rendered.map_err(|e| failure(e.to_string(), e.may_pass))
+        }
+        Some(Ok(Err(_))) => Err(failure(
             format!(
                 "{}: rendering failed unexpectedly (it panicked); please report this",
                 resource.src.display(),
             ),
             false,
         )),
-        Err(_) => Err(failure(
+        Some(Err(_)) => Err(failure(
             format!(
                 "{}: rendering took longer than {}, the limit (`render_timeout`); the \
                  destination is left as it is",
@@ -434,6 +534,14 @@ async fn render(
                 humantime::format_duration(limits.timeout)
             ),
             false,
+        )),
+        None => Err(failure(
+            format!(
+                "{}: not rendered: a slow render held the render thread and no other could \
+                 be started; the destination is left as it is",
+                resource.src.display(),
+            ),
+            true,
         )),
     };
     let (content, md5) = match content {
@@ -444,8 +552,50 @@ async fn render(
         index,
         content,
         md5,
-        time: now() - started,
+        time,
     }
+}
+
+/// A render's text and md5, or its error, and how long it took.
+type Reply = (Result<(String, Option<String>), TemplateError>, Duration);
+
+/// What a render's caller hears: the reply, or an error if its job was dropped (it panicked,
+/// or its controller is gone).
+type Answer = Result<Reply, tokio::sync::oneshot::error::RecvError>;
+
+/// Waits for the `answer` of a queued render within its limits: `Err` past its time limit,
+/// `None` if the job was dropped unrun (no thread could take over from a slow render). The
+/// time limit and the grace after which the renders queued behind it move to a new thread
+/// count from the moment the render started, which `started` gives; it is read only when the
+/// answer is slow to come.
+async fn answer_in_time(
+    answer: tokio::sync::oneshot::Receiver<Reply>,
+    started: tokio::sync::oneshot::Receiver<(u64, std::time::Instant)>,
+    threads: &Arc<Threads>,
+    limits: RenderLimits,
+) -> Option<Result<Answer, tokio::time::error::Elapsed>> {
+    let grace = ROUND_GRACE.min(limits.timeout);
+    let mut answer = std::pin::pin!(answer);
+    tokio::select! {
+        answered = &mut answer => return Some(Ok(answered)),
+        () = tokio::time::sleep(grace) => {}
+    }
+    // Not answered within its grace of being queued: it waits behind other renders, or it is
+    // slow.
+    let (thread, began) = tokio::select! {
+        answered = &mut answer => return Some(Ok(answered)),
+        started = started => started.ok()?,
+    };
+    if let Some(left) = grace.checked_sub(began.elapsed()) {
+        tokio::select! {
+            answered = &mut answer => return Some(Ok(answered)),
+            () = tokio::time::sleep(left) => {}
+        }
+    }
+    // A slow render no longer holds back the renders queued after it.
+    threads.replace(thread);
+    let left = limits.timeout.saturating_sub(began.elapsed());
+    Some(tokio::time::timeout(left, answer).await)
 }
 
 /// Keeps tokio's paused clock (controller tests) standing still while a render runs, as it
