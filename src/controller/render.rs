@@ -104,7 +104,7 @@ pub(crate) struct RenderFailure {
 pub(crate) struct Renders {
     /// The render threads and their queue.
     threads: Arc<Threads>,
-    /// For each resource: a render thread of it is still running.
+    /// For each resource: a render of it is queued or still running.
     running: Vec<Arc<AtomicBool>>,
     /// Renders that outlived their round: a batch for each resource file, to commit as soon
     /// as that file's renders have ended.
@@ -220,6 +220,7 @@ impl Renders {
                 () = shutdown.wait() => return None,
             }
         }
+        self.threads.unblock();
         // The templates of one file are committed together: those whose file still has a
         // render running wait for it.
         let file_of = |index: usize| prepared[index].resource.file.clone();
@@ -350,9 +351,11 @@ struct Threads {
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
-    /// The thread that waits for more when the queue is empty (0: none started yet).
+    /// The one thread that serves the queue (0: none, until the next job is queued).
     primary: u64,
-    /// The number the next thread gets.
+    /// The primary is running a job.
+    primary_busy: bool,
+    /// The number of the thread started last.
     last_thread: u64,
     /// The controller is gone: the threads end.
     closed: bool,
@@ -391,17 +394,34 @@ impl Threads {
             return;
         }
         match self.spawn(&mut queue) {
-            Ok(thread) => queue.primary = thread,
+            Ok(thread) => {
+                queue.primary = thread;
+                queue.primary_busy = false;
+            }
             Err(e) => {
                 // The renders queued behind the slow one fail rather than wait for it; the
                 // next render queued tries to start a thread again.
                 tracing::warn!("cannot start another render thread: {e}");
                 queue.primary = 0;
+                queue.primary_busy = false;
                 let dropped = std::mem::take(&mut queue.jobs);
                 drop(queue);
                 drop(dropped);
             }
         }
+    }
+
+    /// Makes a new thread the primary if renders are queued behind a running one: a round
+    /// that commits without its slow renders leaves those queued behind them free to start
+    /// while it commits, whether or not their tasks are polled meanwhile.
+    fn unblock(self: &Arc<Self>) {
+        let queue = self.lock();
+        if queue.closed || !queue.primary_busy || queue.jobs.is_empty() {
+            return;
+        }
+        let busy = queue.primary;
+        drop(queue);
+        self.replace(busy);
     }
 
     /// Starts a thread serving the queue; returns its number.
@@ -418,25 +438,26 @@ impl Threads {
     /// Runs queued jobs until the controller is gone or, once the queue is empty, until the
     /// thread is no longer the primary.
     fn serve(&self, number: u64) {
+        let mut queue = self.lock();
         loop {
-            let job = {
-                let mut queue = self.lock();
-                loop {
-                    if queue.closed {
-                        return;
-                    }
-                    if let Some(job) = queue.jobs.pop_front() {
-                        break job;
-                    }
-                    if queue.primary != number {
-                        return;
-                    }
-                    queue = self.work.wait(queue).unwrap_or_else(|e| e.into_inner());
-                }
+            // A thread no longer the primary ends once its job has: renders run one at a
+            // time but for the slow one it was running.
+            if queue.closed || queue.primary != number {
+                return;
+            }
+            let Some(job) = queue.jobs.pop_front() else {
+                queue = self.work.wait(queue).unwrap_or_else(|e| e.into_inner());
+                continue;
             };
+            queue.primary_busy = true;
+            drop(queue);
             // A render that panics drops its reply, which its caller reports; the thread
             // goes on with the next one.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(number)));
+            queue = self.lock();
+            if queue.primary == number {
+                queue.primary_busy = false;
+            }
         }
     }
 
@@ -559,32 +580,31 @@ async fn render(
 /// A render's text and md5, or its error, and how long it took.
 type Reply = (Result<(String, Option<String>), TemplateError>, Duration);
 
-/// What a render's caller hears: the reply, or an error if its job was dropped (it panicked,
-/// or its controller is gone).
+/// What a render's caller hears: the reply, or an error if its job dropped it (it panicked).
 type Answer = Result<Reply, tokio::sync::oneshot::error::RecvError>;
 
 /// Waits for the `answer` of a queued render within its limits: `Err` past its time limit,
 /// `None` if the job was dropped unrun (no thread could take over from a slow render). The
 /// time limit and the grace after which the renders queued behind it move to a new thread
 /// count from the moment the render started, which `started` gives; it is read only when the
-/// answer is slow to come.
+/// answer is slow to come, or missing.
 async fn answer_in_time(
     answer: tokio::sync::oneshot::Receiver<Reply>,
-    started: tokio::sync::oneshot::Receiver<(u64, std::time::Instant)>,
+    mut started: tokio::sync::oneshot::Receiver<(u64, std::time::Instant)>,
     threads: &Arc<Threads>,
     limits: RenderLimits,
 ) -> Option<Result<Answer, tokio::time::error::Elapsed>> {
     let grace = ROUND_GRACE.min(limits.timeout);
     let mut answer = std::pin::pin!(answer);
     tokio::select! {
-        answered = &mut answer => return Some(Ok(answered)),
+        answered = &mut answer => return heard(answered, &mut started),
         () = tokio::time::sleep(grace) => {}
     }
     // Not answered within its grace of being queued: it waits behind other renders, or it is
     // slow.
     let (thread, began) = tokio::select! {
-        answered = &mut answer => return Some(Ok(answered)),
-        started = started => started.ok()?,
+        answered = &mut answer => return heard(answered, &mut started),
+        start = &mut started => start.ok()?,
     };
     if let Some(left) = grace.checked_sub(began.elapsed()) {
         tokio::select! {
@@ -596,6 +616,18 @@ async fn answer_in_time(
     threads.replace(thread);
     let left = limits.timeout.saturating_sub(began.elapsed());
     Some(tokio::time::timeout(left, answer).await)
+}
+
+/// What an `answered` render comes to: `None` when its job was dropped before it started
+/// (it sent no start), else the answer (an error if the job panicked).
+fn heard(
+    answered: Answer,
+    started: &mut tokio::sync::oneshot::Receiver<(u64, std::time::Instant)>,
+) -> Option<Result<Answer, tokio::time::error::Elapsed>> {
+    if answered.is_err() && started.try_recv().is_err() {
+        return None;
+    }
+    Some(Ok(answered))
 }
 
 /// Keeps tokio's paused clock (controller tests) standing still while a render runs, as it
