@@ -21,9 +21,9 @@
 //! commits without them (and without the other templates of their files), and each file's
 //! are committed as a batch of their own as soon as that file's renders have ended.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -223,25 +223,18 @@ impl Renders {
         self.threads.unblock();
         // The templates of one file are committed together: those whose file still has a
         // render running wait for it.
-        let file_of = |index: usize| prepared[index].resource.file.clone();
-        let mut unfinished: BTreeMap<PathBuf, usize> = BTreeMap::new();
-        for index in &waiting {
-            *unfinished.entry(file_of(*index)).or_default() += 1;
-        }
+        let late_files: BTreeSet<&Path> = waiting
+            .iter()
+            .map(|index| prepared[*index].resource.file.as_path())
+            .collect();
         let (held, now_done): (Vec<Rendered>, Vec<Rendered>) = done
             .into_iter()
-            .partition(|r| unfinished.contains_key(&file_of(r.index)));
+            .partition(|r| late_files.contains(prepared[r.index].resource.file.as_path()));
         self.late_indexes.extend(waiting.iter().copied());
         self.late_indexes
             .extend(held.iter().map(|rendered| rendered.index));
-        let files: BTreeMap<usize, PathBuf> = waiting
-            .iter()
-            .copied()
-            .chain(held.iter().map(|rendered| rendered.index))
-            .map(|index| (index, file_of(index)))
-            .collect();
         self.late
-            .push(late_batches(pending, held, unfinished, files).boxed());
+            .push(late_batches(pending, held, waiting, prepared.to_vec()).boxed());
         Some(now_done)
     }
 
@@ -279,34 +272,29 @@ impl Drop for Renders {
     }
 }
 
-/// The renders of a round still `pending` after its grace, with the finished ones `held`
-/// for them, as one batch per resource file once all of that file's renders have ended
-/// (`unfinished` counts them; `files` gives each resource's file).
+/// The renders of a round still `pending` after its grace (`waiting` holds their indexes
+/// in `prepared`), with the finished ones `held` for them, as one batch per resource file once
+/// all of that file's renders have ended.
 fn late_batches(
     pending: FuturesUnordered<impl Future<Output = Rendered> + Send + 'static>,
     held: Vec<Rendered>,
-    unfinished: BTreeMap<PathBuf, usize>,
-    files: BTreeMap<usize, PathBuf>,
+    waiting: BTreeSet<usize>,
+    prepared: Vec<Arc<Prepared>>,
 ) -> impl Stream<Item = Vec<Rendered>> + Send + 'static {
     futures_util::stream::unfold(
-        (pending, held, unfinished, files),
-        |(mut pending, mut held, mut unfinished, files)| async move {
+        (pending, held, waiting, prepared),
+        |(mut pending, mut held, mut waiting, prepared)| async move {
+            // Indexes in a round are indexes of `prepared`.
+            let file_of = |index: usize| prepared[index].resource.file.as_path();
             loop {
                 let rendered = pending.next().await?;
-                // Every pending render's file is in `files`; one that were not would be a
-                // batch of its own.
-                let Some(file) = files.get(&rendered.index).cloned() else {
-                    return Some((vec![rendered], (pending, held, unfinished, files)));
-                };
+                waiting.remove(&rendered.index);
+                let file = file_of(rendered.index);
                 held.push(rendered);
-                let left = unfinished.entry(file.clone()).or_default();
-                *left = left.saturating_sub(1);
-                if *left == 0 {
-                    unfinished.remove(&file);
-                    let (batch, rest): (Vec<Rendered>, Vec<Rendered>) = held
-                        .into_iter()
-                        .partition(|r| files.get(&r.index) == Some(&file));
-                    return Some((batch, (pending, rest, unfinished, files)));
+                if waiting.iter().all(|index| file_of(*index) != file) {
+                    let (batch, rest): (Vec<Rendered>, Vec<Rendered>) =
+                        held.into_iter().partition(|r| file_of(r.index) == file);
+                    return Some((batch, (pending, rest, waiting, prepared)));
                 }
             }
         },
