@@ -18,7 +18,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::store::backend::StoreFields;
 
-/// reconfd: render configuration files from key/value stores and swap them in safely.
+/// Render configuration files from key/value stores and swap them in safely.
 ///
 /// Reads template resources (confd's `conf.d/*.toml`) from the confdir, renders each template
 /// from the keys it names, and replaces the destination only when the rendered bytes, mode or
@@ -231,7 +231,19 @@ pub struct AnnounceFields {
 /// The command-line definition: [`Cli`] and [`Subcommands`], every option accepted before or
 /// after a subcommand's name.
 pub fn command() -> clap::Command {
-    Subcommands::augment_subcommands(Cli::command()).mut_args(|arg| arg.global(true))
+    let program = Cli::command();
+    let about = program.get_about().cloned();
+    let long_about = program.get_long_about().cloned();
+    // Adding the subcommands applies their enum's documentation as the program's; the
+    // program's own description is what `--help` and the manual page open with.
+    let mut command = Subcommands::augment_subcommands(program);
+    if let Some(about) = about {
+        command = command.about(about);
+    }
+    if let Some(long_about) = long_about {
+        command = command.long_about(long_about);
+    }
+    command.mut_args(|arg| arg.global(true))
 }
 
 /// The subcommand `matches` (parsed by [`command`]) name, if any.

@@ -54,3 +54,32 @@ fn the_readme_flag_table_lists_every_flag_of_help_and_no_other() {
     );
     assert!(help.len() > 20, "{help:?}");
 }
+
+#[test]
+fn help_and_the_manual_page_open_with_what_reconfd_does() {
+    // `-h` and the manual page's NAME give the package's one-line description; `--help` the
+    // program's long description.
+    let short = env!("CARGO_PKG_DESCRIPTION");
+    let long = "Render configuration files from key/value stores and swap them in safely";
+    for (flag, opening) in [("-h", short), ("--help", long)] {
+        let run = Fixture::new().run(&[flag]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert!(
+            run.stdout.starts_with(opening),
+            "`reconfd {flag}` opens with:\n{}",
+            run.stdout.lines().next().unwrap_or_default()
+        );
+    }
+    let run = Fixture::new().run(&["man"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let name = run
+        .stdout
+        .lines()
+        .skip_while(|line| *line != ".SH NAME")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        name.starts_with("reconfd \\- Configuration reconciler"),
+        "the manual page's NAME line: {name}"
+    );
+}
