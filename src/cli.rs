@@ -7,6 +7,8 @@
 //! Fields are `Option`s, plain `bool`s or lists, so that a setting left out stays unset and a
 //! default can be told from a value given.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -246,6 +248,72 @@ pub fn command() -> clap::Command {
     command.mut_args(|arg| arg.global(true))
 }
 
+/// The process's command line parsed by [`command`], with confd's spelling accepted (see
+/// [`confd_spelling`]); a syntax error exits through clap (status 2).
+pub fn matches() -> ArgMatches {
+    let command = command();
+    let args = confd_spelling(std::env::args_os().collect(), &command);
+    command.get_matches_from(args)
+}
+
+/// `args` with every long option spelt with one dash, as confd (Go's flag package) takes them
+/// (`-onetime`, `-backend etcd`, `-node=http://...`), spelt with two. Never an option's value
+/// (`--prefix -x` keeps `-x`), nor anything after `--`, nor `-h` and `-V`; a name that is no
+/// option of `command` or its subcommands (`-srv-domain`) is spelt with two dashes too, so that
+/// the error names it whole.
+fn confd_spelling(args: Vec<OsString>, command: &clap::Command) -> Vec<OsString> {
+    // clap adds these two only when it parses.
+    let mut takes_value: HashMap<String, bool> =
+        HashMap::from([("help".to_string(), false), ("version".to_string(), false)]);
+    for arg in command.get_arguments().chain(
+        command
+            .get_subcommands()
+            .flat_map(clap::Command::get_arguments),
+    ) {
+        if let Some(long) = arg.get_long() {
+            takes_value.insert(long.to_string(), arg.get_action().takes_values());
+        }
+    }
+    let mut rewritten = Vec::with_capacity(args.len());
+    let mut value_next = false;
+    let mut options_ended = false;
+    // The program's name is not an option.
+    for (position, arg) in args.into_iter().enumerate() {
+        if position == 0 || options_ended || std::mem::take(&mut value_next) {
+            rewritten.push(arg);
+            continue;
+        }
+        let Some(text) = arg.to_str() else {
+            rewritten.push(arg);
+            continue;
+        };
+        if text == "--" {
+            options_ended = true;
+            rewritten.push(arg);
+            continue;
+        }
+        let (dashes, option) = if let Some(option) = text.strip_prefix("--") {
+            (2, option)
+        } else if let Some(option) = text.strip_prefix('-') {
+            (1, option)
+        } else {
+            rewritten.push(arg);
+            continue;
+        };
+        let (name, value) = match option.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (option, false),
+        };
+        value_next = takes_value.get(name).is_some_and(|takes| *takes) && !value;
+        if dashes == 1 && name.len() > 1 {
+            rewritten.push(format!("--{option}").into());
+        } else {
+            rewritten.push(arg);
+        }
+    }
+    rewritten
+}
+
 /// The subcommand `matches` (parsed by [`command`]) name, if any.
 pub fn subcommand(matches: &ArgMatches) -> Result<Option<Subcommands>, clap::Error> {
     match matches.subcommand_name() {
@@ -340,4 +408,100 @@ fn delay<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>,
         .parse(&text)
         .map(Some)
         .map_err(de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spelt(args: &[&str]) -> Vec<String> {
+        let args = std::iter::once("reconfd")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        confd_spelling(args, &command())
+            .into_iter()
+            .skip(1)
+            .map(|arg| arg.into_string().expect("UTF-8"))
+            .collect()
+    }
+
+    #[test]
+    fn confd_single_dash_options_are_taken_as_long_options() {
+        assert_eq!(
+            spelt(&[
+                "-onetime",
+                "-backend",
+                "etcd",
+                "-node=http://127.0.0.1:2379",
+                "-watch"
+            ]),
+            [
+                "--onetime",
+                "--backend",
+                "etcd",
+                "--node=http://127.0.0.1:2379",
+                "--watch"
+            ]
+        );
+        assert_eq!(
+            spelt(&["announce", "-key", "/services/a", "-value=h1:80"]),
+            ["announce", "--key", "/services/a", "--value=h1:80"]
+        );
+    }
+
+    #[test]
+    fn values_short_options_and_what_follows_a_double_dash_stay() {
+        assert_eq!(
+            spelt(&[
+                "-prefix", "-watch", "--prefix", "-noop", "-h", "-V", "-version"
+            ]),
+            [
+                "--prefix",
+                "-watch",
+                "--prefix",
+                "-noop",
+                "-h",
+                "-V",
+                "--version"
+            ]
+        );
+        assert_eq!(
+            spelt(&["-srv-domain", "example.com"]),
+            ["--srv-domain", "example.com"]
+        );
+        assert_eq!(
+            spelt(&["--onetime", "--", "-watch"]),
+            ["--onetime", "--", "-watch"]
+        );
+    }
+
+    #[test]
+    fn a_command_line_in_confd_spelling_parses_as_in_reconfd_spelling() {
+        let confd = command()
+            .try_get_matches_from(std::iter::once("reconfd".to_string()).chain(spelt(&[
+                "-confdir",
+                "/etc/confd",
+                "-backend",
+                "etcd",
+                "-node",
+                "http://10.0.0.1:2379",
+                "-node=http://10.0.0.2:2379",
+                "-interval",
+                "60",
+                "-noop",
+            ])))
+            .expect("parses");
+        assert_eq!(
+            confd.get_one::<PathBuf>("confdir"),
+            Some(&PathBuf::from("/etc/confd"))
+        );
+        let nodes: Vec<&String> = confd
+            .get_many::<String>("nodes")
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(nodes, ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
+        assert!(confd.get_flag("noop"));
+    }
 }

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         .with(filter)
         .init();
 
-    let matches = cli::command().get_matches();
+    let matches = cli::matches();
     // What is printed from the command-line definition needs no settings: a broken settings
     // file must not stand in the way of `reconfd man`.
     let subcommand = match cli::subcommand(&matches) {

@@ -135,7 +135,7 @@ impl Settings {
     /// Parses the process's command line and environment, reads the settings file, and merges
     /// them. Command-line syntax errors exit through clap (status 2).
     pub fn from_command_line() -> Result<Settings, SettingsError> {
-        Settings::merge(&crate::cli::command().get_matches())
+        Settings::merge(&crate::cli::matches())
     }
 
     /// Reads the settings file named by `matches` (the command line and environment, parsed

@@ -54,6 +54,49 @@ fn expect_content(fixture: &Fixture, daemon: &Daemon, expected: &str, what: &str
     );
 }
 
+/// A daemon started with confd's spelling of the options (`-watch`, `-backend file`) reads
+/// that same command line again on SIGHUP.
+#[test]
+fn confd_spelling_is_read_at_start_and_again_on_sighup() {
+    let fixture = fixture();
+    let daemon = fixture.spawn(&["-watch", "-backend", "file", "-file", "data"]);
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+    fixture.template(
+        "count.tmpl",
+        "{{ gets(key=\"/app/servers/*\") | length }}\n",
+    );
+    fixture.resource(
+        "count",
+        "src = \"count.tmpl\"\ndest = \"count.conf\"\nkeys = [\"/app\"]\n",
+    );
+    let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    assert!(
+        wait_for(Duration::from_secs(10), || std::fs::read_to_string(
+            fixture.path("count.conf")
+        )
+        .is_ok_and(|text| text == "1\n")),
+        "the resource added before SIGHUP\n{}",
+        daemon.log()
+    );
+    save(
+        &fixture,
+        "app:\n  servers:\n    web1: 10.0.0.1:80\n    web2: 10.0.0.2:80\n",
+    );
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "still watching after SIGHUP",
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 #[test]
 fn watch_on_the_file_store_follows_edits() {
     let fixture = fixture();

@@ -59,6 +59,31 @@ fn renders_then_stays_in_sync_without_reloading() {
     assert_eq!(modified.ok(), again.ok(), "in sync: file not rewritten");
 }
 
+/// confd's own spelling, one dash per long option as Go's flag package takes them: a
+/// command line copied from a confd setup works unchanged.
+#[test]
+fn confd_spelling_of_the_options_is_accepted() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    let noop = fixture.run(&["-onetime", "-noop", "-backend", "file", "-file=data.yaml"]);
+    assert_eq!(noop.code, Some(0), "{noop:?}");
+    assert!(
+        !fixture.path("out/app.conf").exists(),
+        "-noop wrote\n{noop:?}"
+    );
+    let run = fixture.run(&["-onetime", "-backend", "file", "-file=data.yaml"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("out/app.conf"), "server web1 10.0.0.1:80\n");
+    // A confd flag of a feature reconfd does not have is refused by its whole name.
+    let unknown = fixture.run(&["-onetime", "-srv-domain", "example.com"]);
+    assert_eq!(unknown.code, Some(2), "{unknown:?}");
+    assert!(
+        unknown
+            .stderr
+            .contains("unexpected argument '--srv-domain'"),
+        "{unknown:?}"
+    );
+}
+
 #[test]
 fn changed_value_rewrites_and_reloads_once() {
     let fixture = app_fixture("    web1: 10.0.0.1:80\n");
