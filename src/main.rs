@@ -44,7 +44,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = filter_handle.reload(EnvFilter::new(&settings.log_level)) {
+    if let Err(e) = filter_handle.reload(log_filter(&settings.log_level)) {
         eprintln!("reconfd: cannot set the log level: {e}");
     }
     if settings.log_format != LogFormat::Text
@@ -91,6 +91,16 @@ fn log_output(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
         // Colour codes are noise in the journal and in files; only a terminal gets them.
         LogFormat::Text => layer.with_ansi(std::io::stderr().is_terminal()).boxed(),
         LogFormat::Json => layer.json().flatten_event(true).boxed(),
+    }
+}
+
+/// The filter for `--log-level`: `debug` shows reconfd's own details, its libraries staying
+/// at `info` (an HTTP/2 client logs every frame at `debug`, which would bury them); `trace`
+/// shows everything.
+fn log_filter(level: &str) -> EnvFilter {
+    match level {
+        "debug" => EnvFilter::new("info,reconfd=debug"),
+        level => EnvFilter::new(level),
     }
 }
 

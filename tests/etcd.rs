@@ -128,6 +128,40 @@ fn watch_follows_puts_deletes_and_collapses_bursts() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// `--log-level debug` shows what reconfd does with a change, not the HTTP/2 frames of its
+/// gRPC client (those are `trace`).
+#[test]
+fn debug_logs_reconfd_s_details_without_its_client_s_frames() {
+    let etcd = Etcd::start();
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch", "--log-level", "debug"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+    etcd.put("/app/servers/web2", "10.0.0.2:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
+        "put picked up",
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || daemon
+            .log()
+            .contains("1 keys changed")),
+        "reconfd's debug line\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert!(!log.contains("frame="), "{log}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 #[test]
 fn quick_puts_during_a_slow_reload_are_rendered_once_with_the_final_values() {
     let etcd = Etcd::start();
