@@ -14,7 +14,7 @@ use crate::limits;
 use crate::secrets;
 use crate::settings::{self, keys_of};
 use crate::store::backend::{Backend, StoreFields};
-use crate::store::consul::SERVICES_ROOT;
+use crate::store::catalog::SERVICES_ROOT;
 use crate::wait::Wait;
 
 /// Check and reload commands that set no timeout get this one.

@@ -2,11 +2,10 @@
 //! followed with blocking queries.
 //!
 //! KV keys map onto reconfd keys with a leading `/` (`service/web/port` is
-//! `/service/web/port`). The catalog appears as keys under [`SERVICES_ROOT`]: each instance of
-//! a service is `/_consul/services/<service>/<node>/<id>`, holding a JSON description that the
-//! template functions `service()` and `services()` read. A resource reads the catalog by
-//! listing `/_consul/services` (every service) or `/_consul/services/<name>` in its `keys`;
-//! only what resources list is read and watched.
+//! `/service/web/port`). The catalog appears as keys under [`SERVICES_ROOT`], laid out as
+//! [`super::catalog`] describes. A resource reads the catalog by listing `/_consul/services`
+//! (every service) or `/_consul/services/<name>` in its `keys`; only what resources list is
+//! read and watched.
 //!
 //! Consul has no change feed: a blocking query returns the whole prefix (or service) when
 //! anything in it changed, so the watch keeps what it last saw of each and reports the
@@ -24,10 +23,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::catalog::{Instance, SERVICES_ROOT};
 use super::http::{self, error_chain};
 use super::nodes::{Node, Nodes};
 use super::tls::TlsOptions;
@@ -36,9 +36,6 @@ use super::{Change, Snapshot, Store, StoreError, StoreErrorKind, Value, WatchStr
 
 /// Keys and their values as one source of the store reads them: what a watch compares.
 type Values = BTreeMap<String, Value>;
-
-/// Where the service catalog appears among the keys.
-pub const SERVICES_ROOT: &str = "/_consul/services";
 
 /// How long a blocking query may wait for a change (Consul adds a little jitter).
 const BLOCKING_WAIT: &str = "5m";
@@ -650,28 +647,6 @@ struct HealthService {
 #[serde(rename_all = "PascalCase")]
 struct HealthCheck {
     status: String,
-}
-
-/// One instance of a service, as the template functions see it.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Instance {
-    /// The service's name.
-    pub name: String,
-    /// The instance's ID.
-    pub id: String,
-    /// The node it runs on.
-    pub node: String,
-    /// Its address: the service's own, or its node's when the service has none (as
-    /// consul-template does).
-    pub address: String,
-    /// Its port.
-    pub port: u16,
-    /// Its tags.
-    pub tags: Vec<String>,
-    /// Its metadata.
-    pub meta: BTreeMap<String, String>,
-    /// True when every health check of the instance (and of its node) passes.
-    pub passing: bool,
 }
 
 impl From<HealthEntry> for Instance {

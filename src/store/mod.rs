@@ -6,6 +6,7 @@
 //! applies watch events to it incrementally; the renderers only ever read snapshots.
 
 pub mod backend;
+pub mod catalog;
 pub mod consul;
 pub mod env;
 pub mod etcd;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tera::{Kwargs, State, Tera, TeraResult, Value};
 
 use super::{View, with_view};
-use crate::store::consul::{Instance, SERVICES_ROOT};
+use crate::store::catalog::{Instance, SERVICES_ROOT};
 
 /// Registers the catalog functions on `tera`.
 pub fn register(tera: &mut Tera) {
