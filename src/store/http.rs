@@ -77,10 +77,17 @@ pub fn status_kind(status: reqwest::StatusCode) -> StoreErrorKind {
 /// refused").
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
+    let mut last = text.clone();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let message = cause.to_string();
+        // Some errors repeat their cause in their own message, or wrap one with the same
+        // words ("tcp connect error: tcp connect error"): said once is enough.
+        if !last.ends_with(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        last = message;
         source = cause.source();
     }
     text
@@ -89,6 +96,37 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error with a message and an optional cause.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|cause| cause as _)
+        }
+    }
+
+    #[test]
+    fn a_cause_the_message_already_says_is_not_repeated() {
+        let refused = Layer("Connection refused (os error 111)", None);
+        let connect = Layer("tcp connect error", Some(Box::new(refused)));
+        let wrapped = Layer("tcp connect error", Some(Box::new(connect)));
+        let transport = Layer("transport error", Some(Box::new(wrapped)));
+        assert_eq!(
+            error_chain(&transport),
+            "transport error: tcp connect error: Connection refused (os error 111)"
+        );
+        let inner = Layer("timed out", None);
+        let outer = Layer("request failed: timed out", Some(Box::new(inner)));
+        assert_eq!(error_chain(&outer), "request failed: timed out");
+    }
 
     #[test]
     fn statuses_map_to_kinds() {
