@@ -258,10 +258,10 @@ pub fn matches() -> ArgMatches {
 }
 
 /// `args` with every long option spelt with one dash, as confd (Go's flag package) takes them
-/// (`-onetime`, `-backend etcd`, `-node=http://...`), spelt with two. Never an option's value
-/// (`--prefix -x` keeps `-x`), nor anything after `--`, nor `-h` and `-V`; a name that is no
-/// option of `command` or its subcommands (`-srv-domain`) is spelt with two dashes too, so that
-/// the error names it whole.
+/// (`-onetime`, `-backend etcd`, `-node=http://...`, `-watch=true`), spelt with two. Never an
+/// option's value (`--prefix -x` keeps `-x`), nor anything after `--`, nor `-h` and `-V`; a
+/// name that is no option of `command` or its subcommands (`-srv-domain`) is spelt with two
+/// dashes too, so that the error names it whole.
 fn confd_spelling(args: Vec<OsString>, command: &clap::Command) -> Vec<OsString> {
     // clap adds these two only when it parses.
     let mut takes_value: HashMap<String, bool> =
@@ -302,11 +302,16 @@ fn confd_spelling(args: Vec<OsString>, command: &clap::Command) -> Vec<OsString>
             continue;
         };
         let (name, value) = match option.split_once('=') {
-            Some((name, _)) => (name, true),
-            None => (option, false),
+            Some((name, value)) => (name, Some(value)),
+            None => (option, None),
         };
-        value_next = takes_value.get(name).is_some_and(|takes| *takes) && !value;
-        if dashes == 1 && name.len() > 1 {
+        let takes = takes_value.get(name).copied();
+        value_next = takes == Some(true) && value.is_none();
+        if takes == Some(false) && value == Some("true") {
+            // Go's `-watch=true` is `-watch`. (`=false` is left for clap to refuse: dropping
+            // it would let the environment or the settings file turn the flag on.)
+            rewritten.push(format!("--{name}").into());
+        } else if dashes == 1 && name.len() > 1 {
             rewritten.push(format!("--{option}").into());
         } else {
             rewritten.push(arg);
@@ -444,6 +449,10 @@ mod tests {
                 "--node=http://127.0.0.1:2379",
                 "--watch"
             ]
+        );
+        assert_eq!(
+            spelt(&["-watch=true", "--noop=true", "-onetime=false"]),
+            ["--watch", "--noop", "--onetime=false"]
         );
         assert_eq!(
             spelt(&["announce", "-key", "/services/a", "-value=h1:80"]),

@@ -54,12 +54,12 @@ fn expect_content(fixture: &Fixture, daemon: &Daemon, expected: &str, what: &str
     );
 }
 
-/// A daemon started with confd's spelling of the options (`-watch`, `-backend file`) reads
+/// A daemon started with confd's spelling of the options (`-watch=true`, `-backend file`) reads
 /// that same command line again on SIGHUP.
 #[test]
 fn confd_spelling_is_read_at_start_and_again_on_sighup() {
     let fixture = fixture();
-    let daemon = fixture.spawn(&["-watch", "-backend", "file", "-file", "data"]);
+    let daemon = fixture.spawn(&["-watch=true", "-backend", "file", "-file", "data"]);
     expect_content(
         &fixture,
         &daemon,
