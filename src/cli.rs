@@ -293,10 +293,10 @@ fn confd_spelling(args: Vec<OsString>, command: &clap::Command) -> Vec<OsString>
             rewritten.push(arg);
             continue;
         }
-        let (dashes, option) = if let Some(option) = text.strip_prefix("--") {
-            (2, option)
+        let (one_dash, option) = if let Some(option) = text.strip_prefix("--") {
+            (false, option)
         } else if let Some(option) = text.strip_prefix('-') {
-            (1, option)
+            (true, option)
         } else {
             rewritten.push(arg);
             continue;
@@ -311,7 +311,7 @@ fn confd_spelling(args: Vec<OsString>, command: &clap::Command) -> Vec<OsString>
             // Go's `-watch=true` is `-watch`. (`=false` is left for clap to refuse: dropping
             // it would let the environment or the settings file turn the flag on.)
             rewritten.push(format!("--{name}").into());
-        } else if dashes == 1 && name.len() > 1 {
+        } else if one_dash && name.len() > 1 {
             rewritten.push(format!("--{option}").into());
         } else {
             rewritten.push(arg);

@@ -74,8 +74,7 @@ fn confd_spelling_is_read_at_start_and_again_on_sighup() {
         "count",
         "src = \"count.tmpl\"\ndest = \"count.conf\"\nkeys = [\"/app\"]\n",
     );
-    let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    daemon.hang_up();
     assert!(
         wait_for(Duration::from_secs(10), || std::fs::read_to_string(
             fixture.path("count.conf")

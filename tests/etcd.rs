@@ -525,8 +525,7 @@ fn sighup_keeps_the_etcd_snapshot_reads_nothing_again_and_misses_no_change_made_
         "count",
         "src = \"count.tmpl\"\ndest = \"count.conf\"\nkeys = [\"/app\"]\n",
     );
-    let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    daemon.hang_up();
     etcd.put("/app/servers/web3", "10.0.0.3:80");
     common::expect_file(&fixture, &daemon, "count.conf", "3\n", "the new resource");
     expect_content(

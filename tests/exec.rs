@@ -94,7 +94,7 @@ fn the_service_starts_on_the_rendered_files_hears_of_swaps_and_signals_and_gives
 
     // SIGHUP is reconfd's: it reads its settings again and does not pass the signal on; the
     // new generation of controllers signals the service in turn.
-    kill(pid_of(&daemon), Signal::SIGHUP).expect("SIGHUP");
+    daemon.hang_up();
     assert!(
         wait_for(Duration::from_secs(30), || daemon
             .log()

@@ -138,12 +138,6 @@ fn sigterm_during_a_slow_reload_waits_for_it_and_exits_zero() {
     assert_eq!(fixture.read("marks"), "started\nfinished\n");
 }
 
-/// Sends SIGHUP to the daemon.
-fn hangup(daemon: &common::Daemon) {
-    let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
-}
-
 #[test]
 fn sighup_picks_up_a_new_resource_and_keeps_watching() {
     let fixture = fixture("true");
@@ -163,7 +157,7 @@ fn sighup_picks_up_a_new_resource_and_keeps_watching() {
         "count",
         "src = \"count.tmpl\"\ndest = \"count.conf\"\nkeys = [\"/app\"]\n",
     );
-    hangup(&daemon);
+    daemon.hang_up();
     assert!(
         wait_for(Duration::from_secs(10), || fixture
             .path("count.conf")
@@ -204,7 +198,7 @@ fn sighup_with_a_broken_resource_keeps_the_old_set_running() {
         "broken",
         "src = \"app.tmpl\"\ndset = \"typo.conf\"\nkeys = [\"/app\"]\n",
     );
-    hangup(&daemon);
+    daemon.hang_up();
     assert!(
         wait_for(Duration::from_secs(10), || daemon
             .log()
@@ -252,7 +246,7 @@ fn sighup_with_an_overlong_wait_keeps_the_old_set_running() {
         "src = \"app.tmpl\"\ndest = \"until.conf\"\nkeys = [\"/app\"]\n\
          wait = \"1s:300000000000y\"\n",
     );
-    hangup(&daemon);
+    daemon.hang_up();
     assert!(
         wait_for(Duration::from_secs(10), || daemon
             .log()
