@@ -12,8 +12,10 @@ for tool in cargo rustfmt cargo-clippy; do
   }
 done
 
-# systemd brings systemd-analyze, with which tests/package.rs verifies the packaged unit.
-packages=(haproxy etcd-server openssl redis-server zookeeper nats-server chromium systemd)
+# systemd brings systemd-analyze, with which tests/package.rs verifies the packaged unit;
+# iproute2 and util-linux bring `ip` and `unshare`, with which tests/srv_records.rs gives its
+# name server a network namespace of its own.
+packages=(haproxy etcd-server openssl redis-server zookeeper nats-server chromium systemd iproute2 util-linux)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

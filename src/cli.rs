@@ -260,7 +260,7 @@ pub fn matches() -> ArgMatches {
 /// `args` with every long option spelt with one dash, as confd (Go's flag package) takes them
 /// (`-onetime`, `-backend etcd`, `-node=http://...`, `-watch=true`), spelt with two. Never an
 /// option's value (`--prefix -x` keeps `-x`), nor anything after `--`, nor `-h` and `-V`; a
-/// name that is no option of `command` or its subcommands (`-srv-domain`) is spelt with two
+/// name that is no option of `command` or its subcommands (`-table`) is spelt with two
 /// dashes too, so that the error names it whole.
 fn confd_spelling(args: Vec<OsString>, command: &clap::Command) -> Vec<OsString> {
     // clap adds these two only when it parses.
@@ -476,10 +476,7 @@ mod tests {
                 "--version"
             ]
         );
-        assert_eq!(
-            spelt(&["-srv-domain", "example.com"]),
-            ["--srv-domain", "example.com"]
-        );
+        assert_eq!(spelt(&["-table", "confd"]), ["--table", "confd"]);
         assert_eq!(
             spelt(&["--onetime", "--", "-watch"]),
             ["--onetime", "--", "-watch"]

@@ -23,6 +23,7 @@ mod command;
 mod controller;
 pub mod convert;
 mod descriptors;
+mod dns;
 mod exec;
 mod limits;
 pub mod manual;

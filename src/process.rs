@@ -111,7 +111,13 @@ pub async fn run(settings: Settings) -> ExitCode {
             _ = signals.hangup.recv() => {
                 tracing::info!("SIGHUP: reading the settings, conf.d and templates again");
                 notify::reloading();
-                match plan::validate(&settings) {
+                // Reading conf.d and the templates, and looking up an SRV record, may take
+                // a while: the watches and `/health` go on meanwhile.
+                let current = settings.clone();
+                let validated = tokio::task::spawn_blocking(move || plan::validate(&current))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("reading the settings failed: {e}")));
+                match validated {
                     Ok(new_settings) => {
                         if new_settings.exec != settings.exec {
                             tracing::warn!(

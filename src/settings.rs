@@ -38,8 +38,6 @@ const DEFAULT_INTERVAL_SECONDS: u64 = 600;
 /// accepted so that a confd.toml can be used unchanged.
 const CONFD_KEYS_NOT_USED_YET: &[&str] = &[
     "basic_auth",
-    "srv_domain",
-    "srv_record",
     "table",
     "app_id",
     "user_id",
@@ -745,7 +743,7 @@ mod tests {
                 "{message}"
             );
         }
-        let (_dir, path) = write_settings("srv_domain = \"x\"\nintervall = 5\n");
+        let (_dir, path) = write_settings("table = \"x\"\nintervall = 5\n");
         let err = settings(&["--config-file", &path]).expect_err("misspelt");
         assert!(
             err.to_string()

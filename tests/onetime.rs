@@ -74,12 +74,10 @@ fn confd_spelling_of_the_options_is_accepted() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(fixture.read("out/app.conf"), "server web1 10.0.0.1:80\n");
     // A confd flag of a feature reconfd does not have is refused by its whole name.
-    let unknown = fixture.run(&["-onetime", "-srv-domain", "example.com"]);
+    let unknown = fixture.run(&["-onetime", "-table", "confd"]);
     assert_eq!(unknown.code, Some(2), "{unknown:?}");
     assert!(
-        unknown
-            .stderr
-            .contains("unexpected argument '--srv-domain'"),
+        unknown.stderr.contains("unexpected argument '--table'"),
         "{unknown:?}"
     );
 }

@@ -23,6 +23,7 @@ use super::tls::TlsOptions;
 use super::vault::{VaultAuth, VaultOptions, VaultStore};
 use super::zookeeper::lease::ZookeeperLease;
 use super::zookeeper::{ZookeeperOptions, ZookeeperStore};
+use crate::dns::Resolver;
 
 /// Each store's default node: its usual port on the local host, as in confd.
 const DEFAULT_ETCD_NODE: &str = "http://127.0.0.1:2379";
@@ -69,6 +70,15 @@ pub struct StoreFields {
     )]
     #[serde(default)]
     pub nodes: Vec<String>,
+    /// Find the store's nodes in DNS: the SRV record `_<backend>._tcp.<DOMAIN>`, as confd's
+    /// `-srv-domain` does. Looked up when the settings are read (at start and on SIGHUP);
+    /// the nodes are its targets, by priority then weight.
+    #[arg(long, env = "RECONFD_SRV_DOMAIN", value_name = "DOMAIN")]
+    pub srv_domain: Option<String>,
+    /// Find the store's nodes in DNS from this SRV record, such as
+    /// `_etcd-client._tcp.example.com`. Beats --srv-domain.
+    #[arg(long, env = "RECONFD_SRV_RECORD", value_name = "NAME")]
+    pub srv_record: Option<String>,
     /// Scheme for `--node` addresses given without one: `http` or `https`.
     /// [default: https when a --client-* option is set, else http]
     #[arg(long, env = "RECONFD_SCHEME", value_name = "SCHEME")]
@@ -296,9 +306,35 @@ impl StoreFields {
             .collect()
     }
 
-    /// Checks the fields and fills in defaults (`file` when no store is named).
+    /// Checks the fields and fills in defaults (`file` when no store is named). With
+    /// `srv_record` or `srv_domain`, the nodes are looked up in DNS, blocking the thread.
     pub fn resolve(&self) -> Result<Backend, String> {
         let name = self.backend.as_deref().unwrap_or("file");
+        if let Some(record) = self.srv_record_name(name) {
+            if matches!(name, "file" | "env") {
+                tracing::warn!("an SRV record is not used by the {name} store");
+            } else {
+                let nodes = crate::dns::srv_nodes(&Resolver::System, &record)?;
+                if !self.nodes.is_empty() {
+                    tracing::warn!(
+                        "the nodes given ({}) are not used: the SRV record {record} names them",
+                        self.nodes.join(", ")
+                    );
+                }
+                let backend = StoreFields {
+                    nodes,
+                    srv_domain: None,
+                    srv_record: None,
+                    ..self.clone()
+                }
+                .resolve()?;
+                tracing::info!(
+                    "the SRV record {record} names the store {}",
+                    backend.instance()
+                );
+                return Ok(backend);
+            }
+        }
         let backend = match name {
             "file" => {
                 if self.file.is_empty() {
@@ -388,6 +424,16 @@ impl StoreFields {
             tracing::warn!("nodes are not used by the {name} store");
         }
         Ok(backend)
+    }
+
+    /// The SRV record that names the nodes of the store `backend`: `srv_record`, else
+    /// `_<backend>._tcp.<srv_domain>.` as confd builds it.
+    fn srv_record_name(&self, backend: &str) -> Option<String> {
+        self.srv_record.clone().or_else(|| {
+            self.srv_domain
+                .as_ref()
+                .map(|domain| format!("_{backend}._tcp.{}.", domain.trim_end_matches('.')))
+        })
     }
 
     fn tls(&self) -> TlsOptions {

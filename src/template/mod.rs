@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tera::{Context, ErrorKind, Tera, Value};
 
-pub use dns::Resolver;
+pub use crate::dns::Resolver;
 pub use library::Library;
 
 use crate::store::{Snapshot, under_any};
