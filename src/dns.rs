@@ -4,6 +4,7 @@
 //! (`--srv-record`, confd's `-srv-domain`). Callers wait for the answer on their own thread
 //! (a render's, or the one that reads the settings); the daemon's runtime thread never does.
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -78,19 +79,18 @@ pub(crate) fn srv_nodes(resolver: &Resolver, name: &str) -> Result<Vec<String>, 
     if records.is_empty() {
         return Err(format!("the SRV record {name} names no store nodes"));
     }
-    records.sort_by(|a, b| {
-        (a.priority, b.weight, &a.target, a.port).cmp(&(b.priority, a.weight, &b.target, b.port))
-    });
+    let order = |srv: &Srv| {
+        (
+            srv.priority,
+            Reverse(srv.weight),
+            srv.target.clone(),
+            srv.port,
+        )
+    };
+    records.sort_by_cached_key(order);
     Ok(records
         .into_iter()
-        .map(|srv| {
-            let host = srv.target.trim_end_matches('.');
-            if host.contains(':') {
-                format!("[{host}]:{}", srv.port)
-            } else {
-                format!("{host}:{}", srv.port)
-            }
-        })
+        .map(|srv| format!("{}:{}", srv.target.trim_end_matches('.'), srv.port))
         .collect())
 }
 
