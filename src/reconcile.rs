@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -254,14 +254,15 @@ pub(crate) async fn reconcile_batch(
             None => abandoned_steps(items),
         }
     } else {
-        off_the_runtime(stop, move || {
+        off_the_runtime_then_close(stop, move || {
             let mut steps = stage_batch(&work, options);
             hold_failed_files(&work, &mut steps, &failed_files);
             let staged = take_staged(&mut steps);
-            for (index, result) in swap_all(&work, staged) {
+            let (swapped, replaced) = swap_all(&work, staged);
+            for (index, result) in swapped {
                 steps[index] = swapped_step(result);
             }
-            steps
+            (steps, replaced)
         })
         .await
         .unwrap_or_else(|| abandoned_steps(items))
@@ -320,6 +321,8 @@ enum Step {
 struct Staged {
     file: tempfile::NamedTempFile,
     previous: Option<Actual>,
+    /// The destination it replaces, open: see [`Replaced`].
+    replaced: Option<File>,
     wanted: Wanted,
     content: Arc<String>,
 }
@@ -393,8 +396,23 @@ async fn off_the_runtime<T: Send + 'static>(
     stop: &StopRequest,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    let task = tokio::task::spawn_blocking(work);
-    tokio::pin!(task);
+    off_the_runtime_then_close(stop, move || (work(), Replaced::default())).await
+}
+
+/// [`off_the_runtime`] for work that returns the files its swaps replaced: the answer comes
+/// back first, then the blocking thread closes them (see [`Replaced`]).
+async fn off_the_runtime_then_close<T: Send + 'static>(
+    stop: &StopRequest,
+    work: impl FnOnce() -> (T, Replaced) + Send + 'static,
+) -> Option<T> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let task = tokio::task::spawn_blocking(move || {
+        let (value, replaced) = work();
+        // Nobody waits for the answer only after the work was abandoned at a stop.
+        let _ = reply.send(value);
+        drop(replaced);
+    });
+    tokio::pin!(answer);
     let mut stop = stop.clone();
     let stop_requested = async {
         // The sender gone means nobody can ask for a stop any more.
@@ -402,20 +420,20 @@ async fn off_the_runtime<T: Send + 'static>(
             std::future::pending::<()>().await;
         }
     };
-    let joined = tokio::select! {
-        joined = &mut task => joined,
-        () = stop_requested => match tokio::time::timeout(FILE_WORK_GRACE, &mut task).await {
-            Ok(joined) => joined,
+    let answered = tokio::select! {
+        answered = &mut answer => answered,
+        () = stop_requested => match tokio::time::timeout(FILE_WORK_GRACE, &mut answer).await {
+            Ok(answered) => answered,
             Err(_) => return None,
         },
     };
-    match joined {
+    match answered {
         Ok(value) => Some(value),
-        Err(e) => match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            // Only a runtime shutting down cancels a blocking task, and the process ends
-            // with it.
-            Err(_) => None,
+        // No answer: the work panicked, or the runtime is shutting down, which cancels a
+        // blocking task and ends the process with it.
+        Err(_) => match task.await {
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            _ => None,
         },
     }
 }
@@ -440,7 +458,11 @@ fn compare_and_stage(item: &Work, options: Options) -> Result<Step, ReconcileErr
         dest: dest_name.clone(),
         message: format!("{what}: {e}"),
     };
-    let actual = read_actual(dest).map_err(|e| io_error("cannot read the destination", e))?;
+    let (actual, open) = match read_actual(dest) {
+        Ok(Some((actual, open))) => (Some(actual), Some(open)),
+        Ok(None) => (None, None),
+        Err(e) => return Err(io_error("cannot read the destination", e)),
+    };
     let wanted = Wanted {
         mode: resource
             .mode
@@ -502,6 +524,7 @@ fn compare_and_stage(item: &Work, options: Options) -> Result<Step, ReconcileErr
         // Only a backup or a rollback reads the old content again; until the swap, it would
         // be held for nothing.
         previous: actual.filter(|_| resource.backup || resource.rollback),
+        replaced: open,
         wanted,
         content: rendered,
     }))
@@ -518,7 +541,7 @@ async fn swap_staged(work: Vec<Work>, steps: &mut [Step], stop: &StopRequest) {
         .iter()
         .map(|(index, _)| (*index, work[*index].resource.dest.display().to_string()))
         .collect();
-    let swapped = off_the_runtime(stop, move || swap_all(&work, staged))
+    let swapped = off_the_runtime_then_close(stop, move || swap_all(&work, staged))
         .await
         .unwrap_or_else(|| {
             dests
@@ -555,14 +578,32 @@ fn take_staged(steps: &mut [Step]) -> Vec<(usize, Staged)> {
 }
 
 /// Swaps `staged` (items of `work` by index) in, in order, then flushes their directories;
-/// blocking.
-fn swap_all(work: &[Work], staged: Vec<(usize, Staged)>) -> Vec<(usize, SwapResult)> {
+/// blocking. The files they replaced come back still open, to be closed once the answer has
+/// gone (see [`Replaced`]).
+fn swap_all(work: &[Work], staged: Vec<(usize, Staged)>) -> (Vec<(usize, SwapResult)>, Replaced) {
+    let mut replaced = Replaced::default();
     let swapped: Vec<(usize, SwapResult)> = staged
         .into_iter()
-        .map(|(index, file)| (index, swap(&work[index].resource, file)))
+        .map(|(index, file)| (index, swap(&work[index].resource, file, &mut replaced)))
         .collect();
     flush_swapped(work, &swapped);
-    swapped
+    (swapped, replaced)
+}
+
+/// The files a batch's swaps replaced, held open until the batch's answer has gone back to
+/// its controller. The last close of a replaced file is what frees it on disk (its inode and
+/// blocks), work that the rename would otherwise do before returning (about 200 µs for a
+/// small file on ext4): the new file is in place before that either way, but the directory
+/// flush and the reload waited for it. Done after the answer, it overlaps the reload.
+/// Dropping this closes them.
+#[derive(Default)]
+struct Replaced(Vec<File>);
+
+impl Replaced {
+    /// Holds `file` open until this is dropped.
+    fn keep(&mut self, file: Option<File>) {
+        self.0.extend(file);
+    }
 }
 
 /// The step of an item after its swap.
@@ -574,8 +615,9 @@ fn swapped_step(result: SwapResult) -> Step {
 }
 
 /// Puts a checked stage file in place of the destination (its directory is flushed with the
-/// rest of the batch, [`flush_swapped`]); returns the destination as it was.
-fn swap(resource: &Resource, staged: Staged) -> SwapResult {
+/// rest of the batch, [`flush_swapped`]), keeping the file it replaced open in `replaced`;
+/// returns the destination as it was.
+fn swap(resource: &Resource, staged: Staged, replaced: &mut Replaced) -> SwapResult {
     let dest = &resource.dest;
     let dest_name = dest.display().to_string();
     let io_error = |message: String| ReconcileError::Io {
@@ -586,6 +628,7 @@ fn swap(resource: &Resource, staged: Staged) -> SwapResult {
         backup(dest, previous).map_err(io_error)?;
     }
     put_in_place(dest, staged.file, staged.content.as_bytes(), &staged.wanted).map_err(io_error)?;
+    replaced.keep(staged.replaced);
     Ok(staged.previous)
 }
 
@@ -816,19 +859,24 @@ fn restore(dest: &Path, previous: Option<&Actual>, resource: &Resource) -> Resul
     Ok(())
 }
 
-fn read_actual(dest: &Path) -> std::io::Result<Option<Actual>> {
-    let content = match std::fs::read(dest) {
-        Ok(content) => content,
+/// The destination as it is, and the file open, if there is one. The open file is what a
+/// swap holds on to (see [`Replaced`]).
+fn read_actual(dest: &Path) -> std::io::Result<Option<(Actual, File)>> {
+    let mut file = match File::open(dest) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let metadata = std::fs::metadata(dest)?;
-    Ok(Some(Actual {
+    let metadata = file.metadata()?;
+    let mut content = Vec::new();
+    file.read_to_end(&mut content)?;
+    let actual = Actual {
         content,
         mode: metadata.permissions().mode() & 0o7777,
         uid: metadata.uid(),
         gid: metadata.gid(),
-    }))
+    };
+    Ok(Some((actual, file)))
 }
 
 /// A unified diff with every line's content replaced: the headers and `@@` line numbers show

@@ -302,3 +302,49 @@ fn the_global_wait_holds_back_the_resources_without_a_wait_of_their_own() {
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// The files a daemon's swaps replaced that it still holds open: `/proc/<pid>/fd` links to
+/// `app.conf (deleted)`.
+fn replaced_files_held(daemon: &Daemon) -> usize {
+    let fds = format!("/proc/{}/fd", daemon.child.id());
+    std::fs::read_dir(fds)
+        .expect("the daemon's descriptors")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().ends_with("app.conf (deleted)"))
+        .count()
+}
+
+/// A replaced destination is held open only until its swap has been answered (so that the
+/// reload does not wait for the file system to free it): a long-running daemon never keeps
+/// the space of old versions (`lsof` would show them as deleted files).
+#[test]
+fn replaced_destinations_are_closed_and_their_space_freed() {
+    let fixture = fixture();
+    let daemon = fixture.spawn(&["--watch", "--backend", "file", "--file", "data"]);
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+    for version in 2..=9 {
+        save(
+            &fixture,
+            &format!("app:\n  servers:\n    web1: 10.0.0.{version}:80\n"),
+        );
+        expect_content(
+            &fixture,
+            &daemon,
+            &format!("server web1 10.0.0.{version}:80\n"),
+            "edit picked up",
+        );
+    }
+    // The last swap's old file may still be being closed; none of the seven before it.
+    let held = replaced_files_held(&daemon);
+    assert!(
+        held <= 1,
+        "{held} replaced versions of app.conf still open\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
