@@ -54,6 +54,18 @@ fn expect_content(fixture: &Fixture, daemon: &Daemon, expected: &str, what: &str
     );
 }
 
+/// A daemon watching the fixture's file store, once it has rendered the first data.
+fn watching(fixture: &Fixture) -> Daemon {
+    let daemon = fixture.spawn(&["--watch", "--backend", "file", "--file", "data"]);
+    expect_content(
+        fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+    daemon
+}
+
 /// A daemon started with confd's spelling of the options (`-watch=true`, `-backend file`) reads
 /// that same command line again on SIGHUP.
 #[test]
@@ -99,13 +111,7 @@ fn confd_spelling_is_read_at_start_and_again_on_sighup() {
 #[test]
 fn watch_on_the_file_store_follows_edits() {
     let fixture = fixture();
-    let daemon = fixture.spawn(&["--watch", "--backend", "file", "--file", "data"]);
-    expect_content(
-        &fixture,
-        &daemon,
-        "server web1 10.0.0.1:80\n",
-        "initial render",
-    );
+    let daemon = watching(&fixture);
 
     save(
         &fixture,
@@ -320,13 +326,7 @@ fn replaced_files_held(daemon: &Daemon) -> usize {
 #[test]
 fn replaced_destinations_are_closed_and_their_space_freed() {
     let fixture = fixture();
-    let daemon = fixture.spawn(&["--watch", "--backend", "file", "--file", "data"]);
-    expect_content(
-        &fixture,
-        &daemon,
-        "server web1 10.0.0.1:80\n",
-        "initial render",
-    );
+    let daemon = watching(&fixture);
     for version in 2..=9 {
         save(
             &fixture,
