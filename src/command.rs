@@ -486,9 +486,11 @@ async fn collect_output(
 
 async fn pump(reader: Option<impl AsyncRead + Unpin>, sink: &Mutex<Output>) {
     let Some(mut reader) = reader else { return };
-    let mut buffer = [0u8; 4096];
+    // On the heap: a buffer in the future itself would make the spawned task as large, and
+    // tokio moves a task's future and result around several times per command.
+    let mut buffer = Vec::with_capacity(4096);
     // Reading goes on past the limit: a command blocked on a full pipe would never exit.
-    while let Ok(read) = reader.read(&mut buffer).await {
+    while let Ok(read) = reader.read_buf(&mut buffer).await {
         if read == 0 {
             break;
         }
@@ -497,6 +499,7 @@ async fn pump(reader: Option<impl AsyncRead + Unpin>, sink: &Mutex<Output>) {
         let kept = read.min(room);
         output.bytes.extend_from_slice(&buffer[..kept]);
         output.cut |= kept < read;
+        buffer.clear();
     }
 }
 
