@@ -13,14 +13,11 @@ mod harness;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::etcd::{Etcd, GrpcProxy};
 use common::{Daemon, Fixture, wait_for};
-use harness::{TEMPLATE, cpu_ticks, keys, process_cpu_ticks, report, status_kib};
-use notify::event::{ModifyKind, RenameMode};
-use notify::{EventKind, RecursiveMode, Watcher};
+use harness::{Renames, TEMPLATE, cpu_ticks, keys, process_cpu_ticks, report, status_kib};
 
 const DAEMONS: usize = 50;
 const CHANGES: usize = 100;
@@ -91,22 +88,8 @@ fn fleet(etcd: &Etcd, node: &str, proxy: Option<&GrpcProxy>, how: &str) {
         .iter()
         .map(|fixture| fixture.path("servers.conf"))
         .collect();
-    let (events, renames) = mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            // A rename is reported twice (`To`, then `Both`); the second could come after the
-            // next put, so only the first counts.
-            && event.kind == EventKind::Modify(ModifyKind::Name(RenameMode::To))
-        {
-            let _ = events.send(event.paths);
-        }
-    })
-    .expect("inotify");
-    for fixture in &fixtures {
-        watcher
-            .watch(&fixture.path(""), RecursiveMode::NonRecursive)
-            .expect("watch a fixture");
-    }
+    let dirs: Vec<PathBuf> = fixtures.iter().map(|fixture| fixture.path("")).collect();
+    let renames = Renames::in_dirs(dirs.iter().map(PathBuf::as_path));
 
     let key = format!("{PREFIX}/web00050");
     let cluster_before = cpu_seconds(etcd);
@@ -115,18 +98,12 @@ fn fleet(etcd: &Etcd, node: &str, proxy: Option<&GrpcProxy>, how: &str) {
     let fleet_before = fleet_cpu();
     let mut latencies = Vec::with_capacity(CHANGES);
     for change in 0..CHANGES {
-        while renames.try_recv().is_ok() {}
+        renames.forget_earlier();
         let value = format!("10.77.{}.{}:8080", change / 256, change % 256);
         let started = Instant::now();
         etcd.put(&key, &value);
-        let mut pending = destinations.clone();
-        while !pending.is_empty() {
-            let paths = renames
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("change {change}: {} files not written", pending.len()));
-            for path in paths {
-                pending.remove(&path);
-            }
+        if let Err(missing) = renames.wait_for_all(&destinations, Duration::from_secs(30)) {
+            panic!("change {change}: {missing} files not written");
         }
         latencies.push(started.elapsed());
         assert!(

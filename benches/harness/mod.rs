@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use notify::event::{ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::common::{Daemon, Fixture, wait_for};
@@ -116,18 +117,7 @@ pub fn change_to_file_among(
         .step_by(prefixes.len())
         .map(|index| out.join(format!("r{index:02}.conf")))
         .collect();
-    let (events, renames) = mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_))
-        {
-            let _ = events.send(event.paths);
-        }
-    })
-    .expect("inotify");
-    watcher
-        .watch(&out, RecursiveMode::NonRecursive)
-        .expect("watch out/");
+    let renames = Renames::in_dirs([out.as_path()]);
 
     let mut args = vec!["--watch", "--log-level", "warn"];
     args.extend_from_slice(store_args);
@@ -144,18 +134,12 @@ pub fn change_to_file_among(
     let key = format!("{prefix}/web00050");
     let mut latencies = Vec::with_capacity(changes);
     for change in 0..changes {
-        while renames.try_recv().is_ok() {}
+        renames.forget_earlier();
         let value = format!("10.99.{}.{}:8080", change / 256, change % 256);
         let started = Instant::now();
         put(&key, &value);
-        let mut pending = destinations.clone();
-        while !pending.is_empty() {
-            let paths = renames
-                .recv_timeout(Duration::from_secs(10))
-                .unwrap_or_else(|_| panic!("no file written\n{}", daemon.log()));
-            for path in paths {
-                pending.remove(&path);
-            }
+        if let Err(missing) = renames.wait_for_all(&destinations, Duration::from_secs(10)) {
+            panic!("{missing} files not written\n{}", daemon.log());
         }
         latencies.push(started.elapsed());
         let written = std::fs::read_to_string(destinations.first().expect("a destination"))
@@ -173,6 +157,63 @@ pub fn change_to_file_among(
         latencies,
         ranges_per_change,
         peak_rss_mib,
+    }
+}
+
+/// The files renamed into some directories, as inotify reports them: how the benchmarks see
+/// a destination replaced, at the moment it is (reading files in a loop would measure the
+/// loop's interval and take CPU from the daemons).
+pub struct Renames {
+    /// Kept for as long as the renames are wanted.
+    _watcher: notify::RecommendedWatcher,
+    renamed: mpsc::Receiver<Vec<PathBuf>>,
+}
+
+impl Renames {
+    /// Starts watching `dirs` (not their subdirectories).
+    pub fn in_dirs<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> Renames {
+        let (events, renamed) = mpsc::channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Ok(event) = event
+                    // A rename is reported twice (`To`, then `Both`); the second can come
+                    // after the next change began, so only the first counts.
+                    && event.kind == EventKind::Modify(ModifyKind::Name(RenameMode::To))
+                {
+                    let _ = events.send(event.paths);
+                }
+            })
+            .expect("inotify");
+        for dir in dirs {
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .expect("watch a directory");
+        }
+        Renames {
+            _watcher: watcher,
+            renamed,
+        }
+    }
+
+    /// Drops the renames seen so far.
+    pub fn forget_earlier(&self) {
+        while self.renamed.try_recv().is_ok() {}
+    }
+
+    /// Waits until every one of `files` was renamed into place, each within `patience` of
+    /// the one before; `Err` says how many were not.
+    pub fn wait_for_all(&self, files: &BTreeSet<PathBuf>, patience: Duration) -> Result<(), usize> {
+        let mut pending = files.clone();
+        while !pending.is_empty() {
+            let paths = self
+                .renamed
+                .recv_timeout(patience)
+                .map_err(|_| pending.len())?;
+            for path in paths {
+                pending.remove(&path);
+            }
+        }
+        Ok(())
     }
 }
 
