@@ -572,19 +572,26 @@ fn unusable_settings_exit_2_with_one_clear_line() {
 fn sigterm_during_a_check_leaves_no_stage_file_and_the_destination_as_it_was() {
     let fixture = app_fixture("    web1: 10.0.0.1:80\n");
     fixture.write("out/app.conf", "previous\n");
+    let started = fixture.path("check-started");
     fixture.resource(
         "app",
-        // A check that never ends by itself: reconfd must end it, not wait for it.
-        "src = \"app.tmpl\"\ndest = \"out/app.conf\"\nkeys = [\"/app\"]\n\
-         check_cmd = \"while true; do sleep 0.05; done\"\n",
+        // A check that never ends by itself: reconfd must end it, not wait for it. It says
+        // when it runs: the stage file exists before, while it is still being flushed.
+        &format!(
+            "src = \"app.tmpl\"\ndest = \"out/app.conf\"\nkeys = [\"/app\"]\n\
+             check_cmd = \"touch {}; while true; do sleep 0.05; done\"\n",
+            started.display()
+        ),
     );
     let daemon = fixture.spawn(ONETIME_FILE);
     assert!(
-        common::wait_for(std::time::Duration::from_secs(10), || fixture
-            .list("out")
-            .len()
-            == 3),
-        "the stage file appears while the check runs"
+        common::wait_for(std::time::Duration::from_secs(10), || started.exists()),
+        "the check runs"
+    );
+    assert_eq!(
+        fixture.list("out").len(),
+        3,
+        "the stage file is there while the check runs"
     );
     assert_eq!(
         daemon.terminate(),
