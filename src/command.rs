@@ -622,6 +622,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn output_read_in_several_pieces_is_kept_in_order() {
+        // About 14 KB of distinct lines: more than one read of the pipe.
+        let output = run(
+            &ShellCommand::new("seq 1 3000"),
+            Duration::from_secs(10),
+            CommandEnv::default(),
+        )
+        .await
+        .expect("succeeds");
+        let expected: Vec<String> = (1..=3000).map(|n| n.to_string()).collect();
+        assert_eq!(output, expected.join("\n"));
+    }
+
+    #[tokio::test]
     async fn a_background_process_writing_after_the_command_returned_lives_on() {
         let dir = tempfile::tempdir().expect("temp dir");
         let ticks = dir.path().join("ticks");
