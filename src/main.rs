@@ -75,8 +75,9 @@ fn main() -> ExitCode {
             _ => process::run(settings).await,
         }
     });
-    // A render stopped at its time limit may still hold a thread of the blocking pool until
-    // its template reaches a point where it can stop; the process does not wait for it.
+    // Work abandoned at a stop (file work on a hung filesystem) may still hold a thread of
+    // the blocking pool; the process does not wait for it. A render past its time limit runs
+    // on a thread of its own, which ends with the process.
     runtime.shutdown_background();
     code
 }

@@ -27,6 +27,7 @@ use crate::exec::{self, Service, Swaps};
 use crate::notify;
 use crate::plan::{self, Plan, PlanError, plural};
 use crate::reaper;
+use crate::reconcile::{self, FILE_WORK_GRACE};
 use crate::settings::{RunMode, Settings};
 use crate::status::{self, Status};
 
@@ -310,10 +311,18 @@ async fn onetime(plan: Plan, drift_code: bool, signals: &mut Signals) -> ExitCod
 /// Ends an interrupted onetime run: every controller stops where it is. A check or reload
 /// command still running is killed with its process group (commands run in groups of their
 /// own, which the signal did not reach), a stage file being checked is removed, and no
-/// destination is half-written.
+/// destination is half-written. File work in progress (a stage file being written or flushed)
+/// cannot be stopped; it gets [`FILE_WORK_GRACE`] to end and remove its stage files.
 async fn interrupted(mut tasks: JoinSet<Tally>, signal: &str) -> ExitCode {
     tracing::error!("interrupted by {signal}");
     tasks.shutdown().await;
+    if !reconcile::file_work_ended(FILE_WORK_GRACE).await {
+        tracing::warn!(
+            "file work still running {} after {signal} (a hung filesystem?); a stage file may \
+             be left beside its destination until the next run removes it",
+            humantime::format_duration(FILE_WORK_GRACE)
+        );
+    }
     ExitCode::FAILURE
 }
 

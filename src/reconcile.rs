@@ -16,6 +16,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use md5::{Digest, Md5};
@@ -254,9 +255,13 @@ pub(crate) async fn reconcile_batch(
             None => abandoned_steps(items),
         }
     } else {
-        off_the_runtime_then_close(stop, move || {
+        off_the_runtime_then_close(stop, move |given_up| {
             let mut steps = stage_batch(&work, options);
             hold_failed_files(&work, &mut steps, &failed_files);
+            if given_up() {
+                // Dropped with the answer nobody waits for, the stage files are removed.
+                return (steps, Replaced::default());
+            }
             let staged = take_staged(&mut steps);
             let (swapped, replaced) = swap_all(&work, staged);
             for (index, result) in swapped {
@@ -396,18 +401,26 @@ async fn off_the_runtime<T: Send + 'static>(
     stop: &StopRequest,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    off_the_runtime_then_close(stop, move || (work(), Replaced::default())).await
+    off_the_runtime_then_close(stop, move |_| (work(), Replaced::default())).await
 }
 
-/// [`off_the_runtime`] for work that returns the files its swaps replaced: the answer comes
-/// back first, then the blocking thread closes them (see [`Replaced`]).
+/// [`off_the_runtime`] for work that swaps files in. It is given a question to ask before its
+/// swaps, `given_up`: whether its batch stopped waiting for it (its `--onetime` run was
+/// interrupted, or the grace after a stop ran out); if so, it swaps nothing in. It returns the
+/// files its swaps replaced: the answer comes back first, then the blocking thread closes them
+/// (see [`Replaced`]).
 async fn off_the_runtime_then_close<T: Send + 'static>(
     stop: &StopRequest,
-    work: impl FnOnce() -> (T, Replaced) + Send + 'static,
+    work: impl FnOnce(&dyn Fn() -> bool) -> (T, Replaced) + Send + 'static,
 ) -> Option<T> {
     let (reply, answer) = tokio::sync::oneshot::channel();
+    let running = RunningFileWork::begin();
     let task = tokio::task::spawn_blocking(move || {
-        let (value, replaced) = work();
+        // Counted until the end: an answer nobody waits for is dropped here, and with it the
+        // stage files it holds, which removes them.
+        let _running = running;
+        let given_up = || reply.is_closed();
+        let (value, replaced) = work(&given_up);
         // Nobody waits for the answer only after the work was abandoned at a stop.
         let _ = reply.send(value);
         drop(replaced);
@@ -436,6 +449,49 @@ async fn off_the_runtime_then_close<T: Send + 'static>(
             _ => None,
         },
     }
+}
+
+/// File work on the blocking pool that has not ended yet, process-wide.
+static FILE_WORK_RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// Told each time the last running file work ends.
+static FILE_WORK_ENDED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// One piece of file work counted in [`FILE_WORK_RUNNING`] until dropped.
+struct RunningFileWork;
+
+impl RunningFileWork {
+    fn begin() -> RunningFileWork {
+        FILE_WORK_RUNNING.fetch_add(1, Ordering::SeqCst);
+        RunningFileWork
+    }
+}
+
+impl Drop for RunningFileWork {
+    fn drop(&mut self) {
+        if FILE_WORK_RUNNING.fetch_sub(1, Ordering::SeqCst) == 1 {
+            FILE_WORK_ENDED.notify_waiters();
+        }
+    }
+}
+
+/// Waits until no file work runs on the blocking pool, for at most `limit`; `false` when some
+/// still ran at the limit. An interrupted run calls this after dropping its controllers: work
+/// whose answer is no longer wanted removes its own stage files when it ends, which it cannot
+/// do once the process has exited.
+pub(crate) async fn file_work_ended(limit: Duration) -> bool {
+    let ended = async {
+        loop {
+            let notified = FILE_WORK_ENDED.notified();
+            tokio::pin!(notified);
+            // Registered before the count is read, so an end in between is not missed.
+            notified.as_mut().enable();
+            if FILE_WORK_RUNNING.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    };
+    tokio::time::timeout(limit, ended).await.is_ok()
 }
 
 /// Why file work abandoned at a stop failed its destination.
@@ -541,20 +597,25 @@ async fn swap_staged(work: Vec<Work>, steps: &mut [Step], stop: &StopRequest) {
         .iter()
         .map(|(index, _)| (*index, work[*index].resource.dest.display().to_string()))
         .collect();
-    let swapped = off_the_runtime_then_close(stop, move || swap_all(&work, staged))
-        .await
-        .unwrap_or_else(|| {
-            dests
-                .into_iter()
-                .map(|(index, dest)| {
-                    let error = ReconcileError::Io {
-                        dest,
-                        message: abandoned(),
-                    };
-                    (index, Err(error))
-                })
-                .collect()
-        });
+    let swapped = off_the_runtime_then_close(stop, move |given_up| {
+        if given_up() {
+            return (Vec::new(), Replaced::default());
+        }
+        swap_all(&work, staged)
+    })
+    .await
+    .unwrap_or_else(|| {
+        dests
+            .into_iter()
+            .map(|(index, dest)| {
+                let error = ReconcileError::Io {
+                    dest,
+                    message: abandoned(),
+                };
+                (index, Err(error))
+            })
+            .collect()
+    });
     for (index, result) in swapped {
         steps[index] = swapped_step(result);
     }

@@ -603,6 +603,64 @@ fn sigterm_during_a_check_leaves_no_stage_file_and_the_destination_as_it_was() {
 }
 
 #[test]
+fn sigterm_while_a_stage_file_is_written_leaves_no_stage_file_and_the_destination_as_it_was() {
+    // 128 MB to write and flush: the stage file exists for a good while (about a tenth of a
+    // second on a fast disk) before it is complete.
+    let line = "x".repeat(128 * 1024);
+    let fixture = Fixture::new();
+    fixture.template(
+        "big.tmpl",
+        "{% set line = getv(key=\"/app/line\") %}{% for i in range(end=1000) %}{{ line }}\n{% endfor %}",
+    );
+    fixture.resource(
+        "big",
+        "src = \"big.tmpl\"\ndest = \"out/big.conf\"\nkeys = [\"/app\"]\n",
+    );
+    fixture.write("out/big.conf", "previous\n");
+    fixture.write("data.yaml", &format!("app:\n  line: {line}\n"));
+
+    let (created, creations) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && matches!(event.kind, notify::EventKind::Create(_))
+        {
+            let _ = created.send(event.paths);
+        }
+    })
+    .expect("inotify");
+    notify::Watcher::watch(
+        &mut watcher,
+        &fixture.path("out"),
+        notify::RecursiveMode::NonRecursive,
+    )
+    .expect("watch out/");
+    let daemon = fixture.spawn(ONETIME_FILE);
+    let stage_created = creations
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("a stage file is created");
+    assert!(
+        stage_created[0]
+            .display()
+            .to_string()
+            .contains(".big.conf.reconfd-"),
+        "{stage_created:?}"
+    );
+    // Sent while the stage file is being written or flushed, work that cannot be stopped.
+    assert_eq!(daemon.terminate(), Some(1));
+    assert_eq!(
+        fixture.list("out"),
+        ["big.conf"],
+        "the interrupted run removed its stage file before exiting"
+    );
+    let dest = fixture.read("out/big.conf");
+    assert!(
+        dest == "previous\n",
+        "the destination is as it was, not replaced after the SIGTERM ({} bytes)",
+        dest.len()
+    );
+}
+
+#[test]
 fn unreadable_data_file_fails_naming_it_and_keeps_the_destination() {
     let fixture = app_fixture("    web1: 10.0.0.1:80\n");
     fixture.write("out/app.conf", "previous\n");
