@@ -421,7 +421,7 @@ async fn off_the_runtime_then_close<T: Send + 'static>(
         let _running = running;
         let given_up = || reply.is_closed();
         let (value, replaced) = work(&given_up);
-        // Nobody waits for the answer only after the work was abandoned at a stop.
+        // Nobody waits for the answer once the work was given up.
         let _ = reply.send(value);
         drop(replaced);
     });
@@ -599,6 +599,7 @@ async fn swap_staged(work: Vec<Work>, steps: &mut [Step], stop: &StopRequest) {
         .collect();
     let swapped = off_the_runtime_then_close(stop, move |given_up| {
         if given_up() {
+            // Dropped here, the stage files are removed.
             return (Vec::new(), Replaced::default());
         }
         swap_all(&work, staged)
