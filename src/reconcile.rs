@@ -1564,4 +1564,40 @@ mod tests {
         assert!(toml.contains("line 2"), "{toml}");
         assert!("xml".parse::<OutputFormat>().is_err());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn file_work_abandoned_at_a_stop_hears_it_was_given_up() {
+        let (ask_stop, stop) = tokio::sync::watch::channel(false);
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (told, heard) = std::sync::mpsc::channel();
+        // Work stuck (a hung filesystem) until released; it says what it hears before its swap.
+        let work = off_the_runtime_then_close(&stop, move |given_up| {
+            let _ = started_tx.send(());
+            let _ = released.recv();
+            let _ = told.send(given_up());
+            ((), Replaced::default())
+        });
+        let stop_and_let_time_pass = async {
+            started.recv().await;
+            ask_stop.send(true).expect("a stop");
+            // The clock stands still while a blocking task runs; it is moved by hand, in steps,
+            // so the grace runs out wherever its timer started.
+            loop {
+                tokio::time::advance(Duration::from_millis(100)).await;
+            }
+        };
+        let answer = tokio::select! {
+            biased;
+            answer = work => answer,
+            () = stop_and_let_time_pass => unreachable!("the loop never ends"),
+        };
+        assert!(answer.is_none(), "abandoned once the grace ran out");
+        release.send(()).expect("the work waits");
+        assert_eq!(
+            heard.recv().ok(),
+            Some(true),
+            "the work, back after its batch gave up, is told so and swaps nothing in"
+        );
+    }
 }
