@@ -15,12 +15,12 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use md5::{Digest, Md5};
 use similar::TextDiff;
+use tokio_util::task::TaskTracker;
 
 use crate::command::{self, CommandEnv, CommandError, Placeholder, ShellCommand};
 use crate::resource::{OutputFormat, Resource};
@@ -414,7 +414,7 @@ async fn off_the_runtime_then_close<T: Send + 'static>(
     work: impl FnOnce(&dyn Fn() -> bool) -> (T, Replaced) + Send + 'static,
 ) -> Option<T> {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let running = RunningFileWork::begin();
+    let running = FILE_WORK.token();
     let task = tokio::task::spawn_blocking(move || {
         // Counted until the end: an answer nobody waits for is dropped here, and with it the
         // stage files it holds, which removes them.
@@ -451,47 +451,17 @@ async fn off_the_runtime_then_close<T: Send + 'static>(
     }
 }
 
-/// File work on the blocking pool that has not ended yet, process-wide.
-static FILE_WORK_RUNNING: AtomicUsize = AtomicUsize::new(0);
-/// Told each time the last running file work ends.
-static FILE_WORK_ENDED: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-/// One piece of file work counted in [`FILE_WORK_RUNNING`] until dropped.
-struct RunningFileWork;
-
-impl RunningFileWork {
-    fn begin() -> RunningFileWork {
-        FILE_WORK_RUNNING.fetch_add(1, Ordering::SeqCst);
-        RunningFileWork
-    }
-}
-
-impl Drop for RunningFileWork {
-    fn drop(&mut self) {
-        if FILE_WORK_RUNNING.fetch_sub(1, Ordering::SeqCst) == 1 {
-            FILE_WORK_ENDED.notify_waiters();
-        }
-    }
-}
+/// The file work on the blocking pool, process-wide: each piece holds a token until it ends.
+static FILE_WORK: LazyLock<TaskTracker> = LazyLock::new(TaskTracker::new);
 
 /// Waits until no file work runs on the blocking pool, for at most `limit`; `false` when some
 /// still ran at the limit. An interrupted run calls this after dropping its controllers: work
 /// whose answer is no longer wanted removes its own stage files when it ends, which it cannot
 /// do once the process has exited.
 pub(crate) async fn file_work_ended(limit: Duration) -> bool {
-    let ended = async {
-        loop {
-            let notified = FILE_WORK_ENDED.notified();
-            tokio::pin!(notified);
-            // Registered before the count is read, so an end in between is not missed.
-            notified.as_mut().enable();
-            if FILE_WORK_RUNNING.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    };
-    tokio::time::timeout(limit, ended).await.is_ok()
+    // Closed, the tracker's wait ends once it is empty; the run starts no file work any more.
+    FILE_WORK.close();
+    tokio::time::timeout(limit, FILE_WORK.wait()).await.is_ok()
 }
 
 /// Why file work abandoned at a stop failed its destination.
