@@ -15,7 +15,11 @@ valgrind's callgrind through the same scenarios:
     which changes every hash.
 A name the binary does not have is skipped by the linker, so a stale list costs memory, never
 correctness. Run this after a toolchain or dependency update (the etcd benchmark's idle row
-says how much of the list the binary still has).
+says how much of the list the binary still has). Beside the list it writes
+scripts/hot-functions.for, the dependencies the names were made with (Cargo.lock, Cargo.toml's
+dependency tables), which tests/release_build.rs compares with the checkout's, so a commit
+that stales the list fails the tests until the list is made again. The toolchain is not
+compared: a contributor's newer rustc stales the list for their build only.
 
 Needs: valgrind, etcd, redis-server, nats-server and ZooKeeper (scripts/test.sh installs the
 servers). Takes about a quarter of an hour, most of it the two release builds. Consul and Vault
@@ -26,6 +30,7 @@ Usage: scripts/hot-functions.py
 
 import base64
 import glob
+import hashlib
 import json
 import os
 import re
@@ -40,6 +45,11 @@ import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIST = os.path.join(REPO, "scripts", "hot-functions.txt")
+MADE_FOR = os.path.join(REPO, "scripts", "hot-functions.for")
+# Cargo.toml's tables whose contents change the crates' symbol names (their versions and
+# features).
+DEPENDENCY_TABLES = {"dependencies", "dev-dependencies", "build-dependencies", "features",
+                     "patch"}
 SERVERS_TEMPLATE = (
     '{% for kv in gets(key="/*") %}server {{ kv.key | base }} {{ kv.value }} check\n{% endfor %}'
 )
@@ -371,6 +381,25 @@ def build(command, copy_to):
     shutil.copy(os.path.join(REPO, "target", "release", "reconfd"), copy_to)
 
 
+def made_for():
+    """The dependencies the list's symbol names depend on, as tests/release_build.rs computes
+    them: Cargo.lock's md5, and the md5 of Cargo.toml's dependency and feature tables (each
+    table's lines, from its header to the next one, joined by newlines)."""
+    with open(os.path.join(REPO, "Cargo.lock"), "rb") as file:
+        lock = hashlib.md5(file.read()).hexdigest()
+    with open(os.path.join(REPO, "Cargo.toml")) as file:
+        tables = []
+        keep = False
+        for line in file.read().splitlines():
+            if line.startswith("["):
+                names = line.strip("[] ").split(".")
+                keep = any(name in DEPENDENCY_TABLES for name in names)
+            if keep:
+                tables.append(line)
+    manifest = hashlib.md5("\n".join(tables).encode()).hexdigest()
+    return f"Cargo.lock {lock}\nCargo.toml {manifest}\n"
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="reconfd-hot-") as scratch:
         binaries = {
@@ -420,7 +449,9 @@ def main():
                 server.stop()
     with open(LIST, "w") as file:
         file.write("\n".join(order) + "\n")
-    print(f"hot-functions: wrote {LIST}")
+    with open(MADE_FOR, "w") as file:
+        file.write(made_for())
+    print(f"hot-functions: wrote {LIST} and {MADE_FOR}")
 
 
 if __name__ == "__main__":
