@@ -205,14 +205,18 @@ impl Controller {
         let (_, never_stopped) = watch::channel(false);
         let mut shutdown = Shutdown::new(never_stopped);
         let all = (0..self.prepared.len()).collect();
-        match self
+        let tally = match self
             .renders
             .round(all, &self.prepared, &self.snapshot, None, &mut shutdown)
             .await
         {
             Some(rendered) => self.commit(rendered, &shutdown).await,
             None => Tally::failed(self.prepared.len()),
-        }
+        };
+        // The process exits once its controllers are done: what the run read is left to the
+        // exit, not freed key by key first (10,000 keys are 20,000 frees, 2 ms before the exit).
+        std::mem::forget(Arc::clone(&self.snapshot));
+        tally
     }
 
     /// Runs the controller until `shutdown`, starting it over after a panic; `first_sync` is
