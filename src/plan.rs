@@ -6,6 +6,7 @@
 //! new plan, so their watches resume where they stopped.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::command::CommandEnv;
@@ -90,6 +91,13 @@ impl Plan {
                 return Err(PlanError::Unusable);
             }
         };
+        // A file the running set swapped in but could not reload is still owed its reload,
+        // whichever controller writes it now (a SIGHUP is how a fixed reload_cmd arrives).
+        let reloads_owed: BTreeSet<PathBuf> = previous
+            .iter()
+            .flat_map(Controller::reloads_owed)
+            .map(Path::to_path_buf)
+            .collect();
         let mut controllers = Vec::new();
         for (backend, members) in by_store(prepared, settings.backend.as_ref()) {
             let Some(backend) = backend else {
@@ -129,7 +137,9 @@ impl Plan {
                 .position(|controller| controller.backend() == &backend)
             {
                 let old = previous.swap_remove(index);
-                controllers.push(old.hand_over(backend, members, sync, status.clone()));
+                let mut next = old.hand_over(backend, members, sync, status.clone());
+                next.owe_reloads(&reloads_owed);
+                controllers.push(next);
                 continue;
             }
             let opened = match global_store.take_if(|_| Some(&backend) == settings.backend.as_ref())
@@ -138,13 +148,11 @@ impl Plan {
                 None => backend::open(&backend),
             };
             match opened {
-                Ok(store) => controllers.push(Controller::new(
-                    store,
-                    backend,
-                    members,
-                    sync,
-                    status.clone(),
-                )),
+                Ok(store) => {
+                    let mut next = Controller::new(store, backend, members, sync, status.clone());
+                    next.owe_reloads(&reloads_owed);
+                    controllers.push(next);
+                }
                 Err(message) => {
                     // Only the resources with this [backend] table are lost.
                     for member in &members {

@@ -56,6 +56,9 @@ pub(crate) enum Outcome {
     InSync,
     /// The destination was replaced (and reloaded, unless sync-only).
     Updated,
+    /// The destination already matched, and the reload that an earlier attempt failed to
+    /// run has now succeeded.
+    Reloaded,
     /// In noop mode: the destination differs and would have been replaced.
     WouldUpdate,
 }
@@ -194,6 +197,9 @@ pub(crate) struct Item<'a> {
     pub rendered: &'a Arc<String>,
     /// The md5 of `rendered`, when it was computed already.
     pub md5: Option<&'a str>,
+    /// The destination was swapped in but its reload failed, and no reload has succeeded
+    /// since: the reload runs even if the destination is found in sync.
+    pub reload_owed: bool,
 }
 
 /// An item of a batch as the blocking pool gets it: owned, as the work may outlive the batch
@@ -273,7 +279,7 @@ pub(crate) async fn reconcile_batch(
         .unwrap_or_else(|| abandoned_steps(items))
     };
     if !options.sync_only {
-        reload_batch(items, &mut steps, options.command_env, stop).await;
+        reload_batch(items, &mut steps, options, stop).await;
     }
     items
         .iter()
@@ -693,13 +699,28 @@ fn flush_swapped(work: &[Work], swapped: &[(usize, SwapResult)]) {
 
 /// Runs each distinct reload command of the swapped items once. When one fails, the items
 /// with `rollback` get their previous file back and the command runs again on them.
-async fn reload_batch(items: &[Item<'_>], steps: &mut [Step], env: CommandEnv, stop: &StopRequest) {
+async fn reload_batch(
+    items: &[Item<'_>],
+    steps: &mut [Step],
+    options: Options,
+    stop: &StopRequest,
+) {
+    let env = options.command_env;
     // Commands in the order their first item comes, with the items they reload.
     let mut commands: Vec<(ShellCommand, Vec<usize>)> = Vec::new();
     for (index, item) in items.iter().enumerate() {
-        let (Step::Swapped(_), Some(reload)) = (&steps[index], &item.resource.reload_cmd) else {
+        let Some(reload) = &item.resource.reload_cmd else {
             continue;
         };
+        let due = match &steps[index] {
+            Step::Swapped(_) => true,
+            // The file in place was never reloaded: its reload is tried again.
+            Step::Done(Outcome::InSync) => item.reload_owed && !options.noop,
+            _ => false,
+        };
+        if !due {
+            continue;
+        }
         let command =
             ShellCommand::new(reload).bind(Placeholder::Dest, item.resource.dest.as_os_str());
         match commands
@@ -722,12 +743,17 @@ async fn reload_batch(items: &[Item<'_>], steps: &mut [Step], env: CommandEnv, s
             .collect();
         let dests = dests.join(", ");
         let source = match command::run(&command, timeout, env).await {
-            Ok(output) if output.is_empty() => {
-                tracing::info!("Reloaded for {dests}");
-                continue;
-            }
             Ok(output) => {
-                tracing::info!("Reloaded for {dests}: {output}");
+                if output.is_empty() {
+                    tracing::info!("Reloaded for {dests}");
+                } else {
+                    tracing::info!("Reloaded for {dests}: {output}");
+                }
+                for index in members {
+                    if matches!(steps[index], Step::Done(Outcome::InSync)) {
+                        steps[index] = Step::Done(Outcome::Reloaded);
+                    }
+                }
                 continue;
             }
             Err(source) => source,
@@ -1085,6 +1111,7 @@ mod tests {
             resource,
             rendered: &rendered,
             md5: None,
+            reload_owed: false,
         }];
         let mut results = reconcile_batch(&items, &BTreeSet::new(), options, &never).await;
         results.pop().unwrap_or(Ok(Outcome::InSync))

@@ -35,7 +35,8 @@ pub(crate) fn synced(
 ) {
     let (result, error) = match outcome {
         Ok(Outcome::InSync) => (SyncResult::InSync, None),
-        Ok(Outcome::Updated) => (SyncResult::Updated, None),
+        // The reload completes the update an earlier attempt swapped in.
+        Ok(Outcome::Updated | Outcome::Reloaded) => (SyncResult::Updated, None),
         Ok(Outcome::WouldUpdate) => (SyncResult::WouldUpdate, None),
         Err(Failure::Render(failure)) => (SyncResult::RenderFailed, Some(failure.message.clone())),
         Err(Failure::Reconcile(e)) => (

@@ -296,6 +296,102 @@ fn a_failed_write_is_tried_again_without_a_new_change() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// The number of lines of the fixture's file `name` (0 when it does not exist).
+fn lines(fixture: &Fixture, name: &str) -> usize {
+    std::fs::read_to_string(fixture.path(name)).map_or(0, |text| text.lines().count())
+}
+
+#[test]
+fn a_failed_reload_is_run_again_without_a_new_change() {
+    let fixture = Fixture::new();
+    fixture.template("app.tmpl", "port {{ getv(key=\"/app/port\") }}\n");
+    // Each run is counted; it fails until the file `reload-works` exists.
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\n\
+         reload_cmd = \"echo run >> reloads; test -e reload-works\"\n",
+    );
+    fixture.write("data.yaml", "app:\n  port: \"80\"\n");
+    let address = listen_address();
+    let daemon = watch_data(&fixture, &address);
+    expect_log(&daemon, "updated, but the reload command failed");
+    expect_log(&daemon, "trying again in");
+    // The file is in place, so the retry finds it in sync; the reload it owes runs all the
+    // same, and fails again while the service cannot take it.
+    assert!(
+        wait_for(Duration::from_secs(30), || lines(&fixture, "reloads") >= 2),
+        "the reload run again without a change\n--- log\n{}",
+        daemon.log()
+    );
+    fixture.write("reload-works", "");
+    expect_log(&daemon, "Reloaded for");
+    assert!(
+        wait_for(Duration::from_secs(10), || get(&format!(
+            "http://{address}/status"
+        ))
+        .1
+        .contains("\"next_attempt\":null")),
+        "no retry is scheduled after the reload succeeded"
+    );
+    let runs = lines(&fixture, "reloads");
+    // In sync and reloaded: a resync reloads nothing more.
+    daemon.hang_up();
+    expect_log(&daemon, "SIGHUP: new settings applied");
+    assert_eq!(daemon.terminate(), Some(0));
+    assert_eq!(
+        lines(&fixture, "reloads"),
+        runs,
+        "no reload after the one that succeeded"
+    );
+}
+
+#[test]
+fn a_reload_owed_is_run_by_the_settings_a_sighup_brings() {
+    let fixture = Fixture::new();
+    fixture.template("app.tmpl", "port {{ getv(key=\"/app/port\") }}\n");
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\nreload_cmd = \"false\"\n",
+    );
+    fixture.write("data.yaml", "app:\n  port: \"80\"\n");
+    let daemon = watch_data(&fixture, &listen_address());
+    expect_log(&daemon, "updated, but the reload command failed");
+    // The operator mends the reload command and sends SIGHUP: the file in place, never
+    // reloaded, is reloaded by the new command though nothing in it changes.
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\n\
+         reload_cmd = \"echo run >> reloads\"\n",
+    );
+    daemon.hang_up();
+    assert!(
+        wait_for(Duration::from_secs(30), || lines(&fixture, "reloads") == 1),
+        "the mended reload command run after the SIGHUP\n--- log\n{}",
+        daemon.log()
+    );
+    assert_eq!(fixture.read("app.conf"), "port 80\n");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn onetime_does_not_promise_to_try_a_failed_reload_again() {
+    let fixture = Fixture::new();
+    fixture.template("app.tmpl", "port {{ getv(key=\"/app/port\") }}\n");
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\nreload_cmd = \"false\"\n",
+    );
+    fixture.write("data.yaml", "app:\n  port: \"80\"\n");
+    let run = fixture.run(&["--onetime", "--backend", "file", "--file", "data.yaml"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("updated, but the reload command failed"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("trying again"), "{run:?}");
+}
+
 #[test]
 fn two_etcd_clusters_are_two_store_instances() {
     let first = Etcd::start();

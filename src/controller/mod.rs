@@ -24,7 +24,7 @@ mod tests;
 use std::collections::BTreeSet;
 use std::ops::{Bound, ControlFlow};
 use std::panic::AssertUnwindSafe;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,12 @@ pub(crate) struct Controller {
     warm: bool,
     renders: Renders,
     retries: Retries,
+    /// The resources whose destination was swapped in but not reloaded (their reload failed,
+    /// and none has succeeded since): their next sync runs the reload even when the file is
+    /// in sync, or a retry would find nothing to do.
+    reloads_owed: BTreeSet<usize>,
+    /// A `--onetime` run: a failure is reported, not tried again.
+    one_shot: bool,
 }
 
 impl Controller {
@@ -135,6 +141,8 @@ impl Controller {
             ),
             renders: Renders::new(prepared.len()),
             retries: Retries::default(),
+            reloads_owed: BTreeSet::new(),
+            one_shot: false,
             outage: Outage::new(instance.clone(), status.clone()),
             guards: Guards::default(),
             instance,
@@ -185,9 +193,27 @@ impl Controller {
         self.prepared.iter().map(|member| &member.resource)
     }
 
+    /// The destinations swapped in whose reload failed, with none succeeding since.
+    pub(crate) fn reloads_owed(&self) -> impl Iterator<Item = &Path> {
+        self.reloads_owed
+            .iter()
+            .map(|index| self.prepared[*index].resource.dest.as_path())
+    }
+
+    /// Marks the resources writing one of `dests` as owing a reload (a SIGHUP's new
+    /// resources, from the controllers before it): the file in place was never reloaded.
+    pub(crate) fn owe_reloads(&mut self, dests: &BTreeSet<PathBuf>) {
+        for (index, member) in self.prepared.iter().enumerate() {
+            if dests.contains(&member.resource.dest) {
+                self.reloads_owed.insert(index);
+            }
+        }
+    }
+
     /// One fetch, every resource once. Returns how many resources failed and how many
     /// would change (in noop mode).
     pub(crate) async fn onetime(&mut self) -> Tally {
+        self.one_shot = true;
         if self.prepared.is_empty() {
             return Tally::default();
         }
@@ -623,6 +649,7 @@ impl Controller {
                     resource: &self.prepared[r.index].resource,
                     rendered: content,
                     md5: r.md5.as_deref(),
+                    reload_owed: self.reloads_owed.contains(&r.index),
                 })
             })
             .collect();
@@ -670,7 +697,19 @@ impl Controller {
                 Ok(Outcome::WouldUpdate) => tally.would_change += 1,
                 Ok(_) => {}
             }
-            let next_attempt = if may_pass {
+            match &outcome {
+                Err(report::Failure::Reconcile(e)) if e.swapped() => {
+                    self.reloads_owed.insert(r.index);
+                }
+                Ok(Outcome::Updated | Outcome::Reloaded) => {
+                    self.reloads_owed.remove(&r.index);
+                }
+                _ if resource.reload_cmd.is_none() => {
+                    self.reloads_owed.remove(&r.index);
+                }
+                _ => {}
+            }
+            let next_attempt = if may_pass && !self.one_shot {
                 Some(self.retries.failed(r.index, now()))
             } else {
                 self.retries.settled(r.index);
