@@ -55,12 +55,34 @@ pub(crate) struct Cli {
     pub interval: Option<u64>,
 
     /// Re-render when the store reports a change instead of polling.
-    #[arg(long, env = "RECONFD_WATCH")]
+    #[arg(
+        long,
+        env = "RECONFD_WATCH",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        default_value_t = false,
+        hide_default_value = true,
+        value_name = "BOOL",
+        value_parser = crate::cli::switch
+    )]
     pub watch: bool,
 
     /// Run every resource once and exit: 0 in sync or updated, 1 if any resource failed or
     /// SIGTERM or SIGINT interrupted the run (killing the command running then).
-    #[arg(long, env = "RECONFD_ONETIME")]
+    #[arg(
+        long,
+        env = "RECONFD_ONETIME",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        default_value_t = false,
+        hide_default_value = true,
+        value_name = "BOOL",
+        value_parser = crate::cli::switch
+    )]
     pub onetime: bool,
 
     /// Exec mode: once every resource has been synced, run this command (through `sh`, as
@@ -74,22 +96,66 @@ pub(crate) struct Cli {
 
     /// Render and compare only; print a unified diff of what would change. Nothing is written
     /// and no command runs.
-    #[arg(long, env = "RECONFD_NOOP")]
+    #[arg(
+        long,
+        env = "RECONFD_NOOP",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        default_value_t = false,
+        hide_default_value = true,
+        value_name = "BOOL",
+        value_parser = crate::cli::switch
+    )]
     pub noop: bool,
 
     /// With --onetime --noop: exit 3 when any destination would change (0 when all are in
     /// sync, 1 when a resource failed, 2 for unusable settings), so a pipeline can gate on
     /// drift.
-    #[arg(long, env = "RECONFD_EXIT_CODE")]
+    #[arg(
+        long,
+        env = "RECONFD_EXIT_CODE",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        default_value_t = false,
+        hide_default_value = true,
+        value_name = "BOOL",
+        value_parser = crate::cli::switch
+    )]
     pub exit_code: bool,
 
     /// Write destination files but run no check or reload command.
-    #[arg(long, env = "RECONFD_SYNC_ONLY")]
+    #[arg(
+        long,
+        env = "RECONFD_SYNC_ONLY",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        default_value_t = false,
+        hide_default_value = true,
+        value_name = "BOOL",
+        value_parser = crate::cli::switch
+    )]
     pub sync_only: bool,
 
     /// Keep the stage file after a failed check, for inspection, as
     /// `.<name>.reconfd-XXXXXX.rejected` beside the destination; reconfd never removes it.
-    #[arg(long, env = "RECONFD_KEEP_STAGE_FILE")]
+    #[arg(
+        long,
+        env = "RECONFD_KEEP_STAGE_FILE",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        default_value_t = false,
+        hide_default_value = true,
+        value_name = "BOOL",
+        value_parser = crate::cli::switch
+    )]
     pub keep_stage_file: bool,
 
     /// Give check and reload commands this credential of reconfd's environment (such as
@@ -106,7 +172,18 @@ pub(crate) struct Cli {
 
     /// When a reload command fails, put the previous file back and reload again, for every
     /// resource (a resource's `rollback` turns it on for that one).
-    #[arg(long, env = "RECONFD_ROLLBACK")]
+    #[arg(
+        long,
+        env = "RECONFD_ROLLBACK",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        default_value_t = false,
+        hide_default_value = true,
+        value_name = "BOOL",
+        value_parser = crate::cli::switch
+    )]
     pub rollback: bool,
 
     /// Serve metrics, health, readiness and a status page on this address, such as
@@ -272,7 +349,10 @@ fn confd_spelling(args: Vec<OsString>, command: &clap::Command) -> Vec<OsString>
             .flat_map(clap::Command::get_arguments),
     ) {
         if let Some(long) = arg.get_long() {
-            takes_value.insert(long.to_string(), arg.get_action().takes_values());
+            // A switch takes its value only after `=` (`--watch=false`): the word after it
+            // is never its value.
+            let takes = arg.get_action().takes_values() && !arg.is_require_equals_set();
+            takes_value.insert(long.to_string(), takes);
         }
     }
     let mut rewritten = Vec::with_capacity(args.len());
@@ -307,17 +387,26 @@ fn confd_spelling(args: Vec<OsString>, command: &clap::Command) -> Vec<OsString>
         };
         let takes = takes_value.get(name).copied();
         value_next = takes == Some(true) && value.is_none();
-        if takes == Some(false) && value == Some("true") {
-            // Go's `-watch=true` is `-watch`. (`=false` is left for clap to refuse: dropping
-            // it would let the environment or the settings file turn the flag on.)
-            rewritten.push(format!("--{name}").into());
-        } else if one_dash && name.len() > 1 {
+        if one_dash && name.len() > 1 {
             rewritten.push(format!("--{option}").into());
         } else {
             rewritten.push(arg);
         }
     }
     rewritten
+}
+
+/// The value of a switch (`--watch`, `--noop`, ...): none is `true`; `--watch=false` turns it
+/// off over the environment and the settings file, as Go's flag package (confd's) takes
+/// `-watch=false`. Go's spellings (`1`, `t`, `TRUE`, `0`, `f`, `False`, ...) and those a
+/// `RECONFD_*` variable may have (`yes`, `no`, `on`, `off`, and empty for off) are taken,
+/// in any case.
+pub(crate) fn switch(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "t" | "true" | "y" | "yes" | "on" => Ok(true),
+        "" | "0" | "f" | "false" | "n" | "no" | "off" => Ok(false),
+        _ => Err("not a boolean: give true or false (or 1, 0, t, f, yes, no, on, off)".to_string()),
+    }
 }
 
 /// The subcommand `matches` (parsed by [`command`]) name, if any.
@@ -452,7 +541,7 @@ mod tests {
         );
         assert_eq!(
             spelt(&["-watch=true", "--noop=true", "-onetime=false"]),
-            ["--watch", "--noop", "--onetime=false"]
+            ["--watch=true", "--noop=true", "--onetime=false"]
         );
         assert_eq!(
             spelt(&["announce", "-key", "/services/a", "-value=h1:80"]),

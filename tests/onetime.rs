@@ -82,6 +82,37 @@ fn confd_spelling_of_the_options_is_accepted() {
     );
 }
 
+/// Go's flag package takes `-noop=false` (and `=0`, `=F`, ...): a templated command line
+/// such as `-watch=${WATCH}` turns a switch off, over the environment and the settings file.
+#[test]
+fn a_switch_given_false_is_off_over_the_environment_and_the_settings_file() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    fixture.write("reconfd.toml", "noop = true\n");
+    let file_on = fixture.run(&["-onetime", "-backend", "file", "-file=data.yaml"]);
+    assert_eq!(file_on.code, Some(0), "{file_on:?}");
+    assert!(
+        !fixture.path("out/app.conf").exists(),
+        "noop from the settings file wrote\n{file_on:?}"
+    );
+    let mut with_env = fixture.command(&[
+        "-onetime=T",
+        "-noop=false",
+        "-backend",
+        "file",
+        "-file=data.yaml",
+    ]);
+    with_env.env("RECONFD_NOOP", "true");
+    let run = Run::from(with_env.output().expect("run reconfd"));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("out/app.conf"), "server web1 10.0.0.1:80\n");
+    let unclear = fixture.run(&["-onetime", "-noop=maybe", "-backend", "file"]);
+    assert_eq!(unclear.code, Some(2), "{unclear:?}");
+    assert!(
+        unclear.stderr.contains("invalid value 'maybe' for '--noop"),
+        "{unclear:?}"
+    );
+}
+
 #[test]
 fn changed_value_rewrites_and_reloads_once() {
     let fixture = app_fixture("    web1: 10.0.0.1:80\n");
