@@ -947,6 +947,55 @@ fn an_etcd_wiped_after_hundreds_of_changes_is_read_once_and_watched_again() {
 }
 
 #[test]
+fn an_etcd_wiped_and_filled_past_the_revisions_seen_is_read_again() {
+    let mut etcd = Etcd::start();
+    for n in 1..=3 {
+        etcd.put(&format!("/app/servers/old{n}"), "10.0.0.1:80");
+    }
+    let fixture = fixture();
+    let nodes = etcd.endpoints();
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server old1 10.0.0.1:80\nserver old2 10.0.0.1:80\nserver old3 10.0.0.1:80\n",
+        "initial render",
+    );
+    // The new etcd's history runs past the revision the daemon saw before it can reconnect,
+    // so the watch could resume in it: at the old revision it holds other keys.
+    let new_keys: Vec<(String, String)> = (10..30)
+        .map(|n| (format!("/app/servers/new{n}"), format!("10.0.1.{n}:80")))
+        .collect();
+    let pairs: Vec<(&str, &str)> = new_keys
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    etcd.rebuild_filled(0, &pairs);
+    let expected: String = (10..30)
+        .map(|n| format!("server new{n} 10.0.1.{n}:80\n"))
+        .collect();
+    expect_content(
+        &fixture,
+        &daemon,
+        &expected,
+        "the filled etcd's keys, and only those",
+    );
+    assert!(
+        daemon.log().contains("was etcd rebuilt?"),
+        "{}",
+        daemon.log()
+    );
+    etcd.put("/app/servers/new10", "10.0.2.10:80");
+    expect_content(
+        &fixture,
+        &daemon,
+        &expected.replace("new10 10.0.1.10:80", "new10 10.0.2.10:80"),
+        "a put after the read, through the watch",
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
 fn a_busy_resource_does_not_starve_another() {
     let etcd = Etcd::start();
     etcd.put_all(&[("/sa/x", "0"), ("/sb/x", "0")]);

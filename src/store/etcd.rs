@@ -120,6 +120,13 @@ struct Client {
     /// For each watched prefix, the revision up to which its watcher delivered every change:
     /// a new watch of the prefix starts right after it.
     progress: Mutex<Progress>,
+    /// The key last put among those read or watched, and the revision that put it: a watch
+    /// that resumes checks that etcd's history has it too (see `watch::history_differs`).
+    last_put: Mutex<Option<LastPut>>,
+    /// A watch broke, or could not be opened, since etcd's history was last known to go on
+    /// unbroken: the next watch checks it before resuming. Not after a watch the daemon
+    /// closed itself (a SIGHUP's handover), which delivered everything to the end.
+    history_unchecked: AtomicBool,
     /// Set once the user was told that etcd refuses a watch over the range covering every
     /// prefix (said once, not at every reconnect).
     split_watch_told: AtomicBool,
@@ -160,6 +167,8 @@ impl Client {
                 credentials,
             },
             progress: Mutex::default(),
+            last_put: Mutex::default(),
+            history_unchecked: AtomicBool::new(false),
             split_watch_told: AtomicBool::new(false),
         })
     }
@@ -191,14 +200,26 @@ impl Client {
         let client = member.client(&self.connect).await?;
         let mut pairs = Vec::new();
         let mut revision = 0;
+        let mut last_put: Option<LastPut> = None;
         for prefix in prefixes {
             let mut pages =
                 client.range_pages(&KeyRange::prefix(prefix.as_bytes()), revision, PAGE_SIZE);
             while let Some(page) = pages.next().await? {
+                if let Some(newest) = page.iter().max_by_key(|kv| kv.mod_revision)
+                    && last_put
+                        .as_ref()
+                        .is_none_or(|last| newest.mod_revision > last.revision)
+                {
+                    last_put = Some(LastPut {
+                        key: newest.key.clone(),
+                        revision: newest.mod_revision,
+                    });
+                }
                 pairs.extend(page.into_iter().filter_map(decode));
             }
             revision = pages.revision();
         }
+        *self.last_put() = last_put;
         let mut read = Snapshot::from_pairs(pairs);
         read.revision = Some(revision);
         Ok(read)
@@ -208,6 +229,18 @@ impl Client {
     fn progress(&self) -> MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The key last put among those read or watched.
+    fn last_put(&self) -> MutexGuard<'_, Option<LastPut>> {
+        self.last_put.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A key and the revision that last put it, as read or watched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LastPut {
+    key: Vec<u8>,
+    revision: i64,
 }
 
 /// A key and its value. A key that is not UTF-8 cannot be named by a template and is skipped;

@@ -309,6 +309,27 @@ impl Etcd {
         self.wait_healthy(index);
     }
 
+    /// Replaces member `index` of a single-member cluster with a new one holding only `pairs`,
+    /// each put on its own (a revision each) before the member listens on its client port
+    /// again: a wiped etcd that a script filled past the revisions its clients had seen
+    /// before they could reach it.
+    pub fn rebuild_filled(&mut self, index: usize, pairs: &[(&str, &str)]) {
+        self.kill(index);
+        let data = self.dir.path().join(&self.members[index].name);
+        std::fs::remove_dir_all(data).expect("remove the data directory");
+        let client_port = self.members[index].client_port;
+        self.members[index].client_port = free_port();
+        self.launch(index);
+        self.wait_healthy(index);
+        for (key, value) in pairs {
+            self.put(key, value);
+        }
+        self.kill(index);
+        self.members[index].client_port = client_port;
+        self.launch(index);
+        self.wait_healthy(index);
+    }
+
     /// Starts member `index` again on its data directory and waits until it is healthy.
     pub fn restart(&mut self, index: usize) {
         self.kill(index);

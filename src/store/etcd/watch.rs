@@ -7,7 +7,9 @@
 //! dropped. A watch that etcd cannot serve because it compacted that revision, or because it is
 //! behind it (restored from a backup, rebuilt empty), becomes a full read, reported as a
 //! replacement; that read becomes the only progress, and the watch goes on with the changes
-//! right after it.
+//! right after it. So does a watch resuming after a broken one in a history that is not the
+//! one seen (an etcd wiped and written past the old revision meanwhile), which
+//! [`history_differs`] finds.
 //!
 //! A transaction is delivered whole, as one event, with no waiting. etcd puts every event of
 //! one revision that a watcher matches into one message (a watcher catching up gets many
@@ -37,8 +39,8 @@ use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream, SelectAll};
 
 use super::proto::mvccpb;
-use super::rpc::{KeyRange, NodeClient, WatchMessage, Watcher};
-use super::{Client, Member, REQUEST_TIMEOUT, decode};
+use super::rpc::{KeyRange, NodeClient, RpcError, WatchMessage, Watcher};
+use super::{Client, LastPut, Member, REQUEST_TIMEOUT, decode};
 use crate::store::nodes::Node;
 use crate::store::watch::{self, Probes, WatchSender};
 use crate::store::{Change, Snapshot, StoreError, StoreErrorKind, WatchStream};
@@ -63,7 +65,30 @@ pub(super) async fn start(
         return Ok(stream);
     }
     let starts = start_revisions(&client, prefixes, snapshot);
-    let ((events, stream), connection) = match open_on_any_node(&client, prefixes, &starts).await? {
+    let opened = open_on_any_node(&client, prefixes, &starts)
+        .await
+        .inspect_err(|_| client.history_unchecked.store(true, Ordering::Relaxed))?;
+    let opened = match opened {
+        Opened::Watching(connection) if client.history_unchecked.swap(false, Ordering::Relaxed) => {
+            let (node, node_client) = (&connection.node, &connection.client);
+            let last_put = client.last_put().clone();
+            let check = History {
+                prefixes,
+                starts: &starts,
+                snapshot,
+                last_put,
+            };
+            let differs = history_differs(node, node_client, check)
+                .await
+                .inspect_err(|_| client.history_unchecked.store(true, Ordering::Relaxed))?;
+            match differs {
+                None => Opened::Watching(connection),
+                Some(reason) => Opened::Stale(reason),
+            }
+        }
+        stale => stale,
+    };
+    let ((events, stream), connection) = match opened {
         Opened::Watching(connection) => (watch::channel(), Some(*connection)),
         Opened::Stale(reason) => {
             let (snapshot, connection) = read_again(&client, prefixes, &reason).await?;
@@ -198,6 +223,88 @@ async fn open(
         layout: plan.layout,
         watchers: watcher_count,
     })))
+}
+
+/// What a resuming watch knows of etcd's history: the snapshot of `prefixes`, which holds
+/// every change up to the revision before each prefix's start, and the key last put.
+struct History<'a> {
+    prefixes: &'a [String],
+    starts: &'a [Option<i64>],
+    snapshot: &'a Snapshot,
+    last_put: Option<LastPut>,
+}
+
+/// Why etcd's history is not the one the watch resumes in, if it is not. An etcd rebuilt
+/// empty and written past the revisions seen before (a wiped member filled again by a script
+/// before reconfd came back) passes the revision check of [`open`]; without these checks the
+/// watch would resume in the middle of a history it never saw, missing keys and keeping
+/// deleted ones until the next resync. At the latest revision delivered, the key last put must
+/// still carry the revision of that put; and at the revision up to which each prefix's changes
+/// were delivered, etcd must hold as many keys under it as the snapshot does. A request per
+/// prefix and one more, answered from etcd's index, each time a watch opens.
+async fn history_differs(
+    node: &Node,
+    node_client: &NodeClient,
+    history: History<'_>,
+) -> Result<Option<String>, StoreError> {
+    let History {
+        prefixes,
+        starts,
+        snapshot,
+        last_put,
+    } = history;
+    let delivered = starts.iter().flatten().max().map(|start| start - 1);
+    if let (Some(last_put), Some(delivered)) = (last_put, delivered.filter(|at| *at > 0)) {
+        let key = KeyRange {
+            key: last_put.key.clone(),
+            range_end: Vec::new(),
+        };
+        let found = match node_client.range_pages(&key, delivered, 0).next().await {
+            Ok(page) => page.into_iter().flatten().next().map(|kv| kv.mod_revision),
+            Err(RpcError::Compacted) => {
+                return Ok(Some(format!("{node} compacted revision {delivered}")));
+            }
+            Err(RpcError::Store(error)) => return Err(error),
+        };
+        if found != Some(last_put.revision) {
+            return Ok(Some(format!(
+                "{node} does not have {} as put at revision {} (was etcd rebuilt?)",
+                String::from_utf8_lossy(&last_put.key),
+                last_put.revision
+            )));
+        }
+    }
+    let counts = prefixes
+        .iter()
+        .zip(starts)
+        .filter_map(|(prefix, start)| Some((prefix, start.filter(|start| *start > 1)? - 1)))
+        .map(|(prefix, revision)| async move {
+            let range = KeyRange::prefix(prefix.as_bytes());
+            (prefix, revision, node_client.count(&range, revision).await)
+        });
+    for (prefix, revision, counted) in futures_util::future::join_all(counts).await {
+        let held = snapshot.count_under(std::slice::from_ref(prefix), usize::MAX)
+            + snapshot
+                .not_utf8
+                .keys()
+                .filter(|key| crate::store::under_prefix(key, prefix))
+                .count();
+        match counted {
+            Ok(counted) if usize::try_from(counted.count) == Ok(held) => {}
+            Ok(counted) => {
+                return Ok(Some(format!(
+                    "{node} holds {} keys under {prefix} at revision {revision}, where {held} were \
+                     seen (was etcd rebuilt?)",
+                    counted.count
+                )));
+            }
+            Err(RpcError::Compacted) => {
+                return Ok(Some(format!("{node} compacted revision {revision}")));
+            }
+            Err(RpcError::Store(error)) => return Err(error),
+        }
+    }
+    Ok(None)
 }
 
 /// Reads every key again because of `reason`, and opens the watch right after that read.
@@ -458,6 +565,7 @@ async fn follow(
                 Layout::Covering(wanted) => {
                     let runs = by_revision(changes, |key, revision| wants(wanted, key, revision));
                     for (revision, changes) in runs {
+                        note_last_put(&client, revision, &changes);
                         if !events.changes(Some(revision), changes).await {
                             return;
                         }
@@ -483,6 +591,7 @@ async fn follow(
             },
         }
     };
+    client.history_unchecked.store(true, Ordering::Relaxed);
     tracing::info!("etcd: {ended}; watching again");
 }
 
@@ -505,6 +614,30 @@ async fn read_everything(client: &Client, prefixes: &[String], events: &WatchSen
         client.progress().advance_all(prefixes, revision);
     }
     true
+}
+
+/// Keeps [`Client::last_put`] up to date with the `changes` of `revision`: its last put, or
+/// none once that key is deleted.
+fn note_last_put(client: &Client, revision: i64, changes: &[Change]) {
+    let mut last_put = client.last_put();
+    for change in changes {
+        match change {
+            Change::Put { key, .. } | Change::NotUtf8 { key, .. } => {
+                *last_put = Some(LastPut {
+                    key: key.as_bytes().to_vec(),
+                    revision,
+                });
+            }
+            Change::Delete { key } => {
+                if last_put
+                    .as_ref()
+                    .is_some_and(|last| last.key == key.as_bytes())
+                {
+                    *last_put = None;
+                }
+            }
+        }
+    }
 }
 
 /// A watcher's events grouped by the revision that made them, in order, keeping those whose
