@@ -39,9 +39,13 @@ const DEFAULT_NATS_BUCKET: &str = "reconfd";
 /// The stores reconfd knows, for messages.
 const KNOWN: &str = "file, env, etcd, redis, zookeeper, nats, consul, vault";
 
+/// confd's name of its etcd v3 store, which reconfd's `etcd` is: confd's own `etcd` speaks
+/// the v2 API, which etcd 3.4 serves only when asked and reconfd not at all.
+const CONFD_ETCD_V3: &str = "etcdv3";
+
 /// Checks that `name` names a store reconfd knows.
 pub(crate) fn known_store(name: &str) -> Result<(), String> {
-    if KNOWN.split(", ").any(|known| known == name) {
+    if name == CONFD_ETCD_V3 || KNOWN.split(", ").any(|known| known == name) {
         Ok(())
     } else {
         Err(format!("not a known store (known: {KNOWN})"))
@@ -55,8 +59,8 @@ pub(crate) fn known_store(name: &str) -> Result<(), String> {
 #[derive(Clone, Debug, Default, Args, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFields {
-    /// The store to read keys from: `file`, `env`, `etcd`, `redis`, `zookeeper`, `nats`,
-    /// `consul` or `vault`. [default: file]
+    /// The store to read keys from: `file`, `env`, `etcd` (confd's `etcdv3` too), `redis`,
+    /// `zookeeper`, `nats`, `consul` or `vault`. [default: file]
     #[arg(long, env = "RECONFD_BACKEND", value_name = "NAME")]
     pub backend: Option<String>,
     /// Address of a store node, such as `http://127.0.0.1:2379`; repeat for a cluster (tried
@@ -368,7 +372,7 @@ impl StoreFields {
                 }
             }
             "env" => Backend::Env,
-            "etcd" => Backend::Etcd(EtcdOptions {
+            "etcd" | CONFD_ETCD_V3 => Backend::Etcd(EtcdOptions {
                 nodes: self.urls_or("http", DEFAULT_ETCD_NODE)?,
                 username: self.username.clone(),
                 password: self.password.clone(),
@@ -699,6 +703,20 @@ mod tests {
             fields.auth_token = Some("token".into());
             assert!(fields.resolve().is_ok(), "{backend}: ports 1 and 65535");
         }
+    }
+
+    #[test]
+    fn confds_etcdv3_is_the_etcd_store() {
+        assert!(known_store("etcdv3").is_ok());
+        let Backend::Etcd(options) = fields("etcdv3").resolve().expect("valid") else {
+            panic!("etcdv3 is not the etcd store");
+        };
+        assert_eq!(
+            options.nodes,
+            fields("etcd")
+                .urls_or("http", DEFAULT_ETCD_NODE)
+                .expect("nodes")
+        );
     }
 
     #[test]
