@@ -55,34 +55,12 @@ pub(crate) struct Cli {
     pub interval: Option<u64>,
 
     /// Re-render when the store reports a change instead of polling.
-    #[arg(
-        long,
-        env = "RECONFD_WATCH",
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        default_value_t = false,
-        hide_default_value = true,
-        value_name = "BOOL",
-        value_parser = crate::cli::switch
-    )]
+    #[arg(long, env = "RECONFD_WATCH")]
     pub watch: bool,
 
     /// Run every resource once and exit: 0 in sync or updated, 1 if any resource failed or
     /// SIGTERM or SIGINT interrupted the run (killing the command running then).
-    #[arg(
-        long,
-        env = "RECONFD_ONETIME",
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        default_value_t = false,
-        hide_default_value = true,
-        value_name = "BOOL",
-        value_parser = crate::cli::switch
-    )]
+    #[arg(long, env = "RECONFD_ONETIME")]
     pub onetime: bool,
 
     /// Exec mode: once every resource has been synced, run this command (through `sh`, as
@@ -96,66 +74,22 @@ pub(crate) struct Cli {
 
     /// Render and compare only; print a unified diff of what would change. Nothing is written
     /// and no command runs.
-    #[arg(
-        long,
-        env = "RECONFD_NOOP",
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        default_value_t = false,
-        hide_default_value = true,
-        value_name = "BOOL",
-        value_parser = crate::cli::switch
-    )]
+    #[arg(long, env = "RECONFD_NOOP")]
     pub noop: bool,
 
     /// With --onetime --noop: exit 3 when any destination would change (0 when all are in
     /// sync, 1 when a resource failed, 2 for unusable settings), so a pipeline can gate on
     /// drift.
-    #[arg(
-        long,
-        env = "RECONFD_EXIT_CODE",
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        default_value_t = false,
-        hide_default_value = true,
-        value_name = "BOOL",
-        value_parser = crate::cli::switch
-    )]
+    #[arg(long, env = "RECONFD_EXIT_CODE")]
     pub exit_code: bool,
 
     /// Write destination files but run no check or reload command.
-    #[arg(
-        long,
-        env = "RECONFD_SYNC_ONLY",
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        default_value_t = false,
-        hide_default_value = true,
-        value_name = "BOOL",
-        value_parser = crate::cli::switch
-    )]
+    #[arg(long, env = "RECONFD_SYNC_ONLY")]
     pub sync_only: bool,
 
     /// Keep the stage file after a failed check, for inspection, as
     /// `.<name>.reconfd-XXXXXX.rejected` beside the destination; reconfd never removes it.
-    #[arg(
-        long,
-        env = "RECONFD_KEEP_STAGE_FILE",
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        default_value_t = false,
-        hide_default_value = true,
-        value_name = "BOOL",
-        value_parser = crate::cli::switch
-    )]
+    #[arg(long, env = "RECONFD_KEEP_STAGE_FILE")]
     pub keep_stage_file: bool,
 
     /// Give check and reload commands this credential of reconfd's environment (such as
@@ -172,18 +106,7 @@ pub(crate) struct Cli {
 
     /// When a reload command fails, put the previous file back and reload again, for every
     /// resource (a resource's `rollback` turns it on for that one).
-    #[arg(
-        long,
-        env = "RECONFD_ROLLBACK",
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        default_value_t = false,
-        hide_default_value = true,
-        value_name = "BOOL",
-        value_parser = crate::cli::switch
-    )]
+    #[arg(long, env = "RECONFD_ROLLBACK")]
     pub rollback: bool,
 
     /// Serve metrics, health, readiness and a status page on this address, such as
@@ -323,7 +246,24 @@ pub fn command() -> clap::Command {
     if let Some(long_about) = long_about {
         command = command.long_about(long_about);
     }
-    command.mut_args(|arg| arg.global(true))
+    command.mut_args(|arg| switch_value(arg.global(true)))
+}
+
+/// `arg` taking a value after `=` when it is a switch (a `bool` field: `--watch`), as Go's
+/// flag package (confd's) takes `-watch=false`; see [`switch`]. Declared here once for every
+/// switch.
+fn switch_value(arg: clap::Arg) -> clap::Arg {
+    if !matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+        return arg;
+    }
+    arg.action(clap::ArgAction::Set)
+        .num_args(0..=1)
+        .require_equals(true)
+        .default_missing_value("true")
+        .default_value("false")
+        .hide_default_value(true)
+        .value_name("BOOL")
+        .value_parser(switch)
 }
 
 /// The process's command line parsed by [`command`], with confd's spelling accepted (see
@@ -401,7 +341,7 @@ fn confd_spelling(args: Vec<OsString>, command: &clap::Command) -> Vec<OsString>
 /// `-watch=false`. Go's spellings (`1`, `t`, `TRUE`, `0`, `f`, `False`, ...) and those a
 /// `RECONFD_*` variable may have (`yes`, `no`, `on`, `off`, and empty for off) are taken,
 /// in any case.
-pub(crate) fn switch(text: &str) -> Result<bool, String> {
+fn switch(text: &str) -> Result<bool, String> {
     match text.to_ascii_lowercase().as_str() {
         "1" | "t" | "true" | "y" | "yes" | "on" => Ok(true),
         "" | "0" | "f" | "false" | "n" | "no" | "off" => Ok(false),

@@ -113,18 +113,7 @@ pub struct StoreFields {
     )]
     pub client_cakeys: Option<PathBuf>,
     /// Accept any TLS certificate from the store nodes. For testing only.
-    #[arg(
-        long,
-        env = "RECONFD_CLIENT_INSECURE",
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        default_value_t = false,
-        hide_default_value = true,
-        value_name = "BOOL",
-        value_parser = crate::cli::switch
-    )]
+    #[arg(long, env = "RECONFD_CLIENT_INSECURE")]
     #[serde(default)]
     pub client_insecure: bool,
     /// Token for the store: Consul's ACL token (else CONSUL_HTTP_TOKEN), Vault's token (else
@@ -174,18 +163,7 @@ pub struct StoreFields {
     /// Treat the store's values as secrets, as Vault's always are: each value a resource reads
     /// is masked (`***`) in logs, errors, `/status` and `/metrics`, `--noop` diffs hide its
     /// lines, no checksum is shown, and files are written 0600 unless a resource sets a mode.
-    #[arg(
-        long,
-        env = "RECONFD_SECRET",
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        default_value_t = false,
-        hide_default_value = true,
-        value_name = "BOOL",
-        value_parser = crate::cli::switch
-    )]
+    #[arg(long, env = "RECONFD_SECRET")]
     #[serde(default)]
     pub secret: bool,
 }
