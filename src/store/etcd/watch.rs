@@ -72,13 +72,7 @@ pub(super) async fn start(
         Opened::Watching(connection) if client.history_unchecked.swap(false, Ordering::Relaxed) => {
             let (node, node_client) = (&connection.node, &connection.client);
             let last_put = client.last_put().clone();
-            let check = History {
-                prefixes,
-                starts: &starts,
-                snapshot,
-                last_put,
-            };
-            let differs = history_differs(node, node_client, check)
+            let differs = history_differs(node, node_client, prefixes, &starts, snapshot, last_put)
                 .await
                 .inspect_err(|_| client.history_unchecked.store(true, Ordering::Relaxed))?;
             match differs {
@@ -225,34 +219,23 @@ async fn open(
     })))
 }
 
-/// What a resuming watch knows of etcd's history: the snapshot of `prefixes`, which holds
-/// every change up to the revision before each prefix's start, and the key last put.
-struct History<'a> {
-    prefixes: &'a [String],
-    starts: &'a [Option<i64>],
-    snapshot: &'a Snapshot,
-    last_put: Option<LastPut>,
-}
-
 /// Why etcd's history is not the one the watch resumes in, if it is not. An etcd rebuilt
 /// empty and written past the revisions seen before (a wiped member filled again by a script
 /// before reconfd came back) passes the revision check of [`open`]; without these checks the
 /// watch would resume in the middle of a history it never saw, missing keys and keeping
 /// deleted ones until the next resync. At the latest revision delivered, the key last put must
 /// still carry the revision of that put; and at the revision up to which each prefix's changes
-/// were delivered, etcd must hold as many keys under it as the snapshot does. A request per
-/// prefix and one more, answered from etcd's index, each time a watch opens.
+/// were delivered, etcd must hold as many keys under it as the snapshot does (`snapshot`
+/// holds every change of each prefix up to the revision before its start). A request per
+/// prefix and one more, answered from etcd's index, when a watch resumes after a broken one.
 async fn history_differs(
     node: &Node,
     node_client: &NodeClient,
-    history: History<'_>,
+    prefixes: &[String],
+    starts: &[Option<i64>],
+    snapshot: &Snapshot,
+    last_put: Option<LastPut>,
 ) -> Result<Option<String>, StoreError> {
-    let History {
-        prefixes,
-        starts,
-        snapshot,
-        last_put,
-    } = history;
     let delivered = starts.iter().flatten().max().map(|start| start - 1);
     if let (Some(last_put), Some(delivered)) = (last_put, delivered.filter(|at| *at > 0)) {
         let key = KeyRange {
