@@ -613,10 +613,12 @@ fn fields_of(mut expr: Expr, fields: &[String]) -> Result<Expr, Fail> {
             }
             _ => (field.clone(), Ty::Unknown),
         };
-        let code = if is_identifier(&name) {
-            format!("{}.{name}", expr.term())
+        // Tera takes `.name` only after a variable's path: after `)` or `]` it wants `["name"]`.
+        let term = expr.term();
+        let code = if is_identifier(&name) && term.split('.').all(is_identifier) {
+            format!("{term}.{name}")
         } else {
-            format!("{}[{}]", expr.term(), string_literal(&name))
+            format!("{term}[{}]", string_literal(&name))
         };
         expr = Expr::atom(code, ty);
     }
@@ -677,7 +679,25 @@ fn number_literal(number: &str) -> Result<Expr, Fail> {
             return Ok(Expr::atom(value.to_string(), Ty::Int));
         }
     }
-    Err(format!("number {number} is not an integer"))
+    float_literal(&digits).ok_or_else(|| format!("number {number} has no Tera form"))
+}
+
+/// A Go floating-point constant (`2.5`, `1e6`, `1.5e-7`) as a Tera float literal, which has
+/// neither an exponent nor a missing fraction; printed through `goPrint` it reads as Go's `%v`.
+fn float_literal(digits: &str) -> Option<Expr> {
+    let decimal = digits
+        .trim_start_matches(['-', '+'])
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'));
+    let value: f64 = digits.parse().ok().filter(|_| decimal)?;
+    if !value.is_finite() {
+        return None;
+    }
+    let mut code = value.to_string();
+    if !code.contains('.') {
+        code.push_str(".0");
+    }
+    Some(Expr::atom(code, Ty::Unknown))
 }
 
 /// A function call with its operands (the piped value last), as a Tera expression.
@@ -914,21 +934,23 @@ fn call(name: &str, args: Vec<Expr>) -> Result<Expr, Fail> {
             }
             // Go's `and`/`or` yield one of their operands; Tera's a boolean. Both agree on
             // what is true, which is all a condition asks; printing the result needs the
-            // operand itself.
-            let all_bool = args.iter().all(|e| e.ty == Ty::Bool);
+            // operand itself, which Tera's lazy `x if c else y` gives. Either way evaluation
+            // stops at the first operand that decides, as in Go since 1.18, so the guard
+            // `and (exists "/k") (getv "/k")` never reads a missing key.
             let joined: Vec<String> = args.iter().map(Expr::term).collect();
-            let ty = if all_bool { Ty::Bool } else { Ty::Unknown };
-            if !all_bool {
-                return Ok(Expr::atom(
-                    format!(
-                        "go{}(args=[{}])",
-                        if name == "and" { "And" } else { "Or" },
-                        joined.join(", ")
-                    ),
-                    ty,
-                ));
+            if args.iter().all(|e| e.ty == Ty::Bool) {
+                return Ok(Expr::compound(joined.join(&format!(" {name} ")), Ty::Bool));
             }
-            Expr::compound(joined.join(&format!(" {name} ")), ty)
+            let mut operands = joined.into_iter().rev();
+            let last = operands.next().unwrap_or_default();
+            let code = operands.fold(last, |rest, operand| {
+                if name == "and" {
+                    format!("({rest} if {operand} else {operand})")
+                } else {
+                    format!("({operand} if {operand} else {rest})")
+                }
+            });
+            Expr::atom(code, Ty::Unknown)
         }
         "not" => {
             arity(1, 1)?;
@@ -954,6 +976,31 @@ mod tests {
         assert_eq!(
             tera(r#"{{range gets "/a/*"}}{{base .Key}}={{.Value}}{{end}}"#),
             r#"{% for kv in gets(key="/a/*") %}{{ (kv.key | base) }}={{ kv.value }}{% endfor %}"#
+        );
+    }
+
+    #[test]
+    fn fields_after_a_call_or_parentheses_are_subscripts() {
+        assert_eq!(
+            tera(r#"{{(json (getv "/cfg")).name}}{{(get "/k").Key}}"#),
+            r#"{{ (getv(key="/cfg") | json)["name"] | goPrint }}{{ get(key="/k")["key"] }}"#
+        );
+    }
+
+    #[test]
+    fn float_constants_become_tera_floats() {
+        assert_eq!(
+            tera(r#"{{printf "%.2f" 2.5}}{{1e6}}{{-1.5e-7}}"#),
+            r#"{{ goPrintf(format="%.2f", args=[2.5]) }}{{ 1000000.0 | goPrint }}{{ -0.00000015 | goPrint }}"#
+        );
+    }
+
+    #[test]
+    fn and_or_of_values_stop_at_the_deciding_operand() {
+        assert_eq!(
+            tera(r#"{{and (exists "/x") (getv "/x")}}{{or (getv "/a") (getv "/b") "c"}}"#),
+            "{{ (getv(key=\"/x\") if exists(key=\"/x\") else exists(key=\"/x\")) | goPrint }}\
+             {{ (getv(key=\"/a\") if getv(key=\"/a\") else (getv(key=\"/b\") if getv(key=\"/b\") else \"c\")) | goPrint }}"
         );
     }
 
@@ -1064,6 +1111,8 @@ mod tests {
         assert_eq!(number_literal("0x1F").unwrap().code, "31");
         assert_eq!(number_literal("017").unwrap().code, "15");
         assert_eq!(number_literal("-3").unwrap().code, "-3");
-        assert!(number_literal("1.5").is_err());
+        assert_eq!(number_literal("1.5").unwrap().code, "1.5");
+        assert_eq!(number_literal("1e3").unwrap().code, "1000.0");
+        assert!(number_literal("0x1p-2").is_err());
     }
 }

@@ -292,6 +292,18 @@ mod tests {
             ),
             (r#"{{block "b" (getv "/h")}}[{{.}}]{{end}}"#, "[web]"),
             (
+                r#"{{if and (exists "/x") (getv "/x")}}x{{end}}{{or (getv "/h") (getv "/x")}}"#,
+                "web",
+            ),
+            (
+                r#"{{(get "/h").Key}} {{(index (gets "/s/*") 1).Value}} {{(json "{\"n\":1}").n}}"#,
+                "/h b 1",
+            ),
+            (
+                r#"{{1.0}} {{2.5}} {{1e6}} {{printf "%.2f" 2.5}}"#,
+                "1 2.5 1e+06 2.50",
+            ),
+            (
                 r#"{{range $i := seq 1 3}}{{if eq $i 2}}{{continue}}{{end}}{{$i}}{{end}}"#,
                 "13",
             ),

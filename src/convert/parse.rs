@@ -351,8 +351,13 @@ fn tokenize(body: &str, line: usize) -> Result<Vec<Token>, ParseError> {
             }
             c if c.is_ascii_digit() || ((c == '-' || c == '+') && i + 1 < chars.len()) => {
                 let mut j = i + 1;
+                // A sign inside a number only follows an exponent: `e` in decimal, `p` in hex.
+                let hex = matches!(chars.get(i..i + 2), Some(['0', 'x' | 'X']));
+                let exponent = |c: char| matches!((hex, c), (false, 'e' | 'E') | (true, 'p' | 'P'));
                 while j < chars.len()
-                    && (chars[j].is_ascii_alphanumeric() || matches!(chars[j], '.' | '_'))
+                    && (chars[j].is_ascii_alphanumeric()
+                        || matches!(chars[j], '.' | '_')
+                        || (matches!(chars[j], '-' | '+') && exponent(chars[j - 1])))
                 {
                     j += 1;
                 }

@@ -9,6 +9,7 @@
 use hickory_resolver::net::NetError;
 use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
 
+use super::register_function;
 use crate::dns::{Resolver, ip_addresses, srv_records};
 
 /// Registers the DNS functions on `tera`, answered by `resolver`.
@@ -19,16 +20,21 @@ pub fn register(tera: &mut Tera, resolver: Resolver) {
         ("lookupIPV6", Some(Family::V6)),
     ] {
         let resolver = resolver.clone();
-        tera.register_function(name, move |kwargs: Kwargs, _: &State| {
+        register_function(tera, name, &["name"], move |kwargs: Kwargs, _: &State| {
             lookup_ip(&resolver, kwargs.must_get::<&str>("name")?, family)
         });
     }
-    tera.register_function("lookupSRV", move |kwargs: Kwargs, _: &State| {
-        let service = kwargs.get::<&str>("service")?.unwrap_or("");
-        let proto = kwargs.get::<&str>("proto")?.unwrap_or("");
-        let name = kwargs.must_get::<&str>("name")?;
-        lookup_srv(&resolver, service, proto, name)
-    });
+    register_function(
+        tera,
+        "lookupSRV",
+        &["service", "proto", "name"],
+        move |kwargs: Kwargs, _: &State| {
+            let service = kwargs.get::<&str>("service")?.unwrap_or("");
+            let proto = kwargs.get::<&str>("proto")?.unwrap_or("");
+            let name = kwargs.must_get::<&str>("name")?;
+            lookup_srv(&resolver, service, proto, name)
+        },
+    );
 }
 
 #[derive(Clone, Copy)]

@@ -7,11 +7,15 @@
 //!   by index, a map by sorted key, an integer `n` as `0..n`;
 //! - filter `goLen`: Go's `len` (a string's length in bytes);
 //! - functions `goPrintf(format, args)`, `goSprint(args)`, `goSprintln(args)`: Go's `printf`,
-//!   `print` and `println`;
-//! - functions `goAnd(args)`, `goOr(args)`: Go's `and` and `or`, which yield an operand.
+//!   `print` and `println`.
+
+use std::iter::Peekable;
+use std::str::Chars;
 
 use tera::value::Key;
 use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
+
+use super::register_function;
 
 /// Registers the Go helpers on `tera`.
 pub fn register(tera: &mut Tera) {
@@ -24,47 +28,35 @@ pub fn register(tera: &mut Tera) {
     });
     tera.register_filter("goItems", items);
     tera.register_filter("goLen", length);
-    tera.register_function("goPrintf", |kwargs: Kwargs, _: &State| {
-        let format = kwargs.must_get::<&str>("format")?;
-        let args = kwargs.get::<Value>("args")?.unwrap_or_else(Value::none);
-        Ok::<_, tera::Error>(printf(format, args.as_array().unwrap_or_default()))
-    });
-    tera.register_function("goSprint", |kwargs: Kwargs, _: &State| {
+    register_function(
+        tera,
+        "goPrintf",
+        &["format", "args"],
+        |kwargs: Kwargs, _: &State| {
+            let format = kwargs.must_get::<&str>("format")?;
+            let args = kwargs.get::<Value>("args")?.unwrap_or_else(Value::none);
+            Ok::<_, tera::Error>(printf(format, args.as_array().unwrap_or_default()))
+        },
+    );
+    register_function(tera, "goSprint", &["args"], |kwargs: Kwargs, _: &State| {
         let args = kwargs.must_get::<Value>("args")?;
         Ok::<_, tera::Error>(sprint(args.as_array().unwrap_or_default()))
     });
-    tera.register_function("goSprintln", |kwargs: Kwargs, _: &State| {
-        let args = kwargs.must_get::<Value>("args")?;
-        let line: Vec<String> = args
-            .as_array()
-            .unwrap_or_default()
-            .iter()
-            .map(print)
-            .collect();
-        Ok::<_, tera::Error>(line.join(" ") + "\n")
-    });
-    tera.register_function("goAnd", |kwargs: Kwargs, _: &State| {
-        let args = kwargs.must_get::<Value>("args")?;
-        let args = args.as_array().unwrap_or_default();
-        let first_false = args.iter().find(|v| !v.is_truthy());
-        Ok::<_, tera::Error>(
-            first_false
-                .or(args.last())
-                .cloned()
-                .unwrap_or_else(Value::none),
-        )
-    });
-    tera.register_function("goOr", |kwargs: Kwargs, _: &State| {
-        let args = kwargs.must_get::<Value>("args")?;
-        let args = args.as_array().unwrap_or_default();
-        let first_true = args.iter().find(|v| v.is_truthy());
-        Ok::<_, tera::Error>(
-            first_true
-                .or(args.last())
-                .cloned()
-                .unwrap_or_else(Value::none),
-        )
-    });
+    register_function(
+        tera,
+        "goSprintln",
+        &["args"],
+        |kwargs: Kwargs, _: &State| {
+            let args = kwargs.must_get::<Value>("args")?;
+            let line: Vec<String> = args
+                .as_array()
+                .unwrap_or_default()
+                .iter()
+                .map(print)
+                .collect();
+            Ok::<_, tera::Error>(line.join(" ") + "\n")
+        },
+    );
 }
 
 /// A value as Go's `fmt` prints it with `%v`.
@@ -194,46 +186,54 @@ fn sprint(args: &[Value]) -> String {
     out
 }
 
-/// Go's `fmt.Sprintf` for the verbs configuration templates use: `%v %s %d %q %x %X %f %t %%`,
-/// with the flags `-`, `+`, `0` and space, a width and a precision.
+/// Go's `fmt.Sprintf`: the verbs `%v %s %q %d %b %o %O %x %X %c %U %e %E %f %F %g %G %t %%`,
+/// the flags `-`, `+`, `#`, `0` and space, a width and a precision (either may be `*`, taken
+/// from the arguments), and argument indexes (`%[2]s`). A list's elements are formatted one
+/// by one, as Go does. A missing, extra or badly indexed argument is written as Go writes it.
+/// A verb given a value it does not format (`%s` of a number) prints the value where Go
+/// writes a mark such as `%!s(int=3)`, which no working template relies on.
 pub fn printf(format: &str, args: &[Value]) -> String {
     let mut out = String::new();
     let mut chars = format.chars().peekable();
     let mut next = 0;
+    let mut reordered = false;
     while let Some(c) = chars.next() {
         if c != '%' {
             out.push(c);
             continue;
         }
-        let mut minus = false;
-        let mut plus = false;
-        let mut zero = false;
-        let mut space = false;
+        let mut spec = Spec::default();
         while let Some(&flag) = chars.peek() {
             match flag {
-                '-' => minus = true,
-                '+' => plus = true,
-                '0' => zero = true,
-                ' ' => space = true,
+                '-' => spec.minus = true,
+                '+' => spec.plus = true,
+                '0' => spec.zero = true,
+                ' ' => spec.space = true,
+                '#' => spec.sharp = true,
                 _ => break,
             }
             chars.next();
         }
-        let mut width = String::new();
-        while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-            width.push(d);
-            chars.next();
+        let mut bad_index = !argument_index(&mut chars, args.len(), &mut next, &mut reordered);
+        match count(&mut chars, args, &mut next) {
+            Count::Given(width) if width < 0 => {
+                spec.minus = true;
+                spec.width = width.unsigned_abs() as usize;
+            }
+            Count::Given(width) => spec.width = width as usize,
+            Count::Bad => out.push_str("%!(BADWIDTH)"),
+            Count::Absent => {}
         }
-        let mut precision: Option<usize> = None;
         if chars.peek() == Some(&'.') {
             chars.next();
-            let mut digits = String::new();
-            while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-                digits.push(d);
-                chars.next();
+            bad_index |= !argument_index(&mut chars, args.len(), &mut next, &mut reordered);
+            match count(&mut chars, args, &mut next) {
+                Count::Given(precision) => spec.precision = usize::try_from(precision).ok(),
+                Count::Bad => out.push_str("%!(BADPREC)"),
+                Count::Absent => spec.precision = Some(0),
             }
-            precision = Some(digits.parse().unwrap_or(0));
         }
+        bad_index |= !argument_index(&mut chars, args.len(), &mut next, &mut reordered);
         let Some(verb) = chars.next() else {
             out.push_str("%!(NOVERB)");
             break;
@@ -242,61 +242,18 @@ pub fn printf(format: &str, args: &[Value]) -> String {
             out.push('%');
             continue;
         }
+        if bad_index {
+            out.push_str(&format!("%!{verb}(BADINDEX)"));
+            continue;
+        }
         let Some(arg) = args.get(next) else {
             out.push_str(&format!("%!{verb}(MISSING)"));
             continue;
         };
         next += 1;
-        let number = arg.as_i128();
-        let mut text = match (verb, number) {
-            ('d', Some(n)) => sign(n.to_string(), n >= 0, plus, space),
-            ('x', Some(n)) => sign(format!("{:x}", n.unsigned_abs()), n >= 0, plus, space)
-                .replacen('+', "", usize::from(!plus)),
-            ('X', Some(n)) => format!("{}{:X}", if n < 0 { "-" } else { "" }, n.unsigned_abs()),
-            ('f' | 'F', _) if arg.is_number() => {
-                let value = arg.as_f64().unwrap_or_default();
-                let text = format!("{value:.*}", precision.unwrap_or(6));
-                sign(text, value >= 0.0, plus, space)
-            }
-            ('x', None) if arg.is_string() => arg
-                .as_str()
-                .unwrap_or_default()
-                .bytes()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-            ('q', _) if arg.is_string() => quote(arg.as_str().unwrap_or_default()),
-            ('s' | 'v', _) => {
-                let mut text = print(arg);
-                if let (Some(p), true) = (precision, arg.is_string()) {
-                    text = text.chars().take(p).collect();
-                }
-                if verb == 'v' && number.is_some() {
-                    text = sign(text, number.unwrap_or(0) >= 0, plus, space);
-                }
-                text
-            }
-            ('t', _) if arg.as_bool().is_some() => print(arg),
-            _ => format!("%!{verb}({}={})", go_type(arg), print(arg)),
-        };
-        let width: usize = width.parse().unwrap_or(0);
-        let length = text.chars().count();
-        if length < width {
-            let pad = width - length;
-            if minus {
-                text.push_str(&" ".repeat(pad));
-            } else if zero && arg.is_number() && matches!(verb, 'd' | 'f' | 'F' | 'x' | 'X' | 'v') {
-                let (sign, digits) = match text.chars().next() {
-                    Some(c @ ('-' | '+' | ' ')) => (c.to_string(), text[1..].to_string()),
-                    _ => (String::new(), text.clone()),
-                };
-                text = format!("{sign}{}{digits}", "0".repeat(pad));
-            } else {
-                text = format!("{}{text}", " ".repeat(pad));
-            }
-        }
-        out.push_str(&text);
+        format_argument(&mut out, verb, arg, &spec);
     }
-    if next < args.len() {
+    if !reordered && next < args.len() {
         let extra: Vec<String> = args[next..]
             .iter()
             .map(|a| format!("{}={}", go_type(a), print(a)))
@@ -306,11 +263,229 @@ pub fn printf(format: &str, args: &[Value]) -> String {
     out
 }
 
-fn sign(text: String, non_negative: bool, plus: bool, space: bool) -> String {
-    match (non_negative, plus, space) {
-        (true, true, _) => format!("+{text}"),
-        (true, false, true) => format!(" {text}"),
-        _ => text,
+/// The flags, width and precision of one verb.
+#[derive(Default)]
+struct Spec {
+    minus: bool,
+    plus: bool,
+    zero: bool,
+    space: bool,
+    sharp: bool,
+    width: usize,
+    precision: Option<usize>,
+}
+
+/// A width or precision as written: digits, or `*` and an integer argument.
+enum Count {
+    Absent,
+    Given(i64),
+    Bad,
+}
+
+fn count(chars: &mut Peekable<Chars>, args: &[Value], next: &mut usize) -> Count {
+    if chars.next_if_eq(&'*').is_some() {
+        let value = args.get(*next).and_then(Value::as_i64);
+        *next += 1;
+        return value.map_or(Count::Bad, Count::Given);
+    }
+    let mut digits = String::new();
+    while let Some(d) = chars.next_if(char::is_ascii_digit) {
+        digits.push(d);
+    }
+    // Go caps a width or precision at 10^6; so does this, for the same reason (memory).
+    digits
+        .parse::<i64>()
+        .map_or(Count::Absent, |n| Count::Given(n.min(1_000_000)))
+}
+
+/// `[n]` before a width, a precision or a verb: the next argument is the n-th. False when
+/// `n` names no argument.
+fn argument_index(
+    chars: &mut Peekable<Chars>,
+    count: usize,
+    next: &mut usize,
+    reordered: &mut bool,
+) -> bool {
+    if chars.next_if_eq(&'[').is_none() {
+        return true;
+    }
+    let mut digits = String::new();
+    while let Some(c) = chars.next_if(|&c| c != ']') {
+        digits.push(c);
+    }
+    chars.next();
+    *reordered = true;
+    match digits.parse::<usize>() {
+        Ok(n) if (1..=count).contains(&n) => {
+            *next = n - 1;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// One argument under one verb, padded to the width.
+fn format_argument(out: &mut String, verb: char, arg: &Value, spec: &Spec) {
+    if let (Some(items), false) = (arg.as_array(), matches!(verb, 's' | 'v')) {
+        out.push('[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            format_argument(out, verb, item, spec);
+        }
+        out.push(']');
+        return;
+    }
+    let text = if let Some(text) = arg.as_i128().and_then(|n| integer(verb, n, spec)) {
+        text
+    } else if let Some(text) = arg.as_f64().and_then(|v| floating(verb, v, spec)) {
+        text
+    } else {
+        other(verb, arg, spec)
+    };
+    let pad = spec.width.saturating_sub(text.chars().count());
+    if spec.minus {
+        out.push_str(&text);
+        out.push_str(&" ".repeat(pad));
+    } else {
+        out.push_str(&" ".repeat(pad));
+        out.push_str(&text);
+    }
+}
+
+/// An integer under an integer verb, with Go's zero padding and precision (minimum digits).
+fn integer(verb: char, n: i128, spec: &Spec) -> Option<String> {
+    let magnitude = n.unsigned_abs();
+    let (digits, prefix) = match verb {
+        'd' | 'v' => (magnitude.to_string(), ""),
+        'b' => (format!("{magnitude:b}"), if spec.sharp { "0b" } else { "" }),
+        'o' => (format!("{magnitude:o}"), if spec.sharp { "0" } else { "" }),
+        'O' => (format!("{magnitude:o}"), "0o"),
+        'x' => (format!("{magnitude:x}"), if spec.sharp { "0x" } else { "" }),
+        'X' => (format!("{magnitude:X}"), if spec.sharp { "0X" } else { "" }),
+        'c' => return Some(code_point(n).to_string()),
+        'q' => return Some(format!("{:?}", code_point(n))),
+        'U' if spec.sharp => return Some(format!("U+{n:04X} '{}'", code_point(n))),
+        'U' => return Some(format!("U+{n:04X}")),
+        _ => return None,
+    };
+    let signed = n < 0 || spec.plus || spec.space;
+    let least = match spec.precision {
+        Some(0) if n == 0 => return Some(sign(String::new(), n < 0, spec)),
+        Some(precision) => precision,
+        None if spec.zero && !spec.minus => spec.width.saturating_sub(usize::from(signed)),
+        None => 0,
+    };
+    let zeros = "0".repeat(least.saturating_sub(digits.len()));
+    Some(sign(format!("{prefix}{zeros}{digits}"), n < 0, spec))
+}
+
+/// The character of a code point, or U+FFFD where there is none, as Go writes it.
+fn code_point(n: i128) -> char {
+    u32::try_from(n)
+        .ok()
+        .and_then(char::from_u32)
+        .unwrap_or(char::REPLACEMENT_CHARACTER)
+}
+
+/// A number under a floating-point verb, with Go's zero padding after the sign.
+fn floating(verb: char, value: f64, spec: &Spec) -> Option<String> {
+    let magnitude = value.abs();
+    let text = match verb {
+        _ if !value.is_finite() && matches!(verb, 'v' | 'e' | 'E' | 'f' | 'F' | 'g' | 'G') => {
+            return Some(float(value));
+        }
+        'v' | 'g' | 'G' => match spec.precision {
+            None => float(magnitude),
+            Some(precision) => general(magnitude, precision.max(1), spec.sharp),
+        },
+        'e' | 'E' => exponent(magnitude, spec.precision.unwrap_or(6)),
+        'f' | 'F' => format!("{magnitude:.*}", spec.precision.unwrap_or(6)),
+        _ => return None,
+    };
+    let text = if matches!(verb, 'E' | 'G') {
+        text.to_uppercase()
+    } else {
+        text
+    };
+    let signed = value.is_sign_negative() || spec.plus || spec.space;
+    let zeros = if spec.zero && !spec.minus {
+        spec.width.saturating_sub(text.len() + usize::from(signed))
+    } else {
+        0
+    };
+    Some(sign(
+        format!("{}{text}", "0".repeat(zeros)),
+        value.is_sign_negative(),
+        spec,
+    ))
+}
+
+/// `%e`: one digit, the fraction to `precision`, and an exponent of at least two digits.
+fn exponent(magnitude: f64, precision: usize) -> String {
+    let text = format!("{magnitude:.precision$e}");
+    let (mantissa, power) = text.split_once('e').unwrap_or((&text, "0"));
+    let power: i32 = power.parse().unwrap_or(0);
+    let sign = if power < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", power.abs())
+}
+
+/// `%.Ng`: N significant digits, in exponent form when the exponent is below -4 or at least
+/// N, trailing zeros dropped unless `#` keeps them.
+fn general(magnitude: f64, digits: usize, sharp: bool) -> String {
+    let rounded = format!("{magnitude:.*e}", digits - 1);
+    let power: i64 = rounded
+        .split_once('e')
+        .and_then(|(_, power)| power.parse().ok())
+        .unwrap_or(0);
+    let trim = |text: String| {
+        if sharp || !text.contains('.') {
+            text
+        } else {
+            text.trim_end_matches('0').trim_end_matches('.').to_string()
+        }
+    };
+    if power < -4 || power >= digits as i64 {
+        let text = exponent(magnitude, digits - 1);
+        let (mantissa, tail) = text.split_once('e').unwrap_or((&text, ""));
+        format!("{}e{tail}", trim(mantissa.to_string()))
+    } else {
+        let decimals = usize::try_from(digits as i64 - 1 - power).unwrap_or(0);
+        trim(format!("{magnitude:.decimals$}"))
+    }
+}
+
+/// Strings, booleans and anything else under `%v %s %q %x %X %t`.
+fn other(verb: char, arg: &Value, spec: &Spec) -> String {
+    let text = arg.as_str().map(|text| match spec.precision {
+        Some(precision) => text.chars().take(precision).collect::<String>(),
+        None => text.to_string(),
+    });
+    match (verb, text) {
+        ('x' | 'X', Some(text)) => {
+            let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+            let hex = if spec.sharp { format!("0x{hex}") } else { hex };
+            if verb == 'X' { hex.to_uppercase() } else { hex }
+        }
+        ('q', Some(text)) => quote(&text),
+        ('s' | 'v', Some(text)) => text,
+        ('s' | 'v', None) => print(arg),
+        ('t', None) if arg.as_bool().is_some() => print(arg),
+        _ => format!("%!{verb}({}={})", go_type(arg), print(arg)),
+    }
+}
+
+/// A number's sign as Go writes it: `-`, or `+` and space when their flags ask for one.
+fn sign(text: String, negative: bool, spec: &Spec) -> String {
+    if negative {
+        format!("-{text}")
+    } else if spec.plus {
+        format!("+{text}")
+    } else if spec.space {
+        format!(" {text}")
+    } else {
+        text
     }
 }
 
@@ -407,6 +582,74 @@ mod tests {
         assert_eq!(printf("%q %v%%", &args[..2]), "\"web\" 7%");
         assert_eq!(printf("%d", &[]), "%!d(MISSING)");
         assert_eq!(printf("%x", &[Value::from(255)]), "ff");
+        assert_eq!(
+            printf("%x|%-4x|", &[Value::from(-255), Value::from(-1)]),
+            "-ff|-1  |"
+        );
+        assert_eq!(
+            printf(
+                "%#x %#08x %o %#o %O %b %c %U %#U",
+                &[
+                    Value::from(255),
+                    Value::from(255),
+                    Value::from(8),
+                    Value::from(8),
+                    Value::from(8),
+                    Value::from(5),
+                    Value::from(65),
+                    Value::from(65),
+                    Value::from(65)
+                ]
+            ),
+            "0xff 0x000000ff 10 010 0o10 101 A U+0041 U+0041 'A'"
+        );
+        let number = Value::from(3.14258);
+        assert_eq!(
+            printf(
+                "%g %e %E %.3g %08.2f %+.1e",
+                &[
+                    number.clone(),
+                    number.clone(),
+                    number.clone(),
+                    number.clone(),
+                    Value::from(-2.5),
+                    number
+                ]
+            ),
+            "3.14258 3.142580e+00 3.142580E+00 3.14 -0002.50 +3.1e+00"
+        );
+        assert_eq!(
+            printf("%.3g|%g", &[Value::from(1234.5678), Value::from(1e6)]),
+            "1.23e+03|1e+06"
+        );
+        assert_eq!(
+            printf(
+                "%*d|%-*d|%.*f",
+                &[
+                    Value::from(5),
+                    Value::from(3),
+                    Value::from(3),
+                    Value::from(4),
+                    Value::from(1),
+                    Value::from(2.25)
+                ]
+            ),
+            "    3|4  |2.2"
+        );
+        assert_eq!(
+            printf("%[2]s %[1]s", &[Value::from("a"), Value::from("b")]),
+            "b a"
+        );
+        assert_eq!(printf("%[3]s", &[Value::from("a")]), "%!s(BADINDEX)");
+        assert_eq!(
+            printf("%.1q %5.2s|", &[Value::from("abc"), Value::from("xyz")]),
+            "\"a\"    xy|"
+        );
+        let list = Value::from(vec![Value::from("a"), Value::from("b")]);
+        assert_eq!(
+            printf("%q %s %3d", &[list.clone(), list, Value::from(vec![1, 2])]),
+            "[\"a\" \"b\"] [a b] [  1   2]"
+        );
         assert_eq!(
             printf("%s", &[Value::from("a"), Value::from(1)]),
             "a%!(EXTRA int=1)"

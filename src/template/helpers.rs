@@ -10,6 +10,8 @@ use std::fmt::Write;
 use tera::value::Key;
 use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
 
+use super::register_function;
+
 /// Upper bound on the length of a `seq`, so that a typo cannot exhaust memory.
 const MAX_SEQ_LEN: i64 = 100_000;
 /// Upper bound on the length of a `range`, Tera's own.
@@ -37,25 +39,26 @@ pub fn register(tera: &mut Tera) {
     tera.register_filter("sortByLength", sort_by_length);
     tera.register_filter("sortKVByLength", sort_kv_by_length);
 
-    tera.register_function("range", range);
-    tera.register_function("getenv", getenv);
-    tera.register_function("datetime", datetime);
-    tera.register_function("seq", seq);
+    register_function(tera, "range", &["start", "end", "step_by"], range);
+    register_function(tera, "getenv", &["key", "default"], getenv);
+    register_function(tera, "datetime", &["format", "utc"], datetime);
+    register_function(tera, "seq", &["first", "last"], seq);
+    // `map` takes any names: they are the map's keys.
     tera.register_function("map", map);
-    tera.register_function("fileExists", file_exists);
-    tera.register_function("add", |kwargs: Kwargs, _: &State| {
+    register_function(tera, "fileExists", &["path"], file_exists);
+    register_function(tera, "add", &["a", "b"], |kwargs: Kwargs, _: &State| {
         arithmetic(&kwargs, "add", i64::checked_add)
     });
-    tera.register_function("sub", |kwargs: Kwargs, _: &State| {
+    register_function(tera, "sub", &["a", "b"], |kwargs: Kwargs, _: &State| {
         arithmetic(&kwargs, "sub", i64::checked_sub)
     });
-    tera.register_function("mul", |kwargs: Kwargs, _: &State| {
+    register_function(tera, "mul", &["a", "b"], |kwargs: Kwargs, _: &State| {
         arithmetic(&kwargs, "mul", i64::checked_mul)
     });
-    tera.register_function("div", |kwargs: Kwargs, _: &State| {
+    register_function(tera, "div", &["a", "b"], |kwargs: Kwargs, _: &State| {
         arithmetic(&kwargs, "div", i64::checked_div)
     });
-    tera.register_function("mod", |kwargs: Kwargs, _: &State| {
+    register_function(tera, "mod", &["a", "b"], |kwargs: Kwargs, _: &State| {
         arithmetic(&kwargs, "mod", i64::checked_rem)
     });
 }

@@ -181,6 +181,30 @@ impl Drop for RenderScope {
     }
 }
 
+/// Registers `function` as `name`, refusing keyword arguments other than those it `takes`:
+/// a misspelt `default=` is an error naming the function and its arguments, not a default
+/// silently left unused.
+fn register_function<R: tera::FunctionResult>(
+    tera: &mut Tera,
+    name: &'static str,
+    takes: &'static [&'static str],
+    function: impl Fn(tera::Kwargs, &tera::State) -> R + Send + Sync + 'static,
+) {
+    tera.register_function(name, move |kwargs: tera::Kwargs, state: &tera::State| {
+        let unknown = kwargs
+            .iter()
+            .filter_map(|(key, _)| key.as_str())
+            .find(|key| !takes.contains(key));
+        if let Some(unknown) = unknown {
+            return Err(tera::Error::message(format!(
+                "{name}() has no argument `{unknown}`; it takes {}",
+                takes.join(", ")
+            )));
+        }
+        function(kwargs, state).into_result()
+    });
+}
+
 /// Runs `read` on the view of the render in progress, unless that render was told to stop.
 fn with_view<T>(read: impl FnOnce(&View) -> tera::TeraResult<T>) -> tera::TeraResult<T> {
     CURRENT.with_borrow(|current| match current {

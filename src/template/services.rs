@@ -9,13 +9,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tera::{Kwargs, State, Tera, TeraResult, Value};
 
-use super::{View, with_view};
+use super::{View, register_function, with_view};
 use crate::store::catalog::{Instance, SERVICES_ROOT};
 
 /// Registers the catalog functions on `tera`.
 pub fn register(tera: &mut Tera) {
-    tera.register_function("service", service);
-    tera.register_function("services", services);
+    register_function(tera, "service", &["name", "tag", "passing"], service);
+    register_function(tera, "services", &[], services);
 }
 
 /// `service(name, tag?, passing=true)`: the instances of a service, sorted by node and ID, as

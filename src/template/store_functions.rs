@@ -12,17 +12,17 @@ use globset::GlobBuilder;
 use serde::Serialize;
 use tera::{Kwargs, State, Tera, TeraResult, Value};
 
-use super::{View, with_view};
+use super::{View, register_function, with_view};
 
 /// Registers the store functions on `tera`.
 pub fn register(tera: &mut Tera) {
-    tera.register_function("get", get);
-    tera.register_function("gets", gets);
-    tera.register_function("getv", getv);
-    tera.register_function("getvs", getvs);
-    tera.register_function("exists", exists);
-    tera.register_function("ls", ls);
-    tera.register_function("lsdir", lsdir);
+    register_function(tera, "get", &["key"], get);
+    register_function(tera, "gets", &["key"], gets);
+    register_function(tera, "getv", &["key", "default"], getv);
+    register_function(tera, "getvs", &["key"], getvs);
+    register_function(tera, "exists", &["key"], exists);
+    register_function(tera, "ls", &["key"], ls);
+    register_function(tera, "lsdir", &["key"], lsdir);
 }
 
 /// `get(key)`: `{key, value}` of one key; an error naming the key when it does not exist.
@@ -281,6 +281,17 @@ mod tests {
         let err = render("{{ gets(key=\"/app/[\") }}", SERVERS).expect_err("bad pattern");
         assert!(
             err.message.contains("`/app/[` is not a valid pattern"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_argument_is_an_error_naming_the_function() {
+        let err = render("{{ getv(key=\"/app/port\", dflt=\"x\") }}", SERVERS)
+            .expect_err("unknown argument");
+        assert!(
+            err.message
+                .contains("getv() has no argument `dflt`; it takes key, default"),
             "{err}"
         );
     }
