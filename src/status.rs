@@ -10,7 +10,7 @@
 //! The server never takes the descriptors the stores and files need: it holds a bounded number
 //! of connections (the others wait in the kernel's backlog) and drops idle and slow ones.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -324,6 +324,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Drops every series of a store instance no resource or announcement uses any more.
+    fn forget_store(&self, label: StoreLabel) {
+        self.store_errors.remove(&label);
+        self.watch_reconnects.remove(&label);
+        self.store_up.remove(&label);
+    }
+
     /// Drops every series of `resource`: a removed resource's frozen last-success time would
     /// otherwise keep a staleness alert firing for good.
     fn forget(&self, resource: String) {
@@ -386,6 +393,28 @@ impl Status {
         }
         for gone in previous.into_keys() {
             self.shared.metrics.forget(gone);
+        }
+        // A store that a SIGHUP replaced would otherwise stay listed, up, for good.
+        let in_use: BTreeSet<&str> = state
+            .resources
+            .values()
+            .map(|resource| resource.store.as_str())
+            .chain(state.announcements.values().map(|a| a.store.as_str()))
+            .collect();
+        let unused: Vec<String> = state
+            .stores
+            .keys()
+            .filter(|instance| !in_use.contains(instance.as_str()))
+            .cloned()
+            .collect();
+        for instance in unused {
+            state.failed_loops.remove(&instance);
+            if let Some(store) = state.stores.remove(&instance) {
+                self.shared.metrics.forget_store(StoreLabel {
+                    store: store.name,
+                    instance,
+                });
+            }
         }
     }
 
@@ -873,6 +902,33 @@ mod tests {
         assert!(!text.contains("app.toml"), "{text}");
         assert_exposition(&text);
         assert_eq!(status.status_json()["resources"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_store_no_resource_reads_after_a_reload_leaves_status_and_metrics() {
+        let status = Status::new();
+        let old = "redis redis://127.0.0.1:6379";
+        let new = "redis redis://127.0.0.1:6380";
+        let app = |store| {
+            [(
+                Path::new("/etc/reconfd/conf.d/app.toml"),
+                Path::new("/etc/app.conf"),
+                store,
+            )]
+        };
+        status.set_resources(app(old).into_iter());
+        status.store_answered(old, "redis", None);
+        status.store_failed(old, "redis");
+        assert!(status.metrics_text().contains(old));
+        status.set_resources(app(new).into_iter());
+        status.store_answered(new, "redis", None);
+        let text = status.metrics_text();
+        assert!(!text.contains(old), "{text}");
+        assert!(text.contains(new), "{text}");
+        assert_exposition(&text);
+        let stores = status.status_json()["stores"].clone();
+        assert_eq!(stores.as_array().map(Vec::len), Some(1), "{stores}");
+        assert_eq!(stores[0]["instance"], new);
     }
 
     /// `GET path` on `address`: the status code, the headers and the body.
