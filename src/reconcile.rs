@@ -84,10 +84,12 @@ pub(crate) enum ReconcileError {
         source: CommandError,
     },
     /// The destination was updated but its reload command failed.
-    #[error("{dest}: updated, but the reload command failed: {source}")]
+    #[error("{dest}: {}the reload command failed: {source}", updated_but(.swapped))]
     Reload {
         /// The destination.
         dest: String,
+        /// This sync swapped the file in; false when it only ran a reload an earlier one owed.
+        swapped: bool,
         /// The command's failure, with its output.
         source: CommandError,
     },
@@ -124,12 +126,17 @@ pub(crate) enum ReconcileError {
     },
 }
 
+/// How a failed reload's message starts: whether that sync had just replaced the file.
+fn updated_but(swapped: &bool) -> &'static str {
+    if *swapped { "updated, but " } else { "" }
+}
+
 impl ReconcileError {
     /// Whether the destination holds the new file all the same: its reload failed, and no
     /// rollback put the previous one back.
     pub fn swapped(&self) -> bool {
         match self {
-            ReconcileError::Reload { .. } => true,
+            ReconcileError::Reload { swapped, .. } => *swapped,
             ReconcileError::RolledBack { rollback, .. } => {
                 matches!(rollback, Rollback::NotRestored(_))
             }
@@ -804,6 +811,7 @@ async fn reload_batch(
         };
         for index in members {
             let dest = items[index].resource.dest.display().to_string();
+            let swapped = !matches!(steps[index], Step::Done(Outcome::InSync));
             let rollback = if restored.contains(&index) {
                 second.clone()
             } else {
@@ -820,6 +828,7 @@ async fn reload_batch(
                 },
                 None => ReconcileError::Reload {
                     dest,
+                    swapped,
                     source: source.clone(),
                 },
             });

@@ -59,13 +59,20 @@ pub(crate) fn synced(
             None => tracing::error!("{message}"),
         }
     }
+    // A reload owed by an earlier sync replaces nothing and runs no check.
+    let wrote = match outcome {
+        Ok(Outcome::Updated) => true,
+        Err(Failure::Reconcile(e)) => e.swapped(),
+        _ => false,
+    };
     let commands_ran = !options.sync_only;
     status.synced(&SyncReport {
         resource: &resource.file,
         result,
         error: error.as_deref(),
         render_time: rendered.time,
-        checked: commands_ran && resource.check_cmd.is_some(),
+        wrote,
+        checked: commands_ran && wrote && resource.check_cmd.is_some(),
         reloaded: commands_ran && resource.reload_cmd.is_some(),
         // A checksum of a short secret gives it away.
         md5: match (&rendered.content, resource.secret || options.noop) {

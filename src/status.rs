@@ -110,6 +110,8 @@ pub struct SyncReport<'a> {
     pub error: Option<&'a str>,
     /// How long rendering took.
     pub render_time: Duration,
+    /// This sync replaced the destination.
+    pub wrote: bool,
     /// The resource has a check command, so an update passed it.
     pub checked: bool,
     /// The resource has a reload command, so an update ran it.
@@ -446,7 +448,9 @@ impl Status {
         }
         match sync.result {
             SyncResult::Updated => {
-                metrics.writes.get_or_create(&resource_label).inc();
+                if sync.wrote {
+                    metrics.writes.get_or_create(&resource_label).inc();
+                }
                 if sync.checked {
                     metrics.checks.get_or_create(&labels("ok")).inc();
                 }
@@ -458,7 +462,9 @@ impl Status {
                 metrics.checks.get_or_create(&labels("failed")).inc();
             }
             SyncResult::ReloadFailed => {
-                metrics.writes.get_or_create(&resource_label).inc();
+                if sync.wrote {
+                    metrics.writes.get_or_create(&resource_label).inc();
+                }
                 if sync.checked {
                     metrics.checks.get_or_create(&labels("ok")).inc();
                 }
@@ -772,6 +778,7 @@ mod tests {
             result,
             error: result.failed().then_some("it broke"),
             render_time: Duration::from_millis(2),
+            wrote: matches!(result, SyncResult::Updated | SyncResult::ReloadFailed),
             checked: true,
             reloaded: true,
             md5: Some("abc".to_string()),

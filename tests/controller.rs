@@ -333,6 +333,17 @@ fn a_failed_reload_is_run_again_without_a_new_change() {
         .contains("\"next_attempt\":null")),
         "no retry is scheduled after the reload succeeded"
     );
+    // One file was written, once: the reloads run again replaced nothing (and in exec mode
+    // signal the service no more than once, by the same test of what a sync swapped).
+    let (_, metrics) = get(&format!("http://{address}/metrics"));
+    let writes: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("reconfd_writes_total{"))
+        .collect();
+    assert!(
+        writes.len() == 1 && writes[0].ends_with(" 1"),
+        "{writes:?}\n{metrics}"
+    );
     let runs = lines(&fixture, "reloads");
     // In sync and reloaded: a resync reloads nothing more.
     daemon.hang_up();
