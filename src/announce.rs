@@ -249,8 +249,8 @@ impl Announcer {
                         }
                         Ok(false) => {
                             tracing::warn!(
-                                "{key}: its lifetime in the store had run out; registering it \
-                                 again"
+                                "{key}: no longer in the store (its lifetime ran out or the key \
+                                 was removed); registering it again"
                             );
                             held = false;
                             next = Instant::now();

@@ -152,7 +152,7 @@ fn etcd_announcements_follow_checks_signals_and_a_restart() {
     etcd.rebuild(0);
     let registered_again = wait_for(Duration::from_secs(30), || {
         one.log()
-            .contains("its lifetime in the store had run out; registering it again")
+            .contains("the key was removed); registering it again")
     });
     assert!(registered_again, "{}", one.log());
     expect("h1:4300", "h1 announced in the wiped etcd");
@@ -183,6 +183,14 @@ fn etcd_announcements_show_in_status_and_metrics() {
         "{}",
         get(&format!("http://{listen}/metrics")).1
     );
+    // Someone deletes the key while the lease lives: the next renewal puts it back.
+    etcd.delete("/services/crate/h1");
+    let registered_again = wait_for(Duration::from_secs(30), || {
+        one.log()
+            .contains("the key was removed); registering it again")
+    });
+    assert!(registered_again, "{}", one.log());
+    expect_file(&watched, &watcher, "crate.conf", "h1:4300", "h1 put back");
     h1.set_healthy(false);
     expect_file(&watched, &watcher, "crate.conf", "", "h1 withdrawn");
     assert!(

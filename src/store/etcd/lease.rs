@@ -1,6 +1,7 @@
 //! An announced key in etcd: put with a lease of the TTL, kept alive by renewing the lease,
 //! withdrawn by revoking it (which deletes the key). When reconfd stops renewing, etcd
-//! deletes the key as the lease expires.
+//! deletes the key as the lease expires. A live lease does not bring back a key someone
+//! deleted or overwrote, so each renewal also checks that the key is still the lease's.
 
 use std::sync::Arc;
 
@@ -87,22 +88,20 @@ impl Lease for EtcdLease {
         let Some(id) = self.lease else {
             return Ok(false);
         };
-        let client = &self.client;
-        let ttl = client
+        let (client, key) = (&self.client, self.announcement.key.as_bytes());
+        let (ttl, held) = client
             .nodes
             .ask(|_, member| async move {
-                member
-                    .client(&client.connect)
-                    .await?
-                    .lease_keep_alive(id)
-                    .await
+                let node = member.client(&client.connect).await?;
+                let ttl = node.lease_keep_alive(id).await?;
+                let held = ttl > 0 && node.holds(key, id).await?;
+                Ok::<_, StoreError>((ttl, held))
             })
             .await?;
         if ttl == 0 {
             self.lease = None;
-            return Ok(false);
         }
-        Ok(true)
+        Ok(held)
     }
 
     async fn withdraw(&mut self) -> Result<(), StoreError> {

@@ -438,6 +438,17 @@ impl NodeClient {
         Ok(())
     }
 
+    /// Whether `key` exists and is bound to lease `lease`.
+    pub(crate) async fn holds(&self, key: &[u8], lease: i64) -> Result<bool, StoreError> {
+        let request = RangeRequest {
+            key: key.to_vec(),
+            keys_only: true,
+            ..RangeRequest::default()
+        };
+        let answer = self.range_request(request).await?;
+        Ok(answer.kvs.first().is_some_and(|kv| kv.lease == lease))
+    }
+
     async fn range_request(&self, request: RangeRequest) -> Result<RangeResponse, RpcError> {
         self.unary("range", request, |channel, request| async move {
             KvClient::new(channel)
