@@ -311,6 +311,19 @@ fn refused_credentials_and_permissions_are_auth_failures_and_a_missing_bucket_a_
 
     let snapshot = read(ADMIN.0, ADMIN.1, BUCKET).expect("the admin reads");
     assert_eq!(snapshot.entries["/app/servers/web1"], "10.0.0.1:80");
+
+    // As NATS's own clients do, reconfd takes the credentials written in the URL.
+    let fixture = fixture();
+    let in_url = |password: &str| {
+        nats.url()
+            .replacen("nats://", &format!("nats://{}:{password}@", ADMIN.0), 1)
+    };
+    let run = fixture.run(&args(&in_url(ADMIN.1), &["--onetime"]));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(fixture.path("app.conf").exists());
+    let run = fixture.run(&args(&in_url("wrong"), &["--onetime"]));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains("refused the credentials"), "{run:?}");
 }
 
 /// A store client of `nats`'s bucket, used directly, with a runtime to drive it.

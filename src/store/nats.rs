@@ -25,7 +25,7 @@
 //! age on servers before 2.11, `purge-deletes`) are not seen by any watch, NATS's own or
 //! this one; the daemon's full resync every `--interval` catches up with them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -220,6 +220,10 @@ impl Client {
                 "give either --username and --password or --auth-token, not both".to_string(),
             ));
         }
+        let (credentials, token) = match (credentials, &options.token) {
+            (None, None) => credentials_in_urls(&servers)?,
+            (credentials, token) => (credentials, token.clone()),
+        };
         let tls_url = servers.iter().any(ServerAddr::tls_required);
         let tls = if tls_url || options.tls.is_set() {
             Some(Tls::read("nats", &options.tls)?.client_config("nats", true)?)
@@ -236,7 +240,7 @@ impl Client {
             servers,
             bucket: options.bucket.clone(),
             credentials,
-            token: options.token.clone(),
+            token,
             tls,
             connection: OnceCell::new(),
             delivered: Mutex::default(),
@@ -488,6 +492,40 @@ impl Client {
     }
 }
 
+/// A user and password, or a token, or neither.
+type Credentials = (Option<(String, String)>, Option<String>);
+
+/// The credentials written in the server URLs, as NATS's own clients take them:
+/// `nats://user:password@host` a user and password, `nats://token@host` a token. The NATS
+/// client reconfd uses ignores them, so they are passed on as if given by flags.
+fn credentials_in_urls(servers: &[ServerAddr]) -> Result<Credentials, StoreError> {
+    let written: BTreeSet<(&str, Option<&str>)> = servers
+        .iter()
+        .filter_map(|server| Some((server.username()?, server.password())))
+        .collect();
+    let mut written = written.into_iter();
+    let (Some((user, password)), None) = (written.next(), written.next()) else {
+        return if servers.iter().any(ServerAddr::has_user_pass) {
+            Err(StoreError::invalid(
+                "nats: the --node URLs carry different credentials; give them once with \
+                 --username and --password",
+            ))
+        } else {
+            Ok((None, None))
+        };
+    };
+    if user.contains('%') || password.is_some_and(|p| p.contains('%')) {
+        return Err(StoreError::invalid(
+            "nats: credentials with %-escapes in a --node URL are not decoded; give them with \
+             --username and --password",
+        ));
+    }
+    Ok(match password {
+        Some(password) => (Some((user.to_string(), password.to_string())), None),
+        None => (None, Some(user.to_string())),
+    })
+}
+
 /// Why bucket `bucket` could not be opened on `servers`, from the client's `text`. A bucket
 /// that does not exist, or a server without JetStream, is a refusal: asking again at once
 /// will not create it.
@@ -497,7 +535,10 @@ fn bucket_error(bucket: &str, servers: &str, text: &str) -> StoreError {
             "nats: bucket `{bucket}` not found on {servers}; reconfd does not create it \
              (`nats kv add {bucket}` does)"
         ))
-    } else if text.contains("no responders") {
+    } else if text.contains("no responders")
+        // What a server started without JetStream answers to the bucket's lookup.
+        || text.contains("requested JetStream resource does not exist")
+    {
         StoreError::rejected(format!(
             "nats: JetStream is not enabled on {servers}, so bucket `{bucket}` is not there"
         ))
@@ -921,6 +962,13 @@ mod tests {
         );
         assert_eq!(
             bucket("JetStream error: no responders"),
+            StoreErrorKind::Rejected
+        );
+        assert_eq!(
+            bucket(
+                "failed to get the bucket: request error: requested JetStream resource does not \
+                 exist"
+            ),
             StoreErrorKind::Rejected
         );
         assert_eq!(bucket("timed out"), StoreErrorKind::Unreachable);
