@@ -114,8 +114,8 @@ pub(crate) struct Cli {
     #[arg(long, env = "RECONFD_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
-    /// Log level: error, warn, info, debug (reconfd's own details) or trace (its libraries'
-    /// too, down to every HTTP/2 frame). [default: info]
+    /// Log level: error, warn, info, debug (reconfd's own details, and its store clients'
+    /// lines) or trace (down to every HTTP/2 frame). [default: info]
     #[arg(long, env = "RECONFD_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
 

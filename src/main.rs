@@ -95,11 +95,14 @@ fn log_output(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
     }
 }
 
-/// The filter for `--log-level`: `debug` shows reconfd's own details, its libraries staying
-/// at `info` (an HTTP/2 client logs every frame at `debug`, which would bury them); `trace`
-/// shows everything.
+/// The filter for `--log-level`. Up to `info` only reconfd's own lines show: it reports every
+/// store failure itself, once per outage, where the store clients log each reconnection
+/// attempt for as long as a store is down. `debug` adds reconfd's details and its libraries'
+/// lines at `info` (an HTTP/2 client logs every frame at `debug`, which would bury them);
+/// `trace` shows everything. Anything else is taken as a filter of `RUST_LOG`'s syntax.
 fn log_filter(level: &str) -> EnvFilter {
     match level {
+        "error" | "warn" | "info" => EnvFilter::new(format!("reconfd={level}")),
         "debug" => EnvFilter::new("info,reconfd=debug"),
         level => EnvFilter::new(level),
     }
