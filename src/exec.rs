@@ -1,6 +1,7 @@
 //! Exec mode: reconfd as a container's entrypoint, running the service as its child.
 //!
-//! The service starts once every resource has had its first full sync, through `sh` as
+//! The service starts once every resource has had its first full sync and every destination
+//! exists (the process holds the start until then), through `sh` as
 //! `exec COMMAND`, so that the service itself, not a shell, is reconfd's child and gets its
 //! signals. It runs as commands do ([`crate::command::shell`]): in a process group of its own,
 //! without the credentials `--command-env` does not name, with the open files limit reconfd
@@ -85,6 +86,14 @@ impl Swaps {
     #[cfg(test)]
     pub(crate) fn take(&self) -> bool {
         self.0.notified().now_or_never().is_some()
+    }
+}
+
+/// The next swap told to `swaps`; never without them.
+pub(crate) async fn next_swap(swaps: Option<&Swaps>) {
+    match swaps {
+        Some(swaps) => swaps.0.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -8,11 +8,13 @@
 //! SIGTERM or SIGINT; SIGHUP checks the settings, conf.d and templates again and, when all of
 //! it is usable, replaces the running controllers with a new generation.
 //!
-//! In exec mode ([`crate::exec`]) the service starts after the first full sync; SIGTERM and
+//! In exec mode ([`crate::exec`]) the service starts after the first full sync, once every
+//! destination exists; SIGTERM and
 //! SIGINT stop it, and reconfd exits with its status, as it does when the service exits on
 //! its own. As PID 1, or in exec mode (which makes it the child subreaper), reconfd reaps the
 //! orphans that come to it ([`crate::reaper`]).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -78,6 +80,8 @@ pub async fn run(settings: Settings) -> ExitCode {
     let swaps = service.as_ref().map(Service::swaps);
     let mut generation = Generation::start(plan, &status, swaps.clone());
     notify::start_watchdog();
+    // In exec mode: the first sync is done, but a destination is not there yet.
+    let mut start_held = false;
     // `Some` when the process ends for a reason of its own, not because it was told to stop.
     let ended = loop {
         tokio::select! {
@@ -86,11 +90,31 @@ pub async fn run(settings: Settings) -> ExitCode {
                 tracing::info!("first sync done: {summary}");
                 status.set_ready();
                 notify::ready(&summary);
-                if let Some(service) = service.as_mut().filter(|service| !service.started())
-                    && let Err(e) = service.start()
+                if let Some(service) = service.as_mut().filter(|service| !service.started()) {
+                    let missing = generation.missing_destinations(settings.noop);
+                    start_held = !missing.is_empty();
+                    if start_held {
+                        tracing::warn!(
+                            "exec: the service starts once {} {} written (held back by \
+                             min_keys, or failing; see above)",
+                            missing.join(", "),
+                            if missing.len() == 1 { "is" } else { "are" },
+                        );
+                    } else if let Err(e) = service.start() {
+                        tracing::error!("{e}");
+                        break Some(ExitCode::FAILURE);
+                    }
+                }
+            }
+            () = exec::next_swap(swaps.as_ref()), if start_held => {
+                if let Some(service) = service.as_mut()
+                    && generation.missing_destinations(settings.noop).is_empty()
                 {
-                    tracing::error!("{e}");
-                    break Some(ExitCode::FAILURE);
+                    start_held = false;
+                    if let Err(e) = service.start() {
+                        tracing::error!("{e}");
+                        break Some(ExitCode::FAILURE);
+                    }
                 }
             }
             exited = service_exited(&mut service) => {
@@ -338,6 +362,8 @@ struct Generation {
     resources: usize,
     stores: usize,
     failures: usize,
+    /// Every resource's destination.
+    destinations: Vec<PathBuf>,
 }
 
 impl Generation {
@@ -352,6 +378,11 @@ impl Generation {
             .iter()
             .map(|controller| controller.resources().count())
             .sum();
+        let destinations = plan
+            .controllers
+            .iter()
+            .flat_map(|controller| controller.resources().map(|r| r.dest.clone()))
+            .collect();
         let mut tasks = JoinSet::new();
         for controller in plan.controllers {
             let shutdown = Shutdown::new(stopped.clone());
@@ -375,7 +406,21 @@ impl Generation {
             resources,
             stores,
             failures: plan.failures,
+            destinations,
         }
+    }
+
+    /// The destinations not written yet, as the exec mode's service must not start without
+    /// them; none with `--noop`, which writes none.
+    fn missing_destinations(&self, noop: bool) -> Vec<String> {
+        if noop {
+            return Vec::new();
+        }
+        self.destinations
+            .iter()
+            .filter(|dest| !dest.exists())
+            .map(|dest| dest.display().to_string())
+            .collect()
     }
 
     /// Returns once, when every controller has completed its first full sync.

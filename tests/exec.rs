@@ -145,6 +145,36 @@ fn reconfd_exits_with_the_status_of_a_service_that_ends_on_its_own() {
 }
 
 #[test]
+fn the_service_waits_for_a_destination_held_back_by_min_keys() {
+    let fixture = confdir("min_keys = 2\n");
+    fixture.write(
+        "service.sh",
+        &format!("cat app.conf > started.tmp && mv started.tmp started\n{RUN_WHILE_RECONFD_LIVES}"),
+    );
+    let mut args = vec!["--watch", "--exec", "sh service.sh"];
+    args.extend_from_slice(STORE);
+    let daemon = fixture.spawn(&args);
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon
+            .log()
+            .contains("exec: the service starts once")),
+        "{}",
+        daemon.log()
+    );
+    assert!(!daemon.log().contains("exec: started"), "{}", daemon.log());
+    assert!(!fixture.path("started").exists());
+    // The second key lets the file be written; the service starts on it.
+    fixture.write("data.yaml", "app:\n  value: \"2\"\n  other: \"x\"\n");
+    assert!(
+        holds(&fixture, "started", "value=2\n"),
+        "the service started once its file was written\n{}",
+        daemon.log()
+    );
+    // The service's own status: the SIGTERM passed on ended it.
+    assert_eq!(daemon.terminate(), Some(143));
+}
+
+#[test]
 fn a_service_that_outlives_kill_timeout_is_killed() {
     let fixture = confdir("");
     fixture.write(
