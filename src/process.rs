@@ -218,6 +218,13 @@ async fn service_exited(
 /// Runs `reconfd announce`: keeps `settings`' announcements until SIGTERM or SIGINT, then
 /// withdraws them and exits 0; 2 when they cannot be announced.
 pub async fn announce(settings: Settings) -> ExitCode {
+    if settings.mode == RunMode::Onetime {
+        // An announcement lasts while its announcer runs: one pass would be gone at once.
+        eprintln!(
+            "reconfd: announce keeps its key until it is stopped; --onetime does not apply to it"
+        );
+        return ExitCode::from(2);
+    }
     let Some(mut signals) = Signals::listen() else {
         return ExitCode::FAILURE;
     };

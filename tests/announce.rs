@@ -304,4 +304,21 @@ fn stores_that_cannot_bind_a_key_to_a_lifetime_refuse_to_announce() {
     ]);
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.contains("from 10s to 24h"), "{run:?}");
+    // An announcement lasts while its announcer runs: one pass of it is refused.
+    let run = fixture.run(&[
+        "announce",
+        "--key",
+        "/services/crate/h1",
+        "--value",
+        "h1:4300",
+        "--ttl",
+        "10s",
+        "--onetime",
+        "--backend",
+        "etcd",
+        "--node",
+        "http://127.0.0.1:9",
+    ]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("--onetime does not apply"), "{run:?}");
 }
