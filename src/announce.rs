@@ -261,7 +261,11 @@ impl Announcer {
                                     "{key}: the {} store {}: {e}; trying again every {}",
                                     self.store,
                                     crate::report::failing(e.kind()),
-                                    humantime::format_duration(retry_every)
+                                    // Whole milliseconds: a third of 2 s is 666ms, not
+                                    // 666ms 666us 666ns.
+                                    humantime::format_duration(Duration::from_millis(
+                                        u64::try_from(retry_every.as_millis()).unwrap_or(u64::MAX)
+                                    ))
                                 );
                                 outage = Some(e.kind());
                             }
@@ -276,8 +280,10 @@ impl Announcer {
         if let Some(checker) = checker {
             checker.abort();
         }
+        // Asked also when not held: a registration whose answer was lost may have put it.
         match self.request(Request::Withdraw).await {
-            Ok(_) => tracing::info!("{key}: withdrawn"),
+            Ok(_) if held => tracing::info!("{key}: withdrawn"),
+            Ok(_) => tracing::debug!("{key}: was not announced; nothing to withdraw"),
             Err(e) => tracing::warn!(
                 "{key}: the store did not take the key away ({e}); it goes when its TTL of {} \
                  runs out",

@@ -377,7 +377,7 @@ pub struct ExecTable {
     /// The service's command line.
     pub command: Option<String>,
     /// Sent to the service after a sync that swapped a file.
-    #[serde(default, deserialize_with = "signal")]
+    #[serde(default, deserialize_with = "reload_signal")]
     pub reload_signal: Option<Signal>,
     /// Sent to the service when reconfd is told to stop.
     #[serde(default, deserialize_with = "signal")]
@@ -434,6 +434,17 @@ fn signal<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Signal>, 
     crate::exec::signal_named(&name)
         .map(Some)
         .map_err(de::Error::custom)
+}
+
+/// `reload_signal` of the `[exec]` table: a signal, but none that a service cannot catch,
+/// which would kill or freeze it at every swap.
+fn reload_signal<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Signal>, D::Error> {
+    match signal(deserializer)? {
+        Some(uncatchable @ (Signal::SIGKILL | Signal::SIGSTOP)) => Err(de::Error::custom(format!(
+            "{uncatchable} cannot be caught, so it would end or stop the service at every swap"
+        ))),
+        signal => Ok(signal),
+    }
 }
 
 /// A duration of the `[exec]` table (`"30s"`), at most [`crate::limits::EXEC_DELAY`].

@@ -901,6 +901,11 @@ mod tests {
                  `reload_signal = \"SIGFOO\"`",
             ),
             (
+                "reload_signal = \"kill\"",
+                ":3:17: `reload_signal`: SIGKILL cannot be caught, so it would end or stop the \
+                 service at every swap, in `reload_signal = \"kill\"`",
+            ),
+            (
                 "kill_timeout = \"2h\"",
                 ":3:16: `kill_timeout`: at most 1h, in `kill_timeout = \"2h\"`",
             ),
