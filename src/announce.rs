@@ -269,7 +269,7 @@ impl Announcer {
                                 );
                                 outage = Some(e.kind());
                             }
-                            self.status.store_failed(&self.instance, self.store);
+                            self.status.store_failed(&self.instance, self.store, &e.to_string());
                             next = Instant::now() + retry_every;
                             self.report(AnnouncementState::StoreFailing, Some(e.to_string()));
                         }

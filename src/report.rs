@@ -199,7 +199,8 @@ impl Outage {
 
     /// Records a failed attempt to reach the store.
     pub(crate) fn began(&mut self, store: &str, error: &StoreError) {
-        self.status.store_failed(&self.instance, store);
+        self.status
+            .store_failed(&self.instance, store, &error.to_string());
         let kind = error.kind();
         if self.kind == Some(kind) {
             tracing::debug!("{store} store still failing ({kind}): {error}");

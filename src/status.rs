@@ -171,6 +171,8 @@ struct StoreState {
     /// Which one: the kind and its nodes.
     instance: String,
     connected: bool,
+    /// Why the store last failed, while it fails.
+    last_error: Option<String>,
     revision: Option<i64>,
     /// Why its loop is restarting, after an unexpected failure.
     loop_failure: Option<String>,
@@ -498,8 +500,8 @@ impl Status {
             .map(|at| chrono::DateTime::<Utc>::from(at).to_rfc3339_opts(SecondsFormat::Secs, true));
     }
 
-    /// Records that store `instance` (of kind `store`) could not be read or watched.
-    pub fn store_failed(&self, instance: &str, store: &str) {
+    /// Records that store `instance` (of kind `store`) could not be read or watched, and why.
+    pub fn store_failed(&self, instance: &str, store: &str, error: &str) {
         self.shared
             .metrics
             .store_errors
@@ -509,7 +511,10 @@ impl Status {
             })
             .inc();
         self.store_up(instance, store, 0);
-        self.store_entry(instance, store, |entry| entry.connected = false);
+        self.store_entry(instance, store, |entry| {
+            entry.connected = false;
+            entry.last_error = Some(secrets::mask(error).into_owned());
+        });
     }
 
     /// Records that store `instance` (of kind `store`) answered, at `revision` where it has
@@ -518,6 +523,7 @@ impl Status {
         self.store_up(instance, store, 1);
         self.store_entry(instance, store, |entry| {
             entry.connected = true;
+            entry.last_error = None;
             if revision.is_some() {
                 entry.revision = revision;
             }
@@ -792,7 +798,7 @@ mod tests {
         status.synced(&sync(SyncResult::Updated));
         status.synced(&sync(SyncResult::InSync));
         status.synced(&sync(SyncResult::CheckFailed));
-        status.store_failed("etcd http://127.0.0.1:2379", "etcd");
+        status.store_failed("etcd http://127.0.0.1:2379", "etcd", "refused");
         let text = status.metrics_text();
         let resource = "resource=\"/etc/reconfd/conf.d/app.toml\"";
         for line in [
@@ -925,8 +931,13 @@ mod tests {
         };
         status.set_resources(app(old).into_iter());
         status.store_answered(old, "redis", None);
-        status.store_failed(old, "redis");
+        status.store_failed(old, "redis", "gone");
         assert!(status.metrics_text().contains(old));
+        assert_eq!(
+            status.status_json()["stores"][0]["last_error"],
+            "gone",
+            "says why it fails"
+        );
         status.set_resources(app(new).into_iter());
         status.store_answered(new, "redis", None);
         let text = status.metrics_text();
@@ -936,6 +947,7 @@ mod tests {
         let stores = status.status_json()["stores"].clone();
         assert_eq!(stores.as_array().map(Vec::len), Some(1), "{stores}");
         assert_eq!(stores[0]["instance"], new);
+        assert_eq!(stores[0]["last_error"], serde_json::Value::Null);
     }
 
     /// `GET path` on `address`: the status code, the headers and the body.

@@ -144,5 +144,14 @@ fn the_status_page_shows_each_resource_in_chromium() {
         assert!(dom.contains(&row), "{row} in\n{dom}");
     }
     assert!(dom.contains(">ready ·"), "the summary says ready\n{dom}");
+    let (_, body) = get(&format!("{base}/status"));
+    let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let instance = status["stores"][0]["instance"]
+        .as_str()
+        .expect("an instance");
+    assert!(
+        dom.contains(&format!("<td>{instance}</td><td>yes</td>")),
+        "the store's row names its instance\n{dom}"
+    );
     assert_eq!(daemon.terminate(), Some(0));
 }
