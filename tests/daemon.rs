@@ -124,12 +124,15 @@ fn watch_on_the_file_store_follows_edits() {
         "edit picked up",
     );
 
-    // A broken edit keeps the last good file; the fix after it is applied.
+    // A broken edit keeps the last good file, and is a store failure as in any other mode;
+    // the fix after it is applied.
     save(&fixture, "app: [broken\n");
     assert!(
-        wait_for(Duration::from_secs(10), || daemon
-            .log()
-            .contains("app.yaml")),
+        wait_for(Duration::from_secs(10), || daemon.log().lines().any(
+            |line| {
+                line.contains("file store cannot read a data file") && line.contains("app.yaml")
+            }
+        )),
         "parse error reported naming the file\n{}",
         daemon.log()
     );
@@ -143,6 +146,11 @@ fn watch_on_the_file_store_follows_edits() {
         &daemon,
         "server web2 10.0.0.2:80\n",
         "deleted key's line is gone",
+    );
+    assert!(
+        daemon.log().contains("reads its data files again"),
+        "{}",
+        daemon.log()
     );
     // The reload runs after the rename that shows the new content; a later change, once
     // reloaded, shows every reload before it.

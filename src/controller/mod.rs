@@ -43,9 +43,7 @@ use crate::resource::Resource;
 use crate::secrets::GroupSecrets;
 use crate::status::Status;
 use crate::store::backend::Backend;
-use crate::store::{
-    Snapshot, Store, StoreError, StoreErrorKind, WatchEvent, WatchStream, under_any, under_prefix,
-};
+use crate::store::{Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any, under_prefix};
 use crate::template::Renderer;
 use crate::wait::Settling;
 
@@ -532,11 +530,6 @@ impl Controller {
     fn apply(&mut self, event: Result<WatchEvent, StoreError>) -> BTreeSet<usize> {
         let mut changed: BTreeSet<String> = BTreeSet::new();
         match event {
-            // A data file that fails to parse as it is edited leaves the snapshot as it was
-            // and the watch going: no outage.
-            Err(e) if matches!(e.kind(), StoreErrorKind::File | StoreErrorKind::Invalid) => {
-                tracing::error!("{} store: {e}", self.store.name())
-            }
             Err(e) => self.outage.began(self.store.name(), &e),
             // Changes the snapshot's read already holds (in flight during a resync) are old.
             Ok(WatchEvent::Changes {

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use super::*;
 use crate::command::CommandEnv;
 use crate::exec::Swaps;
-use crate::store::Change;
+use crate::store::{Change, StoreErrorKind};
 use crate::store::memory::{self, NextWatch};
 
 /// A confdir in a temp dir whose resources render into `out/`.

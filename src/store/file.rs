@@ -82,20 +82,20 @@ impl Store for FileStore {
     }
 
     /// Watches every path and, once changes settle, reads all files again and reports the
-    /// result as a [`WatchEvent::Replace`](super::WatchEvent::Replace), or the error that kept
-    /// the files from being read.
+    /// result as a [`WatchEvent::Replace`](super::WatchEvent::Replace). A file that cannot
+    /// be read fails the opening of the watch, and ends a watch open: the daemon then treats
+    /// it as any store failure (logged once, counted, retried within a second) and opens the
+    /// watch again once the files read, on the paths as they are then (a data directory
+    /// replaced, a symlink that leads elsewhere).
     async fn watch(
         &self,
         prefixes: &[String],
         snapshot: &Snapshot,
     ) -> Result<Option<WatchStream>, StoreError> {
-        let targets = Targets::resolve(&self.files.paths)?;
+        let targets = Targets::resolve(&self.files)?;
         let watches = targets.watches();
         // One pending wake-up is all the reader needs: it reads everything anyway.
         let (wake_tx, wake_rx) = mpsc::channel::<()>(1);
-        // The files may have changed between the caller's fetch and this watch starting; an
-        // initial read closes that gap (and is not reported when nothing changed).
-        let _ = wake_tx.try_send(());
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let wake = match event {
@@ -114,35 +114,55 @@ impl Store for FileStore {
             // The system is out of inotify instances for now, as a network store can be out of
             // reach: tried again at the reconnect rate.
             .map_err(|e| StoreError::unreachable(format!("cannot watch the data files: {e}")))?;
-        for (path, mode) in watches {
+        for (path, mode) in &watches {
             watcher
-                .watch(&path, mode)
-                .map_err(|e| file_error(&path, format!("cannot watch: {e}")))?;
+                .watch(path, *mode)
+                .map_err(|e| file_error(path, format!("cannot watch: {e}")))?;
         }
+        // The files may have changed between the caller's fetch and this watch starting; a
+        // read once the watches are in place closes that gap (and is not reported when
+        // nothing changed).
+        let current = self.files.read(prefixes)?;
         let (events, stream) = watch::channel();
         tokio::spawn(follow(
-            watcher,
+            Watching {
+                _watcher: watcher,
+                watches,
+            },
             wake_rx,
             events,
             self.files.clone(),
             prefixes.to_vec(),
-            snapshot.clone(),
+            (snapshot.clone(), current),
         ));
         Ok(Some(stream))
     }
 }
 
-/// Reads the files again whenever woken and changes have settled, and sends what changed.
-/// Owns the watcher, so notify stops when the daemon drops the stream.
+/// A watch in place: notify's watcher (dropping it stops notify) and what it watches.
+struct Watching {
+    _watcher: RecommendedWatcher,
+    watches: BTreeMap<PathBuf, RecursiveMode>,
+}
+
+/// Sends `current` if it differs from the daemon's `last`, then reads the files again whenever
+/// woken and changes have settled, and sends what changed. Ends when a read fails, or when the
+/// paths now call for other watches, so that the daemon opens the watch again. Owns the
+/// watcher, so notify stops when the daemon drops the stream.
 async fn follow(
-    watcher: RecommendedWatcher,
+    watching: Watching,
     mut wake: mpsc::Receiver<()>,
     events: WatchSender,
     files: DataFiles,
     prefixes: Vec<String>,
-    mut last: Snapshot,
+    (mut last, current): (Snapshot, Snapshot),
 ) {
-    let _watcher = watcher;
+    if current != last {
+        last = current.clone();
+        if !events.replace(current).await {
+            return;
+        }
+    }
     loop {
         tokio::select! {
             woken = wake.recv() => {
@@ -153,15 +173,19 @@ async fn follow(
             () = events.closed() => return,
         }
         settle(&mut wake).await;
-        let listening = match files.read(&prefixes) {
-            Ok(snapshot) if snapshot == last => continue,
-            Ok(snapshot) => {
-                last = snapshot.clone();
-                events.replace(snapshot).await
-            }
-            Err(e) => events.fail(e).await,
+        // Reported by the watch opened next, as a failure to open it.
+        let Ok(snapshot) = files.read(&prefixes) else {
+            return;
         };
-        if !listening {
+        if snapshot != last {
+            last = snapshot.clone();
+            if !events.replace(snapshot).await {
+                return;
+            }
+        }
+        let moved = Targets::resolve(&files).map_or(true, |now| now.watches() != watching.watches);
+        if moved {
+            tracing::debug!("file store: the data paths moved; watching them anew");
             return;
         }
     }
@@ -191,12 +215,13 @@ struct Targets {
 }
 
 impl Targets {
-    fn resolve(paths: &[PathBuf]) -> Result<Targets, StoreError> {
+    /// The paths of `files` to watch, and what their symlinks lead to.
+    fn resolve(files: &DataFiles) -> Result<Targets, StoreError> {
         let mut targets = Targets {
             dirs: Vec::new(),
             files: Vec::new(),
         };
-        for path in paths {
+        for path in &files.paths {
             let metadata = std::fs::metadata(path).map_err(|e| file_error(path, e.to_string()))?;
             if metadata.is_dir() {
                 let dir =
@@ -217,7 +242,25 @@ impl Targets {
                 std::fs::canonicalize(parent).map_err(|e| file_error(parent, e.to_string()))?;
             targets.files.push((parent, name.to_os_string()));
         }
+        targets.follow_links(&files.list()?);
         Ok(targets)
+    }
+
+    /// Adds the files that symlinked data files lead to, where no watch covers them yet: an
+    /// edit of a link's target (a stow or Ansible layout) changes nothing the link's own
+    /// directory sees.
+    fn follow_links(&mut self, data_files: &[PathBuf]) {
+        for file in data_files {
+            let link = std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink());
+            let Some(target) = link.then(|| std::fs::canonicalize(file).ok()).flatten() else {
+                continue;
+            };
+            if let (false, Some(parent), Some(name)) =
+                (self.contains(&target), target.parent(), target.file_name())
+            {
+                self.files.push((parent.to_path_buf(), name.to_os_string()));
+            }
+        }
     }
 
     /// The directories to hand to notify. A directory inside another watched one needs no
@@ -964,15 +1007,91 @@ mod tests {
             "one save is reported once"
         );
 
+        // A broken file ends the watch; opening it again says what is wrong, as the daemon
+        // does at its retries, and works once the file is mended.
         write(dir.path(), "app.yaml", "app: [broken\n");
-        match next_event(&mut stream).await {
+        let ended = tokio::time::timeout(Duration::from_secs(5), stream.recv())
+            .await
+            .expect("the watch ends within 5 s");
+        assert!(ended.is_none(), "{ended:?}");
+        match store.watch(&prefixes, &snapshot).await {
             Err(e) if e.kind() == StoreErrorKind::File => {
                 let (at, message) = split_file_error(&e);
                 assert_eq!(at, path.display().to_string());
                 assert!(message.contains("line"), "{message}");
             }
-            other => panic!("expected a file error, got {other:?}"),
+            Err(e) => panic!("expected a file error, got {e}"),
+            Ok(_) => panic!("expected a file error, got a watch"),
         }
+        write(dir.path(), "app.yaml", "app:\n  name: three\n");
+        let mut stream = store
+            .watch(&prefixes, &snapshot)
+            .await
+            .expect("watch")
+            .expect("the file store can watch");
+        let expected = Snapshot {
+            entries: keys(&[("/app/name", "three")]),
+            ..Snapshot::default()
+        };
+        assert_eq!(
+            next_event(&mut stream).await.expect("read"),
+            WatchEvent::Replace(expected),
+            "the mended file, against the snapshot the daemon still holds"
+        );
+    }
+
+    #[tokio::test]
+    async fn watch_follows_the_file_a_symlink_leads_to_and_a_replaced_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("real")).expect("mkdir");
+        let target = write(&dir.path().join("real"), "data.yaml", "app:\n  v: r1\n");
+        let link = dir.path().join("link.yaml");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let store = FileStore::new(vec![link], None).expect("store");
+        let prefixes = vec!["/app".to_string()];
+        let snapshot = store.fetch(&prefixes).await.expect("fetch");
+        let mut stream = store
+            .watch(&prefixes, &snapshot)
+            .await
+            .expect("watch")
+            .expect("the file store can watch");
+        // Written in place, where the link leads: nothing changes in the link's directory.
+        std::fs::write(&target, "app:\n  v: r2\n").expect("write");
+        let expected = Snapshot {
+            entries: keys(&[("/app/v", "r2")]),
+            ..Snapshot::default()
+        };
+        assert_eq!(
+            next_event(&mut stream).await.expect("read"),
+            WatchEvent::Replace(expected)
+        );
+
+        // The directory is replaced: the watch ends, opening it fails while the file is
+        // missing, and the new directory is watched once it is there.
+        std::fs::remove_dir_all(dir.path().join("real")).expect("rm");
+        let ended = tokio::time::timeout(Duration::from_secs(5), stream.recv())
+            .await
+            .expect("the watch ends within 5 s");
+        assert!(ended.is_none(), "{ended:?}");
+        assert!(store.watch(&prefixes, &snapshot).await.is_err());
+        std::fs::create_dir(dir.path().join("real")).expect("mkdir");
+        write(&dir.path().join("real"), "data.yaml", "app:\n  v: r3\n");
+        let mut stream = store
+            .watch(&prefixes, &snapshot)
+            .await
+            .expect("watch")
+            .expect("the file store can watch");
+        next_event(&mut stream).await.expect("the new file");
+        std::fs::write(&target, "app:\n  v: r4\n").expect("write");
+        let expected = Snapshot {
+            entries: keys(&[("/app/v", "r4")]),
+            ..Snapshot::default()
+        };
+        assert_eq!(
+            next_event(&mut stream).await.expect("read"),
+            WatchEvent::Replace(expected),
+            "an edit in the new directory"
+        );
     }
 
     #[tokio::test]
