@@ -421,6 +421,10 @@ mod tests {
                 "a redis://:***@h:6379/0,nats://me:***@n:4222 b",
             ),
             (
+                "a token nats://NatsTok-1212@127.0.0.1:4222/x",
+                "a token nats://***@127.0.0.1:4222/x",
+            ),
+            (
                 "no password http://h:80/x?a=b@c",
                 "no password http://h:80/x?a=b@c",
             ),

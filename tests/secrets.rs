@@ -337,3 +337,32 @@ fn an_error_in_the_settings_file_shows_the_line_with_the_password_masked() {
         );
     }
 }
+
+#[test]
+fn help_and_node_urls_do_not_show_credentials() {
+    let fixture = Fixture::new();
+    // `--help` shows the environment's values of the settings, but not of a node's URL,
+    // which may hold a password.
+    let output = fixture
+        .command(&["--help"])
+        .env("RECONFD_NODE", "http://reader:NodePw-AAAA@127.0.0.1:1")
+        .output()
+        .expect("run reconfd");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("RECONFD_NODE"), "{help}");
+    assert!(!help.contains("NodePw-AAAA"), "{help}");
+    // A NATS token written as the URL's user information is masked like a password.
+    fixture.template("app.tmpl", "{{ getv(key=\"/app/v\") }}\n");
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\n",
+    );
+    let url = format!(
+        "nats://NatsTok-1212@127.0.0.1:{}",
+        common::etcd::free_port()
+    );
+    let run = fixture.run(&["--onetime", "--backend", "nats", "--node", &url]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains("nats://***@127.0.0.1:"), "{run:?}");
+    assert!(!run.stderr.contains("NatsTok-1212"), "{run:?}");
+}

@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, watch};
 use super::*;
 use crate::command::CommandEnv;
 use crate::exec::Swaps;
-use crate::store::{Change, StoreErrorKind};
 use crate::store::memory::{self, NextWatch};
+use crate::store::{Change, StoreErrorKind};
 
 /// A confdir in a temp dir whose resources render into `out/`.
 struct Confdir {

@@ -70,7 +70,9 @@ pub struct StoreFields {
         long = "node",
         env = "RECONFD_NODE",
         value_name = "URL",
-        value_delimiter = ','
+        value_delimiter = ',',
+        // A node's URL may hold a user and password.
+        hide_env_values = true
     )]
     #[serde(default)]
     pub nodes: Vec<String>,
@@ -615,7 +617,8 @@ mod tests {
     fn the_credential_keys_are_those_whose_values_help_hides() {
         assert_eq!(
             StoreFields::credential_keys(),
-            ["password", "auth_token", "secret_id"]
+            // A node's URL may hold a user and password.
+            ["nodes", "password", "auth_token", "secret_id"]
         );
     }
 

@@ -135,7 +135,8 @@ impl std::fmt::Display for Node {
 }
 
 /// `address` (a URL, or `[user[:password]@]host:port`) with the password of its user
-/// information replaced by `***`, for messages, logs and `/status`; the rest as given.
+/// information replaced by `***`, for messages, logs and `/status`; the rest as given. User
+/// information without a password is all masked: it is a token (`nats://token@host`).
 pub(crate) fn redact(address: &str) -> String {
     let (scheme, rest) = match address.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
@@ -146,13 +147,14 @@ pub(crate) fn redact(address: &str) -> String {
     let Some(at) = rest[..authority_end].rfind('@') else {
         return address.to_string();
     };
-    let Some((user, _password)) = rest[..at].split_once(':') else {
-        return address.to_string();
+    let shown = match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        None => "***".to_string(),
     };
     let scheme = scheme
         .map(|scheme| format!("{scheme}://"))
         .unwrap_or_default();
-    format!("{scheme}{user}:***{}", &rest[at..])
+    format!("{scheme}{shown}{}", &rest[at..])
 }
 
 #[cfg(test)]
@@ -278,8 +280,13 @@ mod tests {
             ),
             ("rediss://:p@ss@host:6380", "rediss://:***@host:6380"),
             ("me:secret@host:4222", "me:***@host:4222"),
-            // No password: nothing to mask.
-            ("redis://user@host:6379", "redis://user@host:6379"),
+            // User information alone may be a token (`nats://token@host`): all masked.
+            ("redis://user@host:6379", "redis://***@host:6379"),
+            (
+                "nats://NatsTok-1212@127.0.0.1:4222",
+                "nats://***@127.0.0.1:4222",
+            ),
+            // No user information: nothing to mask.
             ("http://127.0.0.1:2379/", "http://127.0.0.1:2379/"),
             ("http://host/path?a=b@c", "http://host/path?a=b@c"),
             ("127.0.0.1:2181", "127.0.0.1:2181"),
