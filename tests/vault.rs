@@ -84,7 +84,13 @@ fn kv2_secrets_render_private_and_never_show_in_logs_or_diffs() {
 
     let run = fixture.run(&vault_args(&url, &["--onetime", "--auth-token", "s.wrong"]));
     assert_eq!(run.code, Some(1), "{run:?}");
-    assert!(run.stderr.contains("permission denied"), "{run:?}");
+    // Vault's message spans lines; the log line holds all of it.
+    assert!(
+        run.stderr
+            .lines()
+            .any(|line| line.ends_with("HTTP 403 Forbidden: 1 error occurred: * permission denied")),
+        "{run:?}"
+    );
     assert!(run.stderr.contains(&url), "names the server: {run:?}");
 }
 
@@ -484,7 +490,7 @@ fn the_stand_in_answers_as_vault_documents() {
     let (status, body) = get("secret/metadata/?list=true", "s.app");
     assert_eq!(
         (status, body["errors"][0].clone()),
-        (403, json!("permission denied"))
+        (403, json!("1 error occurred:\n\t* permission denied\n\n"))
     );
     assert_eq!(get("secret/metadata/app/?list=true", "s.app").0, 200);
     assert_eq!(get("secret/data/app/db", "s.app").0, 200);

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::catalog::{Instance, SERVICES_ROOT};
-use super::http::{self, error_chain};
+use super::http::{self, error_chain, one_line};
 use super::nodes::{Node, Nodes};
 use super::tls::TlsOptions;
 use super::watch::{self, WatchSender};
@@ -528,7 +528,7 @@ impl Client {
         if status == reqwest::StatusCode::NOT_FOUND && path.starts_with("/v1/kv/") {
             return Ok((None, next));
         }
-        let text = String::from_utf8_lossy(&body).trim().to_string();
+        let text = one_line(&String::from_utf8_lossy(&body));
         let kind = answer_kind(status, &text);
         let message = if kind == StoreErrorKind::Auth {
             format!(

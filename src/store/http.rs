@@ -73,6 +73,12 @@ pub fn status_kind(status: reqwest::StatusCode) -> StoreErrorKind {
     }
 }
 
+/// A server's error text on one line: Vault's read `1 error occurred:\n\t* permission
+/// denied\n\n`, which would otherwise break a log line into four.
+pub(crate) fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// An error with its causes, which for connection errors hold the useful part ("connection
 /// refused").
 pub fn error_chain(error: &dyn std::error::Error) -> String {

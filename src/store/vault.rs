@@ -24,7 +24,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, error_chain};
+use super::http::{self, error_chain, one_line};
 use super::nodes::{Node, Nodes};
 use super::tls::TlsOptions;
 use super::{KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any};
@@ -514,7 +514,7 @@ impl VaultStore {
         let message = format!(
             "{node}{}: HTTP {status}: {}",
             path_only(path),
-            errors.errors.join("; ")
+            one_line(&errors.errors.join("; "))
         );
         Err(StoreError::new(answer_kind(path, status), message))
     }

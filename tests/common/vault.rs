@@ -379,8 +379,14 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, json!({"errors": [message]}).to_string()).into_response()
 }
 
+/// Vault's own words for a refused token or path, a go-multierror list spread over lines
+/// (https://developer.hashicorp.com/vault/api-docs#error-response shows `{"errors":[...]}`;
+/// Vault 1.x writes this message so).
 fn denied() -> Response {
-    error(StatusCode::FORBIDDEN, "permission denied")
+    error(
+        StatusCode::FORBIDDEN,
+        "1 error occurred:\n\t* permission denied\n\n",
+    )
 }
 
 fn not_found() -> Response {
