@@ -330,6 +330,16 @@ fn authentication_renews_expired_tokens_and_a_wrong_password_is_named() {
         "the password is not logged: {run:?}"
     );
 
+    // As etcd's own clients do, a user and password in the node's URL are credentials.
+    let in_url: Vec<String> = nodes
+        .iter()
+        .map(|node| node.replacen("http://", "http://root:s3cret@", 1))
+        .collect();
+    let run = fixture.run(&args(&in_url, &["--onetime"]));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("app.conf"), "server web1 10.0.0.1:80\n");
+    std::fs::remove_file(fixture.path("app.conf")).expect("rm");
+
     // Polling every 3 s with tokens that expire after 1 s: every poll needs a new token.
     let daemon = fixture.spawn(&args(
         &nodes,

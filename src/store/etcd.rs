@@ -10,6 +10,7 @@ mod proto;
 mod rpc;
 mod watch;
 
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use self::rpc::{ConnectOptions, Credentials, KeyRange, NodeClient, RpcError};
-use super::nodes::{Node, NodeFailure, Nodes};
+use super::nodes::{Node, NodeFailure, Nodes, split_user_info};
 use super::progress::Progress;
 use super::tls::{Tls, TlsOptions};
 use super::{Snapshot, Store, StoreError, StoreErrorKind, Value, WatchStream, value};
@@ -144,14 +145,47 @@ impl Client {
             (None, Some(_)) => return Err(invalid("--password needs --username")),
             (None, None) => None,
         };
+        // etcd's clients take `http://user:password@host` as credentials given by flags; the
+        // address connected to has none, which would go to etcd in the request's authority.
+        let mut written = BTreeSet::new();
         let members = options
             .nodes
             .iter()
-            .map(|url| Member {
-                node: Node::new(url.trim_end_matches('/')),
-                client: tokio::sync::Mutex::new(None),
+            .map(|url| {
+                let (address, user_info) = split_user_info(url.trim_end_matches('/'));
+                written.extend(user_info);
+                Member {
+                    node: Node::new(&address),
+                    client: tokio::sync::Mutex::new(None),
+                }
             })
             .collect();
+        let credentials = match (credentials, written.len()) {
+            (Some(given), _) => Some(given),
+            (None, 0) => None,
+            (None, 1) => {
+                let user_info = written.pop_first().unwrap_or_default();
+                let Some((user, password)) = user_info.split_once(':') else {
+                    return Err(invalid("a --node URL names a user without a password"));
+                };
+                if user_info.contains('%') {
+                    return Err(invalid(
+                        "credentials with %-escapes in a --node URL are not decoded; give them \
+                         with --username and --password",
+                    ));
+                }
+                Some(Credentials {
+                    user: user.to_string(),
+                    password: password.to_string(),
+                })
+            }
+            (None, _) => {
+                return Err(invalid(
+                    "the --node URLs carry different credentials; give them once with \
+                     --username and --password",
+                ));
+            }
+        };
         let nodes = Nodes::new("etcd", members)?;
         // The system's CA certificates are loaded only for `https` nodes.
         let https = nodes

@@ -134,6 +134,23 @@ impl std::fmt::Display for Node {
     }
 }
 
+/// `address` without its user information, and the user information (`user:password`), for a
+/// store whose client does not take credentials from the URL.
+pub(crate) fn split_user_info(address: &str) -> (String, Option<String>) {
+    let (scheme, rest) = match address.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), address),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => (
+            format!("{scheme}{}", &rest[at + 1..]),
+            Some(rest[..at].to_string()),
+        ),
+        None => (address.to_string(), None),
+    }
+}
+
 /// `address` (a URL, or `[user[:password]@]host:port`) with the password of its user
 /// information replaced by `***`, for messages, logs and `/status`; the rest as given. User
 /// information without a password is all masked: it is a token (`nats://token@host`).
