@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::plan::{plural, render_limits};
-use crate::render::{read_data, render_once};
+use crate::render::{read_data, render_as_synced};
 use crate::resource;
 use crate::secrets;
 use crate::settings::Settings;
@@ -58,8 +58,9 @@ pub async fn run(settings: &Settings, data: Option<&Path>) -> ExitCode {
             resources += 1;
             let outcome = library
                 .renderer(&resource.src, Resolver::System)
+                .map_err(|e| e.to_string())
                 .and_then(|renderer| match &snapshot {
-                    Some(snapshot) => render_once(
+                    Some(snapshot) => render_as_synced(
                         &renderer,
                         resource,
                         Arc::clone(snapshot),
@@ -68,8 +69,8 @@ pub async fn run(settings: &Settings, data: Option<&Path>) -> ExitCode {
                     .map(drop),
                     None => Ok(()),
                 });
-            if let Err(e) = outcome {
-                problems.report(&e.to_string(), Some(&resource.file));
+            if let Err(message) = outcome {
+                problems.report(&message, Some(&resource.file));
                 failed = true;
             }
         }

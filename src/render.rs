@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 
-use crate::controller::RenderLimits;
-use crate::plan::{covering_prefixes, render_limits};
+use crate::controller::{RenderLimits, too_few_keys};
+use crate::plan::{covering_prefixes, plural, render_limits};
 use crate::resource::{self, Resource};
 use crate::secrets;
 use crate::settings::Settings;
@@ -56,14 +56,14 @@ pub async fn run(settings: &Settings, name: &Path, data: Option<&Path>) -> ExitC
             Ok(snapshot) => snapshot,
             Err(message) => return fail(format!("{}: {message}", resource.file.display())),
         };
-        match render_once(
+        match render_as_synced(
             &renderer,
             resource,
             snapshot,
             render_limits(resource, settings),
         ) {
             Ok(content) => output.push_str(&content),
-            Err(e) => return fail(format!("{}: {e}", resource.file.display())),
+            Err(message) => return fail(format!("{}: {message}", resource.file.display())),
         }
     }
     // Printed only once every template of the file rendered, so a failure prints no part.
@@ -115,6 +115,38 @@ async fn read_store(
         .await
         .map_err(|e| format!("{} store: {e}", store.name()))?;
     Ok(Arc::new(snapshot))
+}
+
+/// Renders `resource` from `snapshot` as a sync would, short of writing it: refused when the
+/// snapshot holds fewer keys than its `min_keys` (a sync would leave the destination as it
+/// is), and when the output is not in its `output_format`. The error does not name the
+/// resource file; its callers do.
+pub(crate) fn render_as_synced(
+    renderer: &Renderer,
+    resource: &Resource,
+    snapshot: Arc<Snapshot>,
+    limits: RenderLimits,
+) -> Result<String, String> {
+    if let Some(too_few) = too_few_keys(resource, &snapshot) {
+        return Err(format!(
+            "{} {} under {}, fewer than min_keys = {}: a sync would leave {} as it is",
+            too_few.found,
+            plural(too_few.found, "key", "keys"),
+            resource.keys.join(", "),
+            too_few.min,
+            resource.dest.display()
+        ));
+    }
+    let content = render_once(renderer, resource, snapshot, limits).map_err(|e| e.to_string())?;
+    if let Some(format) = resource.output_format {
+        format.validate(&content).map_err(|message| {
+            format!(
+                "{}: the rendered output is not valid {format}: {message}",
+                resource.src.display()
+            )
+        })?;
+    }
+    Ok(content)
 }
 
 /// Renders `resource` from `snapshot` within `limits`, on a thread of its own so that a

@@ -148,3 +148,45 @@ fn data_renders_every_resource_and_names_a_key_the_data_lacks() {
     let run = fixture.run(&["check", "--data", "absent.yaml"]);
     assert_eq!(run.code, Some(2), "{run:?}");
 }
+
+#[test]
+fn data_applies_min_keys_and_output_format_as_a_sync_would() {
+    let fixture = sound();
+    fixture.resource(
+        "db",
+        "src = \"db.tmpl\"\ndest = \"db.json\"\nkeys = [\"/db\"]\noutput_format = \"json\"\n",
+    );
+    fixture.template("db.tmpl", "host={{ getv(key=\"/db/host\") }}\n");
+    fixture.resource(
+        "pool",
+        "src = \"pool.tmpl\"\ndest = \"pool.conf\"\nkeys = [\"/pool\"]\nmin_keys = 3\n",
+    );
+    fixture.template(
+        "pool.tmpl",
+        "{{ getvs(key=\"/pool/*\") | join(sep=\",\") }}\n",
+    );
+    fixture.write(
+        "data.yaml",
+        "app:\n  port: 80\ndb:\n  host: db1\npool:\n  a: 1\n  b: 2\n",
+    );
+    let run = fixture.run(&["check", "--data", "data.yaml"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        lines_with(&run, "db.tmpl: the rendered output is not valid JSON")
+            .iter()
+            .any(|line| line.contains("conf.d/db.toml")),
+        "{run:?}"
+    );
+    assert!(
+        lines_with(&run, "2 keys under /pool, fewer than min_keys = 3")
+            .iter()
+            .any(|line| line.contains("conf.d/pool.toml")),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("2 problems in 2 files"), "{run:?}");
+    // `render` refuses the same, as the daemon would.
+    let run = fixture.run(&["render", "db", "--data", "data.yaml"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains("not valid JSON"), "{run:?}");
+    assert!(run.stdout.is_empty(), "{run:?}");
+}

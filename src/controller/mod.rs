@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 
-pub(crate) use render::{NotRendered, RenderFailure, RenderLimits, Rendered, TooFewKeys};
+pub(crate) use render::{
+    NotRendered, RenderFailure, RenderLimits, Rendered, TooFewKeys, too_few_keys,
+};
 use render::{ROUND_GRACE, Renders};
 use retry::{Backoff, Retries, StoreBackoff};
 

@@ -84,7 +84,7 @@ pub(crate) struct TooFewKeys {
 }
 
 /// How far the keys `resource` sees in `snapshot` fall short of its `min_keys`, if they do.
-fn too_few_keys(resource: &Resource, snapshot: &Snapshot) -> Option<TooFewKeys> {
+pub(crate) fn too_few_keys(resource: &Resource, snapshot: &Snapshot) -> Option<TooFewKeys> {
     let min = resource.min_keys.filter(|min| *min > 0)?;
     let found = snapshot.count_under(&resource.keys, min);
     (found < min).then_some(TooFewKeys { found, min })
