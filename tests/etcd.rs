@@ -728,6 +728,19 @@ fn a_user_who_may_read_only_the_prefixes_still_watches_them() {
     etcd.put("/b/x", "6");
     wait_for_file(&fixture, &daemon, "ab.conf", "a=5 b=6\n", "still watched");
     assert_eq!(daemon.terminate(), Some(0));
+
+    // A prefix the user may not read is named in the refusal.
+    let refused = fixture_over(&["/a", "/c/x"]);
+    let run = refused.run(&args(
+        &nodes,
+        &["--onetime", "--username", "reader", "--password", "r3ad"],
+    ));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("range from /c/x: etcdserver: permission denied"),
+        "{run:?}"
+    );
 }
 
 #[test]

@@ -450,7 +450,9 @@ impl NodeClient {
     }
 
     async fn range_request(&self, request: RangeRequest) -> Result<RangeResponse, RpcError> {
-        self.unary("range", request, |channel, request| async move {
+        // A refusal names the keys refused: a user may read some prefixes and not others.
+        let what = format!("range from {}", String::from_utf8_lossy(&request.key));
+        self.unary(&what, request, |channel, request| async move {
             KvClient::new(channel)
                 .max_decoding_message_size(MAX_ANSWER_BYTES)
                 .range(request)
