@@ -106,8 +106,10 @@ struct MultiResourceFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TemplateTable {
+    #[serde(deserialize_with = "not_empty")]
     src: String,
-    dest: PathBuf,
+    #[serde(deserialize_with = "not_empty")]
+    dest: String,
     #[serde(default)]
     keys: Vec<String>,
     #[serde(default)]
@@ -118,8 +120,13 @@ struct TemplateTable {
     uid: Option<u32>,
     #[serde(default, deserialize_with = "gid")]
     gid: Option<u32>,
-    owner: Option<String>,
-    group: Option<String>,
+    /// The user named by `owner`, looked up as the file is read so that an unknown name is
+    /// an error with its line.
+    #[serde(default, deserialize_with = "owner")]
+    owner: Option<u32>,
+    /// The group named by `group`, as `owner`.
+    #[serde(default, deserialize_with = "group")]
+    group: Option<u32>,
     check_cmd: Option<String>,
     reload_cmd: Option<String>,
     #[serde(default, deserialize_with = "check_cmd_timeout")]
@@ -305,12 +312,6 @@ fn resolve(
         file: file.display().to_string(),
         message,
     };
-    if table.src.trim().is_empty() {
-        return Err(fail("`src` in [template] is empty".to_string()));
-    }
-    if table.dest.as_os_str().is_empty() {
-        return Err(fail("`dest` in [template] is empty".to_string()));
-    }
     let confdir = template_dir.parent().unwrap_or(Path::new("."));
     // As confd does, a global prefix replaces the resource's own.
     let own_prefix = join_key_path(&["/", &table.prefix]);
@@ -342,14 +343,12 @@ fn resolve(
     let uid = match (table.uid, table.owner) {
         (Some(_), Some(_)) => return Err(fail("set `uid` or `owner`, not both".to_string())),
         (Some(uid), None) => Some(uid),
-        (None, Some(name)) => Some(user_id(&name).map_err(fail)?),
-        (None, None) => None,
+        (None, owner) => owner,
     };
     let gid = match (table.gid, table.group) {
         (Some(_), Some(_)) => return Err(fail("set `gid` or `group`, not both".to_string())),
         (Some(gid), None) => Some(gid),
-        (None, Some(name)) => Some(group_id(&name).map_err(fail)?),
-        (None, None) => None,
+        (None, group) => group,
     };
     Ok(Resource {
         file: file.to_path_buf(),
@@ -411,6 +410,25 @@ fn mode<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>
             "`mode` = {other} must be a quoted octal string such as \"0644\""
         ))),
     }
+}
+
+/// A string that holds something: an empty `src` or `dest` names no file.
+fn not_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.trim().is_empty() {
+        return Err(serde::de::Error::custom("is empty"));
+    }
+    Ok(text)
+}
+
+fn owner<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    user_id(&name).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn group<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    group_id(&name).map(Some).map_err(serde::de::Error::custom)
 }
 
 fn uid<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
@@ -576,16 +594,16 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 fn user_id(name: &str) -> Result<u32, String> {
     match nix::unistd::User::from_name(name) {
         Ok(Some(user)) => Ok(user.uid.as_raw()),
-        Ok(None) => Err(format!("`owner` = {name:?}: no such user")),
-        Err(e) => Err(format!("`owner` = {name:?}: cannot look up the user: {e}")),
+        Ok(None) => Err(format!("no such user {name:?}")),
+        Err(e) => Err(format!("cannot look up the user {name:?}: {e}")),
     }
 }
 
 fn group_id(name: &str) -> Result<u32, String> {
     match nix::unistd::Group::from_name(name) {
         Ok(Some(group)) => Ok(group.gid.as_raw()),
-        Ok(None) => Err(format!("`group` = {name:?}: no such group")),
-        Err(e) => Err(format!("`group` = {name:?}: cannot look up the group: {e}")),
+        Ok(None) => Err(format!("no such group {name:?}")),
+        Err(e) => Err(format!("cannot look up the group {name:?}: {e}")),
     }
 }
 

@@ -68,6 +68,10 @@ fn every_problem_is_printed_with_file_line_and_column() {
         "src = \"positional.tmpl\"\ndest = \"p.conf\"\n",
     );
     fixture.template("positional.tmpl", "{{ getv(\"/x\") }}\n");
+    fixture.resource(
+        "owner",
+        "src = \"a.tmpl\"\ndest = \"o.conf\"\nowner = \"no-such-user-here\"\n",
+    );
 
     let run = fixture.run(&["check"]);
     assert_eq!(run.code, Some(1), "{run:?}");
@@ -81,6 +85,7 @@ fn every_problem_is_printed_with_file_line_and_column() {
     };
     expect("dset", "typo.toml:3:1", "an unknown key");
     expect("mode", "mode.toml:4:8", "an invalid mode");
+    expect("no such user", "owner.toml:4:9", "an unknown owner");
     expect(
         "check_cmd_timeout",
         "duration.toml:5:",
@@ -100,7 +105,7 @@ fn every_problem_is_printed_with_file_line_and_column() {
     // The files refused whole hold no resource to count.
     assert_eq!(
         run.stdout.lines().last(),
-        Some("reconfd check: 6 resources in 11 files: 10 problems in 9 files"),
+        Some("reconfd check: 6 resources in 12 files: 11 problems in 10 files"),
         "{run:?}"
     );
 }
