@@ -33,8 +33,9 @@ pub async fn run(settings: &Settings, data: Option<&Path>) -> ExitCode {
     let snapshot: Option<Arc<Snapshot>> = match data {
         Some(data) => match read_data(data).await {
             Ok(snapshot) => Some(snapshot),
+            // The message names the file.
             Err(message) => {
-                println!("{}: {}", data.display(), secrets::mask(&message));
+                println!("{}", secrets::mask(&message));
                 return ExitCode::from(2);
             }
         },

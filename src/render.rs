@@ -19,7 +19,8 @@ use crate::template::{Library, RenderBounds, Renderer, Resolver, TemplateError, 
 
 /// Prints the rendered content of `name` (a conf.d file name, with or without `.toml`, or a
 /// path), from the data file `data` or else from the store it reads. Exit status 1 when it
-/// cannot be loaded or rendered, 2 when there is nothing to read its keys from.
+/// cannot be loaded or rendered, 2 when there is nothing to read its keys from or the data
+/// file is unusable.
 pub async fn run(settings: &Settings, name: &Path, data: Option<&Path>) -> ExitCode {
     let fail = |message: String| {
         eprintln!("reconfd: {}", secrets::mask(&message));
@@ -39,7 +40,14 @@ pub async fn run(settings: &Settings, name: &Path, data: Option<&Path>) -> ExitC
             Err(e) => return fail(format!("{}: {e}", resource.file.display())),
         };
         let snapshot = match data {
-            Some(data) => read_data(data).await,
+            // An unusable data file is the run's, as for `check --data`: exit status 2.
+            Some(data) => match read_data(data).await {
+                Ok(snapshot) => Ok(snapshot),
+                Err(message) => {
+                    eprintln!("reconfd: {}", secrets::mask(&message));
+                    return ExitCode::from(2);
+                }
+            },
             None => match resource.backend.as_ref().or(settings.backend.as_ref()) {
                 Some(store) => read_store(store, resource).await,
                 None => {

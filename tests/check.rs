@@ -152,6 +152,9 @@ fn data_renders_every_resource_and_names_a_key_the_data_lacks() {
 
     let run = fixture.run(&["check", "--data", "absent.yaml"]);
     assert_eq!(run.code, Some(2), "{run:?}");
+    assert_eq!(run.stdout.matches("absent.yaml").count(), 1, "{run:?}");
+    let run = fixture.run(&["render", "db", "--data", "absent.yaml"]);
+    assert_eq!(run.code, Some(2), "the same for render: {run:?}");
 }
 
 #[test]
