@@ -153,7 +153,7 @@ fn debug_logs_reconfd_s_details_without_its_client_s_frames() {
     assert!(
         wait_for(Duration::from_secs(10), || daemon
             .log()
-            .contains("1 keys changed")),
+            .contains("1 key changed")),
         "reconfd's debug line\n{}",
         daemon.log()
     );

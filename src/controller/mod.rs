@@ -555,7 +555,11 @@ impl Controller {
             }
         }
         if !changed.is_empty() {
-            tracing::debug!("{} keys changed", changed.len());
+            tracing::debug!(
+                "{} {} changed",
+                changed.len(),
+                crate::plan::plural(changed.len(), "key", "keys")
+            );
         }
         self.prepared
             .iter()

@@ -140,9 +140,11 @@ async fn open_on(
     let opened = opened?;
     if let Opened::Watching(connection) = &opened {
         tracing::debug!(
-            "etcd: watching {} prefixes on {node} with {} watchers",
+            "etcd: watching {} {} on {node} with {} {}",
             prefixes.len(),
-            connection.watchers
+            crate::plan::plural(prefixes.len(), "prefix", "prefixes"),
+            connection.watchers,
+            crate::plan::plural(connection.watchers, "watcher", "watchers")
         );
     }
     Ok(opened)
