@@ -253,7 +253,7 @@ fn a_change_is_rendered_after_the_connected_member_dies() {
         "server web1 10.0.0.1:80\n",
         "initial render",
     );
-    let watching = format!("watching 1 prefixes on {}", nodes[0]);
+    let watching = format!("watching 1 prefix on {}", nodes[0]);
     assert!(
         wait_for(Duration::from_secs(10), || daemon.log().contains(&watching)),
         "watching the first member\n{}",
@@ -867,7 +867,7 @@ fn a_node_that_stops_answering_is_left_for_another() {
         "server web1 10.0.0.1:80\n",
         "initial render",
     );
-    let watching = format!("watching 1 prefixes on {}", nodes[0]);
+    let watching = format!("watching 1 prefix on {}", nodes[0]);
     assert!(
         wait_for(Duration::from_secs(10), || daemon.log().contains(&watching)),
         "watching the first member\n{}",
