@@ -448,11 +448,11 @@ impl Status {
                 .get_or_create(&resource_label)
                 .observe(sync.render_time.as_secs_f64());
         }
+        if sync.wrote {
+            metrics.writes.get_or_create(&resource_label).inc();
+        }
         match sync.result {
             SyncResult::Updated => {
-                if sync.wrote {
-                    metrics.writes.get_or_create(&resource_label).inc();
-                }
                 if sync.checked {
                     metrics.checks.get_or_create(&labels("ok")).inc();
                 }
@@ -464,9 +464,6 @@ impl Status {
                 metrics.checks.get_or_create(&labels("failed")).inc();
             }
             SyncResult::ReloadFailed => {
-                if sync.wrote {
-                    metrics.writes.get_or_create(&resource_label).inc();
-                }
                 if sync.checked {
                     metrics.checks.get_or_create(&labels("ok")).inc();
                 }

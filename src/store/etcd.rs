@@ -10,7 +10,6 @@ mod proto;
 mod rpc;
 mod watch;
 
-use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -18,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use self::rpc::{ConnectOptions, Credentials, KeyRange, NodeClient, RpcError};
-use super::nodes::{Node, NodeFailure, Nodes, split_user_info};
+use super::nodes::{Node, NodeFailure, Nodes, credentials_in, split_user_info};
 use super::progress::Progress;
 use super::tls::{Tls, TlsOptions};
 use super::{Snapshot, Store, StoreError, StoreErrorKind, Value, WatchStream, value};
@@ -147,45 +146,24 @@ impl Client {
         };
         // etcd's clients take `http://user:password@host` as credentials given by flags; the
         // address connected to has none, which would go to etcd in the request's authority.
-        let mut written = BTreeSet::new();
+        let credentials = match credentials {
+            Some(given) => Some(given),
+            None => match credentials_in(&options.nodes).map_err(|e| invalid(&e))? {
+                Some((user, Some(password))) => Some(Credentials { user, password }),
+                Some((_, None)) => {
+                    return Err(invalid("a --node URL names a user without a password"));
+                }
+                None => None,
+            },
+        };
         let members = options
             .nodes
             .iter()
-            .map(|url| {
-                let (address, user_info) = split_user_info(url.trim_end_matches('/'));
-                written.extend(user_info);
-                Member {
-                    node: Node::new(&address),
-                    client: tokio::sync::Mutex::new(None),
-                }
+            .map(|url| Member {
+                node: Node::new(&split_user_info(url.trim_end_matches('/')).0),
+                client: tokio::sync::Mutex::new(None),
             })
             .collect();
-        let credentials = match (credentials, written.len()) {
-            (Some(given), _) => Some(given),
-            (None, 0) => None,
-            (None, 1) => {
-                let user_info = written.pop_first().unwrap_or_default();
-                let Some((user, password)) = user_info.split_once(':') else {
-                    return Err(invalid("a --node URL names a user without a password"));
-                };
-                if user_info.contains('%') {
-                    return Err(invalid(
-                        "credentials with %-escapes in a --node URL are not decoded; give them \
-                         with --username and --password",
-                    ));
-                }
-                Some(Credentials {
-                    user: user.to_string(),
-                    password: password.to_string(),
-                })
-            }
-            (None, _) => {
-                return Err(invalid(
-                    "the --node URLs carry different credentials; give them once with \
-                     --username and --password",
-                ));
-            }
-        };
         let nodes = Nodes::new("etcd", members)?;
         // The system's CA certificates are loaded only for `https` nodes.
         let https = nodes

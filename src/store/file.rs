@@ -969,6 +969,23 @@ mod tests {
         );
     }
 
+    /// The watch of `store` over `prefixes`, the daemon holding `snapshot`.
+    async fn watching(store: &FileStore, prefixes: &[String], snapshot: &Snapshot) -> WatchStream {
+        store
+            .watch(prefixes, snapshot)
+            .await
+            .expect("watch")
+            .expect("the file store can watch")
+    }
+
+    /// The event of a read that found `pairs`.
+    fn replaced(pairs: &[(&str, &str)]) -> WatchEvent {
+        WatchEvent::Replace(Snapshot {
+            entries: keys(pairs),
+            ..Snapshot::default()
+        })
+    }
+
     async fn next_event(stream: &mut WatchStream) -> Result<WatchEvent, StoreError> {
         tokio::time::timeout(Duration::from_secs(5), stream.recv())
             .await
@@ -983,22 +1000,14 @@ mod tests {
         let store = FileStore::new(vec![path.clone()], None).expect("store");
         let prefixes = vec!["/app".to_string()];
         let snapshot = store.fetch(&prefixes).await.expect("fetch");
-        let mut stream = store
-            .watch(&prefixes, &snapshot)
-            .await
-            .expect("watch")
-            .expect("the file store can watch");
+        let mut stream = watching(&store, &prefixes, &snapshot).await;
 
         // An editor-style save: write a new file, rename it over the old one.
         write(dir.path(), ".app.yaml.swp", "app:\n  name: two\n");
         std::fs::rename(dir.path().join(".app.yaml.swp"), &path).expect("rename");
-        let expected = Snapshot {
-            entries: keys(&[("/app/name", "two")]),
-            ..Snapshot::default()
-        };
         assert_eq!(
             next_event(&mut stream).await.expect("read"),
-            WatchEvent::Replace(expected)
+            replaced(&[("/app/name", "two")])
         );
         assert!(
             tokio::time::timeout(Duration::from_millis(500), stream.recv())
@@ -1024,18 +1033,10 @@ mod tests {
             Ok(_) => panic!("expected a file error, got a watch"),
         }
         write(dir.path(), "app.yaml", "app:\n  name: three\n");
-        let mut stream = store
-            .watch(&prefixes, &snapshot)
-            .await
-            .expect("watch")
-            .expect("the file store can watch");
-        let expected = Snapshot {
-            entries: keys(&[("/app/name", "three")]),
-            ..Snapshot::default()
-        };
+        let mut stream = watching(&store, &prefixes, &snapshot).await;
         assert_eq!(
             next_event(&mut stream).await.expect("read"),
-            WatchEvent::Replace(expected),
+            replaced(&[("/app/name", "three")]),
             "the mended file, against the snapshot the daemon still holds"
         );
     }
@@ -1050,20 +1051,12 @@ mod tests {
         let store = FileStore::new(vec![link], None).expect("store");
         let prefixes = vec!["/app".to_string()];
         let snapshot = store.fetch(&prefixes).await.expect("fetch");
-        let mut stream = store
-            .watch(&prefixes, &snapshot)
-            .await
-            .expect("watch")
-            .expect("the file store can watch");
+        let mut stream = watching(&store, &prefixes, &snapshot).await;
         // Written in place, where the link leads: nothing changes in the link's directory.
         std::fs::write(&target, "app:\n  v: r2\n").expect("write");
-        let expected = Snapshot {
-            entries: keys(&[("/app/v", "r2")]),
-            ..Snapshot::default()
-        };
         assert_eq!(
             next_event(&mut stream).await.expect("read"),
-            WatchEvent::Replace(expected)
+            replaced(&[("/app/v", "r2")])
         );
 
         // The directory is replaced: the watch ends, opening it fails while the file is
@@ -1076,20 +1069,12 @@ mod tests {
         assert!(store.watch(&prefixes, &snapshot).await.is_err());
         std::fs::create_dir(dir.path().join("real")).expect("mkdir");
         write(&dir.path().join("real"), "data.yaml", "app:\n  v: r3\n");
-        let mut stream = store
-            .watch(&prefixes, &snapshot)
-            .await
-            .expect("watch")
-            .expect("the file store can watch");
+        let mut stream = watching(&store, &prefixes, &snapshot).await;
         next_event(&mut stream).await.expect("the new file");
         std::fs::write(&target, "app:\n  v: r4\n").expect("write");
-        let expected = Snapshot {
-            entries: keys(&[("/app/v", "r4")]),
-            ..Snapshot::default()
-        };
         assert_eq!(
             next_event(&mut stream).await.expect("read"),
-            WatchEvent::Replace(expected),
+            replaced(&[("/app/v", "r4")]),
             "an edit in the new directory"
         );
     }
@@ -1102,20 +1087,12 @@ mod tests {
         let store = FileStore::new(vec![dir.path().to_path_buf()], None).expect("store");
         let prefixes = vec!["/app".to_string()];
         let snapshot = store.fetch(&prefixes).await.expect("fetch");
-        let mut stream = store
-            .watch(&prefixes, &snapshot)
-            .await
-            .expect("watch")
-            .expect("the file store can watch");
+        let mut stream = watching(&store, &prefixes, &snapshot).await;
 
         write(dir.path(), "nested/b.yaml", "app:\n  b: 2\n");
-        let expected = Snapshot {
-            entries: keys(&[("/app/a", "1"), ("/app/b", "2")]),
-            ..Snapshot::default()
-        };
         assert_eq!(
             next_event(&mut stream).await.expect("read"),
-            WatchEvent::Replace(expected)
+            replaced(&[("/app/a", "1"), ("/app/b", "2")])
         );
     }
 
@@ -1126,11 +1103,7 @@ mod tests {
         let store = FileStore::new(vec![path], None).expect("store");
         let prefixes = vec!["/app".to_string()];
         let snapshot = store.fetch(&prefixes).await.expect("fetch");
-        let mut stream = store
-            .watch(&prefixes, &snapshot)
-            .await
-            .expect("watch")
-            .expect("the file store can watch");
+        let mut stream = watching(&store, &prefixes, &snapshot).await;
         // Past the watch's initial read, so that only the update's events can report it.
         tokio::time::sleep(QUIET * 3).await;
 
@@ -1139,13 +1112,9 @@ mod tests {
         write(dir.path(), "..v2/app.yaml", "app:\n  name: two\n");
         std::os::unix::fs::symlink("..v2", dir.path().join("..data_tmp")).expect("link");
         std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("rename");
-        let expected = Snapshot {
-            entries: keys(&[("/app/name", "two")]),
-            ..Snapshot::default()
-        };
         assert_eq!(
             next_event(&mut stream).await.expect("read"),
-            WatchEvent::Replace(expected)
+            replaced(&[("/app/name", "two")])
         );
     }
 }

@@ -25,7 +25,7 @@
 //! age on servers before 2.11, `purge-deletes`) are not seen by any watch, NATS's own or
 //! this one; the daemon's full resync every `--interval` catches up with them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -41,7 +41,7 @@ use async_trait::async_trait;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{OnceCell, watch};
 
-use super::nodes::redact;
+use super::nodes::{credentials_in, redact};
 use super::progress::Progress;
 use super::tls::{Tls, TlsOptions};
 use super::watch::{self as watch_stream, WatchSender};
@@ -221,7 +221,13 @@ impl Client {
             ));
         }
         let (credentials, token) = match (credentials, &options.token) {
-            (None, None) => credentials_in_urls(&servers)?,
+            // NATS's own clients take `nats://user:password@host` and `nats://token@host`;
+            // the client reconfd uses ignores them, so they are passed on as if given by flags.
+            (None, None) => match credentials_in(&options.nodes).map_err(invalid)? {
+                Some((user, Some(password))) => (Some((user, password)), None),
+                Some((token, None)) => (None, Some(token)),
+                None => (None, None),
+            },
             (credentials, token) => (credentials, token.clone()),
         };
         let tls_url = servers.iter().any(ServerAddr::tls_required);
@@ -490,40 +496,6 @@ impl Client {
     fn delivered(&self) -> MutexGuard<'_, Delivered> {
         self.delivered.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// A user and password, or a token, or neither.
-type Credentials = (Option<(String, String)>, Option<String>);
-
-/// The credentials written in the server URLs, as NATS's own clients take them:
-/// `nats://user:password@host` a user and password, `nats://token@host` a token. The NATS
-/// client reconfd uses ignores them, so they are passed on as if given by flags.
-fn credentials_in_urls(servers: &[ServerAddr]) -> Result<Credentials, StoreError> {
-    let written: BTreeSet<(&str, Option<&str>)> = servers
-        .iter()
-        .filter_map(|server| Some((server.username()?, server.password())))
-        .collect();
-    let mut written = written.into_iter();
-    let (Some((user, password)), None) = (written.next(), written.next()) else {
-        return if servers.iter().any(ServerAddr::has_user_pass) {
-            Err(StoreError::invalid(
-                "nats: the --node URLs carry different credentials; give them once with \
-                 --username and --password",
-            ))
-        } else {
-            Ok((None, None))
-        };
-    };
-    if user.contains('%') || password.is_some_and(|p| p.contains('%')) {
-        return Err(StoreError::invalid(
-            "nats: credentials with %-escapes in a --node URL are not decoded; give them with \
-             --username and --password",
-        ));
-    }
-    Ok(match password {
-        Some(password) => (Some((user.to_string(), password.to_string())), None),
-        None => (None, Some(user.to_string())),
-    })
 }
 
 /// Why bucket `bucket` could not be opened on `servers`, from the client's `text`. A bucket

@@ -8,6 +8,7 @@
 //! answer is the store's. Asking the next node instead would only turn a refusal, which the
 //! daemon asks again slowly, into a node out of reach, which it asks again every second.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{StoreError, StoreErrorKind};
@@ -132,6 +133,40 @@ impl std::fmt::Display for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.name)
     }
+}
+
+/// The credentials the node URLs `addresses` carry as user information (`user:password@`, or
+/// `user@`: no password), for the stores whose clients do not read them from the URL (etcd,
+/// NATS), which take them as their own clients do. `None` when no URL carries any; an error
+/// when two URLs carry different ones, or `%`-escapes, which are not decoded.
+pub(crate) fn credentials_in(
+    addresses: &[String],
+) -> Result<Option<(String, Option<String>)>, String> {
+    let written: BTreeSet<String> = addresses
+        .iter()
+        .filter_map(|address| split_user_info(address).1)
+        .collect();
+    let Some(user_info) = written.first() else {
+        return Ok(None);
+    };
+    if written.len() > 1 {
+        return Err(
+            "the --node URLs carry different credentials; give them once with \
+                    --username and --password"
+                .to_string(),
+        );
+    }
+    if user_info.contains('%') {
+        return Err(
+            "credentials with %-escapes in a --node URL are not decoded; give them \
+                    with --username and --password"
+                .to_string(),
+        );
+    }
+    Ok(Some(match user_info.split_once(':') {
+        Some((user, password)) => (user.to_string(), Some(password.to_string())),
+        None => (user_info.clone(), None),
+    }))
 }
 
 /// `address` without its user information, and the user information (`user:password`), for a
@@ -312,7 +347,32 @@ mod tests {
             assert_eq!(redact(address), shown, "{address}");
         }
         let node = Node::new("https://root:pw@etcd:2379");
+        assert_eq!(
+            split_user_info("https://root:pw@etcd:2379/x"),
+            (
+                "https://etcd:2379/x".to_string(),
+                Some("root:pw".to_string())
+            )
+        );
         assert_eq!(node.to_string(), "https://root:***@etcd:2379");
         assert_eq!(node.address(), "https://root:pw@etcd:2379");
+    }
+
+    #[test]
+    fn credentials_are_taken_from_the_urls_once() {
+        let urls = |list: &[&str]| list.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+        assert_eq!(credentials_in(&urls(&["http://a:1", "b:2"])), Ok(None));
+        assert_eq!(
+            credentials_in(&urls(&["http://u:p@a:1", "http://u:p@b:1", "http://c:1"])),
+            Ok(Some(("u".to_string(), Some("p".to_string()))))
+        );
+        assert_eq!(
+            credentials_in(&urls(&["nats://token@a:4222"])),
+            Ok(Some(("token".to_string(), None)))
+        );
+        let different = credentials_in(&urls(&["http://u:p@a:1", "http://u:q@b:1"]));
+        assert!(different.is_err_and(|e| e.contains("different credentials")));
+        let escaped = credentials_in(&urls(&["http://u:p%40ss@a:1"]));
+        assert!(escaped.is_err_and(|e| e.contains("%-escapes")));
     }
 }
