@@ -123,6 +123,16 @@ impl Announcers {
         }
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        for (announce, _) in &leases {
+            // Recorded before any task runs, so that `/ready` waits for every announcement's
+            // first check and first answer from the store.
+            status.announcement(
+                &announce.announcement.key,
+                &instance,
+                AnnouncementState::Waiting,
+                None,
+            );
+        }
         for (announce, lease) in leases {
             let announcer = Announcer {
                 announce,
@@ -190,7 +200,6 @@ impl Announcer {
             ),
             None => (None, Some(passing)),
         };
-        self.report(AnnouncementState::Waiting, None);
         let mut held = false;
         let mut outage: Option<StoreErrorKind> = None;
         let mut next = Instant::now();

@@ -149,6 +149,33 @@ struct StatusState {
     failed_loops: BTreeMap<String, String>,
 }
 
+impl StatusState {
+    /// See [`Status::readiness`].
+    fn readiness(&self) -> Result<(), String> {
+        if !self.ready {
+            return Err("first sync not done".to_string());
+        }
+        if let Some(waiting) = self
+            .announcements
+            .values()
+            .find(|announcement| !announcement.settled)
+        {
+            return Err(format!(
+                "announcement {} not in place yet: waiting for its first check and the store's \
+                 first answer",
+                waiting.key
+            ));
+        }
+        match self.failed_loops.iter().next() {
+            Some((instance, failure)) => Err(secrets::mask(&format!(
+                "the loop of {instance} failed ({failure}) and has not synced again"
+            ))
+            .into_owned()),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(Default, Serialize)]
 struct ResourceState {
     file: String,
@@ -204,6 +231,10 @@ struct AnnouncementEntry {
     last_error: Option<String>,
     /// When the state last changed.
     since: String,
+    /// The announcement has been up or withdrawn by its check at least once: its first check
+    /// and the store's first answer are in.
+    #[serde(skip)]
+    settled: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -613,11 +644,16 @@ impl Status {
                 state,
                 last_error: None,
                 since: since.clone(),
+                settled: false,
             });
         if entry.state != state {
             entry.since = since;
         }
         entry.state = state;
+        entry.settled |= matches!(
+            state,
+            AnnouncementState::Up | AnnouncementState::CheckFailing | AnnouncementState::Withdrawn
+        );
         entry.last_error = error.map(str::to_string);
     }
 
@@ -626,20 +662,12 @@ impl Status {
         self.state().ready = true;
     }
 
-    /// Ready: the first full sync is done and no store loop is starting over after a failure.
-    /// The reason, when not, is masked for output.
+    /// Ready: the first full sync is done, every announcement has had its first check and its
+    /// first answer from the store, and no store loop is starting over after a failure. The
+    /// reason, when not, is masked for output.
     pub(crate) fn readiness(&self) -> Result<(), String> {
         let state = self.state();
-        if !state.ready {
-            return Err("first sync not done".to_string());
-        }
-        match state.failed_loops.iter().next() {
-            Some((instance, failure)) => Err(secrets::mask(&format!(
-                "the loop of {instance} failed ({failure}) and has not synced again"
-            ))
-            .into_owned()),
-            None => Ok(()),
-        }
+        state.readiness()
     }
 
     /// `/metrics`, masked for output.
@@ -654,7 +682,7 @@ impl Status {
     pub(crate) fn status_json(&self) -> serde_json::Value {
         let state = self.state();
         let mut json = serde_json::json!({
-            "ready": state.ready && state.failed_loops.is_empty(),
+            "ready": state.readiness().is_ok(),
             "resources": state.resources.values().collect::<Vec<_>>(),
             "stores": state.stores.values().collect::<Vec<_>>(),
             "announcements": state.announcements.values().collect::<Vec<_>>(),
@@ -1048,6 +1076,38 @@ mod tests {
         assert_eq!(resources[1]["last_error"], "it broke");
         assert_eq!(json["ready"], false);
         status.set_ready();
+        assert_eq!(status.status_json()["ready"], true);
+    }
+
+    #[test]
+    fn readiness_waits_for_every_announcement_to_be_in_place_once() {
+        let status = Status::new();
+        status.set_ready();
+        let store = "etcd http://127.0.0.1:2379";
+        status.announcement("/a", store, AnnouncementState::Waiting, None);
+        status.announcement("/b", store, AnnouncementState::Waiting, None);
+        status.announcement("/a", store, AnnouncementState::Up, None);
+        // A store that refuses is no answer: /b is not in place.
+        status.announcement(
+            "/b",
+            store,
+            AnnouncementState::StoreFailing,
+            Some("connection refused"),
+        );
+        let why = status.readiness().expect_err("/b not in place");
+        assert!(why.contains("announcement /b not in place yet"), "{why}");
+        assert_eq!(status.status_json()["ready"], false);
+        // Withdrawn by its failing check: in place, as the check wants it.
+        status.announcement("/b", store, AnnouncementState::CheckFailing, None);
+        assert_eq!(status.readiness(), Ok(()));
+        // A later outage of the store does not take readiness back, as for resources.
+        status.announcement(
+            "/a",
+            store,
+            AnnouncementState::StoreFailing,
+            Some("connection refused"),
+        );
+        assert_eq!(status.readiness(), Ok(()));
         assert_eq!(status.status_json()["ready"], true);
     }
 }

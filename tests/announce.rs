@@ -183,6 +183,10 @@ fn etcd_announcements_show_in_status_and_metrics() {
         "{}",
         get(&format!("http://{listen}/metrics")).1
     );
+    assert_eq!(
+        get(&format!("http://{listen}/ready")),
+        (200, "ready\n".to_string())
+    );
     // Someone deletes the key while the lease lives: the next renewal puts it back.
     etcd.delete("/services/crate/h1");
     let registered_again = wait_for(Duration::from_secs(30), || {
@@ -204,6 +208,27 @@ fn etcd_announcements_show_in_status_and_metrics() {
     let announcement = &status["announcements"][0];
     assert_eq!(announcement["key"], "/services/crate/h1", "{status}");
     assert_eq!(announcement["state"], "check-failing", "{status}");
+    drop(one);
+}
+
+#[test]
+fn announce_is_not_ready_until_the_store_has_taken_the_key() {
+    // Nothing listens on this port: the store never answers.
+    let store = store_args("etcd", &format!("http://127.0.0.1:{}", free_port()));
+    let h1 = Host::new("h1");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let one = h1.announce(LONG_TTL, &store, &["--listen", &listen]);
+    let refused = wait_for(Duration::from_secs(30), || {
+        one.log().contains("/services/crate/h1: the etcd store")
+    });
+    assert!(refused, "{}", one.log());
+    let (code, why) = get(&format!("http://{listen}/ready"));
+    assert_eq!(code, 503, "{why}");
+    assert!(
+        why.contains("announcement /services/crate/h1 not in place yet"),
+        "{why}"
+    );
+    assert_eq!(get(&format!("http://{listen}/health")).0, 200);
     drop(one);
 }
 
