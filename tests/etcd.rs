@@ -396,11 +396,35 @@ fn tls_with_client_certificates() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(fixture.read("app.conf"), "server web1 10.0.0.1:80\n");
 
-    // Without a client certificate the server refuses the connection; the error says so.
+    // Without a client certificate the server refuses the connection; the error says so,
+    // and what to set.
     std::fs::remove_file(fixture.path("app.conf")).expect("remove");
     let run = fixture.run(&args(&nodes, &["--onetime", "--client-ca-keys", &ca]));
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.stderr.contains(&nodes[0]), "names the node: {run:?}");
+    assert!(
+        run.stderr.contains(
+            "the server asks for a client certificate and none is set (--client-cert, \
+             --client-key)"
+        ),
+        "{run:?}"
+    );
+    assert!(!fixture.path("app.conf").exists());
+
+    // A daemon takes it as a refusal, asked again slowly, not as a store out of reach.
+    let daemon = fixture.spawn(&args(&nodes, &["--watch", "--client-ca-keys", &ca]));
+    let refused = wait_for(Duration::from_secs(30), || {
+        daemon.log().lines().any(|line| {
+            line.contains("etcd store refused the credentials")
+                && line.contains("the server asks for a client certificate and none is set")
+        })
+    });
+    assert!(refused, "{}", daemon.log());
+    assert!(
+        !daemon.log().contains("retrying at least every 1s"),
+        "{}",
+        daemon.log()
+    );
     assert!(!fixture.path("app.conf").exists());
 }
 

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::catalog::{Instance, SERVICES_ROOT};
-use super::http::{self, error_chain, one_line};
+use super::http::{self, one_line};
 use super::nodes::{Node, Nodes};
 use super::tls::TlsOptions;
 use super::watch::{self, WatchSender};
@@ -498,9 +498,7 @@ impl Client {
         if let Some(token) = &self.token {
             request = request.header("X-Consul-Token", token);
         }
-        let unreachable = |e: reqwest::Error| {
-            StoreError::unreachable(format!("{node}{path}: {}", error_chain(&e)))
-        };
+        let unreachable = |e: reqwest::Error| http::failure(&format!("{node}{path}"), &e);
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         let next = response

@@ -169,13 +169,16 @@ impl Client {
         let https = nodes
             .iter()
             .any(|member| member.node.address().starts_with("https://"));
-        let tls = Tls::read("etcd", &options.tls)?.client_config("etcd", https)?;
+        let tls = Tls::read("etcd", &options.tls)?;
+        let refusals = tls.refusals();
+        let tls = tls.client_config("etcd", https)?;
         Ok(Client {
             nodes,
             connect: ConnectOptions {
                 connect_timeout: CONNECT_TIMEOUT,
                 request_timeout: REQUEST_TIMEOUT,
                 tls: Arc::new(tls),
+                refusals,
                 credentials,
             },
             progress: Mutex::default(),

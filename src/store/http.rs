@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::nodes::{Node, Nodes};
-use super::tls::{Tls, TlsOptions};
+use super::tls::{CERTIFICATE_REFUSED, Tls, TlsOptions, refusal_in};
 use super::{StoreError, StoreErrorKind};
 
 /// Limit for connecting to a node, so that a dead node costs little before the next is tried.
@@ -77,6 +77,17 @@ pub fn status_kind(status: reqwest::StatusCode) -> StoreErrorKind {
 /// denied\n\n`, which would otherwise break a log line into four.
 pub(crate) fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A request to a node that failed without an answer, `context` saying which: out of reach,
+/// or refused by the TLS layer (a client certificate the server does not take, a server
+/// certificate the settings do not trust), which asking again soon does not mend.
+pub(crate) fn failure(context: &str, error: &reqwest::Error) -> StoreError {
+    let text = format!("{context}: {}", error_chain(error));
+    match refusal_in(error, CERTIFICATE_REFUSED) {
+        Some(refusal) => StoreError::new(refusal.kind, format!("{text}; {}", refusal.hint)),
+        None => StoreError::unreachable(text),
+    }
 }
 
 /// An error with its causes, which for connection errors hold the useful part ("connection

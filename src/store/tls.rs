@@ -8,15 +8,23 @@
 //! files' PEM.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
+use std::task::{Context, Poll};
 
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    AlertDescription, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::StoreError;
+use super::{StoreError, StoreErrorKind};
 
 /// TLS settings for a store's nodes, as confd names them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -64,6 +72,7 @@ pub(crate) struct Tls {
     ca: Option<CaFile>,
     identity: Option<Identity>,
     insecure: bool,
+    refusals: Arc<Refusals>,
 }
 
 /// The CA certificates file: as read, and as the roots it gives.
@@ -109,10 +118,20 @@ impl Tls {
             );
         }
         Ok(Tls {
+            refusals: Arc::new(Refusals {
+                without_certificate: identity.is_none(),
+                ..Refusals::default()
+            }),
             ca,
             identity,
             insecure: options.client_insecure,
         })
+    }
+
+    /// What the connections of [`Tls::client_config`]'s configurations see of servers
+    /// refusing them, to tell their failures apart.
+    pub(crate) fn refusals(&self) -> Arc<Refusals> {
+        Arc::clone(&self.refusals)
     }
 
     /// A client configuration: any server certificate accepted when insecure, else those the
@@ -154,7 +173,8 @@ impl Tls {
                         identity.key_path.display()
                     ))
                 }),
-            None => Ok(builder.with_no_client_auth()),
+            None => Ok(builder
+                .with_client_cert_resolver(Arc::new(NoCertificate(Arc::clone(&self.refusals))))),
         }
     }
 
@@ -173,6 +193,248 @@ impl Tls {
     /// True when any server certificate is accepted.
     pub(crate) fn insecure(&self) -> bool {
         self.insecure
+    }
+}
+
+/// What the TLS connections of one store have seen of its servers refusing them.
+///
+/// A server that refuses the client's certificate, or its lack of one, says so with an
+/// alert. Under TLS 1.3 that alert comes after the client has finished its side of the
+/// handshake, so whether a request sees it or only the connection closing ("broken pipe",
+/// "connection closed") is a race, and HTTP/2 clients report the alert without it as a
+/// cause. So the connections note each alert as they read it ([`Noted`]), and once a server
+/// has refused this way, a failed connection is taken as the same refusal until a server
+/// answers on one: the daemon then neither asks again every second nor alternates between
+/// two reasons in its log.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals {
+    /// No client certificate is set.
+    without_certificate: bool,
+    /// A server asked for a client certificate.
+    asked_for_certificate: AtomicBool,
+    /// A server ended a connection with a certificate alert.
+    refused_certificate: AtomicBool,
+}
+
+/// A connection failure the TLS layer explains.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TlsRefusal {
+    /// How the daemon takes it: [`StoreErrorKind::Auth`] for a refused client certificate,
+    /// [`StoreErrorKind::Invalid`] for a server certificate the settings do not trust.
+    pub(crate) kind: StoreErrorKind,
+    /// What the operator can do, to append to the failure's message.
+    pub(crate) hint: &'static str,
+}
+
+impl Refusals {
+    /// Notes a read or write failure of a connection: a certificate alert from the server.
+    fn note(&self, error: &std::io::Error) {
+        if let Some(rustls::Error::AlertReceived(alert)) =
+            error.get_ref().and_then(|inner| inner.downcast_ref())
+            && certificate_alert(*alert)
+        {
+            self.refused_certificate.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes a connection that failed or was closed before the server sent anything on it:
+    /// after asking for a client certificate where none is set, that is the server refusing
+    /// the connection for want of one, whether or not its alert was read.
+    fn closed_unanswered(&self) {
+        if self.without_certificate && self.asked_for_certificate.load(Ordering::Relaxed) {
+            self.refused_certificate.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes that a server took a connection.
+    fn accepted(&self) {
+        if self.refused_certificate.load(Ordering::Relaxed) {
+            self.refused_certificate.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// The refusal `error`, a failed connection or request with its causes, stands for, if
+    /// any: the TLS error among its causes, or a connection failing since a server refused
+    /// the client's certificate.
+    pub(crate) fn explain(&self, error: &(dyn std::error::Error + 'static)) -> Option<TlsRefusal> {
+        let certificate_hint =
+            if self.without_certificate && self.asked_for_certificate.load(Ordering::Relaxed) {
+                "the server asks for a client certificate and none is set (--client-cert, \
+             --client-key)"
+            } else {
+                CERTIFICATE_REFUSED
+            };
+        refusal_in(error, certificate_hint).or_else(|| {
+            self.refused_certificate
+                .load(Ordering::Relaxed)
+                .then_some(TlsRefusal {
+                    kind: StoreErrorKind::Auth,
+                    hint: certificate_hint,
+                })
+        })
+    }
+}
+
+/// What to do about a certificate alert, when it is not known whether a certificate was sent.
+pub(crate) const CERTIFICATE_REFUSED: &str =
+    "the server refused the client certificate or its absence (--client-cert, --client-key)";
+
+/// The refusal the TLS error among `error`'s causes stands for, if there is one:
+/// `certificate_hint` for a server's certificate alert.
+pub(crate) fn refusal_in(
+    error: &(dyn std::error::Error + 'static),
+    certificate_hint: &'static str,
+) -> Option<TlsRefusal> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        // An I/O error's `source` skips the error it wraps, which is where rustls's is.
+        let wrapped = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for error in [Some(error), wrapped].into_iter().flatten() {
+            match error.downcast_ref::<rustls::Error>() {
+                Some(rustls::Error::AlertReceived(alert)) if certificate_alert(*alert) => {
+                    return Some(TlsRefusal {
+                        kind: StoreErrorKind::Auth,
+                        hint: certificate_hint,
+                    });
+                }
+                Some(rustls::Error::InvalidCertificate(_)) => {
+                    return Some(TlsRefusal {
+                        kind: StoreErrorKind::Invalid,
+                        hint: "the node's certificate is not one the settings trust: check \
+                               --client-ca-keys and the host name in --node",
+                    });
+                }
+                _ => {}
+            }
+        }
+        cause = error.source();
+    }
+    None
+}
+
+/// A connection whose read and write failures are noted in its store's [`Refusals`].
+pub(crate) struct Noted<S> {
+    inner: S,
+    refusals: Arc<Refusals>,
+    /// The server has sent data on it.
+    answered: bool,
+}
+
+impl<S> Noted<S> {
+    /// `inner`, noting its failures in `refusals`.
+    pub(crate) fn new(inner: S, refusals: Arc<Refusals>) -> Noted<S> {
+        Noted {
+            inner,
+            refusals,
+            answered: false,
+        }
+    }
+
+    fn noted<T>(&self, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if let Poll::Ready(Err(error)) = &polled {
+            self.refusals.note(error);
+            if !self.answered {
+                self.refusals.closed_unanswered();
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Noted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let filled = buf.filled().len();
+        let room = buf.remaining() > 0;
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) {
+            if buf.filled().len() > filled {
+                // Data from the server is an answer: it took the connection, so the
+                // refusals seen before were mended (a certificate set, its settings changed).
+                if !self.answered {
+                    self.answered = true;
+                    self.refusals.accepted();
+                }
+            } else if room && !self.answered {
+                self.refusals.closed_unanswered();
+            }
+        }
+        self.noted(polled)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Noted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.noted(polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.noted(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.noted(polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.noted(polled)
+    }
+}
+
+/// True for the alerts a server sends when it does not accept the client's certificate.
+fn certificate_alert(alert: AlertDescription) -> bool {
+    matches!(
+        alert,
+        AlertDescription::BadCertificate
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::UnknownCA
+            | AlertDescription::AccessDenied
+            | AlertDescription::CertificateRequired
+    )
+}
+
+/// The client-certificate resolver without a certificate: it notes that a server asked for
+/// one, so that its refusal can be explained.
+#[derive(Debug)]
+struct NoCertificate(Arc<Refusals>);
+
+impl ResolvesClientCert for NoCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.asked_for_certificate.store(true, Ordering::Relaxed);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
     }
 }
 
@@ -381,6 +643,53 @@ mod tests {
             .and_then(|tls| tls.client_config("etcd", false))
             .expect("a client config");
         assert!(handshake(config, files.server()).is_err());
+    }
+
+    #[test]
+    fn a_refused_certificate_explains_the_connection_failures_until_a_server_answers() {
+        let files = Files::new();
+        let mut anonymous = files.options();
+        anonymous.client_cert = None;
+        anonymous.client_key = None;
+        let tls = Tls::read("etcd", &anonymous).expect("valid files");
+        let refusals = tls.refusals();
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        // Before any server asked for a certificate, a reset is a connection lost.
+        assert_eq!(refusals.explain(&reset), None);
+        let config = tls.client_config("etcd", false).expect("a client config");
+        assert!(handshake(config, files.server()).is_err());
+        // The server asked and got none: its closing the connection is that refusal.
+        refusals.closed_unanswered();
+        let refusal = refusals.explain(&reset).expect("a refusal");
+        assert_eq!(refusal.kind, StoreErrorKind::Auth);
+        assert_eq!(
+            refusal.hint,
+            "the server asks for a client certificate and none is set (--client-cert, \
+             --client-key)"
+        );
+        refusals.accepted();
+        assert_eq!(refusals.explain(&reset), None);
+
+        // The alert itself, wrapped as the connection's reader reports it, is read as such
+        // whatever came before.
+        let alert = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+        );
+        refusals.note(&alert);
+        assert_eq!(
+            refusals.explain(&reset).map(|refusal| refusal.kind),
+            Some(StoreErrorKind::Auth)
+        );
+        let refusal = refusal_in(&alert, CERTIFICATE_REFUSED).expect("a refusal");
+        assert_eq!(refusal.kind, StoreErrorKind::Auth);
+        let untrusted = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let refusal = refusal_in(&untrusted, CERTIFICATE_REFUSED).expect("a refusal");
+        assert_eq!(refusal.kind, StoreErrorKind::Invalid);
+        assert_eq!(refusal_in(&reset, CERTIFICATE_REFUSED), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, error_chain, one_line};
+use super::http::{self, one_line};
 use super::nodes::{Node, Nodes};
 use super::tls::TlsOptions;
 use super::{KeyMap, Snapshot, Store, StoreError, StoreErrorKind, WatchStream, under_any};
@@ -487,12 +487,12 @@ impl VaultStore {
         let response = request
             .send()
             .await
-            .map_err(|e| StoreError::unreachable(format!("{node}: {}", error_chain(&e))))?;
+            .map_err(|e| http::failure(&node.to_string(), &e))?;
         let status = response.status();
         let body = response
             .bytes()
             .await
-            .map_err(|e| StoreError::unreachable(format!("{node}: {}", error_chain(&e))))?;
+            .map_err(|e| http::failure(&node.to_string(), &e))?;
         let parsed = if body.is_empty() {
             Ok(Value::Null)
         } else {

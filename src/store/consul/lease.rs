@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::{Client, ConsulOptions, REQUEST_TIMEOUT, answer_kind, encode_path, parse};
 use crate::store::StoreError;
-use crate::store::http::error_chain;
+use crate::store::http;
 use crate::store::lease::{Announcement, Lease, whole_seconds};
 use crate::store::nodes::Node;
 
@@ -110,8 +110,7 @@ async fn put_to(
     if let Some(token) = &client.token {
         request = request.header("X-Consul-Token", token);
     }
-    let unreachable =
-        |e: reqwest::Error| StoreError::unreachable(format!("{node}{path}: {}", error_chain(&e)));
+    let unreachable = |e: reqwest::Error| http::failure(&format!("{node}{path}"), &e);
     let response = request.send().await.map_err(unreachable)?;
     let status = response.status();
     let body = response.bytes().await.map_err(unreachable)?;

@@ -36,6 +36,7 @@ use super::proto::etcdserverpb::{
 use super::proto::mvccpb;
 use crate::store::http::error_chain;
 use crate::store::nodes::redact;
+use crate::store::tls::{Noted, Refusals};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// etcd's own client accepts answers of up to 2 GiB (`math.MaxInt32`); tonic's default of 4 MiB
@@ -71,6 +72,8 @@ pub(crate) struct ConnectOptions {
     /// TLS for `https` nodes: the configuration [`Tls`](crate::store::tls::Tls) builds from the
     /// `--client-*` settings.
     pub(crate) tls: Arc<rustls::ClientConfig>,
+    /// What the connections made with `tls` have seen of servers refusing them.
+    pub(crate) refusals: Arc<Refusals>,
     /// User and password for etcd's authentication.
     pub(crate) credentials: Option<Credentials>,
 }
@@ -184,6 +187,7 @@ pub(crate) struct NodeClient {
     credentials: Option<Credentials>,
     /// The current authentication token; cleared when etcd stops accepting it.
     token: Mutex<Option<AsciiMetadataValue>>,
+    refusals: Arc<Refusals>,
 }
 
 impl NodeClient {
@@ -205,7 +209,7 @@ impl NodeClient {
             Some("http") => endpoint.connect().await,
             Some("https") => {
                 endpoint
-                    .connect_with_connector(TlsConnector::new(&options.tls))
+                    .connect_with_connector(TlsConnector::new(options))
                     .await
             }
             _ => {
@@ -215,7 +219,11 @@ impl NodeClient {
             }
         };
         let channel = connected.map_err(|e| {
-            StoreError::unreachable(format!("etcd: {}: {}", redact(node), error_chain(&e)))
+            let text = format!("etcd: {}: {}", redact(node), error_chain(&e));
+            match options.refusals.explain(&e) {
+                Some(refusal) => StoreError::new(refusal.kind, format!("{text}; {}", refusal.hint)),
+                None => StoreError::unreachable(text),
+            }
         })?;
         Ok(NodeClient {
             node: redact(node),
@@ -223,6 +231,7 @@ impl NodeClient {
             request_timeout: options.request_timeout,
             credentials: options.credentials.clone(),
             token: Mutex::new(None),
+            refusals: Arc::clone(&options.refusals),
         })
     }
 
@@ -351,6 +360,7 @@ impl NodeClient {
             if created.created && !created.canceled {
                 return Ok(Watcher {
                     node: self.node.clone(),
+                    refusals: Arc::clone(&self.refusals),
                     created_revision: created.header.as_ref().map_or(0, |header| header.revision),
                     requests,
                     responses,
@@ -556,10 +566,7 @@ impl NodeClient {
     }
 
     fn status_error(&self, what: &str, status: &Status) -> StoreError {
-        StoreError::new(
-            status_kind(status),
-            format!("etcd: {}: {what}: {}", self.node, status_text(status)),
-        )
+        failure(&self.node, what, status, &self.refusals)
     }
 
     fn timed_out(&self, what: &str) -> StoreError {
@@ -628,6 +635,7 @@ fn pinned_revision(asked: i64, answer: &RangeResponse) -> i64 {
 /// stream.
 pub(crate) struct Watcher {
     node: String,
+    refusals: Arc<Refusals>,
     created_revision: i64,
     /// Held while the watcher lives, so that the request stream stays open; the store sends
     /// nothing on it, as etcd 3.4 answers progress requests out of order.
@@ -673,12 +681,11 @@ impl Watcher {
 
     /// The next message, or `None` when etcd ended the stream without an error.
     pub(crate) async fn next(&mut self) -> Result<Option<WatchMessage>, StoreError> {
-        let answer = self.responses.message().await.map_err(|status| {
-            StoreError::new(
-                status_kind(&status),
-                format!("etcd: {}: watch: {}", self.node, status_text(&status)),
-            )
-        })?;
+        let answer = self
+            .responses
+            .message()
+            .await
+            .map_err(|status| failure(&self.node, "watch", &status, &self.refusals))?;
         let Some(answer) = answer else {
             return Ok(None);
         };
@@ -722,21 +729,23 @@ impl Watcher {
 #[derive(Clone)]
 struct TlsConnector {
     config: Arc<rustls::ClientConfig>,
+    refusals: Arc<Refusals>,
 }
 
 impl TlsConnector {
-    fn new(config: &rustls::ClientConfig) -> TlsConnector {
-        let mut config = config.clone();
+    fn new(options: &ConnectOptions) -> TlsConnector {
+        let mut config = options.tls.as_ref().clone();
         // etcd serves gRPC only to clients that negotiate HTTP/2.
         config.alpn_protocols = vec![b"h2".to_vec()];
         TlsConnector {
             config: Arc::new(config),
+            refusals: Arc::clone(&options.refusals),
         }
     }
 }
 
 impl tower_service::Service<Uri> for TlsConnector {
-    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Response = TokioIo<Noted<TlsStream<TcpStream>>>;
     type Error = std::io::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -746,6 +755,7 @@ impl tower_service::Service<Uri> for TlsConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.config));
+        let refusals = Arc::clone(&self.refusals);
         Box::pin(async move {
             let invalid =
                 |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
@@ -759,7 +769,8 @@ impl tower_service::Service<Uri> for TlsConnector {
                 .map_err(|e| invalid(format!("{host}: {e}")))?;
             let tcp = TcpStream::connect((host, port)).await?;
             tcp.set_nodelay(true)?;
-            Ok(TokioIo::new(connector.connect(server_name, tcp).await?))
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok(TokioIo::new(Noted::new(tls, refusals)))
         })
     }
 }
@@ -801,6 +812,17 @@ fn status_kind(status: &Status) -> StoreErrorKind {
     }
 }
 
+/// The failure of `what` on `node`: `status`, explained by the TLS layer when it was a
+/// server refusing the connection.
+fn failure(node: &str, what: &str, status: &Status, refusals: &Refusals) -> StoreError {
+    let text = format!("etcd: {node}: {what}: {}", status_text(status));
+    // Only a failed connection has a source; an answer of etcd's is never the TLS layer's.
+    match std::error::Error::source(status).and_then(|source| refusals.explain(source)) {
+        Some(refusal) => StoreError::new(refusal.kind, format!("{text}; {}", refusal.hint)),
+        None => StoreError::new(status_kind(status), text),
+    }
+}
+
 /// A status's message with its causes (the connection failure behind a transport error).
 fn status_text(status: &Status) -> String {
     let mut text = if status.message().is_empty() {
@@ -809,8 +831,14 @@ fn status_text(status: &Status) -> String {
         status.message().to_string()
     };
     if let Some(source) = std::error::Error::source(status) {
+        let causes = error_chain(source);
+        // tonic's transport errors say "transport error" in the status and in its source.
+        let causes = causes
+            .strip_prefix(text.as_str())
+            .and_then(|rest| rest.strip_prefix(": "))
+            .unwrap_or(&causes);
         text.push_str(": ");
-        text.push_str(&error_chain(source));
+        text.push_str(causes);
     }
     text
 }

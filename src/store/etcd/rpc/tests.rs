@@ -185,6 +185,7 @@ impl Server {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(20),
             tls,
+            refusals: Arc::default(),
             credentials: None,
         }
     }
