@@ -1,9 +1,10 @@
 //! confd's helper functions that do not read the store, with confd's names.
 //!
 //! Helpers that transform a value are filters (`{{ kv.key | base }}`); the others are
-//! functions (`{{ getenv(key="HOSTNAME") }}`). Where Tera already has the helper (`split`,
-//! `join`, `replace`, `reverse`) Tera's is used, and base64 and JSON encoding come from
-//! `tera-contrib`.
+//! functions (`{{ getenv(key="HOSTNAME") }}`). Where Tera already has the helper (`join`,
+//! `replace`, `reverse`) Tera's is used, and base64 and JSON encoding come from
+//! `tera-contrib`. `split` is Tera's but for an empty separator, which splits as Go's
+//! `strings.Split` does.
 
 use std::fmt::Write;
 
@@ -19,6 +20,7 @@ const MAX_RANGE_LEN: i128 = 100_000;
 
 /// Registers the helpers on `tera`.
 pub fn register(tera: &mut Tera) {
+    tera.register_filter("split", split);
     tera.register_filter("base", |path: &str, _: Kwargs, _: &State| base(path));
     tera.register_filter("dir", |path: &str, _: Kwargs, _: &State| dir(path));
     tera.register_filter("json", json_object);
@@ -61,6 +63,17 @@ pub fn register(tera: &mut Tera) {
     register_function(tera, "mod", &["a", "b"], |kwargs: Kwargs, _: &State| {
         arithmetic(&kwargs, "mod", i64::checked_rem)
     });
+}
+/// Tera's `split`, but an empty separator splits after each character, as confd's (Go's
+/// `strings.Split`) does, where Rust's would also give an empty string at each end.
+fn split(text: &str, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    let separator = kwargs.must_get::<&str>("pat")?;
+    let parts: Vec<Value> = if separator.is_empty() {
+        text.chars().map(|c| Value::from(c.to_string())).collect()
+    } else {
+        text.split(separator).map(Value::from).collect()
+    };
+    Ok(parts.into())
 }
 
 /// The last element of a `/` path, as Go's `path.Base`: `/a/b/` → `b`, `` → `.`, `/` → `/`.
@@ -324,6 +337,16 @@ mod tests {
             out("{{ \"/proxy/frontend/web1\" | base }} {{ \"/proxy/frontend/web1\" | dir }}"),
             "web1 /proxy/frontend"
         );
+    }
+
+    #[test]
+    fn an_empty_separator_splits_after_each_character_as_in_go() {
+        assert_eq!(
+            out("{{ \"aé:c\" | split(pat=\"\") | join(sep=\",\") }}"),
+            "a,é,:,c"
+        );
+        assert_eq!(out("{{ \"\" | split(pat=\"\") | length }}"), "0");
+        assert_eq!(out("{{ \"\" | split(pat=\":\") | length }}"), "1");
     }
 
     #[test]
