@@ -2,8 +2,15 @@
 //! has been read and every resource synced, `STATUS=` lines, `WATCHDOG=1` pings when the unit
 //! sets `WatchdogSec`, and `STOPPING=1` on shutdown.
 //!
-//! Outside systemd (`NOTIFY_SOCKET` unset) every call does nothing.
+//! Outside systemd (`NOTIFY_SOCKET` unset) every call does nothing. The socket may be a path
+//! or, as `sd_notify(3)` allows, an abstract socket name starting with `@` (container
+//! managers hand those out).
 
+use std::ffi::OsStr;
+use std::fmt::Write;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -75,14 +82,58 @@ fn watchdog_interval() -> Option<Duration> {
 /// Sends `states` to the service manager; failing to reach it is worth a debug line only, as
 /// the daemon works the same without it.
 fn send(states: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(false, states) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let mut message = String::new();
+    for state in states {
+        // Writing to a String cannot fail.
+        let _ = writeln!(message, "{state}");
+    }
+    if let Err(e) = send_to(&socket, &message) {
         tracing::debug!("cannot notify the service manager: {e}");
+    }
+}
+
+/// Sends `message` in one datagram to `socket`: a path, or an abstract name after `@`.
+fn send_to(socket: &OsStr, message: &str) -> std::io::Result<()> {
+    let address = match socket.as_bytes().strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(socket)?,
+    };
+    let sent = UnixDatagram::unbound()?.send_to_addr(message.as_bytes(), &address)?;
+    if sent == message.len() {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "the notification was cut short",
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notifications_reach_an_abstract_socket_and_a_path() {
+        let name = format!("reconfd-notify-test-{}", std::process::id());
+        let abstract_socket =
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(&name).expect("a name"))
+                .expect("bind");
+        send_to(OsStr::new(&format!("@{name}")), "READY=1\n").expect("sent");
+        let mut buffer = [0u8; 64];
+        let length = abstract_socket.recv(&mut buffer).expect("received");
+        assert_eq!(&buffer[..length], b"READY=1\n");
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("notify.sock");
+        let path_socket = UnixDatagram::bind(&path).expect("bind");
+        send_to(path.as_os_str(), "STOPPING=1\n").expect("sent");
+        let length = path_socket.recv(&mut buffer).expect("received");
+        assert_eq!(&buffer[..length], b"STOPPING=1\n");
+    }
 
     #[test]
     fn pings_come_at_half_the_watchdog_interval_and_at_least_yearly() {

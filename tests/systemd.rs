@@ -42,6 +42,20 @@ impl NotifySocket {
         }
     }
 
+    /// A socket in the abstract namespace, which `NOTIFY_SOCKET` names as `@<name>`.
+    fn bind_abstract(name: &str) -> NotifySocket {
+        use std::os::linux::net::SocketAddrExt;
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(name).expect("a name");
+        let socket = UnixDatagram::bind_addr(&address).expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        NotifySocket {
+            socket,
+            received: Vec::new(),
+        }
+    }
+
     /// Waits up to 10 s for a message with the line `line`; returns that message.
     fn expect(&mut self, line: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -89,6 +103,19 @@ fn systemd_hears_ready_after_the_first_sync_watchdog_pings_and_stopping() {
     let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     socket.expect("STOPPING=1");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn an_abstract_notification_socket_hears_ready() {
+    let fixture = fixture("true");
+    let name = format!("reconfd-test-notify-{}", std::process::id());
+    let mut socket = NotifySocket::bind_abstract(&name);
+    let daemon = fixture.spawn_with_env(
+        &["--watch", "--backend", "file", "--file", "data"],
+        &[("NOTIFY_SOCKET", &format!("@{name}"))],
+    );
+    socket.expect("READY=1");
     assert_eq!(daemon.terminate(), Some(0));
 }
 
