@@ -341,7 +341,7 @@ fn confd_spelling(args: Vec<OsString>, command: &clap::Command) -> Vec<OsString>
 /// `-watch=false`. Go's spellings (`1`, `t`, `TRUE`, `0`, `f`, `False`, ...) and those a
 /// `RECONFD_*` variable may have (`yes`, `no`, `on`, `off`, and empty for off) are taken,
 /// in any case.
-fn switch(text: &str) -> Result<bool, String> {
+pub(crate) fn switch(text: &str) -> Result<bool, String> {
     match text.to_ascii_lowercase().as_str() {
         "1" | "t" | "true" | "y" | "yes" | "on" => Ok(true),
         "" | "0" | "f" | "false" | "n" | "no" | "off" => Ok(false),

@@ -68,6 +68,35 @@ fn onetime_reads_the_kv_store_with_a_token_and_a_datacenter() {
 }
 
 #[test]
+fn basic_auth_sends_the_user_to_a_proxy_in_front_as_confd_does() {
+    let consul = Consul::start(None);
+    consul.put("app/servers/web1", "10.0.0.1:80");
+    consul.require_basic_auth("ops", "pr0xy");
+    let fixture = kv_fixture();
+    let url = consul.url();
+    let user = ["-username", "ops", "-password", "pr0xy"];
+
+    // As in confd, the user and password go only with -basic-auth.
+    let run = fixture.run(&args(&url, &[&["-onetime"], user.as_slice()].concat()));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("--username and --password are sent only with --basic-auth"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("401"), "{run:?}");
+    assert!(!fixture.path("app.conf").exists());
+
+    let run = fixture.run(&args(
+        &url,
+        &[&["-onetime", "-basic-auth"], user.as_slice()].concat(),
+    ));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("app.conf"), "server web1 10.0.0.1:80\n");
+    assert!(!run.stderr.contains("pr0xy"), "{run:?}");
+}
+
+#[test]
 fn watch_follows_kv_changes_and_an_agent_restart() {
     let mut consul = Consul::start(None);
     consul.put("app/servers/web1", "10.0.0.1:80");

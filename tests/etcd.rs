@@ -330,6 +330,27 @@ fn authentication_renews_expired_tokens_and_a_wrong_password_is_named() {
         "the password is not logged: {run:?}"
     );
 
+    // confd's command line, one dash and `-basic-auth` included, works unchanged.
+    let confd_line: Vec<String> = ["-onetime", "-backend", "etcdv3"]
+        .into_iter()
+        .map(String::from)
+        .chain(
+            nodes
+                .iter()
+                .flat_map(|node| ["-node".to_string(), node.clone()]),
+        )
+        .chain(
+            ["-basic-auth", "-username", "root", "-password", "s3cret"]
+                .into_iter()
+                .map(String::from),
+        )
+        .collect();
+    let confd_line: Vec<&str> = confd_line.iter().map(String::as_str).collect();
+    let run = fixture.run(&confd_line);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("app.conf"), "server web1 10.0.0.1:80\n");
+    std::fs::remove_file(fixture.path("app.conf")).expect("rm");
+
     // As etcd's own clients do, a user and password in the node's URL are credentials.
     let in_url: Vec<String> = nodes
         .iter()
@@ -367,6 +388,37 @@ fn authentication_renews_expired_tokens_and_a_wrong_password_is_named() {
     );
     assert!(!daemon.log().contains("ERROR"), "{}", daemon.log());
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn basic_auth_off_in_a_confd_settings_file_reads_without_the_user() {
+    // etcd without authentication, which refuses a user and password; confd sends them
+    // only with basic_auth on, so a confd.toml with basic_auth = false and a user works.
+    let etcd = Etcd::start();
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    fixture.write(
+        "confd.toml",
+        &format!(
+            "backend = \"etcdv3\"\nnodes = [\"{}\"]\nbasic_auth = false\nusername = \"u\"\n\
+             password = \"p\"\n",
+            etcd.endpoint(0)
+        ),
+    );
+    let run = fixture.run(&["--onetime", "--config-file", "confd.toml"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("app.conf"), "server web1 10.0.0.1:80\n");
+    assert!(!run.stderr.contains("WARN"), "{run:?}");
+    assert!(run.stderr.contains("basic_auth is off"), "{run:?}");
+
+    // Without it, the user is sent, and etcd's refusal is named.
+    std::fs::remove_file(fixture.path("app.conf")).expect("rm");
+    let run = fixture.run(&["--onetime", "--config-file", "confd.toml", "--basic-auth"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("authentication is not enabled"),
+        "{run:?}"
+    );
 }
 
 #[test]

@@ -101,6 +101,20 @@ pub struct StoreFields {
         hide_env_values = true
     )]
     pub password: Option<String>,
+    /// Use `--username` and `--password` as confd's `-basic-auth` turns them on: Consul
+    /// sends them as HTTP basic authentication only with it; etcd uses them whenever they
+    /// are given, and not when this is set false (`--basic-auth=false`, `basic_auth =
+    /// false`). [default: on for etcd, off for Consul]
+    #[arg(
+        long,
+        env = "RECONFD_BASIC_AUTH",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        value_parser = crate::cli::switch
+    )]
+    pub basic_auth: Option<bool>,
     /// PEM client certificate for TLS client authentication to the store.
     #[arg(long, env = "RECONFD_CLIENT_CERT", value_name = "FILE")]
     pub client_cert: Option<PathBuf>,
@@ -232,7 +246,13 @@ impl Backend {
                 &options.nodes,
                 vec![options.password.as_ref(), options.token.as_ref()],
             ),
-            Backend::Consul(options) => (&options.nodes, vec![options.token.as_ref()]),
+            Backend::Consul(options) => (
+                &options.nodes,
+                vec![
+                    options.token.as_ref(),
+                    options.basic_auth.as_ref().map(|(_, password)| password),
+                ],
+            ),
             Backend::Vault(options) => (
                 &options.nodes,
                 vec![
@@ -352,12 +372,25 @@ impl StoreFields {
                 }
             }
             "env" => Backend::Env,
-            "etcd" | CONFD_ETCD_V3 => Backend::Etcd(EtcdOptions {
-                nodes: self.urls_or("http", DEFAULT_ETCD_NODE)?,
-                username: self.username.clone(),
-                password: self.password.clone(),
-                tls: self.tls(),
-            }),
+            "etcd" | CONFD_ETCD_V3 => {
+                let (username, password) = if self.basic_auth == Some(false) {
+                    if self.username.is_some() {
+                        tracing::info!(
+                            "basic_auth is off: etcd is read without --username and \
+                             --password, as confd does"
+                        );
+                    }
+                    (None, None)
+                } else {
+                    (self.username.clone(), self.password.clone())
+                };
+                Backend::Etcd(EtcdOptions {
+                    nodes: self.urls_or("http", DEFAULT_ETCD_NODE)?,
+                    username,
+                    password,
+                    tls: self.tls(),
+                })
+            }
             "redis" => Backend::Redis(RedisOptions {
                 nodes: self.urls_or("redis", DEFAULT_REDIS_NODE)?,
                 username: self.username.clone(),
@@ -402,6 +435,7 @@ impl StoreFields {
                     TokenSource::Anonymous
                 },
                 datacenter: self.datacenter.clone(),
+                basic_auth: self.consul_basic_auth()?,
                 tls: self.tls(),
             }),
             "vault" => Backend::Vault(VaultOptions {
@@ -430,6 +464,25 @@ impl StoreFields {
             tracing::warn!("nodes are not used by the {name} store");
         }
         Ok(backend)
+    }
+
+    /// Consul's HTTP basic authentication: the user and password, with `basic_auth` on.
+    fn consul_basic_auth(&self) -> Result<Option<(String, String)>, String> {
+        match (self.basic_auth, &self.username) {
+            (Some(true), Some(username)) => Ok(Some((
+                username.clone(),
+                self.password.clone().unwrap_or_default(),
+            ))),
+            (Some(true), None) => Err("basic_auth needs a --username".to_string()),
+            (_, Some(_)) => {
+                tracing::warn!(
+                    "consul: --username and --password are sent only with --basic-auth, as \
+                     confd does; not used"
+                );
+                Ok(None)
+            }
+            (_, None) => Ok(None),
+        }
     }
 
     /// The SRV record that names the nodes of the store `backend`: `srv_record`, else

@@ -60,6 +60,9 @@ pub struct ConsulOptions {
     pub token_source: TokenSource,
     /// Datacenter to read from; the agent's own when `None`.
     pub datacenter: Option<String>,
+    /// User and password for HTTP basic authentication (a proxy in front of the agents), as
+    /// confd's `-basic-auth` sends them.
+    pub basic_auth: Option<(String, String)>,
     /// TLS settings.
     pub tls: TlsOptions,
 }
@@ -392,6 +395,7 @@ struct Client {
     token: Option<String>,
     token_source: TokenSource,
     datacenter: Option<String>,
+    basic_auth: Option<(String, String)>,
 }
 
 impl Client {
@@ -404,6 +408,7 @@ impl Client {
             token: options.token.clone(),
             token_source: options.token_source,
             datacenter: options.datacenter.clone(),
+            basic_auth: options.basic_auth.clone(),
         })
     }
 
@@ -497,6 +502,9 @@ impl Client {
         };
         if let Some(token) = &self.token {
             request = request.header("X-Consul-Token", token);
+        }
+        if let Some((username, password)) = &self.basic_auth {
+            request = request.basic_auth(username, Some(password));
         }
         let unreachable = |e: reqwest::Error| http::failure(&format!("{node}{path}"), &e);
         let response = request.send().await.map_err(unreachable)?;

@@ -26,6 +26,11 @@
 //!   `service_prefix` rules with `read`; default deny, so the anonymous token reads nothing;
 //!   an unknown token is 403 `ACL not found`; a denied single read 403 `Permission denied`.
 //! - An unknown `dc` is 500 `No path to datacenter`.
+//!
+//! Consul itself has no basic authentication; a reverse proxy in front of the agents may ask
+//! for it, which is what confd's `-basic-auth` is for. [`Consul::require_basic_auth`] plays
+//! that proxy: a request without the right `Authorization: Basic` header (RFC 7617) is
+//! answered 401 before the agent sees it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -114,6 +119,8 @@ struct Data {
     /// ACL tokens and their rules; `None` when ACLs are off.
     tokens: Option<BTreeMap<String, Rules>>,
     sessions: Sessions,
+    /// The `Authorization` header the proxy in front wants, if any.
+    basic_auth: Option<String>,
 }
 
 impl Data {
@@ -271,6 +278,12 @@ impl Consul {
         });
         self.port = bound.recv().expect("the stand-in started");
         self.stop = Some(stop);
+    }
+
+    /// Puts a proxy in front that wants HTTP basic authentication with `user` and `password`.
+    pub fn require_basic_auth(&self, user: &str, password: &str) {
+        let credentials = BASE64.encode(format!("{user}:{password}"));
+        self.shared.data.lock().expect("lock").basic_auth = Some(format!("Basic {credentials}"));
     }
 
     /// Makes `token` the one token that reads everything (none: ACLs off), as if the tokens
@@ -448,6 +461,14 @@ fn admit(
     params: &Params,
 ) -> Result<Rules, (StatusCode, &'static str)> {
     let data = shared.data.lock().expect("lock");
+    if let Some(wanted) = &data.basic_auth
+        && headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            != Some(wanted.as_str())
+    {
+        return Err((StatusCode::UNAUTHORIZED, "401 Unauthorized"));
+    }
     let rules = match &data.tokens {
         None => Rules::everything(),
         Some(tokens) => match headers.get("X-Consul-Token").and_then(|v| v.to_str().ok()) {

@@ -110,6 +110,9 @@ async fn put_to(
     if let Some(token) = &client.token {
         request = request.header("X-Consul-Token", token);
     }
+    if let Some((username, password)) = &client.basic_auth {
+        request = request.basic_auth(username, Some(password));
+    }
     let unreachable = |e: reqwest::Error| http::failure(&format!("{node}{path}"), &e);
     let response = request.send().await.map_err(unreachable)?;
     let status = response.status();
