@@ -146,7 +146,7 @@ pub(crate) fn with_settings_line(
     } else {
         for form in [value, value.trim_matches(['"', '\''])] {
             if !form.is_empty() {
-                message = message.replace(form, MASK);
+                message = replace_whole(&message, form);
             }
         }
         MASK
@@ -155,6 +155,31 @@ pub(crate) fn with_settings_line(
         message = format!("`{key}`: {message}");
     }
     format!("{message}, in `{key} = {shown}`")
+}
+
+/// `message` with each whole occurrence of `value` masked: one not inside a longer word, so
+/// that masking `e` leaves `expected` as it is.
+fn replace_whole(message: &str, value: &str) -> String {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    let starts_word = value.chars().next().is_some_and(is_word);
+    let ends_word = value.chars().next_back().is_some_and(is_word);
+    let mut masked = String::with_capacity(message.len());
+    let mut copied = 0;
+    for (at, _) in message.match_indices(value) {
+        if at < copied {
+            continue;
+        }
+        let after = at + value.len();
+        let joined_before = starts_word && message[..at].chars().next_back().is_some_and(is_word);
+        let joined_after = ends_word && message[after..].chars().next().is_some_and(is_word);
+        if !joined_before && !joined_after {
+            masked.push_str(&message[copied..at]);
+            masked.push_str(MASK);
+            copied = after;
+        }
+    }
+    masked.push_str(&message[copied..]);
+    masked
 }
 
 /// Standard error, for log lines, with each line masked before it is written.
@@ -402,6 +427,26 @@ mod tests {
         assert_eq!(
             with_settings_line("invalid string", text, line(5), readable),
             "invalid string"
+        );
+        // A short value is masked where it stands, not inside the words around it.
+        let text = "reload = \"e\"\nnodes = \"x\"\n";
+        assert_eq!(
+            with_settings_line(
+                "unknown field `reload`, expected one of `src`, `dest`",
+                text,
+                line(1),
+                readable
+            ),
+            "unknown field `reload`, expected one of `src`, `dest`, in `reload = ***`"
+        );
+        assert_eq!(
+            with_settings_line(
+                "invalid type: string \"x\", expected a sequence",
+                text,
+                "reload = \"e\"\n".len(),
+                readable
+            ),
+            "`nodes`: invalid type: string ***, expected a sequence, in `nodes = ***`"
         );
     }
 
