@@ -448,6 +448,15 @@ fn owner_id<'de, D: serde::Deserializer<'de>>(
     key: &str,
 ) -> Result<Option<u32>, D::Error> {
     let value = toml::Value::deserialize(deserializer)?;
+    if value.as_integer() == Some(-1) {
+        // confd's own default, which it writes as its effective user or group.
+        let effective = if key == "uid" {
+            nix::unistd::geteuid().as_raw()
+        } else {
+            nix::unistd::getegid().as_raw()
+        };
+        return Ok(Some(effective));
+    }
     value
         .as_integer()
         .and_then(|id| u32::try_from(id).ok())
@@ -784,6 +793,22 @@ mod tests {
     }
 
     #[test]
+    fn uid_and_gid_minus_one_are_the_effective_ids_as_in_confd() {
+        let r = load_text(
+            "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\nuid = -1\ngid = -1\n",
+            "",
+        )
+        .expect("confd's -1 loads");
+        assert_eq!(
+            (r.uid, r.gid),
+            (
+                Some(nix::unistd::geteuid().as_raw()),
+                Some(nix::unistd::getegid().as_raw())
+            )
+        );
+    }
+
+    #[test]
     fn owner_and_group_names_resolve() {
         let r = load_text(
             "[template]\nsrc = \"a\"\ndest = \"/tmp/a\"\nkeys = [\"/a\"]\nowner = \"root\"\n\
@@ -868,8 +893,8 @@ mod tests {
                 "`uid` = 4294967295: a number, at least 0 and at most 4294967294",
             ),
             (
-                "gid = -1",
-                "`gid` = -1: a number, at least 0 and at most 4294967294",
+                "gid = -2",
+                "`gid` = -2: a number, at least 0 and at most 4294967294",
             ),
             (
                 "mode = \"10000\"",
