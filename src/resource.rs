@@ -313,9 +313,9 @@ fn resolve(
         message,
     };
     let confdir = template_dir.parent().unwrap_or(Path::new("."));
-    // As confd does, a global prefix replaces the resource's own.
+    // As confd does, a global prefix replaces the resource's own, `/` included.
     let own_prefix = join_key_path(&["/", &table.prefix]);
-    let prefix = if global_prefix.is_empty() || join_key_path(&["/", global_prefix]) == "/" {
+    let prefix = if global_prefix.is_empty() {
         own_prefix
     } else {
         let global = join_key_path(&["/", global_prefix]);
@@ -730,8 +730,11 @@ mod tests {
         let r = load_text(text, "production").expect("valid resource");
         assert_eq!(r.prefix, "/production");
         assert_eq!(r.keys, ["/production/db"]);
+        // `/` is a prefix given: confd replaces the resource's with it too.
         let r = load_text(text, "/").expect("valid resource");
-        assert_eq!(r.keys, ["/myapp/db"], "a root prefix is no prefix");
+        assert_eq!(r.keys, ["/db"]);
+        let r = load_text(text, "").expect("valid resource");
+        assert_eq!(r.keys, ["/myapp/db"], "no global prefix");
     }
 
     #[test]
