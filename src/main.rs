@@ -1,7 +1,9 @@
 //! The `reconfd` binary: parse settings, set up logging, run.
 
+use std::fmt::Write;
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use reconfd::cli::{self, LogFormat, Subcommands};
 use reconfd::secrets::{self, MaskedStderr};
@@ -16,10 +18,9 @@ fn main() -> ExitCode {
     one_malloc_arena();
     // Before any store is set up, once for the process.
     tls::install_provider();
-    // Logging starts at `info` so that settings warnings are seen, and switches to the
-    // configured level once the settings are known.
-    // The line format is known only with the settings too, so the output layer is swapped
-    // in the same way.
+    // Logging starts at `info`, and switches to the configured level once the settings are
+    // known; what reading them logs is held until then. The line format is known only with
+    // the settings too, so the output layer is swapped in the same way.
     let (filter, filter_handle) = reload::Layer::new(EnvFilter::new("info"));
     let (output, output_handle) = reload::Layer::new(log_output(LogFormat::Text));
     tracing_subscriber::registry()
@@ -37,9 +38,15 @@ fn main() -> ExitCode {
         Ok(subcommand) => subcommand,
         Err(e) => e.exit(),
     };
-    let settings = match Settings::merge(&matches) {
+    let held = Held::default();
+    let merged = tracing::subscriber::with_default(
+        tracing_subscriber::registry().with(held.clone()),
+        || Settings::merge(&matches),
+    );
+    let settings = match merged {
         Ok(settings) => settings,
         Err(e) => {
+            held.replay();
             eprintln!("reconfd: {}", secrets::mask(&e.to_string()));
             return ExitCode::from(2);
         }
@@ -52,6 +59,7 @@ fn main() -> ExitCode {
     {
         eprintln!("reconfd: cannot set the log format: {e}");
     }
+    held.replay();
 
     // One thread is enough: the work is rendering and short file operations, and a single
     // thread keeps memory and idle CPU low on every host of a fleet.
@@ -80,6 +88,60 @@ fn main() -> ExitCode {
     // on a thread of its own, which ends with the process.
     runtime.shutdown_background();
     code
+}
+
+/// The log lines made while the settings are read, held until their `--log-level` and
+/// `--log-format` apply, so that `--log-level error` silences a settings warning too.
+#[derive(Clone, Default)]
+struct Held(Arc<Mutex<Vec<(tracing::Level, String)>>>);
+
+impl Held {
+    /// Logs the lines held, in order, through the logging set up since.
+    fn replay(&self) {
+        let lines = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for (level, line) in lines {
+            match level {
+                tracing::Level::ERROR => tracing::error!("{line}"),
+                tracing::Level::WARN => tracing::warn!("{line}"),
+                tracing::Level::INFO => tracing::info!("{line}"),
+                tracing::Level::DEBUG => tracing::debug!("{line}"),
+                _ => tracing::trace!("{line}"),
+            }
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Held {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        // Libraries' lines (a DNS lookup's) would be replayed as reconfd's: they are left out,
+        // as `--log-level` up to `info` leaves them out anyway.
+        if !event.metadata().target().starts_with("reconfd") {
+            return;
+        }
+        let mut line = Line(String::new());
+        event.record(&mut line);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((*event.metadata().level(), line.0));
+    }
+}
+
+/// An event's message and fields, as one line.
+struct Line(String);
+
+impl tracing::field::Visit for Line {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if !self.0.is_empty() {
+            self.0.push(' ');
+        }
+        // Writing to a String cannot fail.
+        let _ = if field.name() == "message" {
+            write!(self.0, "{value:?}")
+        } else {
+            write!(self.0, "{}={value:?}", field.name())
+        };
+    }
 }
 
 /// The layer that writes log lines to standard error in `format`.

@@ -600,6 +600,42 @@ fn unusable_settings_exit_2_with_one_clear_line() {
 }
 
 #[test]
+fn the_log_level_applies_to_what_reading_the_settings_logs() {
+    let fixture = app_fixture("    web1: 10.0.0.1:80\n");
+    // `table` is a key of a confd store reconfd lacks: a warning, at the default level.
+    fixture.write(
+        "settings.toml",
+        "backend = \"file\"\nfile = [\"data.yaml\"]\ntable = \"x\"\n",
+    );
+    let run = fixture.run(&["--onetime", "--config-file", "settings.toml"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stderr.contains("WARN") && run.stderr.contains("`table`"),
+        "{run:?}"
+    );
+    // At `error`, from the command line or from the file itself, nothing below it shows.
+    let run = fixture.run(&[
+        "--onetime",
+        "--config-file",
+        "settings.toml",
+        "--log-level",
+        "error",
+        "--node",
+        "unused:1",
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.stderr, "", "{run:?}");
+    fixture.write(
+        "settings.toml",
+        "log-level = \"error\"\nbackend = \"file\"\nfile = [\"data.yaml\"]\ntable = \"x\"\n",
+    );
+    let run = fixture.run(&["--onetime", "--config-file", "settings.toml"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.stderr, "", "{run:?}");
+    assert!(fixture.read("out/app.conf").contains("web1"));
+}
+
+#[test]
 fn sigterm_during_a_check_leaves_no_stage_file_and_the_destination_as_it_was() {
     let fixture = app_fixture("    web1: 10.0.0.1:80\n");
     fixture.write("out/app.conf", "previous\n");
