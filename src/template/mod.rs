@@ -351,12 +351,23 @@ impl TemplateError {
                 } else {
                     report.filename()
                 };
-                let at = files
-                    .get(file)
-                    .and_then(|source| source.get(span.range.clone()));
+                let source = files.get(file);
+                let at = source.and_then(|source| source.get(span.range.clone()));
+                let mut message = explained(report.message(), at);
+                if matches!(error.kind(), ErrorKind::SyntaxError(_))
+                    && source.is_some_and(|source| in_go_action(source, span.range.start))
+                {
+                    if !message.ends_with('.') {
+                        message.push('.');
+                    }
+                    message.push_str(
+                        " This is confd's Go template syntax: `reconfd convert` translates \
+                         confd templates to Tera's (docs/convert.md).",
+                    );
+                }
                 plain(
                     format!("{}:{}:{}", path(file), span.start_line, span.start_col + 1),
-                    explained(report.message(), at),
+                    message,
                 )
             }
             ErrorKind::CircularInclude { tpl, include_chain } => {
@@ -412,6 +423,34 @@ fn located_reports(text: &str, path: &dyn Fn(&str) -> String) -> Option<(String,
         message.push_str(&format!("\n{other_location}: {other_message}"));
     }
     Some((location, message))
+}
+
+/// True when the `{{ }}` around the byte `offset` of `source` is written as a Go template
+/// action, as confd's are: `{{getv "/a"}}`, `{{.Value}}`, `{{$x := ...}}`, `{{range ...}}`,
+/// `{{end}}`, where Tera writes `{{ getv(key="/a") }}` and `{% for %}`.
+fn in_go_action(source: &str, offset: usize) -> bool {
+    let Some(open) = source.get(..offset).and_then(|before| before.rfind("{{")) else {
+        return false;
+    };
+    let action = source[open + 2..].trim_start_matches('-').trim_start();
+    if action.starts_with(['.', '$']) {
+        return true;
+    }
+    let word_end = action
+        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(action.len());
+    let (word, rest) = action.split_at(word_end);
+    if [
+        "range", "end", "if", "else", "with", "define", "template", "block",
+    ]
+    .contains(&word)
+    {
+        return true;
+    }
+    // A function called Go's way, its arguments after a space: `getv "/a"`, `base .Key`.
+    !word.is_empty()
+        && rest.starts_with(' ')
+        && rest.trim_start().starts_with(['"', '.', '$', '(', '`'])
 }
 
 /// `line:column` (both from 1) of the byte `offset` of `source`.
@@ -628,6 +667,26 @@ pub(crate) mod tests {
                 .starts_with("t.tmpl:2:4: unknown tag `range`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_confd_template_gets_a_hint_to_convert_it() {
+        for go in [
+            "{{getv \"/app/a\"}}",
+            "{{.Key}}",
+            "{{range gets \"/app/*\"}}x{{end}}",
+            "{{if exists \"/a\"}}y{{end}}",
+            "a\n{{toUpper (getv \"/app/a\")}}",
+        ] {
+            let err = Renderer::from_source("t.tmpl", go, Resolver::System)
+                .err()
+                .unwrap_or_else(|| panic!("{go} parsed"));
+            assert!(err.to_string().contains("`reconfd convert`"), "{go}: {err}");
+        }
+        let err = Renderer::from_source("t.tmpl", "{{ getv(key=\"/a\") + }}", Resolver::System)
+            .err()
+            .expect("a Tera syntax error");
+        assert!(!err.to_string().contains("reconfd convert"), "{err}");
     }
 
     #[test]
