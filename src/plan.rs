@@ -22,6 +22,48 @@ use crate::status::Status;
 use crate::store::backend::{self, Backend};
 use crate::template::{Library, Renderer, Resolver};
 
+/// What a confdir's resource files and templates are on disk: each file's path, size,
+/// modification time and inode, so that an edit, a new file, a removed one or one replaced by
+/// a rename shows as a change. Compared at every `--interval`, as confd reads conf.d and the
+/// templates again for each run.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ConfdirState(Vec<(PathBuf, u64, i64, i64, u64)>);
+
+impl ConfdirState {
+    /// The state of `confdir`'s `conf.d/*.toml` and of every file under `templates/`;
+    /// unreadable entries are left out (loading them says what is wrong).
+    pub(crate) fn read(confdir: &Path) -> ConfdirState {
+        use std::os::unix::fs::MetadataExt;
+        let resource_files = walkdir::WalkDir::new(confdir.join("conf.d"))
+            .max_depth(1)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "toml"));
+        let templates = walkdir::WalkDir::new(confdir.join("templates"))
+            .follow_links(true)
+            .into_iter()
+            .filter_map(Result::ok);
+        let mut files: Vec<_> = resource_files
+            .chain(templates)
+            .filter_map(|entry| {
+                // Through symlinks, as loading reads them.
+                let metadata = std::fs::metadata(entry.path()).ok()?;
+                metadata.is_file().then(|| {
+                    (
+                        entry.path().to_path_buf(),
+                        metadata.len(),
+                        metadata.mtime(),
+                        metadata.mtime_nsec(),
+                        metadata.ino(),
+                    )
+                })
+            })
+            .collect();
+        files.sort();
+        ConfdirState(files)
+    }
+}
+
 /// Mode of a file rendered from a store of secrets whose resource sets none.
 const SECRET_MODE: u32 = 0o600;
 
@@ -188,7 +230,7 @@ pub(crate) fn validate(current: &Settings) -> Result<Settings, String> {
         return Err("--onetime cannot be switched on in a running daemon".to_string());
     }
     if settings.confdir != current.confdir {
-        tracing::info!("SIGHUP: confdir is now {}", settings.confdir.display());
+        tracing::info!("confdir is now {}", settings.confdir.display());
     }
     let loaded =
         resource::load_all(&settings.confdir, &settings.prefix).map_err(|e| e.to_string())?;

@@ -14,8 +14,9 @@
 //! its own. As PID 1, or in exec mode (which makes it the child subreaper), reconfd reaps the
 //! orphans that come to it ([`crate::reaper`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -27,7 +28,7 @@ use crate::controller::{Controller, Shutdown, Tally};
 use crate::descriptors;
 use crate::exec::{self, Service, Swaps};
 use crate::notify;
-use crate::plan::{self, Plan, PlanError, plural};
+use crate::plan::{self, ConfdirState, Plan, PlanError, plural};
 use crate::reaper;
 use crate::reconcile::{self, FILE_WORK_GRACE};
 use crate::settings::{RunMode, Settings};
@@ -78,10 +79,16 @@ pub async fn run(settings: Settings) -> ExitCode {
         None => None,
     };
     let swaps = service.as_ref().map(Service::swaps);
+    // conf.d and the templates as the plan was made from them, looked at again at every
+    // interval, as confd reads them again for each run; a change reads everything again,
+    // as a SIGHUP does.
+    let mut confdir = ConfdirWatch::new(&settings.confdir, settings.interval).await;
     let mut generation = Generation::start(plan, &status, swaps.clone());
     notify::start_watchdog();
     // In exec mode: the first sync is done, but a destination is not there yet.
     let mut start_held = false;
+    // Why the settings, conf.d and templates are to be read again, once the select says so.
+    let mut reread: Option<&str> = None;
     // `Some` when the process ends for a reason of its own, not because it was told to stop.
     let ended = loop {
         tokio::select! {
@@ -134,43 +141,55 @@ pub async fn run(settings: Settings) -> ExitCode {
             _ = signals.terminate.recv() => break None,
             _ = signals.interrupt.recv() => break None,
             _ = signals.hangup.recv() => {
-                tracing::info!("SIGHUP: reading the settings, conf.d and templates again");
-                notify::reloading();
-                // Reading conf.d and the templates, and looking up an SRV record, may take
-                // a while: the watches and `/health` go on meanwhile.
-                let current = settings.clone();
-                let validated = tokio::task::spawn_blocking(move || plan::validate(&current))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("reading the settings failed: {e}")));
-                match validated {
-                    Ok(new_settings) => {
-                        if new_settings.exec != settings.exec {
-                            tracing::warn!(
-                                "SIGHUP: the exec settings changed; the service keeps running \
-                                 as it was started until reconfd starts again"
-                            );
-                        }
-                        let previous = generation.stop().await;
-                        match Plan::build(&new_settings, previous, &status) {
-                            Ok(plan) => {
-                                generation = Generation::start(plan, &status, swaps.clone());
-                                tracing::info!("SIGHUP: new settings applied");
-                            }
-                            // Validation succeeded a moment ago; only a store client that
-                            // cannot be built now fails here.
-                            Err(PlanError::Unusable) => {
-                                if let Some(service) = service {
-                                    service.stop().await;
-                                }
-                                return ExitCode::FAILURE;
-                            }
-                        }
+                reread = Some("SIGHUP");
+            }
+            changed = confdir.changed() => if changed {
+                reread = Some("conf.d or the templates changed");
+            }
+        }
+        let Some(why) = reread.take() else {
+            continue;
+        };
+        tracing::info!("{why}: reading the settings, conf.d and templates again");
+        notify::reloading();
+        // Taken before the settings are read: a change made meanwhile is seen next time.
+        confdir.look().await;
+        // Reading conf.d and the templates, and looking up an SRV record, may take a while:
+        // the watches and `/health` go on meanwhile.
+        let current = settings.clone();
+        let validated = tokio::task::spawn_blocking(move || plan::validate(&current))
+            .await
+            .unwrap_or_else(|e| Err(format!("reading the settings failed: {e}")));
+        match validated {
+            Ok(new_settings) => {
+                if new_settings.exec != settings.exec {
+                    tracing::warn!(
+                        "{why}: the exec settings changed; the service keeps running as it was \
+                         started until reconfd starts again"
+                    );
+                }
+                let previous = generation.stop().await;
+                match Plan::build(&new_settings, previous, &status) {
+                    Ok(plan) => {
+                        generation = Generation::start(plan, &status, swaps.clone());
+                        confdir
+                            .follow(&new_settings.confdir, new_settings.interval)
+                            .await;
+                        tracing::info!("{why}: new settings applied");
                     }
-                    Err(reason) => {
-                        tracing::error!("SIGHUP: keeping the current settings: {reason}");
-                        notify::ready(&generation.summary());
+                    // Validation succeeded a moment ago; only a store client that cannot be
+                    // built now fails here.
+                    Err(PlanError::Unusable) => {
+                        if let Some(service) = service {
+                            service.stop().await;
+                        }
+                        return ExitCode::FAILURE;
                     }
                 }
+            }
+            Err(reason) => {
+                tracing::error!("{why}: keeping the current settings: {reason}");
+                notify::ready(&generation.summary());
             }
         }
     };
@@ -203,6 +222,76 @@ pub async fn run(settings: Settings) -> ExitCode {
         }
         None => ExitCode::SUCCESS,
     }
+}
+
+/// A confdir's resource files and templates, looked at every interval for a change.
+struct ConfdirWatch {
+    confdir: PathBuf,
+    seen: ConfdirState,
+    ticks: tokio::time::Interval,
+}
+
+impl ConfdirWatch {
+    /// `confdir` as it is now, to be looked at every `interval`.
+    async fn new(confdir: &Path, interval: Duration) -> ConfdirWatch {
+        let mut watch = ConfdirWatch {
+            confdir: confdir.to_path_buf(),
+            seen: ConfdirState::default(),
+            ticks: ticks(interval),
+        };
+        watch.look().await;
+        watch
+    }
+
+    /// Takes `confdir`, looked at every `interval`, from now on (settings read again).
+    async fn follow(&mut self, confdir: &Path, interval: Duration) {
+        if confdir != self.confdir {
+            self.confdir = confdir.to_path_buf();
+            self.look().await;
+        }
+        if interval != self.ticks.period() {
+            self.ticks = ticks(interval);
+        }
+    }
+
+    /// Notes the confdir as it is now; true when that differs from what was noted before.
+    async fn look(&mut self) -> bool {
+        let confdir = self.confdir.clone();
+        // A walk of directories, off the runtime thread.
+        let now = tokio::task::spawn_blocking(move || ConfdirState::read(&confdir))
+            .await
+            .unwrap_or_default();
+        let changed = now != self.seen;
+        self.seen = now;
+        changed
+    }
+
+    /// Waits for the next interval; true when the confdir changed since it was last noted,
+    /// once it has stopped changing for [`CONFDIR_SETTLE`].
+    async fn changed(&mut self) -> bool {
+        self.ticks.tick().await;
+        if !self.look().await {
+            return false;
+        }
+        loop {
+            tokio::time::sleep(CONFDIR_SETTLE).await;
+            if !self.look().await {
+                return true;
+            }
+        }
+    }
+}
+
+/// How long conf.d and the templates must stay as they are before a change is read: an editor
+/// that truncates a template and then writes it would otherwise have an empty or half-written
+/// template taken, rendered and swapped in.
+const CONFDIR_SETTLE: Duration = Duration::from_millis(500);
+
+/// Ticks every `interval`, the first one an interval from now.
+fn ticks(interval: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
 }
 
 /// How the exec mode's service exited; never without one.

@@ -108,6 +108,65 @@ fn confd_spelling_is_read_at_start_and_again_on_sighup() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// As confd reads conf.d and the templates again for every run, a polling daemon takes a new
+/// resource file and an edited template at the next interval, without a SIGHUP; a broken edit
+/// keeps what runs, and its fix is taken.
+#[test]
+fn polling_takes_changes_to_conf_d_and_the_templates_at_the_next_interval() {
+    let fixture = fixture();
+    let daemon = fixture.spawn(&["--interval", "1", "--backend", "file", "--file", "data"]);
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+    fixture.template(
+        "count.tmpl",
+        "{{ gets(key=\"/app/servers/*\") | length }}\n",
+    );
+    fixture.resource(
+        "count",
+        "src = \"count.tmpl\"\ndest = \"count.conf\"\nkeys = [\"/app\"]\n",
+    );
+    fixture.template(
+        "app.tmpl",
+        "{% for kv in gets(key=\"/app/servers/*\") %}backend {{ kv.value }}\n{% endfor %}",
+    );
+    let count = || std::fs::read_to_string(fixture.path("count.conf")).ok();
+    assert!(
+        wait_for(Duration::from_secs(10), || count().as_deref()
+            == Some("1\n")),
+        "the resource added\n{}",
+        daemon.log()
+    );
+    expect_content(
+        &fixture,
+        &daemon,
+        "backend 10.0.0.1:80\n",
+        "the template edited",
+    );
+
+    fixture.template("app.tmpl", "{% for kv in %}");
+    assert!(
+        wait_for(Duration::from_secs(10), || daemon.log().contains(
+            "conf.d or the templates changed: keeping the current settings"
+        )),
+        "the broken template refused\n{}",
+        daemon.log()
+    );
+    assert!(has_content(&fixture, "backend 10.0.0.1:80\n"));
+    fixture.template("app.tmpl", "fixed {{ getv(key=\"/app/servers/web1\") }}\n");
+    expect_content(&fixture, &daemon, "fixed 10.0.0.1:80\n", "the fix taken");
+    assert_eq!(
+        logged(&daemon, "keeping the current settings"),
+        1,
+        "a broken edit is reported once\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 #[test]
 fn watch_on_the_file_store_follows_edits() {
     let fixture = fixture();
