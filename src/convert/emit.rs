@@ -876,10 +876,11 @@ fn call(name: &str, args: Vec<Expr>) -> Result<Expr, Fail> {
             let mut code = t(0);
             let mut ty = args[0].ty.clone();
             for key in &args[1..] {
-                code = format!("{code}[{}]", key.code);
-                ty = match ty {
-                    Ty::List(element) => *element,
-                    _ => Ty::Unknown,
+                (code, ty) = match ty {
+                    // Go indexes a string by byte, and the byte prints as a number.
+                    Ty::Str => (format!("({code} | goByte(at={}))", key.code), Ty::Unknown),
+                    Ty::List(element) => (format!("{code}[{}]", key.code), *element),
+                    _ => (format!("{code}[{}]", key.code), Ty::Unknown),
                 };
             }
             Expr::atom(code, ty)

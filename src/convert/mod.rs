@@ -257,6 +257,7 @@ mod tests {
                 "dflt||",
             ),
             (r#"{{len "héllo"}} {{len (getvs "/s/*")}}"#, "6 2"),
+            (r#"{{index (getv "/h") 0}} {{index "héllo" 1}}"#, "119 195"),
             (
                 r#"{{split "a,b" ","}} {{map "k" "v" "n" 1}} {{seq 1 2}}"#,
                 "[a b] map[k:v n:1] [1 2]",

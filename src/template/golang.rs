@@ -28,6 +28,7 @@ pub fn register(tera: &mut Tera) {
     });
     tera.register_filter("goItems", items);
     tera.register_filter("goLen", length);
+    tera.register_filter("goByte", byte);
     register_function(
         tera,
         "goPrintf",
@@ -164,6 +165,20 @@ fn items(value: Value, _: Kwargs, _: &State) -> TeraResult<Value> {
 }
 
 /// `value | goLen`: bytes of a string, elements of a list or map.
+/// Go's `index` of a string: the byte at `at`, a number.
+fn byte(text: &str, kwargs: Kwargs, _: &State) -> TeraResult<u8> {
+    let at = kwargs.must_get::<i64>("at")?;
+    usize::try_from(at)
+        .ok()
+        .and_then(|at| text.as_bytes().get(at).copied())
+        .ok_or_else(|| {
+            tera::Error::message(format!(
+                "index out of range [{at}] with length {}",
+                text.len()
+            ))
+        })
+}
+
 fn length(value: Value, _: Kwargs, _: &State) -> TeraResult<i64> {
     if let Some(text) = value.as_str() {
         return Ok(text.len() as i64);
