@@ -794,19 +794,34 @@ async fn tls_with_a_client_certificate() {
         WatchMessage::Events { revision: r, .. } if r == revision
     ));
 
+    // Without a client certificate the server refuses the connection: a refusal of the
+    // credentials, whether the request meets the server's alert or only the connection
+    // closing after it.
     let certificates = etcd.certificates.as_ref().expect("TLS");
-    let without_client_certificate = ConnectOptions {
-        tls: tls_config(Some(TlsOptions {
+    let tls = Tls::read(
+        "etcd",
+        &TlsOptions {
             client_ca_keys: Some(certificates.ca.clone()),
             ..TlsOptions::default()
-        })),
+        },
+    )
+    .expect("TLS files");
+    let without_client_certificate = ConnectOptions {
+        tls: Arc::new(tls.client_config("etcd", false).expect("TLS config")),
+        refusals: tls.refusals(),
         ..etcd.options()
     };
     let refused = match NodeClient::connect(&etcd.url(), &without_client_certificate).await {
         Err(error) => error,
         Ok(client) => client.status().await.expect_err("no client certificate"),
     };
-    assert_eq!(refused.kind(), StoreErrorKind::Unreachable, "{refused}");
+    assert_eq!(refused.kind(), StoreErrorKind::Auth, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("the server asks for a client certificate and none is set"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]
