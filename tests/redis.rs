@@ -225,7 +225,9 @@ fn a_change_after_a_server_restart_is_rendered() {
 }
 
 #[test]
-fn a_server_refusing_config_is_polled_with_one_warning() {
+fn a_server_refusing_config_is_watched_anyway_and_read_every_interval() {
+    // CONFIG renamed away, as a managed Redis does, and notifications off: the setting cannot
+    // be read, the watch subscribes anyway, and the read at every interval brings changes.
     let redis = Redis::start_with("rename-command CONFIG \"\"", None);
     redis.set("/app/servers/web1", "10.0.0.1:80");
     let fixture = fixture();
@@ -242,31 +244,92 @@ fn a_server_refusing_config_is_polled_with_one_warning() {
         &fixture,
         &daemon,
         "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
-        "change picked up by polling",
+        "change picked up by the read at the interval",
     );
-    // Two more changes, each seen by a later poll, and still one warning.
+    redis.del("/app/servers/web2");
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "a later read",
+    );
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("cannot read notify-keyspace-events").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("watching anyway"), "{log}");
+    assert!(log.contains(&node), "names the node: {log}");
+    assert!(!log.contains("ERROR"), "{log}");
+    assert_eq!(daemon.terminate(), Some(0));
+
+    // With the notifications set on the server by its operator, changes come at once: the
+    // interval is far longer than the test waits.
+    let redis = Redis::start_with(
+        "rename-command CONFIG \"\"\nnotify-keyspace-events KEA",
+        None,
+    );
+    redis.set("/app/servers/web1", "10.0.0.1:80");
+    let node = redis.url();
+    std::fs::remove_file(fixture.path("app.conf")).expect("rm");
+    let daemon = fixture.spawn(&args(&[&node], &["--watch", "--interval", "3600"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
     redis.set("/app/servers/web3", "10.0.0.3:80");
     expect_content(
         &fixture,
         &daemon,
-        "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\nserver web3 10.0.0.3:80\n",
-        "a later poll",
+        "server web1 10.0.0.1:80\nserver web3 10.0.0.3:80\n",
+        "change notified",
     );
-    redis.del("/app/servers/web3");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
+fn a_server_whose_notifications_cannot_be_turned_on_is_polled_with_one_warning() {
+    // CONFIG GET allowed, CONFIG SET not: the flags are known to be missing.
+    let redis = Redis::start_with("", Some("pw"));
+    redis.command(&[
+        "ACL",
+        "SETUSER",
+        "reader",
+        "on",
+        ">rpw",
+        "~*",
+        "&*",
+        "+@all",
+        "-config|set",
+    ]);
+    redis.set("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    let node = format!("redis://reader:rpw@127.0.0.1:{}", redis.port());
+    let daemon = fixture.spawn(&args(&[&node], &["--watch", "--interval", "1"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+    redis.set("/app/servers/web2", "10.0.0.2:80");
     expect_content(
         &fixture,
         &daemon,
         "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
-        "a poll after that",
+        "change picked up by polling",
     );
     let log = daemon.log();
     assert_eq!(
-        log.matches("keyspace notifications are off").count(),
+        log.matches("keyspace notifications cannot be turned on")
+            .count(),
         1,
         "{log}"
     );
-    assert!(log.contains("WARN"), "{log}");
-    assert!(log.contains(&node), "names the node: {log}");
+    assert!(log.contains("polling instead"), "{log}");
     assert!(!log.contains("ERROR"), "{log}");
     assert_eq!(daemon.terminate(), Some(0));
 }

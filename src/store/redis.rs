@@ -9,8 +9,12 @@
 //! and reports the result as a [`WatchEvent::Replace`]: pub/sub keeps no history, so this read
 //! covers whatever changed before the subscription (during a disconnection, say). After that,
 //! each notified key is read again and reported as it is now. Notifications need
-//! `notify-keyspace-events` to hold [`REQUIRED_EVENTS`]; the watch adds the missing flags, and
-//! where `CONFIG` is refused (ACLs, managed Redis) the daemon polls instead.
+//! `notify-keyspace-events` to hold [`REQUIRED_EVENTS`]; the watch adds the missing flags.
+//! Where `CONFIG GET` is refused (ACLs, a managed Redis), the setting cannot be read: the watch
+//! subscribes anyway, trusting the operator to have set it, and the daemon's read at every
+//! `--interval` catches what notifications do not bring. Where the flags are known to be
+//! missing and `CONFIG SET` is refused, the daemon polls instead. A server that does not
+//! answer `CONFIG` in time is out of reach, as for any other request.
 //!
 //! Nodes are alternatives, chosen by the [`Nodes`] policy: the one that answered last is tried
 //! first, and the next one when it cannot be reached.
@@ -118,7 +122,7 @@ impl Store for RedisStore {
 
     /// Subscribes to the prefixes' keyspace notifications, then reads every key: the stream's
     /// first event is that read, as a [`WatchEvent::Replace`]. `None` when the server's
-    /// notifications are off and `CONFIG` is refused, so they cannot be turned on.
+    /// notifications lack flags and `CONFIG SET` is refused, so they cannot be turned on.
     ///
     /// The fields of each hash are tracked from that read on rather than from `snapshot`: the
     /// read is what the daemon holds once it has applied the first event.
@@ -141,11 +145,21 @@ impl Store for RedisStore {
                  → {now:?})",
                 node.name
             ),
+            Notifications::Unknown(reason) => {
+                if !client.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "redis: {}: cannot read notify-keyspace-events ({reason}); watching \
+                         anyway: changes are seen at once if it includes {REQUIRED_EVENTS}, \
+                         and otherwise at each --interval",
+                        node.name
+                    );
+                }
+            }
             Notifications::Refused(reason) => {
                 if !client.warned.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
-                        "redis: {}: keyspace notifications are off and cannot be turned on \
-                         ({reason}); polling instead. Set notify-keyspace-events to include \
+                        "redis: {}: keyspace notifications cannot be turned on ({reason}); \
+                         polling instead. Set notify-keyspace-events to include \
                          {REQUIRED_EVENTS} on the server to watch",
                         node.name
                     );
@@ -252,7 +266,7 @@ struct Client {
     /// The connection to the node that answered last, kept between requests.
     connection: Mutex<Option<Connected>>,
     separator: String,
-    /// The fallback to polling was logged.
+    /// A warning about the keyspace notifications setting was logged (once per client).
     warned: AtomicBool,
 }
 
@@ -665,7 +679,9 @@ enum Notifications {
     Enabled,
     /// The watch turned them on.
     TurnedOn { was: String, now: String },
-    /// They are off and `CONFIG` was refused, with the server's reason.
+    /// `CONFIG GET` was refused, with the server's reason: whether they are on is unknown.
+    Unknown(String),
+    /// They lack flags and `CONFIG SET` was refused, with the server's reason.
     Refused(String),
 }
 
@@ -681,8 +697,11 @@ async fn enable_notifications(
         .await;
     let was = match answer {
         Ok(mut parameters) => parameters.remove(PARAMETER).unwrap_or_default(),
-        Err(e) if e.is_unrecoverable_error() => return Err(Failure::of("CONFIG GET")(e)),
-        Err(e) => return Ok(Notifications::Refused(format!("CONFIG GET: {e}"))),
+        // No answer in time, or a broken connection: the server is out of reach for now.
+        Err(e) if error_kind(&e) == StoreErrorKind::Unreachable => {
+            return Err(Failure::of("CONFIG GET")(e));
+        }
+        Err(e) => return Ok(Notifications::Unknown(format!("CONFIG GET: {e}"))),
     };
     let missing = missing_events(&was);
     if missing.is_empty() {
@@ -697,7 +716,9 @@ async fn enable_notifications(
         .await
     {
         Ok(()) => Ok(Notifications::TurnedOn { was, now }),
-        Err(e) if e.is_unrecoverable_error() => Err(Failure::of("CONFIG SET")(e)),
+        Err(e) if error_kind(&e) == StoreErrorKind::Unreachable => {
+            Err(Failure::of("CONFIG SET")(e))
+        }
         Err(e) => Ok(Notifications::Refused(format!(
             "notify-keyspace-events is {was:?}; CONFIG SET: {e}"
         ))),
@@ -949,6 +970,61 @@ mod tests {
     fn glob_characters_are_escaped() {
         assert_eq!(escape_glob("/app"), "/app");
         assert_eq!(escape_glob(r"/a*b?c[d]e\f"), r"/a\*b\?c\[d\]e\\f");
+    }
+
+    /// A server that stops answering (stopped, or its connection silently dropped) is out of
+    /// reach, which the daemon asks again soon, and not a server refusing `CONFIG`, which it
+    /// would poll until a SIGHUP.
+    #[tokio::test]
+    async fn a_server_that_does_not_answer_config_is_out_of_reach() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by scripts/test.sh)");
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("a URL");
+        let config =
+            AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_millis(300)));
+        let mut attempts = 0;
+        let mut connection = loop {
+            match client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                Ok(connection) => break connection,
+                // Until the server listens; a server that never does fails the test.
+                Err(_) if attempts < 1_500 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("redis-server did not start: {e}"),
+            }
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(server.id()).expect("a pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        let outcome = enable_notifications(&mut connection).await;
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+        let _ = server.kill();
+        let _ = server.wait();
+        match outcome {
+            Err(failure) => {
+                assert_eq!(error_kind(&failure.error), StoreErrorKind::Unreachable);
+            }
+            Ok(_) => panic!("no answer taken as the server's answer about CONFIG"),
+        }
     }
 
     #[test]

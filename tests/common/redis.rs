@@ -195,6 +195,15 @@ impl Redis {
         self.must::<()>(::redis::cmd("HDEL").arg(key).arg(field));
     }
 
+    /// A command given word by word, which must succeed (`ACL SETUSER ...`, say).
+    pub fn command(&self, words: &[&str]) {
+        let mut command = ::redis::cmd(words[0]);
+        for word in &words[1..] {
+            command.arg(*word);
+        }
+        self.must::<::redis::Value>(&mut command);
+    }
+
     /// CONFIG SET `parameter` `value`.
     pub fn config_set(&self, parameter: &str, value: &str) {
         self.must::<()>(::redis::cmd("CONFIG").arg("SET").arg(parameter).arg(value));
