@@ -390,6 +390,57 @@ fn authentication_renews_expired_tokens_and_a_wrong_password_is_named() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// A store that answers again with nothing changed shows as up again at once: the watch
+/// opened again is its answer, not the next change or the next interval.
+#[test]
+fn a_store_back_with_the_same_data_shows_as_up_at_once() {
+    let mut etcd = Etcd::start();
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    let fixture = fixture();
+    let nodes = etcd.endpoints();
+    let listen = format!("127.0.0.1:{}", common::etcd::free_port());
+    let daemon = fixture.spawn(&args(
+        &nodes,
+        &["--watch", "--interval", "3600", "--listen", &listen],
+    ));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "initial render",
+    );
+    let store = || {
+        let (_, body) = common::get(&format!("http://{listen}/status"));
+        let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        status["stores"][0].clone()
+    };
+    etcd.kill(0);
+    assert!(
+        wait_for(Duration::from_secs(30), || store()["connected"] == false),
+        "{}",
+        daemon.log()
+    );
+    etcd.restart(0);
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon
+            .log()
+            .contains("store available again")),
+        "{}",
+        daemon.log()
+    );
+    let store = store();
+    assert_eq!(store["connected"], true, "{store}\n{}", daemon.log());
+    assert_eq!(store["last_error"], serde_json::Value::Null, "{store}");
+    let (_, metrics) = common::get(&format!("http://{listen}/metrics"));
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("reconfd_store_up{") && line.ends_with(" 1")),
+        "{metrics}"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 #[test]
 fn basic_auth_off_in_a_confd_settings_file_reads_without_the_user() {
     // etcd without authentication, which refuses a user and password; confd sends them

@@ -320,6 +320,10 @@ impl Controller {
                 match self.store.watch(&self.prefixes, &self.snapshot).await {
                     Ok(Some(stream)) => {
                         self.outage.ended();
+                        // The watch opened is the store's answer: one that comes back with
+                        // nothing changed sends no event to say so.
+                        self.status
+                            .store_answered(&self.instance, self.store.name(), None);
                         if std::mem::replace(&mut opened_before, true) {
                             self.status
                                 .watch_reopened(&self.instance, self.store.name());
