@@ -335,6 +335,39 @@ fn a_server_whose_notifications_cannot_be_turned_on_is_polled_with_one_warning()
 }
 
 #[test]
+fn a_node_that_is_not_redis_is_named_in_one_line() {
+    // A server that greets as NATS does, with a line that is no Redis answer.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            use std::io::{Read, Write};
+            let _ = stream.write_all(b"INFO {\"server_id\":\"x\",\"version\":\"2.10\"}\r\n");
+            let mut buffer = [0u8; 1024];
+            while matches!(stream.read(&mut buffer), Ok(n) if n > 0) {}
+        }
+    });
+    let fixture = fixture();
+    let node = format!("redis://127.0.0.1:{port}");
+    let run = fixture.run(&args(&[&node], &["--onetime"]));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let error = run
+        .stderr
+        .lines()
+        .find(|line| line.contains("ERROR"))
+        .unwrap_or_else(|| panic!("an error line: {run:?}"));
+    assert!(error.contains(&node), "{error}");
+    assert!(error.contains("is not Redis's protocol"), "{error}");
+    assert!(
+        run.stderr
+            .lines()
+            .all(|line| line.contains("ERROR") || line.contains("INFO")),
+        "one line each: {run:?}"
+    );
+}
+
+#[test]
 fn passwords_are_used_and_a_wrong_one_names_the_node() {
     let redis = Redis::start_with("", Some("s3cret"));
     redis.set("/app/servers/web1", "10.0.0.1:80");

@@ -212,7 +212,7 @@ async fn subscribe(
     let failed = |error: RedisError, request: &str| {
         StoreError::new(
             error_kind(&error),
-            format!("{}: {request}{error}", node.name),
+            format!("{}: {request}{}", node.name, describe(&error)),
         )
     };
     let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, node.client.get_async_pubsub())
@@ -320,7 +320,9 @@ impl Client {
             error_kind(&failure.error),
             format!(
                 "{}: {}: {}",
-                self.nodes[connected.index].name, failure.request, failure.error
+                self.nodes[connected.index].name,
+                failure.request,
+                describe(&failure.error)
             ),
         )
     }
@@ -340,7 +342,9 @@ impl Client {
                     .get_multiplexed_async_connection_with_config(config)
                     .await
                     .map(|connection| Connected { index, connection })
-                    .map_err(|e| StoreError::new(error_kind(&e), format!("{}: {e}", node.name)))
+                    .map_err(|e| {
+                        StoreError::new(error_kind(&e), format!("{}: {}", node.name, describe(&e)))
+                    })
             })
             .await?;
         *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(connected.clone());
@@ -449,6 +453,16 @@ fn error_kind(error: &RedisError) -> StoreErrorKind {
         // Connections that fail or break, timeouts, and answers that are not Redis's.
         _ => StoreErrorKind::Unreachable,
     }
+}
+
+/// `error` on one line; an answer that is not Redis's protocol says so, rather than quoting
+/// the bytes it could not parse on lines of their own.
+fn describe(error: &RedisError) -> String {
+    if error.kind() == redis::ErrorKind::Parse {
+        return "the node's answer is not Redis's protocol (RESP): is it a Redis server?"
+            .to_string();
+    }
+    super::http::one_line(&error.to_string())
 }
 
 /// The Redis key name of a reconfd key: with a separator other than `/`, without the leading
