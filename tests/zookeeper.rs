@@ -69,7 +69,30 @@ fn onetime_names_the_servers_it_cannot_reach() {
     let run = fixture.run(&args(&node, &["--onetime"]));
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.stderr.contains(&node), "names the server: {run:?}");
+    assert!(
+        run.stderr.to_lowercase().contains("connection refused"),
+        "says why: {run:?}"
+    );
     assert!(!fixture.path("app.conf").exists());
+
+    // A port that takes connections but is no ZooKeeper's: said so.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let node = format!(
+        "127.0.0.1:{}",
+        listener.local_addr().expect("address").port()
+    );
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let run = fixture.run(&args(&node, &["--onetime"]));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("did not answer as ZooKeeper does"),
+        "says why: {run:?}"
+    );
 }
 
 #[test]

@@ -492,18 +492,53 @@ impl<'a> Reader<'a> {
 /// A new session with `servers`, each tried once, that expires `session_timeout` after its
 /// connection is lost.
 async fn connect(servers: &str, session_timeout: Duration) -> Result<zk::Client, StoreError> {
-    zk::Client::connector()
+    let connected = zk::Client::connector()
         .with_session_timeout(session_timeout)
         .with_fail_eagerly()
         .connect(servers)
-        .await
-        .map_err(|e| {
-            StoreError::new(
+        .await;
+    match connected {
+        Ok(client) => Ok(client),
+        Err(e) => {
+            let why = match e {
+                zk::Error::NoHosts => format!(" ({})", why_unavailable(servers).await),
+                _ => String::new(),
+            };
+            Err(StoreError::new(
                 error_kind(&e),
-                format!("zookeeper {servers}: cannot connect: {e}"),
-            )
-        })
+                format!("zookeeper {servers}: cannot connect: {e}{why}"),
+            ))
+        }
+    }
 }
+
+/// Why no server of `servers` (`host:port,...`) took a session, as far as TCP tells: the
+/// client says only that none was available, whether nothing listens or the port belongs to
+/// another kind of server.
+async fn why_unavailable(servers: &str) -> String {
+    let mut reasons = Vec::new();
+    for server in servers.split(',').filter(|server| !server.is_empty()) {
+        // The chroot, if any, follows the last server.
+        let address = server.split('/').next().unwrap_or(server);
+        let reason = match tokio::time::timeout(
+            CONNECT_PROBE_TIMEOUT,
+            tokio::net::TcpStream::connect(address),
+        )
+        .await
+        {
+            Ok(Ok(_)) => "accepts connections but did not answer as ZooKeeper does: is it a \
+                          ZooKeeper server?"
+                .to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no connection within {CONNECT_PROBE_TIMEOUT:?}"),
+        };
+        reasons.push(format!("{address}: {reason}"));
+    }
+    reasons.join("; ")
+}
+
+/// Limit for the TCP connection that [`why_unavailable`] tries.
+const CONNECT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The kind of failure a ZooKeeper error stands for. A znode whose ACL does not let reconfd
 /// read it is `NoAuth`, credentials the ensemble refuses `AuthFailed`; a lost connection or
