@@ -62,6 +62,18 @@ impl ConfdirState {
         files.sort();
         ConfdirState(files)
     }
+
+    /// A file that had content in `before` and is empty now: most likely caught between an
+    /// editor's or a shell redirect's truncation and its write.
+    pub(crate) fn emptied_since(&self, before: &ConfdirState) -> Option<&Path> {
+        self.0.iter().find_map(|(path, size, ..)| {
+            let had_content = before
+                .0
+                .iter()
+                .any(|(old, old_size, ..)| old == path && *old_size > 0);
+            (*size == 0 && had_content).then_some(path.as_path())
+        })
+    }
 }
 
 /// Mode of a file rendered from a store of secrets whose resource sets none.

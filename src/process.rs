@@ -227,7 +227,10 @@ pub async fn run(settings: Settings) -> ExitCode {
 /// A confdir's resource files and templates, looked at every interval for a change.
 struct ConfdirWatch {
     confdir: PathBuf,
+    /// The state the running plan was made from.
     seen: ConfdirState,
+    /// A state not taken (a file emptied), so that it is reported once.
+    held_back: Option<ConfdirState>,
     ticks: tokio::time::Interval,
 }
 
@@ -237,6 +240,7 @@ impl ConfdirWatch {
         let mut watch = ConfdirWatch {
             confdir: confdir.to_path_buf(),
             seen: ConfdirState::default(),
+            held_back: None,
             ticks: ticks(interval),
         };
         watch.look().await;
@@ -254,31 +258,49 @@ impl ConfdirWatch {
         }
     }
 
-    /// Notes the confdir as it is now; true when that differs from what was noted before.
-    async fn look(&mut self) -> bool {
+    /// The confdir as it is now: a walk of directories, off the runtime thread.
+    async fn read(&self) -> ConfdirState {
         let confdir = self.confdir.clone();
-        // A walk of directories, off the runtime thread.
-        let now = tokio::task::spawn_blocking(move || ConfdirState::read(&confdir))
+        tokio::task::spawn_blocking(move || ConfdirState::read(&confdir))
             .await
-            .unwrap_or_default();
-        let changed = now != self.seen;
-        self.seen = now;
-        changed
+            .unwrap_or_default()
     }
 
-    /// Waits for the next interval; true when the confdir changed since it was last noted,
-    /// once it has stopped changing for [`CONFDIR_SETTLE`].
+    /// Notes the confdir as it is now, as the plan about to be made reads it.
+    async fn look(&mut self) {
+        self.seen = self.read().await;
+    }
+
+    /// Waits for the next interval; true when the confdir changed since it was last noted and
+    /// has then stayed as it is for [`CONFDIR_SETTLE`]. What it finds is noted only when it
+    /// returns true, so a change it was looking at when the caller's `select!` took another
+    /// branch (the sync after a reload, say) is found again at the next interval.
     async fn changed(&mut self) -> bool {
         self.ticks.tick().await;
-        if !self.look().await {
+        let mut now = self.read().await;
+        if now == self.seen || Some(&now) == self.held_back.as_ref() {
             return false;
         }
         loop {
             tokio::time::sleep(CONFDIR_SETTLE).await;
-            if !self.look().await {
-                return true;
+            let again = self.read().await;
+            if again == now {
+                break;
             }
+            now = again;
         }
+        if let Some(emptied) = now.emptied_since(&self.seen) {
+            tracing::warn!(
+                "{} is empty now: taken for a file being written, not read (a SIGHUP reads it \
+                 as it is; write templates under another name and rename them into place)",
+                emptied.display()
+            );
+            self.held_back = Some(now);
+            return false;
+        }
+        self.held_back = None;
+        self.seen = now;
+        true
     }
 }
 
@@ -582,5 +604,46 @@ impl Signals {
         listen()
             .inspect_err(|e| tracing::error!("cannot listen for signals: {e}"))
             .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A confdir with one resource file and one template.
+    fn confdir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("conf.d")).expect("conf.d");
+        std::fs::create_dir_all(dir.path().join("templates")).expect("templates");
+        std::fs::write(dir.path().join("conf.d/a.toml"), "[template]\n").expect("resource");
+        std::fs::write(dir.path().join("templates/a.tmpl"), "a\n").expect("template");
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_change_looked_at_when_the_wait_is_dropped_is_found_again() {
+        let dir = confdir();
+        let interval = Duration::from_millis(200);
+        let mut watch = ConfdirWatch::new(dir.path(), interval).await;
+        std::fs::write(dir.path().join("templates/a.tmpl"), "b\n").expect("edit");
+        // Dropped in the middle of its settling, as a `select!` drops it when another branch
+        // wins.
+        let dropped = tokio::time::timeout(interval + CONFDIR_SETTLE / 5, watch.changed()).await;
+        assert!(dropped.is_err(), "it was still settling");
+        assert!(watch.changed().await, "the change is found again");
+        std::fs::write(dir.path().join("conf.d/b.toml"), "[template]\n").expect("new file");
+        assert!(watch.changed().await, "a new resource file");
+    }
+
+    #[tokio::test]
+    async fn a_template_emptied_is_not_taken_until_it_is_written() {
+        let dir = confdir();
+        let mut watch = ConfdirWatch::new(dir.path(), Duration::from_millis(100)).await;
+        let template = dir.path().join("templates/a.tmpl");
+        std::fs::write(&template, "").expect("truncated");
+        assert!(!watch.changed().await, "an emptied template is held back");
+        std::fs::write(&template, "written\n").expect("written");
+        assert!(watch.changed().await, "taken once written");
     }
 }
