@@ -462,6 +462,20 @@ fn basic_auth_off_in_a_confd_settings_file_reads_without_the_user() {
     assert!(!run.stderr.contains("WARN"), "{run:?}");
     assert!(run.stderr.contains("basic_auth is off"), "{run:?}");
 
+    // A user in the node's URL is left out too.
+    std::fs::remove_file(fixture.path("app.conf")).expect("rm");
+    let in_url = etcd.endpoint(0).replacen("http://", "http://u:p@", 1);
+    let run = fixture.run(&[
+        "--onetime",
+        "--backend",
+        "etcd",
+        "--node",
+        &in_url,
+        "--basic-auth=false",
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("app.conf"), "server web1 10.0.0.1:80\n");
+
     // Without it, the user is sent, and etcd's refusal is named.
     std::fs::remove_file(fixture.path("app.conf")).expect("rm");
     let run = fixture.run(&["--onetime", "--config-file", "confd.toml", "--basic-auth"]);

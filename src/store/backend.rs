@@ -373,19 +373,25 @@ impl StoreFields {
             }
             "env" => Backend::Env,
             "etcd" | CONFD_ETCD_V3 => {
+                let mut nodes = self.urls_or("http", DEFAULT_ETCD_NODE)?;
                 let (username, password) = if self.basic_auth == Some(false) {
-                    if self.username.is_some() {
+                    let (bare, in_urls): (Vec<String>, Vec<Option<String>>) = nodes
+                        .iter()
+                        .map(|node| super::nodes::split_user_info(node))
+                        .unzip();
+                    if self.username.is_some() || in_urls.iter().any(Option::is_some) {
                         tracing::info!(
-                            "basic_auth is off: etcd is read without --username and \
-                             --password, as confd does"
+                            "basic_auth is off: etcd is read without a user and password (of \
+                             --username and --password or of a node URL), as confd does"
                         );
                     }
+                    nodes = bare;
                     (None, None)
                 } else {
                     (self.username.clone(), self.password.clone())
                 };
                 Backend::Etcd(EtcdOptions {
-                    nodes: self.urls_or("http", DEFAULT_ETCD_NODE)?,
+                    nodes,
                     username,
                     password,
                     tls: self.tls(),
