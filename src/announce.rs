@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::cli::AnnounceFields;
 use crate::command::{self, CommandEnv, ShellCommand};
+use crate::controller::retry::{Pace, REFUSED_CAP, StoreBackoff};
 use crate::limits;
 use crate::status::{AnnouncementState, Status};
 use crate::store::backend::{self, Backend};
@@ -35,6 +36,12 @@ const MIN_TTL: Duration = Duration::from_secs(1);
 
 /// The longest pause before a failed store request is sent again.
 const MAX_RETRY: Duration = Duration::from_secs(1);
+
+/// `duration` in whole milliseconds, for messages: a third of 2 s is 666ms, not 666ms 666us
+/// 666ns.
+fn whole_milliseconds(duration: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// One announcement, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,6 +209,7 @@ impl Announcer {
         };
         let mut held = false;
         let mut outage: Option<StoreErrorKind> = None;
+        let mut refusals = StoreBackoff::new();
         let mut next = Instant::now();
         loop {
             let wanted = *checked.borrow_and_update();
@@ -253,6 +261,7 @@ impl Announcer {
                                 );
                             }
                             held = true;
+                            refusals.reset();
                             next = Instant::now() + refresh_every;
                             self.report(AnnouncementState::Up, None);
                         }
@@ -265,21 +274,39 @@ impl Announcer {
                             next = Instant::now();
                         }
                         Err(e) => {
+                            // A store out of reach is asked again soon, so that the key is
+                            // back before its TTL runs out; one that refuses (credentials,
+                            // a client certificate, permissions) goes on refusing until
+                            // someone acts, and is asked again slowly, as the daemon does.
+                            let refused = Pace::of(e.kind()) == Pace::Refused;
+                            let wait = if refused {
+                                refusals.next_delay(Some(e.kind()))
+                            } else {
+                                retry_every
+                            };
                             if outage != Some(e.kind()) {
+                                let pace = if refused {
+                                    format!(
+                                        "trying again in {} and less often while it refuses, \
+                                         at least every {}",
+                                        humantime::format_duration(whole_milliseconds(wait)),
+                                        humantime::format_duration(REFUSED_CAP)
+                                    )
+                                } else {
+                                    format!(
+                                        "trying again every {}",
+                                        humantime::format_duration(whole_milliseconds(wait))
+                                    )
+                                };
                                 tracing::error!(
-                                    "{key}: the {} store {}: {e}; trying again every {}",
+                                    "{key}: the {} store {}: {e}; {pace}",
                                     self.store,
                                     crate::report::failing(e.kind()),
-                                    // Whole milliseconds: a third of 2 s is 666ms, not
-                                    // 666ms 666us 666ns.
-                                    humantime::format_duration(Duration::from_millis(
-                                        u64::try_from(retry_every.as_millis()).unwrap_or(u64::MAX)
-                                    ))
                                 );
                                 outage = Some(e.kind());
                             }
                             self.status.store_failed(&self.instance, self.store, &e.to_string());
-                            next = Instant::now() + retry_every;
+                            next = Instant::now() + wait;
                             self.report(AnnouncementState::StoreFailing, Some(e.to_string()));
                         }
                     }

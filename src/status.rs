@@ -160,11 +160,15 @@ impl StatusState {
             .values()
             .find(|announcement| !announcement.settled)
         {
-            return Err(format!(
-                "announcement {} not in place yet: waiting for its first check and the store's \
-                 first answer",
+            let why = match &waiting.last_error {
+                Some(error) => format!("the store fails: {error}"),
+                None => "waiting for its first check and the store's first answer".to_string(),
+            };
+            return Err(secrets::mask(&format!(
+                "announcement {} not in place yet: {why}",
                 waiting.key
-            ));
+            ))
+            .into_owned());
         }
         match self.failed_loops.iter().next() {
             Some((instance, failure)) => Err(secrets::mask(&format!(

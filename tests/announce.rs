@@ -233,6 +233,38 @@ fn announce_is_not_ready_until_the_store_has_taken_the_key() {
 }
 
 #[test]
+fn announce_asks_a_store_that_refuses_the_credentials_again_slowly() {
+    let mut etcd = Etcd::start();
+    etcd.enable_auth("root", "s3cret");
+    let mut store = store_args("etcd", &etcd.endpoint(0));
+    store.extend(["--username", "root", "--password", "wrong"].map(String::from));
+    let h1 = Host::new("h1");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let one = h1.announce(LONG_TTL, &store, &["--listen", &listen]);
+    let refused = || {
+        one.log()
+            .lines()
+            .find(|line| line.contains("refused the credentials"))
+            .map(str::to_string)
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || refused().is_some()),
+        "{}",
+        one.log()
+    );
+    let line = refused().unwrap_or_default();
+    assert!(
+        line.contains("less often while it refuses, at least every 1m"),
+        "{line}"
+    );
+    let (code, why) = get(&format!("http://{listen}/ready"));
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("the store fails: "), "{why}");
+    assert!(!why.contains("wrong"), "the password is masked: {why}");
+    drop(one);
+}
+
+#[test]
 fn a_daemon_renders_and_announces_from_its_settings_file() {
     let etcd = Etcd::start();
     let store = store_args("etcd", &etcd.endpoint(0));
