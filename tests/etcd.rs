@@ -528,6 +528,34 @@ fn tls_with_client_certificates() {
     );
     assert!(!fixture.path("app.conf").exists());
 
+    // A client certificate of another CA: refused, and said so from the first attempt.
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let other = common::certificates::make_certificates(elsewhere.path());
+    let (other_cert, other_key) = (
+        other.client_cert.display().to_string(),
+        other.client_key.display().to_string(),
+    );
+    let run = fixture.run(&args(
+        &nodes,
+        &[
+            "--onetime",
+            "--client-ca-keys",
+            &ca,
+            "--client-cert",
+            &other_cert,
+            "--client-key",
+            &other_key,
+        ],
+    ));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("refused the credentials")
+            && run
+                .stderr
+                .contains("the server refused the client certificate or its absence"),
+        "{run:?}"
+    );
+
     // A daemon takes it as a refusal, asked again slowly, not as a store out of reach.
     let daemon = fixture.spawn(&args(&nodes, &["--watch", "--client-ca-keys", &ca]));
     let refused = wait_for(Duration::from_secs(30), || {

@@ -163,7 +163,7 @@ impl Tls {
         } else {
             builder.with_root_certificates(RootCertStore::empty())
         };
-        match &self.identity {
+        let mut config = match &self.identity {
             Some(identity) => builder
                 .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
                 .map_err(|e| {
@@ -172,10 +172,14 @@ impl Tls {
                         identity.cert_path.display(),
                         identity.key_path.display()
                     ))
-                }),
-            None => Ok(builder
-                .with_client_cert_resolver(Arc::new(NoCertificate(Arc::clone(&self.refusals))))),
-        }
+                })?,
+            None => builder.with_no_client_auth(),
+        };
+        config.client_auth_cert_resolver = Arc::new(Asked {
+            resolver: Arc::clone(&config.client_auth_cert_resolver),
+            refusals: Arc::clone(&self.refusals),
+        });
+        Ok(config)
     }
 
     /// The CA certificates file as read, PEM.
@@ -238,10 +242,10 @@ impl Refusals {
     }
 
     /// Notes a connection that failed or was closed before the server sent anything on it:
-    /// after asking for a client certificate where none is set, that is the server refusing
-    /// the connection for want of one, whether or not its alert was read.
+    /// after asking for a client certificate, that is the server refusing the one it got, or
+    /// its absence, whether or not its alert was read.
     fn closed_unanswered(&self) {
-        if self.without_certificate && self.asked_for_certificate.load(Ordering::Relaxed) {
+        if self.asked_for_certificate.load(Ordering::Relaxed) {
             self.refused_certificate.store(true, Ordering::Relaxed);
         }
     }
@@ -418,23 +422,28 @@ fn certificate_alert(alert: AlertDescription) -> bool {
     )
 }
 
-/// The client-certificate resolver without a certificate: it notes that a server asked for
-/// one, so that its refusal can be explained.
+/// A client-certificate resolver that notes that a server asked for a certificate, so that
+/// its refusal can be explained, and answers as `resolver` does.
 #[derive(Debug)]
-struct NoCertificate(Arc<Refusals>);
+struct Asked {
+    resolver: Arc<dyn ResolvesClientCert>,
+    refusals: Arc<Refusals>,
+}
 
-impl ResolvesClientCert for NoCertificate {
+impl ResolvesClientCert for Asked {
     fn resolve(
         &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
+        root_hint_subjects: &[&[u8]],
+        sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        self.0.asked_for_certificate.store(true, Ordering::Relaxed);
-        None
+        self.refusals
+            .asked_for_certificate
+            .store(true, Ordering::Relaxed);
+        self.resolver.resolve(root_hint_subjects, sigschemes)
     }
 
     fn has_certs(&self) -> bool {
-        false
+        self.resolver.has_certs()
     }
 }
 
