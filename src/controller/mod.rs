@@ -480,9 +480,19 @@ impl Controller {
         }
     }
 
-    /// Renders and reconciles every resource as one batch.
+    /// Renders and reconciles every resource as one batch, but those waiting for a retry.
     async fn sync_all(&mut self, shutdown: &mut Shutdown) {
-        let all = (0..self.prepared.len()).collect();
+        // A resource waiting for its retry is synced then, from the snapshot as it is then,
+        // with the other templates of its file: syncing it here too would run a failing
+        // reload command at every interval, whatever its backoff says.
+        let retrying = self.with_file_mates(
+            (0..self.prepared.len())
+                .filter(|index| self.retries.is_scheduled(*index))
+                .collect(),
+        );
+        let all = (0..self.prepared.len())
+            .filter(|index| !retrying.contains(index))
+            .collect();
         if let Some(rendered) = self
             .renders
             .round(

@@ -182,6 +182,11 @@ impl Retries {
         self.scheduled.remove(&index);
     }
 
+    /// True when resource `index` waits for another attempt.
+    pub(crate) fn is_scheduled(&self, index: usize) -> bool {
+        self.scheduled.contains_key(&index)
+    }
+
     /// When the next attempt is due, if any is scheduled.
     pub(crate) fn next_due(&self) -> Option<Instant> {
         self.scheduled.values().map(|(_, due)| *due).min()

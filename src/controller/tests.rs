@@ -314,6 +314,25 @@ async fn a_failed_write_is_retried_without_a_new_change() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_failing_resource_keeps_its_backoff_through_the_interval_reads() {
+    let confdir = Confdir::new();
+    let app = confdir.resource("app", VALUE, &["/app"], "");
+    std::fs::remove_dir(confdir.dir.path().join("out")).expect("rmdir");
+    let (store, _script) = memory::store(&[("/app/value", "v1")]);
+    // The store read every second: each read must not sync the failing resource again.
+    let running = start(store, vec![app], Duration::from_secs(1), true);
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < until {
+        tick().await;
+    }
+    // The first attempt, then retries after about 1, 2, 4, 8 s (each drawn between half
+    // and all of it): at most 6 attempts in 20 s, where a sync at every read makes 20.
+    let attempts = renders(&running.status, "app", "write_failed");
+    assert!((2..=7).contains(&attempts), "{attempts} attempts in 20 s");
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_template_error_waits_for_new_data_instead_of_retrying() {
     let confdir = Confdir::new();
     let app = confdir.resource("app", VALUE, &["/app"], "");
