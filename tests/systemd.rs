@@ -32,21 +32,17 @@ struct NotifySocket {
 
 impl NotifySocket {
     fn bind(fixture: &Fixture) -> NotifySocket {
-        let socket = UnixDatagram::bind(fixture.path("notify.sock")).expect("bind");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        NotifySocket {
-            socket,
-            received: Vec::new(),
-        }
+        NotifySocket::receiving(UnixDatagram::bind(fixture.path("notify.sock")).expect("bind"))
     }
 
     /// A socket in the abstract namespace, which `NOTIFY_SOCKET` names as `@<name>`.
     fn bind_abstract(name: &str) -> NotifySocket {
         use std::os::linux::net::SocketAddrExt;
         let address = std::os::unix::net::SocketAddr::from_abstract_name(name).expect("a name");
-        let socket = UnixDatagram::bind_addr(&address).expect("bind");
+        NotifySocket::receiving(UnixDatagram::bind_addr(&address).expect("bind"))
+    }
+
+    fn receiving(socket: UnixDatagram) -> NotifySocket {
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
