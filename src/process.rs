@@ -141,6 +141,9 @@ pub async fn run(settings: Settings) -> ExitCode {
             _ = signals.terminate.recv() => break None,
             _ = signals.interrupt.recv() => break None,
             _ = signals.hangup.recv() => {
+                // Noted before the settings are read, as a change found at an interval is:
+                // a change made meanwhile is found next time.
+                confdir.look().await;
                 reread = Some("SIGHUP");
             }
             changed = confdir.changed() => if changed {
@@ -152,8 +155,6 @@ pub async fn run(settings: Settings) -> ExitCode {
         };
         tracing::info!("{why}: reading the settings, conf.d and templates again");
         notify::reloading();
-        // Taken before the settings are read: a change made meanwhile is seen next time.
-        confdir.look().await;
         // Reading conf.d and the templates, and looking up an SRV record, may take a while:
         // the watches and `/health` go on meanwhile.
         let current = settings.clone();

@@ -94,6 +94,11 @@ fn basic_auth_sends_the_user_to_a_proxy_in_front_as_confd_does() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(fixture.read("app.conf"), "server web1 10.0.0.1:80\n");
     assert!(!run.stderr.contains("pr0xy"), "{run:?}");
+
+    // Basic authentication without a user to send is a settings error.
+    let run = fixture.run(&args(&url, &["-onetime", "-basic-auth"]));
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("no `username` (--username)"), "{run:?}");
 }
 
 #[test]

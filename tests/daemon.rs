@@ -54,6 +54,30 @@ fn expect_content(fixture: &Fixture, daemon: &Daemon, expected: &str, what: &str
     );
 }
 
+/// Adds a resource writing the number of servers to `count.conf`.
+fn add_count_resource(fixture: &Fixture) {
+    fixture.template(
+        "count.tmpl",
+        "{{ gets(key=\"/app/servers/*\") | length }}\n",
+    );
+    fixture.resource(
+        "count",
+        "src = \"count.tmpl\"\ndest = \"count.conf\"\nkeys = [\"/app\"]\n",
+    );
+}
+
+/// Waits up to 10 s for `count.conf` to say one server; fails saying `what` with the log.
+fn expect_count(fixture: &Fixture, daemon: &Daemon, what: &str) {
+    assert!(
+        wait_for(Duration::from_secs(10), || std::fs::read_to_string(
+            fixture.path("count.conf")
+        )
+        .is_ok_and(|text| text == "1\n")),
+        "{what}\n{}",
+        daemon.log()
+    );
+}
+
 /// A daemon watching the fixture's file store, once it has rendered the first data.
 fn watching(fixture: &Fixture) -> Daemon {
     let daemon = fixture.spawn(&["--watch", "--backend", "file", "--file", "data"]);
@@ -78,23 +102,9 @@ fn confd_spelling_is_read_at_start_and_again_on_sighup() {
         "server web1 10.0.0.1:80\n",
         "initial render",
     );
-    fixture.template(
-        "count.tmpl",
-        "{{ gets(key=\"/app/servers/*\") | length }}\n",
-    );
-    fixture.resource(
-        "count",
-        "src = \"count.tmpl\"\ndest = \"count.conf\"\nkeys = [\"/app\"]\n",
-    );
+    add_count_resource(&fixture);
     daemon.hang_up();
-    assert!(
-        wait_for(Duration::from_secs(10), || std::fs::read_to_string(
-            fixture.path("count.conf")
-        )
-        .is_ok_and(|text| text == "1\n")),
-        "the resource added before SIGHUP\n{}",
-        daemon.log()
-    );
+    expect_count(&fixture, &daemon, "the resource added before SIGHUP");
     save(
         &fixture,
         "app:\n  servers:\n    web1: 10.0.0.1:80\n    web2: 10.0.0.2:80\n",
@@ -121,25 +131,12 @@ fn polling_takes_changes_to_conf_d_and_the_templates_at_the_next_interval() {
         "server web1 10.0.0.1:80\n",
         "initial render",
     );
-    fixture.template(
-        "count.tmpl",
-        "{{ gets(key=\"/app/servers/*\") | length }}\n",
-    );
-    fixture.resource(
-        "count",
-        "src = \"count.tmpl\"\ndest = \"count.conf\"\nkeys = [\"/app\"]\n",
-    );
+    add_count_resource(&fixture);
     fixture.template(
         "app.tmpl",
         "{% for kv in gets(key=\"/app/servers/*\") %}backend {{ kv.value }}\n{% endfor %}",
     );
-    let count = || std::fs::read_to_string(fixture.path("count.conf")).ok();
-    assert!(
-        wait_for(Duration::from_secs(10), || count().as_deref()
-            == Some("1\n")),
-        "the resource added\n{}",
-        daemon.log()
-    );
+    expect_count(&fixture, &daemon, "the resource added");
     expect_content(
         &fixture,
         &daemon,

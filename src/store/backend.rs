@@ -479,7 +479,11 @@ impl StoreFields {
                 username.clone(),
                 self.password.clone().unwrap_or_default(),
             ))),
-            (Some(true), None) => Err("basic_auth needs a --username".to_string()),
+            (Some(true), None) => Err(
+                "`basic_auth` (--basic-auth) is on for Consul, but no `username` (--username) is \
+                 given to send"
+                    .to_string(),
+            ),
             (_, Some(_)) => {
                 tracing::warn!(
                     "consul: --username and --password are sent only with --basic-auth, as \

@@ -412,6 +412,31 @@ impl Client {
         })
     }
 
+    /// A `method` request for `path` on `node` with `query`, in the datacenter asked for,
+    /// with the ACL token and the basic authentication the settings give.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        node: &Node,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", node.address()))
+            .query(query);
+        if let Some(datacenter) = &self.datacenter {
+            request = request.query(&[("dc", datacenter)]);
+        }
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token);
+        }
+        if let Some((username, password)) = &self.basic_auth {
+            request = request.basic_auth(username, Some(password));
+        }
+        request
+    }
+
     /// The KV keys under `prefix`, as reconfd keys, and the index to block on next.
     async fn kv(&self, prefix: &str, index: Option<u64>) -> Result<(Values, u64), StoreError> {
         let path = format!("/v1/kv/{}", encode_path(prefix));
@@ -484,13 +509,7 @@ impl Client {
         query: &[(&str, &str)],
         index: Option<u64>,
     ) -> Result<(Option<Vec<u8>>, u64), StoreError> {
-        let mut request = self
-            .http
-            .get(format!("{}{path}", node.address()))
-            .query(query);
-        if let Some(datacenter) = &self.datacenter {
-            request = request.query(&[("dc", datacenter)]);
-        }
+        let mut request = self.request(reqwest::Method::GET, node, path, query);
         request = match index {
             Some(index) => request
                 .query(&[
@@ -500,12 +519,6 @@ impl Client {
                 .timeout(BLOCKING_TIMEOUT),
             None => request.timeout(REQUEST_TIMEOUT),
         };
-        if let Some(token) = &self.token {
-            request = request.header("X-Consul-Token", token);
-        }
-        if let Some((username, password)) = &self.basic_auth {
-            request = request.basic_auth(username, Some(password));
-        }
         let unreachable = |e: reqwest::Error| http::failure(&format!("{node}{path}"), &e);
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::nodes::{Node, Nodes};
-use super::tls::{CERTIFICATE_REFUSED, Tls, TlsOptions, refusal_in};
+use super::tls::{self, CERTIFICATE_REFUSED, Tls, TlsOptions, refusal_in};
 use super::{StoreError, StoreErrorKind};
 
 /// Limit for connecting to a node, so that a dead node costs little before the next is tried.
@@ -83,11 +83,11 @@ pub(crate) fn one_line(text: &str) -> String {
 /// or refused by the TLS layer (a client certificate the server does not take, a server
 /// certificate the settings do not trust), which asking again soon does not mend.
 pub(crate) fn failure(context: &str, error: &reqwest::Error) -> StoreError {
-    let text = format!("{context}: {}", error_chain(error));
-    match refusal_in(error, CERTIFICATE_REFUSED) {
-        Some(refusal) => StoreError::new(refusal.kind, format!("{text}; {}", refusal.hint)),
-        None => StoreError::unreachable(text),
-    }
+    tls::failure(
+        refusal_in(error, CERTIFICATE_REFUSED),
+        StoreErrorKind::Unreachable,
+        format!("{context}: {}", error_chain(error)),
+    )
 }
 
 /// An error with its causes, which for connection errors hold the useful part ("connection

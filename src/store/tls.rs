@@ -206,10 +206,11 @@ impl Tls {
 /// alert. Under TLS 1.3 that alert comes after the client has finished its side of the
 /// handshake, so whether a request sees it or only the connection closing ("broken pipe",
 /// "connection closed") is a race, and HTTP/2 clients report the alert without it as a
-/// cause. So the connections note each alert as they read it ([`Noted`]), and once a server
-/// has refused this way, a failed connection is taken as the same refusal until a server
-/// answers on one: the daemon then neither asks again every second nor alternates between
-/// two reasons in its log.
+/// cause. So the connections note each alert as they read it, and a connection closed
+/// before any answer after the server asked for a client certificate ([`Noted`]); once a
+/// server has refused this way, a failed connection is taken as the same refusal until a
+/// server answers on one: the daemon then neither asks again every second nor alternates
+/// between two reasons in its log.
 #[derive(Debug, Default)]
 pub(crate) struct Refusals {
     /// No client certificate is set.
@@ -233,9 +234,8 @@ pub(crate) struct TlsRefusal {
 impl Refusals {
     /// Notes a read or write failure of a connection: a certificate alert from the server.
     fn note(&self, error: &std::io::Error) {
-        if let Some(rustls::Error::AlertReceived(alert)) =
-            error.get_ref().and_then(|inner| inner.downcast_ref())
-            && certificate_alert(*alert)
+        if refusal_in(error, CERTIFICATE_REFUSED)
+            .is_some_and(|refusal| refusal.kind == StoreErrorKind::Auth)
         {
             self.refused_certificate.store(true, Ordering::Relaxed);
         }
@@ -276,6 +276,19 @@ impl Refusals {
                     hint: certificate_hint,
                 })
         })
+    }
+}
+
+/// The store error of a failed connection or request told by `text`: the refusal it stands
+/// for, with what to do appended, or else a failure of kind `otherwise`.
+pub(crate) fn failure(
+    refusal: Option<TlsRefusal>,
+    otherwise: StoreErrorKind,
+    text: String,
+) -> StoreError {
+    match refusal {
+        Some(refusal) => StoreError::new(refusal.kind, format!("{text}; {}", refusal.hint)),
+        None => StoreError::new(otherwise, text),
     }
 }
 

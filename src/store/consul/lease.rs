@@ -98,21 +98,10 @@ async fn put_to(
     query: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    let mut request = client
-        .http
-        .put(format!("{}{path}", node.address()))
-        .query(query)
+    let request = client
+        .request(reqwest::Method::PUT, node, path, query)
         .timeout(REQUEST_TIMEOUT)
         .body(body);
-    if let Some(datacenter) = &client.datacenter {
-        request = request.query(&[("dc", datacenter)]);
-    }
-    if let Some(token) = &client.token {
-        request = request.header("X-Consul-Token", token);
-    }
-    if let Some((username, password)) = &client.basic_auth {
-        request = request.basic_auth(username, Some(password));
-    }
     let unreachable = |e: reqwest::Error| http::failure(&format!("{node}{path}"), &e);
     let response = request.send().await.map_err(unreachable)?;
     let status = response.status();

@@ -36,7 +36,7 @@ use super::proto::etcdserverpb::{
 use super::proto::mvccpb;
 use crate::store::http::error_chain;
 use crate::store::nodes::redact;
-use crate::store::tls::{Noted, Refusals};
+use crate::store::tls::{self, Noted, Refusals};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// etcd's own client accepts answers of up to 2 GiB (`math.MaxInt32`); tonic's default of 4 MiB
@@ -219,11 +219,11 @@ impl NodeClient {
             }
         };
         let channel = connected.map_err(|e| {
-            let text = format!("etcd: {}: {}", redact(node), error_chain(&e));
-            match options.refusals.explain(&e) {
-                Some(refusal) => StoreError::new(refusal.kind, format!("{text}; {}", refusal.hint)),
-                None => StoreError::unreachable(text),
-            }
+            tls::failure(
+                options.refusals.explain(&e),
+                StoreErrorKind::Unreachable,
+                format!("etcd: {}: {}", redact(node), error_chain(&e)),
+            )
         })?;
         Ok(NodeClient {
             node: redact(node),
@@ -815,12 +815,12 @@ fn status_kind(status: &Status) -> StoreErrorKind {
 /// The failure of `what` on `node`: `status`, explained by the TLS layer when it was a
 /// server refusing the connection.
 fn failure(node: &str, what: &str, status: &Status, refusals: &Refusals) -> StoreError {
-    let text = format!("etcd: {node}: {what}: {}", status_text(status));
     // Only a failed connection has a source; an answer of etcd's is never the TLS layer's.
-    match std::error::Error::source(status).and_then(|source| refusals.explain(source)) {
-        Some(refusal) => StoreError::new(refusal.kind, format!("{text}; {}", refusal.hint)),
-        None => StoreError::new(status_kind(status), text),
-    }
+    tls::failure(
+        std::error::Error::source(status).and_then(|source| refusals.explain(source)),
+        status_kind(status),
+        format!("etcd: {node}: {what}: {}", status_text(status)),
+    )
 }
 
 /// A status's message with its causes (the connection failure behind a transport error).
