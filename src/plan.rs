@@ -34,23 +34,23 @@ impl ConfdirState {
     /// unreadable entries are left out (loading them says what is wrong).
     pub(crate) fn read(confdir: &Path) -> ConfdirState {
         use std::os::unix::fs::MetadataExt;
-        let resource_files = walkdir::WalkDir::new(confdir.join("conf.d"))
-            .max_depth(1)
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "toml"));
+        let resource_files = crate::resource::resource_files(&confdir.join("conf.d"))
+            .map(|(files, _)| files)
+            .unwrap_or_default();
         let templates = walkdir::WalkDir::new(confdir.join("templates"))
             .follow_links(true)
             .into_iter()
-            .filter_map(Result::ok);
+            .filter_map(Result::ok)
+            .map(walkdir::DirEntry::into_path);
         let mut files: Vec<_> = resource_files
+            .into_iter()
             .chain(templates)
-            .filter_map(|entry| {
+            .filter_map(|path| {
                 // Through symlinks, as loading reads them.
-                let metadata = std::fs::metadata(entry.path()).ok()?;
+                let metadata = std::fs::metadata(&path).ok()?;
                 metadata.is_file().then(|| {
                     (
-                        entry.path().to_path_buf(),
+                        path.clone(),
                         metadata.len(),
                         metadata.mtime(),
                         metadata.mtime_nsec(),

@@ -153,36 +153,68 @@ struct TemplateTable {
     secret: bool,
 }
 
-/// Reads every `*.toml` file in `<confdir>/conf.d`, in name order. Each file yields either its
-/// resources (one per `[template]`, or one per `[[template]]` table) or an error; one bad file
-/// does not stop the others.
+/// Reads every `*.toml` file under `<confdir>/conf.d`, subdirectories included as confd
+/// reads them, in path order. Each file yields either its resources (one per `[template]`, or
+/// one per `[[template]]` table) or an error; one bad file does not stop the others.
 pub fn load_all(
     confdir: &Path,
     global_prefix: &str,
 ) -> Result<Vec<Result<Vec<Resource>, ResourceError>>, ResourceError> {
     let resource_dir = confdir.join("conf.d");
-    let entries = std::fs::read_dir(&resource_dir).map_err(|e| ResourceError {
-        file: resource_dir.display().to_string(),
-        message: if e.kind() == std::io::ErrorKind::NotFound {
-            format!(
-                "cannot read the resource directory: {e}; --confdir (or RECONFD_CONFDIR) names \
-                 the directory that holds conf.d/ and templates/"
-            )
-        } else {
-            format!("cannot read the resource directory: {e}")
-        },
-    })?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "toml") && path.is_file())
-        .collect();
-    files.sort();
+    let (files, unreadable) = resource_files(&resource_dir)?;
     let mut loaded: Vec<_> = files
         .iter()
         .map(|file| load(file, &confdir.join("templates"), global_prefix))
         .collect();
     refuse_shared_destinations(&files, &mut loaded);
+    loaded.extend(unreadable.into_iter().map(Err));
     Ok(loaded)
+}
+
+/// The `*.toml` files under `resource_dir` and its subdirectories, sorted, and what could
+/// not be read below it. As confd's walk does, a symbolic link is listed as the file it names
+/// (one that leads nowhere too, so that loading it reports it) and a linked directory is not
+/// entered. An error when `resource_dir` itself cannot be read.
+pub(crate) fn resource_files(
+    resource_dir: &Path,
+) -> Result<(Vec<PathBuf>, Vec<ResourceError>), ResourceError> {
+    let mut files = Vec::new();
+    let mut unreadable = Vec::new();
+    for entry in walkdir::WalkDir::new(resource_dir) {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                let top = e.depth() == 0;
+                let not_found = e
+                    .io_error()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
+                let error = ResourceError {
+                    file: e.path().unwrap_or(resource_dir).display().to_string(),
+                    message: if top && not_found {
+                        format!(
+                            "cannot read the resource directory: {e}; --confdir (or \
+                             RECONFD_CONFDIR) names the directory that holds conf.d/ and \
+                             templates/"
+                        )
+                    } else {
+                        format!("cannot read the resource directory: {e}")
+                    },
+                };
+                if top {
+                    return Err(error);
+                }
+                unreadable.push(error);
+                continue;
+            }
+        };
+        let is_toml = entry.path().extension().is_some_and(|ext| ext == "toml");
+        let is_dir = std::fs::metadata(entry.path()).is_ok_and(|metadata| metadata.is_dir());
+        if is_toml && !is_dir {
+            files.push(entry.into_path());
+        }
+    }
+    files.sort();
+    Ok((files, unreadable))
 }
 
 /// Refuses every file with a destination that a resource of another file writes too. Each
@@ -932,6 +964,47 @@ mod tests {
             (r.uid, r.gid, r.mode),
             (Some(4294967294), Some(0), Some(0o7777))
         );
+    }
+
+    #[test]
+    fn resource_files_in_subdirectories_are_read_and_a_dangling_link_is_reported() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("conf.d/apps/web")).expect("conf.d");
+        std::fs::create_dir_all(dir.path().join("elsewhere")).expect("elsewhere");
+        let resource =
+            |dest: &str| format!("[template]\nsrc = \"t\"\ndest = \"{dest}\"\nkeys = [\"/a\"]\n");
+        std::fs::write(dir.path().join("conf.d/a.toml"), resource("a.conf")).expect("a");
+        std::fs::write(
+            dir.path().join("conf.d/apps/web/b.toml"),
+            resource("b.conf"),
+        )
+        .expect("b");
+        std::fs::write(dir.path().join("elsewhere/c.toml"), resource("c.conf")).expect("c");
+        // A linked directory is not entered, as confd's walk does not enter one.
+        std::os::unix::fs::symlink(
+            dir.path().join("elsewhere"),
+            dir.path().join("conf.d/linked"),
+        )
+        .expect("symlink");
+        std::os::unix::fs::symlink("/nonexistent/x.toml", dir.path().join("conf.d/z.toml"))
+            .expect("symlink");
+        let loaded = load_all(dir.path(), "").expect("conf.d is readable");
+        assert_eq!(loaded.len(), 3, "{loaded:?}");
+        let dests: Vec<String> = loaded
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|r| {
+                r.dest
+                    .file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(dests, ["a.conf", "b.conf"]);
+        let dangling = loaded[2].as_ref().expect_err("a link to nothing");
+        assert!(dangling.file.ends_with("conf.d/z.toml"), "{dangling}");
     }
 
     #[test]
