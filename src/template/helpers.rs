@@ -27,12 +27,12 @@ pub fn register(tera: &mut Tera) {
     tera.register_filter("jsonArray", json_array);
     tera.register_filter("json_encode", tera_contrib::json::json_encode);
     tera.register_filter("base64Encode", tera_contrib::base64::b64_encode);
-    tera.register_filter("base64Decode", tera_contrib::base64::b64_decode);
+    tera.register_filter("base64Decode", base64_decode);
     tera.register_filter("toUpper", |text: &str, _: Kwargs, _: &State| {
-        text.to_uppercase()
+        text.chars().map(go_upper).collect::<String>()
     });
     tera.register_filter("toLower", |text: &str, _: Kwargs, _: &State| {
-        text.to_lowercase()
+        text.chars().map(go_lower).collect::<String>()
     });
     tera.register_filter("trimSuffix", trim_suffix);
     tera.register_filter("contains", contains);
@@ -129,18 +129,74 @@ fn clean(path: &str) -> String {
     }
 }
 
-/// `value | json`: a JSON object in a string, as a map (confd's `json`).
+/// `value | json`: a JSON object in a string, as a map (confd's `json`). JSON's `null` is an
+/// empty map, as Go's decoder leaves the map empty for it.
 fn json_object(text: &str, _: Kwargs, _: &State) -> TeraResult<Value> {
-    let parsed: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+    let parsed: Option<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(text)
         .map_err(|e| tera::Error::message(format!("json: not a JSON object: {e}")))?;
-    Ok(Value::from_serializable(&parsed))
+    Ok(Value::from_serializable(&parsed.unwrap_or_default()))
 }
 
-/// `value | jsonArray`: a JSON array in a string, as a list (confd's `jsonArray`).
+/// `value | jsonArray`: a JSON array in a string, as a list (confd's `jsonArray`). JSON's
+/// `null` is an empty list, as for Go's decoder.
 fn json_array(text: &str, _: Kwargs, _: &State) -> TeraResult<Value> {
-    let parsed: Vec<serde_json::Value> = serde_json::from_str(text)
+    let parsed: Option<Vec<serde_json::Value>> = serde_json::from_str(text)
         .map_err(|e| tera::Error::message(format!("jsonArray: not a JSON array: {e}")))?;
-    Ok(Value::from_serializable(&parsed))
+    Ok(Value::from_serializable(&parsed.unwrap_or_default()))
+}
+
+/// `value | base64Decode`, as Go's `base64.StdEncoding.DecodeString` that confd calls: line
+/// breaks are skipped (a PEM body or `base64`'s output wrapped at 76 columns), padding is
+/// required, and unused bits of the last character are ignored.
+fn base64_decode(text: &str, _: Kwargs, _: &State) -> TeraResult<String> {
+    use base64::Engine;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const GO_STD_ENCODING: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+    );
+    let unwrapped: String = text.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
+    let bytes = GO_STD_ENCODING
+        .decode(unwrapped)
+        .map_err(|e| tera::Error::message(format!("base64Decode: not base64: {e}")))?;
+    String::from_utf8(bytes).map_err(|_| {
+        tera::Error::message(
+            "base64Decode: the decoded bytes are not UTF-8 text, which a template cannot write",
+        )
+    })
+}
+
+/// Go's `unicode.ToUpper` of one character (the simple mapping `strings.ToUpper` uses): `ß`
+/// stays `ß` where Rust's full mapping makes it `SS`.
+fn go_upper(c: char) -> char {
+    let mut upper = c.to_uppercase();
+    match (upper.next(), upper.next()) {
+        (Some(single), None) => single,
+        // The full mapping is longer only where the simple one is the character itself, but
+        // for Greek letters with iota subscript, whose simple mapping is the titlecase letter.
+        _ => match u32::from(c) {
+            0x1F80..=0x1F87 | 0x1F90..=0x1F97 | 0x1FA0..=0x1FA7 => {
+                char::from_u32(u32::from(c) + 8).unwrap_or(c)
+            }
+            0x1FB3 => '\u{1FBC}',
+            0x1FC3 => '\u{1FCC}',
+            0x1FF3 => '\u{1FFC}',
+            _ => c,
+        },
+    }
+}
+
+/// Go's `unicode.ToLower` of one character: `İ` is `i`, where Rust's full mapping adds a
+/// combining dot; no final-sigma rule.
+fn go_lower(c: char) -> char {
+    let mut lower = c.to_lowercase();
+    match (lower.next(), lower.next()) {
+        (Some(single), None) => single,
+        // U+0130 is the only character whose full lowercase mapping is longer.
+        _ => 'i',
+    }
 }
 
 /// `value | trimSuffix(suffix="…")`.
@@ -171,19 +227,20 @@ fn parse_bool(text: &str, _: Kwargs, _: &State) -> TeraResult<bool> {
     }
 }
 
-/// `list | sortByLength`: strings from shortest to longest; equal lengths keep their order.
+/// `list | sortByLength`: strings from shortest to longest in bytes, as Go's `len` counts;
+/// equal lengths keep their order.
 fn sort_by_length(mut items: Vec<String>, _: Kwargs, _: &State) -> Vec<String> {
-    items.sort_by_key(|item| item.chars().count());
+    items.sort_by_key(String::len);
     items
 }
 
-/// `gets(...) | sortKVByLength`: `{key, value}` pairs from shortest key to longest.
+/// `gets(...) | sortKVByLength`: `{key, value}` pairs from shortest key to longest, in bytes.
 fn sort_kv_by_length(mut pairs: Vec<Value>, _: Kwargs, _: &State) -> TeraResult<Vec<Value>> {
     let key_length = |pair: &Value| -> TeraResult<usize> {
         pair.as_map()
             .and_then(|map| map.get(&Key::Str("key")))
             .and_then(Value::as_str)
-            .map(|key| key.chars().count())
+            .map(str::len)
             .ok_or_else(|| {
                 tera::Error::message("sortKVByLength: expects `{key, value}` pairs from gets")
             })
@@ -382,7 +439,41 @@ mod tests {
     fn base64_round_trips() {
         assert_eq!(out("{{ \"hello\" | base64Encode }}"), "aGVsbG8=");
         assert_eq!(out("{{ \"aGVsbG8=\" | base64Decode }}"), "hello");
-        assert!(error("{{ \"%%%\" | base64Decode }}").contains("base64"));
+        assert!(error("{{ \"%%%\" | base64Decode }}").contains("base64Decode: not base64"));
+    }
+
+    #[test]
+    fn base64_decodes_as_go_does() {
+        // `base64` wraps at 76 columns, and a YAML block scalar ends with a newline.
+        let wrapped = format!("{}\n{}\n", "QUFB".repeat(19), "QUFB".repeat(11));
+        assert_eq!(
+            out(&format!(
+                "{{{{ \"{}\" | base64Decode }}}}",
+                wrapped.escape_default()
+            )),
+            "A".repeat(90)
+        );
+        assert_eq!(out("{{ \"aGVs\r\nbG8=\r\n\" | base64Decode }}"), "hello");
+        // Unused bits in the last character are ignored, as by Go's non-strict decoder.
+        assert_eq!(out("{{ \"aGVsbG9=\" | base64Decode }}"), "hello");
+        // Padding is required, as by Go's StdEncoding.
+        assert!(error("{{ \"aGVsbG8\" | base64Decode }}").contains("base64Decode: not base64"));
+        assert!(error("{{ \"/w==\" | base64Decode }}").contains("not UTF-8"));
+    }
+
+    #[test]
+    fn json_null_is_empty_as_in_go() {
+        assert_eq!(out("{{ 'null' | json | length }}"), "0");
+        assert_eq!(
+            out("{% for x in 'null' | jsonArray %}x{% else %}empty{% endfor %}"),
+            "empty"
+        );
+    }
+
+    #[test]
+    fn case_mapping_is_gos_one_character_at_a_time() {
+        assert_eq!(out("{{ \"héllo ß ᾳ\" | toUpper }}"), "HÉLLO ß ᾼ");
+        assert_eq!(out("{{ \"HÉLLO İ ΟΔΟΣ\" | toLower }}"), "héllo i οδοσ");
     }
 
     #[test]
@@ -425,6 +516,17 @@ mod tests {
         .expect("renders");
         assert_eq!(sorted, "/a /mid /long ");
         assert!(error("{{ [1] | sortKVByLength }}").contains("sortKVByLength"));
+        // Go's `len` counts bytes: `héé` (5 bytes) is longer than `abcd`.
+        assert_eq!(
+            out("{{ [\"héé\", \"abcd\", \"zz\"] | sortByLength | join(sep=\",\") }}"),
+            "zz,abcd,héé"
+        );
+        let sorted = render(
+            "{% for kv in gets(key=\"/*\") | sortKVByLength %}{{ kv.key }} {% endfor %}",
+            &[("/é", "1"), ("/ab", "2"), ("/c", "3")],
+        )
+        .expect("renders");
+        assert_eq!(sorted, "/c /ab /é ");
     }
 
     #[test]
