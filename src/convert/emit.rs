@@ -33,6 +33,9 @@ enum Ty {
     Srv,
     List(Box<Ty>),
     Map,
+    /// A value parsed by `json` or `jsonArray`, or a part of one: its fields are the JSON's
+    /// names, looked up as written (an AWS tag's `.Key` stays `Key`).
+    Json,
     Unknown,
 }
 
@@ -459,16 +462,20 @@ impl Emitter<'_> {
             _ => {
                 // A map (sorted by key, as Go ranges over maps), an integer or a list whose
                 // kind is only known when rendering: `goItems` gives index or key pairs.
+                let element = match expr.ty {
+                    Ty::Json => Ty::Json,
+                    _ => Ty::Unknown,
+                };
                 let key = match &index_go {
                     Some(go_name) => self.declare(go_name, Ty::Unknown),
                     None => self.fresh("key"),
                 };
                 let value = match &value_go {
-                    Some(go_name) => self.declare(go_name, Ty::Unknown),
+                    Some(go_name) => self.declare(go_name, element.clone()),
                     None => self.fresh("value"),
                 };
                 let head = format!("{{% for {key}, {value} in {} | goItems %}}", expr.term());
-                self.dots.push(Some((value, Ty::Unknown)));
+                self.dots.push(Some((value, element)));
                 head
             }
         };
@@ -605,6 +612,7 @@ impl Emitter<'_> {
 fn fields_of(mut expr: Expr, fields: &[String]) -> Result<Expr, Fail> {
     for field in fields {
         let (name, ty) = match (&expr.ty, field.as_str()) {
+            (Ty::Json, _) => (field.clone(), Ty::Json),
             (Ty::Pair | Ty::Unknown, "Key" | "Value") => (field.to_lowercase(), Ty::Str),
             (Ty::Srv, "Target") => ("target".to_string(), Ty::Str),
             (Ty::Srv, "Port" | "Priority" | "Weight") => (field.to_lowercase(), Ty::Int),
@@ -778,11 +786,11 @@ fn call(name: &str, args: Vec<Expr>) -> Result<Expr, Fail> {
         }
         "json" => {
             arity(1, 1)?;
-            filter("json", Ty::Map)
+            filter("json", Ty::Json)
         }
         "jsonArray" => {
             arity(1, 1)?;
-            filter("jsonArray", Ty::List(Box::new(Ty::Unknown)))
+            filter("jsonArray", Ty::List(Box::new(Ty::Json)))
         }
         "sortByLength" => {
             arity(1, 1)?;
@@ -880,6 +888,7 @@ fn call(name: &str, args: Vec<Expr>) -> Result<Expr, Fail> {
                     // Go indexes a string by byte, and the byte prints as a number.
                     Ty::Str => (format!("({code} | goByte(at={}))", key.code), Ty::Unknown),
                     Ty::List(element) => (format!("{code}[{}]", key.code), *element),
+                    Ty::Json => (format!("{code}[{}]", key.code), Ty::Json),
                     _ => (format!("{code}[{}]", key.code), Ty::Unknown),
                 };
             }
@@ -977,6 +986,23 @@ mod tests {
         assert_eq!(
             tera(r#"{{range gets "/a/*"}}{{base .Key}}={{.Value}}{{end}}"#),
             r#"{% for kv in gets(key="/a/*") %}{{ (kv.key | base) }}={{ kv.value }}{% endfor %}"#
+        );
+    }
+
+    #[test]
+    fn fields_of_parsed_json_keep_their_names() {
+        // AWS tags: `[{"Key": "Name", "Value": "web"}]`; only a store pair's are lower case.
+        assert_eq!(
+            tera(r#"{{range jsonArray (getv "/tags")}}{{.Key}}={{.Value}}{{end}}"#),
+            r#"{% for item in (getv(key="/tags") | jsonArray) %}{{ item.Key | goPrint }}={{ item.Value | goPrint }}{% endfor %}"#
+        );
+        assert_eq!(
+            tera(r#"{{$d := json (getv "/cfg")}}{{range $d.items}}{{.Key}}{{end}}"#),
+            r#"{% set d = (getv(key="/cfg") | json) %}{% for key, value in d.items | goItems %}{{ value.Key | goPrint }}{% endfor %}"#
+        );
+        assert_eq!(
+            tera(r#"{{$t := jsonArray (getv "/tags")}}{{(index $t 0).Value}}"#),
+            r#"{% set t = (getv(key="/tags") | jsonArray) %}{{ t[0]["Value"] | goPrint }}"#
         );
     }
 
