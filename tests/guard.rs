@@ -196,3 +196,23 @@ fn a_watching_daemon_holds_the_file_logs_once_per_change_and_shows_it() {
     assert_eq!(log.matches("2 keys or more again").count(), 1, "{log}");
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+#[test]
+fn a_sibling_key_sharing_the_prefix_string_does_not_count() {
+    // `/app/servers-old/web9` starts with `/app/servers` but is not under it: an emptied
+    // `/app/servers` is still guarded.
+    let fixture = fixture("min_keys = 1\n", &[]);
+    fixture.write(
+        "data.yaml",
+        "app:\n  servers: {}\n  servers-old:\n    web9: \"10.0.0.9:80\"\n",
+    );
+    fixture.write("app.conf", "server web1 10.0.0.1:80\n");
+    let run = fixture.run(ONETIME);
+    assert_eq!(run.code, Some(1), "the emptied prefix is guarded: {run:?}");
+    assert_eq!(fixture.read("app.conf"), "server web1 10.0.0.1:80\n");
+    assert!(
+        run.stderr
+            .contains("0 keys under /app/servers, fewer than min_keys = 1"),
+        "{run:?}"
+    );
+}

@@ -131,22 +131,25 @@ impl Snapshot {
         }
     }
 
-    /// How many keys lie under any of `prefixes` (each key counted once), counting no further
-    /// than `enough`.
+    /// How many keys lie in the trees of `prefixes` (each key counted once), counting no
+    /// further than `enough`. A tree is the prefix and what lies below it at a `/`: the
+    /// guard of an emptied `/proxy` is not fooled by a sibling `/proxy-old`, although confd's
+    /// string prefix shows that sibling to the template.
     pub fn count_under(&self, prefixes: &[String], enough: usize) -> usize {
         let mut sorted: Vec<&str> = prefixes.iter().map(String::as_str).collect();
         sorted.sort_unstable();
         let mut counted: Vec<&str> = Vec::new();
         let mut count = 0;
         for prefix in sorted {
-            // A prefix under one already counted holds no key of its own.
-            if count >= enough || counted.iter().any(|outer| prefix.starts_with(outer)) {
+            // A prefix in the tree of one already counted holds no key of its own.
+            if count >= enough || counted.iter().any(|outer| in_tree(prefix, outer)) {
                 continue;
             }
             count += self
                 .entries
                 .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
                 .take_while(|(key, _)| under_prefix(key, prefix))
+                .filter(|(key, _)| in_tree(key, prefix))
                 .take(enough - count)
                 .count();
             counted.push(prefix);
@@ -403,6 +406,14 @@ pub fn under_prefix(key: &str, prefix: &str) -> bool {
     key.starts_with(prefix)
 }
 
+/// True when `key` is `prefix` or lies below it at a `/` boundary: `/app` holds `/app` and
+/// `/app/x`, not `/apple`.
+fn in_tree(key: &str, prefix: &str) -> bool {
+    key.strip_prefix(prefix).is_some_and(|rest| {
+        rest.is_empty() || rest.starts_with('/') || prefix.is_empty() || prefix.ends_with('/')
+    })
+}
+
 /// True when `key` lies under any of `prefixes`.
 pub fn under_any(key: &str, prefixes: &[String]) -> bool {
     prefixes.iter().any(|prefix| under_prefix(key, prefix))
@@ -422,10 +433,15 @@ mod tests {
             ..Snapshot::default()
         };
         let prefixes = |all: &[&str]| all.iter().map(|p| p.to_string()).collect::<Vec<_>>();
-        assert_eq!(snapshot.count_under(&prefixes(&["/app"]), 10), 3);
+        // `/apple` is a sibling of `/app`, not in its tree.
+        assert_eq!(snapshot.count_under(&prefixes(&["/app"]), 10), 2);
+        assert_eq!(snapshot.count_under(&prefixes(&["/ap"]), 10), 0);
+        assert_eq!(snapshot.count_under(&prefixes(&["/apple"]), 10), 1);
+        assert_eq!(snapshot.count_under(&prefixes(&["/"]), 10), 5);
+        assert_eq!(snapshot.count_under(&prefixes(&[""]), 10), 5);
         assert_eq!(
             snapshot.count_under(&prefixes(&["/app/b", "/app", "/db"]), 10),
-            4
+            3
         );
         assert_eq!(snapshot.count_under(&prefixes(&["/app/", "/db"]), 2), 2);
         assert_eq!(snapshot.count_under(&prefixes(&["/none"]), 10), 0);
