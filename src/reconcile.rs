@@ -76,12 +76,15 @@ pub(crate) enum ReconcileError {
         message: String,
     },
     /// The check command rejected the staged content; the destination is unchanged.
-    #[error("{dest}: check failed, destination left unchanged: {source}")]
+    #[error("{dest}: check failed, destination left unchanged: {source}{}", owed_note(.owed_reload))]
     Check {
         /// The destination.
         dest: String,
         /// The command's failure, with its output.
         source: CommandError,
+        /// When the file in place is one an earlier sync swapped in and whose reload failed:
+        /// that reload, run again all the same, as the service has not loaded it yet.
+        owed_reload: Option<Result<(), Box<CommandError>>>,
     },
     /// The destination was updated but its reload command failed.
     #[error("{dest}: {}the reload command failed: {source}", updated_but(.swapped))]
@@ -124,6 +127,17 @@ pub(crate) enum ReconcileError {
         /// The parser's complaint, with its line and column.
         message: String,
     },
+}
+
+/// What a check failure's message adds about the reload the file in place was owed.
+fn owed_note(owed_reload: &Option<Result<(), Box<CommandError>>>) -> String {
+    match owed_reload {
+        None => String::new(),
+        Some(Ok(())) => "; the file in place, swapped in earlier, has now been reloaded".into(),
+        Some(Err(e)) => {
+            format!("; the reload the file in place (swapped in earlier) is owed failed again: {e}")
+        }
+    }
 }
 
 /// How a failed reload's message starts: whether that sync had just replaced the file.
@@ -402,6 +416,7 @@ async fn checked(resource: &Resource, check: &str, staged: Staged, options: Opti
     Step::Failed(ReconcileError::Check {
         dest: resource.dest.display().to_string(),
         source,
+        owed_reload: None,
     })
 }
 
@@ -721,8 +736,11 @@ async fn reload_batch(
         };
         let due = match &steps[index] {
             Step::Swapped(_) => true,
-            // The file in place was never reloaded: its reload is tried again.
-            Step::Done(Outcome::InSync) => item.reload_owed && !options.noop,
+            // The file in place was never reloaded: its reload is tried again, also when the
+            // new content was refused, which leaves that file in place.
+            Step::Done(Outcome::InSync) | Step::Failed(ReconcileError::Check { .. }) => {
+                item.reload_owed && !options.noop
+            }
             _ => false,
         };
         if !due {
@@ -757,8 +775,12 @@ async fn reload_batch(
                     tracing::info!("Reloaded for {dests}: {output}");
                 }
                 for index in members {
-                    if matches!(steps[index], Step::Done(Outcome::InSync)) {
-                        steps[index] = Step::Done(Outcome::Reloaded);
+                    match &mut steps[index] {
+                        Step::Done(Outcome::InSync) => steps[index] = Step::Done(Outcome::Reloaded),
+                        Step::Failed(ReconcileError::Check { owed_reload, .. }) => {
+                            *owed_reload = Some(Ok(()));
+                        }
+                        _ => {}
                     }
                 }
                 continue;
@@ -810,6 +832,10 @@ async fn reload_batch(
             })
         };
         for index in members {
+            if let Step::Failed(ReconcileError::Check { owed_reload, .. }) = &mut steps[index] {
+                *owed_reload = Some(Err(Box::new(source.clone())));
+                continue;
+            }
             let dest = items[index].resource.dest.display().to_string();
             let swapped = !matches!(steps[index], Step::Done(Outcome::InSync));
             let rollback = if restored.contains(&index) {

@@ -357,6 +357,53 @@ fn a_failed_reload_is_run_again_without_a_new_change() {
 }
 
 #[test]
+fn a_reload_owed_is_run_again_while_newer_content_fails_its_check() {
+    let fixture = Fixture::new();
+    fixture.template("app.tmpl", "port {{ getv(key=\"/app/port\") }}\n");
+    // The reload fails until the file `reload-works` exists; the check refuses `bad`.
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\n\
+         check_cmd = \"! grep -q bad {{.src}}\"\n\
+         reload_cmd = \"echo run >> reloads; test -e reload-works\"\n",
+    );
+    fixture.write("data.yaml", "app:\n  port: \"80\"\n");
+    let address = listen_address();
+    let daemon = watch_data(&fixture, &address);
+    expect_log(&daemon, "updated, but the reload command failed");
+    // New data the check refuses: `port 80`, swapped in but never loaded, stays in place
+    // and its reload is still owed.
+    fixture.write("data.yaml", "app:\n  port: \"bad\"\n");
+    expect_log(&daemon, "check failed, destination left unchanged");
+    let runs = lines(&fixture, "reloads");
+    assert!(
+        wait_for(Duration::from_secs(30), || lines(&fixture, "reloads")
+            > runs),
+        "the owed reload run again while the check fails\n--- log\n{}",
+        daemon.log()
+    );
+    fixture.write("reload-works", "");
+    expect_log(
+        &daemon,
+        "the file in place, swapped in earlier, has now been reloaded",
+    );
+    assert_eq!(fixture.read("app.conf"), "port 80\n");
+    assert!(
+        wait_for(Duration::from_secs(10), || get(&format!(
+            "http://{address}/status"
+        ))
+        .1
+        .contains("\"next_attempt\":null")),
+        "no retry once the owed reload succeeded: the check waits for new data"
+    );
+    let runs = lines(&fixture, "reloads");
+    daemon.hang_up();
+    expect_log(&daemon, "SIGHUP: new settings applied");
+    assert_eq!(daemon.terminate(), Some(0));
+    assert_eq!(lines(&fixture, "reloads"), runs, "nothing owed any more");
+}
+
+#[test]
 fn a_reload_owed_is_run_by_the_settings_a_sighup_brings() {
     let fixture = Fixture::new();
     fixture.template("app.tmpl", "port {{ getv(key=\"/app/port\") }}\n");

@@ -714,7 +714,11 @@ impl Controller {
                 Err(report::Failure::Reconcile(e)) if e.swapped() => {
                     self.reloads_owed.insert(r.index);
                 }
-                Ok(Outcome::Updated | Outcome::Reloaded) => {
+                Ok(Outcome::Updated | Outcome::Reloaded)
+                | Err(report::Failure::Reconcile(ReconcileError::Check {
+                    owed_reload: Some(Ok(())),
+                    ..
+                })) => {
                     self.reloads_owed.remove(&r.index);
                 }
                 _ if resource.reload_cmd.is_none() => {
@@ -766,7 +770,12 @@ fn may_pass(error: &ReconcileError) -> bool {
     match error {
         ReconcileError::Io { .. }
         | ReconcileError::Reload { .. }
-        | ReconcileError::RolledBack { .. } => true,
+        | ReconcileError::RolledBack { .. }
+        // The new content waits for new data, but the reload of the file in place does not.
+        | ReconcileError::Check {
+            owed_reload: Some(Err(_)),
+            ..
+        } => true,
         ReconcileError::Check { .. }
         | ReconcileError::Format { .. }
         | ReconcileError::Held { .. } => false,
