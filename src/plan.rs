@@ -115,7 +115,7 @@ impl Plan {
                 return Err(PlanError::Unusable);
             }
         };
-        let (prepared, mut failures) = prepare_resources(loaded, settings);
+        let (prepared, mut unloaded) = prepare_resources(loaded, settings);
         if !settings.noop {
             // Nothing is being staged now (at start, or on a SIGHUP once the running
             // controllers have stopped), so a stage file found beside a destination was left
@@ -124,7 +124,7 @@ impl Plan {
                 stage::remove_leftovers(&member.resource.dest);
             }
         }
-        if prepared.is_empty() && failures == 0 {
+        if prepared.is_empty() && unloaded.is_empty() {
             tracing::warn!(
                 "no template resources in {}",
                 settings.confdir.join("conf.d").display()
@@ -210,9 +210,10 @@ impl Plan {
                 Err(message) => {
                     // Only the resources with this [backend] table are lost.
                     for member in &members {
-                        tracing::error!("{}: [backend]: {message}", member.resource.file.display());
+                        let file = member.resource.file.display().to_string();
+                        tracing::error!("{file}: [backend]: {message}");
+                        unloaded.push((file, format!("[backend]: {message}")));
                     }
-                    failures += members.len();
                 }
             }
         }
@@ -225,6 +226,8 @@ impl Plan {
                 )
             })
         }));
+        let failures = unloaded.len();
+        status.set_unloaded(unloaded);
         Ok(Plan {
             controllers,
             failures,
@@ -246,7 +249,8 @@ pub(crate) fn validate(current: &Settings) -> Result<Settings, String> {
     }
     let loaded =
         resource::load_all(&settings.confdir, &settings.prefix).map_err(|e| e.to_string())?;
-    let (prepared, failures) = prepare_resources(loaded, &settings);
+    let (prepared, unloaded) = prepare_resources(loaded, &settings);
+    let failures = unloaded.len();
     if failures > 0 {
         return Err(format!(
             "{failures} {} unusable (logged above)",
@@ -290,21 +294,37 @@ fn by_store(
     groups
 }
 
+/// A resource file's path without the `:line:column` an error's place adds to it.
+fn without_place(place: &str) -> &str {
+    let mut file = place;
+    for _ in 0..2 {
+        match file.rsplit_once(':') {
+            Some((head, number))
+                if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                file = head;
+            }
+            _ => break,
+        }
+    }
+    file
+}
+
 /// Loads every resource and parses its template once, with the shared parts it uses. Bad
-/// resources are logged and counted; the others go on.
+/// resource files are logged and returned as (file, why); the others go on.
 fn prepare_resources(
     loaded: Vec<Result<Vec<Resource>, ResourceError>>,
     settings: &Settings,
-) -> (Vec<Prepared>, usize) {
+) -> (Vec<Prepared>, Vec<(String, String)>) {
     let library = Library::read(&settings.confdir.join("templates"));
     let mut prepared = Vec::new();
-    let mut failures = 0;
+    let mut unloaded = Vec::new();
     for loaded in loaded {
         let resources = match loaded {
             Ok(resources) => resources,
             Err(e) => {
                 tracing::error!("{e}");
-                failures += 1;
+                unloaded.push((without_place(&e.file).to_string(), e.to_string()));
                 continue;
             }
         };
@@ -327,11 +347,13 @@ fn prepare_resources(
             )),
             Err(message) => {
                 tracing::error!("{message}");
-                failures += 1;
+                if let Some(resource) = resources.first() {
+                    unloaded.push((resource.file.display().to_string(), message));
+                }
             }
         }
     }
-    (prepared, failures)
+    (prepared, unloaded)
 }
 
 /// The render limits of `resource`: its own, or the settings', or the defaults.

@@ -660,9 +660,18 @@ fn toml_error(file: &Path, text: &str, error: &toml::de::Error) -> ResourceError
         let line = before.matches('\n').count() + 1;
         let column = before.len() - line_start + 1;
         place = format!(":{line}:{column}");
+        // confd's own examples quote the mode; an unquoted 0644 is not a TOML number.
+        let line_text = text[line_start..].lines().next().unwrap_or_default();
+        let unquoted_mode = line_text
+            .split_once('=')
+            .is_some_and(|(key, _)| key.trim() == "mode")
+            && message.contains("leading zero");
         message = secrets::with_settings_line(&message, text, line_start, |key| {
             keys_of::<TemplateTable>().contains(&key) || settings::readable_key(key)
         });
+        if unquoted_mode {
+            message.push_str("; write the mode as a quoted octal string, such as mode = \"0644\"");
+        }
     }
     ResourceError {
         file: format!("{}{place}", file.display()),

@@ -143,6 +143,9 @@ struct StatusState {
     stores: BTreeMap<String, StoreState>,
     /// The announcements, by key.
     announcements: BTreeMap<String, AnnouncementEntry>,
+    /// Resource files of the running settings that could not be loaded (their resources are
+    /// not managed), with why.
+    unloaded: BTreeMap<String, String>,
     /// Store loops that failed unexpectedly and have not completed a full sync since, with
     /// the failure.
     #[serde(skip)]
@@ -279,6 +282,7 @@ struct Metrics {
     guarded: Family<ResourceLabel, Gauge>,
     render_seconds: Histograms,
     announcement_up: Family<AnnouncementLabel, Gauge>,
+    unloaded: Gauge,
 }
 
 impl Default for Metrics {
@@ -300,6 +304,7 @@ impl Default for Metrics {
             guarded: Family::default(),
             render_seconds: Family::new_with_constructor(render_histogram),
             announcement_up: Family::default(),
+            unloaded: Gauge::default(),
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -351,6 +356,12 @@ impl Default for Metrics {
             "reconfd_render_duration_seconds",
             "Time to render a resource's template",
             metrics.render_seconds.clone(),
+        );
+        registry.register(
+            "reconfd_resource_files_unloaded",
+            "Resource files of the running settings that could not be loaded, whose templates \
+             are not managed",
+            metrics.unloaded.clone(),
         );
         registry.register(
             "reconfd_announcement_up",
@@ -455,6 +466,17 @@ impl Status {
                 });
             }
         }
+    }
+
+    /// Sets the resource files of the running settings that could not be loaded, as (file,
+    /// why).
+    pub fn set_unloaded(&self, unloaded: impl IntoIterator<Item = (String, String)>) {
+        let mut state = self.state();
+        state.unloaded = unloaded.into_iter().collect();
+        self.shared
+            .metrics
+            .unloaded
+            .set(i64::try_from(state.unloaded.len()).unwrap_or(i64::MAX));
     }
 
     /// Records one sync of a resource.
@@ -690,6 +712,11 @@ impl Status {
             "resources": state.resources.values().collect::<Vec<_>>(),
             "stores": state.stores.values().collect::<Vec<_>>(),
             "announcements": state.announcements.values().collect::<Vec<_>>(),
+            "unloaded": state
+                .unloaded
+                .iter()
+                .map(|(file, error)| serde_json::json!({"file": file, "error": error}))
+                .collect::<Vec<_>>(),
         });
         secrets::mask_json(&mut json);
         json

@@ -108,6 +108,55 @@ fn status_json_lists_every_resource() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+#[test]
+fn a_resource_file_that_cannot_be_loaded_is_listed_and_counted() {
+    let fixture = Fixture::new();
+    fixture.template("app.tmpl", "port {{ getv(key=\"/app/port\") }}\n");
+    fixture.resource(
+        "good",
+        "src = \"app.tmpl\"\ndest = \"good.conf\"\nkeys = [\"/app\"]\n",
+    );
+    fixture.resource(
+        "broken",
+        "src = \"app.tmpl\"\ndest = \"broken.conf\"\nkeys = [\"/app\"]\nmode = 0644\n",
+    );
+    fixture.write("data.yaml", "app:\n  port: \"80\"\n");
+    let address = format!("127.0.0.1:{}", common::etcd::free_port());
+    let daemon = fixture.spawn(&[
+        "--watch",
+        "--backend",
+        "file",
+        "--file",
+        "data.yaml",
+        "--listen",
+        &address,
+    ]);
+    let base = format!("http://{address}");
+    assert!(
+        wait_for(Duration::from_secs(10), || get(&format!("{base}/ready")).0
+            == 200),
+        "the good resource is synced\n{}",
+        daemon.log()
+    );
+    let (_, body) = get(&format!("{base}/status"));
+    let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let unloaded = status["unloaded"].as_array().expect("unloaded");
+    assert_eq!(unloaded.len(), 1, "{body}");
+    let broken = fixture.path("conf.d/broken.toml").display().to_string();
+    assert_eq!(unloaded[0]["file"], broken, "{body}");
+    let error = unloaded[0]["error"].as_str().expect("error");
+    assert!(error.contains(&format!("{broken}:5:")), "{error}");
+    assert!(error.contains("quoted octal string"), "{error}");
+    let (_, metrics) = get(&format!("{base}/metrics"));
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "reconfd_resource_files_unloaded 1"),
+        "{metrics}"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 fn md5(text: &str) -> String {
     reconfd::reconcile::md5_hex(text.as_bytes())
 }
