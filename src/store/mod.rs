@@ -131,6 +131,14 @@ impl Snapshot {
         }
     }
 
+    /// How many keys start with `prefix`, as a store's prefix read selects them.
+    pub fn count_starting_with(&self, prefix: &str) -> usize {
+        self.entries
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(key, _)| under_prefix(key, prefix))
+            .count()
+    }
+
     /// How many keys lie in the trees of `prefixes` (each key counted once), counting no
     /// further than `enough`. A tree is the prefix and what lies below it at a `/`: the
     /// guard of an emptied `/proxy` is not fooled by a sibling `/proxy-old`, although confd's
@@ -446,6 +454,8 @@ mod tests {
         assert_eq!(snapshot.count_under(&prefixes(&["/app/", "/db"]), 2), 2);
         assert_eq!(snapshot.count_under(&prefixes(&["/none"]), 10), 0);
         assert_eq!(snapshot.count_under(&prefixes(&["/app"]), 0), 0);
+        // A store's prefix read is a string prefix: `/app` selects `/apple` too.
+        assert_eq!(snapshot.count_starting_with("/app"), 3);
     }
 
     #[test]
