@@ -353,7 +353,8 @@ impl TemplateError {
                 };
                 let source = files.get(file);
                 let at = source.and_then(|source| source.get(span.range.clone()));
-                let mut message = explained(report.message(), at);
+                let before = source.and_then(|source| source.get(..span.range.start));
+                let mut message = explained(report.message(), at, before);
                 if matches!(error.kind(), ErrorKind::SyntaxError(_))
                     && source.is_some_and(|source| in_go_action(source, span.range.start))
                 {
@@ -415,7 +416,7 @@ fn located_reports(text: &str, path: &dyn Fn(&str) -> String) -> Option<(String,
         let (column, line, name) = (fields.next()?, fields.next()?, fields.next()?);
         Some((
             format!("{}:{line}:{column}", path(name)),
-            explained(message, None),
+            explained(message, None, None),
         ))
     });
     let (location, mut message) = found.next()?;
@@ -461,20 +462,33 @@ fn line_column(source: &str, offset: usize) -> String {
     format!("{line}:{column}")
 }
 
-/// Tera's `message` for a fault at the source text `at`, with what it names and, for the
-/// habits a confd template brings, how to write it in Tera.
-fn explained(message: &str, at: Option<&str>) -> String {
+/// Tera's `message` for a fault at the source text `at` (with the text `before` it), with
+/// what it names and, for the habits a confd template brings, how to write it in Tera.
+fn explained(message: &str, at: Option<&str>, before: Option<&str>) -> String {
     match (message, at) {
         ("Unknown tag", Some(tag)) => format!(
             "unknown tag `{tag}` (tags are Tera's: if, for, set, include, macro, ...; confd's \
              functions are called inside {{{{ }}}})"
         ),
-        (message, _) if message.starts_with("Found string but expected identifier") => format!(
-            "{message} Function arguments are passed by name: write `getv(key=\"/a/b\")`, \
-             not `getv(\"/a/b\")`."
-        ),
+        (message, _) if message.starts_with("Found string but expected identifier") => {
+            let called = before.and_then(called_name).unwrap_or("getv");
+            format!(
+                "{message} Arguments are passed by name: `{called}(name=value, ...)` with the \
+                 names docs/templates.md gives, as `getv(key=\"/a/b\")`, not `getv(\"/a/b\")`."
+            )
+        }
         (message, _) => message.to_string(),
     }
+}
+
+/// The function or filter whose argument list `before` ends in: `split` for
+/// `{{ x | split(`.
+fn called_name(before: &str) -> Option<&str> {
+    let head = before.trim_end().strip_suffix('(')?.trim_end();
+    let start = head
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |at| at + 1);
+    Some(&head[start..]).filter(|name| !name.is_empty())
 }
 
 /// One template, parsed once with the shared parts it uses, with confd's functions
@@ -670,6 +684,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_positional_argument_is_explained_with_the_function_it_was_given_to() {
+        for (source, called) in [
+            ("{{ getv(\"/a\") }}", "getv"),
+            ("{{ \"a,b\" | split(\",\") }}", "split"),
+            ("{{ \"a\" | replace( \"a\", \"b\") }}", "replace"),
+        ] {
+            let err = Renderer::from_source("t.tmpl", source, Resolver::System)
+                .err()
+                .unwrap_or_else(|| panic!("{source} parsed"));
+            assert!(
+                err.to_string()
+                    .contains(&format!("passed by name: `{called}(name=value, ...)`")),
+                "{source}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn a_confd_template_gets_a_hint_to_convert_it() {
         for go in [
             "{{getv \"/app/a\"}}",
@@ -687,17 +719,6 @@ pub(crate) mod tests {
             .err()
             .expect("a Tera syntax error");
         assert!(!err.to_string().contains("reconfd convert"), "{err}");
-    }
-
-    #[test]
-    fn a_positional_argument_gets_a_hint_to_name_it() {
-        let err = Renderer::from_source("t.tmpl", "{{ getv(\"/x\") }}", Resolver::System)
-            .err()
-            .expect("positional argument");
-        assert!(
-            err.to_string().contains("write `getv(key=\"/a/b\")`"),
-            "{err}"
-        );
     }
 
     #[test]
