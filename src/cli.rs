@@ -34,7 +34,8 @@ pub(crate) struct Cli {
     pub confdir: Option<PathBuf>,
 
     /// Settings file in confd's `confd.toml` format. A missing default file is fine; a missing
-    /// file named here is an error. [default: CONFDIR/reconfd.toml]
+    /// file named here is an error. [default: CONFDIR/reconfd.toml, or CONFDIR/confd.toml
+    /// when there is no reconfd.toml]
     #[arg(long, env = "RECONFD_CONFIG_FILE", value_name = "FILE")]
     #[serde(skip)] // It names the settings file, so it cannot be one of its keys.
     pub config_file: Option<PathBuf>,

@@ -134,10 +134,23 @@ impl Settings {
     pub fn merge(matches: &ArgMatches) -> Result<Settings, SettingsError> {
         let cli = Cli::from_arg_matches(matches).unwrap_or_else(|e| e.exit());
         let config_file = cli.config_file.clone().unwrap_or_else(|| {
-            cli.confdir
+            let confdir = cli
+                .confdir
                 .clone()
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFDIR))
-                .join("reconfd.toml")
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFDIR));
+            let ours = confdir.join("reconfd.toml");
+            // A confd user's `--confdir /etc/confd` has confd's settings file beside conf.d,
+            // where confd reads it by default.
+            let confds = confdir.join("confd.toml");
+            if !ours.exists() && confds.exists() {
+                tracing::info!(
+                    "reading confd's settings file {} (no reconfd.toml beside it)",
+                    confds.display()
+                );
+                confds
+            } else {
+                ours
+            }
         });
         let mut given = read_settings_file(&config_file, cli.config_file.is_none())?;
         let exec_of_file = given.exec.clone();
@@ -591,6 +604,24 @@ mod tests {
         assert_eq!(s.prefix, "/production");
         assert_eq!(s.log_level, "debug");
         assert!(s.sync_only);
+    }
+
+    #[test]
+    fn confds_settings_file_in_the_confdir_is_read_when_there_is_no_reconfd_toml() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let confdir = dir.path().to_string_lossy().into_owned();
+        std::fs::write(
+            dir.path().join("confd.toml"),
+            "backend = \"env\"\ninterval = 42\n",
+        )
+        .expect("confd.toml");
+        let s = settings(&["--confdir", &confdir]).expect("settings");
+        assert_eq!(s.interval, Duration::from_secs(42));
+        assert_eq!(s.backend, Some(Backend::Env));
+        // reconfd.toml, when there is one, is the settings file.
+        std::fs::write(dir.path().join("reconfd.toml"), "backend = \"env\"\n").expect("ours");
+        let s = settings(&["--confdir", &confdir]).expect("settings");
+        assert_eq!(s.interval, Duration::from_secs(600));
     }
 
     #[test]
