@@ -158,6 +158,19 @@ impl Settings {
         given
             .update_from_arg_matches(&without_defaults(matches))
             .unwrap_or_else(|e| e.exit());
+        // confd's variables for the client's TLS files count where nothing else set them, as
+        // confd reads them.
+        for (file, variable) in [
+            (&mut given.store.client_cert, "CONFD_CLIENT_CERT"),
+            (&mut given.store.client_key, "CONFD_CLIENT_KEY"),
+            (&mut given.store.client_cakeys, "CONFD_CLIENT_CAKEYS"),
+        ] {
+            if file.is_none() {
+                *file = std::env::var_os(variable)
+                    .filter(|value| !value.is_empty())
+                    .map(PathBuf::from);
+            }
+        }
         // `--exec` gives the command only: the file's `[exec]` table keeps the rest.
         if let (Some(file), Some(given)) = (exec_of_file, given.exec.as_mut()) {
             *given = ExecTable {

@@ -957,3 +957,45 @@ fn unquoted_yes_no_on_off_are_booleans_as_in_confd() {
          word_yes=true\n"
     );
 }
+
+#[test]
+fn confds_variables_name_the_client_tls_files_where_nothing_else_does() {
+    let fixture = Fixture::new();
+    fixture.template("app.tmpl", "port {{ getv(key=\"/app/port\") }}\n");
+    fixture.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"app.conf\"\nkeys = [\"/app\"]\n",
+    );
+    let onetime = [
+        "--onetime",
+        "--backend",
+        "etcd",
+        "--node",
+        "https://127.0.0.1:1",
+    ];
+    // The files do not exist, so the message names the one taken.
+    let run = Run::from(
+        fixture
+            .command(&onetime)
+            .env("CONFD_CLIENT_CERT", "/nonexistent/confd-cert.pem")
+            .env("CONFD_CLIENT_KEY", "/nonexistent/confd-key.pem")
+            .output()
+            .expect("run reconfd"),
+    );
+    assert_eq!(run.code, Some(2), "a settings error: {run:?}");
+    assert!(
+        run.stderr.contains("/nonexistent/confd-cert.pem"),
+        "{run:?}"
+    );
+    let run = Run::from(
+        fixture
+            .command(&onetime)
+            .env("CONFD_CLIENT_CERT", "/nonexistent/confd-cert.pem")
+            .env("CONFD_CLIENT_KEY", "/nonexistent/confd-key.pem")
+            .env("RECONFD_CLIENT_CERT", "/nonexistent/ours-cert.pem")
+            .output()
+            .expect("run reconfd"),
+    );
+    assert!(run.stderr.contains("/nonexistent/ours-cert.pem"), "{run:?}");
+    assert!(!run.stderr.contains("confd-cert.pem"), "{run:?}");
+}
