@@ -36,7 +36,7 @@ const DEFAULT_INTERVAL_SECONDS: u64 = 600;
 
 /// confd.toml keys that belong to stores or features reconfd does not offer yet. They are
 /// accepted so that a confd.toml can be used unchanged.
-const CONFD_KEYS_NOT_USED_YET: &[&str] = &["table", "app_id", "user_id", "path", "secret_keyring"];
+const CONFD_KEYS_NOT_USED_YET: &[&str] = &["table", "app_id", "user_id", "secret_keyring"];
 
 /// Why the settings are unusable (exit status 2).
 #[derive(Debug, thiserror::Error)]

@@ -124,6 +124,51 @@ fn kv1_is_detected_and_the_token_can_come_from_vault_token() {
 }
 
 #[test]
+fn an_app_role_enabled_at_another_path_logs_in_there() {
+    let vault = Vault::start();
+    vault.enable_app_role(
+        "role-1",
+        "secret-1",
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+    );
+    vault.move_app_role_to("my-approle");
+    vault.put("secret", "app/db", json!({"user": "app", "password": "v1"}));
+    let fixture = fixture();
+    let url = vault.url();
+    let login = [
+        "--onetime",
+        "--role-id",
+        "role-1",
+        "--secret-id",
+        "secret-1",
+    ];
+    let run = fixture.run(&vault_args(&url, &login));
+    assert_eq!(
+        run.code,
+        Some(1),
+        "approle is not where it is enabled: {run:?}"
+    );
+    let mut at_path = login.to_vec();
+    at_path.extend(["--path", "my-approle"]);
+    let run = fixture.run(&vault_args(&url, &at_path));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("db.conf"), "user=app\npassword=v1\n");
+    // confd's settings key.
+    fixture.write(
+        "confd.toml",
+        &format!(
+            "backend = \"vault\"\nnodes = [\"{url}\"]\nauth_type = \"app-role\"\n\
+             role_id = \"role-1\"\nsecret_id = \"secret-1\"\npath = \"my-approle\"\n"
+        ),
+    );
+    std::fs::remove_file(fixture.path("db.conf")).expect("remove");
+    let run = fixture.run(&["--onetime"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fixture.read("db.conf"), "user=app\npassword=v1\n");
+}
+
+#[test]
 fn app_role_tokens_are_renewed_and_logged_in_again() {
     let vault = Vault::start();
     // Tokens live 2 s and may be renewed until 5 s after the login.

@@ -155,6 +155,10 @@ pub struct StoreFields {
         hide_env_values = true
     )]
     pub secret_id: Option<String>,
+    /// Vault AppRole: the path the auth method is mounted at (confd's `-path`), as in
+    /// `vault auth enable -path=PATH approle`. [default: approle]
+    #[arg(long, env = "RECONFD_PATH", value_name = "PATH")]
+    pub path: Option<String>,
     /// Vault: the KV secrets engine version, 1 or 2. [default: detected from the mount]
     #[arg(long, env = "RECONFD_KV_VERSION", value_name = "VERSION")]
     pub kv_version: Option<u8>,
@@ -569,6 +573,13 @@ impl StoreFields {
                 (Some(role_id), Some(secret_id)) => Ok(VaultAuth::AppRole {
                     role_id: role_id.clone(),
                     secret_id: secret_id.clone(),
+                    mount: self
+                        .path
+                        .as_deref()
+                        .map(|path| path.trim_matches('/'))
+                        .filter(|path| !path.is_empty())
+                        .unwrap_or("approle")
+                        .to_string(),
                 }),
                 _ => Err("Vault's app-role login needs --role-id and --secret-id".to_string()),
             };

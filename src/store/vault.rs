@@ -62,6 +62,8 @@ pub enum VaultAuth {
         role_id: String,
         /// The secret ID.
         secret_id: String,
+        /// Where the AppRole method is mounted: `approle` unless enabled at another path.
+        mount: String,
     },
 }
 
@@ -245,11 +247,15 @@ impl VaultStore {
                     renewable: data["renewable"].as_bool().unwrap_or(false),
                 })
             }
-            VaultAuth::AppRole { role_id, secret_id } => {
+            VaultAuth::AppRole {
+                role_id,
+                secret_id,
+                mount,
+            } => {
                 let answer = self
                     .call(
                         "POST",
-                        "/v1/auth/approle/login",
+                        &format!("/v1/auth/{mount}/login"),
                         None,
                         Some(json!({"role_id": role_id, "secret_id": secret_id})),
                     )

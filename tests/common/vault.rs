@@ -29,7 +29,9 @@
 //!   (403 `permission denied` when missing, unknown or expired), `auth/token/lookup-self`,
 //!   `auth/token/renew-self` (up to the token's maximum lifetime); AppRole
 //!   (<https://developer.hashicorp.com/vault/api-docs/auth/approle>): `auth/approle/login`,
-//!   400 `invalid role or secret ID`.
+//!   400 `invalid role or secret ID`; the method may be enabled at another path
+//!   (<https://developer.hashicorp.com/vault/docs/commands/auth/enable>, `-path`), whose login
+//!   is then `auth/<path>/login`, and `auth/approle/login` is 404 `no handler for route`.
 //! - An unknown path in no mount is 404 `no handler for route`.
 
 use std::collections::BTreeMap;
@@ -119,6 +121,8 @@ struct Data {
     tokens: BTreeMap<String, Token>,
     /// The AppRole credentials and the lifetime of the tokens they give.
     app_role: Option<(String, String, Duration, Duration)>,
+    /// Where the AppRole method is enabled.
+    app_role_path: String,
     logins: usize,
     renewals: usize,
     issued: usize,
@@ -224,6 +228,7 @@ impl Vault {
             secrets: BTreeMap::new(),
             tokens: BTreeMap::new(),
             app_role: None,
+            app_role_path: "approle".to_string(),
             logins: 0,
             renewals: 0,
             issued: 0,
@@ -233,7 +238,7 @@ impl Vault {
             .route("/v1/sys/internal/ui/mounts/{*path}", get(mount_info))
             .route("/v1/auth/token/lookup-self", get(lookup_self))
             .route("/v1/auth/token/renew-self", post(renew_self))
-            .route("/v1/auth/approle/login", post(app_role_login))
+            .route("/v1/auth/{path}/login", post(app_role_login))
             .route("/v1/{*path}", get(read_or_list))
             .with_state(Arc::clone(&data));
         Vault {
@@ -295,6 +300,11 @@ impl Vault {
     ) {
         self.data.lock().expect("lock").app_role =
             Some((role_id.to_string(), secret_id.to_string(), ttl, max_ttl));
+    }
+
+    /// Enables the AppRole method at `path` instead of `approle`.
+    pub fn move_app_role_to(&self, path: &str) {
+        self.data.lock().expect("lock").app_role_path = path.to_string();
     }
 
     /// Writes a secret's fields at `path` of `mount` (`secret`, `kv`, `team/kv`): a new
@@ -461,9 +471,13 @@ struct Login {
 
 async fn app_role_login(
     State(data): State<Arc<Mutex<Data>>>,
+    Path(path): Path<String>,
     axum::Json(login): axum::Json<Login>,
 ) -> Response {
     let mut data = data.lock().expect("lock");
+    if path != data.app_role_path {
+        return error(StatusCode::NOT_FOUND, "no handler for route");
+    }
     let Some((role_id, secret_id, ttl, max_ttl)) = data.app_role.clone() else {
         return denied();
     };
