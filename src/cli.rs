@@ -111,8 +111,9 @@ pub(crate) struct Cli {
     pub rollback: bool,
 
     /// Serve metrics, health, readiness and a status page on this address, such as
-    /// `127.0.0.1:9100`. [default: off]
-    #[arg(long, env = "RECONFD_LISTEN", value_name = "ADDR")]
+    /// `127.0.0.1:9100`, or `:9100` for every IPv4 address. [default: off]
+    #[arg(long, env = "RECONFD_LISTEN", value_name = "ADDR", value_parser = listen_address)]
+    #[serde(default, deserialize_with = "listen")]
     pub listen: Option<SocketAddr>,
 
     /// Log level: error, warn, info, debug (reconfd's own details, and its store clients'
@@ -449,6 +450,29 @@ fn reload_signal<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Si
 }
 
 /// A duration of the `[exec]` table (`"30s"`), at most [`crate::limits::EXEC_DELAY`].
+/// `--listen`'s address: `IP:PORT`, `:PORT` for every IPv4 address (as Go's servers and
+/// Prometheus's exporters read it) or `localhost:PORT`.
+pub(crate) fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    let spelled = if let Some(port) = text.strip_prefix(':') {
+        format!("0.0.0.0:{port}")
+    } else if let Some(port) = text.strip_prefix("localhost:") {
+        format!("127.0.0.1:{port}")
+    } else {
+        text.to_string()
+    };
+    spelled.parse().map_err(|_| {
+        format!(
+            "{text:?} is not an address to listen on: give IP:PORT (127.0.0.1:9100, \
+             [::1]:9100), or :PORT for every address"
+        )
+    })
+}
+
+fn listen<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    listen_address(&text).map(Some).map_err(de::Error::custom)
+}
+
 fn delay<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(deserializer)?;
     crate::limits::EXEC_DELAY

@@ -377,7 +377,9 @@ async fn serve_status(
     };
     match tokio::net::TcpListener::bind(address).await {
         Ok(listener) => {
-            tracing::info!("serving metrics and status on http://{address}/");
+            // The port the system chose for port 0.
+            let bound = listener.local_addr().unwrap_or(address);
+            tracing::info!("serving metrics and status on http://{bound}/");
             tokio::spawn(status::serve(listener, status.clone(), open_files));
             Ok(())
         }

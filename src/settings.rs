@@ -749,6 +749,25 @@ mod tests {
         let (_dir, path) = write_settings("listen = \"9100\"\n");
         let err = settings(&["--config-file", &path]).expect_err("not an address");
         assert!(err.to_string().contains("`listen`"), "{err}");
+        assert!(err.to_string().contains("give IP:PORT"), "{err}");
+        for (spelled, address) in [
+            (":9100", "0.0.0.0:9100"),
+            ("localhost:9100", "127.0.0.1:9100"),
+        ] {
+            let s = settings(&["--listen", spelled]).expect("an address");
+            assert_eq!(
+                s.listen,
+                Some(address.parse().expect("address")),
+                "{spelled}"
+            );
+            let (_dir, path) = write_settings(&format!("listen = \"{spelled}\"\n"));
+            let s = settings(&["--config-file", &path]).expect("an address");
+            assert_eq!(
+                s.listen,
+                Some(address.parse().expect("address")),
+                "{spelled}"
+            );
+        }
     }
 
     #[test]
