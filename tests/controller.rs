@@ -404,6 +404,55 @@ fn a_reload_owed_is_run_again_while_newer_content_fails_its_check() {
 }
 
 #[test]
+fn resources_sharing_a_failed_reload_retry_it_together() {
+    let fixture = Fixture::new();
+    fixture.template("app.tmpl", "port {{ getv(key=\"/app/port\") }}\n");
+    for name in ["a", "b"] {
+        fixture.resource(
+            name,
+            &format!(
+                "src = \"app.tmpl\"\ndest = \"{name}.conf\"\nkeys = [\"/app\"]\n\
+                 reload_cmd = \"echo run >> reloads; test -e reload-works\"\n"
+            ),
+        );
+    }
+    fixture.write("data.yaml", "app:\n  port: \"80\"\n");
+    let address = listen_address();
+    let daemon = watch_data(&fixture, &address);
+    expect_log(&daemon, "updated, but the reload command failed");
+    assert!(
+        wait_for(Duration::from_secs(30), || lines(&fixture, "reloads") >= 2),
+        "retried\n--- log\n{}",
+        daemon.log()
+    );
+    fixture.write("reload-works", "");
+    expect_log(&daemon, "Reloaded for");
+    assert!(
+        wait_for(Duration::from_secs(30), || get(&format!(
+            "http://{address}/status"
+        ))
+        .1
+        .matches("\"next_attempt\":null")
+        .count()
+            == 2),
+        "both settled\n--- log\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    let reloaded: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("Reloaded for"))
+        .collect();
+    // One reload of the service for both files, as when the command first ran.
+    assert_eq!(reloaded.len(), 1, "{log}");
+    assert!(
+        reloaded[0].contains("a.conf") && reloaded[0].contains("b.conf"),
+        "{log}"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[test]
 fn a_reload_owed_is_run_by_the_settings_a_sighup_brings() {
     let fixture = Fixture::new();
     fixture.template("app.tmpl", "port {{ getv(key=\"/app/port\") }}\n");

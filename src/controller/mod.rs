@@ -400,7 +400,8 @@ impl Controller {
                     self.sync_round(due, stream.as_mut(), &mut settling, shutdown).await;
                 }
                 () = sleep_until(retry_due), if retry_due.is_some() => {
-                    let due = self.retries.due(now()).into_iter().collect();
+                    let mut due = self.retries.due(now()).into_iter().collect();
+                    self.join_shared_reloads(&mut due);
                     self.sync_round(due, stream.as_mut(), &mut settling, shutdown).await;
                 }
                 batch = self.renders.next_late() => {
@@ -448,6 +449,33 @@ impl Controller {
     /// first, so no render starts from a state that a queued change has superseded, and a
     /// burst of changes gives each affected resource one render with the final values.
     /// Resources with a `wait` that a queued change touches go to `settling` instead.
+    /// Adds to `due` the resources waiting for a retry that owe a reload with the same
+    /// command as one of `due`: the command then runs once for all of them, as it did when
+    /// it failed, rather than once per resource on timers of their own.
+    fn join_shared_reloads(&mut self, due: &mut BTreeSet<usize>) {
+        let commands: BTreeSet<&str> = due
+            .iter()
+            .filter_map(|index| self.prepared[*index].resource.reload_cmd.as_deref())
+            .collect();
+        let joining: Vec<usize> = self
+            .reloads_owed
+            .iter()
+            .copied()
+            .filter(|index| !due.contains(index) && self.retries.is_scheduled(*index))
+            .filter(|index| {
+                self.prepared[*index]
+                    .resource
+                    .reload_cmd
+                    .as_deref()
+                    .is_some_and(|command| commands.contains(command))
+            })
+            .collect();
+        for index in joining {
+            self.retries.attempting(index, now());
+            due.insert(index);
+        }
+    }
+
     async fn sync_round(
         &mut self,
         mut dirty: BTreeSet<usize>,

@@ -192,6 +192,14 @@ impl Retries {
         self.scheduled.values().map(|(_, due)| *due).min()
     }
 
+    /// Marks resource `index` as tried now, before its time (with another resource that
+    /// shares its reload command), as [`Retries::due`] marks those it returns.
+    pub(crate) fn attempting(&mut self, index: usize, now: Instant) {
+        if let Some((_, at)) = self.scheduled.get_mut(&index) {
+            *at = far_future(now);
+        }
+    }
+
     /// The resources due at `now`. They stay scheduled, so that a further failure waits
     /// longer; a success forgets them.
     pub(crate) fn due(&mut self, now: Instant) -> Vec<usize> {
