@@ -75,8 +75,12 @@ pub(crate) fn synced(
         checked: commands_ran && wrote && resource.check_cmd.is_some(),
         reloaded: commands_ran && resource.reload_cmd.is_some(),
         // A checksum of a short secret gives it away.
+        // The file on disk: the rendered one when it is in place, also after a swap whose
+        // reload failed.
         md5: match (&rendered.content, resource.secret || options.noop) {
-            (Ok(_), false) if matches!(result, SyncResult::InSync | SyncResult::Updated) => {
+            (Ok(_), false)
+                if wrote || matches!(result, SyncResult::InSync | SyncResult::Updated) =>
+            {
                 rendered.md5.clone()
             }
             _ => None,

@@ -543,7 +543,9 @@ impl Status {
             entry.md5 = Some(md5.clone());
         }
         let stamp = now.to_rfc3339_opts(SecondsFormat::Secs, true);
-        if sync.result == SyncResult::Updated {
+        // When the file changed: a swap, also one whose reload failed; not the later reload
+        // that completed it.
+        if sync.wrote {
             entry.last_change = Some(stamp.clone());
         }
         if !sync.result.failed() {

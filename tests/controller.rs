@@ -316,6 +316,18 @@ fn a_failed_reload_is_run_again_without_a_new_change() {
     let daemon = watch_data(&fixture, &address);
     expect_log(&daemon, "updated, but the reload command failed");
     expect_log(&daemon, "trying again in");
+    // /status describes the file on disk, swapped in though not yet loaded.
+    let status = |field: &str| -> serde_json::Value {
+        let (_, body) = get(&format!("http://{address}/status"));
+        let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        status["resources"][0][field].clone()
+    };
+    assert_eq!(
+        status("md5"),
+        reconfd::reconcile::md5_hex(b"port 80\n").as_str()
+    );
+    let changed = status("last_change");
+    assert!(changed.is_string(), "{changed}");
     // The file is in place, so the retry finds it in sync; the reload it owes runs all the
     // same, and fails again while the service cannot take it.
     assert!(
@@ -332,6 +344,11 @@ fn a_failed_reload_is_run_again_without_a_new_change() {
         .1
         .contains("\"next_attempt\":null")),
         "no retry is scheduled after the reload succeeded"
+    );
+    assert_eq!(
+        status("last_change"),
+        changed,
+        "the file changed when it was swapped in, not when it was reloaded"
     );
     // One file was written, once: the reloads run again replaced nothing (and in exec mode
     // signal the service no more than once, by the same test of what a sync swapped).
