@@ -124,12 +124,15 @@ impl Guards {
             Some(too_few) if self.held.insert(index) => {
                 tracing::warn!("{}", held_back(resource, too_few));
             }
-            None if self.held.remove(&index) => tracing::info!(
-                "{}: {} keys or more again; syncing {}",
-                resource.file.display(),
-                resource.min_keys.unwrap_or_default(),
-                resource.dest.display()
-            ),
+            None if self.held.remove(&index) => {
+                let min = resource.min_keys.unwrap_or_default();
+                tracing::info!(
+                    "{}: at least min_keys = {min} {} again; {} is synced again",
+                    resource.file.display(),
+                    if min == 1 { "key" } else { "keys" },
+                    resource.dest.display()
+                );
+            }
             _ => {}
         }
     }

@@ -193,7 +193,11 @@ fn a_watching_daemon_holds_the_file_logs_once_per_change_and_shows_it() {
         daemon.log()
     );
     let log = daemon.log();
-    assert_eq!(log.matches("2 keys or more again").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("at least min_keys = 2 keys again").count(),
+        1,
+        "{log}"
+    );
     assert_eq!(daemon.terminate(), Some(0));
 }
 

@@ -99,8 +99,10 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     while let Some(cause) = source {
         let message = cause.to_string();
         // Some errors repeat their cause in their own message, or wrap one with the same
-        // words ("tcp connect error: tcp connect error"): said once is enough.
-        if !last.ends_with(&message) {
+        // words ("tcp connect error: transport error: tcp connect error"): said once is
+        // enough.
+        let said = last.ends_with(&message) || text.split(": ").any(|part| part == message);
+        if !said {
             text.push_str(": ");
             text.push_str(&message);
         }
@@ -143,6 +145,15 @@ mod tests {
         let inner = Layer("timed out", None);
         let outer = Layer("request failed: timed out", Some(Box::new(inner)));
         assert_eq!(error_chain(&outer), "request failed: timed out");
+        // A layer that repeats one further out is said once.
+        let refused = Layer("Connection refused (os error 111)", None);
+        let connect = Layer("tcp connect error", Some(Box::new(refused)));
+        let transport = Layer("transport error", Some(Box::new(connect)));
+        let outer = Layer("tcp connect error", Some(Box::new(transport)));
+        assert_eq!(
+            error_chain(&outer),
+            "tcp connect error: transport error: Connection refused (os error 111)"
+        );
     }
 
     #[test]

@@ -515,9 +515,15 @@ async fn follow(
         let (watcher, message) = match report {
             Some((watcher, Ok(Some(message)))) => (watcher, message),
             Some((_, Ok(None))) | None => {
-                break format!("etcd: {}: the watch stream ended", connection.node);
+                break format!("{}: the watch stream ended", connection.node);
             }
-            Some((_, Err(error))) => break error.to_string(),
+            // The reason is logged after `etcd: ` below.
+            Some((_, Err(error))) => {
+                let error = error.to_string();
+                break error
+                    .strip_prefix("etcd: ")
+                    .map_or(error.clone(), str::to_string);
+            }
         };
         match message {
             WatchMessage::Compacted { compact_revision } => {
@@ -569,7 +575,7 @@ async fn follow(
                         .is_none_or(|start| revision >= start);
                     if unseen && !read_everything(&client, &prefixes, &events).await {
                         break format!(
-                            "etcd: {}: a change came but every key could not be read",
+                            "{}: a change came but every key could not be read",
                             connection.node
                         );
                     }
