@@ -128,6 +128,8 @@ const RESERVED: &[&str] = &[
     "None",
     "super",
     "self",
+    "break",
+    "continue",
     "__tera_context",
 ];
 
@@ -291,10 +293,15 @@ impl Emitter<'_> {
         {
             existing.name.clone()
         } else {
-            let base = if go_name.is_empty() || RESERVED.contains(&go_name) {
-                format!("{go_name}_")
+            // Go takes any letter in a name, Tera ASCII ones only: `$é` becomes `_`.
+            let ascii: String = go_name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            let base = if ascii.is_empty() || RESERVED.contains(&ascii.as_str()) {
+                format!("{ascii}_")
             } else {
-                go_name.to_string()
+                ascii
             };
             self.fresh(&base)
         };
@@ -986,6 +993,14 @@ mod tests {
         assert_eq!(
             tera(r#"{{range gets "/a/*"}}{{base .Key}}={{.Value}}{{end}}"#),
             r#"{% for kv in gets(key="/a/*") %}{{ (kv.key | base) }}={{ kv.value }}{% endfor %}"#
+        );
+    }
+
+    #[test]
+    fn go_names_tera_cannot_take_are_renamed() {
+        assert_eq!(
+            tera(r#"{{$break := "v"}}{{$break}}{{$continue := 1}}{{$é := "c"}}{{$é}}"#),
+            r#"{% set break_ = "v" %}{{ break_ }}{% set continue_ = 1 %}{% set _ = "c" %}{{ _ }}"#
         );
     }
 
