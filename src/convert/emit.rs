@@ -665,6 +665,70 @@ fn string_literal(text: &str) -> String {
     out
 }
 
+/// The text of `code` when it is one string literal as [`string_literal`] writes it.
+fn literal_text(code: &str) -> Option<String> {
+    let mut chars = code.strip_prefix('"')?.chars();
+    let mut text = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return chars.next().is_none().then_some(text),
+            '\\' => text.push(match chars.next()? {
+                'n' => '\n',
+                't' => '\t',
+                'r' => '\r',
+                other => other,
+            }),
+            _ => text.push(c),
+        }
+    }
+    None
+}
+
+/// A confd (Go `path.Match`) pattern given as a literal, written so that reconfd's patterns
+/// match what confd's did: `**` is one `*` in Go, braces are plain characters, and `[!a]`
+/// is the class of `!` and `a` (Go negates with `^` only). A pattern computed at render
+/// time is left as it is.
+fn go_pattern(code: &str) -> String {
+    let Some(pattern) = literal_text(code) else {
+        return code.to_string();
+    };
+    let mut out = String::new();
+    let mut chars = pattern.chars().peekable();
+    let mut in_class = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                out.push(c);
+                out.extend(chars.next());
+            }
+            '[' if !in_class => {
+                in_class = true;
+                out.push(c);
+                if chars.peek() == Some(&'!') {
+                    chars.next();
+                    out.push_str("\\!");
+                }
+            }
+            ']' if in_class => {
+                in_class = false;
+                out.push(c);
+            }
+            '*' if !in_class => {
+                out.push(c);
+                while chars.peek() == Some(&'*') {
+                    chars.next();
+                }
+            }
+            '{' | '}' if !in_class => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    string_literal(&out)
+}
+
 fn number_literal(number: &str) -> Result<Expr, Fail> {
     let digits = number.replace('_', "");
     let leading_zero = digits.trim_start_matches(['-', '+']).len() > 1
@@ -769,9 +833,16 @@ fn call(name: &str, args: Vec<Expr>) -> Result<Expr, Fail> {
         }
         "gets" => {
             arity(1, 1)?;
-            Expr::atom(format!("gets(key={})", a(0)), Ty::List(Box::new(Ty::Pair)))
+            Expr::atom(
+                format!("gets(key={})", go_pattern(&a(0))),
+                Ty::List(Box::new(Ty::Pair)),
+            )
         }
-        "getvs" | "ls" | "lsdir" => {
+        "getvs" => {
+            arity(1, 1)?;
+            Expr::atom(format!("getvs(key={})", go_pattern(&a(0))), list_of_str)
+        }
+        "ls" | "lsdir" => {
             arity(1, 1)?;
             Expr::atom(format!("{name}(key={})", a(0)), list_of_str)
         }
@@ -993,6 +1064,19 @@ mod tests {
         assert_eq!(
             tera(r#"{{range gets "/a/*"}}{{base .Key}}={{.Value}}{{end}}"#),
             r#"{% for kv in gets(key="/a/*") %}{{ (kv.key | base) }}={{ kv.value }}{% endfor %}"#
+        );
+    }
+
+    #[test]
+    fn confd_patterns_keep_their_go_meaning() {
+        assert_eq!(
+            tera(r#"{{range gets "/u/**"}}{{end}}{{range getvs "/u/{a,b}/[!a]"}}{{end}}"#),
+            r#"{% for kv in gets(key="/u/*") %}{% endfor %}{% for value in getvs(key="/u/\\{a,b\\}/[\\!a]") %}{% endfor %}"#
+        );
+        // Already Go's meaning: left as written.
+        assert_eq!(
+            tera(r#"{{range gets "/u/[^a]?\\*"}}{{end}}"#),
+            r#"{% for kv in gets(key="/u/[^a]?\\*") %}{% endfor %}"#
         );
     }
 
