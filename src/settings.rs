@@ -406,12 +406,47 @@ impl Origins<'_> {
                 let variable = arg.and_then(Arg::get_env).unwrap_or_default();
                 SettingsError::Invalid(format!("{}={value}: {problem}", variable.to_string_lossy()))
             }
-            _ => SettingsError::Parse {
-                path: self.config_file.to_path_buf(),
-                message: format!("`{name}` = {value}: {problem}"),
-            },
+            _ => {
+                let text = std::fs::read_to_string(self.config_file).unwrap_or_default();
+                match value_span(&text, name) {
+                    // As a type error is reported: its place, and the line quoted.
+                    Some(span) => file_error(
+                        self.config_file,
+                        &text,
+                        &format!("`{name}`: {problem}"),
+                        Some(span),
+                    ),
+                    None => SettingsError::Parse {
+                        path: self.config_file.to_path_buf(),
+                        message: format!("`{name}` = {value}: {problem}"),
+                    },
+                }
+            }
         }
     }
+}
+
+/// Where the value of top-level `key` (spelt with `-` or `_`) starts in settings-file `text`.
+fn value_span(text: &str, key: &str) -> Option<Range<usize>> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            // The keys of a table are not top-level settings.
+            return None;
+        }
+        let Some((name, rest)) = trimmed.split_once('=') else {
+            continue;
+        };
+        let name = name.trim().trim_matches('"');
+        if name.replace('_', "-") == key.replace('_', "-") {
+            let at = start + (line.len() - rest.trim_start().len());
+            return Some(at..at);
+        }
+    }
+    None
 }
 
 /// Maps confd's level names (which include `panic` and `fatal`) onto tracing's.
@@ -466,7 +501,8 @@ fn read_settings_file(path: &Path, is_default: bool) -> Result<Cli, SettingsErro
         .collect();
     for key in ignored {
         tracing::warn!(
-            "{}: key `{key}` belongs to a store reconfd does not offer yet; ignored",
+            "{}: key `{key}` is for a store or feature of confd reconfd does not offer yet; \
+             ignored",
             path.display()
         );
     }
@@ -698,18 +734,21 @@ mod tests {
         let err = settings(&["--config-file", &path]).expect_err("too long");
         assert_eq!(
             err.to_string(),
-            format!("{path}: `interval` = 31536001: at most 31536000 seconds (365d)")
+            format!(
+                "{path}:2:12: `interval`: at most 31536000 seconds (365d), in `interval = \
+                 31536001`"
+            )
         );
         let err = settings(&["--config-file", &path, "--interval", "5"]).expect_err("too long");
         assert_eq!(
             err.to_string(),
-            format!("{path}: `wait` = \"300000000000y\": at most 365d")
+            format!("{path}:3:8: `wait`: at most 365d, in `wait = \"300000000000y\"`")
         );
         let (_dir, path) = write_settings("backend = \"env\"\ninterval = 0\n");
         let err = settings(&["--config-file", &path]).expect_err("zero");
         assert_eq!(
             err.to_string(),
-            format!("{path}: `interval` = 0: at least 1 second")
+            format!("{path}:2:12: `interval`: at least 1 second, in `interval = 0`")
         );
     }
 
@@ -885,7 +924,7 @@ mod tests {
         let err = settings(&["--config-file", &path]).expect_err("too long");
         assert_eq!(
             err.to_string(),
-            format!("{path}: `render-timeout` = \"2h\": at most 1h")
+            format!("{path}:2:18: `render-timeout`: at most 1h, in `render-timeout = \"2h\"`")
         );
         let s = settings(&["--config-file", &path, "--render-timeout", "5s"]).expect("flag wins");
         assert_eq!(s.render_timeout, Some(Duration::from_secs(5)));
@@ -895,7 +934,9 @@ mod tests {
         let err = settings(&["--config-file", &path]).expect_err("too large");
         assert_eq!(
             err.to_string(),
-            format!("{path}: `render-max-size` = \"5GiB\": at most 4GiB")
+            format!(
+                "{path}:2:19: `render-max-size`: at most 4GiB, in `render-max-size = \"5GiB\"`"
+            )
         );
     }
 

@@ -473,7 +473,7 @@ fn overlong_durations_in_flags_environment_and_settings_exit_2_naming_them() {
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(
         run.stderr
-            .contains("reconfd.toml: `wait` = \"300000000000y\": at most 365d"),
+            .contains("reconfd.toml:1:8: `wait`: at most 365d, in `wait = \"300000000000y\"`"),
         "{run:?}"
     );
     assert!(!fixture.path("out/app.conf").exists(), "nothing ran");
@@ -908,7 +908,7 @@ fn an_unknown_store_is_named_where_it_was_given() {
     let run = fixture.run(&["--onetime"]);
     assert!(
         run.stderr
-            .contains("reconfd.toml: `backend` = \"etcdd\": not a known store"),
+            .contains("reconfd.toml:1:11: `backend`: not a known store"),
         "{run:?}"
     );
 }

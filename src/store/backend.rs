@@ -500,11 +500,12 @@ impl StoreFields {
     }
 
     /// The SRV record that names the nodes of the store `backend`: `srv_record`, else
-    /// `_<backend>._tcp.<srv_domain>.` as confd builds it.
+    /// `_<backend>._tcp.<srv_domain>.` as confd builds it. An empty one is unset, as in
+    /// confd (many confd.toml files carry `srv_domain = ""`).
     fn srv_record_name(&self, backend: &str) -> Option<String> {
-        self.srv_record.clone().or_else(|| {
-            self.srv_domain
-                .as_ref()
+        let given = |field: &Option<String>| field.clone().filter(|text| !text.is_empty());
+        given(&self.srv_record).or_else(|| {
+            given(&self.srv_domain)
                 .map(|domain| format!("_{backend}._tcp.{}.", domain.trim_end_matches('.')))
         })
     }
@@ -666,6 +667,24 @@ pub fn open(backend: &Backend) -> Result<Box<dyn Store>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_srv_domain_or_record_is_unset_as_in_confd() {
+        let fields = StoreFields {
+            srv_domain: Some(String::new()),
+            srv_record: Some(String::new()),
+            ..StoreFields::default()
+        };
+        assert_eq!(fields.srv_record_name("etcd"), None);
+        let fields = StoreFields {
+            srv_domain: Some("example.com.".into()),
+            ..StoreFields::default()
+        };
+        assert_eq!(
+            fields.srv_record_name("etcd").as_deref(),
+            Some("_etcd._tcp.example.com.")
+        );
+    }
 
     #[test]
     fn instances_name_the_kind_and_the_nodes_without_passwords() {
