@@ -273,7 +273,54 @@ fn switch_value(arg: clap::Arg) -> clap::Arg {
 pub fn matches() -> ArgMatches {
     let command = command();
     let args = confd_spelling(std::env::args_os().collect(), &command);
-    command.get_matches_from(args)
+    match command.clone().try_get_matches_from(&args) {
+        Ok(matches) => matches,
+        Err(error) => match from_the_environment(&error, &command, &args) {
+            Some(message) => {
+                eprint!("{message}");
+                std::process::exit(2);
+            }
+            None => error.exit(),
+        },
+    }
+}
+
+/// clap's message for a bad value that came from a `RECONFD_*` variable, which names the
+/// flag although none was given, with the variable named instead.
+fn from_the_environment(
+    error: &clap::Error,
+    command: &clap::Command,
+    args: &[OsString],
+) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(spec)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = spec.strip_prefix("--")?.split([' ', '=']).next()?;
+    let flag = format!("--{long}");
+    let given = args.iter().skip(1).any(|arg| {
+        arg.to_str()
+            .is_some_and(|arg| arg == flag || arg.starts_with(&format!("{flag}=")))
+    });
+    if given {
+        return None;
+    }
+    let arg = command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))?;
+    let variable = arg.get_env()?.to_string_lossy();
+    std::env::var_os(&*variable)?;
+    let plain = error.render().to_string();
+    Some(plain.replace(
+        &format!("'{spec}'"),
+        &format!("{variable} (from the environment)"),
+    ))
 }
 
 /// `args` with every long option spelt with one dash, as confd (Go's flag package) takes them

@@ -999,3 +999,30 @@ fn confds_variables_name_the_client_tls_files_where_nothing_else_does() {
     assert!(run.stderr.contains("/nonexistent/ours-cert.pem"), "{run:?}");
     assert!(!run.stderr.contains("confd-cert.pem"), "{run:?}");
 }
+
+#[test]
+fn a_bad_value_from_a_variable_names_the_variable_not_the_flag() {
+    let fixture = Fixture::new();
+    let run = Run::from(
+        fixture
+            .command(&["--onetime", "--backend", "env"])
+            .env("RECONFD_INTERVAL", "abc")
+            .output()
+            .expect("run reconfd"),
+    );
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("invalid value 'abc' for RECONFD_INTERVAL (from the environment)"),
+        "{run:?}"
+    );
+    // Given as a flag, the flag is named.
+    let run = Run::from(
+        fixture
+            .command(&["--onetime", "--backend", "env", "--interval", "xyz"])
+            .env("RECONFD_INTERVAL", "abc")
+            .output()
+            .expect("run reconfd"),
+    );
+    assert!(run.stderr.contains("for '--interval <SECONDS>'"), "{run:?}");
+}
