@@ -230,8 +230,10 @@ impl Outage {
     /// Records that the store answered.
     pub(crate) fn ended(&mut self) {
         if let (Some(since), Some(kind)) = (self.since.take(), self.kind.take()) {
+            // Counted from the first failure seen: a store that hung is seen failing only
+            // once a probe gives up on it.
             tracing::info!(
-                "{} store {} after {:.1?}",
+                "{} store {}, {:.1?} after its first failed attempt",
                 self.instance,
                 recovered(kind),
                 crate::controller::now() - since
