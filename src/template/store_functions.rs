@@ -165,11 +165,13 @@ fn matching<'v>(view: &'v View, pattern: &str) -> TeraResult<Vec<(String, &'v st
 /// Names of the entries directly below template key `dir`; with `dirs_only`, only those that
 /// have keys below them. As in confd, a key equal to `dir` lists its own last segment.
 fn children(view: &View, dir: &str, dirs_only: bool) -> Vec<String> {
+    // `ls("/app/key/")` of a key `/app/key` lists nothing, as confd's string comparison does.
+    let names_itself = !dir.ends_with('/');
     let dir = dir.trim_end_matches('/');
     let mut names = BTreeSet::new();
     for (key, _) in view.entries_starting_with(dir) {
         if key == dir {
-            if !dirs_only {
+            if !dirs_only && names_itself {
                 names.insert(super::helpers::base(&key));
             }
             continue;
@@ -333,11 +335,13 @@ mod tests {
              {{ lsdir(key=\"/app/servers/\") | join(sep=\",\") }} \
              {{ ls(key=\"/app\") | join(sep=\",\") }} \
              {{ ls(key=\"/\") | join(sep=\",\") }} \
-             {{ ls(key=\"/app/port\") | join(sep=\",\") }}",
+             {{ ls(key=\"/app/port\") | join(sep=\",\") }}|\
+             {{ ls(key=\"/app/port/\") | join(sep=\",\") }}|",
             SERVERS,
         )
         .expect("renders");
-        assert_eq!(out, "db,web1,web2 db port,servers app,apple port");
+        // A key lists its own name, but not when asked for as a directory (`/app/port/`).
+        assert_eq!(out, "db,web1,web2 db port,servers app,apple port||");
     }
 
     #[test]
