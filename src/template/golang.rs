@@ -352,7 +352,9 @@ fn format_argument(out: &mut String, verb: char, arg: &Value, spec: &Spec) {
         out.push(']');
         return;
     }
-    let text = if let Some(text) = arg.as_i128().and_then(|n| integer(verb, n, spec)) {
+    let text = if verb == 'T' {
+        go_type(arg).to_string()
+    } else if let Some(text) = arg.as_i128().and_then(|n| integer(verb, n, spec)) {
         text
     } else if let Some(text) = arg.as_f64().and_then(|v| floating(verb, v, spec)) {
         text
@@ -364,7 +366,14 @@ fn format_argument(out: &mut String, verb: char, arg: &Value, spec: &Spec) {
         out.push_str(&text);
         out.push_str(&" ".repeat(pad));
     } else {
-        out.push_str(&" ".repeat(pad));
+        // Go pads a string with zeros too under the `0` flag (`%05s` of "42" is "00042");
+        // a number's zeros are already in its text.
+        let fill = if spec.zero && arg.is_string() {
+            "0"
+        } else {
+            " "
+        };
+        out.push_str(&fill.repeat(pad));
         out.push_str(&text);
     }
 }
@@ -479,8 +488,23 @@ fn other(verb: char, arg: &Value, spec: &Spec) -> String {
     });
     match (verb, text) {
         ('x' | 'X', Some(text)) => {
-            let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
-            let hex = if spec.sharp { format!("0x{hex}") } else { hex };
+            // With the space flag, Go writes each byte apart, each with its `0x` under `#`.
+            let hex = if spec.space {
+                let bytes: Vec<String> = text
+                    .bytes()
+                    .map(|b| {
+                        if spec.sharp {
+                            format!("0x{b:02x}")
+                        } else {
+                            format!("{b:02x}")
+                        }
+                    })
+                    .collect();
+                bytes.join(" ")
+            } else {
+                let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+                if spec.sharp { format!("0x{hex}") } else { hex }
+            };
             if verb == 'X' { hex.to_uppercase() } else { hex }
         }
         ('q', Some(text)) => quote(&text),
@@ -577,6 +601,30 @@ mod tests {
         assert_eq!(float(0.00001), "1e-05");
         assert_eq!(float(123456789.0), "1.23456789e+08");
         assert_eq!(float(100000.0), "100000");
+    }
+
+    #[test]
+    fn printf_pads_strings_with_zeros_spaces_bytes_and_names_types_as_go() {
+        assert_eq!(
+            printf("%05s|%-5s|", &[Value::from("42"), Value::from("ab")]),
+            "00042|ab   |"
+        );
+        assert_eq!(
+            printf("% x|% #X", &[Value::from("hi"), Value::from("hi")]),
+            "68 69|0X68 0X69"
+        );
+        assert_eq!(
+            printf(
+                "%T %T %T %T",
+                &[
+                    Value::from(80),
+                    Value::from("a"),
+                    Value::from(1.5),
+                    Value::from(true)
+                ]
+            ),
+            "int string float64 bool"
+        );
     }
 
     #[test]
