@@ -191,7 +191,12 @@ impl Settings {
         origins.read("backend", store.backend.as_ref(), |name| {
             crate::store::backend::known_store(name)
         })?;
-        let backend = if store.backend.is_none() && store.file.is_empty() {
+        let nodes_given = !store.nodes.is_empty()
+            || [&store.srv_domain, &store.srv_record]
+                .iter()
+                .any(|field| field.as_ref().is_some_and(|text| !text.is_empty()));
+        // Nodes without a backend are etcd's, confd's default store (see `resolve`).
+        let backend = if store.backend.is_none() && store.file.is_empty() && !nodes_given {
             None
         } else {
             Some(store.resolve().map_err(SettingsError::Invalid)?)
@@ -671,6 +676,18 @@ mod tests {
         std::fs::write(dir.path().join("reconfd.toml"), "backend = \"env\"\n").expect("ours");
         let s = settings(&["--confdir", &confdir]).expect("settings");
         assert_eq!(s.interval, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn nodes_without_a_backend_are_etcd_as_in_confd() {
+        let s = settings(&["--node", "http://127.0.0.1:2379"]).expect("settings");
+        assert!(
+            matches!(&s.backend, Some(Backend::Etcd(_))),
+            "{:?}",
+            s.backend
+        );
+        let s = settings(&["--confdir", "/nonexistent"]).expect("settings");
+        assert_eq!(s.backend, None, "nothing given, no store");
     }
 
     #[test]

@@ -60,7 +60,8 @@ pub(crate) fn known_store(name: &str) -> Result<(), String> {
 #[serde(deny_unknown_fields)]
 pub struct StoreFields {
     /// The store to read keys from: `file`, `env`, `etcd` (confd's `etcdv3` too), `redis`,
-    /// `zookeeper`, `nats`, `consul` or `vault`. [default: file]
+    /// `zookeeper`, `nats`, `consul` or `vault`. [default: file; etcd, confd's default, when
+    /// nodes are given]
     #[arg(long, env = "RECONFD_BACKEND", value_name = "NAME")]
     pub backend: Option<String>,
     /// Address of a store node, such as `http://127.0.0.1:2379`; repeat for a cluster (tried
@@ -339,7 +340,17 @@ impl StoreFields {
     /// Checks the fields and fills in defaults (`file` when no store is named). With
     /// `srv_record` or `srv_domain`, the nodes are looked up in DNS, blocking the thread.
     pub fn resolve(&self) -> Result<Backend, String> {
-        let name = self.backend.as_deref().unwrap_or("file");
+        let nodes_given = !self.nodes.is_empty()
+            || [&self.srv_domain, &self.srv_record]
+                .iter()
+                .any(|field| field.as_ref().is_some_and(|text| !text.is_empty()));
+        // confd's default store is etcd: nodes without a store name are etcd's.
+        let default = if nodes_given && self.file.is_empty() {
+            "etcd"
+        } else {
+            "file"
+        };
+        let name = self.backend.as_deref().unwrap_or(default);
         if let Some(record) = self.srv_record_name(name) {
             if matches!(name, "file" | "env") {
                 tracing::warn!("an SRV record is not used by the {name} store");
