@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::controller::TooFewKeys;
 use crate::controller::retry::Pace;
-use crate::reconcile::{Options, Outcome, ReconcileError};
+use crate::reconcile::{Options, Outcome, ReconcileError, Rollback};
 use crate::resource::Resource;
 use crate::status::{Status, SyncReport, SyncResult};
 use crate::store::{StoreError, StoreErrorKind};
@@ -82,6 +82,16 @@ pub(crate) fn synced(
                 if wrote || matches!(result, SyncResult::InSync | SyncResult::Updated) =>
             {
                 rendered.md5.clone()
+            }
+            _ => None,
+        },
+        rolled_back: match outcome {
+            Err(Failure::Reconcile(ReconcileError::RolledBack { rollback, .. })) => {
+                match rollback {
+                    Rollback::Reloaded => Some(Some(true)),
+                    Rollback::ReloadFailed(_) => Some(Some(false)),
+                    Rollback::NotRestored(_) => None,
+                }
             }
             _ => None,
         },

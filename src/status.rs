@@ -118,6 +118,9 @@ pub struct SyncReport<'a> {
     pub reloaded: bool,
     /// md5 of the destination as it now is, where known and not secret.
     pub md5: Option<String>,
+    /// A rollback after a failed reload put the previous file back (a swap, then a second
+    /// one), and how the reload run on it went (`None`: not run).
+    pub rolled_back: Option<Option<bool>>,
     /// When a failure that may pass is tried again; `None` after a success, or for a failure
     /// that waits for new data.
     pub next_attempt: Option<std::time::SystemTime>,
@@ -508,6 +511,14 @@ impl Status {
         if sync.wrote {
             metrics.writes.get_or_create(&resource_label).inc();
         }
+        if let Some(second_reload) = sync.rolled_back {
+            // The swap and the restore each replaced the destination.
+            metrics.writes.get_or_create(&resource_label).inc_by(2);
+            if let Some(succeeded) = second_reload {
+                let result = if succeeded { "ok" } else { "failed" };
+                metrics.reloads.get_or_create(&labels(result)).inc();
+            }
+        }
         match sync.result {
             SyncResult::Updated => {
                 if sync.checked {
@@ -846,6 +857,7 @@ mod tests {
             checked: true,
             reloaded: true,
             md5: Some("abc".to_string()),
+            rolled_back: None,
             next_attempt: None,
         }
     }
@@ -872,6 +884,26 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
         assert_exposition(&text);
+    }
+
+    #[test]
+    fn a_rollback_counts_both_swaps_and_both_reloads() {
+        let status = Status::new();
+        // The reload failed, the previous file was put back and reloaded.
+        status.synced(&SyncReport {
+            wrote: false,
+            rolled_back: Some(Some(true)),
+            ..sync(SyncResult::ReloadFailed)
+        });
+        let text = status.metrics_text();
+        let resource = "resource=\"/etc/reconfd/conf.d/app.toml\"";
+        for line in [
+            format!("reconfd_writes_total{{{resource}}} 2"),
+            format!("reconfd_reloads_total{{{resource},result=\"failed\"}} 1"),
+            format!("reconfd_reloads_total{{{resource},result=\"ok\"}} 1"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 
     /// Fails unless `text` is OpenMetrics text exposition: `# HELP` and `# TYPE` lines, samples
