@@ -57,6 +57,11 @@ pub async fn run(settings: &Settings, data: Option<&Path>) -> ExitCode {
         let mut failed = false;
         for resource in file_resources {
             resources += 1;
+            let resource = &crate::render::as_synced(resource.clone(), settings);
+            // Masking the values a secret resource reads in what is printed about it.
+            let _secrets = snapshot
+                .as_ref()
+                .map(|snapshot| crate::render::secrets_of(resource, snapshot, settings));
             let outcome = library
                 .renderer(&resource.src, Resolver::System)
                 .map_err(|e| e.to_string())

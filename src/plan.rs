@@ -46,9 +46,12 @@ impl ConfdirState {
             .into_iter()
             .chain(templates)
             .filter_map(|path| {
-                // Through symlinks, as loading reads them.
-                let metadata = std::fs::metadata(&path).ok()?;
-                metadata.is_file().then(|| {
+                // Through symlinks, as loading reads them; a link that leads nowhere is a
+                // resource file too (loading reports it), so its coming and going is a change.
+                let metadata = std::fs::metadata(&path)
+                    .or_else(|_| std::fs::symlink_metadata(&path))
+                    .ok()?;
+                (metadata.is_file() || metadata.is_symlink()).then(|| {
                     (
                         path.clone(),
                         metadata.len(),

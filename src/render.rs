@@ -10,9 +10,9 @@ use std::sync::{Arc, mpsc};
 use crate::controller::{RenderLimits, too_few_keys};
 use crate::plan::{covering_prefixes, plural, render_limits};
 use crate::resource::{self, Resource};
-use crate::secrets;
+use crate::secrets::{self, GroupSecrets};
 use crate::settings::Settings;
-use crate::store::backend;
+use crate::store::backend::{self, Backend};
 use crate::store::file::FileStore;
 use crate::store::{Snapshot, Store};
 use crate::template::{Library, RenderBounds, Renderer, Resolver, TemplateError, View};
@@ -34,7 +34,10 @@ pub async fn run(settings: &Settings, name: &Path, data: Option<&Path>) -> ExitC
     };
     let library = Library::read(&templates);
     let mut output = String::new();
+    // Masking what is printed about each resource, until the output is written.
+    let mut published = Vec::new();
     for resource in &resources {
+        let resource = &as_synced(resource.clone(), settings);
         let renderer = match library.renderer(&resource.src, Resolver::System) {
             Ok(renderer) => renderer,
             Err(e) => return fail(format!("{}: {e}", resource.file.display())),
@@ -64,6 +67,7 @@ pub async fn run(settings: &Settings, name: &Path, data: Option<&Path>) -> ExitC
             Ok(snapshot) => snapshot,
             Err(message) => return fail(format!("{}: {message}", resource.file.display())),
         };
+        published.push(secrets_of(resource, &snapshot, settings));
         match render_as_synced(
             &renderer,
             resource,
@@ -77,6 +81,38 @@ pub async fn run(settings: &Settings, name: &Path, data: Option<&Path>) -> ExitC
     // Printed only once every template of the file rendered, so a failure prints no part.
     print!("{output}");
     ExitCode::SUCCESS
+}
+
+/// `resource` as a sync takes it, with the settings a plan applies to every resource: its
+/// store's or `--secret`'s secrecy and `--min-keys`.
+pub(crate) fn as_synced(mut resource: Resource, settings: &Settings) -> Resource {
+    let store = resource.backend.as_ref().or(settings.backend.as_ref());
+    resource.secret |= store.is_some_and(Backend::holds_secrets)
+        || (resource.backend.is_none() && settings.secret);
+    resource.min_keys = resource.min_keys.or(settings.min_keys);
+    resource
+}
+
+/// Publishes for masking, as the daemon does, the credentials of the store of `resource` and,
+/// for a secret resource, the values it reads from `snapshot`; they are masked in everything
+/// printed while the returned value lives.
+pub(crate) fn secrets_of(
+    resource: &Resource,
+    snapshot: &Snapshot,
+    settings: &Settings,
+) -> GroupSecrets {
+    let store = resource.backend.as_ref().or(settings.backend.as_ref());
+    let mut secrets = GroupSecrets::new(store.map(Backend::credentials).unwrap_or_default());
+    if resource.secret {
+        let values: Vec<&str> = snapshot
+            .entries
+            .iter()
+            .filter(|(key, _)| crate::store::under_any(key, &resource.keys))
+            .map(|(_, value)| value.as_str())
+            .collect();
+        secrets.update(&values);
+    }
+    secrets
 }
 
 /// The resource file `name` stands for: `conf.d/NAME` or `conf.d/NAME.toml` for a bare name,

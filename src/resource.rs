@@ -174,13 +174,21 @@ pub fn load_all(
 /// The `*.toml` files under `resource_dir` and its subdirectories, sorted, and what could
 /// not be read below it. As confd's walk does, a symbolic link is listed as the file it names
 /// (one that leads nowhere too, so that loading it reports it) and a linked directory is not
-/// entered. An error when `resource_dir` itself cannot be read.
+/// entered. Hidden entries are left out, as the file store leaves them out: a ConfigMap
+/// mount's `..<timestamp>` directory holds every file again, and an editor's lock or backup
+/// file is not a resource. An error when `resource_dir` itself cannot be read.
 pub(crate) fn resource_files(
     resource_dir: &Path,
 ) -> Result<(Vec<PathBuf>, Vec<ResourceError>), ResourceError> {
     let mut files = Vec::new();
     let mut unreadable = Vec::new();
-    for entry in walkdir::WalkDir::new(resource_dir) {
+    let walk = walkdir::WalkDir::new(resource_dir)
+        .into_iter()
+        // The directory given is read even if its own name is hidden.
+        .filter_entry(|entry| {
+            entry.depth() == 0 || !entry.file_name().as_encoded_bytes().starts_with(b".")
+        });
+    for entry in walk {
         let entry = match entry {
             Ok(entry) => entry,
             Err(e) => {
@@ -305,7 +313,10 @@ pub fn load(
     };
     let secret_store = backend.as_ref().is_some_and(|fields| fields.secret);
     let backend = backend
-        .map(|fields| fields.resolve())
+        .map(|mut fields| {
+            fields.unset_empty();
+            fields.resolve()
+        })
         .transpose()
         .map_err(|message| ResourceError {
             file: file.display().to_string(),
@@ -997,8 +1008,19 @@ mod tests {
         .expect("symlink");
         std::os::unix::fs::symlink("/nonexistent/x.toml", dir.path().join("conf.d/z.toml"))
             .expect("symlink");
+        // A ConfigMap mount: the files in a hidden directory, linked from the top.
+        let mount = dir.path().join("conf.d/..2026_12_04_20_00_00.1");
+        std::fs::create_dir(&mount).expect("mount");
+        std::fs::write(mount.join("m.toml"), resource("m.conf")).expect("m");
+        std::os::unix::fs::symlink("..2026_12_04_20_00_00.1", dir.path().join("conf.d/..data"))
+            .expect("symlink");
+        std::os::unix::fs::symlink("..data/m.toml", dir.path().join("conf.d/m.toml"))
+            .expect("symlink");
+        // An editor's lock file.
+        std::os::unix::fs::symlink("root@host.1:1", dir.path().join("conf.d/.#a.toml"))
+            .expect("symlink");
         let loaded = load_all(dir.path(), "").expect("conf.d is readable");
-        assert_eq!(loaded.len(), 3, "{loaded:?}");
+        assert_eq!(loaded.len(), 4, "{loaded:?}");
         let dests: Vec<String> = loaded
             .iter()
             .flatten()
@@ -1011,8 +1033,8 @@ mod tests {
                     .into_owned()
             })
             .collect();
-        assert_eq!(dests, ["a.conf", "b.conf"]);
-        let dangling = loaded[2].as_ref().expect_err("a link to nothing");
+        assert_eq!(dests, ["a.conf", "b.conf", "m.conf"]);
+        let dangling = loaded[3].as_ref().expect_err("a link to nothing");
         assert!(dangling.file.ends_with("conf.d/z.toml"), "{dangling}");
     }
 

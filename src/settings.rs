@@ -158,6 +158,7 @@ impl Settings {
         given
             .update_from_arg_matches(&without_defaults(matches))
             .unwrap_or_else(|e| e.exit());
+        given.store.unset_empty();
         // confd's variables for the client's TLS files count where nothing else set them, as
         // confd reads them.
         for (file, variable) in [
@@ -676,6 +677,21 @@ mod tests {
         std::fs::write(dir.path().join("reconfd.toml"), "backend = \"env\"\n").expect("ours");
         let s = settings(&["--confdir", &confdir]).expect("settings");
         assert_eq!(s.interval, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn empty_texts_of_a_confd_toml_are_not_given() {
+        let (_dir, path) = write_settings(
+            "backend = \"etcd\"\nnodes = [\"http://127.0.0.1:2379\"]\nclient_cakeys = \"\"\n\
+             client_cert = \"\"\nclient_key = \"\"\nusername = \"\"\npassword = \"\"\n\
+             srv_domain = \"\"\n",
+        );
+        let s = settings(&["--config-file", &path]).expect("settings");
+        let Some(Backend::Etcd(etcd)) = &s.backend else {
+            panic!("{:?}", s.backend);
+        };
+        assert_eq!(etcd.username, None);
+        assert_eq!(etcd.tls.client_ca_keys, None);
     }
 
     #[test]

@@ -337,6 +337,46 @@ impl StoreFields {
             .collect()
     }
 
+    /// Takes an empty text as not given, as confd does: confd.toml files often carry
+    /// `client_cakeys = ""` or `username = ""` for what they do not use.
+    pub fn unset_empty(&mut self) {
+        for text in [
+            &mut self.backend,
+            &mut self.srv_domain,
+            &mut self.srv_record,
+            &mut self.scheme,
+            &mut self.username,
+            &mut self.password,
+            &mut self.auth_token,
+            &mut self.auth_type,
+            &mut self.role_id,
+            &mut self.secret_id,
+            &mut self.path,
+            &mut self.separator,
+            &mut self.nats_bucket,
+            &mut self.datacenter,
+            &mut self.filter,
+        ] {
+            if text.as_deref() == Some("") {
+                *text = None;
+            }
+        }
+        for path in [
+            &mut self.client_cert,
+            &mut self.client_key,
+            &mut self.client_cakeys,
+        ] {
+            if path
+                .as_ref()
+                .is_some_and(|path| path.as_os_str().is_empty())
+            {
+                *path = None;
+            }
+        }
+        self.nodes.retain(|node| !node.is_empty());
+        self.file.retain(|file| !file.as_os_str().is_empty());
+    }
+
     /// Checks the fields and fills in defaults (`file` when no store is named). With
     /// `srv_record` or `srv_domain`, the nodes are looked up in DNS, blocking the thread.
     pub fn resolve(&self) -> Result<Backend, String> {
