@@ -198,3 +198,37 @@ fn data_applies_min_keys_and_output_format_as_a_sync_would() {
     assert!(run.stderr.contains("not valid JSON"), "{run:?}");
     assert!(run.stdout.is_empty(), "{run:?}");
 }
+
+#[test]
+fn data_renders_mask_secret_values_and_take_the_global_min_keys() {
+    let fixture = Fixture::new();
+    fixture.template("s.tmpl", "port {{ getv(key=\"/db/password\") | atoi }}\n");
+    fixture.resource(
+        "s",
+        "src = \"s.tmpl\"\ndest = \"s.conf\"\nkeys = [\"/db\"]\nsecret = true\n",
+    );
+    fixture.write("d.yaml", "db:\n  password: Hunter2Secret\n");
+    for run in [
+        fixture.run(&["check", "--data", "d.yaml"]),
+        fixture.run(&["render", "s", "--data", "d.yaml"]),
+        fixture.run(&["render", "s", "--backend", "file", "--file", "d.yaml"]),
+    ] {
+        assert_eq!(run.code, Some(1), "{run:?}");
+        let printed = format!("{}{}", run.stdout, run.stderr);
+        assert!(printed.contains("atoi: `***` is not an integer"), "{run:?}");
+        assert!(!printed.contains("Hunter2Secret"), "{run:?}");
+    }
+    fixture.template("s.tmpl", "password {{ getv(key=\"/db/password\") }}\n");
+    let run = fixture.run(&["check", "--data", "d.yaml", "--min-keys", "2"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stdout.contains("1 key under /db, fewer than min_keys = 2"),
+        "{run:?}"
+    );
+    let run = fixture.run(&["render", "s", "--data", "d.yaml", "--min-keys", "2"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    // What render prints on success is the file itself, secret or not.
+    let run = fixture.run(&["render", "s", "--data", "d.yaml"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.stdout, "password Hunter2Secret\n");
+}
