@@ -26,7 +26,7 @@ pub async fn run(settings: &Settings, data: Option<&Path>) -> ExitCode {
     let loaded = match resource::load_all(&settings.confdir, &settings.prefix) {
         Ok(loaded) => loaded,
         Err(e) => {
-            println!("{}", secrets::mask(&e.to_string()));
+            crate::stdout::print_line(&secrets::mask(&e.to_string()));
             return ExitCode::from(2);
         }
     };
@@ -35,7 +35,7 @@ pub async fn run(settings: &Settings, data: Option<&Path>) -> ExitCode {
             Ok(snapshot) => Some(snapshot),
             // The message names the file.
             Err(message) => {
-                println!("{}", secrets::mask(&message));
+                crate::stdout::print_line(&secrets::mask(&message));
                 return ExitCode::from(2);
             }
         },
@@ -95,11 +95,11 @@ pub async fn run(settings: &Settings, data: Option<&Path>) -> ExitCode {
             plural(failed_files, "file", "files")
         ),
     };
-    println!(
+    crate::stdout::print_line(&format!(
         "reconfd check: {resources} {} in {files} {}{rendered}: {verdict}",
         plural(resources, "resource", "resources"),
         plural(files, "file", "files"),
-    );
+    ));
     if failed_files == 0 {
         ExitCode::SUCCESS
     } else {
@@ -122,8 +122,10 @@ impl Problems {
         for line in secrets::mask(text).lines() {
             if self.printed.insert(line.to_string()) {
                 match file {
-                    Some(file) => println!("{line} (resource {})", file.display()),
-                    None => println!("{line}"),
+                    Some(file) => {
+                        crate::stdout::print_line(&format!("{line} (resource {})", file.display()))
+                    }
+                    None => crate::stdout::print_line(line),
                 }
                 self.count += 1;
             }

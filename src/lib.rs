@@ -39,6 +39,7 @@ pub mod secrets;
 pub mod settings;
 mod stage;
 mod status;
+mod stdout;
 pub mod store;
 mod template;
 mod wait;

@@ -2,7 +2,6 @@
 //! than written by hand: shell completion scripts and the manual page, so that neither can
 //! drift from `reconfd --help`.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap_complete::Shell;
@@ -27,14 +26,10 @@ pub fn print_man_page() -> ExitCode {
 
 /// Writes `bytes` to standard output; a closed pipe (`reconfd man | head`) is no failure.
 fn write_stdout(bytes: &[u8]) -> ExitCode {
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("reconfd: cannot write to standard output: {e}");
-            ExitCode::FAILURE
-        }
+    if crate::stdout::write(bytes) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

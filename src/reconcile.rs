@@ -561,7 +561,7 @@ fn compare_and_stage(item: &Work, options: Options) -> Result<Step, ReconcileErr
         } else {
             unified.to_string()
         };
-        print!("{}", secrets::mask(&diff));
+        crate::stdout::print(&secrets::mask(&diff));
         tracing::warn!("Noop mode enabled. {dest_name} will not be modified");
         return Ok(Step::Done(Outcome::WouldUpdate));
     }

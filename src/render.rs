@@ -79,7 +79,7 @@ pub async fn run(settings: &Settings, name: &Path, data: Option<&Path>) -> ExitC
         }
     }
     // Printed only once every template of the file rendered, so a failure prints no part.
-    print!("{output}");
+    crate::stdout::print(&output);
     ExitCode::SUCCESS
 }
 

@@ -222,7 +222,8 @@ fn data_renders_mask_secret_values_and_take_the_global_min_keys() {
     let run = fixture.run(&["check", "--data", "d.yaml", "--min-keys", "2"]);
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(
-        run.stdout.contains("1 key under /db, fewer than min_keys = 2"),
+        run.stdout
+            .contains("1 key under /db, fewer than min_keys = 2"),
         "{run:?}"
     );
     let run = fixture.run(&["render", "s", "--data", "d.yaml", "--min-keys", "2"]);
@@ -231,4 +232,29 @@ fn data_renders_mask_secret_values_and_take_the_global_min_keys() {
     let run = fixture.run(&["render", "s", "--data", "d.yaml"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(run.stdout, "password Hunter2Secret\n");
+}
+
+#[test]
+fn a_reader_that_stops_early_changes_no_exit_status() {
+    let fixture = sound();
+    for name in ["a", "b", "c"] {
+        fixture.resource(name, "src = \"missing.tmpl\"\ndest = \"x.conf\"\n");
+    }
+    fixture.write("d.yaml", "app:\n  port: \"80\"\n");
+    // `| head -0`: the pipe is closed before anything is written to it.
+    let ran = |args: &[&str]| {
+        let mut child = fixture
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run reconfd");
+        drop(child.stdout.take());
+        Run::from(child.wait_with_output().expect("wait"))
+    };
+    let run = ran(&["check"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(!run.stderr.contains("panicked"), "{run:?}");
+    let run = ran(&["man"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
 }

@@ -80,7 +80,7 @@ pub fn run(from: &Path, to: &Path) -> ExitCode {
             ),
         }
     }
-    println!(
+    crate::stdout::print_line(&format!(
         "reconfd convert: {resources} resource files and {templates} templates written to {}; {}",
         to.display(),
         match problems.len() {
@@ -88,7 +88,7 @@ pub fn run(from: &Path, to: &Path) -> ExitCode {
             1 => "1 construct left untranslated (listed above, marked in the output)".to_string(),
             n => format!("{n} constructs left untranslated (listed above, marked in the output)"),
         }
-    );
+    ));
     if problems.is_empty() {
         ExitCode::SUCCESS
     } else {
