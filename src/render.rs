@@ -115,21 +115,38 @@ pub(crate) fn secrets_of(
     secrets
 }
 
-/// The resource file `name` stands for: `conf.d/NAME` or `conf.d/NAME.toml` for a bare name,
-/// the path itself otherwise.
+/// The resource file `name` stands for: `NAME` or `NAME.toml` under `conf.d` (in a
+/// subdirectory too: `apps/web` is `conf.d/apps/web.toml`, and a bare `web` is found in any
+/// subdirectory when it is the only one of that name), else the path itself.
 fn resource_file(confdir: &Path, name: &Path) -> PathBuf {
+    let dir = confdir.join("conf.d");
+    let with_extension = |path: PathBuf| {
+        let mut with = path.into_os_string();
+        with.push(".toml");
+        PathBuf::from(with)
+    };
+    if name.is_relative() {
+        for candidate in [dir.join(name), with_extension(dir.join(name))] {
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    if name.is_file() {
+        return name.to_path_buf();
+    }
     if name.components().count() == 1 {
-        let dir = confdir.join("conf.d");
-        let exact = dir.join(name);
-        if exact.is_file() {
-            return exact;
+        let wanted = with_extension(name.to_path_buf());
+        let found: Vec<PathBuf> = resource::resource_files(&dir)
+            .map(|(files, _)| files)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|file| file.file_name() == Some(wanted.as_os_str()))
+            .collect();
+        if let [only] = found.as_slice() {
+            return only.clone();
         }
-        let mut with_extension = exact.into_os_string();
-        with_extension.push(".toml");
-        let with_extension = PathBuf::from(with_extension);
-        if with_extension.is_file() || !name.is_file() {
-            return with_extension;
-        }
+        return with_extension(dir.join(name));
     }
     name.to_path_buf()
 }

@@ -231,14 +231,16 @@ impl Settings {
                 origins.name("onetime")
             )));
         }
-        if given.exit_code && !(given.onetime && given.noop) {
-            return Err(SettingsError::Invalid(
-                "--exit-code: only a run with --onetime and --noop has the exit status 3; give \
-                 both"
-                    .to_string(),
-            ));
+        let subcommand = crate::cli::subcommand(matches).unwrap_or_else(|e| e.exit());
+        // `check`, `render` and the others have exit statuses of their own, and a job's
+        // RECONFD_EXIT_CODE is not for them.
+        if given.exit_code && !(given.onetime && given.noop) && subcommand.is_none() {
+            return Err(SettingsError::Invalid(format!(
+                "{}: only a run with --onetime and --noop has the exit status 3; give both",
+                origins.name("exit_code")
+            )));
         }
-        let announcements = match &crate::cli::subcommand(matches).unwrap_or_else(|e| e.exit()) {
+        let announcements = match &subcommand {
             Some(Subcommands::Announce(fields)) => {
                 vec![
                     Announce::read(fields, |field| format!("--{field}"))

@@ -93,3 +93,30 @@ fn the_flag_without_onetime_and_noop_is_refused() {
     assert!(run.stderr.contains("--exit-code"), "{run:?}");
     assert!(!fixture.path("app.conf").exists(), "nothing ran");
 }
+
+#[test]
+fn a_jobs_variable_does_not_stop_check_and_render() {
+    let fixture = app("80");
+    for args in [
+        &["check"][..],
+        &["render", "app", "--data", "data.yaml"][..],
+    ] {
+        let run = common::Run::from(
+            fixture
+                .command(args)
+                .env("RECONFD_EXIT_CODE", "true")
+                .output()
+                .expect("run reconfd"),
+        );
+        assert_eq!(run.code, Some(0), "{args:?}: {run:?}");
+    }
+    let run = common::Run::from(
+        fixture
+            .command(&["--onetime", "--backend", "file", "--file", "data.yaml"])
+            .env("RECONFD_EXIT_CODE", "true")
+            .output()
+            .expect("run reconfd"),
+    );
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("RECONFD_EXIT_CODE"), "{run:?}");
+}

@@ -42,6 +42,24 @@ fn a_resource_renders_from_a_fixture_by_name_file_name_or_path() {
     assert!(!fixture.path("haproxy.cfg").exists(), "no destination");
     assert!(!fixture.path("checked").exists(), "no check command");
     assert!(!fixture.path("reloaded").exists(), "no reload command");
+
+    // In a subdirectory of conf.d: by its path there, or by its name alone.
+    std::fs::create_dir(fixture.path("conf.d/lb")).expect("mkdir");
+    std::fs::rename(
+        fixture.path("conf.d/haproxy.toml"),
+        fixture.path("conf.d/lb/haproxy.toml"),
+    )
+    .expect("move");
+    for name in [
+        "lb/haproxy",
+        "lb/haproxy.toml",
+        "haproxy",
+        "conf.d/lb/haproxy.toml",
+    ] {
+        let run = fixture.run(&["render", name, "--data", "fixtures/two-backends.yaml"]);
+        assert_eq!(run.code, Some(0), "{name}: {run:?}");
+        assert_eq!(run.stdout, EXPECTED, "{name}");
+    }
 }
 
 #[test]
