@@ -467,24 +467,39 @@ fn line_column(source: &str, offset: usize) -> String {
 fn explained(message: &str, at: Option<&str>, before: Option<&str>) -> String {
     match (message, at) {
         ("Unknown tag", Some(tag)) => format!(
-            "unknown tag `{tag}` (tags are Tera's: if, for, set, include, macro, ...; confd's \
+            "unknown tag `{tag}` (tags are Tera's: if, for, set, include, extends, block, ...; confd's \
              functions are called inside {{{{ }}}})"
         ),
-        (message, _) if message.starts_with("Found string but expected identifier") => {
-            let called = before.and_then(called_name).unwrap_or("getv");
-            format!(
-                "{message} Arguments are passed by name: `{called}(name=value, ...)` with the \
-                 names docs/templates.md gives, as `getv(key=\"/a/b\")`, not `getv(\"/a/b\")`."
-            )
+        // A value or a bare name where a call's argument name belongs: `getv("/a")`,
+        // `seq(1, 3)`, `getv(k)`.
+        (message, _)
+            if message.starts_with("Found ")
+                && (message.contains("but expected identifier")
+                    || message.contains("but expected =")) =>
+        {
+            match before.and_then(called_name) {
+                Some(called) => format!(
+                    "{message} Arguments are passed by name: `{called}(name=value, ...)` with \
+                     the names docs/templates.md gives, as `getv(key=\"/a/b\")`, not \
+                     `getv(\"/a/b\")`."
+                ),
+                None => message.to_string(),
+            }
         }
         (message, _) => message.to_string(),
     }
 }
 
 /// The function or filter whose argument list `before` ends in: `split` for
-/// `{{ x | split(`.
+/// `{{ x | split(`, `getv` for `{{ getv(k`.
 fn called_name(before: &str) -> Option<&str> {
-    let head = before.trim_end().strip_suffix('(')?.trim_end();
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let head = before
+        .trim_end()
+        .trim_end_matches(is_name)
+        .trim_end()
+        .strip_suffix('(')?
+        .trim_end();
     let start = head
         .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .map_or(0, |at| at + 1);
@@ -687,6 +702,9 @@ pub(crate) mod tests {
     fn a_positional_argument_is_explained_with_the_function_it_was_given_to() {
         for (source, called) in [
             ("{{ getv(\"/a\") }}", "getv"),
+            ("{{ seq(1, 3) }}", "seq"),
+            ("{{ getv(true) }}", "getv"),
+            ("{% set k = \"/x\" %}{{ getv(k) }}", "getv"),
             ("{{ \"a,b\" | split(\",\") }}", "split"),
             ("{{ \"a\" | replace( \"a\", \"b\") }}", "replace"),
         ] {
