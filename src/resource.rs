@@ -288,7 +288,13 @@ pub fn load(
 ) -> Result<Vec<Resource>, ResourceError> {
     let text = std::fs::read_to_string(file).map_err(|e| ResourceError {
         file: file.display().to_string(),
-        message: format!("cannot read: {e}"),
+        message: match std::fs::read_link(file) {
+            Ok(target) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                "cannot read: a symbolic link to {}, which does not exist",
+                target.display()
+            ),
+            _ => format!("cannot read: {e}"),
+        },
     })?;
     // Parsed as the form the file uses, so that errors keep their line and column.
     let several = text
@@ -1036,6 +1042,12 @@ mod tests {
         assert_eq!(dests, ["a.conf", "b.conf", "m.conf"]);
         let dangling = loaded[3].as_ref().expect_err("a link to nothing");
         assert!(dangling.file.ends_with("conf.d/z.toml"), "{dangling}");
+        assert!(
+            dangling
+                .message
+                .contains("a symbolic link to /nonexistent/x.toml, which does not exist"),
+            "{dangling}"
+        );
     }
 
     #[test]
