@@ -192,15 +192,10 @@ impl Settings {
         origins.read("backend", store.backend.as_ref(), |name| {
             crate::store::backend::known_store(name)
         })?;
-        let nodes_given = !store.nodes.is_empty()
-            || [&store.srv_domain, &store.srv_record]
-                .iter()
-                .any(|field| field.as_ref().is_some_and(|text| !text.is_empty()));
-        // Nodes without a backend are etcd's, confd's default store (see `resolve`).
-        let backend = if store.backend.is_none() && store.file.is_empty() && !nodes_given {
-            None
-        } else {
+        let backend = if store.name_a_store() {
             Some(store.resolve().map_err(SettingsError::Invalid)?)
+        } else {
+            None
         };
         let log_level = origins
             .read("log_level", given.log_level, |level| {

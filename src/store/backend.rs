@@ -377,15 +377,25 @@ impl StoreFields {
         self.file.retain(|file| !file.as_os_str().is_empty());
     }
 
-    /// Checks the fields and fills in defaults (`file` when no store is named). With
-    /// `srv_record` or `srv_domain`, the nodes are looked up in DNS, blocking the thread.
-    pub fn resolve(&self) -> Result<Backend, String> {
-        let nodes_given = !self.nodes.is_empty()
+    /// Whether the fields name a store to read: a backend, data files, or nodes (directly or
+    /// by an SRV record), which are etcd's without a backend, as in confd.
+    pub fn name_a_store(&self) -> bool {
+        self.backend.is_some() || !self.file.is_empty() || self.nodes_given()
+    }
+
+    fn nodes_given(&self) -> bool {
+        !self.nodes.is_empty()
             || [&self.srv_domain, &self.srv_record]
                 .iter()
-                .any(|field| field.as_ref().is_some_and(|text| !text.is_empty()));
+                .any(|field| field.as_ref().is_some_and(|text| !text.is_empty()))
+    }
+
+    /// Checks the fields and fills in defaults (`file` when no store is named, `etcd` for
+    /// nodes without one). With `srv_record` or `srv_domain`, the nodes are looked up in DNS,
+    /// blocking the thread.
+    pub fn resolve(&self) -> Result<Backend, String> {
         // confd's default store is etcd: nodes without a store name are etcd's.
-        let default = if nodes_given && self.file.is_empty() {
+        let default = if self.nodes_given() && self.file.is_empty() {
             "etcd"
         } else {
             "file"
