@@ -279,6 +279,18 @@ fn same_file(dest: &Path) -> PathBuf {
     resolved.unwrap_or_else(|| dest.to_path_buf())
 }
 
+/// Reads a file of the confdir; the error says what is wrong, and a symbolic link that leads
+/// nowhere is said to be one, as "No such file or directory" of a file that is listed misleads.
+pub fn read_text(file: &Path) -> Result<String, String> {
+    std::fs::read_to_string(file).map_err(|e| match std::fs::read_link(file) {
+        Ok(target) if e.kind() == std::io::ErrorKind::NotFound => format!(
+            "cannot read: a symbolic link to {}, which does not exist",
+            target.display()
+        ),
+        _ => format!("cannot read: {e}"),
+    })
+}
+
 /// Reads one resource file. Relative `src` paths are under `template_dir`; relative `dest`
 /// paths are under the directory that holds `conf.d`.
 pub fn load(
@@ -286,15 +298,9 @@ pub fn load(
     template_dir: &Path,
     global_prefix: &str,
 ) -> Result<Vec<Resource>, ResourceError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ResourceError {
+    let text = read_text(file).map_err(|message| ResourceError {
         file: file.display().to_string(),
-        message: match std::fs::read_link(file) {
-            Ok(target) if e.kind() == std::io::ErrorKind::NotFound => format!(
-                "cannot read: a symbolic link to {}, which does not exist",
-                target.display()
-            ),
-            _ => format!("cannot read: {e}"),
-        },
+        message,
     })?;
     // Parsed as the form the file uses, so that errors keep their line and column.
     let several = text

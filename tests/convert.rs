@@ -193,6 +193,56 @@ fn an_untranslatable_construct_is_marked_listed_and_exits_1_with_the_rest_writte
     );
 }
 
+/// A link in conf.d or templates/ that leads nowhere is said to be one, and is not counted
+/// as written.
+#[test]
+fn a_link_that_leads_nowhere_is_named_and_not_counted() {
+    let from = Fixture::new();
+    from.resource(
+        "app",
+        "src = \"app.tmpl\"\ndest = \"/tmp/app.conf\"\nkeys = [\"/app\"]\n",
+    );
+    from.template("app.tmpl", "name {{getv \"/app/name\"}}\n");
+    std::os::unix::fs::symlink(
+        "/nonexistent/gone.toml",
+        from.root().join("conf.d/gone.toml"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "/nonexistent/gone.tmpl",
+        from.root().join("templates/gone.tmpl"),
+    )
+    .unwrap();
+    let to = tempfile::tempdir().unwrap();
+    let run = reconfd(&[
+        "convert",
+        from.root().to_str().unwrap(),
+        to.path().to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "conf.d/gone.toml: cannot read: a symbolic link to /nonexistent/gone.toml, which \
+             does not exist"
+        ),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(
+            "templates/gone.tmpl: cannot read: a symbolic link to /nonexistent/gone.tmpl, \
+             which does not exist"
+        ),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("1 resource files and 1 templates written to")
+            && run.stdout.contains("; 2 problems, listed above"),
+        "{run:?}"
+    );
+    assert!(!to.path().join("conf.d/gone.toml").exists());
+}
+
 #[test]
 fn a_fully_translated_directory_exits_0_and_renders_the_seed_haproxy_template() {
     // The template of the "Scaling HA-Proxy with Docker, ConfD, Serf, ETCD" article.

@@ -57,14 +57,16 @@ pub fn run(from: &Path, to: &Path) -> ExitCode {
     let mut templates = 0;
     let mut resources = 0;
     for relative in files_under(from, "templates") {
-        templates += 1;
-        convert_template(from, to, &relative, &mut problems);
+        if convert_template(from, to, &relative, &mut problems) {
+            templates += 1;
+        }
     }
     for relative in files_under(from, "conf.d") {
-        if relative.extension().is_some_and(|ext| ext == "toml") {
+        if copy_resource(from, to, &relative, &mut problems)
+            && relative.extension().is_some_and(|ext| ext == "toml")
+        {
             resources += 1;
         }
-        copy_resource(from, to, &relative, &mut problems);
     }
     for problem in &problems {
         match problem.line {
@@ -85,8 +87,11 @@ pub fn run(from: &Path, to: &Path) -> ExitCode {
         to.display(),
         match problems.len() {
             0 => "everything translated".to_string(),
-            1 => "1 construct left untranslated (listed above, marked in the output)".to_string(),
-            n => format!("{n} constructs left untranslated (listed above, marked in the output)"),
+            1 => "1 problem, listed above (a construct left untranslated is marked in the output)"
+                .to_string(),
+            n => format!(
+                "{n} problems, listed above (constructs left untranslated are marked in the output)"
+            ),
         }
     ));
     if problems.is_empty() {
@@ -133,7 +138,8 @@ fn write(to: &Path, relative: &Path, content: &str) -> Result<(), String> {
     std::fs::write(&path, content).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-fn convert_template(from: &Path, to: &Path, relative: &Path, problems: &mut Vec<Problem>) {
+/// Translates one template into `to`; false when nothing was written.
+fn convert_template(from: &Path, to: &Path, relative: &Path, problems: &mut Vec<Problem>) -> bool {
     let mut problem = |line, message| {
         problems.push(Problem {
             file: relative.to_path_buf(),
@@ -141,9 +147,12 @@ fn convert_template(from: &Path, to: &Path, relative: &Path, problems: &mut Vec<
             message,
         })
     };
-    let source = match std::fs::read_to_string(from.join(relative)) {
+    let source = match crate::resource::read_text(&from.join(relative)) {
         Ok(source) => source,
-        Err(e) => return problem(None, format!("cannot read: {e}")),
+        Err(message) => {
+            problem(None, message);
+            return false;
+        }
     };
     let output = match translate(&source) {
         Ok((text, untranslated)) => {
@@ -168,15 +177,19 @@ fn convert_template(from: &Path, to: &Path, relative: &Path, problems: &mut Vec<
             )
         }
     };
-    if let Err(message) = write(to, relative, &output) {
-        problem(None, message);
+    match write(to, relative, &output) {
+        Ok(()) => true,
+        Err(message) => {
+            problem(None, message);
+            false
+        }
     }
 }
 
-/// Copies a resource file and checks it as reconfd will read it.
-fn copy_resource(from: &Path, to: &Path, relative: &Path, problems: &mut Vec<Problem>) {
-    let result = std::fs::read_to_string(from.join(relative))
-        .map_err(|e| format!("cannot read: {e}"))
+/// Copies a resource file and checks it as reconfd will read it; false when nothing was
+/// written.
+fn copy_resource(from: &Path, to: &Path, relative: &Path, problems: &mut Vec<Problem>) -> bool {
+    let result = crate::resource::read_text(&from.join(relative))
         .and_then(|text| write(to, relative, &text));
     if let Err(message) = result {
         problems.push(Problem {
@@ -184,7 +197,7 @@ fn copy_resource(from: &Path, to: &Path, relative: &Path, problems: &mut Vec<Pro
             line: None,
             message,
         });
-        return;
+        return false;
     }
     if relative.extension().is_some_and(|ext| ext == "toml")
         && let Err(e) = crate::resource::load(&to.join(relative), &to.join("templates"), "")
@@ -195,6 +208,7 @@ fn copy_resource(from: &Path, to: &Path, relative: &Path, problems: &mut Vec<Pro
             message: format!("copied, but reconfd refuses it: {}", e.message),
         });
     }
+    true
 }
 
 #[cfg(test)]
