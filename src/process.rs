@@ -89,12 +89,18 @@ pub async fn run(settings: Settings) -> ExitCode {
     let mut start_held = false;
     // Why the settings, conf.d and templates are to be read again, once the select says so.
     let mut reread: Option<&str> = None;
+    // Whether the running set was read again since the start, for the first sync's message.
+    let mut read_again = false;
     // `Some` when the process ends for a reason of its own, not because it was told to stop.
     let ended = loop {
         tokio::select! {
             () = generation.first_synced() => {
                 let summary = generation.summary();
-                tracing::info!("first sync done: {summary}");
+                if read_again {
+                    tracing::info!("first sync done of the settings read again: {summary}");
+                } else {
+                    tracing::info!("first sync done: {summary}");
+                }
                 status.set_ready();
                 notify::ready(&summary);
                 if let Some(service) = service.as_mut().filter(|service| !service.started()) {
@@ -173,6 +179,7 @@ pub async fn run(settings: Settings) -> ExitCode {
                 match Plan::build(&new_settings, previous, &status) {
                     Ok(plan) => {
                         generation = Generation::start(plan, &status, swaps.clone());
+                        read_again = true;
                         confdir
                             .follow(&new_settings.confdir, new_settings.interval)
                             .await;

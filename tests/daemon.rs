@@ -115,6 +115,14 @@ fn confd_spelling_is_read_at_start_and_again_on_sighup() {
         "server web1 10.0.0.1:80\nserver web2 10.0.0.2:80\n",
         "still watching after SIGHUP",
     );
+    assert!(
+        wait_for(Duration::from_secs(60), || daemon
+            .log()
+            .contains("first sync done of the settings read again")),
+        "the first sync after SIGHUP is said to be of the settings read again:\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.log().matches("first sync done:").count(), 1);
     assert_eq!(daemon.terminate(), Some(0));
 }
 
