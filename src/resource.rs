@@ -267,16 +267,31 @@ fn refuse_shared_destinations(
     }
 }
 
-/// `dest` with its directory resolved (symbolic links, `..`, a relative confdir), so that two
-/// spellings of one file compare equal; as written when the directory does not exist yet.
+/// `dest` resolved (symbolic links, `..`, a relative confdir), so that two spellings of one
+/// file compare equal. Where directories do not exist yet, the deepest one that does is
+/// resolved and the rest is taken by its names, `..` removing the name before it (nothing
+/// there can be a link).
 fn same_file(dest: &Path) -> PathBuf {
-    let resolved = dest
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .and_then(|dir| std::fs::canonicalize(dir).ok())
-        .zip(dest.file_name())
-        .map(|(dir, name)| dir.join(name));
-    resolved.unwrap_or_else(|| dest.to_path_buf())
+    use std::path::Component;
+    let components: Vec<Component> = dest.components().collect();
+    for split in (1..components.len()).rev() {
+        let dir: PathBuf = components[..split].iter().collect();
+        if let Ok(resolved) = std::fs::canonicalize(&dir) {
+            return components[split..]
+                .iter()
+                .fold(resolved, |mut path, component| {
+                    match component {
+                        Component::ParentDir => {
+                            path.pop();
+                        }
+                        Component::CurDir => {}
+                        name => path.push(name),
+                    }
+                    path
+                });
+        }
+    }
+    dest.to_path_buf()
 }
 
 /// Reads a file of the confdir; the error says what is wrong, and a symbolic link that leads
@@ -1085,6 +1100,29 @@ mod tests {
         assert!(a.message.contains("conf.d/b.toml"), "{a}");
         let b = loaded[1].as_ref().expect_err("b shares app.conf");
         assert!(b.file.ends_with("conf.d/b.toml"), "{b}");
+        assert!(b.message.contains("conf.d/a.toml"), "{b}");
+        assert!(loaded[2].is_ok(), "{:?}", loaded[2]);
+    }
+
+    #[test]
+    fn files_sharing_a_destination_under_a_directory_not_made_yet_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("conf.d")).expect("conf.d");
+        for (name, dest) in [
+            ("a", "new/sub/../app.conf"),
+            ("b", "new/./app.conf"),
+            ("c", "new/sub/app.conf"),
+        ] {
+            std::fs::write(
+                dir.path().join(format!("conf.d/{name}.toml")),
+                format!("[template]\nsrc = \"t\"\ndest = \"{dest}\"\nkeys = [\"/a\"]\n"),
+            )
+            .expect("write resource");
+        }
+        let loaded = load_all(dir.path(), "").expect("conf.d is readable");
+        let a = loaded[0].as_ref().expect_err("a shares new/app.conf");
+        assert!(a.message.contains("conf.d/b.toml"), "{a}");
+        let b = loaded[1].as_ref().expect_err("b shares new/app.conf");
         assert!(b.message.contains("conf.d/a.toml"), "{b}");
         assert!(loaded[2].is_ok(), "{:?}", loaded[2]);
     }
