@@ -1410,6 +1410,37 @@ fn a_daemon_over_ten_prefixes_sees_a_change_after_every_start() {
     }
 }
 
+/// A history compacted while the proxy was down: the proxy passes etcd's refusal on in words
+/// of its own, and the daemon still reads everything again rather than retrying for ever.
+#[test]
+fn compaction_seen_through_the_grpc_proxy_reads_everything_again() {
+    let etcd = Etcd::start();
+    etcd.put("/app/servers/web1", "10.0.0.1:80");
+    let mut proxy = GrpcProxy::start(&etcd);
+    let fixture = fixture();
+    let nodes = vec![proxy.endpoint()];
+    let daemon = fixture.spawn(&args(&nodes, &["--watch"]));
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web1 10.0.0.1:80\n",
+        "watched through the proxy",
+    );
+    proxy.restart_after(|| {
+        etcd.put("/app/servers/web2", "10.0.0.2:80");
+        etcd.delete("/app/servers/web1");
+        etcd.compact(etcd.revision());
+    });
+    expect_content(
+        &fixture,
+        &daemon,
+        "server web2 10.0.0.2:80\n",
+        "read again after the compaction",
+    );
+    assert!(daemon.log().contains("compacted"), "{}", daemon.log());
+    assert_eq!(daemon.terminate(), Some(0), "{}", proxy.log());
+}
+
 #[test]
 fn etcds_grpc_proxy_serves_onetime_runs_and_watches_across_its_restart() {
     let etcd = Etcd::start();

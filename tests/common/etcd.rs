@@ -476,6 +476,14 @@ impl GrpcProxy {
         self.launch();
     }
 
+    /// Kills the proxy, runs `meanwhile` (on the etcd behind it), and starts the proxy again on
+    /// the same port.
+    pub fn restart_after(&mut self, meanwhile: impl FnOnce()) {
+        self.kill();
+        meanwhile();
+        self.launch();
+    }
+
     /// The proxy's process id while it runs, to read its CPU time.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(Child::id)

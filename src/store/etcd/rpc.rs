@@ -858,8 +858,13 @@ fn token_refused(status: &Status) -> bool {
     }
 }
 
+/// True when etcd refused a read at a revision it has compacted away. etcd itself answers
+/// `OutOfRange`; its gRPC proxy passes the error through its own client and answers `Unknown`
+/// with the same text (`rpctypes.ErrCompacted`), so the text decides.
 fn is_compacted(status: &Status) -> bool {
-    status.code() == Code::OutOfRange && status.message().contains("compacted")
+    status
+        .message()
+        .contains("mvcc: required revision has been compacted")
 }
 
 /// True when etcd refused a watcher for its token or the user's permissions. etcd checks them

@@ -403,6 +403,10 @@ fn statuses_map_to_kinds() {
     assert!(!is_compacted(&Status::out_of_range(
         "etcdserver: mvcc: required revision is a future revision"
     )));
+    // As etcd's gRPC proxy passes it on.
+    assert!(is_compacted(&Status::unknown(
+        "etcdserver: mvcc: required revision has been compacted"
+    )));
 }
 
 #[tokio::test]
