@@ -238,6 +238,10 @@ pub fn printf(format: &str, args: &[Value]) -> String {
             Count::Given(width) => spec.width = width as usize,
             Count::Bad => out.push_str("%!(BADWIDTH)"),
             Count::Absent => {}
+            Count::Overlong => {
+                out.push_str("%!(NOVERB)");
+                break;
+            }
         }
         if chars.peek() == Some(&'.') {
             chars.next();
@@ -246,6 +250,10 @@ pub fn printf(format: &str, args: &[Value]) -> String {
                 Count::Given(precision) => spec.precision = usize::try_from(precision).ok(),
                 Count::Bad => out.push_str("%!(BADPREC)"),
                 Count::Absent => spec.precision = Some(0),
+                Count::Overlong => {
+                    out.push_str("%!(NOVERB)");
+                    break;
+                }
             }
         }
         bad_index |= !argument_index(&mut chars, args.len(), &mut next, &mut reordered);
@@ -294,23 +302,36 @@ struct Spec {
 enum Count {
     Absent,
     Given(i64),
+    /// `*` with an argument that is no integer, or one past [`LARGEST_COUNT`].
     Bad,
+    /// Digits past [`LARGEST_COUNT`]: Go takes the rest of the format as the number.
+    Overlong,
 }
+
+/// Go refuses a width or precision past 10^6 (`tooLarge` in fmt/print.go), which also keeps a
+/// value from the store from asking for gigabytes of padding.
+const LARGEST_COUNT: i64 = 1_000_000;
 
 fn count(chars: &mut Peekable<Chars>, args: &[Value], next: &mut usize) -> Count {
     if chars.next_if_eq(&'*').is_some() {
-        let value = args.get(*next).and_then(Value::as_i64);
+        let value = args
+            .get(*next)
+            .and_then(Value::as_i64)
+            .filter(|n| n.unsigned_abs() <= LARGEST_COUNT.unsigned_abs());
         *next += 1;
         return value.map_or(Count::Bad, Count::Given);
     }
-    let mut digits = String::new();
+    // As Go's `parsenum`: the number so far is checked before each digit is added.
+    let mut number: Option<i64> = None;
     while let Some(d) = chars.next_if(char::is_ascii_digit) {
-        digits.push(d);
+        let so_far = number.unwrap_or(0);
+        if so_far > LARGEST_COUNT {
+            chars.by_ref().for_each(drop);
+            return Count::Overlong;
+        }
+        number = Some(so_far * 10 + i64::from(d as u8 - b'0'));
     }
-    // Go caps a width or precision at 10^6; so does this, for the same reason (memory).
-    digits
-        .parse::<i64>()
-        .map_or(Count::Absent, |n| Count::Given(n.min(1_000_000)))
+    number.map_or(Count::Absent, Count::Given)
 }
 
 /// `[n]` before a width, a precision or a verb: the next argument is the n-th. False when
@@ -425,7 +446,7 @@ fn floating(verb: char, value: f64, spec: &Spec) -> Option<String> {
             Some(precision) => general(magnitude, precision.max(1), spec.sharp),
         },
         'e' | 'E' => exponent(magnitude, spec.precision.unwrap_or(6)),
-        'f' | 'F' => format!("{magnitude:.*}", spec.precision.unwrap_or(6)),
+        'f' | 'F' => fixed(magnitude, spec.precision.unwrap_or(6)),
         _ => return None,
     };
     let text = if matches!(verb, 'E' | 'G') {
@@ -446,19 +467,33 @@ fn floating(verb: char, value: f64, spec: &Spec) -> Option<String> {
     ))
 }
 
+/// Every f64 is written exactly with this many digits after the point (2^-1074 has 1074), so
+/// a longer precision only adds zeros; Rust's formatting takes at most 65,535.
+const EXACT_DECIMALS: usize = 1100;
+
+/// `%f`: the fraction to `precision`.
+fn fixed(magnitude: f64, precision: usize) -> String {
+    let exact = precision.min(EXACT_DECIMALS);
+    let mut text = format!("{magnitude:.exact$}");
+    text.push_str(&"0".repeat(precision - exact));
+    text
+}
+
 /// `%e`: one digit, the fraction to `precision`, and an exponent of at least two digits.
 fn exponent(magnitude: f64, precision: usize) -> String {
-    let text = format!("{magnitude:.precision$e}");
+    let exact = precision.min(EXACT_DECIMALS);
+    let text = format!("{magnitude:.exact$e}");
     let (mantissa, power) = text.split_once('e').unwrap_or((&text, "0"));
     let power: i32 = power.parse().unwrap_or(0);
     let sign = if power < 0 { '-' } else { '+' };
-    format!("{mantissa}e{sign}{:02}", power.abs())
+    let zeros = "0".repeat(precision - exact);
+    format!("{mantissa}{zeros}e{sign}{:02}", power.abs())
 }
 
 /// `%.Ng`: N significant digits, in exponent form when the exponent is below -4 or at least
 /// N, trailing zeros dropped unless `#` keeps them.
 fn general(magnitude: f64, digits: usize, sharp: bool) -> String {
-    let rounded = format!("{magnitude:.*e}", digits - 1);
+    let rounded = format!("{magnitude:.*e}", (digits - 1).min(EXACT_DECIMALS));
     let power: i64 = rounded
         .split_once('e')
         .and_then(|(_, power)| power.parse().ok())
@@ -476,7 +511,7 @@ fn general(magnitude: f64, digits: usize, sharp: bool) -> String {
         format!("{}e{tail}", trim(mantissa.to_string()))
     } else {
         let decimals = usize::try_from(digits as i64 - 1 - power).unwrap_or(0);
-        trim(format!("{magnitude:.decimals$}"))
+        trim(fixed(magnitude, decimals))
     }
 }
 
@@ -601,6 +636,51 @@ mod tests {
         assert_eq!(float(0.00001), "1e-05");
         assert_eq!(float(123456789.0), "1.23456789e+08");
         assert_eq!(float(100000.0), "100000");
+    }
+
+    /// A width or precision from the store cannot ask for gigabytes or panic: Go's limits,
+    /// and its marks past them.
+    #[test]
+    fn printf_takes_widths_and_precisions_as_far_as_go_does() {
+        let huge = Value::from(100_000_000_000_i64);
+        assert_eq!(
+            printf("%*d|", &[huge.clone(), Value::from(1)]),
+            "%!(BADWIDTH)1|"
+        );
+        assert_eq!(
+            printf("%.*f|", &[huge, Value::from(1.5)]),
+            "%!(BADPREC)1.500000|"
+        );
+        assert_eq!(
+            printf("%*d", &[Value::from(1_000_000), Value::from(1)]).len(),
+            1_000_000
+        );
+        assert_eq!(
+            printf("%123456789d|", &[Value::from(1)]),
+            "%!(NOVERB)%!(EXTRA int=1)"
+        );
+        assert_eq!(
+            printf("%.123456789f|", &[Value::from(1.5)]),
+            "%!(NOVERB)%!(EXTRA float64=1.5)"
+        );
+        let long = printf("%.70000f", &[Value::from(1.5)]);
+        assert_eq!(long.len(), 70_002);
+        assert!(
+            long.starts_with("1.50") && long.ends_with("000"),
+            "{long:.10}"
+        );
+        let exp = printf("%.2000e", &[Value::from(1.5)]);
+        assert!(
+            exp.starts_with("1.50") && exp.ends_with("0e+00"),
+            "{exp:.10}"
+        );
+        assert_eq!(exp.len(), 2006);
+        let general = printf("%#.3000g", &[Value::from(0.25)]);
+        assert!(
+            general.starts_with("0.250") && general.len() == 3002,
+            "{general:.10}"
+        );
+        assert_eq!(printf("%.3000g", &[Value::from(0.25)]), "0.25");
     }
 
     #[test]
@@ -728,5 +808,36 @@ mod tests {
             Value::from("b"),
         ];
         assert_eq!(sprint(&args), "a1 2b");
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+    use tera::Value;
+
+    use super::printf;
+
+    /// A scalar as a template gives one.
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[a-zé]{0,3}".prop_map(Value::from),
+            any::<bool>().prop_map(Value::from),
+        ]
+    }
+
+    proptest! {
+        /// Any format with any arguments, widths and precisions from the store included,
+        /// gives text and never panics nor asks for more than Go's limits allow.
+        #[test]
+        fn printf_never_panics(
+            format in "([a-z ]|%[-+# 0]{0,2}(\\[[0-9]\\])?(\\*|[0-9]{0,9})(\\.(\\*|[0-9]{0,9}))?[vdsqxXfFeEgGbocOUtT%]){0,4}",
+            args in prop::collection::vec(value(), 0..4),
+        ) {
+            let written = printf(&format, &args);
+            prop_assert!(written.len() <= 4 * 10_001_200 + 200, "{}", written.len());
+        }
     }
 }
