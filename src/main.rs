@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         .with(output)
         .with(filter)
         .init();
+    log_panics();
 
     let matches = cli::matches();
     // What is printed from the command-line definition needs no settings: a broken settings
@@ -181,6 +182,38 @@ fn log_filter(level: &str) -> EnvFilter {
         "debug" => EnvFilter::new("info,reconfd=debug"),
         level => EnvFilter::new(level),
     }
+}
+
+/// Writes a panic as one line of the log, in the log's format, where Rust's own hook would
+/// write raw lines into a JSON log; the loops that catch a panic then say what it stopped.
+/// A panic raised while logging one goes to Rust's own hook.
+fn log_panics() {
+    thread_local! {
+        static LOGGING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    let rusts_own = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if LOGGING.replace(true) {
+            return rusts_own(info);
+        }
+        let at = info
+            .location()
+            .map(|location| format!(" at {location}"))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!("panicked{at}: {message}\n{backtrace}");
+        } else {
+            tracing::error!("panicked{at}: {message}");
+        }
+        LOGGING.set(false);
+    }));
 }
 
 /// Keeps glibc's allocator to one arena. Renders run on threads of their own, and glibc would

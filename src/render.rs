@@ -2,6 +2,7 @@
 //! file or from one read of its store, with no destination touched and no command run; and the
 //! one-off render that `reconfd check --data` shares with it.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -232,8 +233,20 @@ pub(crate) fn render_once(
         let (done, result) = mpsc::channel();
         let bounds_of_render = &bounds;
         scope.spawn(move || {
+            // A panic (logged by the hook) is this render's failure, not the command's.
+            let rendered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                renderer.render_bounded(view, bounds_of_render)
+            }))
+            .unwrap_or_else(|_| {
+                Err(TemplateError {
+                    location: resource.src.display().to_string(),
+                    message: "rendering failed unexpectedly (it panicked); please report this"
+                        .to_string(),
+                    may_pass: false,
+                })
+            });
             // The receiver is gone only after a timeout, which has its own answer.
-            let _ = done.send(renderer.render_bounded(view, bounds_of_render));
+            let _ = done.send(rendered);
         });
         result.recv_timeout(limits.timeout).unwrap_or_else(|_| {
             bounds.cancel.store(true, Ordering::Relaxed);
