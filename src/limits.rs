@@ -55,10 +55,18 @@ pub const RENDER_SIZE: u64 = 4 * 1024 * 1024 * 1024;
 /// Reads a size such as `256MiB`, `10 MB` or a number of bytes, at least one byte and at most
 /// [`RENDER_SIZE`]. The message names neither the value nor where it came from.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let size: bytesize::ByteSize = text
-        .trim()
-        .parse()
-        .map_err(|e| format!("not a size such as \"256MiB\" ({e})"))?;
+    let size: bytesize::ByteSize = text.trim().parse().map_err(|e| {
+        // A number too long to read is too large, whatever its unit.
+        let number: String = text
+            .trim()
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        match number.parse::<f64>() {
+            Ok(number) if number > RENDER_SIZE as f64 => "at most 4GiB".to_string(),
+            _ => format!("not a size such as \"256MiB\" ({e})"),
+        }
+    })?;
     match size.as_u64() {
         0 => Err("at least 1 byte".to_string()),
         bytes if bytes > RENDER_SIZE => Err("at most 4GiB".to_string()),
@@ -119,6 +127,14 @@ mod tests {
         assert_eq!(parse_size("5GiB"), Err("at most 4GiB".to_string()));
         assert_eq!(parse_size("0"), Err("at least 1 byte".to_string()));
         assert!(parse_size("lots").is_err_and(|e| e.starts_with("not a size")));
+        assert_eq!(
+            parse_size("99999999999999999999999"),
+            Err("at most 4GiB".to_string())
+        );
+        assert_eq!(
+            parse_size("99999999999999999999999 GiB"),
+            Err("at most 4GiB".to_string())
+        );
     }
 
     #[test]

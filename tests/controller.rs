@@ -212,7 +212,11 @@ fn output_past_the_size_limit_fails_its_resource_only() {
         run.stderr.contains("big.toml") && run.stderr.contains("past 64.0 KiB"),
         "{run:?}"
     );
-    assert!(run.stderr.contains("render_max_size"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("render_max_size`); the destination is left as it is"),
+        "{run:?}"
+    );
     assert_eq!(fixture.read("big.conf"), "kept\n");
     assert_eq!(fixture.read("app.conf"), "port 80\n");
 

@@ -608,7 +608,8 @@ impl Renderer {
             return Err(TemplateError {
                 location: self.path(),
                 message: format!(
-                    "the output grew past {}, the limit (`render_max_size`)",
+                    "the output grew past {}, the limit (`render_max_size`); the destination \
+                     is left as it is",
                     bytesize::ByteSize::b(bounds.max_size).display().iec()
                 ),
                 may_pass: false,
