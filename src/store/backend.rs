@@ -607,10 +607,17 @@ impl StoreFields {
         nodes
             .iter()
             .map(|node| {
-                let url = if node.contains("://") {
-                    node.clone()
-                } else {
-                    format!("{scheme}://{node}")
+                let url = match node.split_once("://") {
+                    // The HTTP stores speak nothing else; the others' clients name the
+                    // schemes they take.
+                    Some((given, _)) if plain == "http" && given != plain && given != secure => {
+                        return Err(format!(
+                            "node {:?}: the scheme {given:?} is neither http nor https",
+                            redact(node)
+                        ));
+                    }
+                    Some(_) => node.clone(),
+                    None => format!("{scheme}://{node}"),
                 };
                 check_port(&url)?;
                 Ok(url)
@@ -812,6 +819,18 @@ mod tests {
         );
         tls.scheme = Some("gopher".into());
         assert!(tls.resolve().expect_err("bad scheme").contains("gopher"));
+        for backend in ["etcd", "consul", "vault"] {
+            let mut fields = fields(backend);
+            fields.nodes = vec!["ftp://10.0.0.1:2379".into()];
+            fields.auth_token = Some("token".into());
+            let error = fields.resolve().expect_err("not HTTP");
+            assert!(
+                error.contains(
+                    "\"ftp://10.0.0.1:2379\": the scheme \"ftp\" is neither http nor https"
+                ),
+                "{backend}: {error}"
+            );
+        }
     }
 
     #[test]
