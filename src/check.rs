@@ -3,7 +3,7 @@
 //!
 //! Everything Tera can know without data is found when a template is parsed with the parts it
 //! uses: syntax, unknown tags, filters, tests, functions and components, arguments passed by
-//! position, and missing or cyclic includes. What depends on data (a key the template reads,
+//! position or not taken by reconfd's functions, and missing or cyclic includes. What depends on data (a key the template reads,
 //! an argument of the wrong type) shows only in a render, which `--data` adds.
 
 use std::collections::BTreeSet;

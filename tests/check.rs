@@ -68,6 +68,12 @@ fn every_problem_is_printed_with_file_line_and_column() {
         "src = \"positional.tmpl\"\ndest = \"p.conf\"\n",
     );
     fixture.template("positional.tmpl", "{{ getv(\"/x\") }}\n");
+    fixture.resource("misnamed", "src = \"misnamed.tmpl\"\ndest = \"mn.conf\"\n");
+    // In a branch no render would take: found all the same.
+    fixture.template(
+        "misnamed.tmpl",
+        "{% if false %}\n{% for kv in gets(pattern=\"/w/*\") %}{% endfor %}{% endif %}\n",
+    );
     fixture.resource(
         "owner",
         "src = \"a.tmpl\"\ndest = \"o.conf\"\nowner = \"no-such-user-here\"\n",
@@ -102,10 +108,15 @@ fn every_problem_is_printed_with_file_line_and_column() {
         "positional.tmpl:1:",
         "an argument passed by position",
     );
+    expect(
+        "gets() has no argument `pattern`; it takes key",
+        "misnamed.tmpl:2:19",
+        "an argument the function does not take",
+    );
     // The files refused whole hold no resource to count.
     assert_eq!(
         run.stdout.lines().last(),
-        Some("reconfd check: 6 resources in 12 files: 11 problems in 10 files"),
+        Some("reconfd check: 7 resources in 13 files: 12 problems in 11 files"),
         "{run:?}"
     );
 }

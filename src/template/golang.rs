@@ -13,12 +13,12 @@ use std::iter::Peekable;
 use std::str::Chars;
 
 use tera::value::Key;
-use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
+use tera::{Kwargs, Map, State, TeraResult, Value};
 
-use super::register_function;
+use super::{Registry, register_function};
 
 /// Registers the Go helpers on `tera`.
-pub fn register(tera: &mut Tera) {
+pub(super) fn register(tera: &mut Registry) {
     tera.register_filter("goPrint", |value: Value, _: Kwargs, _: &State| {
         if value.is_none() || value.is_undefined() {
             "<no value>".to_string()

@@ -9,9 +9,9 @@
 use std::fmt::Write;
 
 use tera::value::Key;
-use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
+use tera::{Kwargs, Map, State, TeraResult, Value};
 
-use super::register_function;
+use super::{Registry, register_function};
 
 /// Upper bound on the length of a `seq`, so that a typo cannot exhaust memory.
 const MAX_SEQ_LEN: i64 = 100_000;
@@ -19,7 +19,7 @@ const MAX_SEQ_LEN: i64 = 100_000;
 const MAX_RANGE_LEN: i128 = 100_000;
 
 /// Registers the helpers on `tera`.
-pub fn register(tera: &mut Tera) {
+pub(super) fn register(tera: &mut Registry) {
     tera.register_filter("split", split);
     tera.register_filter("base", |path: &str, _: Kwargs, _: &State| base(path));
     tera.register_filter("dir", |path: &str, _: Kwargs, _: &State| dir(path));

@@ -8,6 +8,7 @@
 //!
 //! Errors name the template file, line and column, and for a missing key the key.
 
+mod arguments;
 mod dns;
 mod golang;
 mod helpers;
@@ -181,28 +182,51 @@ impl Drop for RenderScope {
     }
 }
 
+/// A Tera being set up, with the arguments each function registered through
+/// [`register_function`] takes, for checking the calls of a template when it is parsed.
+struct Registry {
+    tera: Tera,
+    signatures: arguments::Signatures,
+}
+
+impl std::ops::Deref for Registry {
+    type Target = Tera;
+
+    fn deref(&self) -> &Tera {
+        &self.tera
+    }
+}
+
+impl std::ops::DerefMut for Registry {
+    fn deref_mut(&mut self) -> &mut Tera {
+        &mut self.tera
+    }
+}
+
 /// Registers `function` as `name`, refusing keyword arguments other than those it `takes`:
 /// a misspelt `default=` is an error naming the function and its arguments, not a default
-/// silently left unused.
+/// silently left unused. A template is checked for such calls when it is parsed, too.
 fn register_function<R: tera::FunctionResult>(
-    tera: &mut Tera,
+    registry: &mut Registry,
     name: &'static str,
     takes: &'static [&'static str],
     function: impl Fn(tera::Kwargs, &tera::State) -> R + Send + Sync + 'static,
 ) {
-    tera.register_function(name, move |kwargs: tera::Kwargs, state: &tera::State| {
-        let unknown = kwargs
-            .iter()
-            .filter_map(|(key, _)| key.as_str())
-            .find(|key| !takes.contains(key));
-        if let Some(unknown) = unknown {
-            return Err(tera::Error::message(format!(
-                "{name}() has no argument `{unknown}`; it takes {}",
-                takes.join(", ")
-            )));
-        }
-        function(kwargs, state).into_result()
-    });
+    registry.signatures.insert(name, takes);
+    registry
+        .tera
+        .register_function(name, move |kwargs: tera::Kwargs, state: &tera::State| {
+            let unknown = kwargs
+                .iter()
+                .filter_map(|(key, _)| key.as_str())
+                .find(|key| !takes.contains(key));
+            if let Some(unknown) = unknown {
+                return Err(tera::Error::message(arguments::not_taken(
+                    name, unknown, takes,
+                )));
+            }
+            function(kwargs, state).into_result()
+        });
 }
 
 /// Runs `read` on the view of the render in progress, unless that render was told to stop.
@@ -506,6 +530,40 @@ fn called_name(before: &str) -> Option<&str> {
     Some(&head[start..]).filter(|name| !name.is_empty())
 }
 
+/// Fails naming each call in `files` (sources by Tera name, under `root`) that gives a function
+/// an argument it does not take, one per line, each with its place.
+fn misnamed_arguments(
+    files: &BTreeMap<String, String>,
+    signatures: &arguments::Signatures,
+    root: Option<&Path>,
+) -> Result<(), TemplateError> {
+    let mut faults = files.iter().flat_map(|(name, source)| {
+        let path = match root {
+            Some(root) if !Path::new(name).is_absolute() => root.join(name).display().to_string(),
+            _ => name.clone(),
+        };
+        arguments::misnamed(source, signatures)
+            .into_iter()
+            .map(move |fault| {
+                (
+                    format!("{path}:{}", line_column(source, fault.offset)),
+                    fault.message,
+                )
+            })
+    });
+    let Some((location, mut message)) = faults.next() else {
+        return Ok(());
+    };
+    for (location, more) in faults {
+        message.push_str(&format!("\n{location}: {more}"));
+    }
+    Err(TemplateError {
+        location,
+        message,
+        may_pass: false,
+    })
+}
+
 /// One template, parsed once with the shared parts it uses, with confd's functions
 /// registered.
 pub struct Renderer {
@@ -552,17 +610,22 @@ impl Renderer {
         files: &BTreeMap<String, String>,
         resolver: Resolver,
     ) -> Result<Renderer, TemplateError> {
-        let mut tera = Tera::new();
-        tera.autoescape_on(Vec::<&'static str>::new());
-        store_functions::register(&mut tera);
-        services::register(&mut tera);
-        helpers::register(&mut tera);
-        golang::register(&mut tera);
-        dns::register(&mut tera, resolver);
-        tera.add_raw_templates(files)
+        let mut registry = Registry {
+            tera: Tera::new(),
+            signatures: arguments::Signatures::new(),
+        };
+        registry.autoescape_on(Vec::<&'static str>::new());
+        store_functions::register(&mut registry);
+        services::register(&mut registry);
+        helpers::register(&mut registry);
+        golang::register(&mut registry);
+        dns::register(&mut registry, resolver);
+        registry
+            .add_raw_templates(files)
             .map_err(|e| TemplateError::from_tera(name, &e, files, root))?;
+        misnamed_arguments(files, &registry.signatures, root)?;
         Ok(Renderer {
-            tera,
+            tera: registry.tera,
             name: name.to_string(),
             root: root.map(Path::to_path_buf),
         })

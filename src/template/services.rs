@@ -7,13 +7,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tera::{Kwargs, State, Tera, TeraResult, Value};
+use tera::{Kwargs, State, TeraResult, Value};
 
-use super::{View, register_function, with_view};
+use super::{Registry, View, register_function, with_view};
 use crate::store::catalog::{Instance, SERVICES_ROOT};
 
 /// Registers the catalog functions on `tera`.
-pub fn register(tera: &mut Tera) {
+pub(super) fn register(tera: &mut Registry) {
     register_function(tera, "service", &["name", "tag", "passing"], service);
     register_function(tera, "services", &[], services);
 }

@@ -10,12 +10,12 @@ use std::collections::BTreeSet;
 
 use globset::GlobBuilder;
 use serde::Serialize;
-use tera::{Kwargs, State, Tera, TeraResult, Value};
+use tera::{Kwargs, State, TeraResult, Value};
 
-use super::{View, register_function, with_view};
+use super::{Registry, View, register_function, with_view};
 
 /// Registers the store functions on `tera`.
-pub fn register(tera: &mut Tera) {
+pub(super) fn register(tera: &mut Registry) {
     register_function(tera, "get", &["key"], get);
     register_function(tera, "gets", &["key"], gets);
     register_function(tera, "getv", &["key", "default"], getv);
