@@ -656,6 +656,11 @@ fn scheme_is_given_to_nodes_named_without_one() {
     let run = fixture.run(&base);
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.stderr.contains(&format!("https://{bare}")), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("a node that serves plain HTTP is given as http://"),
+        "{run:?}"
+    );
     assert!(!fixture.path("app.conf").exists());
 
     let run = fixture.run(&[base.as_slice(), &["--scheme", "http"]].concat());

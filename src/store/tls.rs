@@ -225,7 +225,8 @@ pub(crate) struct Refusals {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct TlsRefusal {
     /// How the daemon takes it: [`StoreErrorKind::Auth`] for a refused client certificate,
-    /// [`StoreErrorKind::Invalid`] for a server certificate the settings do not trust.
+    /// [`StoreErrorKind::Invalid`] for a server certificate the settings do not trust,
+    /// [`StoreErrorKind::Unreachable`] for a handshake the server broke off.
     pub(crate) kind: StoreErrorKind,
     /// What the operator can do, to append to the failure's message.
     pub(crate) hint: &'static str,
@@ -268,14 +269,16 @@ impl Refusals {
             } else {
                 CERTIFICATE_REFUSED
             };
-        refusal_in(error, certificate_hint).or_else(|| {
-            self.refused_certificate
-                .load(Ordering::Relaxed)
-                .then_some(TlsRefusal {
-                    kind: StoreErrorKind::Auth,
-                    hint: certificate_hint,
-                })
-        })
+        refusal_in(error, certificate_hint)
+            .or_else(|| {
+                self.refused_certificate
+                    .load(Ordering::Relaxed)
+                    .then_some(TlsRefusal {
+                        kind: StoreErrorKind::Auth,
+                        hint: certificate_hint,
+                    })
+            })
+            .or_else(|| closed_in_handshake(error))
     }
 }
 
@@ -291,6 +294,59 @@ pub(crate) fn failure(
         None => StoreError::new(otherwise, text),
     }
 }
+
+/// A connection the server closed before the TLS handshake was done, without an alert: what a
+/// server speaking plain HTTP does with a TLS greeting. Still a connection failure, with the
+/// likely slip named.
+fn closed_in_handshake(error: &(dyn std::error::Error + 'static)) -> Option<TlsRefusal> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        let io = error.downcast_ref::<std::io::Error>();
+        // Noted by a connector of reconfd's, or in tokio-rustls's words (common/mod.rs).
+        let noted = io
+            .and_then(std::io::Error::get_ref)
+            .is_some_and(|inner| inner.is::<ClosedInHandshake>());
+        let eof = io.is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+            && error.to_string() == "tls handshake eof";
+        if noted || eof {
+            return Some(TlsRefusal {
+                kind: StoreErrorKind::Unreachable,
+                hint: "the node closed the connection in the TLS handshake: a node that serves \
+                       plain HTTP is given as http://",
+            });
+        }
+        cause = error.source();
+    }
+    None
+}
+
+/// A connection closed or reset by the server before the TLS handshake was done, as a
+/// connector that runs the handshake notes it: a server under load resets a connection where
+/// another would close it.
+#[derive(Debug)]
+pub(crate) struct ClosedInHandshake(std::io::Error);
+
+impl ClosedInHandshake {
+    /// `error` of a TLS handshake, noted as a closed one when it is.
+    pub(crate) fn note(error: std::io::Error) -> std::io::Error {
+        match error.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe => {
+                std::io::Error::new(error.kind(), ClosedInHandshake(error))
+            }
+            _ => error,
+        }
+    }
+}
+
+impl std::fmt::Display for ClosedInHandshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} in the TLS handshake", self.0)
+    }
+}
+
+impl std::error::Error for ClosedInHandshake {}
 
 /// What to do about a certificate alert, when it is not known whether a certificate was sent.
 pub(crate) const CERTIFICATE_REFUSED: &str =

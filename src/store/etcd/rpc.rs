@@ -36,7 +36,7 @@ use super::proto::etcdserverpb::{
 use super::proto::mvccpb;
 use crate::store::http::error_chain;
 use crate::store::nodes::redact;
-use crate::store::tls::{self, Noted, Refusals};
+use crate::store::tls::{self, ClosedInHandshake, Noted, Refusals};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// etcd's own client accepts answers of up to 2 GiB (`math.MaxInt32`); tonic's default of 4 MiB
@@ -769,7 +769,10 @@ impl tower_service::Service<Uri> for TlsConnector {
                 .map_err(|e| invalid(format!("{host}: {e}")))?;
             let tcp = TcpStream::connect((host, port)).await?;
             tcp.set_nodelay(true)?;
-            let tls = connector.connect(server_name, tcp).await?;
+            let tls = connector
+                .connect(server_name, tcp)
+                .await
+                .map_err(ClosedInHandshake::note)?;
             Ok(TokioIo::new(Noted::new(tls, refusals)))
         })
     }
