@@ -255,13 +255,15 @@ pub(crate) fn validate(current: &Settings) -> Result<Settings, String> {
     let (prepared, unloaded) = prepare_resources(loaded, &settings);
     let failures = unloaded.len();
     if failures > 0 {
+        let files: Vec<&str> = unloaded.iter().map(|(file, _)| file.as_str()).collect();
         return Err(format!(
-            "{failures} {} unusable (logged above)",
+            "{failures} {} unusable ({}; logged above)",
             plural(
                 failures,
                 "resource or template is",
                 "resources or templates are"
-            )
+            ),
+            files.join(", ")
         ));
     }
     for backend in prepared

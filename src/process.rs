@@ -180,6 +180,7 @@ pub async fn run(settings: Settings) -> ExitCode {
                     Ok(plan) => {
                         generation = Generation::start(plan, &status, swaps.clone());
                         read_again = true;
+                        status.reloaded(None);
                         confdir
                             .follow(&new_settings.confdir, new_settings.interval)
                             .await;
@@ -197,6 +198,7 @@ pub async fn run(settings: Settings) -> ExitCode {
             }
             Err(reason) => {
                 tracing::error!("{why}: keeping the current settings: {reason}");
+                status.reloaded(Some(&reason));
                 notify::ready(&generation.summary());
             }
         }

@@ -138,6 +138,17 @@ struct Shared {
     metrics: Metrics,
 }
 
+/// The outcome of reading the settings, conf.d and templates again, in `/status`.
+#[derive(Serialize)]
+struct ReloadState {
+    /// True when they were taken; false when they were refused and the running set kept.
+    ok: bool,
+    /// When, RFC 3339.
+    at: String,
+    /// Why they were refused.
+    error: Option<String>,
+}
+
 /// What `/status` shows.
 #[derive(Default, Serialize)]
 struct StatusState {
@@ -149,6 +160,9 @@ struct StatusState {
     /// Resource files of the running settings that could not be loaded (their resources are
     /// not managed), with why.
     unloaded: BTreeMap<String, String>,
+    /// The last time the settings, conf.d and templates were read again (SIGHUP, or a change
+    /// found at an interval): whether they were taken, when, and why not.
+    last_reload: Option<ReloadState>,
     /// Store loops that failed unexpectedly and have not completed a full sync since, with
     /// the failure.
     #[serde(skip)]
@@ -286,6 +300,7 @@ struct Metrics {
     render_seconds: Histograms,
     announcement_up: Family<AnnouncementLabel, Gauge>,
     unloaded: Gauge,
+    reload_successful: Gauge,
 }
 
 impl Default for Metrics {
@@ -308,7 +323,10 @@ impl Default for Metrics {
             render_seconds: Family::new_with_constructor(render_histogram),
             announcement_up: Family::default(),
             unloaded: Gauge::default(),
+            reload_successful: Gauge::default(),
         };
+        // Nothing refused yet: the settings the process started with were taken.
+        metrics.reload_successful.set(1);
         let registry = &mut metrics.registry;
         registry.register(
             "reconfd_renders",
@@ -365,6 +383,12 @@ impl Default for Metrics {
             "Resource files of the running settings that could not be loaded, whose templates \
              are not managed",
             metrics.unloaded.clone(),
+        );
+        registry.register(
+            "reconfd_last_reload_successful",
+            "0 after the settings, conf.d and templates read again were refused (the running \
+             set kept), 1 otherwise",
+            metrics.reload_successful.clone(),
         );
         registry.register(
             "reconfd_announcement_up",
@@ -696,6 +720,20 @@ impl Status {
         entry.last_error = error.map(str::to_string);
     }
 
+    /// Records that the settings, conf.d and templates read again were taken (`error` is
+    /// `None`) or refused, the running set kept.
+    pub fn reloaded(&self, error: Option<&str>) {
+        self.shared
+            .metrics
+            .reload_successful
+            .set(i64::from(error.is_none()));
+        self.state().last_reload = Some(ReloadState {
+            ok: error.is_none(),
+            at: Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+            error: error.map(str::to_string),
+        });
+    }
+
     /// Records that the first full sync is done.
     pub fn set_ready(&self) {
         self.state().ready = true;
@@ -730,6 +768,7 @@ impl Status {
                 .iter()
                 .map(|(file, error)| serde_json::json!({"file": file, "error": error}))
                 .collect::<Vec<_>>(),
+            "last_reload": state.last_reload,
         });
         secrets::mask_json(&mut json);
         json

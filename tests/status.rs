@@ -157,6 +157,69 @@ fn a_resource_file_that_cannot_be_loaded_is_listed_and_counted() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// A SIGHUP whose conf.d is refused keeps the running set; `/status` and `/metrics` say so, and
+/// name the file, until a SIGHUP is taken.
+#[test]
+fn a_refused_reload_is_shown_until_one_is_taken() {
+    let (fixture, daemon, base) = start();
+    let (_, metrics) = get(&format!("{base}/metrics"));
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "reconfd_last_reload_successful 1"),
+        "{metrics}"
+    );
+    let (_, body) = get(&format!("{base}/status"));
+    let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert!(status["last_reload"].is_null(), "{body}");
+
+    fixture.resource(
+        "broken",
+        "src = \"app.tmpl\"\ndest = \"broken.conf\"\nmode = 0644\n",
+    );
+    daemon.hang_up();
+    let refused = || {
+        let (_, body) = get(&format!("{base}/status"));
+        let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        (status["last_reload"]["ok"] == false).then_some(status)
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || refused().is_some()),
+        "the refused SIGHUP is shown\n{}",
+        daemon.log()
+    );
+    let status = refused().expect("still refused");
+    let error = status["last_reload"]["error"].as_str().expect("error");
+    assert!(error.contains("conf.d/broken.toml"), "{error}");
+    let (_, metrics) = get(&format!("{base}/metrics"));
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "reconfd_last_reload_successful 0"),
+        "{metrics}"
+    );
+
+    std::fs::remove_file(fixture.path("conf.d/broken.toml")).expect("remove");
+    daemon.hang_up();
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            let (_, body) = get(&format!("{base}/status"));
+            let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            status["last_reload"]["ok"] == true && status["last_reload"]["error"].is_null()
+        }),
+        "the SIGHUP taken is shown\n{}",
+        daemon.log()
+    );
+    let (_, metrics) = get(&format!("{base}/metrics"));
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "reconfd_last_reload_successful 1"),
+        "{metrics}"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 fn md5(text: &str) -> String {
     reconfd::reconcile::md5_hex(text.as_bytes())
 }
