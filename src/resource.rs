@@ -689,7 +689,7 @@ fn group_id(name: &str) -> Result<u32, String> {
 /// Turns a TOML error into one line: `file:line:column: message`, quoting the line with any
 /// credential of a `[backend]` table masked (see [`secrets::with_settings_line`]).
 fn toml_error(file: &Path, text: &str, error: &toml::de::Error) -> ResourceError {
-    let mut message = error.message().trim_end().replace('\n', " ");
+    let mut message = settings::toml_message(error.message());
     let mut place = String::new();
     if let Some(span) = error.span() {
         // A span starts on a character boundary; the fallback only guards the slicing.

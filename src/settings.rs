@@ -591,8 +591,24 @@ pub(crate) fn keys_of<T: DeserializeOwned>() -> &'static [&'static str] {
 /// naming the key of its line and quoting the line with any credential masked (see
 /// [`secrets::with_settings_line`]). The parser's own rendering is not used: it quotes the
 /// offending line as it is, which may hold a password.
+/// A TOML error's message on one line; an integer TOML cannot hold is said to be one, where the
+/// parser's words name a Rust type.
+pub(crate) fn toml_message(message: &str) -> String {
+    let line = message.trim_end().replace('\n', " ");
+    match line.split_once("invalid type: integer `") {
+        Some((before, rest)) if rest.contains("` as i128") => {
+            let number = rest.split('`').next().unwrap_or_default();
+            format!(
+                "{before}`{number}` is past what a TOML integer holds \
+                 (-9223372036854775808 to 9223372036854775807)"
+            )
+        }
+        _ => line,
+    }
+}
+
 fn file_error(path: &Path, text: &str, message: &str, span: Option<Range<usize>>) -> SettingsError {
-    let mut message = message.trim_end().replace('\n', " ");
+    let mut message = toml_message(message);
     let mut place = String::new();
     if let Some(span) = span {
         let before = text.get(..span.start).unwrap_or(text);
@@ -868,6 +884,16 @@ mod tests {
                 "{message}"
             );
         }
+        let (_dir, path) = write_settings("backend = \"env\"\ninterval = 99999999999999999999\n");
+        let err = settings(&["--config-file", &path]).expect_err("past i64");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{path}:2:12: `interval`: `99999999999999999999` is past what a TOML integer \
+                 holds (-9223372036854775808 to 9223372036854775807), in `interval = \
+                 99999999999999999999`"
+            )
+        );
         let (_dir, path) = write_settings("table = \"x\"\nintervall = 5\n");
         let err = settings(&["--config-file", &path]).expect_err("misspelt");
         assert!(
