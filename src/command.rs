@@ -157,6 +157,24 @@ fn credentials_present() -> u64 {
     })
 }
 
+/// The variables by which a service manager talks to reconfd, the main process (sd_notify and
+/// its watchdog). A command or the exec mode's service that inherited them would send the
+/// manager its own readiness and stopping, for the manager to reject or to take as
+/// reconfd's.
+const SERVICE_MANAGER: &[&str] = &["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
+/// The [`SERVICE_MANAGER`] variables in reconfd's environment, which reconfd never changes.
+fn service_manager_present() -> &'static [&'static str] {
+    static PRESENT: OnceLock<Vec<&'static str>> = OnceLock::new();
+    PRESENT.get_or_init(|| {
+        SERVICE_MANAGER
+            .iter()
+            .copied()
+            .filter(|name| std::env::var_os(name).is_some())
+            .collect()
+    })
+}
+
 /// A value that a command names with a placeholder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Placeholder {
@@ -339,11 +357,15 @@ impl Quoting {
 }
 
 /// `sh -c script` in a process group of its own, in reconfd's environment without the
-/// credentials `env` withholds, and with the open files limit reconfd started with: how every
-/// command reconfd starts runs, the exec mode's service included.
+/// credentials `env` withholds nor the service manager's variables, and with the open files
+/// limit reconfd started with: how every command reconfd starts runs, the exec mode's service
+/// included.
 pub(crate) fn shell(script: &str, env: CommandEnv) -> Command {
     let mut shell = Command::new("/bin/sh");
-    for name in env.withheld() {
+    for name in env
+        .withheld()
+        .chain(service_manager_present().iter().copied())
+    {
         shell.env_remove(name);
     }
     let script = match crate::descriptors::starting_soft_limit() {

@@ -69,9 +69,12 @@ impl NotifySocket {
     }
 }
 
+/// The notifications, and commands that do not inherit the variables that speak to the service
+/// manager (they would send it their own).
 #[test]
 fn systemd_hears_ready_after_the_first_sync_watchdog_pings_and_stopping() {
-    let fixture = fixture("true");
+    let fixture = fixture("env > env.txt");
+    let commands_env = fixture.path("env.txt");
     let mut socket = NotifySocket::bind(&fixture);
     let notify_path = fixture.path("notify.sock");
     let daemon = fixture.spawn_with_env(
@@ -96,6 +99,12 @@ fn systemd_hears_ready_after_the_first_sync_watchdog_pings_and_stopping() {
     );
     socket.expect("WATCHDOG=1");
     socket.expect("WATCHDOG=1");
+    let env = std::fs::read_to_string(&commands_env).expect("the reload ran before READY=1");
+    assert!(env.contains("PATH="), "{env}");
+    assert!(
+        !env.contains("NOTIFY_SOCKET") && !env.contains("WATCHDOG_USEC"),
+        "{env}"
+    );
     let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     socket.expect("STOPPING=1");
