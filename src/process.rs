@@ -134,8 +134,14 @@ pub async fn run(settings: Settings) -> ExitCode {
                 // Waited for: its process ID may now be another process's.
                 service = None;
                 break Some(match exited {
+                    // Ended by itself, not by reconfd: a fault of the service, unless it
+                    // says all went well.
+                    Ok(exit) if exit.success() => {
+                        tracing::warn!("exec: the service {}; stopping", exec::describe(exit));
+                        ExitCode::SUCCESS
+                    }
                     Ok(exit) => {
-                        tracing::info!("exec: the service {}; stopping", exec::describe(exit));
+                        tracing::error!("exec: the service {}; stopping", exec::describe(exit));
                         ExitCode::from(exec::exit_code(exit))
                     }
                     Err(e) => {

@@ -124,12 +124,17 @@ fn reconfd_exits_with_the_status_of_a_service_that_ends_on_its_own() {
         (
             "sh -c 'exit 3'",
             3,
-            "exec: the service exited with status 3; stopping",
+            "ERROR exec: the service exited with status 3; stopping",
         ),
         (
             "sh -c 'kill -KILL $$'",
             137,
-            "exec: the service was killed by SIGKILL (exit status 137); stopping",
+            "ERROR exec: the service was killed by SIGKILL (exit status 137); stopping",
+        ),
+        (
+            "true",
+            0,
+            "WARN exec: the service exited with status 0; stopping",
         ),
     ] {
         let mut args = vec!["--exec", command];
