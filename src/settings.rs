@@ -218,14 +218,27 @@ impl Settings {
             Some(table) => Some(origins.exec(table)?),
             None => None,
         };
-        if exec.is_some() && given.onetime {
-            return Err(SettingsError::Invalid(format!(
-                "{} cannot be used with {}: --onetime exits once the files are synced, and \
-                 exec mode runs a service until it stops",
-                origins.name("exec"),
-                origins.name("onetime")
-            )));
-        }
+        let exec = match exec {
+            // A settings file written for the daemon serves a one-time run too (in CI, say),
+            // as its [[announce]] tables do: the service is not started.
+            Some(_) if given.onetime && origins.in_file("exec") && !origins.in_file("onetime") => {
+                tracing::warn!(
+                    "{}: the [exec] table of {} is not run",
+                    origins.name("onetime"),
+                    origins.config_file.display()
+                );
+                None
+            }
+            Some(_) if given.onetime => {
+                return Err(SettingsError::Invalid(format!(
+                    "{} cannot be used with {}: --onetime exits once the files are synced, and \
+                     exec mode runs a service until it stops",
+                    origins.name("exec"),
+                    origins.name("onetime")
+                )));
+            }
+            exec => exec,
+        };
         let subcommand = crate::cli::subcommand(matches).unwrap_or_else(|e| e.exit());
         // `check`, `render` and the others have exit statuses of their own, and a job's
         // RECONFD_EXIT_CODE is not for them.
@@ -356,6 +369,15 @@ impl Origins<'_> {
 
     /// Where setting `id` came from, as the user wrote it: `--exec`, `RECONFD_EXEC`, or
     /// `` `exec` in FILE ``.
+    /// True when setting `id` came from the settings file, not the command line or the
+    /// environment.
+    fn in_file(&self, id: &str) -> bool {
+        !matches!(
+            self.matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    }
+
     fn name(&self, id: &str) -> String {
         let arg = self.command.get_arguments().find(|arg| arg.get_id() == id);
         let name = arg.and_then(Arg::get_long).unwrap_or(id);
@@ -1107,6 +1129,17 @@ mod tests {
                 "`exec` in {path} cannot be used with `onetime` in {path}: "
             )),
             "{err}"
+        );
+        // The daemon's settings file, in a one-time run: its service is not started.
+        let (_dir, path) = write_settings("backend = \"env\"\n[exec]\ncommand = \"x\"\n");
+        let run = settings(&["--config-file", &path, "--onetime"]).expect("taken");
+        assert_eq!(run.mode, RunMode::Onetime);
+        assert!(run.exec.is_none());
+        assert!(
+            settings(&["--config-file", &path])
+                .expect("daemon")
+                .exec
+                .is_some()
         );
     }
 
