@@ -170,17 +170,7 @@ impl Plan {
             let members: Vec<Arc<Prepared>> = members
                 .into_iter()
                 .map(|mut member| {
-                    let resource = &mut member.resource;
-                    resource.secret |=
-                        backend.holds_secrets() || (resource.backend.is_none() && settings.secret);
-                    // Files rendered from secrets are private unless their resource says
-                    // otherwise.
-                    if resource.secret {
-                        resource.mode.get_or_insert(SECRET_MODE);
-                    }
-                    resource.wait = resource.wait.or(settings.wait);
-                    resource.min_keys = resource.min_keys.or(settings.min_keys);
-                    resource.rollback |= settings.rollback;
+                    apply_settings(&mut member.resource, Some(&backend), settings);
                     Arc::new(member)
                 })
                 .collect();
@@ -276,6 +266,25 @@ pub(crate) fn validate(current: &Settings) -> Result<Settings, String> {
     Ok(settings)
 }
 
+/// Gives `resource`, which reads `store`, what the settings give every resource: the secrecy
+/// of its store or of `--secret`, and `--wait`, `--min-keys` and `--rollback` where it sets
+/// none of its own.
+pub(crate) fn apply_settings(
+    resource: &mut Resource,
+    store: Option<&Backend>,
+    settings: &Settings,
+) {
+    resource.secret |= store.is_some_and(Backend::holds_secrets)
+        || (resource.backend.is_none() && settings.secret);
+    // Files rendered from secrets are private unless their resource says otherwise.
+    if resource.secret {
+        resource.mode.get_or_insert(SECRET_MODE);
+    }
+    resource.wait = resource.wait.or(settings.wait);
+    resource.min_keys = resource.min_keys.or(settings.min_keys);
+    resource.rollback |= settings.rollback;
+}
+
 /// `one` for a count of 1, `many` otherwise.
 pub(crate) fn plural<'a>(count: usize, one: &'a str, many: &'a str) -> &'a str {
     if count == 1 { one } else { many }
@@ -299,22 +308,6 @@ fn by_store(
     groups
 }
 
-/// A resource file's path without the `:line:column` an error's place adds to it.
-fn without_place(place: &str) -> &str {
-    let mut file = place;
-    for _ in 0..2 {
-        match file.rsplit_once(':') {
-            Some((head, number))
-                if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                file = head;
-            }
-            _ => break,
-        }
-    }
-    file
-}
-
 /// Loads every resource and parses its template once, with the shared parts it uses. Bad
 /// resource files are logged and returned as (file, why); the others go on.
 fn prepare_resources(
@@ -329,7 +322,7 @@ fn prepare_resources(
             Ok(resources) => resources,
             Err(e) => {
                 tracing::error!("{e}");
-                unloaded.push((without_place(&e.file).to_string(), e.to_string()));
+                unloaded.push((e.file.clone(), e.to_string()));
                 continue;
             }
         };

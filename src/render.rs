@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 
 use crate::controller::{RenderLimits, too_few_keys};
-use crate::plan::{covering_prefixes, plural, render_limits};
+use crate::plan::{apply_settings, covering_prefixes, plural, render_limits};
 use crate::resource::{self, Resource};
 use crate::secrets::{self, GroupSecrets};
 use crate::settings::Settings;
@@ -84,13 +84,14 @@ pub async fn run(settings: &Settings, name: &Path, data: Option<&Path>) -> ExitC
     ExitCode::SUCCESS
 }
 
-/// `resource` as a sync takes it, with the settings a plan applies to every resource: its
-/// store's or `--secret`'s secrecy and `--min-keys`.
+/// `resource` as a sync takes it, with what a plan gives every resource from the settings
+/// (its secrecy and `--min-keys` matter here).
 pub(crate) fn as_synced(mut resource: Resource, settings: &Settings) -> Resource {
-    let store = resource.backend.as_ref().or(settings.backend.as_ref());
-    resource.secret |= store.is_some_and(Backend::holds_secrets)
-        || (resource.backend.is_none() && settings.secret);
-    resource.min_keys = resource.min_keys.or(settings.min_keys);
+    let store = resource
+        .backend
+        .clone()
+        .or_else(|| settings.backend.clone());
+    apply_settings(&mut resource, store.as_ref(), settings);
     resource
 }
 
@@ -105,10 +106,10 @@ pub(crate) fn secrets_of(
     let store = resource.backend.as_ref().or(settings.backend.as_ref());
     let mut secrets = GroupSecrets::new(store.map(Backend::credentials).unwrap_or_default());
     if resource.secret {
-        let values: Vec<&str> = snapshot
-            .entries
+        let values: Vec<&str> = resource
+            .keys
             .iter()
-            .filter(|(key, _)| crate::store::under_any(key, &resource.keys))
+            .flat_map(|prefix| snapshot.starting_with(prefix))
             .map(|(_, value)| value.as_str())
             .collect();
         secrets.update(&values);
@@ -240,8 +241,7 @@ pub(crate) fn render_once(
             .unwrap_or_else(|_| {
                 Err(TemplateError {
                     location: resource.src.display().to_string(),
-                    message: "rendering failed unexpectedly (it panicked); please report this"
-                        .to_string(),
+                    message: crate::template::PANICKED.to_string(),
                     may_pass: false,
                 })
             });

@@ -139,7 +139,7 @@ impl Guards {
                 tracing::info!(
                     "{}: at least min_keys = {min} {} again; {} is synced again",
                     resource.file.display(),
-                    if min == 1 { "key" } else { "keys" },
+                    crate::plan::plural(min, "key", "keys"),
                     resource.dest.display()
                 );
             }

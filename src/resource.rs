@@ -22,10 +22,12 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A resource file that cannot be used. Other resources are still processed.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: {message}")]
+#[error("{file}{place}: {message}")]
 pub struct ResourceError {
-    /// The resource file, with `:line:column` where the fault has a place.
+    /// The resource file.
     pub file: String,
+    /// `:line:column` where the fault has a place in it, else empty.
+    pub place: String,
     /// What is wrong.
     pub message: String,
 }
@@ -198,6 +200,7 @@ pub(crate) fn resource_files(
                     .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
                 let error = ResourceError {
                     file: e.path().unwrap_or(resource_dir).display().to_string(),
+                    place: String::new(),
                     message: if top && not_found {
                         format!(
                             "cannot read the resource directory: {e}; --confdir (or \
@@ -256,6 +259,7 @@ fn refuse_shared_destinations(
                 .collect();
             loaded[index] = Err(ResourceError {
                 file: files[index].display().to_string(),
+                place: String::new(),
                 message: format!(
                     "{} is also the destination of {}: both are refused, as each would \
                      rewrite it (and reload) on every run",
@@ -315,6 +319,7 @@ pub fn load(
 ) -> Result<Vec<Resource>, ResourceError> {
     let text = read_text(file).map_err(|message| ResourceError {
         file: file.display().to_string(),
+        place: String::new(),
         message,
     })?;
     // Parsed as the form the file uses, so that errors keep their line and column.
@@ -329,6 +334,7 @@ pub fn load(
         if parsed.template.is_empty() {
             return Err(ResourceError {
                 file: file.display().to_string(),
+                place: String::new(),
                 message: "`[[template]]` has no table".to_string(),
             });
         }
@@ -347,6 +353,7 @@ pub fn load(
         .transpose()
         .map_err(|message| ResourceError {
             file: file.display().to_string(),
+            place: String::new(),
             message: format!("[backend]: {message}"),
         })?;
     let resources = tables
@@ -363,6 +370,7 @@ pub fn load(
         {
             return Err(ResourceError {
                 file: file.display().to_string(),
+                place: String::new(),
                 message: format!("two templates write {}", resource.dest.display()),
             });
         }
@@ -380,6 +388,7 @@ fn resolve(
 ) -> Result<Resource, ResourceError> {
     let fail = |message: String| ResourceError {
         file: file.display().to_string(),
+        place: String::new(),
         message,
     };
     let confdir = template_dir.parent().unwrap_or(Path::new("."));
@@ -712,7 +721,8 @@ fn toml_error(file: &Path, text: &str, error: &toml::de::Error) -> ResourceError
         }
     }
     ResourceError {
-        file: format!("{}{place}", file.display()),
+        file: file.display().to_string(),
+        place,
         message,
     }
 }
@@ -984,7 +994,7 @@ mod tests {
             ),
         ] {
             let err = load_text(&format!("{base}{line}\n"), "").expect_err(line);
-            assert!(err.file.contains("app.toml:5:"), "{line}: {err}");
+            assert!(err.to_string().contains("app.toml:5:"), "{line}: {err}");
             assert!(err.message.contains(expected), "{line}: {err}");
         }
     }

@@ -22,7 +22,7 @@ pub(crate) mod retry;
 mod tests;
 
 use std::collections::BTreeSet;
-use std::ops::{Bound, ControlFlow};
+use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,7 +45,7 @@ use crate::resource::Resource;
 use crate::secrets::GroupSecrets;
 use crate::status::Status;
 use crate::store::backend::Backend;
-use crate::store::{Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any, under_prefix};
+use crate::store::{Snapshot, Store, StoreError, WatchEvent, WatchStream, under_any};
 use crate::template::Renderer;
 use crate::wait::Settling;
 
@@ -445,10 +445,6 @@ impl Controller {
         }
     }
 
-    /// Reconciles the `dirty` resources as one round. Every event already queued is applied
-    /// first, so no render starts from a state that a queued change has superseded, and a
-    /// burst of changes gives each affected resource one render with the final values.
-    /// Resources with a `wait` that a queued change touches go to `settling` instead.
     /// Adds to `due` the resources waiting for a retry that owe a reload with the same
     /// command as one of `due`: the command then runs once for all of them, as it did when
     /// it failed, rather than once per resource on timers of their own.
@@ -476,6 +472,10 @@ impl Controller {
         }
     }
 
+    /// Reconciles the `dirty` resources as one round. Every event already queued is applied
+    /// first, so no render starts from a state that a queued change has superseded, and a
+    /// burst of changes gives each affected resource one render with the final values.
+    /// Resources with a `wait` that a queued change touches go to `settling` instead.
     async fn sync_round(
         &mut self,
         mut dirty: BTreeSet<usize>,
@@ -662,9 +662,7 @@ impl Controller {
             .iter()
             .flat_map(|prefix| {
                 self.snapshot
-                    .entries
-                    .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
-                    .take_while(|(key, _)| under_prefix(key, prefix))
+                    .starting_with(prefix)
                     .map(|(_, value)| value.as_str())
             })
             .collect();

@@ -536,10 +536,7 @@ async fn render(
             rendered.map_err(|e| failure(e.to_string(), e.may_pass))
         }
         Some(Ok(Err(_))) => Err(failure(
-            format!(
-                "{}: rendering failed unexpectedly (it panicked); please report this",
-                resource.src.display(),
-            ),
+            format!("{}: {}", resource.src.display(), crate::template::PANICKED),
             false,
         )),
         Some(Err(_)) => Err(failure(

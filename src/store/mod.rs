@@ -131,12 +131,20 @@ impl Snapshot {
         }
     }
 
-    /// How many keys start with `prefix`, as a store's prefix read selects them.
-    pub fn count_starting_with(&self, prefix: &str) -> usize {
+    /// The keys that start with `prefix` and their values, in key order, as a store's prefix
+    /// read selects them.
+    pub fn starting_with<'s>(
+        &'s self,
+        prefix: &'s str,
+    ) -> impl Iterator<Item = (&'s String, &'s String)> {
         self.entries
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(key, _)| under_prefix(key, prefix))
-            .count()
+            .take_while(move |(key, _)| under_prefix(key, prefix))
+    }
+
+    /// How many keys start with `prefix`, as a store's prefix read selects them.
+    pub fn count_starting_with(&self, prefix: &str) -> usize {
+        self.starting_with(prefix).count()
     }
 
     /// How many keys lie in the trees of `prefixes` (each key counted once), counting no
@@ -154,9 +162,7 @@ impl Snapshot {
                 continue;
             }
             count += self
-                .entries
-                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-                .take_while(|(key, _)| under_prefix(key, prefix))
+                .starting_with(prefix)
                 .filter(|(key, _)| in_tree(key, prefix))
                 .take(enough - count)
                 .count();

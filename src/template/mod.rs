@@ -349,10 +349,7 @@ impl TemplateError {
         files: &BTreeMap<String, String>,
         root: Option<&Path>,
     ) -> TemplateError {
-        let path = |name: &str| match root {
-            Some(root) if !Path::new(name).is_absolute() => root.join(name).display().to_string(),
-            _ => name.to_string(),
-        };
+        let path = |name: &str| template_path(root, name);
         // Where `from` names the file `to` in an include, extends or import tag.
         let reference = |from: &str, to: &str| {
             let source = files.get(from)?;
@@ -530,6 +527,17 @@ fn called_name(before: &str) -> Option<&str> {
     Some(&head[start..]).filter(|name| !name.is_empty())
 }
 
+/// The path, for messages, of the template Tera knows as `name`: under `root` when relative.
+fn template_path(root: Option<&Path>, name: &str) -> String {
+    match root {
+        Some(root) if !Path::new(name).is_absolute() => root.join(name).display().to_string(),
+        _ => name.to_string(),
+    }
+}
+
+/// What a render that panicked fails with, after the template's path.
+pub(crate) const PANICKED: &str = "rendering failed unexpectedly (it panicked); please report this";
+
 /// Fails naming each call in `files` (sources by Tera name, under `root`) that gives a function
 /// an argument it does not take, one per line, each with its place.
 fn misnamed_arguments(
@@ -538,10 +546,7 @@ fn misnamed_arguments(
     root: Option<&Path>,
 ) -> Result<(), TemplateError> {
     let mut faults = files.iter().flat_map(|(name, source)| {
-        let path = match root {
-            Some(root) if !Path::new(name).is_absolute() => root.join(name).display().to_string(),
-            _ => name.clone(),
-        };
+        let path = template_path(root, name);
         arguments::misnamed(source, signatures)
             .into_iter()
             .map(move |fault| {
@@ -633,12 +638,7 @@ impl Renderer {
 
     /// The template's path, for messages.
     fn path(&self) -> String {
-        match &self.root {
-            Some(root) if !Path::new(&self.name).is_absolute() => {
-                root.join(&self.name).display().to_string()
-            }
-            _ => self.name.clone(),
-        }
+        template_path(self.root.as_deref(), &self.name)
     }
 
     /// Renders the template against `view`, with no limit.
